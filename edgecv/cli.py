@@ -1,0 +1,110 @@
+"""The ``edgecv`` command line: a thin click group; each command calls a library function.
+
+Heavy imports (torch, tensorrt) happen inside commands so that device-side commands start without them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+
+class EdgecvGroup(click.Group):
+    """Turns the library's validation errors into one clear line and exit code 2, not a traceback."""
+
+    def invoke(self, ctx):
+        from edgecv.errors import USER_ERRORS
+
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS() as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=EdgecvGroup)
+@click.version_option(package_name="edgecv")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    """edgecv: train, compress, export and deploy CNN image classifiers to edge devices."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="[%(name)s] %(message)s")
+
+
+def _emit(result: dict, as_json: bool, table_title: str) -> None:
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        from edgecv.utils.table import print_kv
+
+        print_kv(result, table_title)
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out_dir", default=None, help="Output folder (default: runs/<recipe name>).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field, e.g. train.epochs=3.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT/last.pt.")
+def train(recipe, out_dir, overrides, resume):
+    """Train or fine-tune the model a RECIPE describes (works under torchrun for DDP)."""
+    from edgecv.recipe import load_recipe
+    from edgecv.train.loop import train as run_train
+
+    r = load_recipe(recipe, list(overrides))
+    out = out_dir or f"runs/{r.name}"
+    m = run_train(r, out, resume=resume)
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        click.echo(f"{out}/model.pt  top1 {m['top1']:.4f}  top5 {m['top5']:.4f}  (n={m['n']})")
+
+
+@cli.command("eval")
+@click.argument("target")
+@click.option("--data", required=True, help="Images to evaluate: a Fashion-MNIST folder, a wnid folder, an ImageFolder tree.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--limit", type=int, default=None, help="Evaluate the first N images only.")
+@click.option("--backend", default="auto", help="For bundles: auto | onnxruntime | tensorrt.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def eval_cmd(target, data, overrides, limit, backend, as_json):
+    """Top-1/top-5 of TARGET (a recipe, a checkpoint, or a deploy bundle) on DATA."""
+    from pathlib import Path
+
+    if Path(target).is_dir():
+        from edgecv.runtime.evaluate import eval_bundle
+
+        res = eval_bundle(target, data, backend=backend, limit=limit, show_progress=not as_json)
+    else:
+        from edgecv.train.evaluate import eval_source
+
+        res = eval_source(target, data, list(overrides), limit=limit, show_progress=not as_json)
+    _emit(res, as_json, f"eval {target}")
+
+
+@cli.command()
+@click.argument("target")
+@click.argument("images", nargs=-1, required=True)
+@click.option("-o", "--out", "out_dir", default="explain", show_default=True)
+@click.option("--method", default="gradcam", show_default=True,
+              type=click.Choice(["gradcam", "gradcam++", "xgradcam", "eigencam", "layercam", "hirescam"]))
+@click.option("--topk", default=3, show_default=True)
+@click.option("--check", is_flag=True, help="Deletion check: removing the top-20% CAM pixels must hurt more than random 20%.")
+@click.option("--json", "as_json", is_flag=True)
+def explain(target, images, out_dir, method, topk, check, as_json):
+    """Grad-CAM heatmaps for IMAGES (files or folders) under TARGET's model, saved as PNG."""
+    from edgecv.train.explain import explain_images
+
+    res = explain_images(target, list(images), out_dir, method=method, topk=topk, check=check)
+    if as_json:
+        click.echo(json.dumps(res))
+    else:
+        from edgecv.utils.table import print_rows
+
+        print_rows(res["images"], ["image", "label", "score", "deletion_ok", "png"], f"explain ({method})")
+        if check:
+            click.echo(f"deletion check holds on {res['deletion_pass_rate']:.1%} of {len(res['images'])} images")
+
+
+def main() -> None:
+    from edgecv import commands  # noqa: F401  (registers the export/runtime commands)
+
+    cli()

@@ -1,0 +1,2 @@
+class DatasetError(ValueError):
+    """A dataset path is missing, empty, or holds no readable images."""

@@ -1,0 +1,139 @@
+"""Image folders: the ImageFolder tree (one folder per class) and the flat ``<wnid>_*.JPEG`` layout.
+
+Unreadable files are counted, reported once, and skipped; they never stop an epoch.
+Listing and checking use PIL only, so the runtime (no torch) can share this module.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+from edgecv.data.errors import DatasetError
+
+log = logging.getLogger("edgecv.data")
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+@dataclass
+class ImageList:
+    """Image paths with class indices, the class names, and the files that were skipped."""
+
+    samples: List[Tuple[str, int]]
+    classes: List[str]
+    root: str
+    skipped: List[Tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def subset(self, indices: Sequence[int]) -> "ImageList":
+        return ImageList([self.samples[i] for i in indices], self.classes, self.root, list(self.skipped))
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_EXTS
+
+
+def check_image(path: str) -> Optional[str]:
+    """Return None when PIL can open and verify ``path``, else the reason it cannot."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return None
+    except Exception as e:  # PIL raises many types for bad files
+        return f"{type(e).__name__}: {e}"
+
+
+def _screen(samples: List[Tuple[str, int]], root: str, verify: bool) -> Tuple[List, List]:
+    good, bad = [], []
+    for path, label in samples:
+        reason = check_image(path) if verify else None
+        if reason is None:
+            good.append((path, label))
+        else:
+            bad.append((path, reason))
+    if bad:
+        shown = "; ".join(f"{Path(p).name} ({r})" for p, r in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        log.warning("%s: skipped %d unreadable file(s): %s%s", root, len(bad), shown, more)
+    return good, bad
+
+
+def list_image_folder(root: str | Path, verify: bool = True) -> ImageList:
+    """One sub-folder per class (sorted names give the class indices), as torchvision's ImageFolder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: image folder not found")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DatasetError(f"{root}: no class sub-folders (expected ROOT/<class>/<image>)")
+    raw = [(str(p), i) for i, c in enumerate(classes) for p in sorted((root / c).rglob("*"))
+           if p.is_file() and not p.name.startswith(".")]
+    good, bad = _screen(raw, str(root), verify)
+    if not good:
+        raise DatasetError(f"{root}: no readable images ({len(bad)} unreadable)")
+    return ImageList(good, classes, str(root), bad)
+
+
+def read_classes_tsv(path: str | Path) -> Tuple[List[str], dict]:
+    """Parse ``classes.tsv`` (index, wnid, name). Returns (names by index, wnid -> index)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: classes.tsv not found (columns: index, wnid, name)")
+    rows = list(csv.reader(path.open(), delimiter="\t"))
+    if not rows or [c.strip().lower() for c in rows[0][:3]] != ["index", "wnid", "name"]:
+        raise DatasetError(f"{path}: expected a header 'index<TAB>wnid<TAB>name'")
+    names, wnids = {}, {}
+    for n, row in enumerate(rows[1:], start=2):
+        if len(row) < 3:
+            raise DatasetError(f"{path}:{n}: expected 3 columns, got {len(row)}")
+        idx = int(row[0])
+        names[idx], wnids[row[1]] = row[2], idx
+    ordered = [names[i] for i in range(len(names))]
+    return ordered, wnids
+
+
+def list_wnid_folder(root: str | Path, verify: bool = True, classes_tsv: str | Path | None = None) -> ImageList:
+    """Flat folder of ``<wnid>_<anything>.JPEG`` files; ``classes.tsv`` maps wnids to class indices."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: image folder not found")
+    names, wnids = read_classes_tsv(classes_tsv or root / "classes.tsv")
+    raw, unknown = [], []
+    for p in sorted(root.iterdir()):
+        if not p.is_file() or p.name == "classes.tsv" or p.name.startswith("."):
+            continue
+        wnid = p.name.split("_", 1)[0]
+        if wnid in wnids:
+            raw.append((str(p), wnids[wnid]))
+        else:
+            unknown.append((str(p), f"wnid {wnid!r} not in classes.tsv"))
+    good, bad = _screen(raw, str(root), verify)
+    bad = unknown + bad
+    if unknown:
+        log.warning("%s: skipped %d file(s) whose wnid is not in classes.tsv", root, len(unknown))
+    if not good:
+        raise DatasetError(f"{root}: no readable images named <wnid>_*.JPEG ({len(bad)} skipped)")
+    return ImageList(good, names, str(root), bad)
+
+
+def list_images(root: str | Path, verify: bool = True) -> ImageList:
+    """Pick the layout: a flat folder with classes.tsv, or an ImageFolder tree."""
+    root = Path(root)
+    if (root / "classes.tsv").is_file():
+        return list_wnid_folder(root, verify)
+    if root.is_dir() and any(d.is_dir() for d in root.iterdir()):
+        return list_image_folder(root, verify)
+    if root.is_dir():
+        # A flat folder without labels (e.g. calibration images): label -1.
+        raw = [(str(p), -1) for p in sorted(root.iterdir()) if p.is_file() and not p.name.startswith(".")]
+        good, bad = _screen(raw, str(root), verify)
+        if not good:
+            raise DatasetError(f"{root}: no readable images ({len(bad)} unreadable)")
+        return ImageList(good, [], str(root), bad)
+    raise DatasetError(f"{root}: image folder not found")

@@ -1,0 +1,138 @@
+"""Datasets for each reader, and ``load_data`` (torchvision references style)."""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from edgecv.data.errors import DatasetError
+from edgecv.data.fashion_mnist import CLASSES as FASHION_CLASSES
+from edgecv.data.fashion_mnist import load_fashion_mnist
+from edgecv.data.folders import ImageList, list_image_folder, list_images, list_wnid_folder
+from edgecv.data.transforms import eval_transform, train_transform
+from edgecv.recipe import DataConfig
+
+log = logging.getLogger("edgecv.data")
+
+
+class ArrayDataset(Dataset):
+    """uint8 images held in memory ([N,H,W] or [N,H,W,C]) with int labels."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, classes: List[str], transform=None):
+        self.images = torch.from_numpy(np.ascontiguousarray(images))
+        if self.images.ndim == 3:
+            self.images = self.images[:, None]
+        else:
+            self.images = self.images.permute(0, 3, 1, 2)
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.classes = classes
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        img = self.images[i]
+        return (self.transform(img) if self.transform else img), int(self.labels[i])
+
+
+class ImageFileDataset(Dataset):
+    """Images decoded with PIL. A file that fails to decode is counted and replaced by the next one."""
+
+    def __init__(self, images: ImageList, channels: int, transform=None):
+        self.list = images
+        self.samples = images.samples
+        self.classes = images.classes
+        self.channels = channels
+        self.transform = transform
+        self.failed: List[str] = []
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, i: int) -> torch.Tensor:
+        from PIL import Image
+
+        with Image.open(self.samples[i][0]) as im:
+            im = im.convert("RGB" if self.channels == 3 else "L")
+            arr = np.asarray(im)
+        t = torch.from_numpy(arr.copy())
+        return t[None] if t.ndim == 2 else t.permute(2, 0, 1)
+
+    def __getitem__(self, i):
+        for k in range(len(self.samples)):
+            j = (i + k) % len(self.samples)
+            try:
+                img = self.load(j)
+            except Exception as e:  # truncated or corrupt past what verify() sees
+                if self.samples[j][0] not in self.failed:
+                    self.failed.append(self.samples[j][0])
+                    log.warning("%s: skipped, cannot decode (%s)", self.samples[j][0], e)
+                continue
+            return (self.transform(img) if self.transform else img), self.samples[j][1]
+        raise DatasetError(f"{self.list.root}: no image could be decoded")
+
+
+def dataset_for_path(path: str, cfg: DataConfig, train: bool = False) -> Dataset:
+    """A dataset for any supported path: a Fashion-MNIST folder (test split), a wnid folder, an ImageFolder."""
+    tf = train_transform(cfg) if train else eval_transform(cfg)
+    p = Path(path)
+    if p.is_dir() and any(p.glob("t10k-images-idx3-ubyte*")):
+        x, y = load_fashion_mnist(p, "train" if train else "test")
+        return ArrayDataset(x, y, FASHION_CLASSES, tf)
+    return ImageFileDataset(list_images(p), cfg.channels, tf)
+
+
+def _split_indices(n: int, holdout: float, seed: int) -> Tuple[List[int], List[int]]:
+    idx = list(range(n))
+    random.Random(seed).shuffle(idx)
+    k = int(round(n * holdout))
+    return sorted(idx[k:]), sorted(idx[:k])
+
+
+def build_dataset(cfg: DataConfig, split: str, seed: int = 0, train_aug: Optional[bool] = None) -> Dataset:
+    """``split`` is train | val. ``train_aug`` defaults to True for train."""
+    aug = (split == "train") if train_aug is None else train_aug
+    tf = train_transform(cfg) if aug else eval_transform(cfg)
+    if cfg.kind == "fashion_mnist":
+        x, y = load_fashion_mnist(cfg.path, "train" if split == "train" else "test")
+        if split == "train" and cfg.train_limit:
+            x, y = x[: cfg.train_limit], y[: cfg.train_limit]
+        return ArrayDataset(x, y, FASHION_CLASSES, tf)
+    if cfg.val_path and split == "val":
+        return ImageFileDataset(list_images(cfg.val_path), cfg.channels, tf)
+    root = Path(cfg.path)
+    if cfg.kind == "image_folder" and (root / split).is_dir():
+        return ImageFileDataset(list_image_folder(root / split), cfg.channels, tf)
+    images = list_wnid_folder(root) if cfg.kind == "wnid_folder" else list_image_folder(root)
+    if cfg.holdout > 0:
+        train_idx, val_idx = _split_indices(len(images), cfg.holdout, seed)
+        images = images.subset(train_idx if split == "train" else val_idx)
+        if len(images) == 0:
+            raise DatasetError(f"{root}: the {split} split is empty (holdout={cfg.holdout})")
+    if split == "train" and cfg.train_limit:
+        images = images.subset(range(min(cfg.train_limit, len(images))))
+    return ImageFileDataset(images, cfg.channels, tf)
+
+
+def load_data(cfg: DataConfig, distributed: bool = False, seed: int = 0):
+    """Return ``(train_set, val_set, train_loader, val_loader, train_sampler)``."""
+    train_set = build_dataset(cfg, "train", seed)
+    val_set = build_dataset(cfg, "val", seed)
+    if distributed:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(train_set, shuffle=True, seed=seed)
+        val_sampler = DistributedSampler(val_set, shuffle=False)
+    else:
+        sampler = torch.utils.data.RandomSampler(train_set, generator=torch.Generator().manual_seed(seed))
+        val_sampler = torch.utils.data.SequentialSampler(val_set)
+    train_loader = DataLoader(train_set, cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                              drop_last=len(train_set) > cfg.batch_size, persistent_workers=cfg.workers > 0)
+    val_loader = DataLoader(val_set, cfg.eval_batch_size, sampler=val_sampler, num_workers=cfg.workers)
+    return train_set, val_set, train_loader, val_loader, sampler

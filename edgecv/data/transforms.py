@@ -1,0 +1,72 @@
+"""Training and evaluation transforms built from the recipe's ``data`` section (torchvision v2)."""
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import v2 as T
+
+from edgecv.recipe import DataConfig
+
+
+def _to_channels(channels: int):
+    def fix(img: torch.Tensor) -> torch.Tensor:
+        if img.shape[-3] == channels:
+            return img
+        if img.shape[-3] == 1 and channels == 3:
+            return img.expand(*img.shape[:-3], 3, *img.shape[-2:])
+        if img.shape[-3] == 3 and channels == 1:
+            return (img.float() @ torch.tensor([0.299, 0.587, 0.114])[None]).to(img.dtype)  # pragma: no cover
+        raise ValueError(f"cannot convert {img.shape[-3]} channels to {channels}")
+
+    return T.Lambda(fix)
+
+
+def train_transform(cfg: DataConfig) -> T.Compose:
+    """Augmentation for training, on uint8 CHW tensors."""
+    a, size = cfg.augment, cfg.input_size
+    ops = [_to_channels(cfg.channels)]
+    if a.random_resized_crop:
+        ops.append(T.RandomResizedCrop(size, scale=tuple(a.random_resized_crop), antialias=True))
+    else:
+        ops.append(T.Resize(size, antialias=True))
+        ops.append(T.CenterCrop(size))
+        if a.random_crop_padding:
+            ops.append(T.RandomCrop(size, padding=a.random_crop_padding))
+    if a.hflip:
+        ops.append(T.RandomHorizontalFlip(a.hflip))
+    if a.rotation:
+        ops.append(T.RandomRotation(a.rotation))
+    if a.color_jitter:
+        ops.append(T.ColorJitter(a.color_jitter, a.color_jitter, a.color_jitter if cfg.channels == 3 else 0))
+    ops += [T.ToDtype(torch.float32, scale=True), T.Normalize(cfg.mean, cfg.std)]
+    return T.Compose(ops)
+
+
+def eval_transform(cfg: DataConfig) -> T.Compose:
+    """Resize the shorter side to ``resize``, centre-crop ``input_size``, normalise.
+
+    The device runtime implements the same spec in numpy/OpenCV (edgecv.runtime.preprocess).
+    """
+    resize = cfg.resize or cfg.input_size
+    return T.Compose([
+        _to_channels(cfg.channels),
+        T.Resize(resize, antialias=True),
+        T.CenterCrop(cfg.input_size),
+        T.ToDtype(torch.float32, scale=True),
+        T.Normalize(cfg.mean, cfg.std),
+    ])
+
+
+def preprocess_spec(cfg: DataConfig) -> dict:
+    """The preprocessing a deployed model needs, as plain data (stored in checkpoints and bundles)."""
+    return {
+        "input_size": cfg.input_size,
+        "resize": cfg.resize or cfg.input_size,
+        "crop": cfg.input_size,
+        "channels": cfg.channels,
+        "channel_order": "RGB" if cfg.channels == 3 else "GRAY",
+        "layout": "NCHW",
+        "scale": 1.0 / 255.0,
+        "mean": list(cfg.mean),
+        "std": list(cfg.std),
+        "resize_interpolation": "bilinear_antialias",
+    }

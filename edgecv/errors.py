@@ -1,0 +1,39 @@
+"""User-facing errors: each means "the input is wrong" and carries a message naming the file or field.
+
+The CLI prints them as one line (exit code 2) instead of a traceback. No heavy imports here.
+"""
+from edgecv.data.errors import DatasetError
+from edgecv.recipe import RecipeError
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, unsafe, or not an edgecv checkpoint."""
+
+
+class ModelError(ValueError):
+    """Unknown model name or bad model arguments."""
+
+
+class SourceError(ValueError):
+    """SOURCE is neither a recipe nor a checkpoint, or its model cannot be loaded."""
+
+
+class ExportError(RuntimeError):
+    """An export cannot produce a bundle that meets its gates (nothing is written)."""
+
+
+class BundleError(ValueError):
+    """A bundle is missing, truncated, tampered with, or not a bundle."""
+
+
+class DeviceError(RuntimeError):
+    """The device lacks what a command needs (TensorRT, a GPU, a camera)."""
+
+
+class InputSpecError(ValueError):
+    """An input does not match the model's input spec."""
+
+
+def USER_ERRORS():
+    return (RecipeError, DatasetError, CheckpointError, ModelError, SourceError, ExportError, BundleError,
+            DeviceError, InputSpecError, FileNotFoundError, PermissionError)

@@ -1,0 +1,122 @@
+"""Checkpoints: architecture name and arguments, class names, preprocessing, weights.
+
+Saved as plain tensors and Python literals so they load with ``torch.load(weights_only=True)``;
+a checkpoint that needs arbitrary unpickling (a pickled module, a code payload) is refused.
+A pruned model (channel counts changed) stores each layer's shape so it can be rebuilt.
+"""
+from __future__ import annotations
+
+from edgecv.errors import CheckpointError  # noqa: F401 (re-exported)
+
+import io
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from edgecv.models.registry import create_model
+from edgecv.utils.io import atomic_write_bytes
+
+FORMAT = "edgecv-checkpoint/1"
+
+
+
+
+def layer_shapes(model: nn.Module) -> Dict[str, Dict[str, int]]:
+    """Per-layer structural attributes that pruning changes."""
+    shapes = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            shapes[name] = {"in_channels": m.in_channels, "out_channels": m.out_channels, "groups": m.groups}
+        elif isinstance(m, nn.BatchNorm2d):
+            shapes[name] = {"num_features": m.num_features}
+        elif isinstance(m, nn.Linear):
+            shapes[name] = {"in_features": m.in_features, "out_features": m.out_features}
+    return shapes
+
+
+def apply_layer_shapes(model: nn.Module, shapes: Dict[str, Dict[str, int]]) -> nn.Module:
+    """Resize layers in place to the stored shapes (weights are loaded afterwards)."""
+    for name, m in model.named_modules():
+        s = shapes.get(name)
+        if not s:
+            continue
+        if isinstance(m, nn.Conv2d):
+            m.in_channels, m.out_channels, m.groups = s["in_channels"], s["out_channels"], s["groups"]
+            m.weight = nn.Parameter(torch.empty(m.out_channels, m.in_channels // m.groups, *m.kernel_size))
+            if m.bias is not None:
+                m.bias = nn.Parameter(torch.empty(m.out_channels))
+        elif isinstance(m, nn.BatchNorm2d):
+            n = m.num_features = s["num_features"]
+            if m.affine:
+                m.weight, m.bias = nn.Parameter(torch.empty(n)), nn.Parameter(torch.empty(n))
+            if m.track_running_stats:
+                m.running_mean, m.running_var = torch.zeros(n), torch.ones(n)
+        elif isinstance(m, nn.Linear):
+            m.in_features, m.out_features = s["in_features"], s["out_features"]
+            m.weight = nn.Parameter(torch.empty(m.out_features, m.in_features))
+            if m.bias is not None:
+                m.bias = nn.Parameter(torch.empty(m.out_features))
+    return model
+
+
+def make_checkpoint(model: nn.Module, arch: str, arch_args: Dict[str, Any], classes: List[str],
+                    preprocess: Dict[str, Any], pruned: bool = False, extra: Optional[Dict] = None) -> Dict:
+    ckpt = {
+        "format": FORMAT,
+        "arch": arch,
+        "arch_args": dict(arch_args),
+        "num_classes": len(classes),
+        "classes": list(classes),
+        "preprocess": dict(preprocess),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "pruned": pruned,
+        "layer_shapes": layer_shapes(model) if pruned else {},
+    }
+    if extra:
+        ckpt.update(extra)
+    return ckpt
+
+
+def save_checkpoint(ckpt: Dict, path: str | os.PathLike) -> None:
+    """Serialise with torch.save into memory, then write atomically."""
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_checkpoint(path: str | os.PathLike) -> Dict:
+    """Load the raw checkpoint dict with ``weights_only=True``; refuse anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e) or "pickle" in str(e).lower():
+            raise CheckpointError(f"{path}: refused: the checkpoint needs unsafe unpickling "
+                                  f"(weights_only=True failed: {msg})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({msg})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an edgecv checkpoint (missing format={FORMAT!r})")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: Dict) -> nn.Module:
+    model = create_model(ckpt["arch"], num_classes=ckpt["num_classes"], pretrained=False, **ckpt["arch_args"])
+    if ckpt.get("pruned"):
+        apply_layer_shapes(model, ckpt["layer_shapes"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+def load_checkpoint(path: str | os.PathLike) -> Tuple[nn.Module, Dict]:
+    """Return ``(model in eval mode, checkpoint dict)``."""
+    ckpt = read_checkpoint(path)
+    try:
+        return model_from_checkpoint(ckpt), ckpt
+    except (RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{path}: weights do not fit architecture {ckpt.get('arch')!r}: {e}") from None

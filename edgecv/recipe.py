@@ -1,0 +1,244 @@
+"""Recipes: typed dataclasses loaded from YAML, overridable with ``--set key=value``.
+
+Every unknown key or wrong type fails with a :class:`RecipeError` that names the
+file, the dotted key and what was expected, so a typo never trains silently with
+a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+
+class RecipeError(ValueError):
+    """A recipe file or override is invalid."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "fashion_cnn"
+    pretrained: bool = False
+    num_classes: Optional[int] = None
+    args: Dict[str, Any] = field(default_factory=dict)
+    # Transfer learning: train only the new head for this many epochs, then unfreeze.
+    freeze_backbone_epochs: int = 0
+
+
+@dataclass
+class AugmentConfig:
+    random_resized_crop: Optional[List[float]] = None  # [min_scale, max_scale]
+    random_crop_padding: int = 0
+    hflip: float = 0.0
+    rotation: float = 0.0
+    color_jitter: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    kind: str = "fashion_mnist"  # fashion_mnist | image_folder | wnid_folder
+    path: str = "/usr/share/datasets/fashion-mnist"
+    val_path: Optional[str] = None
+    input_size: int = 28
+    resize: Optional[int] = None  # eval resize of the shorter side; None = input_size
+    channels: int = 3
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    # Fraction of the training data held out for evaluation when no val_path/test split exists.
+    holdout: float = 0.0
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    workers: int = 0
+    train_limit: Optional[int] = None
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | step | constant
+    warmup_epochs: float = 0.0
+    step_size: int = 30
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+    amp: bool = True  # only takes effect on a GPU
+    seed: int = 0
+    log_format: str = "jsonl"  # jsonl | csv
+    threads: Optional[int] = None
+
+
+@dataclass
+class ExportConfig:
+    int8: bool = True
+    fp16: bool = False
+    prune: float = 0.0
+    prune_round_to: int = 8
+    distill: bool = False
+    distill_epochs: int = 1
+    distill_lr: float = 0.01
+    temperature: float = 4.0
+    alpha: float = 0.7
+    calib: Optional[str] = None
+    calib_samples: int = 256
+    calib_method: str = "minmax"  # minmax | entropy | percentile
+    max_drop: float = 1.0
+    targets: List[str] = field(default_factory=lambda: ["tensorrt", "onnxruntime"])
+    eval: Optional[str] = None
+    eval_limit: Optional[int] = 2000
+    opset: int = 17
+
+
+@dataclass
+class Recipe:
+    name: str = "recipe"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    checkpoint: Optional[str] = None  # where a trained checkpoint for this recipe lives
+    source: Optional[str] = field(default=None, metadata={"internal": True})
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to floats)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, where)
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise RecipeError(f"{where}: expected bool (true/false), got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RecipeError(f"{where}: expected float, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(f"{where}: expected int, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise RecipeError(f"{where}: expected str, got {value!r}")
+        return value
+    raise RecipeError(f"{where}: unsupported type {_type_name(tp)}")
+
+
+def _build(cls, data: Dict[str, Any], where: str):
+    """``where`` is "file: key.path" (the prefix of every error message)."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    sep = "" if where.endswith(": ") else "."
+    for k in data:
+        if k not in names:
+            raise RecipeError(f"{where}{sep}{k}: unknown key (expected one of: {', '.join(sorted(names))})")
+    return cls(**{k: _coerce(v, hints[k], f"{where}{sep}{k}") for k, v in data.items()})
+
+
+def _parse_scalar(text: str) -> Any:
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(raw: Dict[str, Any], overrides: List[str], source: str = "--set") -> Dict[str, Any]:
+    """Apply ``a.b=value`` overrides (values parsed as YAML) to a raw recipe mapping."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise RecipeError(f"{source} {item!r}: expected key=value, e.g. train.epochs=3")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"{source} {key}: '{p}' is not a section")
+        node[parts[-1]] = _parse_scalar(text)
+    return raw
+
+
+def recipe_from_dict(raw: Dict[str, Any], source: str = "<dict>", overrides: List[str] = ()) -> Recipe:
+    """Build a validated :class:`Recipe` from a mapping (plus optional overrides)."""
+    raw = apply_overrides(dict(raw or {}), list(overrides))
+    recipe = _build(Recipe, raw, f"{source}: ")
+    recipe.source = source
+    _validate(recipe, source)
+    return recipe
+
+
+def _validate(r: Recipe, source: str) -> None:
+    choices = {
+        "data.kind": (r.data.kind, {"fashion_mnist", "image_folder", "wnid_folder"}),
+        "train.optimizer": (r.train.optimizer, {"sgd", "adamw"}),
+        "train.schedule": (r.train.schedule, {"cosine", "step", "constant"}),
+        "train.log_format": (r.train.log_format, {"jsonl", "csv"}),
+        "export.calib_method": (r.export.calib_method, {"minmax", "entropy", "percentile"}),
+    }
+    for key, (val, allowed) in choices.items():
+        if val not in allowed:
+            raise RecipeError(f"{source}: {key}: expected one of {sorted(allowed)}, got {val!r}")
+    for t in r.export.targets:
+        if t not in ("tensorrt", "onnxruntime"):
+            raise RecipeError(f"{source}: export.targets: unknown target {t!r} (expected tensorrt, onnxruntime)")
+    if r.export.max_drop < 0:
+        raise RecipeError(f"{source}: export.max_drop: must be >= 0, got {r.export.max_drop}")
+    if not 0 <= r.export.prune < 1:
+        raise RecipeError(f"{source}: export.prune: expected a ratio in [0, 1), got {r.export.prune}")
+    if len(r.data.mean) != r.data.channels or len(r.data.std) != r.data.channels:
+        raise RecipeError(f"{source}: data.mean/data.std: expected {r.data.channels} values (data.channels)")
+
+
+def load_recipe(path: str | os.PathLike, overrides: List[str] = ()) -> Recipe:
+    """Load and validate a YAML recipe. Relative data paths resolve against the working directory."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: expected a mapping at the top level")
+    raw.setdefault("name", path.stem)
+    return recipe_from_dict(raw, str(path), overrides)
+
+
+def recipe_to_dict(recipe: Recipe) -> Dict[str, Any]:
+    d = dataclasses.asdict(recipe)
+    d.pop("source", None)
+    return d
+
+
+def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
+    """Write the resolved recipe (atomically) beside an artefact."""
+    from edgecv.utils.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))

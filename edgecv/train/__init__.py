@@ -1,0 +1,1 @@
+"""Training, evaluation and explanation on the workstation (needs the [train] extra)."""

@@ -1,0 +1,26 @@
+"""``edgecv eval`` for PyTorch sources (recipe or checkpoint)."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from edgecv.data.loaders import dataset_for_path
+from edgecv.train.engine import evaluate
+from edgecv.train.sources import load_source
+
+
+def eval_source(target: str, data: str, overrides: List[str] = (), limit: Optional[int] = None,
+                batch_size: int = 64, show_progress: bool = True) -> Dict:
+    """Top-1/top-5 of a recipe's or checkpoint's model on the images under ``data``."""
+    src = load_source(target, overrides)
+    ds = dataset_for_path(data, src.data, train=False)
+    if limit:
+        ds = Subset(ds, range(min(limit, len(ds))))
+    loader = DataLoader(ds, batch_size=batch_size)
+    res = evaluate(src.model, loader, show_progress=show_progress)
+    base = ds.dataset if isinstance(ds, Subset) else ds
+    skipped = len(getattr(getattr(base, "list", None), "skipped", []) or []) + len(getattr(base, "failed", []))
+    return {"top1": res["top1"], "top5": res["top5"], "n": res["n"], "skipped": skipped,
+            "target": target, "data": data, "backend": "pytorch"}

@@ -1,0 +1,93 @@
+"""Turn what a user names on the command line (a recipe or a checkpoint) into a model and its data spec."""
+from __future__ import annotations
+
+from edgecv.errors import SourceError  # noqa: F401 (re-exported)
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from torch import nn
+
+from edgecv.recipe import DataConfig, Recipe, RecipeError, load_recipe
+
+
+
+
+@dataclass
+class ModelSource:
+    model: nn.Module
+    arch: str
+    arch_args: Dict
+    classes: List[str]
+    data: DataConfig
+    recipe: Optional[Recipe]
+    checkpoint: Optional[str]
+    pruned: bool = False
+
+
+def data_config_from_spec(spec: Dict, base: Optional[DataConfig] = None) -> DataConfig:
+    cfg = dataclasses.replace(base) if base else DataConfig()
+    cfg.input_size, cfg.channels = spec["input_size"], spec["channels"]
+    cfg.resize, cfg.mean, cfg.std = spec.get("resize"), list(spec["mean"]), list(spec["std"])
+    return cfg
+
+
+def is_recipe(path: str) -> bool:
+    return Path(path).suffix.lower() in (".yaml", ".yml")
+
+
+def load_source(path: str, overrides: List[str] = (), allow_train: bool = False,
+                show_progress: bool = True) -> ModelSource:
+    """Load a model from a recipe (its checkpoint, or its pretrained weights) or a checkpoint file.
+
+    With ``allow_train`` a recipe whose checkpoint does not exist yet is trained first.
+    """
+    from edgecv.models.checkpoint import CheckpointError, load_checkpoint
+
+    p = Path(path)
+    if not p.exists():
+        raise SourceError(f"{path}: no such file (expected a recipe .yaml or a checkpoint .pt)")
+    if is_recipe(path):
+        recipe = load_recipe(path, overrides)
+        ckpt_path = recipe.checkpoint
+        if ckpt_path and not Path(ckpt_path).exists() and allow_train:
+            from edgecv.train.loop import train
+
+            print(f"[edgecv] {ckpt_path} not found: training {path} first")
+            train(recipe, Path(ckpt_path).parent, show_progress=show_progress)
+        if ckpt_path and Path(ckpt_path).exists():
+            model, ckpt = load_checkpoint(ckpt_path)
+            return ModelSource(model, ckpt["arch"], ckpt["arch_args"], ckpt["classes"], recipe.data, recipe,
+                               ckpt_path, ckpt.get("pruned", False))
+        if not recipe.model.pretrained:
+            raise SourceError(f"{path}: no trained checkpoint ({ckpt_path or 'checkpoint: not set'}); "
+                              f"run `edgecv train {path}` first")
+        from edgecv.train.loop import build_model
+
+        classes = _recipe_classes(recipe)
+        model = build_model(recipe, len(classes)).eval()
+        return ModelSource(model, recipe.model.name, dict(recipe.model.args), classes, recipe.data, recipe, None)
+    try:
+        model, ckpt = load_checkpoint(path)
+    except CheckpointError as e:
+        raise SourceError(f"{e} (SOURCE must be a recipe .yaml or an edgecv checkpoint)") from None
+    return ModelSource(model, ckpt["arch"], ckpt["arch_args"], ckpt["classes"],
+                       data_config_from_spec(ckpt["preprocess"]), None, str(path), ckpt.get("pruned", False))
+
+
+def _recipe_classes(recipe: Recipe) -> List[str]:
+    d = recipe.data
+    if d.kind == "fashion_mnist":
+        from edgecv.data.fashion_mnist import CLASSES
+
+        return list(CLASSES)
+    if d.kind == "wnid_folder":
+        from edgecv.data.folders import read_classes_tsv
+
+        return read_classes_tsv(Path(d.path) / "classes.tsv")[0]
+    from edgecv.data.folders import list_image_folder
+
+    return list_image_folder(Path(d.path) / "train" if (Path(d.path) / "train").is_dir() else d.path,
+                             verify=False).classes
