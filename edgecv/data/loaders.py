@@ -24,7 +24,7 @@ class ArrayDataset(Dataset):
     """uint8 images held in memory ([N,H,W] or [N,H,W,C]) with int labels."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, classes: List[str], transform=None):
-        self.images = torch.from_numpy(np.ascontiguousarray(images))
+        self.images = torch.from_numpy(np.array(images, copy=True))
         if self.images.ndim == 3:
             self.images = self.images[:, None]
         else:

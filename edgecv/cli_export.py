@@ -1,0 +1,69 @@
+"""``edgecv export`` and ``edgecv check`` (workstation side)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from edgecv.cli import cli
+
+
+@cli.command()
+@click.argument("source")
+@click.option("-o", "--out", "out_dir", required=True, help="Bundle directory to write (replaced atomically).")
+@click.option("--int8/--no-int8", default=None, help="Calibrate and write int8 artefacts.")
+@click.option("--fp16", is_flag=True, default=None, help="Also allow fp16 in the on-device TensorRT build.")
+@click.option("--prune", type=float, default=None, help="Fraction of channels to remove (0.5 = about half).")
+@click.option("--distill/--no-distill", default=None, help="Recover accuracy by distillation from the unpruned model.")
+@click.option("--calib", default=None, help="Calibration images (folder); default: the recipe's training data.")
+@click.option("--calib-samples", type=int, default=None)
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None)
+@click.option("--max-drop", type=float, default=None, help="Largest top-1 drop allowed, in points (default 1.0).")
+@click.option("--target", "targets", default=None, help="Comma list: tensorrt,onnxruntime.")
+@click.option("--eval", "eval_path", default=None, help="Evaluation images; default: the recipe's held-out split.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Recipe override.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON at the end.")
+def export(source, out_dir, int8, fp16, prune, distill, calib, calib_samples, calib_method, max_drop, targets,
+           eval_path, overrides, as_json):
+    """Turn SOURCE (a recipe or a checkpoint) into a verified deploy bundle in OUT."""
+    from edgecv.export.pipeline import export_bundle
+
+    flags = {"int8": int8, "fp16": fp16, "prune": prune, "distill": distill, "calib": calib,
+             "calib_samples": calib_samples, "calib_method": calib_method, "max_drop": max_drop,
+             "targets": [t.strip() for t in targets.split(",") if t.strip()] if targets else None,
+             "eval": eval_path}
+    manifest = export_bundle(source, out_dir, flags, list(overrides), show_progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(manifest))
+        return
+    from edgecv.utils.table import print_rows
+
+    s = manifest["summary"]
+    rows = [{"artefact": "(unpruned fp32 baseline)", "target": "onnxruntime", "precision": "fp32",
+             "top1": s["baseline"]["top1"], "latency_ms": s["baseline"]["latency_ms"], "speedup": 1.0, "fallback": 0}]
+    for a in manifest["artifacts"]:
+        rows.append({"artefact": a["file"], "target": a["target"], "precision": a["precision"], "top1": a["top1"],
+                     "latency_ms": a["latency_ms"], "speedup": s["baseline"]["latency_ms"] / a["latency_ms"],
+                     "fallback": len(a["fallback_layers"])})
+    print_rows(rows, ["artefact", "target", "precision", "top1", "latency_ms", "speedup", "fallback"],
+               f"edgecv export -> {out_dir}")
+    for t, d in manifest["default"].items():
+        click.echo(f"default for {t}: {d['file']}  ({d['reason']})")
+    eng = s["engine"]
+    if not eng.get("built"):
+        click.echo(f"TensorRT engine: not built here ({eng['reason']}); {eng['how']}")
+
+
+@cli.command()
+@click.argument("bundle")
+def check(bundle):
+    """Verify BUNDLE's checksums and its TensorRT-target ONNX against TensorRT's Q/DQ rules."""
+    from edgecv.export.check import check_bundle
+
+    res = check_bundle(bundle)
+    for n in res.notes:
+        click.echo(f"ok: {n}")
+    for e in res.errors:
+        click.echo(f"error: {e}", err=True)
+    sys.exit(0 if res.ok else 1)

@@ -1,0 +1,1 @@
+"""Model compression on the workstation: structured channel pruning and knowledge distillation."""

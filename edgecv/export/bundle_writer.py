@@ -1,0 +1,128 @@
+"""Write the bundle's index files: labels, preprocessing spec, recipe, report (markdown + PNG), manifest."""
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from edgecv import __version__
+from edgecv.data.transforms import preprocess_spec
+from edgecv.recipe import DataConfig, ExportConfig, Recipe, recipe_to_dict
+from edgecv.runtime.bundle import FORMAT_VERSION, MANIFEST, manifest_bytes
+from edgecv.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+
+
+def _versions() -> Dict[str, Optional[str]]:
+    out = {"edgecv": __version__, "python": platform.python_version()}
+    for mod in ("torch", "onnx", "onnxruntime", "torch_pruning"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:
+            out[mod] = None
+    from edgecv.runtime.trt_compat import import_tensorrt
+
+    trt = import_tensorrt()
+    out["tensorrt"] = getattr(trt, "__version__", None) if trt else None
+    return out
+
+
+def _io_spec(path: Path) -> Dict:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+
+    def dims(v):
+        return [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+
+    return {"opset": max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")),
+            "inputs": [{"name": i.name, "shape": dims(i), "dtype": "float32"} for i in m.graph.input],
+            "outputs": [{"name": o.name, "shape": dims(o), "dtype": "float32"} for o in m.graph.output]}
+
+
+def write_report(tmp: Path, summary: Dict, artifacts: List[Dict]) -> None:
+    lines = [f"# edgecv export report", "", f"Source: `{summary['source']}`", ""]
+    lines += ["## Accuracy by stage (evaluation set: "
+              f"{summary['evaluation']['images']} images from `{summary['evaluation']['source']}`, "
+              "disjoint from calibration)", "", "| stage | top-1 | top-5 |", "|---|---|---|"]
+    lines += [f"| {s['stage']} | {s['top1']:.4f} | {s['top5']:.4f} |" for s in summary["stages"]]
+    lines += ["", "## Artefacts (latency: ONNX Runtime CPU, batch 1, 2 threads, median)", "",
+              "| file | target | precision | top-1 | latency ms | fallback layers |", "|---|---|---|---|---|---|"]
+    base = summary["baseline"]
+    lines.append(f"| (unpruned fp32 baseline) | onnxruntime | fp32 | {base['top1']:.4f} | {base['latency_ms']:.3f} | |")
+    for a in artifacts:
+        lines.append(f"| {a['file']} | {a['target']} | {a['precision']} | {a['top1']:.4f} | "
+                     f"{a['latency_ms']:.3f} | {len(a['fallback_layers'])} |")
+    for a in artifacts:
+        if a["fallback_layers"]:
+            lines += ["", f"### Layers kept in float in {a['file']}", "",
+                      "| layer | top-1 after | latency ms after |", "|---|---|---|"]
+            lines += [f"| {f['node']} | {f['top1_after']:.4f} | {f['latency_ms_after']:.3f} |" for f in a["fallback_layers"]]
+    lines += ["", "## Defaults", ""]
+    lines += [f"- {t}: `{d['file']}` ({d['reason']})" for t, d in summary["default"].items()]
+    if summary.get("prune"):
+        p = summary["prune"]
+        lines += ["", "## Pruning", "", f"MACs {p['macs_before'] / 1e6:.2f} M -> {p['macs_after'] / 1e6:.2f} M "
+                  f"({p['mac_reduction']:.2f}x), parameters {p['params_before'] / 1e6:.3f} M -> "
+                  f"{p['params_after'] / 1e6:.3f} M"]
+    eng = summary["engine"]
+    lines += ["", "## TensorRT engine", "", "built here" if eng.get("built") else f"not built here ({eng['reason']}); {eng['how']}"]
+    atomic_write_text(tmp / "report.md", "\n".join(lines) + "\n")
+    _plot(tmp / "report.png", summary, artifacts)
+
+
+def _plot(path: Path, summary: Dict, artifacts: List[Dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    base = summary["baseline"]
+    pts = [("unpruned fp32", base["latency_ms"], base["top1"])]
+    pts += [(f"{a['file']}", a["latency_ms"], a["top1"]) for a in artifacts if a["target"] == "onnxruntime"
+            or a["precision"] == "int8"]
+    for label, x, y in pts:
+        ax.scatter(x, y * 100, s=40)
+        ax.annotate(label, (x, y * 100), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("latency, ms (ONNX Runtime CPU, batch 1)")
+    ax.set_ylabel("top-1 %")
+    ax.set_title("accuracy vs latency per export stage")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(".report.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_bundle(tmp: Path, src, data_cfg: DataConfig, recipe: Optional[Recipe], opts: ExportConfig,
+                 artifacts: List[Dict], summary: Dict, stage_times: Dict) -> Dict:
+    atomic_write_text(tmp / "labels.txt", "\n".join(src.classes) + "\n")
+    atomic_write_json(tmp / "preprocess.json", preprocess_spec(data_cfg))
+    if recipe is not None:
+        from edgecv.recipe import save_recipe
+
+        save_recipe(recipe, tmp / "recipe.yaml")
+    write_report(tmp, summary, artifacts)
+    files = {}
+    for f in sorted(tmp.rglob("*")):
+        if f.is_file() and f.name != MANIFEST:
+            files[str(f.relative_to(tmp))] = {"sha256": sha256_file(f), "size": f.stat().st_size}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "model": {"arch": src.arch, "arch_args": src.arch_args, "num_classes": len(src.classes),
+                  "pruned": summary.get("prune") is not None},
+        **_io_spec(tmp / "model_fp32.onnx"),
+        "labels": "labels.txt",
+        "preprocess": "preprocess.json",
+        "calibration_cache": "calibration.cache" if (tmp / "calibration.cache").exists() else None,
+        "versions": _versions(),
+        "artifacts": [{k: v for k, v in a.items() if k != "latency"} for a in artifacts],
+        "default": summary["default"],
+        "summary": {k: v for k, v in summary.items() if k not in ("default",)},
+        "stage_times_s": stage_times,
+        "files": files,
+    }
+    atomic_write_bytes(tmp / MANIFEST, manifest_bytes(manifest))
+    return json.loads((tmp / MANIFEST).read_text())

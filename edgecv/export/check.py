@@ -1,0 +1,115 @@
+"""``edgecv check``: a bundle's checksums, and its TensorRT-target ONNX against TensorRT's Q/DQ rules.
+
+Rules (TensorRT explicit quantization, ONNX parser): opset >= 13; Q/DQ scales are constant, finite,
+positive; zero-points are int8 zeros (TensorRT supports only symmetric quantization, and a missing
+zero-point means uint8 in ONNX); activations are quantized per tensor; weights per tensor or per
+channel on axis 0 (the output-channel axis of Conv and of Gemm with transB=1); no int32 bias Q/DQ.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List
+
+import numpy as np
+
+
+@dataclass
+class CheckResult:
+    errors: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def check_trt_qdq(model, name: str = "model") -> CheckResult:
+    """Check an onnx.ModelProto against TensorRT's Q/DQ rules; every violation is listed with its node."""
+    from onnx import TensorProto, numpy_helper
+
+    res = CheckResult()
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset < 13:
+        res.errors.append(f"{name}: opset {opset} < 13 (per-channel Q/DQ needs opset 13)")
+    inits = {i.name: i for i in model.graph.initializer}
+    consts = {n.output[0]: n.attribute[0].t for n in model.graph.node if n.op_type == "Constant" and n.attribute}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    consumers = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def const(tensor_name):
+        t = inits.get(tensor_name) or consts.get(tensor_name)
+        return None if t is None else t
+
+    def is_weight(n) -> bool:
+        src = n.input[0]
+        if src in inits or src in consts:
+            return True
+        p = producers.get(src)  # weight Q -> DQ chains: Q's input is an initializer
+        return p is not None and p.op_type == "QuantizeLinear" and p.input[0] in inits
+
+    count = 0
+    for n in model.graph.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        count += 1
+        where = f"{name}: {n.op_type} {n.name or n.output[0]}"
+        if len(n.input) < 2 or not n.input[1]:
+            res.errors.append(f"{where}: missing scale")
+            continue
+        st = const(n.input[1])
+        if st is None:
+            res.errors.append(f"{where}: scale {n.input[1]!r} is not a constant")
+            continue
+        scale = numpy_helper.to_array(st)
+        if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+            res.errors.append(f"{where}: scale must be finite and > 0")
+        if len(n.input) < 3 or not n.input[2]:
+            res.errors.append(f"{where}: missing zero-point (ONNX then means uint8; TensorRT needs int8 zeros)")
+        else:
+            zt = const(n.input[2])
+            if zt is None:
+                res.errors.append(f"{where}: zero-point is not a constant")
+            else:
+                if zt.data_type != TensorProto.INT8:
+                    dtype = TensorProto.DataType.Name(zt.data_type)
+                    msg = "int32 bias Q/DQ (keep biases in float)" if zt.data_type == TensorProto.INT32 else \
+                        f"zero-point type {dtype} (TensorRT needs INT8)"
+                    res.errors.append(f"{where}: {msg}")
+                if np.any(numpy_helper.to_array(zt) != 0):
+                    res.errors.append(f"{where}: non-zero zero-point (TensorRT supports symmetric int8 only)")
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+        if scale.size > 1:
+            if not is_weight(n):
+                res.errors.append(f"{where}: per-channel scale ({scale.size}) on an activation; "
+                                  "TensorRT needs per-tensor activation scales")
+            elif axis != 0:
+                res.errors.append(f"{where}: per-channel weights on axis {axis}; TensorRT expects axis 0")
+    if count == 0:
+        res.errors.append(f"{name}: no QuantizeLinear/DequantizeLinear nodes (not an explicit int8 model)")
+    res.notes.append(f"{name}: {count} Q/DQ nodes, opset {opset}")
+    return res
+
+
+def check_bundle(bundle_dir: str) -> CheckResult:
+    """Verify every manifest checksum, then the TensorRT-target ONNX (if the bundle has one)."""
+    import onnx
+
+    from edgecv.runtime.bundle import open_bundle
+
+    res = CheckResult()
+    try:
+        bundle = open_bundle(bundle_dir)
+    except Exception as e:
+        res.errors.append(str(e))
+        return res
+    res.notes.append(f"{bundle_dir}: {len(bundle.manifest['files'])} files, checksums ok")
+    for art in bundle.manifest["artifacts"]:
+        if art["target"] == "tensorrt" and art["precision"] == "int8":
+            r = check_trt_qdq(onnx.load(str(Path(bundle_dir) / art["file"])), art["file"])
+            res.errors += r.errors
+            res.notes += r.notes
+    return res

@@ -1,0 +1,72 @@
+"""Calibration and evaluation images for export, as float32 arrays, kept disjoint."""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from edgecv.data.errors import DatasetError
+from edgecv.data.loaders import ImageFileDataset, build_dataset, dataset_for_path
+from edgecv.recipe import DataConfig
+
+log = logging.getLogger("edgecv.export")
+
+
+@dataclass
+class ArraySet:
+    x: np.ndarray
+    y: np.ndarray
+    paths: List[str]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def _files(ds) -> Optional[List[str]]:
+    return [p for p, _ in ds.samples] if isinstance(ds, ImageFileDataset) else None
+
+
+def materialise(ds, indices, desc: str, show_progress: bool) -> Tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for i in tqdm(indices, desc=desc, leave=False, disable=not show_progress, dynamic_ncols=True):
+        x, y = ds[i]
+        xs.append(x.numpy() if torch.is_tensor(x) else x)
+        ys.append(y)
+    return np.stack(xs).astype(np.float32), np.asarray(ys, dtype=np.int64)
+
+
+def calib_and_eval_sets(cfg: DataConfig, calib: Optional[str], eval_path: Optional[str], calib_samples: int,
+                        eval_limit: Optional[int], seed: int = 0,
+                        show_progress: bool = True) -> Tuple[ArraySet, ArraySet]:
+    """Pick ``calib_samples`` calibration images (``calib`` folder or the recipe's training split) and the
+    evaluation set (``eval_path`` or the recipe's held-out split), with no image in both."""
+    cal_ds = dataset_for_path(calib, cfg) if calib else build_dataset(cfg, "train", seed, train_aug=False)
+    ev_ds = dataset_for_path(eval_path, cfg) if eval_path else build_dataset(cfg, "val", seed)
+    if len(cal_ds) == 0:
+        raise DatasetError(f"{calib or cfg.path}: no calibration images")
+    order = list(range(len(cal_ds)))
+    random.Random(seed).shuffle(order)
+    cal_idx = sorted(order[: min(calib_samples, len(order))])
+    cal_files, ev_files = _files(cal_ds), _files(ev_ds)
+    ev_idx = list(range(len(ev_ds)))
+    if cal_files is not None and ev_files is not None:
+        used = {cal_files[i] for i in cal_idx}
+        ev_idx = [i for i in ev_idx if ev_files[i] not in used]
+        if not ev_idx:
+            raise DatasetError(f"{eval_path or cfg.path}: every evaluation image is also a calibration image; "
+                               "lower --calib-samples or pass a separate --eval folder")
+    if eval_limit:
+        ev_idx = ev_idx[:eval_limit]
+    cx, cy = materialise(cal_ds, cal_idx, "calibration images", show_progress)
+    ex, ey = materialise(ev_ds, ev_idx, "evaluation images", show_progress)
+    if (ey < 0).all():
+        raise DatasetError(f"{eval_path or cfg.path}: evaluation images have no labels "
+                           "(use an ImageFolder tree or a folder with classes.tsv)")
+    return (ArraySet(cx, cy, [cal_files[i] for i in cal_idx] if cal_files else [], str(calib or cfg.path)),
+            ArraySet(ex, ey, [ev_files[i] for i in ev_idx] if ev_files else [], str(eval_path or cfg.path)))

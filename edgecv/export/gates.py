@@ -1,0 +1,120 @@
+"""Accuracy and speed gates: an int8 model that is less accurate or slower than fp32 is never shipped silently."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from edgecv.export.quantize import Calibration, quantizable_nodes, quantize
+from edgecv.runtime.latency import measure_interleaved
+
+log = logging.getLogger("edgecv.export")
+
+
+def onnx_logits(path: str | os.PathLike, x: np.ndarray, batch: int = 64, threads: int = 2) -> np.ndarray:
+    from edgecv.runtime.ort_backend import OrtBackend
+
+    be = OrtBackend(str(path), threads=threads)
+    return np.concatenate([be.run_unchecked(x[i: i + batch]) for i in range(0, len(x), batch)])
+
+
+def topk_acc(logits: np.ndarray, y: np.ndarray) -> Dict[str, float]:
+    k = min(5, logits.shape[1])
+    top = np.argsort(-logits, 1)[:, :k]
+    return {"top1": float((top[:, 0] == y).mean()), "top5": float((top == y[:, None]).any(1).mean()),
+            "n": int(len(y))}
+
+
+def eval_onnx(path, x: np.ndarray, y: np.ndarray) -> Dict[str, float]:
+    return topk_acc(onnx_logits(path, x), y)
+
+
+def _kl(ref: np.ndarray, got: np.ndarray) -> float:
+    def log_softmax(a):
+        a = a - a.max(1, keepdims=True)
+        return a - np.log(np.exp(a).sum(1, keepdims=True))
+
+    lp, lq = log_softmax(ref), log_softmax(got)
+    return float((np.exp(lp) * (lp - lq)).sum(1).mean())
+
+
+@dataclass
+class GateResult:
+    file: str
+    top1: float
+    top5: float
+    fallback: List[Dict] = field(default_factory=list)  # [{node, sensitivity_kl, top1_after, latency_ms_after}]
+    passed: bool = True
+    reason: str = ""
+
+
+def sensitivity(fp32_path: str, calib: Calibration, target: str, x: np.ndarray, workdir: Path,
+                show_progress: bool = True) -> List[Dict]:
+    """Per compute node: KL(fp32 || int8) on ``x`` when only that node is kept in float.
+
+    The nodes whose exclusion lowers the KL most are the ones quantization hurts most.
+    """
+    ref = onnx_logits(fp32_path, x)
+    base = workdir / "sens_all.onnx"
+    quantize(fp32_path, calib, base, target)
+    kl_all = _kl(ref, onnx_logits(base, x))
+    nodes = quantizable_nodes(fp32_path)
+    out = []
+    for node in tqdm(nodes, desc=f"sensitivity ({target})", leave=False, disable=not show_progress):
+        p = workdir / "sens_one.onnx"
+        quantize(fp32_path, calib, p, target, exclude=[node])
+        kl = _kl(ref, onnx_logits(p, x))
+        out.append({"node": node, "kl_without": kl, "gain": kl_all - kl})
+    return sorted(out, key=lambda r: -r["gain"])
+
+
+def accuracy_gate(fp32_path: str, calib: Calibration, target: str, out_path: Path, x: np.ndarray, y: np.ndarray,
+                  ref_top1: float, max_drop: float, sens_x: np.ndarray, workdir: Path,
+                  max_fallback_frac: float = 0.5, show_progress: bool = True) -> GateResult:
+    """Quantize for ``target``; if top-1 drops more than ``max_drop`` points below ``ref_top1``, keep the
+    most sensitive layers in float, one at a time, until the budget holds (or give up)."""
+    quantize(fp32_path, calib, out_path, target)
+    acc = eval_onnx(out_path, x, y)
+    res = GateResult(out_path.name, acc["top1"], acc["top5"])
+    drop = (ref_top1 - acc["top1"]) * 100
+    log.info("%s int8 (%s): top-1 %.4f, drop %.2f points (budget %.2f)", target, calib.method, acc["top1"], drop, max_drop)
+    if drop <= max_drop:
+        return res
+    ranked = sensitivity(fp32_path, calib, target, sens_x, workdir, show_progress)
+    limit = max(1, int(len(ranked) * max_fallback_frac))
+    excluded: List[str] = []
+    one = np.ascontiguousarray(x[:1])
+    for r in ranked[:limit]:
+        excluded.append(r["node"])
+        quantize(fp32_path, calib, out_path, target, exclude=excluded)
+        acc = eval_onnx(out_path, x, y)
+        drop = (ref_top1 - acc["top1"]) * 100
+        from edgecv.runtime.ort_backend import OrtBackend
+
+        lat = measure_interleaved({"m": (lambda be=OrtBackend(str(out_path), threads=2): be.run_unchecked(one))},
+                                  warmup=5, iters=50, rounds=1)["m"]["p50_ms"]
+        res.fallback.append({"node": r["node"], "sensitivity_gain": r["gain"], "top1_after": acc["top1"],
+                             "latency_ms_after": lat})
+        log.info("fallback %s -> top-1 %.4f (drop %.2f), %.3f ms", r["node"], acc["top1"], drop, lat)
+        if drop <= max_drop:
+            res.top1, res.top5 = acc["top1"], acc["top5"]
+            return res
+    res.top1, res.top5, res.passed = acc["top1"], acc["top5"], False
+    res.reason = (f"{target} int8 top-1 {acc['top1']:.4f} is {drop:.2f} points below fp32 {ref_top1:.4f} "
+                  f"even with {len(excluded)} layers in float (budget --max-drop {max_drop})")
+    return res
+
+
+def speed_gate(paths: Dict[str, str], batch: np.ndarray, threads: int = 2, iters: int = 200) -> Dict[str, Dict]:
+    """Batch-1 latency of each ONNX model on this CPU, interleaved; ``paths`` maps a label to a file."""
+    from edgecv.runtime.ort_backend import OrtBackend
+
+    one = np.ascontiguousarray(batch[:1])
+    backends = {k: OrtBackend(str(p), threads=threads) for k, p in paths.items()}
+    fns = {k: (lambda be=be: be.run_unchecked(one)) for k, be in backends.items()}
+    return measure_interleaved(fns, warmup=20, iters=iters, rounds=10)

@@ -1,0 +1,250 @@
+"""``edgecv export``: SOURCE -> prune -> distill -> ONNX -> int8 -> gates -> deploy bundle.
+
+Everything is written into a temporary directory beside ``out_dir`` and renamed into place at the end,
+so an interrupted or failed export leaves no bundle.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from edgecv.errors import ExportError
+from edgecv.recipe import ExportConfig, Recipe, RecipeError
+from edgecv.utils.io import atomic_dir, check_writable_dir
+
+log = logging.getLogger("edgecv.export")
+
+
+def resolve_options(recipe: Optional[Recipe], flags: Dict) -> ExportConfig:
+    """The recipe's ``export:`` section, with every flag the user passed on top."""
+    cfg = copy.deepcopy(recipe.export) if recipe else ExportConfig()
+    for k, v in flags.items():
+        if v is not None:
+            setattr(cfg, k, v)
+    if cfg.max_drop < 0:
+        raise RecipeError(f"--max-drop: must be >= 0, got {cfg.max_drop}")
+    if not 0 <= cfg.prune < 1:
+        raise RecipeError(f"--prune: expected a ratio in [0, 1), got {cfg.prune}")
+    for t in cfg.targets:
+        if t not in ("tensorrt", "onnxruntime"):
+            raise RecipeError(f"--target: unknown target {t!r} (expected tensorrt, onnxruntime)")
+    if cfg.calib_method not in ("minmax", "entropy", "percentile"):
+        raise RecipeError(f"--calib-method: unknown method {cfg.calib_method!r}")
+    if cfg.calib_samples < 1:
+        raise RecipeError(f"--calib-samples: must be >= 1, got {cfg.calib_samples}")
+    return cfg
+
+
+class Stages:
+    """Prints one line per stage with its wall time (the progress a user sees between tqdm bars)."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet, self.times = quiet, {}
+
+    def __call__(self, name: str):
+        stages = self
+
+        class _S:
+            def __enter__(self):
+                self.t0 = time.time()
+                if not stages.quiet:
+                    print(f"[edgecv export] {name} ...", flush=True)
+
+            def __exit__(self, *exc):
+                stages.times[name] = round(time.time() - self.t0, 2)
+                if not stages.quiet and exc[0] is None:
+                    print(f"[edgecv export] {name} done in {stages.times[name]:.1f}s", flush=True)
+
+        return _S()
+
+
+def _torch_eval(model, x: np.ndarray, y: np.ndarray) -> Dict:
+    from edgecv.export.gates import topk_acc
+
+    model.eval()
+    with torch.no_grad():
+        logits = np.concatenate([model(torch.from_numpy(x[i: i + 256])).numpy() for i in range(0, len(x), 256)])
+    return topk_acc(logits, y)
+
+
+def export_bundle(source: str, out_dir: str, flags: Dict, overrides: List[str] = (),
+                  show_progress: bool = True) -> Dict:
+    """Run the whole export; return the manifest. Raises ExportError (and writes nothing) when a gate fails."""
+    from edgecv.export.bundle_writer import write_bundle
+    from edgecv.export.calib_cache import write_cache_from_qdq
+    from edgecv.export.check import check_trt_qdq
+    from edgecv.export.data import calib_and_eval_sets
+    from edgecv.export.gates import accuracy_gate, eval_onnx, speed_gate
+    from edgecv.export.onnx_export import compare_with_torch, export_onnx
+    from edgecv.export.quantize import calibrate
+    from edgecv.models.checkpoint import make_checkpoint, save_checkpoint
+    from edgecv.data.transforms import preprocess_spec
+    from edgecv.train.sources import is_recipe, load_source
+
+    out = check_writable_dir(out_dir)
+    recipe = None
+    if is_recipe(source):
+        from edgecv.recipe import load_recipe
+
+        recipe = load_recipe(source, overrides)
+    opts = resolve_options(recipe, flags)
+    stages = Stages(quiet=not show_progress)
+    summary: Dict = {"source": source, "options": dataclasses.asdict(opts)}
+
+    with stages("load source"):
+        src = load_source(source, overrides, allow_train=True, show_progress=show_progress)
+    data_cfg = src.data
+    shape = (data_cfg.channels, data_cfg.input_size, data_cfg.input_size)
+    if recipe is None and not opts.calib:
+        raise RecipeError("--calib: required when SOURCE is a checkpoint (a folder of calibration images)")
+    if recipe is None and not opts.eval:
+        raise RecipeError("--eval: required when SOURCE is a checkpoint (a labelled image folder)")
+    with stages("calibration and evaluation images"):
+        cal, ev = calib_and_eval_sets(data_cfg, opts.calib, opts.eval, opts.calib_samples, opts.eval_limit,
+                                      show_progress=show_progress)
+    summary["calibration"] = {"source": cal.source, "samples": len(cal), "method": opts.calib_method}
+    summary["evaluation"] = {"source": ev.source, "images": len(ev), "disjoint_from_calibration": True}
+
+    work = Path(tempfile.mkdtemp(prefix="edgecv-export-"))
+    try:
+        with atomic_dir(out) as tmp:
+            teacher = src.model.eval()
+            base_onnx = work / "baseline_fp32.onnx"
+            with stages("baseline fp32 ONNX"):
+                export_onnx(teacher, base_onnx, shape, opts.opset)
+                base_acc = eval_onnx(base_onnx, ev.x, ev.y)
+            summary["baseline"] = {"top1": base_acc["top1"], "top5": base_acc["top5"], "pruned": False}
+            student, stage_acc = teacher, [{"stage": "fp32 (source)", **base_acc}]
+            pruned_info = None
+            if opts.prune > 0:
+                from edgecv.compress.prune import prune_channels
+
+                with stages(f"prune {opts.prune:.0%} of channels"):
+                    student, report = prune_channels(copy.deepcopy(teacher), shape, opts.prune, opts.prune_round_to,
+                                                     torch.from_numpy(cal.x[:2]))
+                    acc = _torch_eval(student, ev.x, ev.y)
+                pruned_info = report.as_dict()
+                pruned_info["top1_after_prune"] = acc["top1"]
+                stage_acc.append({"stage": "pruned", **acc})
+                if opts.distill:
+                    if recipe is None:
+                        raise RecipeError("--distill: needs a recipe SOURCE (its training data)")
+                    from edgecv.compress.distill import distill
+                    from edgecv.data.loaders import load_data
+
+                    with stages(f"distill {opts.distill_epochs} epoch(s)"):
+                        _, _, train_loader, val_loader, _ = load_data(recipe.data)
+                        distill(student, teacher, train_loader, val_loader, opts.distill_epochs, opts.distill_lr,
+                                opts.temperature, opts.alpha, show_progress=show_progress)
+                        acc = _torch_eval(student, ev.x, ev.y)
+                    pruned_info["top1_after_distill"] = acc["top1"]
+                    stage_acc.append({"stage": "pruned + distilled", **acc})
+                ck = make_checkpoint(student, src.arch, src.arch_args, src.classes, preprocess_spec(data_cfg),
+                                     pruned=True)
+                save_checkpoint(ck, tmp / "pruned_model.pt")
+            summary["prune"] = pruned_info
+            fp32_path = tmp / "model_fp32.onnx"
+            with stages("ONNX export"):
+                export_onnx(student, fp32_path, shape, opts.opset)
+                parity = compare_with_torch(student, str(fp32_path), torch.from_numpy(ev.x[:32]))
+                fp32_acc = eval_onnx(fp32_path, ev.x, ev.y) if student is not teacher else base_acc
+            summary["onnx_parity"] = parity
+            artifacts = [{"file": "model_fp32.onnx", "target": "onnxruntime", "precision": "fp32", **fp32_acc,
+                          "fallback_layers": [], "calibration": None}]
+            artifacts.append({**artifacts[0], "target": "tensorrt"})
+            gate_failures = []
+            if opts.int8:
+                with stages(f"int8 calibration ({opts.calib_method}, {len(cal)} images)"):
+                    calib = calibrate(fp32_path, cal.x, opts.calib_method)
+                sens_x = cal.x[: min(64, len(cal))]
+                for target in opts.targets:
+                    name = f"model_int8_{'trt' if target == 'tensorrt' else 'ort'}.onnx"
+                    with stages(f"int8 {target}: quantize and accuracy gate"):
+                        g = accuracy_gate(str(fp32_path), calib, target, tmp / name, ev.x, ev.y, base_acc["top1"],
+                                          opts.max_drop, sens_x, work, show_progress=show_progress)
+                    if not g.passed:
+                        gate_failures.append(g.reason)
+                    artifacts.append({"file": name, "target": target, "precision": "int8", "top1": g.top1,
+                                      "top5": g.top5, "n": len(ev), "fallback_layers": g.fallback,
+                                      "calibration": {"method": opts.calib_method, "samples": len(cal)}})
+                    if target == "tensorrt":
+                        import onnx
+
+                        qdq = onnx.load(str(tmp / name))
+                        chk = check_trt_qdq(qdq, name)
+                        if not chk.ok:
+                            raise ExportError("TensorRT Q/DQ check failed: " + "; ".join(chk.errors[:5]))
+                        write_cache_from_qdq(qdq, tmp / "calibration.cache")
+            fp32_drop = (base_acc["top1"] - fp32_acc["top1"]) * 100
+            if fp32_drop > opts.max_drop:
+                gate_failures.append(f"the pruned fp32 model is already {fp32_drop:.2f} points below the source "
+                                     f"(top-1 {fp32_acc['top1']:.4f} vs {base_acc['top1']:.4f}); prune less or "
+                                     f"distill longer (budget --max-drop {opts.max_drop})")
+            if gate_failures:
+                raise ExportError("accuracy gate failed, no bundle written: " + " | ".join(gate_failures))
+            with stages("speed gate (ONNX Runtime CPU, batch 1, 2 threads)"):
+                paths = {"baseline_fp32": str(base_onnx)}
+                paths.update({a["file"]: str(tmp / a["file"]) for a in artifacts
+                              if a["target"] == "onnxruntime" or a["precision"] == "int8"})
+                lat = speed_gate(paths, ev.x)
+            summary["baseline"]["latency_ms"] = lat["baseline_fp32"]["p50_ms"]
+            for a in artifacts:
+                a["latency_ms"] = lat[a["file"]]["p50_ms"]
+                a["latency"] = lat[a["file"]]
+            default = choose_defaults(artifacts, base_acc["top1"], opts.max_drop)
+            summary["default"] = default
+            summary["stages"] = stage_acc
+            summary["engine"] = _maybe_build_engine(tmp, opts)
+            manifest = write_bundle(tmp, src, data_cfg, recipe, opts, artifacts, summary, stages.times)
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    return manifest
+
+
+def choose_defaults(artifacts: List[Dict], ref_top1: float, max_drop: float) -> Dict:
+    """Per target, the fastest artefact within the accuracy budget; int8 slower than fp32 is not the default."""
+    default = {}
+    for target in sorted({a["target"] for a in artifacts}):
+        arts = [a for a in artifacts if a["target"] == target]
+        fp32 = next(a for a in arts if a["precision"] == "fp32")
+        int8 = next((a for a in arts if a["precision"] == "int8"), None)
+        if target == "tensorrt":
+            pick, why = (int8, "explicit int8 Q/DQ (TensorRT latency is measured on the device: edgecv bench)") \
+                if int8 else (fp32, "no int8 artefact")
+        elif int8 is None:
+            pick, why = fp32, "no int8 artefact"
+        elif int8["latency_ms"] < fp32["latency_ms"]:
+            pick, why = int8, (f"int8 {int8['latency_ms']:.3f} ms < fp32 {fp32['latency_ms']:.3f} ms, "
+                               f"top-1 {int8['top1']:.4f} within {max_drop} points of {ref_top1:.4f}")
+        else:
+            pick, why = fp32, (f"int8 is slower on this CPU ({int8['latency_ms']:.3f} ms vs fp32 "
+                               f"{fp32['latency_ms']:.3f} ms): fp32 stays the default")
+        default[target] = {"file": pick["file"], "precision": pick["precision"], "reason": why}
+    return default
+
+
+def _maybe_build_engine(bundle_dir: Path, opts: ExportConfig) -> Dict:
+    """Build the TensorRT engine here when TensorRT and a GPU exist; otherwise say how to build it on the device."""
+    from edgecv.runtime.trt_compat import trt_available
+
+    ok, why = trt_available()
+    hint = f"on the device: edgecv build BUNDLE{' --int8' if opts.int8 else ''}{' --fp16' if opts.fp16 else ''}"
+    if not ok:
+        return {"built": False, "reason": why, "how": hint}
+    from edgecv.runtime.engine_build import build_engine_for_bundle
+
+    try:
+        info = build_engine_for_bundle(bundle_dir, int8=opts.int8, fp16=opts.fp16, verify=False)
+        return {"built": True, **info}
+    except Exception as e:  # never lose a good bundle because the optional engine build failed
+        return {"built": False, "reason": f"engine build failed: {e}", "how": hint}

@@ -1,0 +1,1 @@
+"""The device half: loads bundles and runs them with TensorRT or ONNX Runtime. Never imports torch."""

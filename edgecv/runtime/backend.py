@@ -1,0 +1,58 @@
+"""The one small interface every inference backend implements: load, specs, infer a batch, close."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Tuple
+
+import numpy as np
+
+from edgecv.errors import InputSpecError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: Tuple[int, ...]  # -1 for a dynamic dimension
+    dtype: type
+
+    def describe(self) -> str:
+        dims = ",".join("N" if d == -1 else str(d) for d in self.shape)
+        return f"{self.name}: {np.dtype(self.dtype).name}[{dims}]"
+
+
+class Backend:
+    name = "backend"
+
+    @property
+    def inputs(self) -> List[TensorSpec]:
+        raise NotImplementedError
+
+    @property
+    def outputs(self) -> List[TensorSpec]:
+        raise NotImplementedError
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def check_input(self, batch: np.ndarray) -> None:
+        """Clear error naming the expected spec for a wrong dtype, rank, channel count or size."""
+        spec = self.inputs[0]
+        if not isinstance(batch, np.ndarray):
+            raise InputSpecError(f"input must be a numpy array; expected {spec.describe()}")
+        if batch.dtype != np.dtype(spec.dtype):
+            raise InputSpecError(f"input dtype {batch.dtype} != expected {spec.describe()}")
+        if batch.ndim != len(spec.shape):
+            raise InputSpecError(f"input shape {batch.shape} has rank {batch.ndim}; expected {spec.describe()}")
+        for axis, (got, want) in enumerate(zip(batch.shape, spec.shape)):
+            if want != -1 and got != want:
+                what = "channel count" if axis == 1 else f"dimension {axis}"
+                raise InputSpecError(f"input {what} {got} != {want}: got shape {batch.shape}, expected {spec.describe()}")
