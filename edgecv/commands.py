@@ -1,2 +1,2 @@
-"""Registers the export and device commands on the CLI group (one module each, imported lazily)."""
-from edgecv.cli_export import export, check  # noqa: F401
+"""Registers the export and device commands on the CLI group (one module each)."""
+from edgecv import cli_device, cli_export  # noqa: F401

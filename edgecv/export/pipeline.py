@@ -202,12 +202,15 @@ def export_bundle(source: str, out_dir: str, flags: Dict, overrides: List[str] =
             default = choose_defaults(artifacts, base_acc["top1"], opts.max_drop)
             summary["default"] = default
             summary["stages"] = stage_acc
-            summary["engine"] = _maybe_build_engine(tmp, opts)
+            summary["engine"] = _engine_plan(opts)
             manifest = write_bundle(tmp, src, data_cfg, recipe, opts, artifacts, summary, stages.times)
     finally:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
+    if summary["engine"]["buildable_here"]:
+        with stages("TensorRT engine"):
+            manifest["summary"]["engine"] = _build_engine(out, opts)
     return manifest
 
 
@@ -233,18 +236,20 @@ def choose_defaults(artifacts: List[Dict], ref_top1: float, max_drop: float) -> 
     return default
 
 
-def _maybe_build_engine(bundle_dir: Path, opts: ExportConfig) -> Dict:
-    """Build the TensorRT engine here when TensorRT and a GPU exist; otherwise say how to build it on the device."""
+def _engine_plan(opts: ExportConfig) -> Dict:
+    """Whether the TensorRT engine can be built here; otherwise how to build it on the device."""
     from edgecv.runtime.trt_compat import trt_available
 
     ok, why = trt_available()
     hint = f"on the device: edgecv build BUNDLE{' --int8' if opts.int8 else ''}{' --fp16' if opts.fp16 else ''}"
-    if not ok:
-        return {"built": False, "reason": why, "how": hint}
+    return {"built": False, "buildable_here": ok, "reason": why or "built after the bundle is written", "how": hint}
+
+
+def _build_engine(out: Path, opts: ExportConfig) -> Dict:
+    """Build into the engine cache (engines are device-specific, so never into the bundle)."""
     from edgecv.runtime.engine_build import build_engine_for_bundle
 
     try:
-        info = build_engine_for_bundle(bundle_dir, int8=opts.int8, fp16=opts.fp16, verify=False)
-        return {"built": True, **info}
-    except Exception as e:  # never lose a good bundle because the optional engine build failed
-        return {"built": False, "reason": f"engine build failed: {e}", "how": hint}
+        return {"built": True, **build_engine_for_bundle(out, int8=opts.int8, fp16=opts.fp16)}
+    except Exception as e:  # the bundle is complete without an engine; say why it is missing
+        return {"built": False, "reason": f"engine build failed: {e}", "how": "edgecv build BUNDLE"}

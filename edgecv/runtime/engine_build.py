@@ -1,0 +1,211 @@
+"""On-device TensorRT engine build and cache.
+
+An engine is tied to one TensorRT version and one GPU, so the bundle ships ONNX and the device builds.
+Cached engines are keyed by model sha256, TensorRT version, GPU name and compute capability,
+precision and DLA core; the key is stored beside the engine and checked before every load, so an
+engine built for another key is never deserialized: it is rebuilt, with a message saying why.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+from edgecv.errors import DeviceError
+from edgecv.runtime.trt_compat import (device_key, explicit_batch_flags, has_builder, has_calibrators,
+                                       has_precision_flags, import_tensorrt, trt_available, version_tuple)
+from edgecv.utils.io import atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger("edgecv.build")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("EDGECV_ENGINE_CACHE", Path.home() / ".cache" / "edgecv" / "engines"))
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    model_sha256: str
+    trt_version: str
+    gpu: str
+    compute_capability: str
+    precision: str  # fp32 | fp16 | int8-qdq | int8-calib
+    dla_core: int = -1
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:24]
+
+    def slot(self) -> str:
+        """What stays the same for one model and build request on any device: finds stale engines."""
+        return f"{self.model_sha256[:16]}-{self.precision}-dla{self.dla_core}"
+
+    def differences(self, other: "EngineKey") -> Dict[str, Tuple]:
+        a, b = asdict(self), asdict(other)
+        return {k: (b[k], a[k]) for k in a if a[k] != b[k]}
+
+
+def lookup(cache_dir: Path, key: EngineKey) -> Tuple[Optional[Path], str]:
+    """(engine path, "") on a hit; (None, why) on a miss, naming what changed when a stale engine exists."""
+    meta = cache_dir / f"{key.slot()}.json"
+    engine = cache_dir / f"{key.slot()}.engine"
+    if not meta.exists() or not engine.exists():
+        return None, "no cached engine"
+    try:
+        stored = EngineKey(**json.loads(meta.read_text())["key"])
+    except (ValueError, KeyError, TypeError) as e:
+        return None, f"cache metadata {meta} unreadable ({e})"
+    if stored != key:
+        diff = ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in key.differences(stored).items())
+        return None, f"cached engine was built for another key ({diff}): rebuilding"
+    want = json.loads(meta.read_text()).get("engine_sha256")
+    if want and hashlib.sha256(engine.read_bytes()).hexdigest() != want:
+        return None, f"{engine}: checksum mismatch: rebuilding"
+    return engine, ""
+
+
+def store(cache_dir: Path, key: EngineKey, plan: bytes, build_info: Dict) -> Path:
+    """Write engine then metadata atomically (metadata last: a crash in between leaves a miss, not a bad hit)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    engine = cache_dir / f"{key.slot()}.engine"
+    atomic_write_bytes(engine, plan)
+    atomic_write_json(cache_dir / f"{key.slot()}.json",
+                      {"key": asdict(key), "engine_sha256": hashlib.sha256(plan).hexdigest(), "build": build_info})
+    return engine
+
+
+def make_cache_calibrator(trt, cache: bytes):
+    """An IInt8EntropyCalibrator2 that serves no batches and hands TensorRT the bundle's calibration cache."""
+
+    class CacheCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self, data: bytes):
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self.data = data
+            self.written: Optional[bytes] = None
+
+        def get_batch_size(self):
+            return 1
+
+        def get_batch(self, names):
+            return None
+
+        def read_calibration_cache(self):
+            return self.data
+
+        def write_calibration_cache(self, cache):
+            self.written = bytes(cache)
+
+    return CacheCalibrator(cache)
+
+
+def build_plan(onnx_path: Path, precision: str, calib_cache: Optional[bytes] = None, dla_core: int = -1,
+               workspace_mb: int = 1024, timing_cache: Optional[Path] = None, fp16: bool = False,
+               max_batch: int = 8) -> bytes:
+    """Parse ONNX and build a serialized engine with TensorRT's builder (8.5+ API only)."""
+    trt = import_tensorrt()
+    if trt is None or not has_builder(trt):
+        raise DeviceError("this TensorRT install has no builder (the lean runtime cannot build engines)")
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    qdq = precision == "int8-qdq"
+    strongly_typed = qdq and not has_precision_flags(trt)  # TensorRT 11: Q/DQ networks are strongly typed
+    network = builder.create_network(explicit_batch_flags(trt, strongly_typed))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise DeviceError(f"{onnx_path}: TensorRT's ONNX parser failed: {errs}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    inp = network.get_input(0)
+    shape = tuple(inp.shape)
+    if shape[0] == -1:
+        profile = builder.create_optimization_profile()
+        rest = tuple(shape[1:])
+        profile.set_shape(inp.name, (1,) + rest, (1,) + rest, (max_batch,) + rest)
+        config.add_optimization_profile(profile)
+    if has_precision_flags(trt):
+        if precision.startswith("int8"):
+            config.set_flag(trt.BuilderFlag.INT8)
+        if fp16 or precision == "fp16":
+            config.set_flag(trt.BuilderFlag.FP16)
+    elif precision == "fp16" or fp16:
+        raise DeviceError(f"TensorRT {trt.__version__} has no FP16 builder flag: export an fp16 ONNX instead")
+    if precision == "int8-calib":
+        if not has_calibrators(trt):
+            raise DeviceError(f"TensorRT {trt.__version__} removed calibrator-based int8: use the Q/DQ ONNX "
+                              "(edgecv build BUNDLE --int8 without --dla)")
+        if not calib_cache:
+            raise DeviceError("implicit int8 needs the bundle's calibration.cache")
+        config.int8_calibrator = make_cache_calibrator(trt, calib_cache)
+    if dla_core >= 0:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = dla_core
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    cache = None
+    if timing_cache is not None:
+        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
+        config.set_timing_cache(cache, False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise DeviceError(f"{onnx_path}: TensorRT failed to build the engine (see the log above)")
+    if cache is not None:
+        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
+    return bytes(plan)
+
+
+def plan_for_bundle(bundle, int8: bool, dla_core: int = -1) -> Tuple[str, str]:
+    """Which ONNX to build and how: (file, precision). DLA and TensorRT < 8.6-style deployments use the
+    fp32 ONNX + calibration cache (implicit int8); otherwise the explicit Q/DQ ONNX."""
+    if not int8:
+        return "model_fp32.onnx", "fp32"
+    if dla_core >= 0:
+        if not bundle.manifest.get("calibration_cache"):
+            raise DeviceError(f"{bundle.root}: DLA int8 needs a calibration cache; this bundle has none")
+        return "model_fp32.onnx", "int8-calib"
+    art = bundle.artifact("tensorrt", "int8")
+    return art["file"], "int8-qdq"
+
+
+def engine_key_for(bundle, file: str, precision: str, dla_core: int = -1) -> EngineKey:
+    trt = import_tensorrt()
+    dev = device_key() or {"gpu": "none", "compute_capability": "0.0"}
+    return EngineKey(bundle.manifest["files"][file]["sha256"], getattr(trt, "__version__", "none"),
+                     dev["gpu"], dev["compute_capability"], precision, dla_core)
+
+
+def engine_for_bundle(bundle, precision: str = "int8", fp16: bool = False, dla_core: int = -1,
+                      workspace_mb: int = 1024, timing_cache: Optional[Path] = None,
+                      cache_dir: Optional[Path] = None) -> Tuple[Path, EngineKey]:
+    """The cached engine for this bundle and device, building it when the key does not match."""
+    ok, why = trt_available()
+    if not ok:
+        raise DeviceError(f"cannot build a TensorRT engine: {why}")
+    file, prec = plan_for_bundle(bundle, precision.startswith("int8"), dla_core)
+    key = engine_key_for(bundle, file, prec, dla_core)
+    cache_dir = cache_dir or default_cache_dir()
+    hit, why = lookup(cache_dir, key)
+    if hit:
+        log.info("using cached engine %s", hit)
+        return hit, key
+    log.info("%s: building %s engine from %s", why, prec, file)
+    cache = None
+    if prec == "int8-calib":
+        from edgecv.export.calib_cache import retarget_header
+
+        cache = retarget_header(bundle.path(bundle.manifest["calibration_cache"]).read_bytes(), key.trt_version)
+    plan = build_plan(bundle.path(file), prec, cache, dla_core, workspace_mb,
+                      timing_cache or cache_dir / "timing.cache", fp16)
+    return store(cache_dir, key, plan, {"file": file, "fp16": fp16, "workspace_mb": workspace_mb}), key
+
+
+def build_engine_for_bundle(bundle_dir, int8: bool = True, fp16: bool = False, dla_core: int = -1,
+                            workspace_mb: int = 1024, timing_cache: Optional[str] = None, verify: bool = True) -> Dict:
+    from edgecv.runtime.bundle import open_bundle
+
+    bundle = open_bundle(bundle_dir, verify=verify)
+    path, key = engine_for_bundle(bundle, "int8" if int8 else "fp32", fp16, dla_core, workspace_mb,
+                                  Path(timing_cache) if timing_cache else None)
+    return {"engine": str(path), "key": asdict(key)}

@@ -1,0 +1,137 @@
+"""``edgecv run``: the camera classification loop (capture -> preprocess -> infer -> top-k -> outputs)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import cv2
+import numpy as np
+
+from edgecv.runtime.latency import percentiles
+from edgecv.runtime.preprocess import Preprocessor
+from edgecv.runtime.sources import FrameSource
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+class Smoother:
+    """Mean of the last N probability vectors: steadier labels on live video."""
+
+    def __init__(self, n: int):
+        self.buf: deque = deque(maxlen=max(1, n))
+
+    def __call__(self, p: np.ndarray) -> np.ndarray:
+        self.buf.append(p)
+        return p if len(self.buf) == 1 else np.mean(self.buf, axis=0)
+
+
+def annotate(frame: np.ndarray, text: str, fps: float) -> np.ndarray:
+    out = frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    cv2.rectangle(out, (0, 0), (out.shape[1], 26), (0, 0, 0), -1)
+    cv2.putText(out, f"{text}  {fps:.1f} FPS", (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def display_available() -> bool:
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def run(target: str, source: str, backend: str = "auto", topk: int = 1, smooth: int = 1,
+        max_frames: Optional[int] = None, as_json: bool = False, display: bool = False,
+        record: Optional[str] = None, loop: bool = False, realtime: bool = False, threads: Optional[int] = None,
+        max_failures: int = 5, emit: Callable[[str], None] = None) -> Dict:
+    """Classify frames from ``source``; returns a summary (frames, FPS, latency percentiles per stage)."""
+    from edgecv.runtime.bundle import open_bundle
+    from edgecv.runtime.select import open_backend
+
+    emit = emit or (lambda s: print(s, flush=True))
+    bundle = open_bundle(target)
+    labels = bundle.labels
+    pre = Preprocessor(bundle.preprocess)
+    be, info = open_backend(target, backend, threads=threads)
+    src = FrameSource(source, loop=loop, realtime=realtime, max_failures=max_failures)
+    smoother = Smoother(smooth)
+    x = np.empty((1, pre.channels, pre.crop, pre.crop), np.float32)
+    stages: Dict[str, List[float]] = {"capture_wait": [], "preprocess": [], "infer": [], "postprocess": []}
+    show = display and display_available()
+    writer = None
+    record_tmp = None
+    n = 0
+    t_start = time.perf_counter()
+    interrupted = False
+    error: Optional[str] = None
+    fps = 0.0
+    try:
+        frames = src.frames()
+        while max_frames is None or n < max_frames:
+            t0 = time.perf_counter()
+            try:
+                frame = next(frames)
+            except StopIteration:
+                break
+            t1 = time.perf_counter()
+            pre(frame, out=x[0])
+            t2 = time.perf_counter()
+            logits = be.infer(x)[0]
+            t3 = time.perf_counter()
+            probs = smoother(softmax(logits))
+            top = np.argsort(-probs)[:topk]
+            t4 = time.perf_counter()
+            for k, v in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                stages[k].append(v * 1e3)
+            idx = int(top[0])
+            label = labels[idx] if idx < len(labels) else str(idx)
+            n += 1
+            fps = n / (time.perf_counter() - t_start)
+            if as_json:
+                emit(json.dumps({"frame": n - 1, "label": label, "index": idx, "score": float(probs[idx]),
+                                 "topk": [{"index": int(i), "label": labels[i] if i < len(labels) else str(i),
+                                           "score": float(probs[i])} for i in top],
+                                 "latency_ms": {k: round(v[-1], 4) for k, v in stages.items()}}))
+            if show or record:
+                vis = annotate(frame.copy(), f"{label} {probs[idx]:.2f}", fps)
+                if record:
+                    if writer is None:
+                        record_tmp = str(Path(record).with_name(f".{Path(record).name}.tmp{Path(record).suffix}"))
+                        writer = cv2.VideoWriter(record_tmp, cv2.VideoWriter_fourcc(*"mp4v"), 30,
+                                                 (vis.shape[1], vis.shape[0]))
+                    writer.write(vis)
+                if show:
+                    cv2.imshow("edgecv", vis)
+                    if cv2.waitKey(1) & 0xFF in (27, ord("q")):
+                        break
+    except KeyboardInterrupt:
+        interrupted = True
+    except DeviceErrorTypes() as e:
+        error = str(e)
+    finally:
+        src.close()
+        be.close()
+        if writer is not None:
+            writer.release()
+            os.replace(record_tmp, record)
+        if show:
+            cv2.destroyAllWindows()
+    elapsed = time.perf_counter() - t_start
+    summary = {"frames": n, "fps": n / elapsed if elapsed else 0.0, "dropped": src.dropped,
+               "reconnects": src.reconnects, "skipped": src.skipped, "backend": info["backend"],
+               "artifact": info["file"], "interrupted": interrupted, "error": error,
+               "latency_ms": {k: percentiles(v) for k, v in stages.items() if v}}
+    if n:
+        total = np.sum([stages[k] for k in ("preprocess", "infer", "postprocess")], axis=0)
+        summary["latency_ms"]["pre_infer_post"] = percentiles(total)
+    return summary
+
+
+def DeviceErrorTypes():
+    from edgecv.runtime.sources import SourceFailed
+
+    return (SourceFailed,)

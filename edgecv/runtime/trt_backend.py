@@ -1,0 +1,132 @@
+"""Native TensorRT backend: one engine, buffers allocated once, copy/execute/copy on one stream.
+
+Tensor-name addressing (``num_io_tensors``, ``get_tensor_name``, ``set_tensor_address``,
+``set_input_shape``, ``execute_async_v3``) works on TensorRT 8.5 through 11.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from edgecv.errors import DeviceError
+from edgecv.runtime.backend import Backend, TensorSpec
+from edgecv.runtime.cuda_mem import CudaMem, open_cuda_mem
+from edgecv.runtime.trt_compat import import_tensorrt
+
+log = logging.getLogger("edgecv.runtime")
+
+
+def make_layer_profiler(trt):
+    """An IProfiler that accumulates per-layer times over runs (TensorRT calls report_layer_time)."""
+
+    class LayerTimeProfiler(trt.IProfiler):
+        def __init__(self):
+            trt.IProfiler.__init__(self)
+            self.times: Dict[str, List[float]] = {}
+            self.order: List[str] = []
+
+        def report_layer_time(self, layer_name, ms):
+            if layer_name not in self.times:
+                self.times[layer_name] = []
+                self.order.append(layer_name)
+            self.times[layer_name].append(float(ms))
+
+        def totals(self) -> Dict[str, float]:
+            return {k: float(sum(v)) for k, v in self.times.items()}
+
+    return LayerTimeProfiler()
+
+
+class TrtBackend(Backend):
+    name = "tensorrt"
+
+    def __init__(self, engine_path: str | Path, mem: Optional[CudaMem] = None, cuda_graph: bool = False,
+                 max_batch: Optional[int] = None):
+        trt = import_tensorrt()
+        if trt is None:
+            raise DeviceError("TensorRT is not installed")
+        self.trt = trt
+        self.mem = mem or open_cuda_mem()
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        with self.mem.activate():
+            self.runtime = trt.Runtime(self.logger)
+            self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+            if self.engine is None:
+                raise DeviceError(f"{engine_path}: TensorRT could not deserialize the engine")
+            self.context = self.engine.create_execution_context()
+        self._in: List[TensorSpec] = []
+        self._out: List[TensorSpec] = []
+        for i in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(i)
+            dtype = trt.nptype(self.engine.get_tensor_dtype(name))
+            shape = tuple(self.engine.get_tensor_shape(name))
+            spec = TensorSpec(name, shape, dtype)
+            (self._in if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else self._out).append(spec)
+        inp = self._in[0]
+        self.max_batch = max_batch or (self.engine.get_tensor_profile_shape(inp.name, 0)[2][0]
+                                       if inp.shape[0] == -1 else inp.shape[0])
+        full = lambda s: (self.max_batch,) + tuple(s.shape[1:])  # noqa: E731
+        self.host = {s.name: self.mem.pinned(full(s), s.dtype) for s in self._in + self._out}
+        self.dev = {s.name: self.mem.device_alloc(self.host[s.name].nbytes) for s in self._in + self._out}
+        for name, ptr in self.dev.items():
+            self.context.set_tensor_address(name, ptr)
+        self.cuda_graph = cuda_graph and hasattr(self.mem, "capture_graph")
+        self._graphs: Dict[int, object] = {}
+
+    @property
+    def inputs(self) -> List[TensorSpec]:
+        return self._in
+
+    @property
+    def outputs(self) -> List[TensorSpec]:
+        return self._out
+
+    def _enqueue(self, n: int) -> None:
+        inp, out = self._in[0].name, self._out[0].name
+        self.mem.htod_async(self.dev[inp], self.host[inp][:n])
+        if not self.context.execute_async_v3(self.mem.stream_handle):
+            raise DeviceError("TensorRT execute_async_v3 failed")
+        self.mem.dtoh_async(self.host[out][:n], self.dev[out])
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        self.check_input(batch)
+        n = batch.shape[0]
+        if n > self.max_batch:
+            raise DeviceError(f"batch {n} > the engine's max batch {self.max_batch}")
+        inp, out = self._in[0].name, self._out[0].name
+        with self.mem.activate():
+            self.context.set_input_shape(inp, batch.shape)
+            self.host[inp][:n] = batch
+            if self.cuda_graph:
+                if n not in self._graphs:
+                    self._enqueue(n)  # one plain run first: TensorRT allocates lazily on the first enqueue
+                    self.mem.synchronize()
+                    self._graphs[n] = self.mem.capture_graph(lambda: self._enqueue(n))
+                self.mem.launch_graph(self._graphs[n])
+            else:
+                self._enqueue(n)
+            self.mem.synchronize()
+        return self.host[out][:n].copy()
+
+    def layer_profile(self, batch: np.ndarray, iters: int = 50) -> Dict[str, float]:
+        """Per-layer mean ms over ``iters`` runs (IProfiler)."""
+        prof = make_layer_profiler(self.trt)
+        self.context.profiler = prof
+        try:
+            for _ in range(iters):
+                self.infer(batch)
+        finally:
+            self.context.profiler = None
+        return {k: v / iters for k, v in prof.totals().items()}
+
+    def engine_layers(self) -> str:
+        inspector = self.engine.create_engine_inspector()
+        inspector.execution_context = self.context
+        return inspector.get_engine_information(self.trt.LayerInformationFormat.JSON)
+
+    def close(self) -> None:
+        self.context = self.engine = self.runtime = None
+        self.mem.close()
