@@ -207,12 +207,12 @@ def train(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, show
         history.append(record)
         result = ev
         if rank0:
-            epoch_log.write(record)
-            log.info("epoch %d: loss %.4f train top1 %.4f | val top1 %.4f top5 %.4f (%.0fs)", epoch,
-                     stats["train_loss"], stats["train_top1"], ev["top1"], ev["top5"], stats["epoch_time_s"])
             extra = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "scaler": scaler.state_dict() if scaler else {}, "epoch": epoch, "history": history}
             save_checkpoint(make_checkpoint(model, recipe.model.name, arch_args, classes, spec, extra=extra), last)
+            epoch_log.write(record)
+            log.info("epoch %d: loss %.4f train top1 %.4f | val top1 %.4f top5 %.4f (%.0fs)", epoch,
+                     stats["train_loss"], stats["train_top1"], ev["top1"], ev["top5"], stats["epoch_time_s"])
     if not result:  # resumed a finished run: evaluate the final weights again
         result = evaluate(model, val_loader, device, show_progress=False, num_classes=len(classes),
                           distributed=dist_info["distributed"])

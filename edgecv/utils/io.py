@@ -79,9 +79,11 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def check_writable_dir(path: str | os.PathLike) -> Path:
     """Fail early, naming the folder, when an output directory cannot be created or written."""
     path = Path(path)
-    parent = path if path.exists() else path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if (path.exists() and not path.is_dir()) or not os.access(parent, os.W_OK):
-        raise PermissionError(f"{path}: output directory is not writable")
+    if path.exists() and not path.is_dir():
+        raise PermissionError(f"{path}: output path exists and is not a directory")
+    anc = path.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir() or not os.access(anc, os.W_OK):
+        raise PermissionError(f"{path}: output directory is not writable ({anc} is not a writable directory)")
     return path

@@ -1,0 +1,55 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGENET = ROOT.parent / "shared" / "data" / "imagenet-samples"
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+TINY_RECIPE = ROOT / "tests" / "recipes" / "tiny_fashion.yaml"
+
+os.environ.setdefault("EDGECV_ENGINE_CACHE", "/tmp/edgecv-test-engines")
+
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def imagenet_dir():
+    if not IMAGENET.is_dir():
+        pytest.fail(f"{IMAGENET} missing: the shared ImageNet samples are part of the test set-up")
+    return IMAGENET
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    """A tiny CNN trained for 2 epochs on 2,000 Fashion-MNIST images (seconds)."""
+    from edgecv.recipe import load_recipe
+    from edgecv.train.loop import train
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    recipe = load_recipe(TINY_RECIPE, ["train.epochs=1"])
+    train(recipe, out, show_progress=False)
+    return out / "model.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_ckpt):
+    """A full export (prune + distill + int8 for both targets) of the tiny recipe."""
+    from edgecv.export.pipeline import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    export_bundle(str(TINY_RECIPE), str(out), {"distill_epochs": 1},
+                  [f"checkpoint={tiny_ckpt}", "data.train_limit=1000"], show_progress=False)
+    return out
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle, tmp_path):
+    dst = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, dst)
+    return dst

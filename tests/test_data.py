@@ -1,0 +1,72 @@
+import shutil
+
+import numpy as np
+import pytest
+
+from edgecv.data.errors import DatasetError
+from edgecv.data.fashion_mnist import load_fashion_mnist
+from edgecv.data.folders import list_image_folder, list_images, list_wnid_folder, read_classes_tsv
+from edgecv.data.loaders import build_dataset, dataset_for_path
+from edgecv.recipe import DataConfig
+
+from conftest import FASHION
+
+
+def test_fashion_mnist_reader_real_files():
+    x, y = load_fashion_mnist(FASHION, "train")
+    assert x.shape == (60000, 28, 28) and x.dtype == np.uint8
+    assert np.bincount(y).tolist() == [6000] * 10
+    xt, yt = load_fashion_mnist(FASHION, "test")
+    assert xt.shape == (10000, 28, 28) and np.bincount(yt).tolist() == [1000] * 10
+
+
+def test_fashion_missing_folder_is_clear(tmp_path):
+    with pytest.raises(DatasetError, match="apt-get install -y dataset-fashion-mnist"):
+        load_fashion_mnist(tmp_path / "nope")
+
+
+def test_wnid_folder_on_shared_images(imagenet_dir):
+    names, wnids = read_classes_tsv(imagenet_dir / "classes.tsv")
+    assert len(names) == 1000 and names[0] == "tench"
+    images = list_wnid_folder(imagenet_dir)
+    assert len(images) == 500 and not images.skipped
+    labels = sorted(lbl for _, lbl in images.samples)
+    assert labels == list(range(0, 1000, 2))  # one image per even class index
+    path, label = images.samples[0]
+    assert path.endswith("n01440764_tench.JPEG") and label == 0
+
+
+def test_image_folder_and_corrupt_files_skipped(imagenet_dir, tmp_path, caplog):
+    src = sorted(imagenet_dir.glob("*.JPEG"))[:6]
+    for i, f in enumerate(src):
+        d = tmp_path / ("a" if i < 3 else "b")
+        d.mkdir(exist_ok=True)
+        shutil.copy(f, d / f.name)
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    data = src[0].read_bytes()
+    (tmp_path / "b" / "truncated.jpg").write_bytes(data[:200])
+    images = list_image_folder(tmp_path)
+    assert images.classes == ["a", "b"]
+    assert len(images) == 6 and len(images.skipped) == 2
+    assert "skipped 2 unreadable" in caplog.text
+    ds = dataset_for_path(str(tmp_path), DataConfig(input_size=32, resize=36, channels=3))
+    x, y = ds[0]
+    assert tuple(x.shape) == (3, 32, 32) and y == 0
+
+
+def test_empty_and_all_corrupt_folders_fail(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no class sub-folders|no readable"):
+        list_image_folder(tmp_path / "empty")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.jpg").write_bytes(b"garbage")
+    with pytest.raises(DatasetError, match="no readable images"):
+        list_images(bad)
+
+
+def test_holdout_split_is_disjoint(imagenet_dir):
+    cfg = DataConfig(kind="wnid_folder", path=str(imagenet_dir), input_size=32, resize=36, holdout=0.2)
+    tr, va = build_dataset(cfg, "train"), build_dataset(cfg, "val")
+    assert len(tr) == 400 and len(va) == 100
+    assert not {p for p, _ in tr.samples} & {p for p, _ in va.samples}

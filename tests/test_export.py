@@ -1,0 +1,173 @@
+import json
+import os
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from edgecv.cli import cli
+from edgecv.errors import ExportError
+from edgecv.export.calib_cache import format_cache, parse_cache, scales_from_qdq, trt_version_number
+from edgecv.export.check import check_bundle, check_trt_qdq
+from edgecv.runtime.bundle import open_bundle
+
+from conftest import FASHION, TINY_RECIPE
+
+
+def main():
+    from edgecv import commands  # noqa: F401
+
+    return cli
+
+
+def test_bundle_contents_and_manifest(tiny_bundle):
+    b = open_bundle(tiny_bundle)
+    m = b.manifest
+    for f in ["model_fp32.onnx", "model_int8_trt.onnx", "model_int8_ort.onnx", "calibration.cache", "labels.txt",
+              "preprocess.json", "recipe.yaml", "report.md", "report.png", "pruned_model.pt"]:
+        assert f in m["files"], f
+    assert m["opset"] >= 17 and m["inputs"][0]["shape"][0] == "batch"
+    assert {"edgecv", "torch", "onnx", "onnxruntime"} <= set(m["versions"])
+    int8 = [a for a in m["artifacts"] if a["precision"] == "int8"]
+    assert {a["target"] for a in int8} == {"tensorrt", "onnxruntime"}
+    for a in int8:
+        assert a["calibration"]["method"] == "minmax" and a["calibration"]["samples"] == 64
+        assert 0 < a["top1"] <= 1 and a["latency_ms"] > 0
+    assert m["default"]["onnxruntime"]["file"] in m["files"]
+    s = m["summary"]
+    assert s["prune"]["macs_after"] < s["prune"]["macs_before"] / 2.5
+    assert s["onnx_parity"]["max_abs_diff"] < 1e-3
+    assert b.labels[0] == "T-shirt/top" and b.preprocess["input_size"] == 28
+
+
+def test_pruned_model_loads_again(tiny_bundle):
+    from edgecv.models.checkpoint import load_checkpoint
+
+    model, ck = load_checkpoint(tiny_bundle / "pruned_model.pt")
+    assert ck["pruned"] and all(c % 8 == 0 for c in [model.features[0][0].out_channels])
+
+
+def test_checker_passes_bundle(tiny_bundle):
+    r = check_bundle(str(tiny_bundle))
+    assert r.ok, r.errors
+    assert CliRunner().invoke(main(), ["check", str(tiny_bundle)]).exit_code == 0
+
+
+def _qdq(tiny_bundle):
+    return onnx.load(str(tiny_bundle / "model_int8_trt.onnx"))
+
+
+def _find(model, op, weight: bool):
+    inits = {i.name for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == op and ((n.input[0] in inits) == weight):
+            return n
+    raise AssertionError("no such node")
+
+
+def test_checker_rejects_nonzero_zero_point(tiny_bundle):
+    m = _qdq(tiny_bundle)
+    n = _find(m, "QuantizeLinear", weight=False)
+    zp = next(i for i in m.graph.initializer if i.name == n.input[2])
+    zp.CopyFrom(numpy_helper.from_array(np.array(3, np.int8), zp.name))
+    assert any("non-zero zero-point" in e for e in check_trt_qdq(m).errors)
+
+
+def test_checker_rejects_per_channel_activation(tiny_bundle):
+    m = _qdq(tiny_bundle)
+    n = _find(m, "QuantizeLinear", weight=False)
+    s = next(i for i in m.graph.initializer if i.name == n.input[1])
+    s.CopyFrom(numpy_helper.from_array(np.full(4, 0.1, np.float32), s.name))
+    assert any("per-channel scale" in e and "activation" in e for e in check_trt_qdq(m).errors)
+
+
+def test_checker_rejects_missing_scale(tiny_bundle):
+    m = _qdq(tiny_bundle)
+    n = _find(m, "DequantizeLinear", weight=False)
+    n.input[1] = ""
+    assert any("missing scale" in e for e in check_trt_qdq(m).errors)
+
+
+def test_checker_rejects_tampered_bundle(bundle_copy):
+    f = bundle_copy / "labels.txt"
+    f.write_bytes(f.read_bytes().replace(b"Trouser", b"Trousex"))
+    r = check_bundle(str(bundle_copy))
+    assert not r.ok and "labels.txt" in r.errors[0]
+
+
+def test_calibration_cache_format_and_cross_check(tiny_bundle):
+    data = (tiny_bundle / "calibration.cache").read_bytes()
+    version, algo, scales = parse_cache(data)
+    assert (version, algo) == (100300, "EntropyCalibration2")
+    assert data.splitlines()[1].decode().split(": ")[1].__len__() == 8
+    qdq = scales_from_qdq(_qdq(tiny_bundle))
+    assert set(scales) == set(qdq) and "input" in scales
+    for k, v in qdq.items():  # hex round trip is exact for float32
+        assert scales[k] == np.float32(v), k
+    assert parse_cache(format_cache(scales, "8.6.1"))[0] == 8601 == trt_version_number("8.6.1")
+    with pytest.raises(ValueError, match="line 2"):
+        parse_cache(b"TRT-8601-EntropyCalibration2\ninput: zz\n")
+
+
+def test_calibration_methods_give_different_scales(tiny_bundle):
+    from edgecv.export.quantize import calibrate
+    from edgecv.data.fashion_mnist import load_fashion_mnist
+
+    x, _ = load_fashion_mnist(FASHION, "train")
+    data = ((x[:64, None].astype(np.float32) / 255 - 0.286) / 0.353).astype(np.float32)
+    cals = {m: calibrate(tiny_bundle / "model_fp32.onnx", data, m) for m in ("minmax", "entropy", "percentile")}
+    tensors = [t for t in cals["minmax"].ranges.data if t != "input"]
+    for a, b in [("minmax", "entropy"), ("minmax", "percentile"), ("entropy", "percentile")]:
+        diff = sum(cals[a].range_of(t) != cals[b].range_of(t) for t in tensors)
+        assert diff >= len(tensors) // 2, (a, b, diff)
+
+
+def _export(args, tmp_path):
+    return CliRunner().invoke(main(), ["export", *args])
+
+
+@pytest.mark.parametrize("case", ["empty_calib", "corrupt_calib", "neg_drop", "bad_target", "bad_source", "unwritable"])
+def test_bad_input_clear_error_no_bundle(case, tmp_path, tiny_ckpt):
+    out = tmp_path / "out" / "bundle"
+    base = [str(tiny_ckpt), "-o", str(out), "--eval", str(FASHION)]
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    if case == "empty_calib":
+        args, msg = base + ["--calib", str(calib)], "no readable images"
+    elif case == "corrupt_calib":
+        (calib / "a.jpg").write_bytes(b"\xff\xd8broken")
+        (calib / "b.png").write_bytes(b"nope")
+        args, msg = base + ["--calib", str(calib)], "no readable images"
+    elif case == "neg_drop":
+        args, msg = base + ["--calib", str(FASHION), "--max-drop", "-1"], "--max-drop: must be >= 0"
+    elif case == "bad_target":
+        args, msg = base + ["--calib", str(FASHION), "--target", "coreml"], "unknown target 'coreml'"
+    elif case == "bad_source":
+        junk = tmp_path / "model.bin"
+        junk.write_bytes(b"junk")
+        args, msg = [str(junk), "-o", str(out), "--calib", str(FASHION)], "neither a recipe nor|SOURCE must be"
+    else:
+        blocker = tmp_path / "a_file"
+        blocker.write_text("x")  # a path under a regular file cannot be created, even by root
+        out = blocker / "bundle"
+        args, msg = [str(tiny_ckpt), "-o", str(out), "--calib", str(FASHION), "--eval", str(FASHION)], "not writable"
+    r = _export(args, tmp_path)
+    assert r.exit_code == 2, r.output
+    import re
+
+    assert re.search(msg, r.output), r.output
+    assert not out.exists()
+
+
+def test_accuracy_gate_failure_leaves_no_bundle(tmp_path, tiny_ckpt):
+    from edgecv.export.pipeline import export_bundle
+
+    out = tmp_path / "b"
+    with pytest.raises(ExportError, match="accuracy gate failed"):
+        # 95% of channels pruned, no distillation: far outside a 0.1-point budget
+        export_bundle(str(TINY_RECIPE), str(out), {"prune": 0.9, "distill": False, "max_drop": 0.1},
+                      [f"checkpoint={tiny_ckpt}"], show_progress=False)
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".b")]

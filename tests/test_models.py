@@ -1,0 +1,61 @@
+import io
+import pickle
+
+import pytest
+import torch
+
+from edgecv.errors import CheckpointError, ModelError
+from edgecv.models import create_model, list_models, register_model
+from edgecv.models.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+
+
+def test_registry_has_required_models_and_refuses_duplicates():
+    assert {"seed_convnet", "fashion_cnn", "tiny_cnn", "resnet18", "resnet50", "mobilenet_v2",
+            "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_lite0"} <= set(list_models())
+    with pytest.raises(ModelError, match="already registered"):
+        register_model(lambda **k: None, name="resnet18")
+    with pytest.raises(ModelError, match="unknown model 'resnet19'"):
+        create_model("resnet19")
+
+
+def test_seed_convnet_adapts_to_input_size():
+    m = create_model("seed_convnet", num_classes=10, input_size=64, hidden=256).eval()
+    convs = [l for l in m.features if isinstance(l, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size[0]) for c in convs] == [(64, 11), (192, 5), (384, 3), (256, 3)]
+    assert m(torch.zeros(2, 3, 64, 64)).shape == (2, 10)
+
+
+def test_checkpoint_round_trip_and_pruned(tmp_path):
+    from edgecv.compress.prune import prune_channels
+
+    m = create_model("tiny_cnn", num_classes=10).eval()
+    x = torch.randn(3, 1, 28, 28)
+    p, _ = prune_channels(m, (1, 28, 28), 0.5)
+    ck = make_checkpoint(p, "tiny_cnn", {}, [str(i) for i in range(10)], {"input_size": 28}, pruned=True)
+    save_checkpoint(ck, tmp_path / "p.pt")
+    m2, ck2 = load_checkpoint(tmp_path / "p.pt")
+    assert ck2["pruned"] and m2.features[0][0].out_channels == p.features[0][0].out_channels
+    assert torch.allclose(m2(x), p(x), atol=1e-6)
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_pickle_payload_refused(tmp_path):
+    ck = make_checkpoint(create_model("tiny_cnn"), "tiny_cnn", {}, ["a"] * 10, {})
+    ck["evil"] = Payload()
+    torch.save(ck, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="refused: the checkpoint needs unsafe unpickling"):
+        load_checkpoint(tmp_path / "evil.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_lite0_pretrained_weights_load():
+    m = create_model("efficientnet_lite0", pretrained=True).eval()
+    assert sum(p.numel() for p in m.parameters()) == 4652008
+    m10 = create_model("efficientnet_lite0", pretrained=True, num_classes=10)
+    assert m10._fc.out_features == 10

@@ -1,0 +1,59 @@
+import pytest
+import yaml
+
+from edgecv.recipe import RecipeError, load_recipe, recipe_to_dict, save_recipe
+
+from conftest import ROOT
+
+
+def write(tmp_path, text):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_shipped_recipes_load():
+    names = {p.stem: load_recipe(p) for p in (ROOT / "recipes").glob("*.yaml")}
+    assert {"fashion_mnist", "seed_convnet", "efficientnet_lite0_imagenet", "transfer_lite0_fashion"} <= set(names)
+    lite = names["efficientnet_lite0_imagenet"]
+    # TF-style (x - 127) / 128 expressed on 0..1 pixels
+    assert lite.data.mean[0] * 255 == pytest.approx(127, abs=1e-4)
+    assert lite.data.std[0] * 255 == pytest.approx(128, abs=1e-4)
+    seed = names["seed_convnet"]
+    assert (seed.train.optimizer, seed.train.lr, seed.train.momentum, seed.train.weight_decay) == ("sgd", 0.01, 0.9, 5e-4)
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    p = write(tmp_path, "train:\n  epoch: 3\n")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p)
+    assert str(p) in str(e.value) and "train.epoch" in str(e.value) and "epochs" in str(e.value)
+
+
+def test_wrong_type_names_expected(tmp_path):
+    p = write(tmp_path, "train:\n  lr: fast\n")
+    with pytest.raises(RecipeError, match=r"train\.lr: expected float, got 'fast'"):
+        load_recipe(p)
+    p = write(tmp_path, "data:\n  augment:\n    hflip: [1]\n")
+    with pytest.raises(RecipeError, match=r"data\.augment\.hflip: expected float"):
+        load_recipe(p)
+
+
+def test_bad_choice_and_override(tmp_path):
+    p = write(tmp_path, "train:\n  optimizer: adam\n")
+    with pytest.raises(RecipeError, match="train.optimizer"):
+        load_recipe(p)
+    r = load_recipe(ROOT / "recipes" / "fashion_mnist.yaml", ["train.epochs=3", "train.lr=0.1", "export.targets=[onnxruntime]"])
+    assert (r.train.epochs, r.train.lr, r.export.targets) == (3, 0.1, ["onnxruntime"])
+    with pytest.raises(RecipeError, match="train.epochs: expected int"):
+        load_recipe(ROOT / "recipes" / "fashion_mnist.yaml", ["train.epochs=three"])
+    with pytest.raises(RecipeError, match="expected key=value"):
+        load_recipe(ROOT / "recipes" / "fashion_mnist.yaml", ["train.epochs"])
+
+
+def test_resolved_recipe_round_trips(tmp_path):
+    r = load_recipe(ROOT / "recipes" / "fashion_mnist.yaml", ["train.epochs=2"])
+    save_recipe(r, tmp_path / "recipe.yaml")
+    again = load_recipe(tmp_path / "recipe.yaml")
+    assert recipe_to_dict(again) == recipe_to_dict(r)
+    assert yaml.safe_load((tmp_path / "recipe.yaml").read_text())["train"]["epochs"] == 2
