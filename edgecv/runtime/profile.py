@@ -22,11 +22,21 @@ TOLERANCE = 0.10
 
 
 def torch_module_of(layer: str) -> Optional[str]:
-    """``/features/features.3/features.3.0/Conv_kernel_time`` -> ``features.3.0`` (None when unknown)."""
+    """The PyTorch module path of an exported node name, or None.
+
+    ``/features/features.3/features.3.0/Conv`` -> ``features.3.0`` (Sequential scopes repeat the prefix);
+    ``/_blocks.0/_depthwise_conv/Conv_token_7`` -> ``_blocks.0._depthwise_conv`` (attribute scopes do not).
+    """
     parts = [p for p in layer.split("/") if p]
     if len(parts) < 2:
         return None
-    return parts[-2]
+    path = ""
+    for comp in parts[:-1]:
+        if path and (comp == path or comp.startswith(path + ".")):
+            path = comp
+        else:
+            path = f"{path}.{comp}" if path else comp
+    return path
 
 
 def _ort_profile(be, x: np.ndarray, iters: int) -> Dict:
@@ -116,19 +126,28 @@ def write_outputs(res: Dict, out: Path, top: int = 20) -> None:
             w.writerow(["name", "op", "torch_module", "average_ms", "percentage"])
             for r in res["layers"]:
                 w.writerow([r["name"], r["op"], r["torch_module"] or "", f"{r['averageMs']:.6f}", f"{r['percentage']:.3f}"])
-    import matplotlib
+    write_bar_png(res, out / "profile.png", top)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    rows = res["layers"][:top][::-1]
-    fig, ax = plt.subplots(figsize=(8, 0.3 * len(rows) + 1.5))
-    ax.barh([(r["torch_module"] or r["name"])[-40:] + (f" ({r['op']})" if r["op"] else "") for r in rows],
-            [r["averageMs"] for r in rows])
-    ax.set_xlabel("ms per run")
-    ax.set_title(f"top {len(rows)} layers, {res['backend']}: sum {res['sum_layers_ms']:.3f} ms, "
-                 f"end-to-end {res['end_to_end_ms']:.3f} ms")
-    fig.tight_layout()
-    with atomic_path(out / "profile.png") as t:
-        fig.savefig(t, dpi=100, format="png")
-    plt.close(fig)
+def write_bar_png(res: Dict, path: Path, top: int = 20) -> None:
+    """Horizontal bar chart of the top layers, drawn with OpenCV (the device has no matplotlib)."""
+    import cv2
+
+    rows = res["layers"][:top]
+    w, bar_x, row_h = 1000, 430, 22
+    img = np.full((60 + row_h * max(1, len(rows)), w, 3), 255, np.uint8)
+    title = (f"top {len(rows)} layers ({res['backend']}): sum {res['sum_layers_ms']:.3f} ms, "
+             f"end-to-end {res['end_to_end_ms']:.3f} ms")
+    cv2.putText(img, title, (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    peak = max((r["averageMs"] for r in rows), default=1.0) or 1.0
+    for i, r in enumerate(rows):
+        y = 44 + i * row_h
+        label = (r["torch_module"] or r["name"])[-38:] + (f" {r['op']}" if r["op"] else "")
+        cv2.putText(img, label[:52], (10, y + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+        length = int((w - bar_x - 140) * r["averageMs"] / peak)
+        cv2.rectangle(img, (bar_x, y + 3), (bar_x + max(1, length), y + row_h - 3), (180, 110, 40), -1)
+        cv2.putText(img, f"{r['averageMs']:.3f} ms {r['percentage']:.1f}%", (bar_x + length + 6, y + 14),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+    with atomic_path(path) as t:
+        ok, buf = cv2.imencode(".png", img)
+        Path(t).write_bytes(buf.tobytes())

@@ -64,6 +64,7 @@ def run(target: str, source: str, backend: str = "auto", topk: int = 1, smooth: 
     show = display and display_available()
     writer = None
     record_tmp = None
+    rec_size = None
     n = 0
     t_start = time.perf_counter()
     interrupted = False
@@ -103,6 +104,9 @@ def run(target: str, source: str, backend: str = "auto", topk: int = 1, smooth: 
                         record_tmp = str(Path(record).with_name(f".{Path(record).name}.tmp{Path(record).suffix}"))
                         writer = cv2.VideoWriter(record_tmp, cv2.VideoWriter_fourcc(*"mp4v"), 30,
                                                  (vis.shape[1], vis.shape[0]))
+                        rec_size = (vis.shape[1], vis.shape[0])
+                    if (vis.shape[1], vis.shape[0]) != rec_size:  # folders mix image sizes; video cannot
+                        vis = cv2.resize(vis, rec_size)
                     writer.write(vis)
                 if show:
                     cv2.imshow("edgecv", vis)

@@ -32,7 +32,7 @@ def open_backend(target: str, backend: str = "auto", precision: Optional[str] = 
 
         if name == "tensorrt":
             raise DeviceError(f"{target}: a bare ONNX file runs on onnxruntime; build a bundle for tensorrt")
-        return OrtBackend(str(p), threads=threads), {"backend": "onnxruntime", "file": str(p), "precision": "?"}
+        return OrtBackend(str(p), threads=threads, **kw), {"backend": "onnxruntime", "file": str(p), "precision": "?"}
     from edgecv.runtime.bundle import open_bundle
 
     bundle = open_bundle(target)

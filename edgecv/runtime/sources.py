@@ -172,7 +172,7 @@ class FrameSource:
             except SourceFailed:
                 frame = None
             if frame is None:
-                if self.kind == "file" and self._cap is not None and not self.live:
+                if self.kind == "file" and self._cap is not None:  # end of file (paced or not)
                     self._close()
                     if not self.loop:
                         return  # end of file

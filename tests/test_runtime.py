@@ -1,0 +1,150 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgecv.cli import cli
+from edgecv.errors import BundleError, InputSpecError
+from edgecv.runtime.bundle import open_bundle
+from edgecv.runtime.ort_backend import OrtBackend
+
+from conftest import FASHION, ROOT
+
+
+def main():
+    from edgecv import commands  # noqa: F401
+
+    return cli
+
+
+NO_TORCH = textwrap.dedent("""
+    import builtins, sys
+    real = builtins.__import__
+    def guard(name, *a, **k):
+        if name == "torch" or name.startswith("torch.") or name in ("torchvision", "PIL"):
+            raise ImportError("blocked on the device: " + name)
+        return real(name, *a, **k)
+    builtins.__import__ = guard
+    from edgecv.cli import main
+    sys.argv = ["edgecv"] + sys.argv[1:]
+    main()
+""")
+
+
+def run_no_torch(*args):
+    return subprocess.run([sys.executable, "-c", NO_TORCH, *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+
+
+def test_device_commands_run_without_torch(tiny_bundle, tmp_path):
+    r = run_no_torch("eval", str(tiny_bundle), "--data", str(FASHION), "--limit", "300", "--json")
+    assert r.returncode == 0, r.stderr[-1500:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["n"] == 300 and res["backend"] == "onnxruntime" and res["top1"] > 0.3
+    r = run_no_torch("bench", str(tiny_bundle), "--batch", "1,4", "--iters", "20", "--json")
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert set(json.loads(r.stdout)["batches"]) == {"1", "4"}
+    r = run_no_torch("profile", str(tiny_bundle), "--iters", "10", "-o", str(tmp_path / "p"))
+    assert r.returncode == 0, r.stderr[-1500:]
+    vid = make_video(tmp_path / "v.mp4", 5)
+    r = run_no_torch("run", str(tiny_bundle), "--source", str(vid), "--json")
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert len(r.stdout.strip().splitlines()) == 5
+    r = run_no_torch("build", str(tiny_bundle))
+    assert r.returncode == 2 and "TensorRT" in r.stderr and "Traceback" not in r.stderr
+
+
+def make_video(path, n, size=64):
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, (size, size))
+    for i in range(n):
+        w.write(np.full((size, size, 3), (i * 37) % 255, np.uint8))
+    w.release()
+    return path
+
+
+def test_bench_json_shape(tiny_bundle):
+    r = CliRunner().invoke(main(), ["bench", str(tiny_bundle), "--batch", "1,8", "--iters", "30", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    for b in ("1", "8"):
+        s = res["batches"][b]
+        assert s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"] and s["throughput"] > 0
+
+
+def test_tampered_bundle_refused_naming_file(bundle_copy):
+    for name in ["model_int8_ort.onnx", "preprocess.json", "manifest.json"]:
+        f = bundle_copy / name
+        orig = f.read_bytes()
+        data = bytearray(orig)
+        i = len(data) // 2
+        data[i] = (data[i] + 1) % 256 if name != "manifest.json" else data[i]
+        if name == "manifest.json":  # change one digit of a number inside the manifest
+            j = orig.index(b'"size": ') + 8
+            data[j] = ord("9") if data[j] != ord("9") else ord("8")
+        f.write_bytes(bytes(data))
+        with pytest.raises(BundleError, match=name.replace(".", r"\.")):
+            open_bundle(bundle_copy)
+        f.write_bytes(orig)
+    (bundle_copy / "labels.txt").write_bytes(b"short")
+    with pytest.raises(BundleError, match="labels.txt: size"):
+        open_bundle(bundle_copy)
+
+
+def test_input_spec_errors(tiny_bundle):
+    be = OrtBackend(str(tiny_bundle / "model_fp32.onnx"))
+    with pytest.raises(InputSpecError, match=r"channel count 3 != 1.*input: float32\[N,1,28,28\]"):
+        be.infer(np.zeros((1, 3, 28, 28), np.float32))
+    with pytest.raises(InputSpecError, match="dtype float64"):
+        be.infer(np.zeros((1, 1, 28, 28)))
+    with pytest.raises(InputSpecError, match="rank 3"):
+        be.infer(np.zeros((1, 28, 28), np.float32))
+    assert be.infer(np.zeros((2, 1, 28, 28), np.float32)).shape == (2, 10)
+
+
+def test_profile_outputs_and_sums(tmp_path):
+    """Per-layer times of EfficientNet-Lite0 (fp32 ONNX) sum to within 10% of end-to-end."""
+    import torch
+
+    from edgecv.export.onnx_export import export_onnx
+    from edgecv.models import create_model
+    from edgecv.runtime.profile import profile
+
+    onnx_path = tmp_path / "lite0.onnx"
+    export_onnx(create_model("efficientnet_lite0").eval(), onnx_path, (3, 224, 224))
+    res = profile(str(onnx_path), "onnxruntime", iters=20, warmup=3, out_dir=str(tmp_path / "p"), threads=2)
+    assert res["sum_within_tolerance"], (res["sum_layers_ms"], res["end_to_end_ms"])
+    assert sum(r["percentage"] for r in res["layers"]) == pytest.approx(100, abs=0.01)
+    prof = json.loads((tmp_path / "p" / "profile.json").read_text())
+    assert prof[0] == {"count": 20} and {"name", "timeMs", "averageMs", "percentage"} <= set(prof[1])
+    assert [p["averageMs"] for p in prof[1:]] == sorted((p["averageMs"] for p in prof[1:]), reverse=True)
+    assert (tmp_path / "p" / "profile.png").stat().st_size > 5000
+    mapped = [r["torch_module"] for r in res["layers"]]
+    assert any(m and m.startswith("_blocks.") for m in mapped)
+
+
+def test_preprocess_matches_torchvision_top1(imagenet_dir):
+    """Runtime (OpenCV) vs training (torchvision) preprocessing: same top-1 on >= 99% of 100 images."""
+    import torch
+
+    from edgecv.data.loaders import dataset_for_path
+    from edgecv.data.transforms import preprocess_spec
+    from edgecv.recipe import load_recipe
+    from edgecv.runtime.preprocess import Preprocessor, load_image
+    from edgecv.train.sources import load_source
+
+    src = load_source(str(ROOT / "recipes" / "efficientnet_lite0_imagenet.yaml"))
+    ds = dataset_for_path(str(imagenet_dir), src.data)
+    pre = Preprocessor(preprocess_spec(src.data))
+    idx = list(range(0, 500, 5))
+    a = torch.stack([ds[i][0] for i in idx])
+    b = torch.from_numpy(np.stack([pre(load_image(ds.samples[i][0], 3)) for i in idx]))
+    assert a.shape == b.shape and float((a - b).abs().mean()) < 0.05
+    with torch.no_grad():
+        agree = (src.model(a).argmax(1) == src.model(b).argmax(1)).float().mean().item()
+    assert agree >= 0.99, agree

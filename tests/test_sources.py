@@ -1,0 +1,86 @@
+import json
+import os
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from edgecv.runtime.run_loop import run
+from edgecv.runtime.sources import FrameSource, SourceFailed, classify, gstreamer_available
+
+from test_runtime import make_video
+
+
+def test_classify_sources(tmp_path):
+    assert classify("0") == ("v4l2", 0)
+    assert classify("/dev/video3") == ("v4l2", "/dev/video3")
+    assert classify("csi://1") == ("csi", 1)
+    assert classify("rtsp://cam/stream")[0] == "rtsp"
+    assert classify("videotestsrc ! appsink")[0] == "gstreamer"
+    assert classify(str(tmp_path))[0] == "folder"
+    with pytest.raises(SourceFailed, match="no such file"):
+        classify(str(tmp_path / "missing.mp4"))
+
+
+def test_file_source_every_frame_json(tiny_bundle, tmp_path):
+    vid = make_video(tmp_path / "v.mp4", 12)
+    lines = []
+    s = run(str(tiny_bundle), str(vid), "onnxruntime", topk=3, smooth=2, as_json=True, emit=lines.append)
+    assert s["frames"] == 12 and s["dropped"] == 0 and s["error"] is None
+    rec = [json.loads(l) for l in lines]
+    assert [r["frame"] for r in rec] == list(range(12))
+    for r in rec:
+        assert {"frame", "label", "index", "score", "latency_ms", "topk"} <= set(r)
+        assert set(r["latency_ms"]) == {"capture_wait", "preprocess", "infer", "postprocess"}
+        assert len(r["topk"]) == 3 and r["topk"][0]["index"] == r["index"]
+
+
+def test_folder_source_skips_corrupt_and_records(tiny_bundle, imagenet_dir, tmp_path):
+    import shutil
+
+    for f in sorted(imagenet_dir.glob("*.JPEG"))[:3]:
+        shutil.copy(f, tmp_path / f.name)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8nope")
+    rec = tmp_path / "out.mp4"
+    s = run(str(tiny_bundle), str(tmp_path), "onnxruntime", record=str(rec), emit=lambda _: None)
+    assert s["frames"] == 3 and s["skipped"] == 1
+    cap = cv2.VideoCapture(str(rec))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+
+
+def test_v4l2_index_fails_cleanly(tiny_bundle):
+    s = run(str(tiny_bundle), "7", "onnxruntime", max_failures=1, emit=lambda _: None)
+    assert s["frames"] == 0 and "giving up" in s["error"] and s["reconnects"] == 1
+
+
+@pytest.mark.skipif(gstreamer_available(), reason="this OpenCV has GStreamer")
+def test_gstreamer_without_support_is_clear(tiny_bundle):
+    s = run(str(tiny_bundle), "videotestsrc ! videoconvert ! appsink", "onnxruntime", max_failures=0,
+            emit=lambda _: None)
+    assert s["error"] and "giving up" in s["error"]
+    with pytest.raises(SourceFailed, match="no GStreamer support"):
+        from edgecv.runtime.sources import open_capture
+
+        open_capture("gstreamer", "videotestsrc ! appsink")
+
+
+def test_looping_source_survives_file_removed(tiny_bundle, tmp_path):
+    vid = make_video(tmp_path / "v.mp4", 10)
+    threading.Timer(0.5, lambda: os.remove(vid)).start()
+    s = run(str(tiny_bundle), str(vid), "onnxruntime", loop=True, max_failures=2, emit=lambda _: None)
+    assert s["frames"] >= 10 and s["error"] and "giving up" in s["error"]
+
+
+def test_latest_frame_reader_drops_stale_frames(tmp_path):
+    vid = make_video(tmp_path / "v.mp4", 60)
+    src = FrameSource(str(vid), realtime=True)
+    frames = src.frames()
+    next(frames)
+    time.sleep(0.3)  # the reader keeps decoding; stale frames are dropped, not queued
+    got = 1
+    for _ in frames:
+        got += 1
+    src.close()
+    assert got + src.dropped == 60 and src.dropped > 0
