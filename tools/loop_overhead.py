@@ -1,0 +1,48 @@
+"""`edgecv run` loop overhead vs a bare InferenceSession.run on a ready tensor, measured in one run.
+
+python tools/loop_overhead.py BUNDLE [--frames 500]
+Ratio = mean(preprocess + infer + postprocess per frame in the loop) / mean(bare session.run).
+"""
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgecv.runtime.bundle import open_bundle
+from edgecv.runtime.latency import measure_interleaved
+from edgecv.runtime.run_loop import run
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("bundle")
+    ap.add_argument("--frames", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    b = open_bundle(a.bundle)
+    vid = Path(tempfile.mkdtemp()) / "clip.mp4"
+    w = cv2.VideoWriter(str(vid), cv2.VideoWriter_fourcc(*"mp4v"), 30, (640, 480))
+    rng = np.random.default_rng(0)
+    for i in range(100):
+        w.write(rng.integers(0, 255, (480, 640, 3), np.uint8))
+    w.release()
+    import onnxruntime as ort
+
+    from edgecv.runtime.ort_backend import session_options
+
+    art = b.artifact("onnxruntime")
+    sess = ort.InferenceSession(str(b.path(art["file"])), session_options(a.threads), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    shape = [1] + [int(d) for d in sess.get_inputs()[0].shape[1:]]
+    x = rng.standard_normal(shape).astype(np.float32)
+    bare1 = measure_interleaved({"bare": lambda: sess.run(None, {name: x})}, warmup=20, iters=a.frames, rounds=1)["bare"]
+    s = run(a.bundle, str(vid), "onnxruntime", loop=True, max_frames=a.frames, threads=a.threads, emit=lambda _: None)
+    bare2 = measure_interleaved({"bare": lambda: sess.run(None, {name: x})}, warmup=5, iters=a.frames, rounds=1)["bare"]
+    bare = (bare1["mean_ms"] + bare2["mean_ms"]) / 2
+    loop = s["latency_ms"]["pre_infer_post"]["mean_ms"]
+    out = {"artifact": art["file"], "frames": s["frames"], "bare_run_mean_ms": bare,
+           "loop_pre_infer_post_mean_ms": loop, "ratio": loop / bare,
+           "stages_mean_ms": {k: v["mean_ms"] for k, v in s["latency_ms"].items()}}
+    print(json.dumps(out, indent=2))
