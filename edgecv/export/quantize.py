@@ -85,7 +85,9 @@ def calibrate(fp32_path: str | os.PathLike, data: np.ndarray, method: str = "min
         cal = create_calibrator(Path(fp32_path), op_types_to_calibrate=QUANT_OPS,
                                 augmented_model_path=str(Path(tmp) / "augmented.onnx"), calibrate_method=cm,
                                 providers=["CPUExecutionProvider"], extra_options=dict(CALIB_OPTIONS[method]))
-        cal.collect_data(ArrayReader(input_name, data))
+        # ORT's histogram collectors stack per-batch outputs: every batch must have the same size.
+        batch = max(d for d in range(1, 17) if len(data) % d == 0)
+        cal.collect_data(ArrayReader(input_name, data, batch))
         ranges = cal.compute_data()
         del cal
     return Calibration(method, int(len(data)), ranges)
