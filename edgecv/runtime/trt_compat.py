@@ -58,15 +58,21 @@ def has_calibrators(trt=None) -> bool:
     return trt is not None and hasattr(trt, "IInt8EntropyCalibrator2")
 
 
-def cuda_device_count() -> int:
-    """Number of CUDA devices, without creating a context (cuda-python, then pycuda); 0 when unknown."""
+def _cudart():
+    """cuda-python's runtime module (new or old layout), or None."""
     try:
         from cuda.bindings import runtime as cudart
     except ImportError:
         try:
             from cuda import cudart  # older cuda-python
         except ImportError:
-            cudart = None
+            return None
+    return cudart
+
+
+def cuda_device_count() -> int:
+    """Number of CUDA devices, without creating a context (cuda-python, then pycuda); 0 when unknown."""
+    cudart = _cudart()
     if cudart is not None:
         try:
             err, n = cudart.cudaGetDeviceCount()
@@ -103,13 +109,7 @@ def explicit_batch_flags(trt, strongly_typed: bool = False) -> int:
 
 def device_key() -> Optional[dict]:
     """GPU name and compute capability of device 0 (None without a GPU)."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart
-        except ImportError:
-            cudart = None
+    cudart = _cudart()
     if cudart is not None:
         try:
             err, prop = cudart.cudaGetDeviceProperties(0)
