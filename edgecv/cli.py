@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 import click
@@ -54,7 +55,7 @@ def train(recipe, out_dir, overrides, resume):
     r = load_recipe(recipe, list(overrides))
     out = out_dir or f"runs/{r.name}"
     m = run_train(r, out, resume=resume)
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"{out}/model.pt  top1 {m['top1']:.4f}  top5 {m['top5']:.4f}  (n={m['n']})")
 
 

@@ -1,6 +1,3 @@
-import json
-import os
-import shutil
 
 import numpy as np
 import onnx

@@ -1,5 +1,4 @@
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -109,7 +108,6 @@ def test_input_spec_errors(tiny_bundle):
 
 def test_profile_outputs_and_sums(tmp_path):
     """Per-layer times of EfficientNet-Lite0 (fp32 ONNX) sum to within 10% of end-to-end."""
-    import torch
 
     from edgecv.export.onnx_export import export_onnx
     from edgecv.models import create_model
@@ -134,7 +132,6 @@ def test_preprocess_matches_torchvision_top1(imagenet_dir):
 
     from edgecv.data.loaders import dataset_for_path
     from edgecv.data.transforms import preprocess_spec
-    from edgecv.recipe import load_recipe
     from edgecv.runtime.preprocess import Preprocessor, load_image
     from edgecv.train.sources import load_source
 

@@ -4,7 +4,6 @@ import threading
 import time
 
 import cv2
-import numpy as np
 import pytest
 
 from edgecv.runtime.run_loop import run

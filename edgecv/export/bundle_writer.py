@@ -8,7 +8,7 @@ from typing import Dict, List, Optional
 
 from edgecv import __version__
 from edgecv.data.transforms import preprocess_spec
-from edgecv.recipe import DataConfig, ExportConfig, Recipe, recipe_to_dict
+from edgecv.recipe import DataConfig, ExportConfig, Recipe
 from edgecv.runtime.bundle import FORMAT_VERSION, MANIFEST, manifest_bytes
 from edgecv.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 
@@ -41,7 +41,7 @@ def _io_spec(path: Path) -> Dict:
 
 
 def write_report(tmp: Path, summary: Dict, artifacts: List[Dict]) -> None:
-    lines = [f"# edgecv export report", "", f"Source: `{summary['source']}`", ""]
+    lines = ["# edgecv export report", "", f"Source: `{summary['source']}`", ""]
     lines += ["## Accuracy by stage (evaluation set: "
               f"{summary['evaluation']['images']} images from `{summary['evaluation']['source']}`, "
               "disjoint from calibration)", "", "| stage | top-1 | top-5 |", "|---|---|---|"]

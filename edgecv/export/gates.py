@@ -5,7 +5,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List
 
 import numpy as np
 from tqdm import tqdm
@@ -87,6 +87,8 @@ def accuracy_gate(fp32_path: str, calib: Calibration, target: str, out_path: Pat
         return res
     ranked = sensitivity(fp32_path, calib, target, sens_x, workdir, show_progress)
     limit = max(1, int(len(ranked) * max_fallback_frac))
+    from edgecv.runtime.ort_backend import OrtBackend
+
     excluded: List[str] = []
     one = np.ascontiguousarray(x[:1])
     for r in ranked[:limit]:
@@ -94,8 +96,6 @@ def accuracy_gate(fp32_path: str, calib: Calibration, target: str, out_path: Pat
         quantize(fp32_path, calib, out_path, target, exclude=excluded)
         acc = eval_onnx(out_path, x, y)
         drop = (ref_top1 - acc["top1"]) * 100
-        from edgecv.runtime.ort_backend import OrtBackend
-
         lat = measure_interleaved({"m": (lambda be=OrtBackend(str(out_path), threads=2): be.run_unchecked(one))},
                                   warmup=5, iters=50, rounds=1)["m"]["p50_ms"]
         res.fallback.append({"node": r["node"], "sensitivity_gain": r["gain"], "top1_after": acc["top1"],

@@ -1,7 +1,7 @@
 """ONNX Runtime backend: CPU now; CUDA / TensorRT execution providers when the install has them."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 

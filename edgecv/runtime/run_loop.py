@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 
 from edgecv.runtime.latency import percentiles
 from edgecv.runtime.preprocess import Preprocessor
-from edgecv.runtime.sources import FrameSource
+from edgecv.runtime.sources import FrameSource, SourceFailed
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -114,7 +113,7 @@ def run(target: str, source: str, backend: str = "auto", topk: int = 1, smooth: 
                         break
     except KeyboardInterrupt:
         interrupted = True
-    except DeviceErrorTypes() as e:
+    except SourceFailed as e:
         error = str(e)
     finally:
         src.close()
@@ -134,8 +133,3 @@ def run(target: str, source: str, backend: str = "auto", topk: int = 1, smooth: 
         summary["latency_ms"]["pre_infer_post"] = percentiles(total)
     return summary
 
-
-def DeviceErrorTypes():
-    from edgecv.runtime.sources import SourceFailed
-
-    return (SourceFailed,)

@@ -16,7 +16,7 @@ def resolve_backend_name(backend: str) -> str:
         raise DeviceError(f"--backend: unknown backend {backend!r} (auto, tensorrt, onnxruntime)")
     if backend != "auto":
         return backend
-    from edgecv.runtime.trt_compat import has_builder, trt_available
+    from edgecv.runtime.trt_compat import trt_available
 
     ok, _ = trt_available()
     return "tensorrt" if ok else "onnxruntime"

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
-import torch
 from torch.utils.data import DataLoader, Subset
 
 from edgecv.data.loaders import dataset_for_path

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecv.data.folders import IMAGE_EXTS, list_images
+from edgecv.data.folders import list_images
 from edgecv.data.transforms import eval_transform
 from edgecv.train.sources import load_source
 

@@ -6,9 +6,8 @@ import json
 import logging
 import math
 import os
-import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 from torch import nn

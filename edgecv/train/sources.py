@@ -10,7 +10,7 @@ from typing import Dict, List, Optional
 
 from torch import nn
 
-from edgecv.recipe import DataConfig, Recipe, RecipeError, load_recipe
+from edgecv.recipe import DataConfig, Recipe, load_recipe
 
 
 
