@@ -51,8 +51,8 @@ class EngineKey:
 def lookup(cache_dir: Path, key: EngineKey) -> Tuple[Optional[Path], str]:
     """(engine path, "") on a hit; (None, why) on a miss, naming what changed when a stale engine exists."""
     meta = cache_dir / f"{key.slot()}.json"
-    engine = cache_dir / f"{key.slot()}.engine"
-    if not meta.exists() or not engine.exists():
+    engine_file = cache_dir / f"{key.slot()}.engine"
+    if not meta.exists() or not engine_file.exists():
         return None, "no cached engine"
     try:
         stored = EngineKey(**json.loads(meta.read_text())["key"])
@@ -62,23 +62,25 @@ def lookup(cache_dir: Path, key: EngineKey) -> Tuple[Optional[Path], str]:
         diff = ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in key.differences(stored).items())
         return None, f"cached engine was built for another key ({diff}): rebuilding"
     want = json.loads(meta.read_text()).get("engine_sha256")
-    if want and hashlib.sha256(engine.read_bytes()).hexdigest() != want:
-        return None, f"{engine}: checksum mismatch: rebuilding"
-    return engine, ""
+    if want and hashlib.sha256(engine_file.read_bytes()).hexdigest() != want:
+        return None, f"{engine_file}: checksum mismatch: rebuilding"
+    return engine_file, ""
 
 
 def store(cache_dir: Path, key: EngineKey, plan: bytes, build_info: Dict) -> Path:
     """Write engine then metadata atomically (metadata last: a crash in between leaves a miss, not a bad hit)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    engine = cache_dir / f"{key.slot()}.engine"
-    atomic_write_bytes(engine, plan)
+    engine_file = cache_dir / f"{key.slot()}.engine"
+    atomic_write_bytes(engine_file, plan)
     atomic_write_json(cache_dir / f"{key.slot()}.json",
                       {"key": asdict(key), "engine_sha256": hashlib.sha256(plan).hexdigest(), "build": build_info})
-    return engine
+    return engine_file
 
 
 def make_cache_calibrator(trt, cache: bytes):
     """An IInt8EntropyCalibrator2 that serves no batches and hands TensorRT the bundle's calibration cache."""
+    if not has_calibrators(trt):
+        raise DeviceError(f"TensorRT {trt.__version__} has no IInt8EntropyCalibrator2 (removed in 11)")
 
     class CacheCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self, data: bytes):

@@ -5,6 +5,7 @@ Tensor-name addressing (``num_io_tensors``, ``get_tensor_name``, ``set_tensor_ad
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -123,6 +124,10 @@ class TrtBackend(Backend):
         return {k: v / iters for k, v in prof.totals().items()}
 
     def engine_layers(self) -> str:
+        """Layer information (JSON) from the engine inspector; the lean runtime does not bind the inspector."""
+        if not hasattr(self.trt, "EngineInspector"):
+            return json.dumps({"unavailable": f"TensorRT {self.trt.__version__} ({self.trt.__name__}) has no "
+                                              "EngineInspector binding"})
         inspector = self.engine.create_engine_inspector()
         inspector.execution_context = self.context
         return inspector.get_engine_information(self.trt.LayerInformationFormat.JSON)
