@@ -168,3 +168,30 @@ def test_accuracy_gate_failure_leaves_no_bundle(tmp_path, tiny_ckpt):
         export_bundle(str(TINY_RECIPE), str(out), {"prune": 0.9, "distill": False, "max_drop": 0.1},
                       [f"checkpoint={tiny_ckpt}"], show_progress=False)
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".b")]
+
+
+def test_calibration_cache_matches_qdq_on_efficientnet_lite0(imagenet_dir, tmp_path):
+    """Cross-check of the two int8 forms on EfficientNet-Lite0: cache scales == Q/DQ scales, tensor by tensor."""
+    from edgecv.data.loaders import dataset_for_path
+    from edgecv.export.calib_cache import write_cache_from_qdq
+    from edgecv.export.onnx_export import export_onnx
+    from edgecv.export.quantize import calibrate, quantize
+    from edgecv.train.sources import load_source
+
+    from conftest import ROOT
+
+    src = load_source(str(ROOT / "recipes" / "efficientnet_lite0_imagenet.yaml"))
+    ds = dataset_for_path(str(imagenet_dir), src.data)
+    x = np.stack([ds[i][0].numpy() for i in range(16)])
+    fp32 = tmp_path / "lite0.onnx"
+    export_onnx(src.model, fp32, (3, 224, 224))
+    qdq = quantize(fp32, calibrate(fp32, x, "minmax"), tmp_path / "lite0_trt.onnx", "tensorrt")
+    assert check_trt_qdq(qdq).ok
+    written = write_cache_from_qdq(qdq, tmp_path / "calibration.cache")
+    _, _, parsed = parse_cache((tmp_path / "calibration.cache").read_bytes())
+    qdq_scales = scales_from_qdq(qdq)
+    assert len(parsed) > 100 and parsed.keys() == qdq_scales.keys() == written.keys()
+    assert all(parsed[k] == np.float32(qdq_scales[k]) for k in parsed)
+    g = onnx.load(str(fp32)).graph
+    fp32_names = {o for n in g.node for o in n.output} | {i.name for i in g.input}
+    assert set(parsed) <= fp32_names  # TensorRT parses the fp32 ONNX: the cache must name its tensors

@@ -30,7 +30,7 @@ OBJECT_CLASSES = {"engine": "ICudaEngine", "context": "IExecutionContext", "runt
 BUILDER_SIDE = {"Builder", "IBuilderConfig", "INetworkDefinition", "OnnxParser", "IOptimizationProfile",
                 "IInt8EntropyCalibrator2", "BuilderFlag", "MemoryPoolType", "NetworkDefinitionCreationFlag",
                 "DeviceType", "ITimingCache"}
-TRT_FILES = ("engine_build.py", "trt_backend.py", "trt_compat.py")
+TRT_FILES = ("engine_build.py", "trt_backend.py", "trt_compat.py", "trt_calibrator.py")
 
 
 def _chain(node):

@@ -77,32 +77,6 @@ def store(cache_dir: Path, key: EngineKey, plan: bytes, build_info: Dict) -> Pat
     return engine_file
 
 
-def make_cache_calibrator(trt, cache: bytes):
-    """An IInt8EntropyCalibrator2 that serves no batches and hands TensorRT the bundle's calibration cache."""
-    if not has_calibrators(trt):
-        raise DeviceError(f"TensorRT {trt.__version__} has no IInt8EntropyCalibrator2 (removed in 11)")
-
-    class CacheCalibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self, data: bytes):
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self.data = data
-            self.written: Optional[bytes] = None
-
-        def get_batch_size(self):
-            return 1
-
-        def get_batch(self, names):
-            return None
-
-        def read_calibration_cache(self):
-            return self.data
-
-        def write_calibration_cache(self, cache):
-            self.written = bytes(cache)
-
-    return CacheCalibrator(cache)
-
-
 def build_plan(onnx_path: Path, precision: str, calib_cache: Optional[bytes] = None, dla_core: int = -1,
                workspace_mb: int = 1024, timing_cache: Optional[Path] = None, fp16: bool = False,
                max_batch: int = 8) -> bytes:
@@ -141,7 +115,9 @@ def build_plan(onnx_path: Path, precision: str, calib_cache: Optional[bytes] = N
                               "(edgecv build BUNDLE --int8 without --dla)")
         if not calib_cache:
             raise DeviceError("implicit int8 needs the bundle's calibration.cache")
-        config.int8_calibrator = make_cache_calibrator(trt, calib_cache)
+        from edgecv.runtime.trt_calibrator import make_entropy_calibrator
+
+        config.int8_calibrator = make_entropy_calibrator(trt, cache=calib_cache)
     if dla_core >= 0:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = dla_core

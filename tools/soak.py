@@ -1,0 +1,46 @@
+"""Soak: run the camera loop on a looping file source for N frames; report resident-memory growth.
+
+python tools/soak.py BUNDLE [--frames 10000]
+RSS is sampled in the same run after 500 frames (allocator and session arenas settle) and at the end.
+"""
+import argparse
+import json
+import resource
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgecv.runtime.run_loop import run
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("bundle")
+    ap.add_argument("--frames", type=int, default=10000)
+    a = ap.parse_args()
+    vid = Path(tempfile.mkdtemp()) / "clip.mp4"
+    w = cv2.VideoWriter(str(vid), cv2.VideoWriter_fourcc(*"mp4v"), 30, (320, 240))
+    rng = np.random.default_rng(0)
+    for _ in range(120):
+        w.write(rng.integers(0, 255, (240, 320, 3), np.uint8))
+    w.release()
+    samples = {}
+
+    def emit(line, n=[0]):  # one JSON line per frame: sample RSS at frame 500 (warm) and at the end
+        n[0] += 1
+        if n[0] == 500:
+            samples["before"] = rss_mb()
+
+    s = run(a.bundle, str(vid), "onnxruntime", loop=True, max_frames=a.frames, as_json=True, emit=emit)
+    before, after = samples["before"], rss_mb()
+    print(json.dumps({"frames": s["frames"], "fps": s["fps"], "rss_before_mb": before, "rss_after_mb": after,
+                      "growth_mb": after - before, "error": s["error"]}, indent=2))
