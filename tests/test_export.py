@@ -190,7 +190,7 @@ def test_calibration_cache_matches_qdq_on_efficientnet_lite0(imagenet_dir, tmp_p
     written = write_cache_from_qdq(qdq, tmp_path / "calibration.cache")
     _, _, parsed = parse_cache((tmp_path / "calibration.cache").read_bytes())
     qdq_scales = scales_from_qdq(qdq)
-    assert len(parsed) > 100 and parsed.keys() == qdq_scales.keys() == written.keys()
+    assert len(parsed) > 80 and parsed.keys() == qdq_scales.keys() == written.keys()
     assert all(parsed[k] == np.float32(qdq_scales[k]) for k in parsed)
     g = onnx.load(str(fp32)).graph
     fp32_names = {o for n in g.node for o in n.output} | {i.name for i in g.input}

@@ -255,7 +255,8 @@ def write_outputs(out: Path, rows: List[Dict], meta: Dict) -> None:
         for r in (r for r in rows if r["model"] == m and not r["backend"].startswith("_")):
             ax.scatter(r["p50_ms"], r["top1"] * 100, s=40)
             ax.annotate(r["backend"], (r["p50_ms"], r["top1"] * 100), fontsize=7, xytext=(4, 3), textcoords="offset points")
-        ax.set_title(m + ("" if any(r["top1_meaningful"] for r in rows if r["model"] == m) else " (random weights)"))
+        meaningful = any(r.get("top1_meaningful") for r in rows if r["model"] == m)
+        ax.set_title(m + ("" if meaningful else " (random weights)"))
         ax.set_xlabel("p50 latency, ms (batch 1)")
         ax.set_ylabel("top-1 %")
         ax.grid(alpha=0.3)

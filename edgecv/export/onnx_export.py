@@ -27,31 +27,38 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape, opset: i
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
     proto = onnx.load_from_string(buf.getvalue())
-    proto = _drop_identities(proto)
+    proto = simplify(proto)
     onnx.checker.check_model(proto)
     atomic_write_bytes(path, proto.SerializeToString())
     return proto
 
 
-def _drop_identities(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Remove Identity nodes that only alias initializers (TorchScript leaves them for shared weights)."""
-    g = proto.graph
-    inits = {i.name for i in g.initializer}
-    outputs = {o.name for o in g.output}
-    rename = {}
-    keep = []
-    for n in g.node:
-        if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs:
-            rename[n.output[0]] = n.input[0]
-        else:
-            keep.append(n)
-    for n in keep:
-        for i, name in enumerate(n.input):
-            if name in rename:
-                n.input[i] = rename[name]
-    del g.node[:]
-    g.node.extend(keep)
-    return proto
+def simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant-fold and fuse with ONNX Runtime's *basic* (provider-independent, standard-op) optimizer.
+
+    What it buys: the TorchScript exporter writes EfficientNet-Lite's static "same" padding as a Pad fed by a
+    Shape/Cast/Reshape chain, which stays in float between DequantizeLinear and QuantizeLinear after int8
+    quantization (17 Pads, 1.5 ms of Lite0's 6.3 ms int8 time). Basic optimization folds that chain and fuses
+    each Pad into its Conv's ``pads``; it also drops the Identity nodes shared weights leave behind.
+    """
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="edgecv-onnx-") as tmp:
+        src, dst = f"{tmp}/in.onnx", f"{tmp}/out.onnx"
+        onnx.save(proto, src)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = dst
+        so.log_severity_level = 3
+        ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+        out = onnx.load(dst)
+    used = {n.domain for n in out.graph.node}
+    keep = [o for o in out.opset_import if o.domain in used or o.domain in ("", "ai.onnx")]
+    del out.opset_import[:]
+    out.opset_import.extend(keep)
+    return out
 
 
 def compare_with_torch(model: nn.Module, onnx_path: str, batch: torch.Tensor) -> Dict[str, float]:
