@@ -73,13 +73,19 @@ def scales_from_qdq(model) -> Dict[str, float]:
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    dq_of = {n.input[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
     scales = {}
     for node in model.graph.node:
         if node.op_type != "QuantizeLinear" or node.input[0] in inits:
             continue
         s = numpy_helper.to_array(inits[node.input[1]]).ravel()
         if s.size == 1:
-            scales[node.input[0]] = float(s[0])
+            # A quantized graph output is renamed ("logits" -> "logits_QuantizeLinear_Input") so that the final
+            # DequantizeLinear can keep the output name: the fp32 ONNX calls that tensor by the output name.
+            dq = dq_of.get(node.output[0])
+            name = dq.output[0] if dq is not None and dq.output[0] in outputs else node.input[0]
+            scales[name] = float(s[0])
     return scales
 
 
