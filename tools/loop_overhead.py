@@ -15,6 +15,17 @@ from edgecv.runtime.bundle import open_bundle
 from edgecv.runtime.latency import measure_interleaved
 from edgecv.runtime.run_loop import run
 
+def synthetic_clip(frames: int, width: int, height: int) -> Path:
+    """A temporary mp4 of random frames (a VGA camera stand-in that costs no decoding surprises)."""
+    vid = Path(tempfile.mkdtemp()) / "clip.mp4"
+    w = cv2.VideoWriter(str(vid), cv2.VideoWriter_fourcc(*"mp4v"), 30, (width, height))
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        w.write(rng.integers(0, 255, (height, width, 3), np.uint8))
+    w.release()
+    return vid
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("bundle")
@@ -22,12 +33,8 @@ if __name__ == "__main__":
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     b = open_bundle(a.bundle)
-    vid = Path(tempfile.mkdtemp()) / "clip.mp4"
-    w = cv2.VideoWriter(str(vid), cv2.VideoWriter_fourcc(*"mp4v"), 30, (640, 480))
+    vid = synthetic_clip(100, 640, 480)
     rng = np.random.default_rng(0)
-    for i in range(100):
-        w.write(rng.integers(0, 255, (480, 640, 3), np.uint8))
-    w.release()
     import onnxruntime as ort
 
     from edgecv.runtime.ort_backend import session_options

@@ -6,11 +6,9 @@ RSS is sampled in the same run after 500 frames (allocator and session arenas se
 import argparse
 import json
 import resource
-import tempfile
 from pathlib import Path
 
-import cv2
-import numpy as np
+from loop_overhead import synthetic_clip
 
 from edgecv.runtime.run_loop import run
 
@@ -27,12 +25,7 @@ if __name__ == "__main__":
     ap.add_argument("bundle")
     ap.add_argument("--frames", type=int, default=10000)
     a = ap.parse_args()
-    vid = Path(tempfile.mkdtemp()) / "clip.mp4"
-    w = cv2.VideoWriter(str(vid), cv2.VideoWriter_fourcc(*"mp4v"), 30, (320, 240))
-    rng = np.random.default_rng(0)
-    for _ in range(120):
-        w.write(rng.integers(0, 255, (240, 320, 3), np.uint8))
-    w.release()
+    vid = synthetic_clip(120, 320, 240)
     samples = {}
 
     def emit(line, n=[0]):  # one JSON line per frame: sample RSS at frame 500 (warm) and at the end
