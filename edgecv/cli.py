@@ -89,12 +89,19 @@ def eval_cmd(target, data, overrides, limit, backend, as_json):
               type=click.Choice(["gradcam", "gradcam++", "xgradcam", "eigencam", "layercam", "hirescam"]))
 @click.option("--topk", default=3, show_default=True)
 @click.option("--check", is_flag=True, help="Deletion check: removing the top-20% CAM pixels must hurt more than random 20%.")
+@click.option("--random-unit", type=click.Choice(["cam", "pixel"]), default="cam", show_default=True,
+              help="What the check deletes at random: blobs on the CAM's grid, or single pixels.")
 @click.option("--json", "as_json", is_flag=True)
-def explain(target, images, out_dir, method, topk, check, as_json):
-    """Grad-CAM heatmaps for IMAGES (files or folders) under TARGET's model, saved as PNG."""
+def explain(target, images, out_dir, method, topk, check, random_unit, as_json):
+    """Grad-CAM heatmaps for IMAGES (files or folders) under TARGET's model, saved as PNG.
+
+    --check deletes (blurs away) the 20% of pixels the CAM ranks highest and compares the class score
+    with the mean of 10 random deletions of the same size; it holds when the CAM's deletion hurts more.
+    """
     from edgecv.train.explain import explain_images
 
-    res = explain_images(target, list(images), out_dir, method=method, topk=topk, check=check)
+    res = explain_images(target, list(images), out_dir, method=method, topk=topk, check=check,
+                         random_unit=random_unit)
     if as_json:
         click.echo(json.dumps(res))
     else:

@@ -16,4 +16,35 @@ def test_gradcam_png_and_deletion_check(imagenet_dir, tmp_path):
         assert png.exists() and png.stat().st_size > 10_000
         assert 0 <= r["score_top_deleted"] <= 1 and r["drop_top"] == pytest.approx(r["score"] - r["score_top_deleted"], abs=1e-6)
     assert res["images"][0]["label"] == "tench"
-    assert res["deletion_pass_rate"] is not None
+    assert res["random_unit"] == "cam" and res["cam_grid"] == [7, 7]
+    assert 0 <= res["deletion_pass_rate"] <= 1
+
+
+def test_deletion_check_tells_the_cam_from_its_inverse(imagenet_dir):
+    """The check can fail: deleting the CAM's *least* highlighted 20% must not beat random deletions."""
+    import torch
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from edgecv.data.transforms import eval_transform
+    from edgecv.train.explain import _load, default_target_layer, deletion_check, feature_grid
+    from edgecv.train.sources import load_source
+
+    src = load_source(str(ROOT / "recipes" / "efficientnet_lite0_imagenet.yaml"))
+    model, cfg = src.model.eval(), src.data
+    layer = default_target_layer(model, 224, 3)
+    grid = feature_grid(model, layer, 224, 3)
+    assert grid == (7, 7)
+    tf = eval_transform(cfg)
+    real, inverse = [], []
+    with GradCAM(model=model, target_layers=[layer]) as cam:
+        for i, p in enumerate(sorted(imagenet_dir.glob("*.JPEG"))[:6]):
+            x = tf(_load(str(p), 3))
+            with torch.no_grad():
+                cls = int(model(x[None]).argmax())
+            heat = cam(input_tensor=x[None], targets=[ClassifierOutputTarget(cls)])[0]
+            real.append(deletion_check(model, x, heat, cls, seed=i, grid=grid))
+            inverse.append(deletion_check(model, x, 1 - heat, cls, seed=i, grid=grid))
+    assert sum(r["deletion_ok"] for r in real) >= 5
+    assert sum(r["deletion_ok"] for r in inverse) <= 1
+    assert all(r["drop_top"] > q["drop_top"] for r, q in zip(real, inverse))

@@ -4,6 +4,7 @@ import threading
 import time
 
 import cv2
+import numpy as np
 import pytest
 
 from edgecv.runtime.run_loop import run
@@ -34,6 +35,16 @@ def test_file_source_every_frame_json(tiny_bundle, tmp_path):
         assert {"frame", "label", "index", "score", "latency_ms", "topk"} <= set(r)
         assert set(r["latency_ms"]) == {"capture_wait", "preprocess", "infer", "postprocess"}
         assert len(r["topk"]) == 3 and r["topk"][0]["index"] == r["index"]
+        scores = [t["score"] for t in r["topk"]]
+        assert scores == sorted(scores, reverse=True) and r["score"] == scores[0]
+
+
+def test_top_k_matches_full_sort():
+    from edgecv.runtime.run_loop import top_k
+
+    p = np.random.default_rng(0).random(1000)
+    for k in (1, 5, 1000):
+        assert top_k(p, k).tolist() == np.argsort(-p, kind="stable")[:k].tolist()
 
 
 def test_folder_source_skips_corrupt_and_records(tiny_bundle, imagenet_dir, tmp_path):

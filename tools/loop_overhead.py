@@ -2,10 +2,15 @@
 
 python tools/loop_overhead.py BUNDLE [--frames 500]
 Ratio = mean(preprocess + infer + postprocess per frame in the loop) / mean(bare session.run).
+
+It also splits the overhead: ``bare_with_gap`` runs the same bare call after an idle busy-wait as long as
+the loop's non-inference time per frame, which shows what merely not calling ``run`` back to back costs
+(ORT's worker threads stop spinning, caches cool) before any preprocessing touches memory.
 """
 import argparse
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import cv2
@@ -49,7 +54,22 @@ if __name__ == "__main__":
     bare2 = measure_interleaved({"bare": lambda: sess.run(None, {name: x})}, warmup=5, iters=a.frames, rounds=1)["bare"]
     bare = (bare1["mean_ms"] + bare2["mean_ms"]) / 2
     loop = s["latency_ms"]["pre_infer_post"]["mean_ms"]
+    stages = {k: v["mean_ms"] for k, v in s["latency_ms"].items()}
+    gap_s = (loop - stages["infer"] + stages["capture_wait"]) / 1e3
+
+    def gap_then_run():
+        t = time.perf_counter()
+        while time.perf_counter() - t < gap_s:
+            pass
+        t = time.perf_counter()
+        sess.run(None, {name: x})
+        return time.perf_counter() - t
+
+    gapped = [gap_then_run() for _ in range(a.frames)][20:]
     out = {"artifact": art["file"], "frames": s["frames"], "bare_run_mean_ms": bare,
            "loop_pre_infer_post_mean_ms": loop, "ratio": loop / bare,
-           "stages_mean_ms": {k: v["mean_ms"] for k, v in s["latency_ms"].items()}}
+           "stages_mean_ms": stages,
+           "bare_with_gap_mean_ms": float(np.mean(gapped)) * 1e3,
+           "infer_in_loop_vs_bare": stages["infer"] / bare,
+           "bare_with_gap_vs_bare": float(np.mean(gapped)) * 1e3 / bare}
     print(json.dumps(out, indent=2))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ from edgecv.data.transforms import eval_transform
 from edgecv.train.sources import load_source
 
 DELETE_FRACTION = 0.20
+RANDOM_DRAWS = 10
 
 
 def _methods():
@@ -67,14 +68,28 @@ def _load(path: str, channels: int) -> torch.Tensor:
     return t[None] if t.ndim == 2 else t.permute(2, 0, 1)
 
 
+def random_cam(grid: Tuple[int, int], size: Tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A random saliency map on the CAM's own grid, upsampled as pytorch-grad-cam upsamples CAMs."""
+    import cv2
+
+    return cv2.resize(rng.random(grid).astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+
+
 def deletion_check(model: nn.Module, x: torch.Tensor, cam: np.ndarray, cls: int,
-                   fraction: float = DELETE_FRACTION, seed: int = 0, baseline: str = "blur") -> Dict[str, float]:
-    """Score drop for ``cls`` when the top ``fraction`` CAM pixels vs a random ``fraction`` of pixels are
-    deleted, i.e. replaced by the ``baseline`` image.
+                   fraction: float = DELETE_FRACTION, seed: int = 0, baseline: str = "blur",
+                   grid: Optional[Tuple[int, int]] = None, draws: int = RANDOM_DRAWS) -> Dict[str, float]:
+    """Softmax score drop for ``cls`` when the top ``fraction`` CAM pixels are deleted, against the mean
+    drop over ``draws`` random deletions of the same number of pixels. Deleting means replacing with the
+    ``baseline`` image.
+
+    Random deletions: with ``grid`` (the CAM's native resolution, e.g. 7x7 for a stride-32 layer at 224),
+    each draw is the top ``fraction`` of a random map on that grid upsampled like the CAM, so both sides
+    delete equally many pixels in blobs of the same size and the comparison isolates *where* the CAM
+    points. Without ``grid``, random single pixels are deleted (scattered deletions perturb a CNN in a
+    different way from one blob, so that control mixes shape with location).
 
     ``blur`` (default): a heavily blurred copy (Gaussian, sigma = 1/10 of the image side), which removes the
-    detail a classifier reads while keeping colours and low frequencies, so scattered random pixels do not
-    turn into salt-and-pepper noise that any CNN fails on. ``mean``: 0 after normalisation (the dataset mean).
+    detail a classifier reads while keeping colours and low frequencies. ``mean``: 0 after normalisation.
     """
     h, w = cam.shape
     if baseline == "blur":
@@ -85,17 +100,38 @@ def deletion_check(model: nn.Module, x: torch.Tensor, cam: np.ndarray, cls: int,
     else:
         base = torch.zeros_like(x)
     k = int(round(fraction * h * w))
-    top = torch.zeros(h * w, dtype=torch.bool)
-    top[torch.from_numpy(np.argsort(cam.ravel())[::-1][:k].copy())] = True
-    rnd = torch.zeros(h * w, dtype=torch.bool)
-    rnd[torch.from_numpy(np.random.default_rng(seed).permutation(h * w)[:k])] = True
-    top, rnd = top.view(1, h, w), rnd.view(1, h, w)
-    batch = torch.stack([x, torch.where(top, base, x), torch.where(rnd, base, x)])
+    rng = np.random.default_rng(seed)
+
+    def top_mask(score: np.ndarray) -> torch.Tensor:
+        m = torch.zeros(h * w, dtype=torch.bool)
+        m[torch.from_numpy(np.argsort(score.ravel(), kind="stable")[::-1][:k].copy())] = True
+        return m.view(1, h, w)
+
+    masks = [top_mask(cam)]
+    for _ in range(draws):
+        if grid:
+            masks.append(top_mask(random_cam(grid, (h, w), rng)))
+        else:
+            masks.append(torch.from_numpy(rng.permutation(h * w) < k).view(1, h, w))
+    batch = torch.stack([x] + [torch.where(m, base, x) for m in masks])
     with torch.no_grad():
         p = torch.softmax(model(batch), 1)[:, cls]
-    return {"score": p[0].item(), "score_top_deleted": p[1].item(), "score_random_deleted": p[2].item(),
-            "drop_top": (p[0] - p[1]).item(), "drop_random": (p[0] - p[2]).item(),
-            "deletion_ok": bool(p[1] < p[2])}
+    rnd = p[2:].mean()
+    return {"score": p[0].item(), "score_top_deleted": p[1].item(), "score_random_deleted": rnd.item(),
+            "drop_top": (p[0] - p[1]).item(), "drop_random": (p[0] - rnd).item(),
+            "deletion_ok": bool(p[1] < rnd)}
+
+
+def feature_grid(model: nn.Module, layer: nn.Module, input_size: int, channels: int) -> Tuple[int, int]:
+    """Spatial size of ``layer``'s output for one input (the resolution Grad-CAM works at)."""
+    shape: List[Tuple[int, int]] = []
+    h = layer.register_forward_hook(lambda m, i, o: shape.append(tuple(o.shape[-2:])))
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, channels, input_size, input_size))
+    finally:
+        h.remove()
+    return shape[0]
 
 
 def _save_overlay(rgb: np.ndarray, cam: np.ndarray, labels: List[str], path: Path) -> None:
@@ -115,8 +151,15 @@ def _save_overlay(rgb: np.ndarray, cam: np.ndarray, labels: List[str], path: Pat
 
 
 def explain_images(target: str, images: List[str], out_dir: str, method: str = "gradcam", topk: int = 3,
-                   check: bool = False, limit: Optional[int] = None, layer: Optional[nn.Module] = None) -> Dict:
-    """Write one PNG per image (heatmap over the centre crop, top-k labels below); optionally run the check."""
+                   check: bool = False, limit: Optional[int] = None, layer: Optional[nn.Module] = None,
+                   random_unit: str = "cam") -> Dict:
+    """Write one PNG per image (heatmap over the centre crop, top-k labels below); optionally run the check.
+
+    ``random_unit``: ``cam`` deletes random blobs at the CAM's resolution, ``pixel`` random single pixels
+    (see :func:`deletion_check`).
+    """
+    if random_unit not in ("cam", "pixel"):
+        raise ValueError(f"random_unit must be 'cam' or 'pixel', not {random_unit!r}")
     src = load_source(target)
     model, cfg = src.model.eval(), src.data
     for p in model.parameters():
@@ -124,6 +167,7 @@ def explain_images(target: str, images: List[str], out_dir: str, method: str = "
     tf = eval_transform(cfg)
     layer = layer or default_target_layer(model, cfg.input_size, cfg.channels)
     cam_cls = _methods()[method]
+    grid = feature_grid(model, layer, cfg.input_size, cfg.channels) if random_unit == "cam" else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = _expand(images)[:limit] if limit else _expand(images)
@@ -154,8 +198,9 @@ def explain_images(target: str, images: List[str], out_dir: str, method: str = "
             row = {"image": path, "label": src.classes[cls] if cls < len(src.classes) else str(cls),
                    "index": cls, "score": float(top.values[0]), "png": str(png)}
             if check:
-                row.update(deletion_check(model, x, heat, cls, seed=len(rows)))
+                row.update(deletion_check(model, x, heat, cls, seed=len(rows), grid=grid))
             rows.append(row)
     ok = [r for r in rows if "deletion_ok" in r]
-    return {"method": method, "layer": type(layer).__name__, "images": rows,
+    return {"method": method, "layer": type(layer).__name__, "random_unit": random_unit,
+            "cam_grid": list(grid) if grid else None, "images": rows,
             "deletion_pass_rate": (sum(r["deletion_ok"] for r in ok) / len(ok)) if ok else None}
