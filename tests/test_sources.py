@@ -27,8 +27,10 @@ def test_classify_sources(tmp_path):
 def test_file_source_every_frame_json(tiny_bundle, tmp_path):
     vid = make_video(tmp_path / "v.mp4", 12)
     lines = []
+    cv_threads = cv2.getNumThreads()
     s = run(str(tiny_bundle), str(vid), "onnxruntime", topk=3, smooth=2, as_json=True, emit=lines.append)
     assert s["frames"] == 12 and s["dropped"] == 0 and s["error"] is None
+    assert cv2.getNumThreads() == cv_threads  # the loop's one-thread OpenCV setting does not leak
     rec = [json.loads(l) for l in lines]
     assert [r["frame"] for r in rec] == list(range(12))
     for r in rec:

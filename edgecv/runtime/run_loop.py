@@ -66,11 +66,6 @@ def run(target: str, source: str, backend: str = "auto", topk: int = 1, smooth: 
     labels = bundle.labels
     pre = Preprocessor(bundle.preprocess, resize)
     be, info = open_backend(target, backend, threads=threads)
-    cv_threads = cv2.getNumThreads()
-    if info["backend"] == "onnxruntime":
-        # OpenCV's worker threads and ONNX Runtime's contend for the same cores between frames: with
-        # OpenCV on one thread the Lite0 loop measured 0.4 ms faster inference and 0.1 ms faster resizing.
-        cv2.setNumThreads(1)
     src = FrameSource(source, loop=loop, realtime=realtime, max_failures=max_failures)
     smoother = Smoother(smooth)
     x = np.empty((1, pre.channels, pre.crop, pre.crop), np.float32)
@@ -84,6 +79,11 @@ def run(target: str, source: str, backend: str = "auto", topk: int = 1, smooth: 
     interrupted = False
     error: Optional[str] = None
     fps = 0.0
+    cv_threads = cv2.getNumThreads()
+    if info["backend"] == "onnxruntime":
+        # OpenCV's worker threads and ONNX Runtime's contend for the same cores between frames: with
+        # OpenCV on one thread the Lite0 loop measured 0.4 ms faster inference and 0.1 ms faster resizing.
+        cv2.setNumThreads(1)
     try:
         frames = src.frames()
         while max_frames is None or n < max_frames:
