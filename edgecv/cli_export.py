@@ -16,7 +16,8 @@ from edgecv.cli import cli
 @click.option("--fp16", is_flag=True, default=None, help="Also allow fp16 in the on-device TensorRT build.")
 @click.option("--prune", type=float, default=None, help="Fraction of channels to remove (0.5 = about half).")
 @click.option("--distill/--no-distill", default=None, help="Recover accuracy by distillation from the unpruned model.")
-@click.option("--calib", default=None, help="Calibration images (folder); default: the recipe's training data.")
+@click.option("--calib", default=None, help="Calibration images: a folder, or a calibration set file (calibration/*.yaml); "
+              "default: the recipe's training data.")
 @click.option("--calib-samples", type=int, default=None)
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None)
 @click.option("--max-drop", type=float, default=None, help="Largest top-1 drop allowed, in points (default 1.0).")

@@ -6,6 +6,7 @@ a default.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import typing
@@ -90,6 +91,8 @@ class ExportConfig:
     calib: Optional[str] = None
     calib_samples: int = 256
     calib_method: str = "minmax"  # minmax | entropy | percentile
+    calib_seed: int = 0
+    calib_set: Optional[str] = field(default=None, metadata={"internal": True})  # the calibration/*.yaml used
     max_drop: float = 1.0
     targets: List[str] = field(default_factory=lambda: ["tensorrt", "onnxruntime"])
     eval: Optional[str] = None
@@ -216,25 +219,40 @@ def _validate(r: Recipe, source: str) -> None:
         raise RecipeError(f"{source}: data.mean/data.std: expected {r.data.channels} values (data.channels)")
 
 
-def load_recipe(path: str | os.PathLike, overrides: List[str] = ()) -> Recipe:
-    """Load and validate a YAML recipe. Relative data paths resolve against the working directory."""
-    path = Path(path)
+def read_yaml_mapping(path: Path, what: str) -> Dict[str, Any]:
+    """The top-level mapping of a YAML file; errors name the file."""
     if not path.is_file():
-        raise RecipeError(f"{path}: recipe file not found")
+        raise RecipeError(f"{path}: {what} file not found")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: expected a mapping at the top level")
+    return raw
+
+
+def load_recipe(path: str | os.PathLike, overrides: List[str] = ()) -> Recipe:
+    """Load and validate a YAML recipe. Relative data paths resolve against the working directory."""
+    path = Path(path)
+    raw = read_yaml_mapping(path, "recipe")
     raw.setdefault("name", path.stem)
     return recipe_from_dict(raw, str(path), overrides)
 
 
+def _public_dict(obj) -> Dict[str, Any]:
+    """``dataclasses.asdict`` without the fields marked internal (they are not recipe keys)."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        if f.metadata.get("internal"):
+            continue
+        v = getattr(obj, f.name)
+        out[f.name] = _public_dict(v) if dataclasses.is_dataclass(v) else copy.deepcopy(v)
+    return out
+
+
 def recipe_to_dict(recipe: Recipe) -> Dict[str, Any]:
-    d = dataclasses.asdict(recipe)
-    d.pop("source", None)
-    return d
+    return _public_dict(recipe)
 
 
 def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:

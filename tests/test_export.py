@@ -11,7 +11,7 @@ from edgecv.export.calib_cache import format_cache, parse_cache, scales_from_qdq
 from edgecv.export.check import check_bundle, check_trt_qdq
 from edgecv.runtime.bundle import open_bundle
 
-from conftest import FASHION, TINY_RECIPE
+from conftest import FASHION, ROOT, TINY_RECIPE
 
 
 def main():
@@ -126,7 +126,8 @@ def _export(args, tmp_path):
     return CliRunner().invoke(main(), ["export", *args])
 
 
-@pytest.mark.parametrize("case", ["empty_calib", "corrupt_calib", "neg_drop", "bad_target", "bad_source", "unwritable"])
+@pytest.mark.parametrize("case", ["empty_calib", "corrupt_calib", "neg_drop", "bad_target", "bad_source", "unwritable",
+                                  "bad_calib_set"])
 def test_bad_input_clear_error_no_bundle(case, tmp_path, tiny_ckpt):
     out = tmp_path / "out" / "bundle"
     base = [str(tiny_ckpt), "-o", str(out), "--eval", str(FASHION)]
@@ -142,6 +143,10 @@ def test_bad_input_clear_error_no_bundle(case, tmp_path, tiny_ckpt):
         args, msg = base + ["--calib", str(FASHION), "--max-drop", "-1"], "--max-drop: must be >= 0"
     elif case == "bad_target":
         args, msg = base + ["--calib", str(FASHION), "--target", "coreml"], "unknown target 'coreml'"
+    elif case == "bad_calib_set":
+        bad = tmp_path / "calib.yaml"
+        bad.write_text("images: null\nsample: 10\n")  # typo for "samples"
+        args, msg = base + ["--calib", str(bad)], r"calib\.yaml: sample: unknown key"
     elif case == "bad_source":
         junk = tmp_path / "model.bin"
         junk.write_bytes(b"junk")
@@ -195,3 +200,24 @@ def test_calibration_cache_matches_qdq_on_efficientnet_lite0(imagenet_dir, tmp_p
     g = onnx.load(str(fp32)).graph
     fp32_names = {o for n in g.node for o in n.output} | {i.name for i in g.input}
     assert set(parsed) <= fp32_names  # TensorRT parses the fp32 ONNX: the cache must name its tensors
+
+
+def test_calibration_set_files_resolve(monkeypatch):
+    """calibration/*.yaml set images, count, method and seed; explicit flags still win."""
+    from edgecv.export.calibration_set import load_calibration_set
+    from edgecv.export.pipeline import resolve_options
+    from edgecv.recipe import RecipeError, load_recipe
+
+    monkeypatch.chdir(ROOT)  # relative paths resolve against the working directory
+    for f in sorted((ROOT / "calibration").glob("*.yaml")):
+        assert load_calibration_set(f).samples >= 1
+    lite0 = load_recipe("recipes/efficientnet_lite0_imagenet.yaml")
+    o = resolve_options(lite0, {})
+    assert (o.calib, o.calib_samples, o.calib_method) == ("../shared/data/imagenet-samples", 250, "percentile")
+    assert o.calib_set == "calibration/imagenet_samples.yaml"
+    o = resolve_options(lite0, {"calib_samples": 100, "calib_method": "minmax"})
+    assert (o.calib_samples, o.calib_method) == (100, "minmax")
+    fashion = resolve_options(load_recipe("recipes/fashion_mnist.yaml"), {})
+    assert (fashion.calib, fashion.calib_samples, fashion.calib_method) == (None, 512, "minmax")
+    with pytest.raises(RecipeError, match="method: expected one of"):
+        resolve_options(None, {"calib": str(ROOT / "tests" / "recipes" / "bad_calib_method.yaml")})

@@ -25,10 +25,18 @@ log = logging.getLogger("edgecv.export")
 
 def resolve_options(recipe: Optional[Recipe], flags: Dict) -> ExportConfig:
     """The recipe's ``export:`` section, with every flag the user passed on top."""
+    from edgecv.export.calibration_set import is_definition, load_calibration_set
+
     cfg = copy.deepcopy(recipe.export) if recipe else ExportConfig()
     for k, v in flags.items():
         if v is not None:
             setattr(cfg, k, v)
+    if is_definition(cfg.calib):
+        # A calibration set file overrides the recipe's calib_* fields; explicit flags still win.
+        cs = load_calibration_set(cfg.calib)
+        cfg.calib_set, cfg.calib, cfg.calib_seed = cfg.calib, cs.images, cs.seed
+        cfg.calib_samples = flags.get("calib_samples") or cs.samples
+        cfg.calib_method = flags.get("calib_method") or cs.method
     if cfg.max_drop < 0:
         raise RecipeError(f"--max-drop: must be >= 0, got {cfg.max_drop}")
     if not 0 <= cfg.prune < 1:
@@ -109,8 +117,9 @@ def export_bundle(source: str, out_dir: str, flags: Dict, overrides: List[str] =
         raise RecipeError("--eval: required when SOURCE is a checkpoint (a labelled image folder)")
     with stages("calibration and evaluation images"):
         cal, ev = calib_and_eval_sets(data_cfg, opts.calib, opts.eval, opts.calib_samples, opts.eval_limit,
-                                      show_progress=show_progress)
-    summary["calibration"] = {"source": cal.source, "samples": len(cal), "method": opts.calib_method}
+                                      seed=opts.calib_seed, show_progress=show_progress)
+    summary["calibration"] = {"source": cal.source, "samples": len(cal), "method": opts.calib_method,
+                              "definition": opts.calib_set}
     summary["evaluation"] = {"source": ev.source, "images": len(ev), "disjoint_from_calibration": True}
 
     work = Path(tempfile.mkdtemp(prefix="edgecv-export-"))
