@@ -107,7 +107,8 @@ def explain(target, images, out_dir, method, topk, check, random_unit, as_json):
     else:
         from edgecv.utils.table import print_rows
 
-        print_rows(res["images"], ["image", "label", "score", "deletion_ok", "png"], f"explain ({method})")
+        cols = ["image", "label", "score"] + (["drop_top", "drop_random", "deletion_ok"] if check else []) + ["png"]
+        print_rows(res["images"], cols, f"explain ({method})")
         if check:
             click.echo(f"deletion check holds on {res['deletion_pass_rate']:.1%} of {len(res['images'])} images")
 
