@@ -7,6 +7,7 @@ import sys
 import click
 
 from edgecv.cli import cli
+from edgecv.recipe import CALIB_METHODS
 
 
 @cli.command()
@@ -19,7 +20,7 @@ from edgecv.cli import cli
 @click.option("--calib", default=None, help="Calibration images: a folder, or a calibration set file (calibration/*.yaml); "
               "default: the recipe's training data.")
 @click.option("--calib-samples", type=int, default=None)
-@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None)
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=None)
 @click.option("--max-drop", type=float, default=None, help="Largest top-1 drop allowed, in points (default 1.0).")
 @click.option("--target", "targets", default=None, help="Comma list: tensorrt,onnxruntime.")
 @click.option("--eval", "eval_path", default=None, help="Evaluation images; default: the recipe's held-out split.")

@@ -77,6 +77,9 @@ class TrainConfig:
     threads: Optional[int] = None
 
 
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+
 @dataclass
 class ExportConfig:
     int8: bool = True
@@ -203,7 +206,7 @@ def _validate(r: Recipe, source: str) -> None:
         "train.optimizer": (r.train.optimizer, {"sgd", "adamw"}),
         "train.schedule": (r.train.schedule, {"cosine", "step", "constant"}),
         "train.log_format": (r.train.log_format, {"jsonl", "csv"}),
-        "export.calib_method": (r.export.calib_method, {"minmax", "entropy", "percentile"}),
+        "export.calib_method": (r.export.calib_method, set(CALIB_METHODS)),
     }
     for key, (val, allowed) in choices.items():
         if val not in allowed:

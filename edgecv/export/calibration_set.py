@@ -20,9 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from edgecv.recipe import RecipeError, _build, read_yaml_mapping
-
-METHODS = ("minmax", "entropy", "percentile")
+from edgecv.recipe import CALIB_METHODS, RecipeError, _build, read_yaml_mapping
 
 
 @dataclass
@@ -43,8 +41,8 @@ def load_calibration_set(path: str | os.PathLike) -> CalibrationSet:
     """Load and validate one definition; errors name the file and the key."""
     path = Path(path)
     cs = _build(CalibrationSet, read_yaml_mapping(path, "calibration set"), f"{path}: ")
-    if cs.method not in METHODS:
-        raise RecipeError(f"{path}: method: expected one of {list(METHODS)}, got {cs.method!r}")
+    if cs.method not in CALIB_METHODS:
+        raise RecipeError(f"{path}: method: expected one of {list(CALIB_METHODS)}, got {cs.method!r}")
     if cs.samples < 1:
         raise RecipeError(f"{path}: samples: must be >= 1, got {cs.samples}")
     if cs.images is not None and not Path(cs.images).is_dir():

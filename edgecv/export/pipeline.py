@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from edgecv.errors import ExportError
-from edgecv.recipe import ExportConfig, Recipe, RecipeError
+from edgecv.recipe import CALIB_METHODS, ExportConfig, Recipe, RecipeError
 from edgecv.utils.io import atomic_dir, check_writable_dir
 
 log = logging.getLogger("edgecv.export")
@@ -35,8 +35,10 @@ def resolve_options(recipe: Optional[Recipe], flags: Dict) -> ExportConfig:
         # A calibration set file overrides the recipe's calib_* fields; explicit flags still win.
         cs = load_calibration_set(cfg.calib)
         cfg.calib_set, cfg.calib, cfg.calib_seed = cfg.calib, cs.images, cs.seed
-        cfg.calib_samples = flags.get("calib_samples") or cs.samples
-        cfg.calib_method = flags.get("calib_method") or cs.method
+        if flags.get("calib_samples") is None:
+            cfg.calib_samples = cs.samples
+        if flags.get("calib_method") is None:
+            cfg.calib_method = cs.method
     if cfg.max_drop < 0:
         raise RecipeError(f"--max-drop: must be >= 0, got {cfg.max_drop}")
     if not 0 <= cfg.prune < 1:
@@ -44,7 +46,7 @@ def resolve_options(recipe: Optional[Recipe], flags: Dict) -> ExportConfig:
     for t in cfg.targets:
         if t not in ("tensorrt", "onnxruntime"):
             raise RecipeError(f"--target: unknown target {t!r} (expected tensorrt, onnxruntime)")
-    if cfg.calib_method not in ("minmax", "entropy", "percentile"):
+    if cfg.calib_method not in CALIB_METHODS:
         raise RecipeError(f"--calib-method: unknown method {cfg.calib_method!r}")
     if cfg.calib_samples < 1:
         raise RecipeError(f"--calib-samples: must be >= 1, got {cfg.calib_samples}")

@@ -20,11 +20,11 @@ from typing import Iterable, List, Sequence
 import numpy as np
 import onnx
 
+from edgecv.recipe import CALIB_METHODS
 from edgecv.utils.io import atomic_path
 
 log = logging.getLogger("edgecv.quantize")
 
-CALIB_METHODS = ("minmax", "entropy", "percentile")
 # ONNX Runtime's quantize_static drops the histogram options, so entropy with its defaults
 # (128 bins, 128 quantized bins) has one candidate threshold and equals MinMax. edgecv builds the
 # calibrator itself and passes them. 2048 bins clipped too hard on EfficientNet-Lite0 (79.8% vs 87.6%).
