@@ -95,13 +95,18 @@ def profile(target, backend, iters, batch, threads, top, out_dir, as_json):
 @click.option("--resize", type=click.Choice(["area", "fast"]), default="area", show_default=True,
               help="area: closest to training (99.2% top-1 agreement on the ImageNet samples); fast: crop window "
                    "only, ~4x cheaper on VGA frames (98.8% agreement).")
+@click.option("--decode-threads", type=int, default=None,
+              help="FFmpeg decoder threads for files and RTSP [default: 1 when the model runs on the CPU].")
+@click.option("--camera-resize/--no-camera-resize", default=True, show_default=True,
+              help="csi://: scale frames to the model's resize size in the Jetson's VIC, not on the CPU.")
 def run(target, source, backend, as_json, display, record, topk, smooth, max_frames, loop, realtime, threads,
-        max_failures, resize):
+        max_failures, resize, decode_threads, camera_resize):
     """Classify frames from a camera, stream, video file or image folder with TARGET (a bundle)."""
     from edgecv.runtime.run_loop import run as run_loop
 
     summary = run_loop(target, source, backend, topk, smooth, max_frames, as_json, display, record, loop, realtime,
-                       threads, max_failures, resize=resize)
+                       threads, max_failures, resize=resize, decode_threads=decode_threads,
+                       camera_resize=camera_resize)
     out = {k: v for k, v in summary.items() if k != "latency_ms"}
     lat = summary["latency_ms"].get("pre_infer_post", {})
     line = (f"frames {out['frames']}  fps {out['fps']:.1f}  dropped {out['dropped']}  reconnects {out['reconnects']}  "

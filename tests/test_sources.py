@@ -96,3 +96,49 @@ def test_latest_frame_reader_drops_stale_frames(tmp_path):
         got += 1
     src.close()
     assert got + src.dropped == 60 and src.dropped > 0
+
+
+def test_top_k_softmax_matches_full_softmax():
+    from edgecv.runtime.run_loop import softmax, top_k, top_k_softmax
+
+    logits = np.random.default_rng(1).normal(0, 3, 1000).astype(np.float32)
+    probs = softmax(logits)
+    for k in (1, 5):
+        idx, scores = top_k_softmax(logits, k)
+        assert idx.tolist() == top_k(probs, k).tolist()
+        np.testing.assert_allclose(scores, probs[idx], rtol=1e-5)
+
+
+def test_unsmoothed_json_scores_are_probabilities(tiny_bundle, tmp_path):
+    vid = make_video(tmp_path / "v.mp4", 4)
+    lines = []
+    run(str(tiny_bundle), str(vid), "onnxruntime", topk=10, as_json=True, emit=lines.append)
+    for r in map(json.loads, lines):
+        scores = [t["score"] for t in r["topk"]]
+        assert len(scores) == 10 and scores == sorted(scores, reverse=True)
+        assert abs(sum(scores) - 1) < 1e-5  # all 10 classes of the tiny model: a full distribution
+
+
+def test_file_decoder_threads_are_capped(tmp_path):
+    vid = make_video(tmp_path / "v.mp4", 3)
+    for threads, want in ((1, 1), (2, 2)):
+        src = FrameSource(str(vid), decode_threads=threads)
+        next(src.frames())
+        assert src._cap.get(cv2.CAP_PROP_N_THREADS) == want
+        src.close()
+
+
+def test_csi_camera_scales_to_the_model_resize_in_hardware(tiny_bundle):
+    from edgecv.runtime.bundle import open_bundle
+    from edgecv.runtime.preprocess import Preprocessor
+    from edgecv.runtime.run_loop import csi_scale_to
+    from edgecv.runtime.sources import csi_pipeline
+
+    lite0 = Preprocessor({"resize": 256, "crop": 224, "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3})
+    assert csi_scale_to(lite0) == (455, 256)  # 1280x720 -> shorter side 256, torchvision's rounding
+    pipe = csi_pipeline(0, scale_to=(455, 256))
+    assert "nvvidconv interpolation-method=5 ! video/x-raw, width=455, height=256, format=BGRx" in pipe
+    assert "width=455" not in csi_pipeline(0)  # --no-camera-resize: full 1280x720 frames
+    tiny = Preprocessor(open_bundle(tiny_bundle).preprocess)
+    w, h = csi_scale_to(tiny)
+    assert min(w, h) == tiny.resize

@@ -1,7 +1,17 @@
 """`edgecv run` loop overhead vs a bare InferenceSession.run on a ready tensor, measured in one run.
 
-python tools/loop_overhead.py BUNDLE [--frames 500]
-Ratio = mean(preprocess + infer + postprocess per frame in the loop) / mean(bare session.run).
+python tools/loop_overhead.py BUNDLE [--frames 150] [--rounds 8] [--resize area|fast]
+    [--size 340x256,640x480] [--clip FILE | --noise] [--decode-threads N] [--json]
+
+Ratio = mean(preprocess + infer + postprocess per frame in the loop) / mean(bare session.run), with the
+loop and the bare call alternated in ``--rounds`` blocks so that a slow phase of the machine lands on both.
+
+The clip: by default a slow pan across real photos (the shared ImageNet samples), one clip per ``--size``:
+a camera stand-in whose frames compress like camera frames. The default sizes are the model's resize size
+(what a camera pipeline that scales in hardware delivers, e.g. ``edgecv run --source csi://N`` on a Jetson)
+and VGA, which the CPU has to resize. (340, not 341: the mp4 writer rounds widths down to even; the
+shorter side stays 256, so neither needs a resize.) ``--noise`` uses random
+frames instead (the worst case for the decoder: several times the bitstream and decode time).
 
 It also splits the overhead: ``bare_with_gap`` runs the same bare call after an idle busy-wait as long as
 the loop's non-inference time per frame, which shows what merely not calling ``run`` back to back costs
@@ -20,9 +30,12 @@ from edgecv.runtime.bundle import open_bundle
 from edgecv.runtime.latency import measure_interleaved
 from edgecv.runtime.run_loop import run
 
-def synthetic_clip(frames: int, width: int, height: int) -> Path:
-    """A temporary mp4 of random frames (a VGA camera stand-in that costs no decoding surprises)."""
-    vid = Path(tempfile.mkdtemp()) / "clip.mp4"
+PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-samples"
+
+
+def noise_clip(frames: int, width: int, height: int) -> Path:
+    """A temporary mp4 of random frames."""
+    vid = Path(tempfile.mkdtemp()) / "noise.mp4"
     w = cv2.VideoWriter(str(vid), cv2.VideoWriter_fourcc(*"mp4v"), 30, (width, height))
     rng = np.random.default_rng(0)
     for _ in range(frames):
@@ -31,37 +44,47 @@ def synthetic_clip(frames: int, width: int, height: int) -> Path:
     return vid
 
 
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("bundle")
-    ap.add_argument("--frames", type=int, default=500)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--resize", choices=["area", "fast"], default="area")
-    ap.add_argument("--size", default="640x480", help="clip frame size WxH (a VGA camera by default)")
-    a = ap.parse_args()
-    b = open_bundle(a.bundle)
-    width, height = (int(v) for v in a.size.lower().split("x"))
-    vid = synthetic_clip(100, width, height)
-    rng = np.random.default_rng(0)
-    import onnxruntime as ort
+def photo_clip(width: int, height: int, photos: int = 12, frames_per_photo: int = 25) -> Path:
+    """A temporary mp4 that pans slowly across real photos (each scaled 1.25x the frame, then panned)."""
+    files = sorted(p for p in PHOTOS.glob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))[:photos]
+    if not files:
+        raise SystemExit(f"{PHOTOS}: no photos for the clip; pass --clip FILE or --noise")
+    vid = Path(tempfile.mkdtemp()) / "photos.mp4"
+    w = cv2.VideoWriter(str(vid), cv2.VideoWriter_fourcc(*"mp4v"), 30, (width, height))
+    big_w, big_h = int(width * 1.25), int(height * 1.25)
+    for f in files:
+        img = cv2.resize(cv2.imread(str(f), cv2.IMREAD_COLOR), (big_w, big_h), interpolation=cv2.INTER_AREA)
+        for k in range(frames_per_photo):
+            y = (big_h - height) * k // frames_per_photo
+            x = (big_w - width) * k // frames_per_photo
+            w.write(np.ascontiguousarray(img[y:y + height, x:x + width]))
+    w.release()
+    return vid
 
-    from edgecv.runtime.ort_backend import session_options
 
-    art = b.artifact("onnxruntime")
-    sess = ort.InferenceSession(str(b.path(art["file"])), session_options(a.threads), providers=["CPUExecutionProvider"])
+def measure(bundle: str, sess, vid: Path, a) -> dict:
+    """Alternate ``a.rounds`` blocks of bare runs and loop runs on ``vid``; one result row."""
     name = sess.get_inputs()[0].name
     shape = [1] + [int(d) for d in sess.get_inputs()[0].shape[1:]]
-    x = rng.standard_normal(shape).astype(np.float32)
-    bare1 = measure_interleaved({"bare": lambda: sess.run(None, {name: x})}, warmup=20, iters=a.frames, rounds=1)["bare"]
-    s = run(a.bundle, str(vid), "onnxruntime", loop=True, max_frames=a.frames, threads=a.threads, emit=lambda _: None,
-            resize=a.resize)
-    bare2 = measure_interleaved({"bare": lambda: sess.run(None, {name: x})}, warmup=5, iters=a.frames, rounds=1)["bare"]
-    bare = (bare1["mean_ms"] + bare2["mean_ms"]) / 2
-    loop = s["latency_ms"]["pre_infer_post"]["mean_ms"]
-    stages = {k: v["mean_ms"] for k, v in s["latency_ms"].items()}
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+    def bare_block(warmup: int) -> float:
+        return measure_interleaved({"bare": lambda: sess.run(None, {name: x})}, warmup=warmup, iters=a.frames,
+                                   rounds=1)["bare"]["mean_ms"]
+
+    bares, loops, stage_rounds = [], [], []
+    for r in range(a.rounds):
+        bares.append(bare_block(20 if r == 0 else 5))
+        s = run(bundle, str(vid), "onnxruntime", loop=True, max_frames=a.frames, threads=a.threads,
+                emit=lambda _: None, resize=a.resize, decode_threads=a.decode_threads)
+        loops.append(s["latency_ms"]["pre_infer_post"]["mean_ms"])
+        stage_rounds.append({k: v["mean_ms"] for k, v in s["latency_ms"].items()})
+    bares.append(bare_block(5))
+    bare, loop = float(np.mean(bares)), float(np.mean(loops))
+    stages = {k: float(np.mean([st[k] for st in stage_rounds])) for k in stage_rounds[0]}
     gap_s = (loop - stages["infer"] + stages["capture_wait"]) / 1e3
 
-    def gap_then_run():
+    def gap_then_run() -> float:
         t = time.perf_counter()
         while time.perf_counter() - t < gap_s:
             pass
@@ -69,11 +92,61 @@ if __name__ == "__main__":
         sess.run(None, {name: x})
         return time.perf_counter() - t
 
-    gapped = [gap_then_run() for _ in range(a.frames)][20:]
-    out = {"artifact": art["file"], "frame_size": a.size, "resize": a.resize, "threads": a.threads, "frames": s["frames"], "bare_run_mean_ms": bare,
-           "loop_pre_infer_post_mean_ms": loop, "ratio": loop / bare,
-           "stages_mean_ms": stages,
-           "bare_with_gap_mean_ms": float(np.mean(gapped)) * 1e3,
-           "infer_in_loop_vs_bare": stages["infer"] / bare,
-           "bare_with_gap_vs_bare": float(np.mean(gapped)) * 1e3 / bare}
-    print(json.dumps(out, indent=2))
+    gapped = float(np.mean([gap_then_run() for _ in range(a.frames)][20:])) * 1e3
+    return {"bare_run_mean_ms": bare, "bare_rounds_ms": bares, "loop_pre_infer_post_mean_ms": loop,
+            "loop_rounds_ms": loops, "ratio": loop / bare,
+            "ratio_per_round": [lp / ((b0 + b1) / 2) for lp, b0, b1 in zip(loops, bares, bares[1:])],
+            "stages_mean_ms": stages, "bare_with_gap_mean_ms": gapped,
+            "infer_in_loop_vs_bare": stages["infer"] / bare, "bare_with_gap_vs_bare": gapped / bare}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("bundle")
+    ap.add_argument("--frames", type=int, default=150, help="frames per round")
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--resize", choices=["area", "fast"], default="area")
+    ap.add_argument("--size", default="340x256,640x480",
+                    help="clip frame sizes WxH, comma-separated: by default the model's resize size (what a camera "
+                         "scaling in hardware delivers; mp4 widths are even) and VGA (resized on the CPU)")
+    ap.add_argument("--clip", help="a video file to use instead of the generated ones")
+    ap.add_argument("--noise", action="store_true", help="random frames instead of panned photos")
+    ap.add_argument("--decode-threads", type=int, default=None, help="FFmpeg decoder threads (default: edgecv run's)")
+    ap.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    a = ap.parse_args()
+    import onnxruntime as ort
+
+    from edgecv.runtime.ort_backend import session_options
+
+    art = open_bundle(a.bundle).artifact("onnxruntime")
+    sess = ort.InferenceSession(str(open_bundle(a.bundle).path(art["file"])), session_options(a.threads),
+                                providers=["CPUExecutionProvider"])
+    rows = []
+    for size in ([None] if a.clip else a.size.split(",")):
+        if a.clip:
+            vid = Path(a.clip)
+        else:
+            width, height = (int(v) for v in size.lower().split("x"))
+            vid = noise_clip(100, width, height) if a.noise else photo_clip(width, height)
+        cap = cv2.VideoCapture(str(vid))
+        frame_size = f"{int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))}x{int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))}"
+        cap.release()
+        rows.append({"artifact": art["file"], "clip": "file" if a.clip else "noise" if a.noise else "photos",
+                     "frame_size": frame_size, "resize": a.resize, "threads": a.threads, "rounds": a.rounds,
+                     "frames_per_round": a.frames, **measure(a.bundle, sess, vid, a)})
+    if a.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'frames':>9} {'resize':>6} {'bare ms':>8} {'loop ms':>8} {'ratio':>7} {'pre':>6} {'infer':>6} "
+          f"{'post':>6} {'decode':>6} {'infer/bare':>10}  ratio per round")
+    for r in rows:
+        st = r["stages_mean_ms"]
+        print(f"{r['frame_size']:>9} {r['resize']:>6} {r['bare_run_mean_ms']:8.3f} {r['loop_pre_infer_post_mean_ms']:8.3f} "
+              f"{r['ratio']:6.3f}x {st['preprocess']:6.3f} {st['infer']:6.3f} {st['postprocess']:6.3f} "
+              f"{st['capture_wait']:6.3f} {r['infer_in_loop_vs_bare']:9.3f}x  "
+              f"{' '.join(f'{v:.2f}' for v in r['ratio_per_round'])}")
+
+
+if __name__ == "__main__":
+    main()

@@ -6,14 +6,14 @@ import os
 import time
 from collections import deque
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
 
 from edgecv.runtime.latency import percentiles
 from edgecv.runtime.preprocess import Preprocessor
-from edgecv.runtime.sources import FrameSource, SourceFailed
+from edgecv.runtime.sources import CSI_SIZE, FrameSource, SourceFailed
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -24,8 +24,21 @@ def softmax(x: np.ndarray) -> np.ndarray:
 def top_k(p: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest, best first (argpartition: O(n), not a full sort of 1000 classes)."""
     k = min(k, p.size)
+    if k == 1:
+        return np.array([p.argmax()])
     part = np.argpartition(-p, k - 1)[:k]
     return part[np.argsort(-p[part], kind="stable")]
+
+
+def top_k_softmax(logits: np.ndarray, k: int):
+    """(indices, probabilities) of the k most likely classes, without normalising all of them.
+
+    Softmax keeps the order, so the top k come from the logits; only their k probabilities are divided
+    out. Right after inference this is 0.06 ms for 1000 classes against 0.11 ms for a full softmax + top-k.
+    """
+    top = top_k(logits, k)
+    e = np.exp(logits - logits[top[0]])
+    return top, e[top] / e.sum()
 
 
 class Smoother:
@@ -37,6 +50,12 @@ class Smoother:
     def __call__(self, p: np.ndarray) -> np.ndarray:
         self.buf.append(p)
         return p if len(self.buf) == 1 else np.mean(self.buf, axis=0)
+
+
+def csi_scale_to(pre: Preprocessor) -> Tuple[int, int]:
+    """(width, height) a CSI camera's frames are scaled to in hardware: the model's resize size."""
+    h, w = pre.resized_size(CSI_SIZE[1], CSI_SIZE[0])
+    return w, h
 
 
 def annotate(frame: np.ndarray, text: str, fps: float) -> np.ndarray:
@@ -53,10 +72,16 @@ def display_available() -> bool:
 def run(target: str, source: str, backend: str = "auto", topk: int = 1, smooth: int = 1,
         max_frames: Optional[int] = None, as_json: bool = False, display: bool = False,
         record: Optional[str] = None, loop: bool = False, realtime: bool = False, threads: Optional[int] = None,
-        max_failures: int = 5, emit: Callable[[str], None] = None, resize: str = "area") -> Dict:
+        max_failures: int = 5, emit: Callable[[str], None] = None, resize: str = "area",
+        decode_threads: Optional[int] = None, camera_resize: bool = True) -> Dict:
     """Classify frames from ``source``; returns a summary (frames, FPS, latency percentiles per stage).
 
     ``resize``: the preprocessing resize mode (``area`` or ``fast``, see edgecv.runtime.preprocess).
+    ``decode_threads``: FFmpeg decoder threads for files and RTSP; by default 1 while inference runs on the
+    CPU (a multi-threaded decoder decodes ahead on the cores the model needs: the Lite0 loop measured
+    inference 1.05x bare with one decoder thread against 1.15x with two).
+    ``camera_resize``: a CSI camera delivers frames already scaled by the Jetson's VIC to the model's
+    resize size, so the CPU only crops and normalises (display and recording then show that size too).
     """
     from edgecv.runtime.bundle import open_bundle
     from edgecv.runtime.select import open_backend
@@ -66,7 +91,11 @@ def run(target: str, source: str, backend: str = "auto", topk: int = 1, smooth: 
     labels = bundle.labels
     pre = Preprocessor(bundle.preprocess, resize)
     be, info = open_backend(target, backend, threads=threads)
-    src = FrameSource(source, loop=loop, realtime=realtime, max_failures=max_failures)
+    if decode_threads is None and info["backend"] == "onnxruntime":
+        decode_threads = 1
+    scale_to = csi_scale_to(pre) if camera_resize and str(source).startswith("csi://") else None
+    src = FrameSource(source, loop=loop, realtime=realtime, max_failures=max_failures, decode_threads=decode_threads,
+                      scale_to=scale_to)
     smoother = Smoother(smooth)
     x = np.empty((1, pre.channels, pre.crop, pre.crop), np.float32)
     stages: Dict[str, List[float]] = {"capture_wait": [], "preprocess": [], "infer": [], "postprocess": []}
@@ -97,8 +126,12 @@ def run(target: str, source: str, backend: str = "auto", topk: int = 1, smooth: 
             t2 = time.perf_counter()
             logits = be.infer(x)[0]
             t3 = time.perf_counter()
-            probs = smoother(softmax(logits))
-            top = top_k(probs, topk)
+            if smooth > 1:
+                probs = smoother(softmax(logits))
+                top = top_k(probs, topk)
+                scores = probs[top]
+            else:
+                top, scores = top_k_softmax(logits, topk)
             t4 = time.perf_counter()
             for k, v in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
                 stages[k].append(v * 1e3)
@@ -107,12 +140,12 @@ def run(target: str, source: str, backend: str = "auto", topk: int = 1, smooth: 
             n += 1
             fps = n / (time.perf_counter() - t_start)
             if as_json:
-                emit(json.dumps({"frame": n - 1, "label": label, "index": idx, "score": float(probs[idx]),
+                emit(json.dumps({"frame": n - 1, "label": label, "index": idx, "score": float(scores[0]),
                                  "topk": [{"index": int(i), "label": labels[i] if i < len(labels) else str(i),
-                                           "score": float(probs[i])} for i in top],
+                                           "score": float(p)} for i, p in zip(top, scores)],
                                  "latency_ms": {k: round(v[-1], 4) for k, v in stages.items()}}))
             if show or record:
-                vis = annotate(frame.copy(), f"{label} {probs[idx]:.2f}", fps)
+                vis = annotate(frame.copy(), f"{label} {scores[0]:.2f}", fps)
                 if record:
                     if writer is None:
                         record_tmp = str(Path(record).with_name(f".{Path(record).name}.tmp{Path(record).suffix}"))
