@@ -8,7 +8,7 @@ import json
 import resource
 from pathlib import Path
 
-from loop_overhead import synthetic_clip
+from loop_overhead import noise_clip
 
 from edgecv.runtime.run_loop import run
 
@@ -25,7 +25,7 @@ if __name__ == "__main__":
     ap.add_argument("bundle")
     ap.add_argument("--frames", type=int, default=10000)
     a = ap.parse_args()
-    vid = synthetic_clip(120, 320, 240)
+    vid = noise_clip(120, 320, 240)
     samples = {}
 
     def emit(line, n=[0]):  # one JSON line per frame: sample RSS at frame 500 (warm) and at the end

@@ -1,4 +1,5 @@
-"""tools/loop_overhead.py on the tiny bundle: a few frames so the benchmark cannot rot (ratios are not asserted)."""
+"""tools/loop_overhead.py and tools/soak.py on the tiny bundle: a few frames so the tools cannot rot (their
+measurements are not asserted: ratios and memory growth are numbers for the closing note, not for CI)."""
 import json
 import subprocess
 import sys
@@ -18,3 +19,12 @@ def test_loop_overhead_smoke(tiny_bundle):
         parts = st["preprocess"] + st["infer"] + st["postprocess"]
         assert abs(parts - st["pre_infer_post"]) < 1e-6 * max(1.0, parts)
         assert abs(row["ratio"] - row["loop_pre_infer_post_mean_ms"] / row["bare_run_mean_ms"]) < 1e-9
+
+
+def test_soak_smoke(tiny_bundle):
+    r = subprocess.run([sys.executable, "tools/soak.py", str(tiny_bundle), "--frames", "600"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    assert out["frames"] == 600 and out["error"] is None
+    assert out["growth_mb"] == out["rss_after_mb"] - out["rss_before_mb"]
