@@ -106,6 +106,28 @@ def test_input_spec_errors(tiny_bundle):
     assert be.infer(np.zeros((2, 1, 28, 28), np.float32)).shape == (2, 10)
 
 
+def test_reused_input_buffer_is_bound_in_place(tiny_bundle):
+    """The camera loop refills one buffer: from the second call it is bound (IOBinding), and every result
+    still equals session.run on the buffer's current contents, in a fresh array the caller can keep."""
+    be = OrtBackend(str(tiny_bundle / "model_int8_ort.onnx"))
+    buf = np.empty((1, 1, 28, 28), np.float32)
+    rng = np.random.default_rng(0)
+    kept = []
+    for i in range(4):
+        buf[...] = rng.standard_normal(buf.shape)
+        out = be.infer(buf)
+        assert (be._bound is not None) == (i >= 1)
+        np.testing.assert_array_equal(out, be.session.run(None, {be.inputs[0].name: buf})[0])
+        kept.append((out, out.copy()))
+    assert all(np.array_equal(a, b) for a, b in kept)  # earlier results are not overwritten
+    assert not np.array_equal(kept[1][0], kept[2][0])
+    buf.shape = (1, 28, 1, 28)  # a reshaped buffer is checked again, never run on the stale binding
+    with pytest.raises(InputSpecError, match="channel count 28"):
+        be.infer(buf)
+    other = be.infer(np.zeros((2, 1, 28, 28), np.float32))  # a new array takes the plain path
+    assert other.shape == (2, 10)
+
+
 def test_profile_outputs_and_sums(tmp_path):
     """Per-layer times of EfficientNet-Lite0 (fp32 ONNX) sum to within 10% of end-to-end."""
 
