@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -33,6 +33,18 @@ class Backend:
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def input_buffer(self, n: int = 1) -> Optional[np.ndarray]:
+        """A batch-``n`` input array to fill in place and pass to ``infer`` again and again.
+
+        Backends hand out memory they can read without a copy: TensorRT its page-locked staging buffer,
+        ONNX Runtime an array it binds in place after the first call. None when the spec is dynamic
+        beyond the batch dimension.
+        """
+        spec = self.inputs[0]
+        if any(d == -1 for d in spec.shape[1:]):
+            return None
+        return np.empty((n,) + tuple(spec.shape[1:]), spec.dtype)
 
     def close(self) -> None:
         pass

@@ -94,10 +94,12 @@ def run(target: str, source: str, backend: str = "auto", topk: int = 1, smooth: 
     if decode_threads is None and info["backend"] == "onnxruntime":
         decode_threads = 1
     scale_to = csi_scale_to(pre) if camera_resize and str(source).startswith("csi://") else None
+    x = be.input_buffer(1)
+    if x is None or x.dtype != np.float32 or x.shape != (1, pre.channels, pre.crop, pre.crop):
+        x = np.empty((1, pre.channels, pre.crop, pre.crop), np.float32)  # infer's check names the mismatch
     src = FrameSource(source, loop=loop, realtime=realtime, max_failures=max_failures, decode_threads=decode_threads,
                       scale_to=scale_to)
     smoother = Smoother(smooth)
-    x = np.empty((1, pre.channels, pre.crop, pre.crop), np.float32)
     stages: Dict[str, List[float]] = {"capture_wait": [], "preprocess": [], "infer": [], "postprocess": []}
     show = display and display_available()
     writer = None

@@ -100,7 +100,8 @@ class TrtBackend(Backend):
         inp, out = self._in[0].name, self._out[0].name
         with self.mem.activate():
             self.context.set_input_shape(inp, batch.shape)
-            self.host[inp][:n] = batch
+            if batch.ctypes.data != self.host[inp].ctypes.data:  # not filled in place (input_buffer)
+                self.host[inp][:n] = batch
             if self.cuda_graph:
                 if n not in self._graphs:
                     self._enqueue(n)  # one plain run first: TensorRT allocates lazily on the first enqueue
@@ -111,6 +112,12 @@ class TrtBackend(Backend):
                 self._enqueue(n)
             self.mem.synchronize()
         return self.host[out][:n].copy()
+
+    def input_buffer(self, n: int = 1) -> np.ndarray:
+        """A view of the page-locked input staging buffer: filled in place, ``infer`` skips its host copy."""
+        if n > self.max_batch:
+            raise DeviceError(f"batch {n} > the engine's max batch {self.max_batch}")
+        return self.host[self._in[0].name][:n]
 
     def layer_profile(self, batch: np.ndarray, iters: int = 50) -> Dict[str, float]:
         """Per-layer mean ms over ``iters`` runs (IProfiler)."""
