@@ -75,7 +75,9 @@ def open_capture(kind: str, arg, decode_threads: Optional[int] = None,
     decoder keeps decoding ahead in the background while the model runs on the same cores. ``scale_to``
     has a CSI camera's pipeline scale frames in hardware (see ``csi_pipeline``).
     """
-    params = [cv2.CAP_PROP_N_THREADS, int(decode_threads)] if decode_threads else []
+    # CAP_PROP_N_THREADS and open-time parameters need OpenCV >= 4.6 (JetPack 4's 4.1 has neither).
+    params = [cv2.CAP_PROP_N_THREADS, int(decode_threads)] if decode_threads and hasattr(cv2, "CAP_PROP_N_THREADS") \
+        else None
     if kind in ("csi", "gstreamer"):
         if not gstreamer_available():
             raise SourceFailed(f"{'csi://' + str(arg) if kind == 'csi' else arg!r}: this OpenCV build has no "
@@ -84,9 +86,9 @@ def open_capture(kind: str, arg, decode_threads: Optional[int] = None,
     elif kind == "v4l2":
         cap = cv2.VideoCapture(arg, cv2.CAP_V4L2)
     elif kind == "rtsp":
-        cap = cv2.VideoCapture(arg, cv2.CAP_FFMPEG, params)
+        cap = cv2.VideoCapture(arg, cv2.CAP_FFMPEG, params) if params else cv2.VideoCapture(arg, cv2.CAP_FFMPEG)
     else:
-        cap = cv2.VideoCapture(str(arg), cv2.CAP_ANY, params)
+        cap = cv2.VideoCapture(str(arg), cv2.CAP_ANY, params) if params else cv2.VideoCapture(str(arg))
     return cap
 
 
