@@ -150,7 +150,8 @@ def test_profile_outputs_and_sums(tmp_path):
 
 def test_preprocess_matches_torchvision_top1(imagenet_dir):
     """Runtime (OpenCV) vs training (torchvision) preprocessing on 100 images: ``area`` gives the same top-1
-    on >= 99%; ``fast`` (crop window only) is closer in pixels and agrees on >= 97%."""
+    on >= 99%; ``fast`` (crop window only) is closer in pixels and agrees on >= 97%; ``auto`` (the default,
+    choosing per frame size) agrees on >= 99% and is the closest in pixels."""
     import torch
 
     from edgecv.data.loaders import dataset_for_path
@@ -166,7 +167,7 @@ def test_preprocess_matches_torchvision_top1(imagenet_dir):
     with torch.no_grad():
         ref_top1 = src.model(ref).argmax(1)
     diff, agree = {}, {}
-    for mode in ("area", "fast"):
+    for mode in ("area", "fast", "auto"):
         pre = Preprocessor(preprocess_spec(src.data), mode)
         x = torch.from_numpy(np.stack([pre(f) for f in frames]))
         assert x.shape == ref.shape
@@ -175,6 +176,21 @@ def test_preprocess_matches_torchvision_top1(imagenet_dir):
             agree[mode] = (src.model(x).argmax(1) == ref_top1).float().mean().item()
     assert diff["area"] < 0.05 and agree["area"] >= 0.99, (diff, agree)
     assert diff["fast"] < diff["area"] and agree["fast"] >= 0.97, (diff, agree)
+    assert diff["auto"] < diff["fast"] and agree["auto"] >= 0.99, (diff, agree)
+
+
+def test_auto_resize_picks_by_shrink_factor():
+    from edgecv.runtime.preprocess import AUTO_FAST_FROM, Preprocessor
+
+    pre = Preprocessor({"resize": 256, "crop": 224, "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3})
+    assert pre.mode == "auto"
+    assert pre.mode_for(480, 640) == "fast"  # VGA: 1.875x
+    assert pre.mode_for(720, 1280) == "fast"
+    assert pre.mode_for(375, 500) == "fast" and 375 / 256 >= AUTO_FAST_FROM
+    assert pre.mode_for(333, 500) == "area"  # 1.30x: INTER_AREA is the closer there
+    assert pre.mode_for(240, 320) == "area"  # an upscale
+    frame = np.random.default_rng(0).integers(0, 255, (480, 640, 3), np.uint8)
+    np.testing.assert_array_equal(pre(frame), Preprocessor(pre.spec, "fast")(frame))
 
 
 def test_fast_resize_kernel_and_window():

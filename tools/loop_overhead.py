@@ -1,6 +1,6 @@
 """`edgecv run` loop overhead vs a bare InferenceSession.run on a ready tensor, measured in one run.
 
-python tools/loop_overhead.py BUNDLE [--frames 150] [--rounds 8] [--resize area|fast]
+python tools/loop_overhead.py BUNDLE [--frames 150] [--rounds 8] [--resize auto|area|fast]
     [--size 340x256,640x480] [--clip FILE | --noise] [--decode-threads N] [--json]
 
 Ratio = mean(preprocess + infer + postprocess per frame in the loop) / mean(bare session.run), with the
@@ -10,7 +10,7 @@ The clip: by default a slow pan across real photos (the shared ImageNet samples)
 a camera stand-in whose frames compress like camera frames. The default sizes are the model's resize size
 (what a camera pipeline that scales in hardware delivers, e.g. ``edgecv run --source csi://N`` on a Jetson)
 and VGA, which the CPU has to resize. (340, not 341: the mp4 writer rounds widths down to even; the
-shorter side stays 256, so neither needs a resize.) ``--noise`` uses random
+shorter side stays 256, so no resize is needed.) ``--noise`` uses random
 frames instead (the worst case for the decoder: several times the bitstream and decode time).
 
 It also splits the overhead: ``bare_with_gap`` runs the same bare call after an idle busy-wait as long as
@@ -62,6 +62,17 @@ def photo_clip(width: int, height: int, photos: int = 12, frames_per_photo: int 
     return vid
 
 
+def resize_used(bundle: str, mode: str, frame_size: str) -> str:
+    """``auto`` resolved for this frame size (what the loop actually ran)."""
+    from edgecv.runtime.preprocess import Preprocessor
+
+    w, h = (int(v) for v in frame_size.split("x"))
+    pre = Preprocessor(open_bundle(bundle).preprocess, mode)
+    if pre.resized_size(h, w) == (h, w):
+        return "none"
+    return pre.mode_for(h, w) if mode != "auto" else f"auto:{pre.mode_for(h, w)}"
+
+
 def measure(bundle: str, sess, vid: Path, a) -> dict:
     """Alternate ``a.rounds`` blocks of bare runs and loop runs on ``vid``; one result row."""
     name = sess.get_inputs()[0].name
@@ -106,7 +117,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=150, help="frames per round")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--resize", choices=["area", "fast"], default="area")
+    ap.add_argument("--resize", choices=["auto", "area", "fast"], default="auto")
     ap.add_argument("--size", default="340x256,640x480",
                     help="clip frame sizes WxH, comma-separated: by default the model's resize size (what a camera "
                          "scaling in hardware delivers; mp4 widths are even) and VGA (resized on the CPU)")
@@ -133,16 +144,17 @@ def main() -> None:
         frame_size = f"{int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))}x{int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))}"
         cap.release()
         rows.append({"artifact": art["file"], "clip": "file" if a.clip else "noise" if a.noise else "photos",
-                     "frame_size": frame_size, "resize": a.resize, "threads": a.threads, "rounds": a.rounds,
+                     "frame_size": frame_size, "resize": resize_used(a.bundle, a.resize, frame_size),
+                     "threads": a.threads, "rounds": a.rounds,
                      "frames_per_round": a.frames, **measure(a.bundle, sess, vid, a)})
     if a.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'frames':>9} {'resize':>6} {'bare ms':>8} {'loop ms':>8} {'ratio':>7} {'pre':>6} {'infer':>6} "
+    print(f"{'frames':>9} {'resize':>9} {'bare ms':>8} {'loop ms':>8} {'ratio':>7} {'pre':>6} {'infer':>6} "
           f"{'post':>6} {'decode':>6} {'infer/bare':>10}  ratio per round")
     for r in rows:
         st = r["stages_mean_ms"]
-        print(f"{r['frame_size']:>9} {r['resize']:>6} {r['bare_run_mean_ms']:8.3f} {r['loop_pre_infer_post_mean_ms']:8.3f} "
+        print(f"{r['frame_size']:>9} {r['resize']:>9} {r['bare_run_mean_ms']:8.3f} {r['loop_pre_infer_post_mean_ms']:8.3f} "
               f"{r['ratio']:6.3f}x {st['preprocess']:6.3f} {st['infer']:6.3f} {st['postprocess']:6.3f} "
               f"{st['capture_wait']:6.3f} {r['infer_in_loop_vs_bare']:9.3f}x  "
               f"{' '.join(f'{v:.2f}' for v in r['ratio_per_round'])}")

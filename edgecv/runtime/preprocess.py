@@ -8,17 +8,23 @@ std, BGR->RGB and HWC->CHW are folded into a 256-entry float lookup table per ch
 into the caller's input buffer (0.08 ms for 224x224x3 here, against 0.23 ms with ``np.take``).
 
 Known difference from torchvision: torchvision shrinks with antialiased bilinear (PIL's triangle filter
-of half-width = scale); OpenCV has no such kernel. Two resize modes:
+of half-width = scale); OpenCV has no such kernel. Three resize modes (numbers: EfficientNet-Lite0, the 500
+shared ImageNet images at their own sizes, mean absolute difference from torchvision in grey levels, top-1
+agreement with the torchvision pipeline; times on the 2-core development machine):
 
-``area`` (default): INTER_AREA over the whole frame, then the crop. Mean absolute difference from
-torchvision ~1.0 grey level; EfficientNet-Lite0's top-1 agrees on 99.2% of the 500 shared ImageNet images
-(4 differ). 1.6 ms for a 640x480 frame on the 2-core development machine.
+``area``: INTER_AREA over the whole frame, then the crop. 0.93 grey levels, 99.2% (4 images differ).
+1.8 ms for a 640x480 frame. Its box kernel drifts from the triangle as the shrink grows: 0.41 grey levels
+below a 1.3x shrink, 1.29 at 1.5-2x, 1.45 beyond 2x.
 
 ``fast``: only the crop window is computed: a separable blur whose taps are least-squares fitted so that
 blur + bilinear sampling approximates PIL's triangle filter at this scale, then one ``warpAffine`` onto the
-crop grid (sub-pixel exact window, no rounding of the crop to whole source pixels). 0.79 grey level from
-torchvision, top-1 agreement 98.8% on the same 500 images; 0.48 ms against 1.82 ms for ``area`` on a
-640x480 frame (normalisation included).
+crop grid (sub-pixel exact window, no rounding of the crop to whole source pixels). 0.79 grey levels,
+98.8%; 0.48 ms against 1.82 ms for ``area`` on a 640x480 frame (normalisation included). Fitted per
+scale, it holds its accuracy as the shrink grows: 0.51 grey levels below 1.3x, 0.55 at 1.5-2x, 0.43 beyond.
+
+``auto`` (default): per frame size, ``fast`` from a 1.45x shrink up, ``area`` below, where each is the
+closer (the crossover in the per-scale numbers above). 0.72 grey levels, 99.2%; a VGA camera (1.875x for
+a 256 resize) gets ``fast``.
 """
 from __future__ import annotations
 
@@ -29,7 +35,8 @@ import cv2
 import numpy as np
 
 
-RESIZE_MODES = ("area", "fast")
+RESIZE_MODES = ("auto", "area", "fast")
+AUTO_FAST_FROM = 1.45  # ``auto``: shrink factor (source / resized shorter side) from which ``fast`` is used
 # 5 taps. On the 500 ImageNet images: 3 taps 0.91 grey levels / 97.6% agreement, 5 taps 0.79 / 98.8%,
 # 7 taps 0.76 / 98.4% at 1.2x the cost.
 BLUR_RADIUS = 2
@@ -71,7 +78,7 @@ def fitted_blur_kernel(scale: float, radius: int = BLUR_RADIUS) -> np.ndarray:
 
 
 class Preprocessor:
-    def __init__(self, spec: Dict, resize: str = "area"):
+    def __init__(self, spec: Dict, resize: str = "auto"):
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize mode must be one of {', '.join(RESIZE_MODES)}, not {resize!r}")
         self.mode = resize
@@ -97,7 +104,7 @@ class Preprocessor:
         """One decoded frame (BGR, BGRA or gray uint8) -> float32 [C, crop, crop]; fills ``out`` when given."""
         h, w = frame.shape[:2]
         nh, nw = self.resized_size(h, w)
-        if self.mode == "fast" and (nh, nw) != (h, w):
+        if (nh, nw) != (h, w) and self.mode_for(h, w) == "fast":
             return self._normalise(self._fast_crop(frame, h, w, nh, nw), out)
         img = frame
         if (nh, nw) != (h, w):
@@ -107,6 +114,13 @@ class Preprocessor:
         top = int(round((nh - self.crop) / 2.0))
         left = int(round((nw - self.crop) / 2.0))
         return self._normalise(img[top: top + self.crop, left: left + self.crop], out)
+
+    def mode_for(self, h: int, w: int) -> str:
+        """The resize mode used for an h x w frame (``auto`` resolved by its shrink factor)."""
+        if self.mode != "auto":
+            return self.mode
+        nh, nw = self.resized_size(h, w)
+        return "fast" if min(h / nh, w / nw) >= AUTO_FAST_FROM else "area"
 
     def _fast_plan(self, h: int, w: int, nh: int, nw: int) -> Tuple:
         """Source window, blur taps and warp matrix for one frame size (computed once per size)."""

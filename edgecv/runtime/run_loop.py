@@ -72,11 +72,11 @@ def display_available() -> bool:
 def run(target: str, source: str, backend: str = "auto", topk: int = 1, smooth: int = 1,
         max_frames: Optional[int] = None, as_json: bool = False, display: bool = False,
         record: Optional[str] = None, loop: bool = False, realtime: bool = False, threads: Optional[int] = None,
-        max_failures: int = 5, emit: Callable[[str], None] = None, resize: str = "area",
+        max_failures: int = 5, emit: Callable[[str], None] = None, resize: str = "auto",
         decode_threads: Optional[int] = None, camera_resize: bool = True) -> Dict:
     """Classify frames from ``source``; returns a summary (frames, FPS, latency percentiles per stage).
 
-    ``resize``: the preprocessing resize mode (``area`` or ``fast``, see edgecv.runtime.preprocess).
+    ``resize``: the preprocessing resize mode (``auto``, ``area`` or ``fast``, see edgecv.runtime.preprocess).
     ``decode_threads``: FFmpeg decoder threads for files and RTSP; by default 1 while inference runs on the
     CPU (a multi-threaded decoder decodes ahead on the cores the model needs: the Lite0 loop measured
     inference 1.05x bare with one decoder thread against 1.15x with two).
