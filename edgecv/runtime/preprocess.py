@@ -140,6 +140,8 @@ class Preprocessor:
     def _fast_crop(self, frame: np.ndarray, h: int, w: int, nh: int, nw: int) -> np.ndarray:
         """The crop of the resized frame, computed from the source window it needs (mode ``fast``)."""
         if (h, w) not in self._plans:
+            if len(self._plans) >= 64:  # a folder of photos has many sizes; a camera has one
+                self._plans.clear()
             self._plans[(h, w)] = self._fast_plan(h, w, nh, nw)
         window, taps, m = self._plans[(h, w)]
         roi = frame[window]
