@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "imagenet-samples"
 sys.path.insert(0, str(ROOT))
 
+from edgecv.runtime.latency import measure_interleaved  # noqa: E402
+
 
 def cpu_info() -> Dict:
     info = {"machine": platform.machine(), "cores": os.cpu_count()}
@@ -61,12 +63,6 @@ def versions() -> Dict:
         except Exception:
             out[m] = None
     return out
-
-
-def interleaved(fns: Dict[str, Callable], iters: int, warmup: int, rounds: int = 10) -> Dict[str, Dict]:
-    from edgecv.runtime.latency import measure_interleaved
-
-    return measure_interleaved(fns, warmup=warmup, iters=iters, rounds=rounds)
 
 
 def openvino_models(onnx_path: str, threads: int) -> Dict[str, Callable]:
@@ -169,7 +165,7 @@ def bench_model(name: str, args, workdir: Path) -> List[Dict]:
         if q is not None:
             runs["openvino nncf int8"] = ov_runner(q)
     one = np.ascontiguousarray(x[:1])
-    lat = interleaved({k: (lambda f=f: f(one)) for k, f in runs.items()}, args.iters, args.warmup)
+    lat = measure_interleaved({k: (lambda f=f: f(one)) for k, f in runs.items()}, warmup=args.warmup, iters=args.iters)
     rows = []
     eager = lat["pytorch eager fp32"]["p50_ms"]
     for k, f in runs.items():
@@ -209,7 +205,8 @@ def bench_fashion(args) -> List[Dict]:
         runs[f"edgecv quickstart default ({art['precision']}, pruned)"] = OrtBackend(str(b.path(art["file"])),
                                                                                   threads=args.threads).run_unchecked
         one = np.ascontiguousarray(x[:1])
-        lat = interleaved({k: (lambda f=f: f(one)) for k, f in runs.items()}, args.iters * 5, args.warmup)
+        lat = measure_interleaved({k: (lambda f=f: f(one)) for k, f in runs.items()}, warmup=args.warmup,
+                                  iters=args.iters * 5)
         rows = []
         base_ms = lat["unpruned fp32 (onnxruntime)"]["p50_ms"]
         for k, f in runs.items():

@@ -62,12 +62,9 @@ def photo_clip(width: int, height: int, photos: int = 12, frames_per_photo: int 
     return vid
 
 
-def resize_used(bundle: str, mode: str, frame_size: str) -> str:
+def resize_used(pre, mode: str, frame_size: str) -> str:
     """``auto`` resolved for this frame size (what the loop actually ran)."""
-    from edgecv.runtime.preprocess import Preprocessor
-
     w, h = (int(v) for v in frame_size.split("x"))
-    pre = Preprocessor(open_bundle(bundle).preprocess, mode)
     if pre.resized_size(h, w) == (h, w):
         return "none"
     return pre.mode_for(h, w) if mode != "auto" else f"auto:{pre.mode_for(h, w)}"
@@ -130,8 +127,12 @@ def main() -> None:
 
     from edgecv.runtime.ort_backend import session_options
 
-    art = open_bundle(a.bundle).artifact("onnxruntime")
-    sess = ort.InferenceSession(str(open_bundle(a.bundle).path(art["file"])), session_options(a.threads),
+    from edgecv.runtime.preprocess import Preprocessor
+
+    bundle = open_bundle(a.bundle)
+    pre = Preprocessor(bundle.preprocess, a.resize)
+    art = bundle.artifact("onnxruntime")
+    sess = ort.InferenceSession(str(bundle.path(art["file"])), session_options(a.threads),
                                 providers=["CPUExecutionProvider"])
     rows = []
     for size in ([None] if a.clip else a.size.split(",")):
@@ -144,7 +145,7 @@ def main() -> None:
         frame_size = f"{int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))}x{int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))}"
         cap.release()
         rows.append({"artifact": art["file"], "clip": "file" if a.clip else "noise" if a.noise else "photos",
-                     "frame_size": frame_size, "resize": resize_used(a.bundle, a.resize, frame_size),
+                     "frame_size": frame_size, "resize": resize_used(pre, a.resize, frame_size),
                      "threads": a.threads, "rounds": a.rounds,
                      "frames_per_round": a.frames, **measure(a.bundle, sess, vid, a)})
     if a.json:

@@ -110,10 +110,11 @@ class CudaPythonMem(CudaMem):
     name = "cuda-python"
 
     def __init__(self, device: int = 0):
-        try:
-            from cuda.bindings import runtime as cudart
-        except ImportError:
-            from cuda import cudart
+        from edgecv.runtime.trt_compat import import_cudart
+
+        cudart = import_cudart()
+        if cudart is None:
+            raise ImportError("cuda-python is not installed (pip install cuda-python)")
         self.rt = cudart
         _check(cudart.cudaSetDevice(device))
         self.stream = _check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking))

@@ -104,7 +104,7 @@ class Preprocessor:
         """One decoded frame (BGR, BGRA or gray uint8) -> float32 [C, crop, crop]; fills ``out`` when given."""
         h, w = frame.shape[:2]
         nh, nw = self.resized_size(h, w)
-        if (nh, nw) != (h, w) and self.mode_for(h, w) == "fast":
+        if (nh, nw) != (h, w) and self._shrink_mode(h, w, nh, nw) == "fast":
             return self._normalise(self._fast_crop(frame, h, w, nh, nw), out)
         img = frame
         if (nh, nw) != (h, w):
@@ -117,9 +117,11 @@ class Preprocessor:
 
     def mode_for(self, h: int, w: int) -> str:
         """The resize mode used for an h x w frame (``auto`` resolved by its shrink factor)."""
+        return self._shrink_mode(h, w, *self.resized_size(h, w))
+
+    def _shrink_mode(self, h: int, w: int, nh: int, nw: int) -> str:
         if self.mode != "auto":
             return self.mode
-        nh, nw = self.resized_size(h, w)
         return "fast" if min(h / nh, w / nw) >= AUTO_FAST_FROM else "area"
 
     def _fast_plan(self, h: int, w: int, nh: int, nw: int) -> Tuple:

@@ -93,7 +93,7 @@ def run(target: str, source: str, backend: str = "auto", topk: int = 1, smooth: 
     be, info = open_backend(target, backend, threads=threads)
     if decode_threads is None and info["backend"] == "onnxruntime":
         decode_threads = 1
-    scale_to = csi_scale_to(pre) if camera_resize and str(source).startswith("csi://") else None
+    scale_to = csi_scale_to(pre) if camera_resize else None  # used by csi:// sources only
     x = be.input_buffer(1)
     if x is None or x.dtype != np.float32 or x.shape != (1, pre.channels, pre.crop, pre.crop):
         x = np.empty((1, pre.channels, pre.crop, pre.crop), np.float32)  # infer's check names the mismatch

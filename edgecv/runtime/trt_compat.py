@@ -58,7 +58,7 @@ def has_calibrators(trt=None) -> bool:
     return trt is not None and hasattr(trt, "IInt8EntropyCalibrator2")
 
 
-def _cudart():
+def import_cudart():
     """cuda-python's runtime module (new or old layout), or None."""
     try:
         from cuda.bindings import runtime as cudart
@@ -72,7 +72,7 @@ def _cudart():
 
 def cuda_device_count() -> int:
     """Number of CUDA devices, without creating a context (cuda-python, then pycuda); 0 when unknown."""
-    cudart = _cudart()
+    cudart = import_cudart()
     if cudart is not None:
         try:
             err, n = cudart.cudaGetDeviceCount()
@@ -109,7 +109,7 @@ def explicit_batch_flags(trt, strongly_typed: bool = False) -> int:
 
 def device_key() -> Optional[dict]:
     """GPU name and compute capability of device 0 (None without a GPU)."""
-    cudart = _cudart()
+    cudart = import_cudart()
     if cudart is not None:
         try:
             err, prop = cudart.cudaGetDeviceProperties(0)
