@@ -96,7 +96,7 @@ def profile(target, backend, iters, batch, threads, top, out_dir, as_json):
               help="How frames are shrunk to the model's resize size. area: INTER_AREA on the whole frame; fast: "
                    "fitted blur + warp of the crop window only, ~4x cheaper on VGA; auto: fast from a 1.45x shrink "
                    "up, area below, whichever is closer to training (99.2% top-1 agreement on the ImageNet samples).")
-@click.option("--decode-threads", type=int, default=None,
+@click.option("--decode-threads", type=click.IntRange(min=1), default=None,
               help="FFmpeg decoder threads for files and RTSP [default: 1 when the model runs on the CPU].")
 @click.option("--camera-resize/--no-camera-resize", default=True, show_default=True,
               help="csi://: scale frames to the model's resize size in the Jetson's VIC, not on the CPU.")

@@ -142,3 +142,16 @@ def test_csi_camera_scales_to_the_model_resize_in_hardware(tiny_bundle):
     tiny = Preprocessor(open_bundle(tiny_bundle).preprocess)
     w, h = csi_scale_to(tiny)
     assert min(w, h) == tiny.resize
+
+
+def test_decode_threads_below_one_is_refused(tiny_bundle, tmp_path):
+    from click.testing import CliRunner
+
+    from edgecv import commands  # noqa: F401  (registers the subcommands)
+    from edgecv.cli import cli
+
+    vid = make_video(tmp_path / "v.mp4", 2)
+    with pytest.raises(ValueError, match="decode_threads must be >= 1, got 0"):
+        run(str(tiny_bundle), str(vid), "onnxruntime", decode_threads=0, emit=lambda _: None)
+    r = CliRunner().invoke(cli, ["run", str(tiny_bundle), "--source", str(vid), "--decode-threads", "0"])
+    assert r.exit_code == 2 and "--decode-threads" in r.output

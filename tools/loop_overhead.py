@@ -123,6 +123,13 @@ def main() -> None:
     ap.add_argument("--decode-threads", type=int, default=None, help="FFmpeg decoder threads (default: edgecv run's)")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     a = ap.parse_args()
+    try:
+        sizes = [tuple(int(v) for v in size.lower().split("x")) for size in a.size.split(",")]
+        assert all(len(wh) == 2 and min(wh) > 0 for wh in sizes)
+    except (ValueError, AssertionError):
+        ap.error(f"--size: expected WxH[,WxH...] with positive sizes, got {a.size!r}")
+    if a.clip and not Path(a.clip).is_file():
+        ap.error(f"--clip: {a.clip}: no such file")
     import onnxruntime as ort
 
     from edgecv.runtime.ort_backend import session_options
@@ -135,11 +142,11 @@ def main() -> None:
     sess = ort.InferenceSession(str(bundle.path(art["file"])), session_options(a.threads),
                                 providers=["CPUExecutionProvider"])
     rows = []
-    for size in ([None] if a.clip else a.size.split(",")):
+    for size in ([None] if a.clip else sizes):
         if a.clip:
             vid = Path(a.clip)
         else:
-            width, height = (int(v) for v in size.lower().split("x"))
+            width, height = size
             vid = noise_clip(100, width, height) if a.noise else photo_clip(width, height)
         cap = cv2.VideoCapture(str(vid))
         frame_size = f"{int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))}x{int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))}"

@@ -86,6 +86,8 @@ def run(target: str, source: str, backend: str = "auto", topk: int = 1, smooth: 
     from edgecv.runtime.bundle import open_bundle
     from edgecv.runtime.select import open_backend
 
+    if decode_threads is not None and decode_threads < 1:
+        raise ValueError(f"decode_threads must be >= 1, got {decode_threads}")
     emit = emit or (lambda s: print(s, flush=True))
     bundle = open_bundle(target)
     labels = bundle.labels
