@@ -63,21 +63,30 @@ def train(recipe, out_dir, overrides, resume):
 @click.argument("target")
 @click.option("--data", required=True, help="Images to evaluate: a Fashion-MNIST folder, a wnid folder, an ImageFolder tree.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
-@click.option("--limit", type=int, default=None, help="Evaluate the first N images only.")
-@click.option("--backend", default="auto", help="For bundles: auto | onnxruntime | tensorrt.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate the first N images only.")
+@click.option("--backend", default="auto", type=click.Choice(["auto", "onnxruntime", "tensorrt"]),
+              help="For bundles: auto | onnxruntime | tensorrt.")
+@click.option("--allow-missing-classes", is_flag=True,
+              help="Accept DATA that has only some of the model's classes (matched by name).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def eval_cmd(target, data, overrides, limit, backend, as_json):
-    """Top-1/top-5 of TARGET (a recipe, a checkpoint, or a deploy bundle) on DATA."""
+def eval_cmd(target, data, overrides, limit, backend, allow_missing_classes, as_json):
+    """Top-1/top-5 of TARGET (a recipe, a checkpoint, or a deploy bundle) on DATA.
+
+    DATA's class names must match the model's labels (order may differ); a mismatch is an error that
+    names the missing and extra classes.
+    """
     from pathlib import Path
 
     if Path(target).is_dir():
         from edgecv.runtime.evaluate import eval_bundle
 
-        res = eval_bundle(target, data, backend=backend, limit=limit, show_progress=not as_json)
+        res = eval_bundle(target, data, backend=backend, limit=limit, show_progress=not as_json,
+                          allow_subset=allow_missing_classes)
     else:
         from edgecv.train.evaluate import eval_source
 
-        res = eval_source(target, data, list(overrides), limit=limit, show_progress=not as_json)
+        res = eval_source(target, data, list(overrides), limit=limit, show_progress=not as_json,
+                          allow_subset=allow_missing_classes)
     _emit(res, as_json, f"eval {target}")
 
 
@@ -87,7 +96,7 @@ def eval_cmd(target, data, overrides, limit, backend, as_json):
 @click.option("-o", "--out", "out_dir", default="explain", show_default=True)
 @click.option("--method", default="gradcam", show_default=True,
               type=click.Choice(["gradcam", "gradcam++", "xgradcam", "eigencam", "layercam", "hirescam"]))
-@click.option("--topk", default=3, show_default=True)
+@click.option("--topk", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--check", is_flag=True, help="Deletion check: removing the top-20% CAM pixels must hurt more than random 20%.")
 @click.option("--random-unit", type=click.Choice(["cam", "pixel"]), default="cam", show_default=True,
               help="What the check deletes at random: blobs on the CAM's grid, or single pixels.")
@@ -114,6 +123,34 @@ def explain(target, images, out_dir, method, topk, check, random_unit, as_json):
 
 
 def main() -> None:
-    from edgecv import commands  # noqa: F401  (registers the export/runtime commands)
+    """Entry point: one line and an exit code for every way a command can end, never a traceback.
 
-    cli()
+    2: a user error (names the file, key or flag); 130: Ctrl-C; 143: SIGTERM (cleanup has run by then);
+    1: an internal error (``EDGECV_DEBUG=1`` or ``-v`` shows the traceback).
+    """
+    from edgecv import commands  # noqa: F401  (registers the export/runtime commands)
+    from edgecv.utils import signals
+
+    signals.install()
+    try:
+        rv = cli.main(standalone_mode=False)
+    except click.exceptions.Abort as e:  # click's wrapper for Ctrl-C and EOF
+        code = signals.exit_code(e.__context__) if isinstance(e.__context__, signals.INTERRUPTS) else 130
+        click.echo("interrupted" if code == 130 else "terminated", err=True)
+        sys.exit(code)
+    except signals.INTERRUPTS as e:
+        click.echo("interrupted" if isinstance(e, KeyboardInterrupt) else "terminated", err=True)
+        sys.exit(signals.exit_code(e))
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except BrokenPipeError:
+        sys.exit(141)
+    except Exception as e:
+        if os.environ.get("EDGECV_DEBUG") or "-v" in sys.argv[1:2] or "--verbose" in sys.argv[1:2]:
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        click.echo(f"error: internal error: {type(e).__name__}: {first} (EDGECV_DEBUG=1 shows the traceback)",
+                   err=True)
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -9,6 +9,32 @@ import click
 from edgecv.cli import cli
 
 
+class BatchList(click.ParamType):
+    """A comma list of positive batch sizes, e.g. ``1,8``."""
+
+    name = "N[,N...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        parts = [p.strip() for p in str(value).split(",") if p.strip()]
+        try:
+            sizes = [int(p) for p in parts]
+        except ValueError:
+            self.fail(f"{value!r}: expected a comma list of positive integers, e.g. 1,8", param, ctx)
+        if not sizes or any(b < 1 or b > 4096 for b in sizes):
+            self.fail(f"{value!r}: batch sizes must be 1..4096", param, ctx)
+        return sizes
+
+
+def _new_dir_or_missing(ctx, param, value):
+    import os
+
+    if value is not None and os.path.exists(value) and not os.path.isdir(value):
+        raise click.BadParameter(f"{value}: exists and is not a directory", ctx, param)
+    return value
+
+
 @cli.command()
 @click.argument("bundle")
 @click.option("--int8/--no-int8", default=True, show_default=True, help="int8 engine (Q/DQ ONNX; with --dla: calibration cache).")
@@ -27,18 +53,19 @@ def build(bundle, int8, fp16, dla_core, workspace_mb, timing_cache):
 @cli.command()
 @click.argument("target")
 @click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "tensorrt", "onnxruntime"]))
-@click.option("--batch", "batches", default="1", show_default=True, help="Comma list of batch sizes, e.g. 1,8.")
-@click.option("--warmup", default=20, show_default=True)
-@click.option("--iters", default=200, show_default=True)
-@click.option("--precision", default=None, help="Artefact precision (fp32|int8); default: the manifest's choice.")
-@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--batch", "batches", type=BatchList(), default="1", show_default=True,
+              help="Comma list of batch sizes, e.g. 1,8.")
+@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True)
+@click.option("--iters", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), default=None,
+              help="Artefact precision; default: the manifest's choice.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--json", "as_json", is_flag=True)
 def bench(target, backend, batches, warmup, iters, precision, threads, as_json):
     """Latency p50/p90/p99 and throughput of TARGET (a bundle or an .onnx file) per batch size."""
     from edgecv.runtime.bench import bench as run_bench
 
-    sizes = [int(b) for b in batches.split(",") if b.strip()]
-    res = run_bench(target, backend, sizes, warmup, iters, precision, threads)
+    res = run_bench(target, backend, batches, warmup, iters, precision, threads)
     if as_json:
         click.echo(json.dumps(res))
         return
@@ -53,11 +80,12 @@ def bench(target, backend, batches, warmup, iters, precision, threads, as_json):
 @cli.command()
 @click.argument("target")
 @click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "tensorrt", "onnxruntime"]))
-@click.option("--iters", default=100, show_default=True)
-@click.option("--batch", default=1, show_default=True)
-@click.option("--threads", type=int, default=None)
-@click.option("--top", default=20, show_default=True, help="Rows in the table and the chart.")
-@click.option("-o", "--out", "out_dir", default=None, help="Write profile.json (trtexec shape), profile.csv, profile.png.")
+@click.option("--iters", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--batch", type=click.IntRange(1, 4096), default=1, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Rows in the table and the chart.")
+@click.option("-o", "--out", "out_dir", default=None, callback=_new_dir_or_missing,
+              help="Folder for profile.json (trtexec shape), profile.csv, profile.png.")
 @click.option("--json", "as_json", is_flag=True)
 def profile(target, backend, iters, batch, threads, top, out_dir, as_json):
     """Per-layer latency of TARGET, sorted by time, mapped back to PyTorch modules where names allow."""
@@ -80,18 +108,25 @@ def profile(target, backend, iters, batch, threads, top, out_dir, as_json):
 
 @cli.command()
 @click.argument("target")
-@click.option("--source", required=True, help="/dev/videoN, N, csi://N, rtsp://..., a video file, an image folder, or a GStreamer pipeline.")
+@click.option("--source", required=True,
+              help="/dev/videoN, N, csi://N, rtsp://..., a video file, an image folder, or a GStreamer pipeline.")
 @click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "tensorrt", "onnxruntime"]))
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per frame.")
 @click.option("--display", is_flag=True, help="Show annotated frames when a display exists.")
 @click.option("--record", default=None, help="Write the annotated video (mp4).")
-@click.option("--topk", default=1, show_default=True)
-@click.option("--smooth", default=1, show_default=True, help="Average probabilities over the last N frames.")
-@click.option("--max-frames", type=int, default=None)
+@click.option("--topk", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--smooth", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Average probabilities over the last N frames.")
+@click.option("--max-frames", type=click.IntRange(min=0), default=None)
 @click.option("--loop", is_flag=True, help="Loop file and folder sources.")
 @click.option("--realtime", is_flag=True, help="Pace files like a live camera (latest frame only).")
-@click.option("--threads", type=int, default=None)
-@click.option("--max-failures", default=5, show_default=True, help="Reconnect attempts before giving up.")
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--max-failures", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Reconnect attempts before giving up.")
+@click.option("--open-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds to wait for a live source to open (per try).")
+@click.option("--read-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="Seconds without a frame before a live source counts as lost.")
 @click.option("--resize", type=click.Choice(["auto", "area", "fast"]), default="auto", show_default=True,
               help="How frames are shrunk to the model's resize size. area: INTER_AREA on the whole frame; fast: "
                    "fitted blur + warp of the crop window only, ~4x cheaper on VGA; auto: fast from a 1.45x shrink "
@@ -101,18 +136,28 @@ def profile(target, backend, iters, batch, threads, top, out_dir, as_json):
 @click.option("--camera-resize/--no-camera-resize", default=True, show_default=True,
               help="csi://: scale frames to the model's resize size in the Jetson's VIC, not on the CPU.")
 def run(target, source, backend, as_json, display, record, topk, smooth, max_frames, loop, realtime, threads,
-        max_failures, resize, decode_threads, camera_resize):
-    """Classify frames from a camera, stream, video file or image folder with TARGET (a bundle)."""
+        max_failures, open_timeout, read_timeout, resize, decode_threads, camera_resize):
+    """Classify frames from a camera, stream, video file or image folder with TARGET (a bundle).
+
+    Exit status: 0 done, 2 bad input (bundle, source, flag), 3 the source failed, 130 Ctrl-C, 143 SIGTERM
+    (the summary is printed and a --record file finalised in every case).
+    """
     from edgecv.runtime.run_loop import run as run_loop
 
-    summary = run_loop(target, source, backend, topk, smooth, max_frames, as_json, display, record, loop, realtime,
-                       threads, max_failures, resize=resize, decode_threads=decode_threads,
-                       camera_resize=camera_resize)
+    summary = run_loop(target, source, backend, topk=topk, smooth=smooth, max_frames=max_frames, as_json=as_json,
+                       display=display, record=record, loop=loop, realtime=realtime, threads=threads,
+                       max_failures=max_failures, resize=resize, decode_threads=decode_threads,
+                       camera_resize=camera_resize, open_timeout_s=open_timeout, read_timeout_s=read_timeout)
     out = {k: v for k, v in summary.items() if k != "latency_ms"}
     lat = summary["latency_ms"].get("pre_infer_post", {})
     line = (f"frames {out['frames']}  fps {out['fps']:.1f}  dropped {out['dropped']}  reconnects {out['reconnects']}  "
             f"latency p50 {lat.get('p50_ms', 0):.3f} ms p90 {lat.get('p90_ms', 0):.3f} ms p99 {lat.get('p99_ms', 0):.3f} ms")
     click.echo(json.dumps({"summary": summary}) if as_json else line, err=as_json)
+    if summary.get("recorded"):
+        click.echo(f"recorded {summary['recorded']}", err=as_json)
     if summary["error"]:
         click.echo(f"error: {summary['error']}", err=True)
         sys.exit(3)
+    if summary["interrupted"]:
+        click.echo("terminated" if summary["interrupted"] == "SIGTERM" else "interrupted", err=True)
+        sys.exit(143 if summary["interrupted"] == "SIGTERM" else 130)

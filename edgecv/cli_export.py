@@ -12,7 +12,10 @@ from edgecv.recipe import CALIB_METHODS
 
 @cli.command()
 @click.argument("source")
-@click.option("-o", "--out", "out_dir", required=True, help="Bundle directory to write (replaced atomically).")
+@click.option("-o", "--out", "out_dir", required=True,
+              help="Bundle directory to write: new, empty, or an edgecv bundle (replaced atomically at the end). "
+                   "A directory holding other files is refused.")
+@click.option("--force", is_flag=True, help="Also replace a damaged bundle (never a directory holding other files).")
 @click.option("--int8/--no-int8", default=None, help="Calibrate and write int8 artefacts.")
 @click.option("--fp16", is_flag=True, default=None, help="Also allow fp16 in the on-device TensorRT build.")
 @click.option("--prune", type=float, default=None, help="Fraction of channels to remove (0.5 = about half).")
@@ -26,7 +29,7 @@ from edgecv.recipe import CALIB_METHODS
 @click.option("--eval", "eval_path", default=None, help="Evaluation images; default: the recipe's held-out split.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Recipe override.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON at the end.")
-def export(source, out_dir, int8, fp16, prune, distill, calib, calib_samples, calib_method, max_drop, targets,
+def export(source, out_dir, force, int8, fp16, prune, distill, calib, calib_samples, calib_method, max_drop, targets,
            eval_path, overrides, as_json):
     """Turn SOURCE (a recipe or a checkpoint) into a verified deploy bundle in OUT."""
     from edgecv.export.pipeline import export_bundle
@@ -35,7 +38,7 @@ def export(source, out_dir, int8, fp16, prune, distill, calib, calib_samples, ca
              "calib_samples": calib_samples, "calib_method": calib_method, "max_drop": max_drop,
              "targets": [t.strip() for t in targets.split(",") if t.strip()] if targets else None,
              "eval": eval_path}
-    manifest = export_bundle(source, out_dir, flags, list(overrides), show_progress=not as_json)
+    manifest = export_bundle(source, out_dir, flags, list(overrides), show_progress=not as_json, force=force)
     if as_json:
         click.echo(json.dumps(manifest))
         return

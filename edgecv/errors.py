@@ -4,6 +4,7 @@ The CLI prints them as one line (exit code 2) instead of a traceback. No heavy i
 """
 from edgecv.data.errors import DatasetError
 from edgecv.recipe import RecipeError
+from edgecv.utils.outputs import OutputError
 
 
 class CheckpointError(ValueError):
@@ -30,10 +31,15 @@ class DeviceError(RuntimeError):
     """The device lacks what a command needs (TensorRT, a GPU, a camera)."""
 
 
+class ModelFileError(ValueError):
+    """A model file (ONNX, engine) is unreadable, truncated, or does not match what its bundle declares."""
+
+
 class InputSpecError(ValueError):
     """An input does not match the model's input spec."""
 
 
 def USER_ERRORS():
     return (RecipeError, DatasetError, CheckpointError, ModelError, SourceError, ExportError, BundleError,
-            DeviceError, InputSpecError, FileNotFoundError, PermissionError)
+            DeviceError, InputSpecError, ModelFileError, OutputError, FileNotFoundError, PermissionError, IsADirectoryError,
+            NotADirectoryError)

@@ -21,23 +21,46 @@ class RecipeError(ValueError):
     """A recipe file or override is invalid."""
 
 
+def ranged(default: Any = None, *, ge: Optional[float] = None, gt: Optional[float] = None,
+           le: Optional[float] = None, lt: Optional[float] = None, **kw) -> Any:
+    """A dataclass field whose value (each value, for a list) must lie in a range; checked on load."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    if "default_factory" in kw:
+        return field(default_factory=kw.pop("default_factory"), metadata={"range": bounds, **kw})
+    return field(default=default, metadata={"range": bounds, **kw})
+
+
+_RANGE_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def _check_range(value: Any, bounds: Dict[str, float], where: str) -> None:
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if v is None:
+            continue
+        ok = all({"ge": v >= b, "gt": v > b, "le": v <= b, "lt": v < b}[k] for k, b in bounds.items())
+        if not ok or v != v:  # v != v: NaN
+            want = " and ".join(f"{_RANGE_TEXT[k]} {b}" for k, b in bounds.items())
+            raise RecipeError(f"{where}: must be {want}, got {value!r}")
+
+
 @dataclass
 class ModelConfig:
     name: str = "fashion_cnn"
     pretrained: bool = False
-    num_classes: Optional[int] = None
+    num_classes: Optional[int] = ranged(None, ge=1)
     args: Dict[str, Any] = field(default_factory=dict)
     # Transfer learning: train only the new head for this many epochs, then unfreeze.
-    freeze_backbone_epochs: int = 0
+    freeze_backbone_epochs: int = ranged(0, ge=0)
 
 
 @dataclass
 class AugmentConfig:
-    random_resized_crop: Optional[List[float]] = None  # [min_scale, max_scale]
-    random_crop_padding: int = 0
-    hflip: float = 0.0
-    rotation: float = 0.0
-    color_jitter: float = 0.0
+    random_resized_crop: Optional[List[float]] = ranged(None, gt=0, le=1)  # [min_scale, max_scale]
+    random_crop_padding: int = ranged(0, ge=0)
+    hflip: float = ranged(0.0, ge=0, le=1)
+    rotation: float = ranged(0.0, ge=0, le=180)
+    color_jitter: float = ranged(0.0, ge=0, le=1)
 
 
 @dataclass
@@ -45,36 +68,36 @@ class DataConfig:
     kind: str = "fashion_mnist"  # fashion_mnist | image_folder | wnid_folder
     path: str = "/usr/share/datasets/fashion-mnist"
     val_path: Optional[str] = None
-    input_size: int = 28
-    resize: Optional[int] = None  # eval resize of the shorter side; None = input_size
-    channels: int = 3
+    input_size: int = ranged(28, ge=1, le=4096)
+    resize: Optional[int] = ranged(None, ge=1, le=8192)  # eval resize of the shorter side; None = input_size
+    channels: int = ranged(3, ge=1, le=3)
     mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     # Fraction of the training data held out for evaluation when no val_path/test split exists.
-    holdout: float = 0.0
-    batch_size: int = 128
-    eval_batch_size: int = 256
-    workers: int = 0
-    train_limit: Optional[int] = None
+    holdout: float = ranged(0.0, ge=0, lt=1)
+    batch_size: int = ranged(128, ge=1)
+    eval_batch_size: int = ranged(256, ge=1)
+    workers: int = ranged(0, ge=0)
+    train_limit: Optional[int] = ranged(None, ge=1)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 5
+    epochs: int = ranged(5, ge=1)
     optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    lr: float = ranged(0.05, gt=0)
+    momentum: float = ranged(0.9, ge=0, lt=1)
+    weight_decay: float = ranged(5e-4, ge=0)
     schedule: str = "cosine"  # cosine | step | constant
-    warmup_epochs: float = 0.0
-    step_size: int = 30
-    gamma: float = 0.1
-    label_smoothing: float = 0.0
+    warmup_epochs: float = ranged(0.0, ge=0)
+    step_size: int = ranged(30, ge=1)
+    gamma: float = ranged(0.1, gt=0)
+    label_smoothing: float = ranged(0.0, ge=0, lt=1)
     amp: bool = True  # only takes effect on a GPU
     seed: int = 0
     log_format: str = "jsonl"  # jsonl | csv
-    threads: Optional[int] = None
+    threads: Optional[int] = ranged(None, ge=1)
 
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
@@ -84,23 +107,23 @@ CALIB_METHODS = ("minmax", "entropy", "percentile")
 class ExportConfig:
     int8: bool = True
     fp16: bool = False
-    prune: float = 0.0
-    prune_round_to: int = 8
+    prune: float = ranged(0.0, ge=0, lt=1)
+    prune_round_to: int = ranged(8, ge=1)
     distill: bool = False
-    distill_epochs: int = 1
-    distill_lr: float = 0.01
-    temperature: float = 4.0
-    alpha: float = 0.7
+    distill_epochs: int = ranged(1, ge=1)
+    distill_lr: float = ranged(0.01, gt=0)
+    temperature: float = ranged(4.0, gt=0)
+    alpha: float = ranged(0.7, ge=0, le=1)
     calib: Optional[str] = None
-    calib_samples: int = 256
+    calib_samples: int = ranged(256, ge=1)
     calib_method: str = "minmax"  # minmax | entropy | percentile
     calib_seed: int = 0
     calib_set: Optional[str] = field(default=None, metadata={"internal": True})  # the calibration/*.yaml used
-    max_drop: float = 1.0
+    max_drop: float = ranged(1.0, ge=0, le=100)
     targets: List[str] = field(default_factory=lambda: ["tensorrt", "onnxruntime"])
     eval: Optional[str] = None
-    eval_limit: Optional[int] = 2000
-    opset: int = 17
+    eval_limit: Optional[int] = ranged(2000, ge=1)
+    opset: int = ranged(17, ge=13, le=21)
 
 
 @dataclass
@@ -165,14 +188,25 @@ def _build(cls, data: Dict[str, Any], where: str):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     sep = "" if where.endswith(": ") else "."
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for k in data:
-        if k not in names:
+        if not isinstance(k, str) or k not in names:
             raise RecipeError(f"{where}{sep}{k}: unknown key (expected one of: {', '.join(sorted(names))})")
-    return cls(**{k: _coerce(v, hints[k], f"{where}{sep}{k}") for k, v in data.items()})
+    values = {}
+    for k, v in data.items():
+        values[k] = _coerce(v, hints[k], f"{where}{sep}{k}")
+        if fields[k].metadata.get("range"):
+            _check_range(values[k], fields[k].metadata["range"], f"{where}{sep}{k}")
+    return cls(**values)
 
 
-def _parse_scalar(text: str) -> Any:
-    return yaml.safe_load(text) if text != "" else ""
+def _parse_scalar(text: str, item: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError as e:
+        what = str(e).splitlines()[0]
+        raise RecipeError(f"--set {item!r}: the value is not valid YAML ({what}); quote strings, e.g. "
+                          "key='a: b'") from None
 
 
 def apply_overrides(raw: Dict[str, Any], overrides: List[str], source: str = "--set") -> Dict[str, Any]:
@@ -185,9 +219,13 @@ def apply_overrides(raw: Dict[str, Any], overrides: List[str], source: str = "--
         node = raw
         for p in parts[:-1]:
             node = node.setdefault(p, {})
+            if node is None:
+                node = {}
             if not isinstance(node, dict):
                 raise RecipeError(f"{source} {key}: '{p}' is not a section")
-        node[parts[-1]] = _parse_scalar(text)
+        if not all(parts):
+            raise RecipeError(f"{source} {item!r}: empty key part in {key!r}")
+        node[parts[-1]] = _parse_scalar(text, item)
     return raw
 
 
@@ -198,6 +236,18 @@ def recipe_from_dict(raw: Dict[str, Any], source: str = "<dict>", overrides: Lis
     recipe.source = source
     _validate(recipe, source)
     return recipe
+
+
+def check_ranges(obj: Any, flag_style: bool = False, where: str = "") -> None:
+    """Re-check the ranges of a dataclass instance changed after loading (e.g. by command-line flags);
+    errors name the flag (``--max-drop``) or the key."""
+    for f in dataclasses.fields(obj):
+        if f.metadata.get("range"):
+            name = f"--{f.name.replace('_', '-')}" if flag_style else f"{where}{f.name}"
+            v = getattr(obj, f.name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, list))):
+                raise RecipeError(f"{name}: expected a number, got {v!r}")
+            _check_range(v, f.metadata["range"], name)
 
 
 def _validate(r: Recipe, source: str) -> None:
@@ -218,8 +268,22 @@ def _validate(r: Recipe, source: str) -> None:
         raise RecipeError(f"{source}: export.max_drop: must be >= 0, got {r.export.max_drop}")
     if not 0 <= r.export.prune < 1:
         raise RecipeError(f"{source}: export.prune: expected a ratio in [0, 1), got {r.export.prune}")
+    if r.data.channels not in (1, 3):
+        raise RecipeError(f"{source}: data.channels: expected 1 or 3, got {r.data.channels}")
     if len(r.data.mean) != r.data.channels or len(r.data.std) != r.data.channels:
         raise RecipeError(f"{source}: data.mean/data.std: expected {r.data.channels} values (data.channels)")
+    if any(not s > 0 for s in r.data.std):
+        raise RecipeError(f"{source}: data.std: every value must be > 0, got {r.data.std}")
+    if r.data.resize is not None and r.data.resize < r.data.input_size:
+        raise RecipeError(f"{source}: data.resize: {r.data.resize} is smaller than data.input_size "
+                          f"{r.data.input_size} (the centre crop must fit)")
+    rrc = r.data.augment.random_resized_crop
+    if rrc is not None and (len(rrc) != 2 or rrc[0] > rrc[1]):
+        raise RecipeError(f"{source}: data.augment.random_resized_crop: expected [min, max] with min <= max, "
+                          f"got {rrc}")
+    if r.model.freeze_backbone_epochs > r.train.epochs:
+        raise RecipeError(f"{source}: model.freeze_backbone_epochs: {r.model.freeze_backbone_epochs} is more than "
+                          f"train.epochs {r.train.epochs} (the backbone would never train)")
 
 
 def read_yaml_mapping(path: Path, what: str) -> Dict[str, Any]:
@@ -227,9 +291,19 @@ def read_yaml_mapping(path: Path, what: str) -> Dict[str, Any]:
     if not path.is_file():
         raise RecipeError(f"{path}: {what} file not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not a {what} (not UTF-8 text; expected YAML)") from None
+    except OSError as e:
+        raise RecipeError(f"{path}: cannot read ({e.strerror})") from None
+    if not text.strip():
+        raise RecipeError(f"{path}: the {what} is empty (expected a YAML mapping, e.g. 'model: {{name: ...}}')")
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    if raw is None:
+        raise RecipeError(f"{path}: the {what} is empty (only comments)")
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: expected a mapping at the top level")
     return raw

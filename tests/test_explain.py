@@ -1,9 +1,9 @@
-import pytest
 from pathlib import Path
 
-from edgecv.train.explain import explain_images
-
+import pytest
 from conftest import ROOT
+
+from edgecv.train.explain import explain_images
 
 
 def test_gradcam_png_and_deletion_check(imagenet_dir, tmp_path):

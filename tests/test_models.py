@@ -18,7 +18,7 @@ def test_registry_has_required_models_and_refuses_duplicates():
 
 def test_seed_convnet_adapts_to_input_size():
     m = create_model("seed_convnet", num_classes=10, input_size=64, hidden=256).eval()
-    convs = [l for l in m.features if isinstance(l, torch.nn.Conv2d)]
+    convs = [layer for layer in m.features if isinstance(layer, torch.nn.Conv2d)]
     assert [(c.out_channels, c.kernel_size[0]) for c in convs] == [(64, 11), (192, 5), (384, 3), (256, 3)]
     assert m(torch.zeros(2, 3, 64, 64)).shape == (2, 10)
 

@@ -1,9 +1,8 @@
 import pytest
 import yaml
+from conftest import ROOT
 
 from edgecv.recipe import RecipeError, load_recipe, recipe_to_dict, save_recipe
-
-from conftest import ROOT
 
 
 def write(tmp_path, text):

@@ -7,13 +7,12 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import FASHION, ROOT
 
 from edgecv.cli import cli
 from edgecv.errors import BundleError, InputSpecError
 from edgecv.runtime.bundle import open_bundle
 from edgecv.runtime.ort_backend import OrtBackend
-
-from conftest import FASHION, ROOT
 
 
 def main():

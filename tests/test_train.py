@@ -4,12 +4,11 @@ import subprocess
 import sys
 
 import torch
+from conftest import ROOT, TINY_RECIPE
 
 from edgecv.models.checkpoint import read_checkpoint
 from edgecv.recipe import load_recipe
 from edgecv.train.loop import train
-
-from conftest import ROOT, TINY_RECIPE
 
 
 def test_train_writes_outputs(tiny_ckpt):

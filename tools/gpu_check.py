@@ -48,7 +48,7 @@ def check_cuda_mem():
         res["htod_GBps"] = round(20 * a.nbytes / (time.perf_counter() - t0) / 1e9, 2)
         if hasattr(mem, "capture_graph"):
             a[...] = 7
-            g = mem.capture_graph(lambda: (mem.htod_async(dev, a), mem.dtoh_async(b, dev)))
+            g = mem.capture_graph(lambda mem=mem, dev=dev, a=a, b=b: (mem.htod_async(dev, a), mem.dtoh_async(b, dev)))
             a[...] = 9
             mem.launch_graph(g)
             mem.synchronize()

@@ -133,7 +133,6 @@ def main() -> None:
     import onnxruntime as ort
 
     from edgecv.runtime.ort_backend import session_options
-
     from edgecv.runtime.preprocess import Preprocessor
 
     bundle = open_bundle(a.bundle)

@@ -26,11 +26,11 @@ if __name__ == "__main__":
     ap.add_argument("--frames", type=int, default=10000)
     a = ap.parse_args()
     vid = noise_clip(120, 320, 240)
-    samples = {}
+    samples = {"n": 0}
 
-    def emit(line, n=[0]):  # one JSON line per frame: sample RSS at frame 500 (warm) and at the end
-        n[0] += 1
-        if n[0] == 500:
+    def emit(line):  # one JSON line per frame: sample RSS at frame 500 (warm) and at the end
+        samples["n"] += 1
+        if samples["n"] == 500:
             samples["before"] = rss_mb()
 
     s = run(a.bundle, str(vid), "onnxruntime", loop=True, max_frames=a.frames, as_json=True, emit=emit)

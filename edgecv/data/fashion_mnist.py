@@ -17,6 +17,12 @@ _FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
           "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
+def is_fashion_mnist_dir(path: str | Path) -> bool:
+    """A folder holding Fashion-MNIST's idx files (the one place that recognises the layout)."""
+    p = Path(path)
+    return p.is_dir() and any(p.glob("t10k-images-idx3-ubyte*"))
+
+
 def _find(root: Path, stem: str) -> Path:
     for name in (stem + ".gz", stem, stem.replace("-idx", ".idx")):
         if (root / name).is_file():

@@ -81,19 +81,50 @@ def list_image_folder(root: str | Path, verify: bool = True) -> ImageList:
 
 
 def read_classes_tsv(path: str | Path) -> Tuple[List[str], dict]:
-    """Parse ``classes.tsv`` (index, wnid, name). Returns (names by index, wnid -> index)."""
+    """Parse ``classes.tsv`` (index, wnid, name) strictly. Returns (names by index, wnid -> index).
+
+    UTF-8 text; a header ``index<TAB>wnid<TAB>name``; integer indices 0..N-1, each exactly once; each wnid
+    once (a repeated wnid would silently relabel its images). Every error names the file and line.
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: classes.tsv not found (columns: index, wnid, name)")
-    rows = list(csv.reader(path.open(), delimiter="\t"))
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise DatasetError(f"{path}:{line}: not UTF-8 text ({e.reason}); save the file as UTF-8") from None
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read ({e.strerror})") from None
+    rows = list(csv.reader(text.splitlines(), delimiter="\t"))
     if not rows or [c.strip().lower() for c in rows[0][:3]] != ["index", "wnid", "name"]:
         raise DatasetError(f"{path}: expected a header 'index<TAB>wnid<TAB>name'")
     names, wnids = {}, {}
     for n, row in enumerate(rows[1:], start=2):
+        if not row or not any(c.strip() for c in row):
+            continue
         if len(row) < 3:
-            raise DatasetError(f"{path}:{n}: expected 3 columns, got {len(row)}")
-        idx = int(row[0])
-        names[idx], wnids[row[1]] = row[2], idx
+            raise DatasetError(f"{path}:{n}: expected 3 tab-separated columns, got {len(row)}")
+        try:
+            idx = int(row[0].strip())
+        except ValueError:
+            raise DatasetError(f"{path}:{n}: index {row[0]!r} is not an integer") from None
+        wnid = row[1].strip()
+        if idx < 0:
+            raise DatasetError(f"{path}:{n}: negative index {idx}")
+        if idx in names:
+            raise DatasetError(f"{path}:{n}: index {idx} appears twice")
+        if not wnid:
+            raise DatasetError(f"{path}:{n}: empty wnid")
+        if wnid in wnids:
+            raise DatasetError(f"{path}:{n}: wnid {wnid!r} appears twice (also index {wnids[wnid]})")
+        names[idx], wnids[wnid] = row[2], idx
+    if not names:
+        raise DatasetError(f"{path}: no classes listed")
+    gaps = [i for i in range(len(names)) if i not in names]
+    if gaps:
+        raise DatasetError(f"{path}: indices must run 0..{len(names) - 1} without gaps; missing {gaps[:5]} "
+                           f"(largest index {max(names)})")
     ordered = [names[i] for i in range(len(names))]
     return ordered, wnids
 

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from edgecv.data.errors import DatasetError
 from edgecv.data.fashion_mnist import CLASSES as FASHION_CLASSES
-from edgecv.data.fashion_mnist import load_fashion_mnist
+from edgecv.data.fashion_mnist import is_fashion_mnist_dir, load_fashion_mnist
 from edgecv.data.folders import ImageList, list_image_folder, list_images, list_wnid_folder
 from edgecv.data.transforms import eval_transform, train_transform
 from edgecv.recipe import DataConfig
@@ -82,7 +82,7 @@ def dataset_for_path(path: str, cfg: DataConfig, train: bool = False) -> Dataset
     """A dataset for any supported path: a Fashion-MNIST folder (test split), a wnid folder, an ImageFolder."""
     tf = train_transform(cfg) if train else eval_transform(cfg)
     p = Path(path)
-    if p.is_dir() and any(p.glob("t10k-images-idx3-ubyte*")):
+    if is_fashion_mnist_dir(p):
         x, y = load_fashion_mnist(p, "train" if train else "test")
         return ArrayDataset(x, y, FASHION_CLASSES, tf)
     return ImageFileDataset(list_images(p), cfg.channels, tf)

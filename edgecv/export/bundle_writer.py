@@ -10,7 +10,7 @@ from edgecv import __version__
 from edgecv.data.transforms import preprocess_spec
 from edgecv.recipe import DataConfig, ExportConfig, Recipe
 from edgecv.runtime.bundle import FORMAT_VERSION, MANIFEST, manifest_bytes
-from edgecv.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from edgecv.utils.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 
 
 def _versions() -> Dict[str, Optional[str]]:
@@ -90,10 +90,9 @@ def _plot(path: Path, summary: Dict, artifacts: List[Dict]) -> None:
     ax.set_title("accuracy vs latency per export stage")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(".report.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(path)
 
 
 def write_bundle(tmp: Path, src, data_cfg: DataConfig, recipe: Optional[Recipe], opts: ExportConfig,

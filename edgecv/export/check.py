@@ -8,7 +8,6 @@ channel on axis 0 (the output-channel axis of Conv and of Gemm with transB=1); n
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import List
 
 import numpy as np
@@ -95,21 +94,43 @@ def check_trt_qdq(model, name: str = "model") -> CheckResult:
 
 
 def check_bundle(bundle_dir: str) -> CheckResult:
-    """Verify every manifest checksum, then the TensorRT-target ONNX (if the bundle has one)."""
+    """Verify the manifest and every checksum; load every model and match its I/O with the manifest; check
+    the TensorRT-target ONNX against TensorRT's Q/DQ rules. Every problem is listed, none raises."""
     import onnx
 
+    from edgecv.errors import USER_ERRORS
     from edgecv.runtime.bundle import open_bundle
+    from edgecv.runtime.ort_backend import OrtBackend
+    from edgecv.runtime.select import io_mismatches
 
     res = CheckResult()
     try:
         bundle = open_bundle(bundle_dir)
-    except Exception as e:
+        labels = bundle.labels
+    except USER_ERRORS() as e:
         res.errors.append(str(e))
         return res
-    res.notes.append(f"{bundle_dir}: {len(bundle.manifest['files'])} files, checksums ok")
+    res.notes.append(f"{bundle_dir}: {len(bundle.manifest['files'])} files, checksums ok, {len(labels)} labels")
     for art in bundle.manifest["artifacts"]:
+        f = art["file"]
+        try:
+            model = onnx.load(str(bundle.path(f)))
+            onnx.checker.check_model(model)
+        except Exception as e:  # protobuf and checker errors have many types
+            res.errors.append(f"{f}: not a valid ONNX model ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})")
+            continue
+        try:
+            be = OrtBackend(str(bundle.path(f)), threads=1)
+        except USER_ERRORS() as e:
+            res.errors.append(str(e))
+            continue
+        problems = io_mismatches(bundle, be, f)
+        be.close()
+        res.errors += problems
+        if not problems:
+            res.notes.append(f"{f}: loads; input {list(be.inputs[0].shape)} and outputs match the manifest")
         if art["target"] == "tensorrt" and art["precision"] == "int8":
-            r = check_trt_qdq(onnx.load(str(Path(bundle_dir) / art["file"])), art["file"])
+            r = check_trt_qdq(model, f)
             res.errors += r.errors
             res.notes += r.notes
     return res

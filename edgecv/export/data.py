@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -23,6 +24,13 @@ class ArraySet:
     y: np.ndarray
     paths: List[str]
     source: str
+    ids: List[str] = field(default_factory=list)  # content identities (sample_identity)
+    classes: List[str] = field(default_factory=list)  # class names of the labels in ``y``
+    excluded_overlap: int = 0  # images left out because the other set holds them
+
+    def record(self) -> dict:
+        """Size and member-list hash, for the manifest."""
+        return {"source": self.source, "images": len(self), "members_sha256": members_digest(self.ids)}
 
     def __len__(self) -> int:
         return len(self.y)
@@ -30,6 +38,27 @@ class ArraySet:
 
 def _files(ds) -> Optional[List[str]]:
     return [p for p, _ in ds.samples] if isinstance(ds, ImageFileDataset) else None
+
+
+def sample_identity(ds, i: int) -> str:
+    """sha256 of sample ``i``'s stored bytes: the same image under another path, spelling, symlink or
+    split (a copied file, a duplicate array image) has the same identity."""
+    import hashlib
+
+    if isinstance(ds, ImageFileDataset):
+        try:
+            with open(ds.samples[i][0], "rb") as f:
+                return hashlib.sha256(f.read()).hexdigest()
+        except OSError:
+            return "unreadable:" + os.path.realpath(ds.samples[i][0])
+    return hashlib.sha256(ds.images[i].numpy().tobytes()).hexdigest()
+
+
+def members_digest(ids: List[str]) -> str:
+    """One hash for a split's member list (order-independent), recorded in the manifest."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
 
 
 def materialise(ds, indices, desc: str, show_progress: bool) -> Tuple[np.ndarray, np.ndarray]:
@@ -54,19 +83,30 @@ def calib_and_eval_sets(cfg: DataConfig, calib: Optional[str], eval_path: Option
     random.Random(seed).shuffle(order)
     cal_idx = sorted(order[: min(calib_samples, len(order))])
     cal_files, ev_files = _files(cal_ds), _files(ev_ds)
-    ev_idx = list(range(len(ev_ds)))
-    if cal_files is not None and ev_files is not None:
-        used = {cal_files[i] for i in cal_idx}
-        ev_idx = [i for i in ev_idx if ev_files[i] not in used]
-        if not ev_idx:
-            raise DatasetError(f"{eval_path or cfg.path}: every evaluation image is also a calibration image; "
-                               "lower --calib-samples or pass a separate --eval folder")
-    if eval_limit:
-        ev_idx = ev_idx[:eval_limit]
+    # Disjointness is enforced by content, not by path strings (a relative and an absolute spelling of one
+    # folder, a symlink or a copied file are the same image).
+    cal_ids = [sample_identity(cal_ds, i) for i in cal_idx]
+    used = set(cal_ids)
+    ev_idx, ev_ids, overlap = [], [], 0
+    for i in range(len(ev_ds)):
+        if eval_limit and len(ev_idx) >= eval_limit:
+            break
+        ident = sample_identity(ev_ds, i)
+        if ident in used:
+            overlap += 1
+            continue
+        ev_idx.append(i)
+        ev_ids.append(ident)
+    if not ev_idx:
+        raise DatasetError(f"{eval_path or cfg.path}: every evaluation image is also a calibration image; "
+                           "lower --calib-samples or pass a separate --eval folder")
+    if overlap:
+        log.warning("%d evaluation image(s) are also calibration images: left out of the evaluation", overlap)
     cx, cy = materialise(cal_ds, cal_idx, "calibration images", show_progress)
     ex, ey = materialise(ev_ds, ev_idx, "evaluation images", show_progress)
     if (ey < 0).all():
         raise DatasetError(f"{eval_path or cfg.path}: evaluation images have no labels "
                            "(use an ImageFolder tree or a folder with classes.tsv)")
-    return (ArraySet(cx, cy, [cal_files[i] for i in cal_idx] if cal_files else [], str(calib or cfg.path)),
-            ArraySet(ex, ey, [ev_files[i] for i in ev_idx] if ev_files else [], str(eval_path or cfg.path)))
+    return (ArraySet(cx, cy, [cal_files[i] for i in cal_idx] if cal_files else [], str(calib or cfg.path), cal_ids),
+            ArraySet(ex, ey, [ev_files[i] for i in ev_idx] if ev_files else [], str(eval_path or cfg.path), ev_ids,
+                     list(getattr(ev_ds, "classes", []) or []), overlap))

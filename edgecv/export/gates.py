@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from edgecv.export.quantize import Calibration, quantizable_nodes, quantize
 from edgecv.runtime.latency import measure_interleaved
+from edgecv.runtime.metrics import topk_accuracy
 
 log = logging.getLogger("edgecv.export")
 
@@ -23,15 +24,8 @@ def onnx_logits(path: str | os.PathLike, x: np.ndarray, batch: int = 64, threads
     return np.concatenate([be.run_unchecked(x[i: i + batch]) for i in range(0, len(x), batch)])
 
 
-def topk_acc(logits: np.ndarray, y: np.ndarray) -> Dict[str, float]:
-    k = min(5, logits.shape[1])
-    top = np.argsort(-logits, 1)[:, :k]
-    return {"top1": float((top[:, 0] == y).mean()), "top5": float((top == y[:, None]).any(1).mean()),
-            "n": int(len(y))}
-
-
 def eval_onnx(path, x: np.ndarray, y: np.ndarray) -> Dict[str, float]:
-    return topk_acc(onnx_logits(path, x), y)
+    return topk_accuracy(onnx_logits(path, x), y)
 
 
 def _kl(ref: np.ndarray, got: np.ndarray) -> float:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -17,8 +16,8 @@ import numpy as np
 import torch
 
 from edgecv.errors import ExportError
-from edgecv.recipe import CALIB_METHODS, ExportConfig, Recipe, RecipeError
-from edgecv.utils.io import atomic_dir, check_writable_dir
+from edgecv.recipe import CALIB_METHODS, ExportConfig, Recipe, RecipeError, check_ranges
+from edgecv.utils.outputs import BUNDLE, check_output, scratch_dir, staged_output
 
 log = logging.getLogger("edgecv.export")
 
@@ -39,17 +38,14 @@ def resolve_options(recipe: Optional[Recipe], flags: Dict) -> ExportConfig:
             cfg.calib_samples = cs.samples
         if flags.get("calib_method") is None:
             cfg.calib_method = cs.method
-    if cfg.max_drop < 0:
-        raise RecipeError(f"--max-drop: must be >= 0, got {cfg.max_drop}")
-    if not 0 <= cfg.prune < 1:
-        raise RecipeError(f"--prune: expected a ratio in [0, 1), got {cfg.prune}")
+    check_ranges(cfg, flag_style=True)
+    if not cfg.targets:
+        raise RecipeError("--target: no target given (expected tensorrt, onnxruntime)")
     for t in cfg.targets:
         if t not in ("tensorrt", "onnxruntime"):
             raise RecipeError(f"--target: unknown target {t!r} (expected tensorrt, onnxruntime)")
     if cfg.calib_method not in CALIB_METHODS:
         raise RecipeError(f"--calib-method: unknown method {cfg.calib_method!r}")
-    if cfg.calib_samples < 1:
-        raise RecipeError(f"--calib-samples: must be >= 1, got {cfg.calib_samples}")
     return cfg
 
 
@@ -77,17 +73,23 @@ class Stages:
 
 
 def _torch_eval(model, x: np.ndarray, y: np.ndarray) -> Dict:
-    from edgecv.export.gates import topk_acc
+    from edgecv.runtime.metrics import topk_accuracy
 
     model.eval()
     with torch.no_grad():
         logits = np.concatenate([model(torch.from_numpy(x[i: i + 256])).numpy() for i in range(0, len(x), 256)])
-    return topk_acc(logits, y)
+    return topk_accuracy(logits, y)
 
 
 def export_bundle(source: str, out_dir: str, flags: Dict, overrides: List[str] = (),
-                  show_progress: bool = True) -> Dict:
-    """Run the whole export; return the manifest. Raises ExportError (and writes nothing) when a gate fails."""
+                  show_progress: bool = True, force: bool = False) -> Dict:
+    """Run the whole export; return the manifest. Raises ExportError (and writes nothing) when a gate fails.
+
+    ``out_dir`` must be new, empty, or an edgecv bundle (``force``: also a damaged one); see
+    edgecv.utils.outputs. It is replaced atomically at the end, so an export that fails or is killed
+    leaves the previous bundle as it was.
+    """
+    from edgecv.data.transforms import preprocess_spec
     from edgecv.export.bundle_writer import write_bundle
     from edgecv.export.calib_cache import write_cache_from_qdq
     from edgecv.export.check import check_trt_qdq
@@ -96,10 +98,10 @@ def export_bundle(source: str, out_dir: str, flags: Dict, overrides: List[str] =
     from edgecv.export.onnx_export import compare_with_torch, export_onnx
     from edgecv.export.quantize import calibrate
     from edgecv.models.checkpoint import make_checkpoint, save_checkpoint
-    from edgecv.data.transforms import preprocess_spec
     from edgecv.train.sources import is_recipe, load_source
 
-    out = check_writable_dir(out_dir)
+    out = Path(out_dir)
+    check_output(out, BUNDLE, force)  # fail before minutes of work, not after
     recipe = None
     if is_recipe(source):
         from edgecv.recipe import load_recipe
@@ -120,105 +122,108 @@ def export_bundle(source: str, out_dir: str, flags: Dict, overrides: List[str] =
     with stages("calibration and evaluation images"):
         cal, ev = calib_and_eval_sets(data_cfg, opts.calib, opts.eval, opts.calib_samples, opts.eval_limit,
                                       seed=opts.calib_seed, show_progress=show_progress)
+    from edgecv.data.classes import apply_mapping, match_classes
+
+    ev.y = apply_mapping(ev.y, match_classes(ev.classes, src.classes, ev.source, source))
     summary["calibration"] = {"source": cal.source, "samples": len(cal), "method": opts.calib_method,
                               "definition": opts.calib_set}
-    summary["evaluation"] = {"source": ev.source, "images": len(ev), "disjoint_from_calibration": True}
+    overlap = len(set(ev.ids) & set(cal.ids))
+    summary["calibration"].update(cal.record())
+    summary["evaluation"] = {**ev.record(), "disjoint_from_calibration": overlap == 0,
+                             "left_out_as_calibration_images": ev.excluded_overlap}
+    if overlap:
+        raise ExportError(f"{overlap} evaluation images are also calibration images")  # never reported as held out
 
-    work = Path(tempfile.mkdtemp(prefix="edgecv-export-"))
-    try:
-        with atomic_dir(out) as tmp:
-            teacher = src.model.eval()
-            base_onnx = work / "baseline_fp32.onnx"
-            with stages("baseline fp32 ONNX"):
-                export_onnx(teacher, base_onnx, shape, opts.opset)
-                base_acc = eval_onnx(base_onnx, ev.x, ev.y)
-            summary["baseline"] = {"top1": base_acc["top1"], "top5": base_acc["top5"], "pruned": False}
-            student, stage_acc = teacher, [{"stage": "fp32 (source)", **base_acc}]
-            pruned_info = None
-            if opts.prune > 0:
-                from edgecv.compress.prune import prune_channels
+    with staged_output(out, BUNDLE, force) as tmp:
+        work = scratch_dir(tmp)
+        teacher = src.model.eval()
+        base_onnx = work / "baseline_fp32.onnx"
+        with stages("baseline fp32 ONNX"):
+            export_onnx(teacher, base_onnx, shape, opts.opset)
+            base_acc = eval_onnx(base_onnx, ev.x, ev.y)
+        summary["baseline"] = {"top1": base_acc["top1"], "top5": base_acc["top5"], "pruned": False}
+        student, stage_acc = teacher, [{"stage": "fp32 (source)", **base_acc}]
+        pruned_info = None
+        if opts.prune > 0:
+            from edgecv.compress.prune import prune_channels
 
-                with stages(f"prune {opts.prune:.0%} of channels"):
-                    student, report = prune_channels(copy.deepcopy(teacher), shape, opts.prune, opts.prune_round_to,
-                                                     torch.from_numpy(cal.x[:2]))
+            with stages(f"prune {opts.prune:.0%} of channels"):
+                student, report = prune_channels(copy.deepcopy(teacher), shape, opts.prune, opts.prune_round_to,
+                                                 torch.from_numpy(cal.x[:2]))
+                acc = _torch_eval(student, ev.x, ev.y)
+            pruned_info = report.as_dict()
+            pruned_info["top1_after_prune"] = acc["top1"]
+            stage_acc.append({"stage": "pruned", **acc})
+            if opts.distill:
+                if recipe is None:
+                    raise RecipeError("--distill: needs a recipe SOURCE (its training data)")
+                from edgecv.compress.distill import distill
+                from edgecv.data.loaders import load_data
+
+                with stages(f"distill {opts.distill_epochs} epoch(s)"):
+                    _, _, train_loader, val_loader, _ = load_data(recipe.data)
+                    distill(student, teacher, train_loader, val_loader, opts.distill_epochs, opts.distill_lr,
+                            opts.temperature, opts.alpha, show_progress=show_progress)
                     acc = _torch_eval(student, ev.x, ev.y)
-                pruned_info = report.as_dict()
-                pruned_info["top1_after_prune"] = acc["top1"]
-                stage_acc.append({"stage": "pruned", **acc})
-                if opts.distill:
-                    if recipe is None:
-                        raise RecipeError("--distill: needs a recipe SOURCE (its training data)")
-                    from edgecv.compress.distill import distill
-                    from edgecv.data.loaders import load_data
+                pruned_info["top1_after_distill"] = acc["top1"]
+                stage_acc.append({"stage": "pruned + distilled", **acc})
+            ck = make_checkpoint(student, src.arch, src.arch_args, src.classes, preprocess_spec(data_cfg),
+                                 pruned=True)
+            save_checkpoint(ck, tmp / "pruned_model.pt")
+        summary["prune"] = pruned_info
+        fp32_path = tmp / "model_fp32.onnx"
+        with stages("ONNX export"):
+            export_onnx(student, fp32_path, shape, opts.opset)
+            parity = compare_with_torch(student, str(fp32_path), torch.from_numpy(ev.x[:32]))
+            fp32_acc = eval_onnx(fp32_path, ev.x, ev.y) if student is not teacher else base_acc
+        summary["onnx_parity"] = parity
+        artifacts = [{"file": "model_fp32.onnx", "target": "onnxruntime", "precision": "fp32", **fp32_acc,
+                      "fallback_layers": [], "calibration": None}]
+        artifacts.append({**artifacts[0], "target": "tensorrt"})
+        gate_failures = []
+        if opts.int8:
+            with stages(f"int8 calibration ({opts.calib_method}, {len(cal)} images)"):
+                calib = calibrate(fp32_path, cal.x, opts.calib_method)
+            sens_x = cal.x[: min(64, len(cal))]
+            for target in opts.targets:
+                name = f"model_int8_{'trt' if target == 'tensorrt' else 'ort'}.onnx"
+                with stages(f"int8 {target}: quantize and accuracy gate"):
+                    g = accuracy_gate(str(fp32_path), calib, target, tmp / name, ev.x, ev.y, base_acc["top1"],
+                                      opts.max_drop, sens_x, work, show_progress=show_progress)
+                if not g.passed:
+                    gate_failures.append(g.reason)
+                artifacts.append({"file": name, "target": target, "precision": "int8", "top1": g.top1,
+                                  "top5": g.top5, "n": len(ev), "fallback_layers": g.fallback,
+                                  "calibration": {"method": opts.calib_method, "samples": len(cal)}})
+                if target == "tensorrt":
+                    import onnx
 
-                    with stages(f"distill {opts.distill_epochs} epoch(s)"):
-                        _, _, train_loader, val_loader, _ = load_data(recipe.data)
-                        distill(student, teacher, train_loader, val_loader, opts.distill_epochs, opts.distill_lr,
-                                opts.temperature, opts.alpha, show_progress=show_progress)
-                        acc = _torch_eval(student, ev.x, ev.y)
-                    pruned_info["top1_after_distill"] = acc["top1"]
-                    stage_acc.append({"stage": "pruned + distilled", **acc})
-                ck = make_checkpoint(student, src.arch, src.arch_args, src.classes, preprocess_spec(data_cfg),
-                                     pruned=True)
-                save_checkpoint(ck, tmp / "pruned_model.pt")
-            summary["prune"] = pruned_info
-            fp32_path = tmp / "model_fp32.onnx"
-            with stages("ONNX export"):
-                export_onnx(student, fp32_path, shape, opts.opset)
-                parity = compare_with_torch(student, str(fp32_path), torch.from_numpy(ev.x[:32]))
-                fp32_acc = eval_onnx(fp32_path, ev.x, ev.y) if student is not teacher else base_acc
-            summary["onnx_parity"] = parity
-            artifacts = [{"file": "model_fp32.onnx", "target": "onnxruntime", "precision": "fp32", **fp32_acc,
-                          "fallback_layers": [], "calibration": None}]
-            artifacts.append({**artifacts[0], "target": "tensorrt"})
-            gate_failures = []
-            if opts.int8:
-                with stages(f"int8 calibration ({opts.calib_method}, {len(cal)} images)"):
-                    calib = calibrate(fp32_path, cal.x, opts.calib_method)
-                sens_x = cal.x[: min(64, len(cal))]
-                for target in opts.targets:
-                    name = f"model_int8_{'trt' if target == 'tensorrt' else 'ort'}.onnx"
-                    with stages(f"int8 {target}: quantize and accuracy gate"):
-                        g = accuracy_gate(str(fp32_path), calib, target, tmp / name, ev.x, ev.y, base_acc["top1"],
-                                          opts.max_drop, sens_x, work, show_progress=show_progress)
-                    if not g.passed:
-                        gate_failures.append(g.reason)
-                    artifacts.append({"file": name, "target": target, "precision": "int8", "top1": g.top1,
-                                      "top5": g.top5, "n": len(ev), "fallback_layers": g.fallback,
-                                      "calibration": {"method": opts.calib_method, "samples": len(cal)}})
-                    if target == "tensorrt":
-                        import onnx
-
-                        qdq = onnx.load(str(tmp / name))
-                        chk = check_trt_qdq(qdq, name)
-                        if not chk.ok:
-                            raise ExportError("TensorRT Q/DQ check failed: " + "; ".join(chk.errors[:5]))
-                        write_cache_from_qdq(qdq, tmp / "calibration.cache")
-            fp32_drop = (base_acc["top1"] - fp32_acc["top1"]) * 100
-            if fp32_drop > opts.max_drop:
-                gate_failures.append(f"the pruned fp32 model is already {fp32_drop:.2f} points below the source "
-                                     f"(top-1 {fp32_acc['top1']:.4f} vs {base_acc['top1']:.4f}); prune less or "
-                                     f"distill longer (budget --max-drop {opts.max_drop})")
-            if gate_failures:
-                raise ExportError("accuracy gate failed, no bundle written: " + " | ".join(gate_failures))
-            with stages("speed gate (ONNX Runtime CPU, batch 1, 2 threads)"):
-                paths = {"baseline_fp32": str(base_onnx)}
-                paths.update({a["file"]: str(tmp / a["file"]) for a in artifacts
-                              if a["target"] == "onnxruntime" or a["precision"] == "int8"})
-                lat = speed_gate(paths, ev.x)
-            summary["baseline"]["latency_ms"] = lat["baseline_fp32"]["p50_ms"]
-            for a in artifacts:
-                a["latency_ms"] = lat[a["file"]]["p50_ms"]
-                a["latency"] = lat[a["file"]]
-            default = choose_defaults(artifacts, base_acc["top1"], opts.max_drop)
-            summary["default"] = default
-            summary["stages"] = stage_acc
-            summary["engine"] = _engine_plan(opts)
-            manifest = write_bundle(tmp, src, data_cfg, recipe, opts, artifacts, summary, stages.times)
-    finally:
-        import shutil
-
-        shutil.rmtree(work, ignore_errors=True)
+                    qdq = onnx.load(str(tmp / name))
+                    chk = check_trt_qdq(qdq, name)
+                    if not chk.ok:
+                        raise ExportError("TensorRT Q/DQ check failed: " + "; ".join(chk.errors[:5]))
+                    write_cache_from_qdq(qdq, tmp / "calibration.cache")
+        fp32_drop = (base_acc["top1"] - fp32_acc["top1"]) * 100
+        if fp32_drop > opts.max_drop:
+            gate_failures.append(f"the pruned fp32 model is already {fp32_drop:.2f} points below the source "
+                                 f"(top-1 {fp32_acc['top1']:.4f} vs {base_acc['top1']:.4f}); prune less or "
+                                 f"distill longer (budget --max-drop {opts.max_drop})")
+        if gate_failures:
+            raise ExportError("accuracy gate failed, no bundle written: " + " | ".join(gate_failures))
+        with stages("speed gate (ONNX Runtime CPU, batch 1, 2 threads)"):
+            paths = {"baseline_fp32": str(base_onnx)}
+            paths.update({a["file"]: str(tmp / a["file"]) for a in artifacts
+                          if a["target"] == "onnxruntime" or a["precision"] == "int8"})
+            lat = speed_gate(paths, ev.x)
+        summary["baseline"]["latency_ms"] = lat["baseline_fp32"]["p50_ms"]
+        for a in artifacts:
+            a["latency_ms"] = lat[a["file"]]["p50_ms"]
+            a["latency"] = lat[a["file"]]
+        default = choose_defaults(artifacts, base_acc["top1"], opts.max_drop)
+        summary["default"] = default
+        summary["stages"] = stage_acc
+        summary["engine"] = _engine_plan(opts)
+        manifest = write_bundle(tmp, src, data_cfg, recipe, opts, artifacts, summary, stages.times)
     if summary["engine"]["buildable_here"]:
         with stages("TensorRT engine"):
             manifest["summary"]["engine"] = _build_engine(out, opts)

@@ -111,6 +111,8 @@ def quantize(fp32_path: str | os.PathLike, calib: Calibration, out_path: str | o
     q = QDQQuantizer(model, True, False, QuantType.QInt8, act, calib.ranges, None, list(exclude),
                      QUANT_OPS, extra)
     q.quantize_model()
+    # The quantizer appends Q/DQ nodes out of order; ONNX (and TensorRT's parser) need a topological order.
+    q.model.topological_sort()
     proto = q.model.model
     with atomic_path(out_path) as tmp:
         onnx.save(proto, tmp)

@@ -6,8 +6,6 @@ A pruned model (channel counts changed) stores each layer's shape so it can be r
 """
 from __future__ import annotations
 
-from edgecv.errors import CheckpointError  # noqa: F401 (re-exported)
-
 import io
 import os
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from edgecv.errors import CheckpointError  # noqa: F401 (re-exported)
 from edgecv.models.registry import create_model
 from edgecv.utils.io import atomic_write_bytes
 
@@ -102,7 +101,26 @@ def read_checkpoint(path: str | os.PathLike) -> Dict:
         raise CheckpointError(f"{path}: not a readable checkpoint ({msg})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an edgecv checkpoint (missing format={FORMAT!r})")
+    _check_fields(ckpt, path)
     return ckpt
+
+
+_FIELDS = {"arch": str, "arch_args": dict, "num_classes": int, "classes": list, "preprocess": dict, "state_dict": dict}
+
+
+def _check_fields(ckpt: Dict, path: Path) -> None:
+    """Every field the loader reads, with its type: a damaged checkpoint is named, not a KeyError."""
+    for key, tp in _FIELDS.items():
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: checkpoint field {key!r} is missing")
+        if not isinstance(ckpt[key], tp) or isinstance(ckpt[key], bool):
+            raise CheckpointError(f"{path}: checkpoint field {key!r}: expected {tp.__name__}, "
+                                  f"got {type(ckpt[key]).__name__}")
+    if not all(isinstance(c, str) for c in ckpt["classes"]) or len(ckpt["classes"]) != ckpt["num_classes"]:
+        raise CheckpointError(f"{path}: checkpoint field 'classes': expected {ckpt['num_classes']} class names "
+                              f"(num_classes), got {len(ckpt['classes'])}")
+    if ckpt.get("pruned") and not isinstance(ckpt.get("layer_shapes"), dict):
+        raise CheckpointError(f"{path}: pruned checkpoint without 'layer_shapes'")
 
 
 def model_from_checkpoint(ckpt: Dict) -> nn.Module:
@@ -118,5 +136,5 @@ def load_checkpoint(path: str | os.PathLike) -> Tuple[nn.Module, Dict]:
     ckpt = read_checkpoint(path)
     try:
         return model_from_checkpoint(ckpt), ckpt
-    except (RuntimeError, KeyError) as e:
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: weights do not fit architecture {ckpt.get('arch')!r}: {e}") from None

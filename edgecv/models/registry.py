@@ -1,9 +1,9 @@
 """Model registry (timm style): ``@register_model`` on a factory, ``create_model(name, **args)``."""
 from __future__ import annotations
 
-from edgecv.errors import ModelError  # noqa: F401 (re-exported)
-
 from typing import Callable, Dict, List
+
+from edgecv.errors import ModelError  # noqa: F401 (re-exported)
 
 _REGISTRY: Dict[str, Callable] = {}
 

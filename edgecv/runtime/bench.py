@@ -20,7 +20,7 @@ def bench(target: str, backend: str = "auto", batches: List[int] = (1,), warmup:
     try:
         for b in batches:
             x = rng.standard_normal((b,) + tuple(d for d in spec.shape[1:])).astype(np.float32)
-            stats = measure_interleaved({"m": lambda: be.infer(x)}, warmup=warmup, iters=iters, rounds=1)["m"]
+            stats = measure_interleaved({"m": lambda x=x: be.infer(x)}, warmup=warmup, iters=iters, rounds=1)["m"]
             stats["throughput"] = b * 1000.0 / stats["mean_ms"]
             out["batches"][str(b)] = stats
     finally:

@@ -16,8 +16,15 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 from edgecv.errors import DeviceError
-from edgecv.runtime.trt_compat import (device_key, explicit_batch_flags, has_builder, has_calibrators,
-                                       has_precision_flags, import_tensorrt, trt_available)
+from edgecv.runtime.trt_compat import (
+    device_key,
+    explicit_batch_flags,
+    has_builder,
+    has_calibrators,
+    has_precision_flags,
+    import_tensorrt,
+    trt_available,
+)
 from edgecv.utils.io import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger("edgecv.build")

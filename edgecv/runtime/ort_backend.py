@@ -5,6 +5,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from edgecv.errors import ModelFileError
 from edgecv.runtime.backend import Backend, TensorSpec
 
 
@@ -39,8 +40,12 @@ class OrtBackend(Backend):
         import onnxruntime as ort
 
         self.path = str(model_path)
-        self.session = ort.InferenceSession(self.path, sess_options=session_options(threads, profile_prefix),
-                                            providers=providers or ["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(self.path, sess_options=session_options(threads, profile_prefix),
+                                                providers=providers or ["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own types (InvalidProtobuf, Fail, ...) for a bad model file
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ModelFileError(f"{self.path}: not a loadable ONNX model ({msg[:300]})") from None
         i = self.session.get_inputs()[0]
         self._input = TensorSpec(i.name, tuple(d if isinstance(d, int) else -1 for d in i.shape), np.float32)
         self._outputs = [TensorSpec(o.name, tuple(d if isinstance(d, int) else -1 for d in o.shape), np.float32)

@@ -34,12 +34,15 @@ from typing import Dict, Optional, Tuple
 import cv2
 import numpy as np
 
-
 RESIZE_MODES = ("auto", "area", "fast")
 AUTO_FAST_FROM = 1.45  # ``auto``: shrink factor (source / resized shorter side) from which ``fast`` is used
 # 5 taps. On the 500 ImageNet images: 3 taps 0.91 grey levels / 97.6% agreement, 5 taps 0.79 / 98.8%,
 # 7 taps 0.76 / 98.4% at 1.2x the cost.
 BLUR_RADIUS = 2
+# From this shrink on, ``fast`` averages the crop window with INTER_AREA instead: 5 taps cannot cover a
+# triangle filter 6+ source pixels wide (the fit degrades into aliasing), while a box average over the window
+# can, and the window's rounding to whole source pixels is then under 1/6 of an output pixel.
+FAST_AREA_FROM = 6.0
 
 
 def _pil_triangle_weights(n_in: int, n_out: int, scale: float) -> np.ndarray:
@@ -59,7 +62,9 @@ def fitted_blur_kernel(scale: float, radius: int = BLUR_RADIUS) -> np.ndarray:
 
     Both sides are linear in K, so this is one least-squares solve over many output phases.
     """
-    n_in = 240
+    # Enough output rows for an interior fit at any scale (a fixed 240 left none from a ~18.5x shrink on,
+    # and the empty least-squares problem returned NaN taps: all-black frames).
+    n_in = max(240, int(math.ceil(scale * (2 * radius + 8 + 40))))
     n_out = int(n_in / scale)
     target = _pil_triangle_weights(n_in, n_out, scale)
     rows = range(radius + 4, n_out - radius - 4)  # interior: no border clamping on either side
@@ -74,7 +79,10 @@ def fitted_blur_kernel(scale: float, radius: int = BLUR_RADIUS) -> np.ndarray:
         cols.append(shifted[list(rows)].ravel())
     x = np.linalg.lstsq(np.stack(cols, 1), target[list(rows)].ravel(), rcond=None)[0]
     k = np.concatenate([x[:0:-1], x])
-    return (k / k.sum()).astype(np.float32)
+    k = k / k.sum()
+    if not np.all(np.isfinite(k)):
+        raise ValueError(f"fitted blur for a {scale:.3g}x shrink is not finite")
+    return k.astype(np.float32)
 
 
 class Preprocessor:
@@ -129,6 +137,10 @@ class Preprocessor:
         sy, sx = h / nh, w / nw
         c = self.crop
         top, left = int(round((nh - c) / 2.0)), int(round((nw - c) / 2.0))
+        if max(sx, sy) >= FAST_AREA_FROM:
+            y0, x0 = int(round(top * sy)), int(round(left * sx))
+            y1, x1 = max(y0 + 1, int(round((top + c) * sy))), max(x0 + 1, int(round((left + c) * sx)))
+            return (slice(y0, min(y1, h)), slice(x0, min(x1, w))), "area", None
         margin = BLUR_RADIUS + 2  # blur taps + bilinear neighbour + rounding
         y0, x0 = max(0, int(top * sy) - margin), max(0, int(left * sx) - margin)
         y1, x1 = min(h, int(math.ceil((top + c) * sy)) + margin), min(w, int(math.ceil((left + c) * sx)) + margin)
@@ -147,6 +159,8 @@ class Preprocessor:
             self._plans[(h, w)] = self._fast_plan(h, w, nh, nw)
         window, taps, m = self._plans[(h, w)]
         roi = frame[window]
+        if taps == "area":
+            return cv2.resize(roi, (self.crop, self.crop), interpolation=cv2.INTER_AREA)
         if taps is not None:
             roi = cv2.sepFilter2D(roi, -1, taps[0], taps[1], borderType=cv2.BORDER_REPLICATE)
         return cv2.warpAffine(roi, m, (self.crop, self.crop), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
@@ -178,8 +192,6 @@ class Preprocessor:
 
 def load_image(path: str, channels: int) -> Optional[np.ndarray]:
     """Decode with OpenCV; None for unreadable files (the caller counts and skips them)."""
-    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
-    try:
-        return cv2.imread(str(path), flag)
-    except cv2.error:
-        return None
+    from edgecv.utils.images import read_image
+
+    return read_image(path, cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR)

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from edgecv.runtime.latency import measure_interleaved
+from edgecv.utils.images import write_png
 from edgecv.utils.io import atomic_path, atomic_write_json
 
 TOLERANCE = 0.10
@@ -66,14 +67,17 @@ def profile(target: str, backend: str = "auto", iters: int = 100, warmup: int = 
     name = resolve_backend_name(backend)
     x = None
     if name == "onnxruntime":
-        tmp = tempfile.mkdtemp(prefix="edgecv-prof-")
-        be, info = open_backend(target, "onnxruntime", threads=threads, profile_prefix=os.path.join(tmp, "ort"))
-        shape = (batch,) + tuple(be.inputs[0].shape[1:])
-        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        for _ in range(warmup + iters):
-            be.infer(x)
-        prof = _ort_profile(be, x, iters)
-        be.close()
+        # The profiler's trace is read and deleted here: nothing is left in /tmp, even on Ctrl-C.
+        with tempfile.TemporaryDirectory(prefix="edgecv-prof-") as tmp:
+            be, info = open_backend(target, "onnxruntime", threads=threads, profile_prefix=os.path.join(tmp, "ort"))
+            shape = (batch,) + tuple(be.inputs[0].shape[1:])
+            x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+            try:
+                for _ in range(warmup + iters):
+                    be.infer(x)
+            finally:
+                prof = _ort_profile(be, x, iters)
+                be.close()
         # The sum check compares against model_run in the same trace (same profiler overhead on both sides);
         # the unprofiled latency is reported beside it.
         e2e = prof["run_ms"]
@@ -148,6 +152,4 @@ def write_bar_png(res: Dict, path: Path, top: int = 20) -> None:
         cv2.rectangle(img, (bar_x, y + 3), (bar_x + max(1, length), y + row_h - 3), (180, 110, 40), -1)
         cv2.putText(img, f"{r['averageMs']:.3f} ms {r['percentage']:.1f}%", (bar_x + length + 6, y + 14),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
-    with atomic_path(path) as t:
-        ok, buf = cv2.imencode(".png", img)
-        Path(t).write_bytes(buf.tobytes())
+    write_png(path, img)

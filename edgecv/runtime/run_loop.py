@@ -13,7 +13,10 @@ import numpy as np
 
 from edgecv.runtime.latency import percentiles
 from edgecv.runtime.preprocess import Preprocessor
-from edgecv.runtime.sources import CSI_SIZE, FrameSource, SourceFailed
+from edgecv.runtime.sources import CSI_SIZE, OPEN_TIMEOUT_S, READ_TIMEOUT_S, FrameSource, SourceFailed
+from edgecv.utils.io import file_mode
+from edgecv.utils.outputs import OutputError
+from edgecv.utils.signals import INTERRUPTS, Terminated
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -69,11 +72,69 @@ def display_available() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def run(target: str, source: str, backend: str = "auto", topk: int = 1, smooth: int = 1,
+RECORD_SUFFIXES = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+
+
+class Recorder:
+    """The annotated video of ``--record``: checked before the loop starts, written to a temporary file beside
+    the target, and finalised (index written, renamed into place) whenever the loop ends, SIGTERM and Ctrl-C
+    included, so the recording is always playable and never half-written at its final name."""
+
+    def __init__(self, path: str, fps: float = 30.0):
+        from edgecv.utils.io import TMP_TAG, sweep_stale
+
+        p = Path(os.path.abspath(os.fsdecode(path)))
+        suffix = p.suffix.lower()
+        if suffix not in RECORD_SUFFIXES:
+            raise OutputError(f"--record {path}: unsupported extension {p.suffix or '(none)'!r} "
+                             f"(use {', '.join(sorted(RECORD_SUFFIXES))})")
+        if p.is_dir():
+            raise OutputError(f"--record {path}: is a directory; give a file name")
+        if not p.parent.is_dir():
+            raise OutputError(f"--record {path}: folder {p.parent} does not exist")
+        if not os.access(p.parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+            raise OutputError(f"--record {path}: not writable")
+        sweep_stale(p.parent, p.name)
+        self.path, self.fps = p, fps
+        self.fourcc = cv2.VideoWriter_fourcc(*RECORD_SUFFIXES[suffix])
+        self.tmp = p.with_name(f".{p.name}{TMP_TAG}{os.getpid()}{p.suffix}")
+        probe = cv2.VideoWriter(str(self.tmp), self.fourcc, fps, (64, 48))
+        ok = probe.isOpened()
+        probe.release()
+        if self.tmp.exists():
+            self.tmp.unlink()
+        if not ok:
+            raise OutputError(f"--record {path}: this OpenCV cannot write {p.suffix} video")
+        self.writer = None
+        self.size = None
+        self.frames = 0
+
+    def write(self, vis: np.ndarray) -> None:
+        if self.writer is None:
+            self.size = (vis.shape[1], vis.shape[0])
+            self.writer = cv2.VideoWriter(str(self.tmp), self.fourcc, self.fps, self.size)
+        if (vis.shape[1], vis.shape[0]) != self.size:  # folders mix image sizes; video cannot
+            vis = cv2.resize(vis, self.size)
+        self.writer.write(vis)
+        self.frames += 1
+
+    def close(self) -> Optional[str]:
+        """Finalise; the recording's path, or None when no frame was written (nothing is left then)."""
+        if self.writer is None:
+            return None
+        self.writer.release()
+        self.writer = None
+        os.chmod(self.tmp, file_mode())
+        os.replace(self.tmp, self.path)
+        return str(self.path)
+
+
+def run(target, source: str, backend: str = "auto", topk: int = 1, smooth: int = 1,
         max_frames: Optional[int] = None, as_json: bool = False, display: bool = False,
         record: Optional[str] = None, loop: bool = False, realtime: bool = False, threads: Optional[int] = None,
         max_failures: int = 5, emit: Callable[[str], None] = None, resize: str = "auto",
-        decode_threads: Optional[int] = None, camera_resize: bool = True) -> Dict:
+        decode_threads: Optional[int] = None, camera_resize: bool = True, open_timeout_s: float = OPEN_TIMEOUT_S,
+        read_timeout_s: float = READ_TIMEOUT_S) -> Dict:
     """Classify frames from ``source``; returns a summary (frames, FPS, latency percentiles per stage).
 
     ``resize``: the preprocessing resize mode (``auto``, ``area`` or ``fast``, see edgecv.runtime.preprocess).
@@ -88,28 +149,33 @@ def run(target: str, source: str, backend: str = "auto", topk: int = 1, smooth: 
 
     if decode_threads is not None and decode_threads < 1:
         raise ValueError(f"decode_threads must be >= 1, got {decode_threads}")
+    if topk < 1 or smooth < 1 or max_failures < 0 or (max_frames is not None and max_frames < 0):
+        raise ValueError("topk and smooth must be >= 1, max_failures and max_frames >= 0")
     emit = emit or (lambda s: print(s, flush=True))
     bundle = open_bundle(target)
     labels = bundle.labels
     pre = Preprocessor(bundle.preprocess, resize)
-    be, info = open_backend(target, backend, threads=threads)
+    recorder = Recorder(record) if record else None  # a bad path is refused before anything runs
+    be, info = open_backend(bundle, backend, threads=threads)
     if decode_threads is None and info["backend"] == "onnxruntime":
         decode_threads = 1
     scale_to = csi_scale_to(pre) if camera_resize else None  # used by csi:// sources only
     x = be.input_buffer(1)
     if x is None or x.dtype != np.float32 or x.shape != (1, pre.channels, pre.crop, pre.crop):
         x = np.empty((1, pre.channels, pre.crop, pre.crop), np.float32)  # infer's check names the mismatch
-    src = FrameSource(source, loop=loop, realtime=realtime, max_failures=max_failures, decode_threads=decode_threads,
-                      scale_to=scale_to)
+    try:
+        src = FrameSource(source, loop=loop, realtime=realtime, max_failures=max_failures,
+                          decode_threads=decode_threads, scale_to=scale_to, open_timeout_s=open_timeout_s,
+                          read_timeout_s=read_timeout_s)
+    except BaseException:
+        be.close()
+        raise
     smoother = Smoother(smooth)
     stages: Dict[str, List[float]] = {"capture_wait": [], "preprocess": [], "infer": [], "postprocess": []}
     show = display and display_available()
-    writer = None
-    record_tmp = None
-    rec_size = None
     n = 0
     t_start = time.perf_counter()
-    interrupted = False
+    interrupted: Optional[str] = None
     error: Optional[str] = None
     fps = 0.0
     cv_threads = cv2.getNumThreads()
@@ -148,38 +214,29 @@ def run(target: str, source: str, backend: str = "auto", topk: int = 1, smooth: 
                                  "topk": [{"index": int(i), "label": labels[i] if i < len(labels) else str(i),
                                            "score": float(p)} for i, p in zip(top, scores)],
                                  "latency_ms": {k: round(v[-1], 4) for k, v in stages.items()}}))
-            if show or record:
+            if show or recorder:
                 vis = annotate(frame.copy(), f"{label} {scores[0]:.2f}", fps)
-                if record:
-                    if writer is None:
-                        record_tmp = str(Path(record).with_name(f".{Path(record).name}.tmp{Path(record).suffix}"))
-                        writer = cv2.VideoWriter(record_tmp, cv2.VideoWriter_fourcc(*"mp4v"), 30,
-                                                 (vis.shape[1], vis.shape[0]))
-                        rec_size = (vis.shape[1], vis.shape[0])
-                    if (vis.shape[1], vis.shape[0]) != rec_size:  # folders mix image sizes; video cannot
-                        vis = cv2.resize(vis, rec_size)
-                    writer.write(vis)
+                if recorder:
+                    recorder.write(vis)
                 if show:
                     cv2.imshow("edgecv", vis)
                     if cv2.waitKey(1) & 0xFF in (27, ord("q")):
                         break
-    except KeyboardInterrupt:
-        interrupted = True
+    except INTERRUPTS as e:
+        interrupted = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
     except SourceFailed as e:
         error = str(e)
     finally:
         cv2.setNumThreads(cv_threads)
         src.close()
         be.close()
-        if writer is not None:
-            writer.release()
-            os.replace(record_tmp, record)
+        recorded = recorder.close() if recorder else None
         if show:
             cv2.destroyAllWindows()
     elapsed = time.perf_counter() - t_start
     summary = {"frames": n, "fps": n / elapsed if elapsed else 0.0, "dropped": src.dropped,
                "reconnects": src.reconnects, "skipped": src.skipped, "backend": info["backend"], "resize": resize,
-               "artifact": info["file"], "interrupted": interrupted, "error": error,
+               "artifact": info["file"], "interrupted": interrupted, "error": error, "recorded": recorded,
                "latency_ms": {k: percentiles(v) for k, v in stages.items() if v}}
     if n:
         total = np.sum([stages[k] for k in ("preprocess", "infer", "postprocess")], axis=0)

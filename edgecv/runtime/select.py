@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
-from edgecv.errors import DeviceError
+from edgecv.errors import DeviceError, ModelFileError
 from edgecv.runtime.backend import Backend
 
 log = logging.getLogger("edgecv.runtime")
@@ -22,29 +22,65 @@ def resolve_backend_name(backend: str) -> str:
     return "tensorrt" if ok else "onnxruntime"
 
 
-def open_backend(target: str, backend: str = "auto", precision: Optional[str] = None,
+def open_backend(target, backend: str = "auto", precision: Optional[str] = None,
                  threads: Optional[int] = None, **kw) -> Tuple[Backend, dict]:
-    """Return ``(backend, info)`` for a bundle directory or an ``.onnx`` / ``.engine`` file."""
+    """Return ``(backend, info)`` for a bundle (a directory, or a Bundle already opened) or an ``.onnx`` file."""
+    from edgecv.runtime.bundle import Bundle, open_bundle
+
     name = resolve_backend_name(backend)
-    p = Path(target)
-    if p.is_file() and p.suffix == ".onnx":
+    p = None if isinstance(target, Bundle) else Path(target)
+    if p is not None and not p.is_dir():
+        if not p.exists():
+            raise DeviceError(f"{target}: no such bundle directory or .onnx file")
+        if p.suffix != ".onnx":
+            raise DeviceError(f"{target}: not a bundle directory or an .onnx file")
         from edgecv.runtime.ort_backend import OrtBackend
 
         if name == "tensorrt":
             raise DeviceError(f"{target}: a bare ONNX file runs on onnxruntime; build a bundle for tensorrt")
         return OrtBackend(str(p), threads=threads, **kw), {"backend": "onnxruntime", "file": str(p), "precision": "?"}
-    from edgecv.runtime.bundle import open_bundle
-
     bundle = open_bundle(target)
     if name == "onnxruntime":
         from edgecv.runtime.ort_backend import OrtBackend
 
         art = bundle.artifact("onnxruntime", precision)
-        return (OrtBackend(str(bundle.path(art["file"])), threads=threads, **kw),
-                {"backend": "onnxruntime", "file": art["file"], "precision": art["precision"], "bundle": bundle})
+        be = OrtBackend(str(bundle.path(art["file"])), threads=threads, **kw)
+        problems = io_mismatches(bundle, be, art["file"])
+        if problems:
+            be.close()
+            raise ModelFileError("; ".join(problems))
+        return be, {"backend": "onnxruntime", "file": art["file"], "precision": art["precision"], "bundle": bundle}
     from edgecv.runtime.engine_build import engine_for_bundle
     from edgecv.runtime.trt_backend import TrtBackend
 
     engine_path, key = engine_for_bundle(bundle, precision=precision or bundle.artifact("tensorrt")["precision"])
-    return TrtBackend(engine_path, **kw), {"backend": "tensorrt", "file": str(engine_path), "precision": key.precision,
-                                            "bundle": bundle}
+    be = TrtBackend(engine_path, **kw)
+    problems = io_mismatches(bundle, be, str(engine_path))
+    if problems:
+        be.close()
+        raise ModelFileError("; ".join(problems))
+    return be, {"backend": "tensorrt", "file": str(engine_path), "precision": key.precision, "bundle": bundle}
+
+
+def io_mismatches(bundle, be: Backend, file: str) -> List[str]:
+    """Where a loaded model's input/output differ from what the manifest and preprocess.json declare."""
+    out = []
+    m = bundle.manifest
+    pre = bundle.preprocess
+    crop = pre.get("crop") or pre["input_size"]
+    want_in = [-1 if isinstance(d, str) else d for d in m["inputs"][0]["shape"]]
+    got_in = list(be.inputs[0].shape)
+    if len(got_in) != 4 or len(want_in) != 4:
+        return [f"{file}: input rank {len(got_in)} (manifest: {len(want_in)}); expected NCHW"]
+    for g, w in zip(got_in[1:], want_in[1:]):
+        if g != w and -1 not in (g, w):
+            out.append(f"{file}: input shape {tuple(got_in)} does not match the manifest's {tuple(want_in)}")
+            break
+    if got_in[1] not in (-1, pre["channels"]) or any(d not in (-1, crop) for d in got_in[2:]):
+        out.append(f"{file}: input shape {tuple(got_in)} does not fit preprocess.json "
+                   f"({pre['channels']} channels, {crop}x{crop} crop)")
+    n = bundle.output_classes()
+    got_out = list(be.outputs[0].shape)
+    if n is not None and got_out and got_out[-1] not in (-1, n):
+        out.append(f"{file}: {got_out[-1]} outputs, but the manifest declares {n} classes")
+    return out

@@ -19,8 +19,60 @@ from edgecv.errors import DeviceError
 
 
 class SourceFailed(DeviceError):
-    """The source cannot be opened or stopped delivering frames past the reconnect budget."""
+    """The source cannot be opened or stopped delivering frames past the reconnect budget.
 
+    ``final``: retrying cannot help (no such device or file, cannot decode, unknown host).
+    """
+
+    def __init__(self, msg: str, final: bool = False):
+        super().__init__(msg)
+        self.final = final
+
+
+OPEN_TIMEOUT_S = 10.0  # default bound on opening a live source (FFmpeg's own default waits 30 s per try)
+READ_TIMEOUT_S = 5.0
+
+
+def probe_network(url: str, timeout: float) -> None:
+    """Connect to a stream URL's host and port first, so a failure names its cause (FFmpeg's does not)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(url)
+        host, port = u.hostname, u.port
+    except ValueError as e:
+        raise SourceFailed(f"{url}: not a valid URL ({e})", final=True) from None
+    if not host:
+        raise SourceFailed(f"{url}: no host in the URL", final=True)
+    port = port or {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}.get(u.scheme, 554)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except socket.gaierror:
+        raise SourceFailed(f"{url}: cannot resolve host {host!r}", final=True) from None
+    except ConnectionRefusedError:
+        raise SourceFailed(f"{url}: connection refused by {host}:{port}") from None
+    except (socket.timeout, TimeoutError):
+        raise SourceFailed(f"{url}: timed out connecting to {host}:{port} after {timeout:g} s") from None
+    except OSError as e:
+        raise SourceFailed(f"{url}: cannot connect to {host}:{port} ({e.strerror or e})") from None
+
+
+def probe_device(dev: str) -> None:
+    """Why a V4L2 device cannot be opened: missing, not permitted, busy, not a device."""
+    import errno
+    import os
+
+    if not os.path.exists(dev):
+        raise SourceFailed(f"{dev}: no such device (is the camera connected? ls /dev/video*)", final=True)
+    try:
+        fd = os.open(dev, os.O_RDWR | os.O_NONBLOCK)
+        os.close(fd)
+    except OSError as e:
+        why = {errno.EACCES: "permission denied (add the user to the 'video' group)",
+               errno.EBUSY: "device busy (another program is using the camera)",
+               errno.ENODEV: "no such device (disconnected)"}.get(e.errno, e.strerror)
+        raise SourceFailed(f"{dev}: cannot open: {why}", final=e.errno == errno.EACCES) from None
 
 def gstreamer_available() -> bool:
     info = cv2.getBuildInformation()
@@ -68,7 +120,8 @@ def classify(src: str) -> Tuple[str, object]:
 
 
 def open_capture(kind: str, arg, decode_threads: Optional[int] = None,
-                 scale_to: Optional[Tuple[int, int]] = None) -> cv2.VideoCapture:
+                 scale_to: Optional[Tuple[int, int]] = None, open_timeout_s: float = OPEN_TIMEOUT_S,
+                 read_timeout_s: float = READ_TIMEOUT_S) -> cv2.VideoCapture:
     """Open a capture.
 
     ``decode_threads`` caps FFmpeg's decoder threads (files and RTSP): with the default (one per core) the
@@ -77,7 +130,10 @@ def open_capture(kind: str, arg, decode_threads: Optional[int] = None,
     """
     # CAP_PROP_N_THREADS and open-time parameters need OpenCV >= 4.6 (JetPack 4's 4.1 has neither).
     params = [cv2.CAP_PROP_N_THREADS, int(decode_threads)] if decode_threads and hasattr(cv2, "CAP_PROP_N_THREADS") \
-        else None
+        else []
+    if kind == "rtsp" and hasattr(cv2, "CAP_PROP_OPEN_TIMEOUT_MSEC"):
+        params += [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
+                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000)]
     if kind in ("csi", "gstreamer"):
         if not gstreamer_available():
             raise SourceFailed(f"{'csi://' + str(arg) if kind == 'csi' else arg!r}: this OpenCV build has no "
@@ -135,25 +191,70 @@ class LatestFrameReader:
         self.cap.release()
 
 
+def open_bounded(kind: str, arg, src: str, timeout_s: float, **kw) -> cv2.VideoCapture:
+    """``open_capture`` in a helper thread, waited for in short steps: the open is bounded by ``timeout_s``
+    and Ctrl-C is handled within 0.1 s (a capture opening in the main thread blocks signals until FFmpeg
+    gives up)."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["cap"] = open_capture(kind, arg, open_timeout_s=timeout_s, **kw)
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True, name=f"open {src}")
+    t.start()
+    deadline = time.monotonic() + timeout_s
+    while t.is_alive():
+        t.join(0.1)
+        if time.monotonic() > deadline:
+            raise SourceFailed(f"{src}: timed out after {timeout_s:g} s opening the {kind} source "
+                               "(--open-timeout)")
+    if "error" in box:
+        raise box["error"]
+    return box["cap"]
+
+
 class FrameSource:
-    """Iterate frames with reconnect and backoff; ``dropped`` and ``reconnects`` are counted."""
+    """Iterate frames with reconnect and backoff; ``dropped`` and ``reconnects`` are counted.
+
+    Files and folders fail at once when they cannot be read (retrying cannot help); live sources are
+    retried with backoff, and the error after the last try names the last cause.
+    """
 
     def __init__(self, src: str, loop: bool = False, realtime: bool = False, max_failures: int = 5,
-                 backoff_s: float = 0.5, read_timeout_s: float = 5.0, decode_threads: Optional[int] = None,
-                 scale_to: Optional[Tuple[int, int]] = None):
+                 backoff_s: float = 0.5, read_timeout_s: float = READ_TIMEOUT_S, decode_threads: Optional[int] = None,
+                 scale_to: Optional[Tuple[int, int]] = None, open_timeout_s: float = OPEN_TIMEOUT_S):
+        if open_timeout_s <= 0 or read_timeout_s <= 0:
+            raise ValueError("open and read timeouts must be > 0")
         self.src = src
         self.kind, self.arg = classify(src)
         self.live = self.kind in ("v4l2", "csi", "rtsp", "gstreamer") or realtime
         self.loop, self.max_failures, self.backoff_s = loop, max_failures, backoff_s
-        self.read_timeout_s = read_timeout_s
+        self.read_timeout_s, self.open_timeout_s = read_timeout_s, open_timeout_s
         self.decode_threads, self.scale_to = decode_threads, scale_to
         self.dropped = self.reconnects = self.skipped = 0
+        self.frames_read = 0
+        self.last_error: Optional[str] = None
         self._cap = self._reader = None
 
     def _open(self) -> None:
-        cap = open_capture(self.kind, self.arg, self.decode_threads, self.scale_to)
+        if self.kind == "file" and not Path(self.arg).is_file():
+            raise SourceFailed(f"{self.src}: no such file", final=True)
+        if self.kind == "rtsp":
+            probe_network(self.arg, min(self.open_timeout_s, 5.0))
+        elif self.kind == "v4l2" and isinstance(self.arg, str):
+            probe_device(self.arg)
+        elif self.kind == "v4l2":
+            probe_device(f"/dev/video{self.arg}")
+        cap = open_bounded(self.kind, self.arg, self.src, self.open_timeout_s, decode_threads=self.decode_threads,
+                           scale_to=self.scale_to, read_timeout_s=self.read_timeout_s)
         if not cap.isOpened():
             cap.release()
+            if self.kind == "file":
+                raise SourceFailed(f"{self.src}: cannot decode (not a video OpenCV/FFmpeg can read, or damaged)",
+                                   final=True)
             raise SourceFailed(f"{self.src}: cannot open ({self.kind})")
         self._cap = cap
         self._reader = LatestFrameReader(cap) if self.live else None
@@ -168,13 +269,14 @@ class FrameSource:
 
     def _folder_frames(self) -> Iterator[np.ndarray]:
         from edgecv.data.folders import IMAGE_EXTS
+        from edgecv.utils.images import read_image
 
         files = sorted(p for p in Path(self.arg).rglob("*") if p.suffix.lower() in IMAGE_EXTS)
         if not files:
             raise SourceFailed(f"{self.arg}: no images in folder")
         while True:
             for f in files:
-                img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+                img = read_image(f, cv2.IMREAD_COLOR)
                 if img is None:
                     self.skipped += 1
                     continue
@@ -192,7 +294,20 @@ class FrameSource:
                 if self._cap is None:
                     self._open()
                 frame = self._reader.get(self.read_timeout_s) if self._reader else self._read_file()
-            except SourceFailed:
+                if frame is None and self._reader is not None and not self._reader.failed:
+                    self.last_error = f"no frame within {self.read_timeout_s:g} s (--read-timeout)"
+                elif frame is None and self.frames_read == 0 and self._cap is not None:
+                    self.last_error = ("cannot decode any frame (damaged or unsupported video)"
+                                       if self.kind == "file" else "the source closed before the first frame")
+                    if self.kind == "file":
+                        self._close()
+                        raise SourceFailed(f"{self.src}: {self.last_error}", final=True)
+            except SourceFailed as e:
+                if e.final and self.frames_read == 0:
+                    raise  # never worked, cannot work: a configuration error, not a dropped camera
+                if self.kind == "file" and self.frames_read == 0:
+                    raise
+                self.last_error = str(e).split(": ", 1)[-1] if str(e).startswith(str(self.src)) else str(e)
                 frame = None
             if frame is None:
                 if self.kind == "file" and self._cap is not None:  # end of file (paced or not)
@@ -207,11 +322,13 @@ class FrameSource:
                     self._close()
                     failures += 1
                 if failures > self.max_failures:
-                    raise SourceFailed(f"{self.src}: source failed {failures} times in a row; giving up")
+                    raise SourceFailed(f"{self.src}: source failed {failures} times in a row; giving up "
+                                       f"(last error: {self.last_error or 'no frame'})")
                 self.reconnects += 1
                 time.sleep(min(self.backoff_s * 2 ** (failures - 1), 10.0))
                 continue
             failures = 0
+            self.frames_read += 1
             yield frame
 
     def _read_file(self) -> Optional[np.ndarray]:

@@ -10,13 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from edgecv.runtime.metrics import topk_correct
+
 
 def accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1, 5)):
     """Number of correct top-k predictions for each k (k capped at the number of classes)."""
-    maxk = min(max(topk), output.shape[1])
-    pred = output.topk(maxk, 1).indices
-    correct = pred.eq(target[:, None])
-    return [correct[:, : min(k, maxk)].any(1).sum().item() for k in topk]
+    return topk_correct(output.detach().float().cpu().numpy(), target.cpu().numpy(), topk)
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, epoch: int, *, device="cpu",
@@ -58,13 +57,19 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, epoch: int, 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device="cpu", show_progress: bool = True, desc: str = "eval",
-             num_classes: Optional[int] = None, distributed: bool = False) -> Dict[str, float]:
-    """Top-1/top-5 and loss over ``loader``; with ``num_classes`` also a confusion matrix."""
+             num_classes: Optional[int] = None, distributed: bool = False,
+             target_map: Optional[torch.Tensor] = None) -> Dict[str, float]:
+    """Top-1/top-5 and loss over ``loader``; with ``num_classes`` also a confusion matrix.
+
+    ``target_map`` maps the data's class indices to the model's (see edgecv.data.classes).
+    """
     model.eval()
     n = c1 = c5 = 0
     loss_sum = 0.0
     conf = torch.zeros(num_classes, num_classes, dtype=torch.long) if num_classes else None
     for images, target in tqdm(loader, desc=desc, leave=False, disable=not show_progress, dynamic_ncols=True):
+        if target_map is not None:
+            target = target_map[target]
         images, target = images.to(device), target.to(device)
         output = model(images).float()
         loss_sum += F.cross_entropy(output, target, reduction="sum").item()

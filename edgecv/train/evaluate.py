@@ -11,14 +11,20 @@ from edgecv.train.sources import load_source
 
 
 def eval_source(target: str, data: str, overrides: List[str] = (), limit: Optional[int] = None,
-                batch_size: int = 64, show_progress: bool = True) -> Dict:
-    """Top-1/top-5 of a recipe's or checkpoint's model on the images under ``data``."""
+                batch_size: int = 64, show_progress: bool = True, allow_subset: bool = False) -> Dict:
+    """Top-1/top-5 of a recipe's or checkpoint's model on the images under ``data`` (classes matched by name)."""
+    import torch
+
+    from edgecv.data.classes import match_classes
+
     src = load_source(target, overrides)
     ds = dataset_for_path(data, src.data, train=False)
+    mapping = match_classes(ds.classes, src.classes, data, target, allow_subset)
     if limit:
         ds = Subset(ds, range(min(limit, len(ds))))
     loader = DataLoader(ds, batch_size=batch_size)
-    res = evaluate(src.model, loader, show_progress=show_progress)
+    res = evaluate(src.model, loader, show_progress=show_progress,
+                   target_map=None if mapping is None else torch.from_numpy(mapping))
     base = ds.dataset if isinstance(ds, Subset) else ds
     skipped = len(getattr(getattr(base, "list", None), "skipped", []) or []) + len(getattr(base, "failed", []))
     return {"top1": res["top1"], "top5": res["top5"], "n": res["n"], "skipped": skipped,

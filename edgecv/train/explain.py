@@ -1,7 +1,6 @@
 """``edgecv explain``: Grad-CAM family heatmaps (pytorch-grad-cam) with a deletion faithfulness check."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -12,6 +11,7 @@ from torch import nn
 from edgecv.data.folders import list_images
 from edgecv.data.transforms import eval_transform
 from edgecv.train.sources import load_source
+from edgecv.utils.images import write_png
 
 DELETE_FRACTION = 0.20
 RANDOM_DRAWS = 10
@@ -145,9 +145,7 @@ def _save_overlay(rgb: np.ndarray, cam: np.ndarray, labels: List[str], path: Pat
     for i, text in enumerate(labels):
         cv2.putText(bar, text, (4, 16 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     out = np.concatenate([vis, bar])
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    cv2.imwrite(str(tmp), cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
-    os.replace(tmp, path)
+    write_png(path, cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
 
 
 def explain_images(target: str, images: List[str], out_dir: str, method: str = "gradcam", topk: int = 3,

@@ -17,9 +17,10 @@ from edgecv.data.transforms import preprocess_spec
 from edgecv.models.checkpoint import make_checkpoint, read_checkpoint, save_checkpoint
 from edgecv.models.heads import set_backbone_trainable
 from edgecv.models.registry import create_model
-from edgecv.recipe import Recipe, TrainConfig, save_recipe
+from edgecv.recipe import Recipe, RecipeError, TrainConfig, save_recipe
 from edgecv.train.engine import evaluate, train_one_epoch
-from edgecv.utils.io import atomic_write_json
+from edgecv.utils.io import atomic_path, atomic_write_json, atomic_write_text
+from edgecv.utils.outputs import run_output
 
 log = logging.getLogger("edgecv.train")
 
@@ -87,15 +88,17 @@ class EpochLog:
         if self.fmt == "jsonl":
             rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
             keep = [r for r in rows if r["epoch"] <= epoch]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
         else:
-            rows = list(csv.DictReader(self.path.open()))
+            with self.path.open(newline="") as f:
+                rows = list(csv.DictReader(f))
             keep = [r for r in rows if int(r["epoch"]) <= epoch]
-            with self.path.open("w", newline="") as f:
-                if keep:
-                    w = csv.DictWriter(f, fieldnames=list(keep[0]))
-                    w.writeheader()
-                    w.writerows(keep)
+            with atomic_path(self.path) as tmp:
+                with open(tmp, "w", newline="") as f:
+                    if keep:
+                        w = csv.DictWriter(f, fieldnames=list(keep[0]))
+                        w.writeheader()
+                        w.writerows(keep)
 
     def write(self, record: Dict) -> None:
         if self.fmt == "jsonl":
@@ -134,20 +137,28 @@ def save_confusion_png(conf, classes, path: Path, title: str) -> None:
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def train(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, show_progress: bool = True) -> Dict:
-    """Train ``recipe``; write checkpoints, logs, metrics.json, confusion.png and recipe.yaml into ``out_dir``."""
+    """Train ``recipe``; write checkpoints, logs, metrics.json, confusion.png and recipe.yaml into ``out_dir``.
+
+    ``out_dir`` must be new, empty, or an earlier run's directory (edgecv.utils.outputs); one run writes to
+    it at a time. Nothing is written before the first epoch ends, so a run that fails early leaves nothing.
+    """
+    if recipe.train.epochs < 1:
+        raise RecipeError(f"{recipe.source or 'recipe'}: train.epochs: must be >= 1, got {recipe.train.epochs}")
     dist_info = init_distributed()
+    if dist_info["rank"] != 0:
+        return _train(recipe, Path(out_dir), resume, show_progress, dist_info)
+    with run_output(out_dir) as out:
+        return _train(recipe, out, resume, show_progress, dist_info)
+
+
+def _train(recipe: Recipe, out: Path, resume: bool, show_progress: bool, dist_info: Dict) -> Dict:
     rank0 = dist_info["rank"] == 0
-    out = Path(out_dir)
-    if rank0:
-        out.mkdir(parents=True, exist_ok=True)
-        save_recipe(recipe, out / "recipe.yaml")
     cfg = recipe.train
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -208,6 +219,8 @@ def train(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, show
         if rank0:
             extra = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "scaler": scaler.state_dict() if scaler else {}, "epoch": epoch, "history": history}
+            if epoch == start_epoch:
+                save_recipe(recipe, out / "recipe.yaml")  # with the first checkpoint, never before
             save_checkpoint(make_checkpoint(model, recipe.model.name, arch_args, classes, spec, extra=extra), last)
             epoch_log.write(record)
             log.info("epoch %d: loss %.4f train top1 %.4f | val top1 %.4f top5 %.4f (%.0fs)", epoch,

@@ -1,8 +1,6 @@
 """Turn what a user names on the command line (a recipe or a checkpoint) into a model and its data spec."""
 from __future__ import annotations
 
-from edgecv.errors import SourceError  # noqa: F401 (re-exported)
-
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,9 +8,8 @@ from typing import Dict, List, Optional
 
 from torch import nn
 
+from edgecv.errors import SourceError  # noqa: F401 (re-exported)
 from edgecv.recipe import DataConfig, Recipe, load_recipe
-
-
 
 
 @dataclass
@@ -27,7 +24,10 @@ class ModelSource:
     pruned: bool = False
 
 
-def data_config_from_spec(spec: Dict, base: Optional[DataConfig] = None) -> DataConfig:
+def data_config_from_spec(spec: Dict, base: Optional[DataConfig] = None, where: str = "checkpoint") -> DataConfig:
+    missing = [k for k in ("input_size", "channels", "mean", "std") if k not in spec]
+    if missing:
+        raise SourceError(f"{where}: its preprocessing spec lacks {', '.join(missing)}")
     cfg = dataclasses.replace(base) if base else DataConfig()
     cfg.input_size, cfg.channels = spec["input_size"], spec["channels"]
     cfg.resize, cfg.mean, cfg.std = spec.get("resize"), list(spec["mean"]), list(spec["std"])
@@ -74,7 +74,8 @@ def load_source(path: str, overrides: List[str] = (), allow_train: bool = False,
     except CheckpointError as e:
         raise SourceError(f"{e} (SOURCE must be a recipe .yaml or an edgecv checkpoint)") from None
     return ModelSource(model, ckpt["arch"], ckpt["arch_args"], ckpt["classes"],
-                       data_config_from_spec(ckpt["preprocess"]), None, str(path), ckpt.get("pruned", False))
+                       data_config_from_spec(ckpt["preprocess"], where=str(path)), None, str(path),
+                       ckpt.get("pruned", False))
 
 
 def _recipe_classes(recipe: Recipe) -> List[str]:

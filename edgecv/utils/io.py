@@ -1,14 +1,40 @@
-"""Atomic file and directory writes: a crash never leaves a half-written artefact."""
+"""Atomic file writes: a crash or a kill never leaves a half-written artefact in place.
+
+Every artefact edgecv writes goes through ``atomic_path`` (a temporary file beside the target, then a
+rename), and gets ordinary permissions (``0666 & ~umask``, so 0644 under the usual umask) rather than
+``mkstemp``'s 0600: a service account on the device must be able to read a copied bundle.
+"""
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
+
+TMP_TAG = ".edgecv-tmp-"  # every temporary name edgecv makes contains this (stale ones are swept by pid)
+
+
+def umask() -> int:
+    """The process umask (read without changing it for longer than two syscalls)."""
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def file_mode() -> int:
+    return 0o666 & ~umask()
+
+
+def dir_mode() -> int:
+    return 0o777 & ~umask()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -30,13 +56,19 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; rename it into place if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it into place if the block succeeds.
+
+    The temporary name keeps ``path``'s suffix (OpenCV and matplotlib pick the format from it) and carries
+    the writer's pid, so a copy left by a killed process is recognised and swept later.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_TAG}{os.getpid()}-", suffix=path.suffix or ".tmp",
+                               dir=path.parent)
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -44,28 +76,42 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         raise
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory beside ``path``; on success it replaces ``path`` whole.
+_RENAME_EXCHANGE = 2
 
-    On any error (or Ctrl-C) the temporary directory is removed and ``path`` is untouched.
+
+def exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Atomically swap two existing paths (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported.
+
+    Replacing a directory with two renames leaves a moment in which it does not exist (a reader or a
+    second writer then sees it missing); an exchange has no such moment.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Put directory ``new`` at ``target``; an existing ``target`` is swapped out atomically and removed."""
+    if target.exists():
+        if exchange(new, target):
+            shutil.rmtree(new, ignore_errors=True)  # ``new`` now holds the old content
+            return
+        old = new.with_name(new.name + "-old")
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(new, target)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -76,14 +122,33 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def check_writable_dir(path: str | os.PathLike) -> Path:
-    """Fail early, naming the folder, when an output directory cannot be created or written."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise PermissionError(f"{path}: output path exists and is not a directory")
-    anc = path.parent
-    while not anc.exists() and anc != anc.parent:
-        anc = anc.parent
-    if not anc.is_dir() or not os.access(anc, os.W_OK):
-        raise PermissionError(f"{path}: output directory is not writable ({anc} is not a writable directory)")
-    return path
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale(folder: Path, name: Optional[str] = None) -> int:
+    """Remove temporaries (for output ``name``, or any when None) in ``folder`` whose writer no longer runs."""
+    n = 0
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return 0
+    for p in entries:
+        if TMP_TAG not in p.name or (name is not None and not p.name.startswith(f".{name}{TMP_TAG}")):
+            continue
+        m = re.match(r"\d+", p.name.split(TMP_TAG, 1)[1])
+        if m is None or int(m.group()) == os.getpid() or pid_alive(int(m.group())):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        n += 1
+    return n

@@ -1,0 +1,58 @@
+"""Match the classes of evaluation data to a model's labels: by name, never by position alone.
+
+A folder tree's classes come from its sub-folder names (sorted), a flat ImageNet-style folder's from its
+``classes.tsv``, Fashion-MNIST's from its fixed list. Scoring data against a model whose labels differ
+(other names, another count, another order) would print a plausible but meaningless top-1, so:
+
+- the same list, in the same order: labels are used as they are;
+- the same names in another order: each data class is mapped to the model's index of that name;
+- names on either side that the other lacks: an error naming the missing and extra classes
+  (``allow_subset`` accepts data that covers only some of the model's classes);
+- data without labels, or names that occur twice where a mapping is needed: an error.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Optional, Sequence
+
+import numpy as np
+
+from edgecv.data.errors import DatasetError
+
+
+def _show(names: Sequence[str], n: int = 6) -> str:
+    names = list(names)
+    return ", ".join(repr(x) for x in names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def match_classes(data_classes: Sequence[str], model_labels: Sequence[str], data_where: str,
+                  model_where: str = "the model", allow_subset: bool = False) -> Optional[np.ndarray]:
+    """None when data labels are model indices as they are; else the array mapping data index -> model index."""
+    data_classes, model_labels = list(data_classes), list(model_labels)
+    if not data_classes:
+        raise DatasetError(f"{data_where}: the images have no class labels (use one sub-folder per class, "
+                           "or a flat folder with classes.tsv)")
+    if data_classes == model_labels:
+        return None
+    have, want = set(data_classes), set(model_labels)
+    extra = [c for c in data_classes if c not in want]
+    missing = [c for c in model_labels if c not in have]
+    if extra or (missing and not allow_subset):
+        parts = []
+        if extra:
+            parts.append(f"{len(extra)} data class(es) not among the labels: {_show(extra)}")
+        if missing:
+            parts.append(f"{len(missing)} of the labels missing from the data: {_show(missing)}")
+        raise DatasetError(f"{data_where}: classes do not match {model_where}'s {len(model_labels)} labels "
+                           f"({len(data_classes)} in the data): " + "; ".join(parts))
+    cd, cm = Counter(data_classes), Counter(model_labels)
+    dup = sorted(c for c in have if cd[c] > 1 or cm[c] > 1)
+    if dup:
+        raise DatasetError(f"{data_where}: class names occur more than once ({_show(dup)}), so the data cannot be "
+                           f"matched to {model_where}'s labels by name")
+    index = {name: i for i, name in enumerate(model_labels)}
+    return np.array([index[c] for c in data_classes], dtype=np.int64)
+
+
+def apply_mapping(labels: np.ndarray, mapping: Optional[np.ndarray]) -> np.ndarray:
+    return labels if mapping is None else mapping[labels]

@@ -1,0 +1,48 @@
+"""Image files in and out through Python's file API, never through OpenCV's path handling.
+
+OpenCV converts a path to a C string itself: a file name that is not valid UTF-8 (a surrogate-escaped
+``str``) crashed ``cv2.imread`` with a segmentation fault. Reading the bytes in Python and decoding them
+with ``cv2.imdecode`` works for every name the file system allows, and a file that does not decode is
+``None`` (counted and skipped by the caller), never an exception.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from edgecv.utils.io import atomic_path
+
+# A decoded frame larger than this is refused (a 30,000 x 30,000 "image" would need 2.7 GB as BGR).
+MAX_PIXELS = 1 << 28
+
+
+def read_image(path: str | os.PathLike | bytes, flag: int = cv2.IMREAD_COLOR) -> Optional[np.ndarray]:
+    """Decode an image file with OpenCV; None when it cannot be read or decoded."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    if not data:
+        return None
+    buf = np.frombuffer(data, np.uint8)
+    try:
+        img = cv2.imdecode(buf, flag)
+    except cv2.error:
+        return None
+    if img is None or img.size == 0 or img.shape[0] * img.shape[1] > MAX_PIXELS:
+        return None
+    return img
+
+
+def write_png(path: str | os.PathLike, img: np.ndarray) -> None:
+    """Encode ``img`` (BGR or gray uint8) as PNG and write it atomically."""
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise OSError(f"{os.fsdecode(path)}: PNG encoding failed")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(buf.tobytes())
