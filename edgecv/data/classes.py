@@ -6,6 +6,8 @@ A folder tree's classes come from its sub-folder names (sorted), a flat ImageNet
 
 - the same list, in the same order: labels are used as they are;
 - the same names in another order: each data class is mapped to the model's index of that name;
+- a label with a ``/`` matches a folder named with ``_`` in its place (``T-shirt/top`` -> ``T-shirt_top``),
+  since folder names cannot hold a ``/``;
 - names on either side that the other lacks: an error naming the missing and extra classes
   (``allow_subset`` accepts data that covers only some of the model's classes);
 - data without labels, or names that occur twice where a mapping is needed: an error.
@@ -34,9 +36,11 @@ def match_classes(data_classes: Sequence[str], model_labels: Sequence[str], data
                            "or a flat folder with classes.tsv)")
     if data_classes == model_labels:
         return None
-    have, want = set(data_classes), set(model_labels)
-    extra = [c for c in data_classes if c not in want]
-    missing = [c for c in model_labels if c not in have]
+    model_keys = [_key(c) for c in model_labels]
+    data_keys = [_key(c) for c in data_classes]
+    have, want = set(data_keys), set(model_keys)
+    extra = [c for c, k in zip(data_classes, data_keys) if k not in want]
+    missing = [c for c, k in zip(model_labels, model_keys) if k not in have]
     if extra or (missing and not allow_subset):
         parts = []
         if extra:
@@ -45,13 +49,17 @@ def match_classes(data_classes: Sequence[str], model_labels: Sequence[str], data
             parts.append(f"{len(missing)} of the labels missing from the data: {_show(missing)}")
         raise DatasetError(f"{data_where}: classes do not match {model_where}'s {len(model_labels)} labels "
                            f"({len(data_classes)} in the data): " + "; ".join(parts))
-    cd, cm = Counter(data_classes), Counter(model_labels)
+    cd, cm = Counter(data_keys), Counter(model_keys)
     dup = sorted(c for c in have if cd[c] > 1 or cm[c] > 1)
     if dup:
         raise DatasetError(f"{data_where}: class names occur more than once ({_show(dup)}), so the data cannot be "
                            f"matched to {model_where}'s labels by name")
-    index = {name: i for i, name in enumerate(model_labels)}
-    return np.array([index[c] for c in data_classes], dtype=np.int64)
+    index = {k: i for i, k in enumerate(model_keys)}
+    return np.array([index[k] for k in data_keys], dtype=np.int64)
+
+
+def _key(name: str) -> str:
+    return name.replace("/", "_")
 
 
 def apply_mapping(labels: np.ndarray, mapping: Optional[np.ndarray]) -> np.ndarray:

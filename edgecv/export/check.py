@@ -107,12 +107,17 @@ def check_bundle(bundle_dir: str) -> CheckResult:
     try:
         bundle = open_bundle(bundle_dir)
         labels = bundle.labels
+        bundle.preprocess  # noqa: B018 (validated on access)
     except USER_ERRORS() as e:
         res.errors.append(str(e))
         return res
     res.notes.append(f"{bundle_dir}: {len(bundle.manifest['files'])} files, checksums ok, {len(labels)} labels")
+    seen = set()
     for art in bundle.manifest["artifacts"]:
         f = art["file"]
+        if f in seen:
+            continue
+        seen.add(f)
         try:
             model = onnx.load(str(bundle.path(f)))
             onnx.checker.check_model(model)

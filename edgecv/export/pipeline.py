@@ -10,14 +10,14 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from edgecv.errors import ExportError
 from edgecv.recipe import CALIB_METHODS, ExportConfig, Recipe, RecipeError, check_ranges
-from edgecv.utils.outputs import BUNDLE, check_output, scratch_dir, staged_output
+from edgecv.utils.outputs import BUNDLE, OutputLock, check_output, scratch_dir, staged_output
 
 log = logging.getLogger("edgecv.export")
 
@@ -89,6 +89,17 @@ def export_bundle(source: str, out_dir: str, flags: Dict, overrides: List[str] =
     edgecv.utils.outputs. It is replaced atomically at the end, so an export that fails or is killed
     leaves the previous bundle as it was.
     """
+    out = check_output(out_dir, BUNDLE, force)  # fail before minutes of work, not after
+    with OutputLock(out):  # one export per output: a second is refused at once, not after its work
+        manifest, opts = _export_locked(source, out, flags, overrides, show_progress, force)
+    if manifest["summary"]["engine"].get("buildable_here"):
+        with Stages(quiet=not show_progress)("TensorRT engine"):
+            manifest["summary"]["engine"] = _build_engine(out, opts)
+    return manifest
+
+
+def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], show_progress: bool,
+                   force: bool) -> Tuple[Dict, ExportConfig]:
     from edgecv.data.transforms import preprocess_spec
     from edgecv.export.bundle_writer import write_bundle
     from edgecv.export.calib_cache import write_cache_from_qdq
@@ -100,8 +111,6 @@ def export_bundle(source: str, out_dir: str, flags: Dict, overrides: List[str] =
     from edgecv.models.checkpoint import make_checkpoint, save_checkpoint
     from edgecv.train.sources import is_recipe, load_source
 
-    out = Path(out_dir)
-    check_output(out, BUNDLE, force)  # fail before minutes of work, not after
     recipe = None
     if is_recipe(source):
         from edgecv.recipe import load_recipe
@@ -134,7 +143,7 @@ def export_bundle(source: str, out_dir: str, flags: Dict, overrides: List[str] =
     if overlap:
         raise ExportError(f"{overlap} evaluation images are also calibration images")  # never reported as held out
 
-    with staged_output(out, BUNDLE, force) as tmp:
+    with staged_output(out, BUNDLE, force, lock=False) as tmp:
         work = scratch_dir(tmp)
         teacher = src.model.eval()
         base_onnx = work / "baseline_fp32.onnx"
@@ -224,10 +233,7 @@ def export_bundle(source: str, out_dir: str, flags: Dict, overrides: List[str] =
         summary["stages"] = stage_acc
         summary["engine"] = _engine_plan(opts)
         manifest = write_bundle(tmp, src, data_cfg, recipe, opts, artifacts, summary, stages.times)
-    if summary["engine"]["buildable_here"]:
-        with stages("TensorRT engine"):
-            manifest["summary"]["engine"] = _build_engine(out, opts)
-    return manifest
+    return manifest, opts
 
 
 def choose_defaults(artifacts: List[Dict], ref_top1: float, max_drop: float) -> Dict:

@@ -237,6 +237,7 @@ def run(target, source: str, backend: str = "auto", topk: int = 1, smooth: int =
     summary = {"frames": n, "fps": n / elapsed if elapsed else 0.0, "dropped": src.dropped,
                "reconnects": src.reconnects, "skipped": src.skipped, "backend": info["backend"], "resize": resize,
                "artifact": info["file"], "interrupted": interrupted, "error": error, "recorded": recorded,
+               "recorded_frames": recorder.frames if recorder else 0,
                "latency_ms": {k: percentiles(v) for k, v in stages.items() if v}}
     if n:
         total = np.sum([stages[k] for k in ("preprocess", "infer", "postprocess")], axis=0)

@@ -192,11 +192,14 @@ def _prepare_parent(path: Path, create: bool = True) -> None:
 
 
 @contextlib.contextmanager
-def staged_output(path: str | os.PathLike, kind: OutputKind = BUNDLE, force: bool = False) -> Iterator[Path]:
+def staged_output(path: str | os.PathLike, kind: OutputKind = BUNDLE, force: bool = False,
+                  lock: bool = True) -> Iterator[Path]:
     """Yield an empty staging directory; on success it replaces ``path`` as a whole, atomically.
 
     ``path`` must pass :func:`inspect_output` (checked before and again, under the lock, just before the
-    swap). The staging directory holds ``out/`` (what becomes ``path``); scratch space may be made beside it
+    swap). ``lock=False`` when the caller already holds the :class:`OutputLock` (taken before its long
+    work, so a second writer is refused at once). The staging directory holds ``out/`` (what becomes
+    ``path``); scratch space may be made beside it
     with :func:`scratch_dir`. On any exception, Ctrl-C or SIGTERM nothing of the staging is left.
     """
     path = Path(os.path.abspath(os.fsdecode(path)))
@@ -206,7 +209,7 @@ def staged_output(path: str | os.PathLike, kind: OutputKind = BUNDLE, force: boo
                           "choose a new or empty directory for the output")
     inspect_output(path, kind, force)
     _prepare_parent(path)
-    with OutputLock(path):
+    with OutputLock(path) if lock else contextlib.nullcontext():
         sweep_stale(path.parent, path.name)
         stage = path.parent / f".{path.name}{TMP_TAG}{os.getpid()}"
         shutil.rmtree(stage, ignore_errors=True)
