@@ -200,12 +200,24 @@ def _build(cls, data: Dict[str, Any], where: str):
     return cls(**values)
 
 
+def yaml_where(e: Exception) -> str:
+    """``:line:column`` of a YAML error (1-based), or nothing."""
+    mark = getattr(e, "problem_mark", None)
+    return f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+
+
+def yaml_problem(e: Exception) -> str:
+    """A YAML error as one line (PyYAML's own message spans several, with a source excerpt)."""
+    parts = [getattr(e, "context", None), getattr(e, "problem", None)]
+    text = "; ".join(p for p in parts if p) or str(e).splitlines()[0]
+    return " ".join(text.split())
+
+
 def _parse_scalar(text: str, item: str) -> Any:
     try:
         return yaml.safe_load(text) if text != "" else ""
     except yaml.YAMLError as e:
-        what = str(e).splitlines()[0]
-        raise RecipeError(f"--set {item!r}: the value is not valid YAML ({what}); quote strings, e.g. "
+        raise RecipeError(f"--set {item!r}: the value is not valid YAML ({yaml_problem(e)}); quote strings, e.g. "
                           "key='a: b'") from None
 
 
@@ -301,7 +313,7 @@ def read_yaml_mapping(path: Path, what: str) -> Dict[str, Any]:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+        raise RecipeError(f"{path}{yaml_where(e)}: not valid YAML ({yaml_problem(e)})") from None
     if raw is None:
         raise RecipeError(f"{path}: the {what} is empty (only comments)")
     if not isinstance(raw, dict):

@@ -9,8 +9,7 @@ import time
 import pytest
 
 from edgecv.utils.io import TMP_TAG, atomic_path, atomic_write_text, replace_dir, sweep_stale
-from edgecv.utils.outputs import (BUNDLE, RUN, OutputError, OutputLock, check_output, inspect_output, run_output,
-                                  staged_output)
+from edgecv.utils.outputs import BUNDLE, RUN, OutputError, OutputLock, check_output, inspect_output, run_output, staged_output
 
 
 def _bundle_like(d, good=True):

@@ -62,9 +62,12 @@ def _ort_profile(be, x: np.ndarray, iters: int) -> Dict:
 
 def profile(target: str, backend: str = "auto", iters: int = 100, warmup: int = 10, batch: int = 1,
             out_dir: Optional[str] = None, threads: Optional[int] = None, top: int = 20) -> Dict:
+    from edgecv.runtime.bundle import is_bundle_dir, open_bundle
     from edgecv.runtime.select import open_backend, resolve_backend_name
 
     name = resolve_backend_name(backend)
+    if is_bundle_dir(target):
+        target = open_bundle(target)  # opened and checksummed once for both sessions below
     x = None
     if name == "onnxruntime":
         # The profiler's trace is read and deleted here: nothing is left in /tmp, even on Ctrl-C.

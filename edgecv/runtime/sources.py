@@ -322,8 +322,9 @@ class FrameSource:
                     self._close()
                     failures += 1
                 if failures > self.max_failures:
-                    raise SourceFailed(f"{self.src}: source failed {failures} times in a row; giving up "
-                                       f"(last error: {self.last_error or 'no frame'})")
+                    raise SourceFailed(f"{self.src}: giving up after {failures} failed attempt"
+                                       f"{'s' if failures > 1 else ''} in a row (last error: "
+                                       f"{self.last_error or 'no frame'})")
                 self.reconnects += 1
                 time.sleep(min(self.backoff_s * 2 ** (failures - 1), 10.0))
                 continue

@@ -132,8 +132,30 @@ class OutputLock:
         self.path = target.parent / f".{target.name}.edgecv-lock"
         self.target = target
         self.fd: Optional[int] = None
+        self.created: List[Path] = []  # parent folders made for the lock, removed again if left empty
 
     def acquire(self) -> "OutputLock":
+        anc = self.target.parent
+        while not anc.exists() and anc != anc.parent:
+            self.created.append(anc)
+            anc = anc.parent
+        if self.created:
+            _prepare_parent(self.target)
+        try:
+            return self._acquire()
+        except BaseException:
+            self._remove_created()
+            raise
+
+    def _remove_created(self) -> None:
+        for d in self.created:  # innermost first
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        self.created = []
+
+    def _acquire(self) -> "OutputLock":
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -161,6 +183,7 @@ class OutputLock:
             os.unlink(self.path)
         os.close(self.fd)
         self.fd = None
+        self._remove_created()
 
     def __enter__(self):
         return self.acquire()

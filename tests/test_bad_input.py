@@ -1,0 +1,319 @@
+"""Bad input ends in one line naming the file, key or flag (exit 2), or a correct result: never a traceback,
+a crash or a silent wrong answer. One test per class of input (issue 11's findings and more cases of each)."""
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import FASHION, ROOT, TINY_RECIPE
+
+from edgecv.data.errors import DatasetError
+from edgecv.data.fashion_mnist import CLASSES, load_fashion_mnist
+from edgecv.data.folders import read_classes_tsv
+from edgecv.runtime.bundle import manifest_bytes, open_bundle
+from edgecv.utils.io import sha256_file
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def cli():
+    from edgecv import commands  # noqa: F401
+    from edgecv.cli import cli as group
+
+    return group
+
+
+def invoke(*args):
+    r = CliRunner().invoke(cli(), [str(a) for a in args])
+    assert r.exception is None or isinstance(r.exception, SystemExit), (args, repr(r.exception))
+    return r
+
+
+def one_line_error(r, code=2, *needles):
+    assert r.exit_code == code, r.output
+    last = r.output.strip().splitlines()[-1]
+    assert last.startswith("error:") or "Error: Invalid value" in r.output, r.output
+    for n in needles:
+        assert n in r.output, (n, r.output)
+
+
+def resign(bundle):
+    m = json.loads((bundle / "manifest.json").read_text())
+    for name, info in m["files"].items():
+        info["sha256"], info["size"] = sha256_file(bundle / name), (bundle / name).stat().st_size
+    (bundle / "manifest.json").write_bytes(manifest_bytes(m))
+
+
+# -- recipes and flags -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("content,overrides,needle", [
+    (b"", [], "the recipe is empty"),
+    (b"# only a comment\n", [], "the recipe is empty"),
+    (bytes(range(256)) * 4, [], "not UTF-8"),
+    (b"- a list\n", [], "expected a mapping"),
+    (b"model: [unclosed\n", [], "not valid YAML"),
+    (None, ["train.lr=[1,"], "--set 'train.lr=[1,'"),
+    (None, ["data.batch_size=0"], "data.batch_size: must be >= 1"),
+    (None, ["train.lr=-1"], "train.lr: must be > 0"),
+    (None, ["data.input_size=0"], "data.input_size: must be >= 1"),
+    (None, ["train.epochs=-3"], "train.epochs: must be >= 1"),
+    (None, ["data.holdout=1.5"], "data.holdout"),
+    (None, ["data.std=[0]"], "data.std: every value must be > 0"),
+    (None, ["data.resize=8"], "data.resize: 8 is smaller than data.input_size"),
+    (None, ["export.opset=7"], "export.opset"),
+    (None, ["train"], "expected key=value"),
+    (None, ["train..lr=1"], "empty key part"),
+])
+def test_bad_recipes_and_overrides(content, overrides, needle, tmp_path):
+    path = tmp_path / "r.yaml"
+    if content is None:
+        shutil.copy(TINY_RECIPE, path)
+    else:
+        path.write_bytes(content)
+    args = ["train", path, "-o", tmp_path / "run"]
+    for o in overrides:
+        args += ["--set", o]
+    one_line_error(invoke(*args), 2, needle)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["bench", "{b}", "--batch", "-1"], "--batch"), (["bench", "{b}", "--batch", "abc"], "--batch"),
+    (["bench", "{b}", "--batch", "1,,0"], "--batch"), (["bench", "{b}", "--iters", "0"], "--iters"),
+    (["profile", "{b}", "--iters", "0"], "--iters"), (["profile", "{b}", "--batch", "-2"], "--batch"),
+    (["profile", "{b}", "-o", "{file}"], "exists and is not a directory"), (["run", "{b}", "--source", "x", "--topk", "0"], "--topk"),
+    (["run", "{b}", "--source", "x", "--open-timeout", "0"], "--open-timeout"),
+    (["run", "{b}", "--source", "x", "--max-failures", "-1"], "--max-failures"),
+    (["eval", "{b}", "--data", "x", "--limit", "0"], "--limit"),
+    (["export", "{ckpt}", "-o", "{tmp}/o", "--prune", "1.5"], "--prune"),
+    (["export", "{ckpt}", "-o", "{tmp}/o", "--max-drop", "-1"], "--max-drop"),
+    (["export", "{ckpt}", "-o", "{tmp}/o", "--calib-samples", "0"], "--calib-samples"),
+])
+def test_bad_flags_are_one_line(args, needle, tiny_bundle, tiny_ckpt, tmp_path):
+    (tmp_path / "file").write_text("x")
+    subs = {"{b}": str(tiny_bundle), "{file}": str(tmp_path / "file"), "{ckpt}": str(tiny_ckpt), "{tmp}": str(tmp_path)}
+    args = [a.format(b=subs["{b}"], file=subs["{file}"], ckpt=subs["{ckpt}"], tmp=subs["{tmp}"]) for a in args]
+    r = invoke(*args)
+    assert r.exit_code == 2 and needle in r.output, r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_export_into_cwd_or_user_folder_is_refused(tiny_ckpt, tmp_path, monkeypatch):
+    (tmp_path / "thesis.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    for out in (".", str(tmp_path), ".."):
+        r = invoke("export", tiny_ckpt, "-o", out, "--calib", FASHION, "--eval", FASHION)
+        one_line_error(r, 2)
+    run_dir = tiny_ckpt.parent  # the checkpoint's own run directory
+    before = sorted(os.listdir(run_dir))
+    one_line_error(invoke("export", tiny_ckpt, "-o", run_dir, "--calib", FASHION, "--eval", FASHION), 2,
+                   "not an edgecv bundle")
+    assert sorted(os.listdir(run_dir)) == before and (tmp_path / "thesis.txt").read_text() == "mine"
+
+
+# -- checkpoints and models --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("drop,needle", [("classes", "'classes' is missing"), ("state_dict", "'state_dict' is missing"),
+                                         ("arch", "'arch' is missing")])
+def test_damaged_checkpoint_is_named(drop, needle, tiny_ckpt, tmp_path):
+    ck = torch.load(tiny_ckpt, weights_only=True)
+    del ck[drop]
+    bad = tmp_path / "bad.pt"
+    torch.save(ck, bad)
+    one_line_error(invoke("eval", bad, "--data", FASHION, "--limit", "10"), 2, needle, str(bad))
+    one_line_error(invoke("export", bad, "-o", tmp_path / "o", "--calib", FASHION, "--eval", FASHION), 2, needle)
+
+
+def test_truncated_bare_onnx_and_wrong_files(tiny_bundle, tmp_path):
+    t = tmp_path / "m.onnx"
+    t.write_bytes((tiny_bundle / "model_fp32.onnx").read_bytes()[:700])
+    for cmd in (["bench", t, "--iters", "2"], ["profile", t, "--iters", "2"]):
+        one_line_error(invoke(*cmd), 2, "not a loadable ONNX model", str(t))
+    (tmp_path / "notes.txt").write_text("x")
+    one_line_error(invoke("bench", tmp_path / "notes.txt"), 2, "not a bundle directory or an .onnx file")
+    one_line_error(invoke("bench", tmp_path / "missing.onnx"), 2, "no such bundle directory")
+
+
+def _onnx(path, size, classes):
+    from edgecv.models.registry import create_model
+
+    m = create_model("tiny_cnn", num_classes=classes, width=8).eval()
+    torch.onnx.export(m, torch.zeros(1, 1, size, size), str(path), input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, dynamo=False)
+
+
+@pytest.mark.parametrize("case", ["truncated", "input_shape", "classes"])
+def test_check_loads_models_and_matches_their_io(case, bundle_copy, tmp_path):
+    """A re-checksummed bundle whose default model is damaged passed `check` before."""
+    name = open_bundle(bundle_copy).artifact("onnxruntime")["file"]
+    target = bundle_copy / name
+    if case == "truncated":
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    else:
+        _onnx(target, 32 if case == "input_shape" else 28, 7 if case == "classes" else 10)
+    resign(bundle_copy)
+    r = invoke("check", bundle_copy)
+    needle = {"truncated": "not a valid ONNX model", "input_shape": "input shape", "classes": "7 outputs"}[case]
+    assert r.exit_code == 1 and name in r.output and needle in r.output, r.output
+    one_line_error(invoke("eval", bundle_copy, "--data", FASHION, "--limit", "10"), 2, name)
+
+
+def test_preprocess_and_labels_are_validated(bundle_copy):
+    (bundle_copy / "preprocess.json").write_text("not json")
+    resign(bundle_copy)
+    one_line_error(invoke("eval", bundle_copy, "--data", FASHION, "--limit", "5"), 2, "preprocess.json: not valid JSON")
+    assert invoke("check", bundle_copy).exit_code == 1
+    (bundle_copy / "preprocess.json").write_text(json.dumps({"input_size": 28, "channels": 1, "mean": [0.5],
+                                                             "std": [0.0]}))
+    resign(bundle_copy)
+    one_line_error(invoke("eval", bundle_copy, "--data", FASHION, "--limit", "5"), 2, "std: every value must be > 0")
+    (bundle_copy / "labels.txt").write_bytes("Caf\xe9\n".encode("latin-1") * 10)
+    resign(bundle_copy)
+    one_line_error(invoke("eval", bundle_copy, "--data", FASHION, "--limit", "5"), 2, "labels.txt: not UTF-8")
+
+
+def test_bundle_files_are_readable_by_a_service_account(tiny_bundle):
+    um = os.umask(0)
+    os.umask(um)
+    for p in [tiny_bundle, *tiny_bundle.rglob("*")]:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        assert mode == ((0o777 if p.is_dir() else 0o666) & ~um), (p, oct(mode))
+
+
+# -- evaluation data and classes ------------------------------------------------------------------------------
+
+def _tree(root, names, per_class=8, source_for=None):
+    x, y = load_fashion_mnist(FASHION, "test")
+    for i, name in enumerate(names):
+        d = root / name.replace("/", "_")
+        d.mkdir(parents=True)
+        src = source_for(i) if source_for else i
+        for k in np.where(y == src)[0][:per_class]:
+            cv2.imwrite(str(d / f"{k}.png"), x[k])
+    return root
+
+
+def test_eval_classes_must_match_the_labels(tiny_bundle, tiny_ckpt, tmp_path):
+    other = _tree(tmp_path / "other", ["cat", "dog", "bird"])
+    more = _tree(tmp_path / "more", CLASSES + ["Extra"])
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in list((other / "cat").iterdir())[:3]:
+        shutil.copy(f, flat / f.name)
+    for target in (tiny_bundle, tiny_ckpt):
+        one_line_error(invoke("eval", target, "--data", other), 2, "'cat'", "missing from the data")
+        one_line_error(invoke("eval", target, "--data", more), 2, "'Extra'", "not among the labels")
+        one_line_error(invoke("eval", target, "--data", flat), 2, "no class labels")
+    subset = _tree(tmp_path / "subset", CLASSES[:3])
+    one_line_error(invoke("eval", tiny_bundle, "--data", subset), 2, "7 of the labels missing")
+    assert invoke("eval", tiny_bundle, "--data", subset, "--allow-missing-classes").exit_code == 0
+
+
+def test_folders_in_another_order_are_scored_by_name(tiny_bundle, tiny_ckpt, tmp_path):
+    """Folder names sort differently from the label order: labels are mapped by name, so the score equals the
+    one with the class indices as they are."""
+    named = _tree(tmp_path / "named", CLASSES)  # 'Ankle boot' sorts first, label index 9
+    renamed = [f"{i}_{c}" for i, c in enumerate(CLASSES)]  # sorts in label order, names differ from the labels
+    by_index = _tree(tmp_path / "by_index", renamed)
+    r1 = json.loads(invoke("eval", tiny_bundle, "--data", named, "--json").output)
+    for target in (tiny_bundle, tiny_ckpt):
+        one_line_error(invoke("eval", target, "--data", by_index), 2, "not among the labels")
+    from edgecv.runtime.evaluate import eval_bundle
+    from edgecv.runtime.select import open_backend
+
+    be, _ = open_backend(str(tiny_bundle), "onnxruntime")
+    from edgecv.runtime.preprocess import Preprocessor
+
+    pre = Preprocessor(open_bundle(tiny_bundle).preprocess)
+    x, y = load_fashion_mnist(FASHION, "test")
+    idx = np.concatenate([np.where(y == c)[0][:8] for c in range(10)])
+    want = float((be.infer(np.stack([pre(x[i]) for i in idx])).argmax(1) == y[idx]).mean())
+    assert r1["top1"] == pytest.approx(want) and r1["n"] == 80
+    r2 = eval_bundle(str(tiny_bundle), str(named), show_progress=False)
+    assert r2["top1"] == pytest.approx(want)
+    r3 = json.loads(invoke("eval", tiny_ckpt, "--data", named, "--json").output)
+    assert r3["n"] == 80 and r3["top1"] > 0.3  # the PyTorch path maps by name too (chance is 0.1)
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("index\twnid\tname\n0\tn1\ta\n2\tn2\tb\n", "without gaps"),
+    ("index\twnid\tname\n0\tn1\ta\nx\tn2\tb\n", "is not an integer"),
+    ("index\twnid\tname\n0\tn1\ta\n1\tn1\tb\n", "appears twice"),
+    ("index\twnid\tname\n0\tn1\ta\n0\tn2\tb\n", "index 0 appears twice"),
+    ("index\twnid\tname\n0\tn1\n", "expected 3 tab-separated columns"),
+    ("wnid\tname\n", "expected a header"),
+    ("index\twnid\tname\n", "no classes listed"),
+])
+def test_classes_tsv_is_parsed_strictly(text, needle, tmp_path):
+    (tmp_path / "classes.tsv").write_text(text)
+    with pytest.raises(DatasetError, match=needle):
+        read_classes_tsv(tmp_path / "classes.tsv")
+
+
+def test_classes_tsv_in_latin1_is_named(tiny_bundle, tmp_path):
+    (tmp_path / "classes.tsv").write_bytes("index\twnid\tname\n0\tn1\tcaf\xe9\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"classes.tsv:2: not UTF-8"):
+        read_classes_tsv(tmp_path / "classes.tsv")
+    shutil.copy(next(iter(_tree(tmp_path / "t", ["a"]).rglob("*.png"))), tmp_path / "n1_x.png")
+    one_line_error(invoke("eval", tiny_bundle, "--data", tmp_path), 2, "not UTF-8")
+
+
+def _non_utf8_folder(tmp_path, imagenet_dir=None):
+    d = _tree(tmp_path / "data", CLASSES, per_class=2)
+    src = next((d / "Trouser").iterdir())
+    dst = os.path.join(os.fsencode(d / "Trouser"), b"caf\xe9_\xff.png")
+    shutil.copy(src, dst)
+    open(os.path.join(os.fsencode(d / "Bag"), b"\xfe\xfe.png"), "wb").write(b"\x89PNG broken")
+    return d
+
+
+def test_non_utf8_file_names_do_not_crash(tiny_bundle, tmp_path):
+    """cv2.imread segfaulted (exit 139) on a file name that is not UTF-8."""
+    d = _non_utf8_folder(tmp_path)
+    e = subprocess.run([sys.executable, "-m", "edgecv", "eval", str(tiny_bundle), "--data", str(d), "--json"],
+                       capture_output=True, text=True, env=ENV, timeout=120)
+    assert e.returncode == 0, e.stderr[-1500:]
+    res = json.loads(e.stdout)
+    assert res["n"] == 21 and res["skipped"] == 1
+    r = subprocess.run([sys.executable, "-m", "edgecv", "run", str(tiny_bundle), "--source", str(d), "--json"],
+                       capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode == 0, r.stderr[-1500:]
+    summary = json.loads(r.stderr.strip().splitlines()[-1])["summary"]
+    assert summary["frames"] == 21 and summary["skipped"] == 1
+
+
+def test_calibration_images_never_count_as_held_out(tiny_ckpt, tmp_path):
+    """--calib and --eval naming the same images under different spellings (a symlink): the manifest records the
+    truth, and no calibration image is scored."""
+    alias = tmp_path / "fashion_alias"
+    alias.symlink_to(FASHION)
+    r = subprocess.run([sys.executable, "-m", "edgecv", "export", str(tiny_ckpt), "-o", str(tmp_path / "b"),
+                        "--calib", str(alias), "--eval", str(FASHION), "--calib-samples", "200", "--json"],
+                       capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads(r.stdout)["summary"]
+    assert s["evaluation"]["disjoint_from_calibration"] is True
+    assert s["evaluation"]["left_out_as_calibration_images"] >= 20  # ~200 x 2000/10000 overlap, all left out
+    assert s["evaluation"]["images"] == 2000 and s["calibration"]["images"] == 200
+    assert len(s["evaluation"]["members_sha256"]) == 64
+
+
+def test_sigint_exit_code_is_130(tiny_bundle, tmp_path):
+    import signal
+    import time
+
+    d = _tree(tmp_path / "d", CLASSES, per_class=2)
+    p = subprocess.Popen([sys.executable, "-m", "edgecv", "run", str(tiny_bundle), "--source", str(d), "--loop",
+                          "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    assert p.stdout.readline().startswith('{"frame"')
+    time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 130 and "Traceback" not in err and '"interrupted": "SIGINT"' in err
