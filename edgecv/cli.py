@@ -120,6 +120,8 @@ def explain(target, images, out_dir, method, topk, check, random_unit, as_json):
         print_rows(res["images"], cols, f"explain ({method})")
         if check:
             click.echo(f"deletion check holds on {res['deletion_pass_rate']:.1%} of {len(res['images'])} images")
+        for r in res["skipped"]:
+            click.echo(f"skipped {r['image']}: {r['error']}", err=True)
 
 
 def main() -> None:

@@ -317,3 +317,30 @@ def test_sigint_exit_code_is_130(tiny_bundle, tmp_path):
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=30)
     assert p.returncode == 130 and "Traceback" not in err and '"interrupted": "SIGINT"' in err
+
+
+def test_non_utf8_video_source_and_record_path(tiny_bundle, tmp_path):
+    """cv2.VideoCapture and cv2.VideoWriter segfaulted on such names too."""
+    vid = os.path.join(os.fsencode(tmp_path), b"clip\xff.mp4")
+    w = cv2.VideoWriter(str(tmp_path / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 30, (64, 48))
+    for i in range(12):
+        w.write(np.full((48, 64, 3), i * 10, np.uint8))
+    w.release()
+    os.rename(tmp_path / "clip.mp4", vid)
+    rec = os.path.join(os.fsencode(tmp_path), b"rec\xe9.mp4")
+    r = subprocess.run([sys.executable, "-m", "edgecv", "run", str(tiny_bundle), "--source", os.fsdecode(vid),
+                        "--record", os.fsdecode(rec)], capture_output=True, env=ENV, timeout=120)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert b"frames 12" in r.stdout and os.path.getsize(rec) > 1000
+    assert sorted(os.listdir(os.fsencode(tmp_path))) == [b"clip\xff.mp4", b"rec\xe9.mp4"]
+
+
+def test_explain_never_overwrites_its_own_heatmaps(tiny_ckpt, tmp_path):
+    d = _tree(tmp_path / "d", CLASSES[:2], per_class=1)
+    a, b = sorted(d.rglob("*.png"))
+    shutil.copy(a, d / CLASSES[1] / a.name)  # the same file name in two class folders
+    r = invoke("explain", tiny_ckpt, d, tmp_path / "missing.png", "-o", tmp_path / "x")
+    one_line_error(r, 2, "missing.png: no such image file or folder")
+    r = invoke("explain", tiny_ckpt, d, "-o", tmp_path / "x", "--json")
+    pngs = [row["png"] for row in json.loads(r.output)["images"]]
+    assert len(pngs) == 3 and len(set(pngs)) == 3 and len(os.listdir(tmp_path / "x")) == 3

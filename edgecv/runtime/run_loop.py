@@ -14,7 +14,7 @@ import numpy as np
 from edgecv.runtime.latency import percentiles
 from edgecv.runtime.preprocess import Preprocessor
 from edgecv.runtime.sources import CSI_SIZE, OPEN_TIMEOUT_S, READ_TIMEOUT_S, FrameSource, SourceFailed
-from edgecv.utils.io import file_mode
+from edgecv.utils.io import atomic_path, sweep_stale
 from edgecv.utils.outputs import OutputError
 from edgecv.utils.signals import INTERRUPTS, Terminated
 
@@ -76,34 +76,33 @@ RECORD_SUFFIXES = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG
 
 
 class Recorder:
-    """The annotated video of ``--record``: checked before the loop starts, written to a temporary file beside
-    the target, and finalised (index written, renamed into place) whenever the loop ends, SIGTERM and Ctrl-C
-    included, so the recording is always playable and never half-written at its final name."""
+    """The annotated video of ``--record``: checked before the loop starts, written through ``atomic_path`` (a
+    temporary beside the target, renamed at the end), and finalised (index written, renamed into place) whenever
+    the loop ends, SIGTERM and Ctrl-C included, so the recording is always playable and never half-written at
+    its final name. A run that wrote no frame leaves no file."""
 
     def __init__(self, path: str, fps: float = 30.0):
-        from edgecv.utils.io import TMP_TAG, sweep_stale
-
         p = Path(os.path.abspath(os.fsdecode(path)))
         suffix = p.suffix.lower()
         if suffix not in RECORD_SUFFIXES:
             raise OutputError(f"--record {path}: unsupported extension {p.suffix or '(none)'!r} "
-                             f"(use {', '.join(sorted(RECORD_SUFFIXES))})")
+                              f"(use {', '.join(sorted(RECORD_SUFFIXES))})")
         if p.is_dir():
             raise OutputError(f"--record {path}: is a directory; give a file name")
         if not p.parent.is_dir():
             raise OutputError(f"--record {path}: folder {p.parent} does not exist")
         if not os.access(p.parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
             raise OutputError(f"--record {path}: not writable")
-        sweep_stale(p.parent, p.name)
+        sweep_stale(p.parent)  # any dead run's temporaries here (their names may not contain ours)
         self.path, self.fps = p, fps
         self.fourcc = cv2.VideoWriter_fourcc(*RECORD_SUFFIXES[suffix])
-        self.tmp = p.with_name(f".{p.name}{TMP_TAG}{os.getpid()}{p.suffix}")
-        probe = cv2.VideoWriter(str(self.tmp), self.fourcc, fps, (64, 48))
+        self._target = atomic_path(p)
+        self.tmp = self._target.__enter__()
+        probe = cv2.VideoWriter(self.tmp, self.fourcc, fps, (64, 48))
         ok = probe.isOpened()
         probe.release()
-        if self.tmp.exists():
-            self.tmp.unlink()
         if not ok:
+            self._abort()
             raise OutputError(f"--record {path}: this OpenCV cannot write {p.suffix} video")
         self.writer = None
         self.size = None
@@ -112,21 +111,31 @@ class Recorder:
     def write(self, vis: np.ndarray) -> None:
         if self.writer is None:
             self.size = (vis.shape[1], vis.shape[0])
-            self.writer = cv2.VideoWriter(str(self.tmp), self.fourcc, self.fps, self.size)
+            self.writer = cv2.VideoWriter(self.tmp, self.fourcc, self.fps, self.size)
         if (vis.shape[1], vis.shape[0]) != self.size:  # folders mix image sizes; video cannot
             vis = cv2.resize(vis, self.size)
         self.writer.write(vis)
         self.frames += 1
 
+    def _abort(self) -> None:
+        try:
+            self._target.__exit__(_NoFrames, _NoFrames(), None)
+        except _NoFrames:
+            pass
+
     def close(self) -> Optional[str]:
         """Finalise; the recording's path, or None when no frame was written (nothing is left then)."""
         if self.writer is None:
+            self._abort()
             return None
         self.writer.release()
         self.writer = None
-        os.chmod(self.tmp, file_mode())
-        os.replace(self.tmp, self.path)
+        self._target.__exit__(None, None, None)
         return str(self.path)
+
+
+class _NoFrames(Exception):
+    """Ends a recording's temporary file without renaming it into place."""
 
 
 def run(target, source: str, backend: str = "auto", topk: int = 1, smooth: int = 1,

@@ -144,7 +144,14 @@ def open_capture(kind: str, arg, decode_threads: Optional[int] = None,
     elif kind == "rtsp":
         cap = cv2.VideoCapture(arg, cv2.CAP_FFMPEG, params) if params else cv2.VideoCapture(arg, cv2.CAP_FFMPEG)
     else:
-        cap = cv2.VideoCapture(str(arg), cv2.CAP_ANY, params) if params else cv2.VideoCapture(str(arg))
+        from edgecv.utils.images import opencv_path
+
+        name = opencv_path(arg)
+        cap = cv2.VideoCapture(name, cv2.CAP_ANY, params) if params else cv2.VideoCapture(name)
+        if name.startswith("/proc/self/fd/"):
+            import os
+
+            os.close(int(name.rsplit("/", 1)[1]))  # FFmpeg opened its own descriptor through the link
     return cap
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgecv.data.errors import DatasetError
 from edgecv.data.folders import list_images
 from edgecv.data.transforms import eval_transform
 from edgecv.train.sources import load_source
@@ -54,9 +55,23 @@ def _expand(images: List[str]) -> List[str]:
     for p in images:
         if Path(p).is_dir():
             out += [s[0] for s in list_images(p).samples]
-        else:
+        elif Path(p).is_file():
             out.append(p)
+        else:
+            raise DatasetError(f"{p}: no such image file or folder")
     return out
+
+
+def _unique_png(out: Path, stem: str, method: str, used: set) -> Path:
+    """``<stem>_<method>.png``; images with the same name from different folders get ``_2``, ``_3``, ...
+    (one heatmap must never overwrite another of the same run)."""
+    base = f"{stem}_{method.replace('+', 'p')}"
+    name, k = base, 1
+    while name in used:
+        k += 1
+        name = f"{base}_{k}"
+    used.add(name)
+    return out / f"{name}.png"
 
 
 def _load(path: str, channels: int) -> torch.Tensor:
@@ -172,6 +187,7 @@ def explain_images(target: str, images: List[str], out_dir: str, method: str = "
     mean = torch.tensor(cfg.mean).view(-1, 1, 1)
     std = torch.tensor(cfg.std).view(-1, 1, 1)
     rows = []
+    used: set = set()
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     with cam_cls(model=model, target_layers=[layer]) as cam:
@@ -191,14 +207,18 @@ def explain_images(target: str, images: List[str], out_dir: str, method: str = "
                 rgb = np.repeat(rgb, 3, 2)
             names = [f"{src.classes[i] if i < len(src.classes) else i}: {p:.3f}"
                      for p, i in zip(top.values.tolist(), top.indices.tolist())]
-            png = out / f"{Path(path).stem}_{method.replace('+', 'p')}.png"
+            png = _unique_png(out, Path(path).stem, method, used)
             _save_overlay(rgb, heat, names, png)
             row = {"image": path, "label": src.classes[cls] if cls < len(src.classes) else str(cls),
                    "index": cls, "score": float(top.values[0]), "png": str(png)}
             if check:
                 row.update(deletion_check(model, x, heat, cls, seed=len(rows), grid=grid))
             rows.append(row)
+    failed = [r for r in rows if "error" in r]
+    if rows and len(failed) == len(rows):
+        raise DatasetError(f"no image could be explained ({len(failed)} unreadable: {failed[0]['error']})")
     ok = [r for r in rows if "deletion_ok" in r]
     return {"method": method, "layer": type(layer).__name__, "random_unit": random_unit,
-            "cam_grid": list(grid) if grid else None, "images": rows,
+            "cam_grid": list(grid) if grid else None, "images": [r for r in rows if "error" not in r],
+            "skipped": failed,
             "deletion_pass_rate": (sum(r["deletion_ok"] for r in ok) / len(ok)) if ok else None}

@@ -38,6 +38,18 @@ def read_image(path: str | os.PathLike | bytes, flag: int = cv2.IMREAD_COLOR) ->
     return img
 
 
+def opencv_path(path: str | os.PathLike) -> str:
+    """A path OpenCV's video I/O can open: the path itself, or (for a name that is not UTF-8, which crashes
+    OpenCV) ``/proc/self/fd/N`` for a descriptor opened here. The descriptor stays open for the process's
+    caller closes it once OpenCV has opened the file (FFmpeg opens its own descriptor through the link)."""
+    from edgecv.utils.io import utf8_safe
+
+    if utf8_safe(path):
+        return os.fsdecode(path)
+    fd = os.open(path, os.O_RDONLY)
+    return f"/proc/self/fd/{fd}"
+
+
 def write_png(path: str | os.PathLike, img: np.ndarray) -> None:
     """Encode ``img`` (BGR or gray uint8) as PNG and write it atomically."""
     ok, buf = cv2.imencode(".png", img)

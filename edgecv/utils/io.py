@@ -37,6 +37,16 @@ def dir_mode() -> int:
     return 0o777 & ~umask()
 
 
+def utf8_safe(path: str | os.PathLike) -> bool:
+    """True when ``path`` is valid UTF-8 (a file name that is not decodes to surrogates, which OpenCV, whose
+    C++ API takes UTF-8 strings, crashes on)."""
+    try:
+        os.fsdecode(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     with atomic_path(path) as tmp:
@@ -63,8 +73,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_TAG}{os.getpid()}-", suffix=path.suffix or ".tmp",
-                               dir=path.parent)
+    # The temporary's own name stays valid UTF-8 even when the target's is not: OpenCV's writers take a str
+    # path and crash on one that is not UTF-8.
+    stem = path.name if utf8_safe(path.name) else "edgecv-out"
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}{TMP_TAG}{os.getpid()}-", suffix=path.suffix if utf8_safe(
+        path.suffix) else ".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield tmp
