@@ -344,3 +344,15 @@ def test_explain_never_overwrites_its_own_heatmaps(tiny_ckpt, tmp_path):
     r = invoke("explain", tiny_ckpt, d, "-o", tmp_path / "x", "--json")
     pngs = [row["png"] for row in json.loads(r.output)["images"]]
     assert len(pngs) == 3 and len(set(pngs)) == 3 and len(os.listdir(tmp_path / "x")) == 3
+
+
+def test_fifos_and_devices_named_like_images_never_block(tiny_bundle, tmp_path):
+    d = _tree(tmp_path / "d", ["Bag"], per_class=3)
+    os.mkfifo(d / "Bag" / "pipe.jpg")
+    (d / "Bag" / "zero.png").symlink_to("/dev/zero")
+    r = subprocess.run([sys.executable, "-m", "edgecv", "run", str(tiny_bundle), "--source", str(d / "Bag"), "--json"],
+                       capture_output=True, text=True, env=ENV, timeout=60)
+    summary = json.loads(r.stderr.strip().splitlines()[-1])["summary"]
+    assert r.returncode == 0 and summary["frames"] == 3 and summary["skipped"] == 2
+    res = json.loads(invoke("eval", tiny_bundle, "--data", d, "--allow-missing-classes", "--json").output)
+    assert res["n"] == 3

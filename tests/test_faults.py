@@ -160,3 +160,17 @@ def test_profile_leaves_nothing_in_tmp(tiny_bundle, tmp_path):
                        text=True, env={**ENV, "TMPDIR": str(tmpdir)}, timeout=120)
     assert r.returncode == 0, r.stderr
     assert [n for n in os.listdir(tmpdir) if n != ".ses"] == []  # .ses: onnxruntime's own, made on import
+
+
+def test_second_train_to_the_same_run_is_refused(tmp_path):
+    run = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "edgecv", "train", str(TINY_RECIPE), "-o", str(run), "--set",
+                          "train.epochs=3"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    for line in p.stdout:
+        if "train epoch 0" in line:
+            break
+    r = subprocess.run([sys.executable, "-m", "edgecv", "train", str(TINY_RECIPE), "-o", str(run)],
+                       capture_output=True, text=True, env=ENV, timeout=60)
+    p.send_signal(signal.SIGTERM)
+    p.communicate(timeout=60)
+    assert r.returncode == 2 and f"another edgecv process (pid {p.pid})" in r.stderr, r.stderr

@@ -17,15 +17,31 @@ from edgecv.utils.io import atomic_path
 
 # A decoded frame larger than this is refused (a 30,000 x 30,000 "image" would need 2.7 GB as BGR).
 MAX_PIXELS = 1 << 28
+MAX_FILE_BYTES = 512 << 20
 
 
 def read_image(path: str | os.PathLike | bytes, flag: int = cv2.IMREAD_COLOR) -> Optional[np.ndarray]:
-    """Decode an image file with OpenCV; None when it cannot be read or decoded."""
+    """Decode an image file with OpenCV; None when it cannot be read or decoded.
+
+    Only regular files are read (a FIFO named ``x.jpg`` would block forever, ``/dev/zero`` never ends), and
+    only up to 512 MB.
+    """
+    import stat
+
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE_BYTES:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read()
     except OSError:
         return None
+    finally:
+        os.close(fd)
     if not data:
         return None
     buf = np.frombuffer(data, np.uint8)
