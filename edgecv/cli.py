@@ -33,6 +33,25 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="[%(name)s] %(message)s")
 
 
+class BackendChoice(click.ParamType):
+    """``auto`` or a registered target (edgecv.targets), checked when the command line is parsed, so a target
+    registered after this module was imported is accepted too."""
+
+    name = "backend"
+
+    def get_metavar(self, param, ctx=None):
+        from edgecv.runtime.select import backend_choices
+
+        return "[" + "|".join(backend_choices()) + "]"
+
+    def convert(self, value, param, ctx):
+        from edgecv.runtime.select import backend_choices
+
+        if value not in backend_choices():
+            self.fail(f"{value!r} is not one of {', '.join(backend_choices())}", param, ctx)
+        return value
+
+
 def _emit(result: dict, as_json: bool, table_title: str) -> None:
     if as_json:
         click.echo(json.dumps(result))
@@ -64,8 +83,8 @@ def train(recipe, out_dir, overrides, resume):
 @click.option("--data", required=True, help="Images to evaluate: a Fashion-MNIST folder, a wnid folder, an ImageFolder tree.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate the first N images only.")
-@click.option("--backend", default="auto", type=click.Choice(["auto", "onnxruntime", "tensorrt"]),
-              help="For bundles: auto | onnxruntime | tensorrt.")
+@click.option("--backend", default="auto", type=BackendChoice(), show_default=True,
+              help="For bundles: auto (the fastest target that runs here) or a target.")
 @click.option("--allow-missing-classes", is_flag=True,
               help="Accept DATA that has only some of the model's classes (matched by name).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

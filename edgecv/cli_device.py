@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from edgecv.cli import cli
+from edgecv.cli import BackendChoice, cli
 
 
 class BatchList(click.ParamType):
@@ -52,7 +52,7 @@ def build(bundle, int8, fp16, dla_core, workspace_mb, timing_cache):
 
 @cli.command()
 @click.argument("target")
-@click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "tensorrt", "onnxruntime"]))
+@click.option("--backend", default="auto", show_default=True, type=BackendChoice())
 @click.option("--batch", "batches", type=BatchList(), default="1", show_default=True,
               help="Comma list of batch sizes, e.g. 1,8.")
 @click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True)
@@ -79,7 +79,7 @@ def bench(target, backend, batches, warmup, iters, precision, threads, as_json):
 
 @cli.command()
 @click.argument("target")
-@click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "tensorrt", "onnxruntime"]))
+@click.option("--backend", default="auto", show_default=True, type=BackendChoice())
 @click.option("--iters", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--batch", type=click.IntRange(1, 4096), default=1, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
@@ -110,7 +110,7 @@ def profile(target, backend, iters, batch, threads, top, out_dir, as_json):
 @click.argument("target")
 @click.option("--source", required=True,
               help="/dev/videoN, N, csi://N, rtsp://..., a video file, an image folder, or a GStreamer pipeline.")
-@click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "tensorrt", "onnxruntime"]))
+@click.option("--backend", default="auto", show_default=True, type=BackendChoice())
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per frame.")
 @click.option("--display", is_flag=True, help="Show annotated frames when a display exists.")
 @click.option("--record", default=None, help="Write the annotated video (mp4).")

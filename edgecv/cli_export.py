@@ -25,18 +25,18 @@ from edgecv.recipe import CALIB_METHODS
 @click.option("--calib-samples", type=int, default=None)
 @click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=None)
 @click.option("--max-drop", type=float, default=None, help="Largest top-1 drop allowed, in points (default 1.0).")
-@click.option("--target", "targets", default=None, help="Comma list: tensorrt,onnxruntime.")
+@click.option("--target", "target_list", default=None, help="Comma list of deploy targets (default: all registered).")
 @click.option("--eval", "eval_path", default=None, help="Evaluation images; default: the recipe's held-out split.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Recipe override.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON at the end.")
-def export(source, out_dir, force, int8, fp16, prune, distill, calib, calib_samples, calib_method, max_drop, targets,
-           eval_path, overrides, as_json):
+def export(source, out_dir, force, int8, fp16, prune, distill, calib, calib_samples, calib_method, max_drop,
+           target_list, eval_path, overrides, as_json):
     """Turn SOURCE (a recipe or a checkpoint) into a verified deploy bundle in OUT."""
     from edgecv.export.pipeline import export_bundle
 
     flags = {"int8": int8, "fp16": fp16, "prune": prune, "distill": distill, "calib": calib,
              "calib_samples": calib_samples, "calib_method": calib_method, "max_drop": max_drop,
-             "targets": [t.strip() for t in targets.split(",") if t.strip()] if targets else None,
+             "targets": [t.strip() for t in target_list.split(",") if t.strip()] if target_list is not None else None,
              "eval": eval_path}
     manifest = export_bundle(source, out_dir, flags, list(overrides), show_progress=not as_json, force=force)
     if as_json:
@@ -45,7 +45,9 @@ def export(source, out_dir, force, int8, fp16, prune, distill, calib, calib_samp
     from edgecv.utils.table import print_rows
 
     s = manifest["summary"]
-    rows = [{"artefact": "(unpruned fp32 baseline)", "target": "onnxruntime", "precision": "fp32",
+    from edgecv import targets
+
+    rows = [{"artefact": "(unpruned fp32 baseline)", "target": targets.host_reference().name, "precision": "fp32",
              "top1": s["baseline"]["top1"], "latency_ms": s["baseline"]["latency_ms"], "speedup": 1.0, "fallback": 0}]
     for a in manifest["artifacts"]:
         rows.append({"artefact": a["file"], "target": a["target"], "precision": a["precision"], "top1": a["top1"],

@@ -103,6 +103,12 @@ class TrainConfig:
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 
 
+def _target_names() -> List[str]:
+    from edgecv import targets
+
+    return targets.names()
+
+
 @dataclass
 class ExportConfig:
     int8: bool = True
@@ -120,7 +126,7 @@ class ExportConfig:
     calib_seed: int = 0
     calib_set: Optional[str] = field(default=None, metadata={"internal": True})  # the calibration/*.yaml used
     max_drop: float = ranged(1.0, ge=0, le=100)
-    targets: List[str] = field(default_factory=lambda: ["tensorrt", "onnxruntime"])
+    targets: List[str] = field(default_factory=lambda: _target_names())
     eval: Optional[str] = None
     eval_limit: Optional[int] = ranged(2000, ge=1)
     opset: int = ranged(17, ge=13, le=21)
@@ -274,8 +280,9 @@ def _validate(r: Recipe, source: str) -> None:
         if val not in allowed:
             raise RecipeError(f"{source}: {key}: expected one of {sorted(allowed)}, got {val!r}")
     for t in r.export.targets:
-        if t not in ("tensorrt", "onnxruntime"):
-            raise RecipeError(f"{source}: export.targets: unknown target {t!r} (expected tensorrt, onnxruntime)")
+        if t not in _target_names():
+            raise RecipeError(f"{source}: export.targets: unknown target {t!r} "
+                              f"(expected one of: {', '.join(_target_names())})")
     if r.export.max_drop < 0:
         raise RecipeError(f"{source}: export.max_drop: must be >= 0, got {r.export.max_drop}")
     if not 0 <= r.export.prune < 1:

@@ -6,7 +6,7 @@ import platform
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from edgecv import __version__
+from edgecv import __version__, targets
 from edgecv.data.transforms import preprocess_spec
 from edgecv.recipe import DataConfig, ExportConfig, Recipe
 from edgecv.runtime.bundle import FORMAT_VERSION, MANIFEST, manifest_bytes
@@ -15,15 +15,13 @@ from edgecv.utils.io import atomic_path, atomic_write_bytes, atomic_write_json, 
 
 def _versions() -> Dict[str, Optional[str]]:
     out = {"edgecv": __version__, "python": platform.python_version()}
-    for mod in ("torch", "onnx", "onnxruntime", "torch_pruning"):
+    for mod in ("torch", "onnx", "torch_pruning"):
         try:
             out[mod] = __import__(mod).__version__
         except Exception:
             out[mod] = None
-    from edgecv.runtime.trt_compat import import_tensorrt
-
-    trt = import_tensorrt()
-    out["tensorrt"] = getattr(trt, "__version__", None) if trt else None
+    for t in targets.all_targets():
+        out[t.name] = targets.load(t.version)() if t.version else None
     return out
 
 
@@ -46,10 +44,11 @@ def write_report(tmp: Path, summary: Dict, artifacts: List[Dict]) -> None:
               f"{summary['evaluation']['images']} images from `{summary['evaluation']['source']}`, "
               "disjoint from calibration)", "", "| stage | top-1 | top-5 |", "|---|---|---|"]
     lines += [f"| {s['stage']} | {s['top1']:.4f} | {s['top5']:.4f} |" for s in summary["stages"]]
-    lines += ["", "## Artefacts (latency: ONNX Runtime CPU, batch 1, 2 threads, median)", "",
+    lines += ["", f"## Artefacts (latency: {targets.host_reference().name} on the export host's CPU, batch 1, "
+              "2 threads, median)", "",
               "| file | target | precision | top-1 | latency ms | fallback layers |", "|---|---|---|---|---|---|"]
     base = summary["baseline"]
-    lines.append(f"| (unpruned fp32 baseline) | onnxruntime | fp32 | {base['top1']:.4f} | {base['latency_ms']:.3f} | |")
+    lines.append(f"| (unpruned fp32 baseline) | {targets.host_reference().name} | fp32 | {base['top1']:.4f} | {base['latency_ms']:.3f} | |")
     for a in artifacts:
         lines.append(f"| {a['file']} | {a['target']} | {a['precision']} | {a['top1']:.4f} | "
                      f"{a['latency_ms']:.3f} | {len(a['fallback_layers'])} |")
@@ -80,8 +79,8 @@ def _plot(path: Path, summary: Dict, artifacts: List[Dict]) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     base = summary["baseline"]
     pts = [("unpruned fp32", base["latency_ms"], base["top1"])]
-    pts += [(f"{a['file']}", a["latency_ms"], a["top1"]) for a in artifacts if a["target"] == "onnxruntime"
-            or a["precision"] == "int8"]
+    pts += [(f"{a['file']}", a["latency_ms"], a["top1"]) for a in artifacts
+            if targets.get(a["target"]).host_latency or a["precision"] == "int8"]
     for label, x, y in pts:
         ax.scatter(x, y * 100, s=40)
         ax.annotate(label, (x, y * 100), textcoords="offset points", xytext=(5, 4), fontsize=8)

@@ -95,3 +95,10 @@ def write_cache_from_qdq(model, path: str | os.PathLike, trt_version: str = DEFA
     scales = scales_from_qdq(model)
     atomic_write_bytes(path, format_cache(scales, trt_version))
     return scales
+
+
+def write_cache_for_bundle(model, bundle_dir, file_name: str) -> None:
+    """Post-quantize step of the TensorRT target: the implicit-int8 calibration cache with the Q/DQ scales."""
+    from pathlib import Path
+
+    write_cache_from_qdq(model, Path(bundle_dir) / "calibration.cache")

@@ -93,6 +93,15 @@ def check_trt_qdq(model, name: str = "model") -> CheckResult:
     return res
 
 
+def require_trt_qdq(model, bundle_dir, file_name: str) -> None:
+    """Post-quantize step of the TensorRT target: an export whose Q/DQ breaks TensorRT's rules stops here."""
+    from edgecv.errors import ExportError
+
+    chk = check_trt_qdq(model, file_name)
+    if not chk.ok:
+        raise ExportError("TensorRT Q/DQ check failed: " + "; ".join(chk.errors[:5]))
+
+
 def check_bundle(bundle_dir: str) -> CheckResult:
     """Verify the manifest and every checksum; load every model and match its I/O with the manifest; check
     the TensorRT-target ONNX against TensorRT's Q/DQ rules. Every problem is listed, none raises."""
@@ -134,8 +143,19 @@ def check_bundle(bundle_dir: str) -> CheckResult:
         res.errors += problems
         if not problems:
             res.notes.append(f"{f}: loads; input {list(be.inputs[0].shape)} and outputs match the manifest")
-        if art["target"] == "tensorrt" and art["precision"] == "int8":
-            r = check_trt_qdq(model, f)
+        checker = _target_checker(art["target"])
+        if checker and art["precision"] == "int8":
+            r = checker(model, f)
             res.errors += r.errors
             res.notes += r.notes
     return res
+
+
+def _target_checker(name: str):
+    from edgecv import targets
+
+    try:
+        t = targets.get(name)
+    except KeyError:
+        return None
+    return targets.load(t.checker) if t.checker else None

@@ -47,7 +47,7 @@ class GateResult:
     reason: str = ""
 
 
-def sensitivity(fp32_path: str, calib: Calibration, target: str, x: np.ndarray, workdir: Path,
+def sensitivity(fp32_path: str, calib: Calibration, target, x: np.ndarray, workdir: Path,
                 show_progress: bool = True) -> List[Dict]:
     """Per compute node: KL(fp32 || int8) on ``x`` when only that node is kept in float.
 
@@ -59,7 +59,7 @@ def sensitivity(fp32_path: str, calib: Calibration, target: str, x: np.ndarray, 
     kl_all = _kl(ref, onnx_logits(base, x))
     nodes = quantizable_nodes(fp32_path)
     out = []
-    for node in tqdm(nodes, desc=f"sensitivity ({target})", leave=False, disable=not show_progress):
+    for node in tqdm(nodes, desc=f"sensitivity ({target.name})", leave=False, disable=not show_progress):
         p = workdir / "sens_one.onnx"
         quantize(fp32_path, calib, p, target, exclude=[node])
         kl = _kl(ref, onnx_logits(p, x))
@@ -67,7 +67,7 @@ def sensitivity(fp32_path: str, calib: Calibration, target: str, x: np.ndarray, 
     return sorted(out, key=lambda r: -r["gain"])
 
 
-def accuracy_gate(fp32_path: str, calib: Calibration, target: str, out_path: Path, x: np.ndarray, y: np.ndarray,
+def accuracy_gate(fp32_path: str, calib: Calibration, target, out_path: Path, x: np.ndarray, y: np.ndarray,
                   ref_top1: float, max_drop: float, sens_x: np.ndarray, workdir: Path,
                   max_fallback_frac: float = 0.5, show_progress: bool = True) -> GateResult:
     """Quantize for ``target``; if top-1 drops more than ``max_drop`` points below ``ref_top1``, keep the
@@ -76,7 +76,8 @@ def accuracy_gate(fp32_path: str, calib: Calibration, target: str, out_path: Pat
     acc = eval_onnx(out_path, x, y)
     res = GateResult(out_path.name, acc["top1"], acc["top5"])
     drop = (ref_top1 - acc["top1"]) * 100
-    log.info("%s int8 (%s): top-1 %.4f, drop %.2f points (budget %.2f)", target, calib.method, acc["top1"], drop, max_drop)
+    log.info("%s int8 (%s): top-1 %.4f, drop %.2f points (budget %.2f)", target.name, calib.method, acc["top1"], drop,
+             max_drop)
     if drop <= max_drop:
         return res
     ranked = sensitivity(fp32_path, calib, target, sens_x, workdir, show_progress)
@@ -99,7 +100,7 @@ def accuracy_gate(fp32_path: str, calib: Calibration, target: str, out_path: Pat
             res.top1, res.top5 = acc["top1"], acc["top5"]
             return res
     res.top1, res.top5, res.passed = acc["top1"], acc["top5"], False
-    res.reason = (f"{target} int8 top-1 {acc['top1']:.4f} is {drop:.2f} points below fp32 {ref_top1:.4f} "
+    res.reason = (f"{target.name} int8 top-1 {acc['top1']:.4f} is {drop:.2f} points below fp32 {ref_top1:.4f} "
                   f"even with {len(excluded)} layers in float (budget --max-drop {max_drop})")
     return res
 

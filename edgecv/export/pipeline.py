@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from edgecv import targets
 from edgecv.errors import ExportError
 from edgecv.recipe import CALIB_METHODS, ExportConfig, Recipe, RecipeError, check_ranges
 from edgecv.utils.outputs import BUNDLE, OutputLock, check_output, scratch_dir, staged_output
@@ -42,8 +43,8 @@ def resolve_options(recipe: Optional[Recipe], flags: Dict) -> ExportConfig:
     if not cfg.targets:
         raise RecipeError("--target: no target given (expected tensorrt, onnxruntime)")
     for t in cfg.targets:
-        if t not in ("tensorrt", "onnxruntime"):
-            raise RecipeError(f"--target: unknown target {t!r} (expected tensorrt, onnxruntime)")
+        if t not in targets.names():
+            raise RecipeError(f"--target: unknown target {t!r} (expected one of: {', '.join(targets.names())})")
     if cfg.calib_method not in CALIB_METHODS:
         raise RecipeError(f"--calib-method: unknown method {cfg.calib_method!r}")
     return cfg
@@ -102,8 +103,6 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
                    force: bool) -> Tuple[Dict, ExportConfig]:
     from edgecv.data.transforms import preprocess_spec
     from edgecv.export.bundle_writer import write_bundle
-    from edgecv.export.calib_cache import write_cache_from_qdq
-    from edgecv.export.check import check_trt_qdq
     from edgecv.export.data import calib_and_eval_sets
     from edgecv.export.gates import accuracy_gate, eval_onnx, speed_gate
     from edgecv.export.onnx_export import compare_with_torch, export_onnx
@@ -186,32 +185,30 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
             parity = compare_with_torch(student, str(fp32_path), torch.from_numpy(ev.x[:32]))
             fp32_acc = eval_onnx(fp32_path, ev.x, ev.y) if student is not teacher else base_acc
         summary["onnx_parity"] = parity
-        artifacts = [{"file": "model_fp32.onnx", "target": "onnxruntime", "precision": "fp32", **fp32_acc,
-                      "fallback_layers": [], "calibration": None}]
-        artifacts.append({**artifacts[0], "target": "tensorrt"})
+        artifacts = [{"file": "model_fp32.onnx", "target": t, "precision": "fp32", **fp32_acc,
+                      "fallback_layers": [], "calibration": None} for t in opts.targets]
         gate_failures = []
         if opts.int8:
             with stages(f"int8 calibration ({opts.calib_method}, {len(cal)} images)"):
                 calib = calibrate(fp32_path, cal.x, opts.calib_method)
             sens_x = cal.x[: min(64, len(cal))]
             for target in opts.targets:
-                name = f"model_int8_{'trt' if target == 'tensorrt' else 'ort'}.onnx"
+                tgt = targets.get(target)
+                name = tgt.int8_file()
                 with stages(f"int8 {target}: quantize and accuracy gate"):
-                    g = accuracy_gate(str(fp32_path), calib, target, tmp / name, ev.x, ev.y, base_acc["top1"],
+                    g = accuracy_gate(str(fp32_path), calib, tgt, tmp / name, ev.x, ev.y, base_acc["top1"],
                                       opts.max_drop, sens_x, work, show_progress=show_progress)
                 if not g.passed:
                     gate_failures.append(g.reason)
                 artifacts.append({"file": name, "target": target, "precision": "int8", "top1": g.top1,
                                   "top5": g.top5, "n": len(ev), "fallback_layers": g.fallback,
                                   "calibration": {"method": opts.calib_method, "samples": len(cal)}})
-                if target == "tensorrt":
+                if tgt.post_quantize:
                     import onnx
 
                     qdq = onnx.load(str(tmp / name))
-                    chk = check_trt_qdq(qdq, name)
-                    if not chk.ok:
-                        raise ExportError("TensorRT Q/DQ check failed: " + "; ".join(chk.errors[:5]))
-                    write_cache_from_qdq(qdq, tmp / "calibration.cache")
+                    for step in tgt.post_quantize:
+                        targets.load(step)(qdq, tmp, name)
         fp32_drop = (base_acc["top1"] - fp32_acc["top1"]) * 100
         if fp32_drop > opts.max_drop:
             gate_failures.append(f"the pruned fp32 model is already {fp32_drop:.2f} points below the source "
@@ -243,8 +240,8 @@ def choose_defaults(artifacts: List[Dict], ref_top1: float, max_drop: float) -> 
         arts = [a for a in artifacts if a["target"] == target]
         fp32 = next(a for a in arts if a["precision"] == "fp32")
         int8 = next((a for a in arts if a["precision"] == "int8"), None)
-        if target == "tensorrt":
-            pick, why = (int8, "explicit int8 Q/DQ (TensorRT latency is measured on the device: edgecv bench)") \
+        if not targets.get(target).host_latency:
+            pick, why = (int8, f"explicit int8 Q/DQ ({target} latency is measured on the device: edgecv verify)") \
                 if int8 else (fp32, "no int8 artefact")
         elif int8 is None:
             pick, why = fp32, "no int8 artefact"

@@ -93,20 +93,19 @@ def calibrate(fp32_path: str | os.PathLike, data: np.ndarray, method: str = "min
     return Calibration(method, int(len(data)), ranges)
 
 
-def quantize(fp32_path: str | os.PathLike, calib: Calibration, out_path: str | os.PathLike, target: str,
+def quantize(fp32_path: str | os.PathLike, calib: Calibration, out_path: str | os.PathLike, target,
              exclude: Sequence[str] = ()) -> onnx.ModelProto:
-    """Write the int8 Q/DQ model for ``target`` (tensorrt | onnxruntime); ``exclude`` node names stay float."""
+    """Write the int8 Q/DQ model for ``target`` (an edgecv.targets.Target, or its name) with the quantizer
+    settings it declares; ``exclude`` node names stay float."""
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
-    if target == "tensorrt":
-        act, extra = QuantType.QInt8, {"ActivationSymmetric": True, "WeightSymmetric": True,
-                                       "QuantizeBias": False, "DedicatedQDQPair": False}
-    elif target == "onnxruntime":
-        act, extra = QuantType.QUInt8, {"WeightSymmetric": True}
-    else:
-        raise ValueError(f"unknown target {target!r} (expected tensorrt or onnxruntime)")
+    from edgecv import targets
+
+    t = targets.get(target) if isinstance(target, str) else target
+    extra = {k: v for k, v in t.quant.items() if k != "activation"}
+    act = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[t.quant.get("activation", "uint8")]
     model = load_model_with_shape_infer(Path(fp32_path))
     q = QDQQuantizer(model, True, False, QuantType.QInt8, act, calib.ranges, None, list(exclude),
                      QUANT_OPS, extra)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -21,7 +21,36 @@ class TensorSpec:
 
 
 class Backend:
+    """One model loaded for inference. A backend class also says, as class methods, whether it can run here
+    (``available``) and how it opens a bundle's artefact (``for_bundle``) or a bare model file (``for_file``);
+    edgecv.targets names the class for each deploy target."""
+
     name = "backend"
+    runs_on_cpu = True  # inference competes with decoding and preprocessing for the same cores
+
+    @classmethod
+    def available(cls) -> Tuple[bool, str]:
+        """(True, "") when this backend can run on this machine, else (False, what is missing)."""
+        return True, ""
+
+    @classmethod
+    def for_bundle(cls, bundle, precision: Optional[str] = None, threads: Optional[int] = None,
+                   **kw) -> Tuple["Backend", dict]:
+        """Open the bundle's artefact for this backend: ``(backend, info)`` with info's file and precision."""
+        raise NotImplementedError
+
+    @classmethod
+    def for_file(cls, path: str, threads: Optional[int] = None, **kw) -> Tuple["Backend", dict]:
+        from edgecv.errors import DeviceError
+
+        raise DeviceError(f"{path}: {cls.name} runs bundles only, not a bare model file; export a bundle")
+
+    def profile_layers(self, batch: np.ndarray, iters: int) -> Dict:
+        """Per-layer times over ``iters`` runs of ``batch``: ``{"layers": {name: [ms per run]}, "ops": {name:
+        op type}, "run_ms": mean end-to-end ms in the same trace or None, "files": {name: text}}``."""
+        from edgecv.errors import DeviceError
+
+        raise DeviceError(f"{self.name}: no per-layer profiler")
 
     @property
     def inputs(self) -> List[TensorSpec]:

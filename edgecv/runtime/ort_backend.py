@@ -1,7 +1,8 @@
 """ONNX Runtime backend: CPU now; CUDA / TensorRT execution providers when the install has them."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+import os
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -23,11 +24,22 @@ def session_options(threads: Optional[int] = None, profile_prefix: Optional[str]
     return so
 
 
-def default_providers(preferred: Sequence[str] = ("TensorrtExecutionProvider", "CUDAExecutionProvider")) -> List[str]:
+def default_providers(preferred: Sequence[str] = ("CUDAExecutionProvider",)) -> List[str]:
+    """CUDA first where the install has it (onnxruntime-gpu on a Jetson), then the CPU. TensorRT's execution
+    provider is left out of the default: it builds an engine inside every session creation; edgecv's own
+    TensorRT target builds once and caches."""
     import onnxruntime as ort
 
     avail = ort.get_available_providers()
     return [p for p in preferred if p in avail] + ["CPUExecutionProvider"]
+
+
+def ort_version() -> Optional[str]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    return ort.__version__
 
 
 class OrtBackend(Backend):
@@ -42,7 +54,7 @@ class OrtBackend(Backend):
         self.path = str(model_path)
         try:
             self.session = ort.InferenceSession(self.path, sess_options=session_options(threads, profile_prefix),
-                                                providers=providers or ["CPUExecutionProvider"])
+                                                providers=providers or default_providers())
         except Exception as e:  # ORT raises its own types (InvalidProtobuf, Fail, ...) for a bad model file
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ModelFileError(f"{self.path}: not a loadable ONNX model ({msg[:300]})") from None
@@ -51,6 +63,8 @@ class OrtBackend(Backend):
         self._outputs = [TensorSpec(o.name, tuple(d if isinstance(d, int) else -1 for d in o.shape), np.float32)
                          for o in self.session.get_outputs()]
         self._names = [o.name for o in self._outputs]
+        self.threads = threads
+        self.runs_on_cpu = self.session.get_providers()[0] == "CPUExecutionProvider"
         self._last_input: Optional[np.ndarray] = None
         self._bound: Optional[tuple] = None  # (input array, its shape, IOBinding, output array, OrtValues)
 
@@ -95,6 +109,46 @@ class OrtBackend(Backend):
         binding.bind_ortvalue_output(self._names[0], values[1])
         self._bound = (batch, batch.shape, binding, out, values)
         return True
+
+    @classmethod
+    def for_file(cls, path: str, threads: Optional[int] = None, **kw):
+        return cls(str(path), threads=threads, **kw), {"backend": cls.name, "file": str(path), "precision": "?"}
+
+    @classmethod
+    def for_bundle(cls, bundle, precision: Optional[str] = None, threads: Optional[int] = None, **kw):
+        art = bundle.artifact(cls.name, precision)
+        be = cls(str(bundle.path(art["file"])), threads=threads, **kw)
+        return be, {"backend": cls.name, "file": art["file"], "precision": art["precision"], "bundle": bundle}
+
+    def profile_layers(self, batch: np.ndarray, iters: int) -> Dict:
+        """ONNX Runtime's profiler on a second session of the same model: per-node kernel times of each run,
+        and model_run from the same trace (the same profiler overhead on both sides of the sum check)."""
+        import json
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="edgecv-prof-") as tmp:  # removed even on Ctrl-C
+            prof = OrtBackend(self.path, threads=self.threads, profile_prefix=os.path.join(tmp, "ort"),
+                              providers=self.session.get_providers())
+            try:
+                for _ in range(iters):
+                    prof.session.run(prof._names, {prof._input.name: batch})
+            finally:
+                trace = prof.end_profiling()
+                with open(trace) as f:
+                    events = json.load(f)
+                prof.close()
+        nodes: Dict[str, List[float]] = {}
+        ops: Dict[str, str] = {}
+        runs: List[float] = []
+        for e in events:
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                name = e["name"][: -len("_kernel_time")]
+                nodes.setdefault(name, []).append(e["dur"] / 1000.0)
+                ops[name] = e.get("args", {}).get("op_name", "")
+            elif e.get("cat") == "Session" and e["name"] == "model_run":
+                runs.append(e["dur"] / 1000.0)
+        return {"layers": {k: v[-iters:] for k, v in nodes.items()}, "ops": ops,
+                "run_ms": float(np.mean(runs[-iters:])) if runs else None, "files": {}}
 
     def run_unchecked(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(self._names, {self._input.name: batch})[0]

@@ -7,9 +7,7 @@ back to the PyTorch module (``features.3.0``).
 from __future__ import annotations
 
 import csv
-import json
-import os
-import tempfile
+import re
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -22,13 +20,21 @@ from edgecv.utils.io import atomic_path, atomic_write_json
 TOLERANCE = 0.10
 
 
+_FIRST_NODE = re.compile(r"/[^\s,()+]+")
+
+
 def torch_module_of(layer: str) -> Optional[str]:
     """The PyTorch module path of an exported node name, or None.
 
     ``/features/features.3/features.3.0/Conv`` -> ``features.3.0`` (Sequential scopes repeat the prefix);
     ``/_blocks.0/_depthwise_conv/Conv_token_7`` -> ``_blocks.0._depthwise_conv`` (attribute scopes do not).
+    TensorRT's fused layers (``/a/Conv + /a/Relu``, ``PWN(/b/Sigmoid, /b/Mul)``, ``Reformatting CopyNode for
+    Input Tensor 0 to /c/Conv``) map to the module of the first ONNX node they name.
     """
-    parts = [p for p in layer.split("/") if p]
+    m = _FIRST_NODE.search(layer)
+    if m is None:
+        return None
+    parts = [p for p in m.group().split("/") if p]
     if len(parts) < 2:
         return None
     path = ""
@@ -40,78 +46,41 @@ def torch_module_of(layer: str) -> Optional[str]:
     return path
 
 
-def _ort_profile(be, x: np.ndarray, iters: int) -> Dict:
-    """Run ``iters`` times with ORT's profiler on; per-node mean µs, and mean model_run µs from the same trace."""
-    with open(be.end_profiling()) as f:
-        events = json.load(f)
-    nodes: Dict[str, List[float]] = {}
-    ops: Dict[str, str] = {}
-    runs: List[float] = []
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            name = e["name"][: -len("_kernel_time")]
-            nodes.setdefault(name, []).append(e["dur"] / 1000.0)
-            ops[name] = e.get("args", {}).get("op_name", "")
-        elif e.get("cat") == "Session" and e["name"] == "model_run":
-            runs.append(e["dur"] / 1000.0)
-    warm = len(runs) - iters
-    runs = runs[warm:] if warm > 0 else runs
-    per_layer = {k: float(np.sum(v[-iters:]) / iters) for k, v in nodes.items()}
-    return {"layers": per_layer, "ops": ops, "run_ms": float(np.mean(runs)) if runs else None}
-
-
 def profile(target: str, backend: str = "auto", iters: int = 100, warmup: int = 10, batch: int = 1,
             out_dir: Optional[str] = None, threads: Optional[int] = None, top: int = 20) -> Dict:
+    """Per-layer mean and median ms of TARGET's default artefact on ``backend``, with the end-to-end check."""
     from edgecv.runtime.bundle import is_bundle_dir, open_bundle
-    from edgecv.runtime.select import open_backend, resolve_backend_name
+    from edgecv.runtime.select import open_backend
 
-    name = resolve_backend_name(backend)
     if is_bundle_dir(target):
-        target = open_bundle(target)  # opened and checksummed once for both sessions below
-    x = None
-    if name == "onnxruntime":
-        # The profiler's trace is read and deleted here: nothing is left in /tmp, even on Ctrl-C.
-        with tempfile.TemporaryDirectory(prefix="edgecv-prof-") as tmp:
-            be, info = open_backend(target, "onnxruntime", threads=threads, profile_prefix=os.path.join(tmp, "ort"))
-            shape = (batch,) + tuple(be.inputs[0].shape[1:])
-            x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-            try:
-                for _ in range(warmup + iters):
-                    be.infer(x)
-            finally:
-                prof = _ort_profile(be, x, iters)
-                be.close()
-        # The sum check compares against model_run in the same trace (same profiler overhead on both sides);
-        # the unprofiled latency is reported beside it.
-        e2e = prof["run_ms"]
-        be2, _ = open_backend(target, "onnxruntime", threads=threads)
-        plain = measure_interleaved({"m": lambda: be2.infer(x)}, warmup=warmup, iters=iters, rounds=1)["m"]["mean_ms"]
-        be2.close()
-        layers, ops = prof["layers"], prof["ops"]
-    else:
-        be, info = open_backend(target, "tensorrt")
-        shape = (batch,) + tuple(be.inputs[0].shape[1:])
+        target = open_bundle(target)  # opened and checksummed once
+    be, info = open_backend(target, backend, threads=threads)
+    try:
+        shape = (batch,) + tuple(d if d > 0 else 1 for d in be.inputs[0].shape[1:])
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         for _ in range(warmup):
             be.infer(x)
-        layers = be.layer_profile(x, iters)
-        ops = {}
-        e2e = measure_interleaved({"m": lambda: be.infer(x)}, warmup=warmup, iters=iters, rounds=1)["m"]["mean_ms"]
-        plain = e2e
-        engine_info = be.engine_layers()
+        prof = be.profile_layers(x, iters)
+        plain = measure_interleaved({"m": lambda: be.infer(x)}, warmup=warmup, iters=iters, rounds=1)["m"]["mean_ms"]
+    finally:
         be.close()
-    total = sum(layers.values())
-    rows = sorted(({"name": k, "op": ops.get(k, ""), "averageMs": v, "percentage": 100 * v / total if total else 0,
-                    "torch_module": torch_module_of(k)} for k, v in layers.items()), key=lambda r: -r["averageMs"])
+    # The sum check compares with model_run in the same trace where the profiler gives one (the same
+    # profiler overhead on both sides); else with the unprofiled latency, which is reported either way.
+    e2e = prof["run_ms"] or plain
+    layers = {k: (float(np.mean(v)), float(np.median(v))) for k, v in prof["layers"].items() if len(v)}
+    total = sum(mean for mean, _ in layers.values())
+    rows = sorted(({"name": k, "op": prof["ops"].get(k, ""), "averageMs": mean, "medianMs": med,
+                    "percentage": 100 * mean / total if total else 0, "torch_module": torch_module_of(k)}
+                   for k, (mean, med) in layers.items()), key=lambda r: -r["averageMs"])
     ratio = total / e2e if e2e else None
     res = {"backend": info["backend"], "artifact": info["file"], "batch": batch, "iters": iters, "layers": rows,
            "sum_layers_ms": total, "end_to_end_ms": e2e, "unprofiled_ms": plain, "sum_ratio": ratio,
            "sum_within_tolerance": ratio is not None and abs(1 - ratio) <= TOLERANCE}
     if out_dir:
         write_outputs(res, Path(out_dir), top)
-        if name == "tensorrt":
-            with atomic_path(Path(out_dir) / "engine_layers.json") as t:
-                Path(t).write_text(engine_info)
+        for name, text in prof.get("files", {}).items():
+            with atomic_path(Path(out_dir) / name) as t:
+                Path(t).write_text(text)
     return res
 
 
@@ -120,7 +89,7 @@ def trtexec_json(res: Dict) -> List[Dict]:
     out: List[Dict] = [{"count": res["iters"]}]
     for r in res["layers"]:
         out.append({"name": r["name"], "timeMs": r["averageMs"] * res["iters"], "averageMs": r["averageMs"],
-                    "medianMs": r["averageMs"], "percentage": r["percentage"]})
+                    "medianMs": r["medianMs"], "percentage": r["percentage"]})
     return out
 
 

@@ -166,7 +166,7 @@ def run(target, source: str, backend: str = "auto", topk: int = 1, smooth: int =
     pre = Preprocessor(bundle.preprocess, resize)
     recorder = Recorder(record) if record else None  # a bad path is refused before anything runs
     be, info = open_backend(bundle, backend, threads=threads)
-    if decode_threads is None and info["backend"] == "onnxruntime":
+    if decode_threads is None and be.runs_on_cpu:
         decode_threads = 1
     scale_to = csi_scale_to(pre) if camera_resize else None  # used by csi:// sources only
     x = be.input_buffer(1)
@@ -188,7 +188,7 @@ def run(target, source: str, backend: str = "auto", topk: int = 1, smooth: int =
     error: Optional[str] = None
     fps = 0.0
     cv_threads = cv2.getNumThreads()
-    if info["backend"] == "onnxruntime":
+    if be.runs_on_cpu:
         # OpenCV's worker threads and ONNX Runtime's contend for the same cores between frames: with
         # OpenCV on one thread the Lite0 loop measured 0.4 ms faster inference and 0.1 ms faster resizing.
         cv2.setNumThreads(1)

@@ -1,25 +1,39 @@
-"""Pick and open a backend for a bundle (or a bare ONNX file, for development)."""
+"""Pick and open a backend for a bundle (or a bare ONNX file, for development), by the target registry."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+from edgecv import targets
 from edgecv.errors import DeviceError, ModelFileError
 from edgecv.runtime.backend import Backend
 
 log = logging.getLogger("edgecv.runtime")
 
 
-def resolve_backend_name(backend: str) -> str:
-    if backend not in ("auto", "tensorrt", "onnxruntime"):
-        raise DeviceError(f"--backend: unknown backend {backend!r} (auto, tensorrt, onnxruntime)")
-    if backend != "auto":
-        return backend
-    from edgecv.runtime.trt_compat import trt_available
+def backend_choices() -> List[str]:
+    return ["auto", *targets.names()]
 
-    ok, _ = trt_available()
-    return "tensorrt" if ok else "onnxruntime"
+
+def resolve_target(backend: str) -> targets.Target:
+    """The target ``--backend`` names; ``auto``: the highest-priority target that can run here."""
+    if backend == "auto":
+        try:
+            t, skipped = targets.first_available(lambda t: t.backend_class().available())
+        except LookupError as e:
+            raise DeviceError(str(e)) from None
+        for why in skipped:
+            log.debug("auto backend: skipped %s", why)
+        return t
+    try:
+        return targets.get(backend)
+    except KeyError:
+        raise DeviceError(f"--backend: unknown backend {backend!r} ({', '.join(backend_choices())})") from None
+
+
+def resolve_backend_name(backend: str) -> str:
+    return resolve_target(backend).name
 
 
 def open_backend(target, backend: str = "auto", precision: Optional[str] = None,
@@ -27,39 +41,22 @@ def open_backend(target, backend: str = "auto", precision: Optional[str] = None,
     """Return ``(backend, info)`` for a bundle (a directory, or a Bundle already opened) or an ``.onnx`` file."""
     from edgecv.runtime.bundle import Bundle, open_bundle
 
-    name = resolve_backend_name(backend)
+    t = resolve_target(backend)
+    cls = t.backend_class()
     p = None if isinstance(target, Bundle) else Path(target)
     if p is not None and not p.is_dir():
         if not p.exists():
             raise DeviceError(f"{target}: no such bundle directory or .onnx file")
         if p.suffix != ".onnx":
             raise DeviceError(f"{target}: not a bundle directory or an .onnx file")
-        from edgecv.runtime.ort_backend import OrtBackend
-
-        if name == "tensorrt":
-            raise DeviceError(f"{target}: a bare ONNX file runs on onnxruntime; build a bundle for tensorrt")
-        return OrtBackend(str(p), threads=threads, **kw), {"backend": "onnxruntime", "file": str(p), "precision": "?"}
+        return cls.for_file(str(p), threads=threads, **kw)
     bundle = open_bundle(target)
-    if name == "onnxruntime":
-        from edgecv.runtime.ort_backend import OrtBackend
-
-        art = bundle.artifact("onnxruntime", precision)
-        be = OrtBackend(str(bundle.path(art["file"])), threads=threads, **kw)
-        problems = io_mismatches(bundle, be, art["file"])
-        if problems:
-            be.close()
-            raise ModelFileError("; ".join(problems))
-        return be, {"backend": "onnxruntime", "file": art["file"], "precision": art["precision"], "bundle": bundle}
-    from edgecv.runtime.engine_build import engine_for_bundle
-    from edgecv.runtime.trt_backend import TrtBackend
-
-    engine_path, key = engine_for_bundle(bundle, precision=precision or bundle.artifact("tensorrt")["precision"])
-    be = TrtBackend(engine_path, **kw)
-    problems = io_mismatches(bundle, be, str(engine_path))
+    be, info = cls.for_bundle(bundle, precision, threads=threads, **kw)
+    problems = io_mismatches(bundle, be, info["file"])
     if problems:
         be.close()
         raise ModelFileError("; ".join(problems))
-    return be, {"backend": "tensorrt", "file": str(engine_path), "precision": key.precision, "bundle": bundle}
+    return be, info
 
 
 def io_mismatches(bundle, be: Backend, file: str) -> List[str]:

@@ -43,6 +43,22 @@ def make_layer_profiler(trt):
 
 class TrtBackend(Backend):
     name = "tensorrt"
+    runs_on_cpu = False
+
+    @classmethod
+    def available(cls):
+        from edgecv.runtime.trt_compat import trt_available
+
+        return trt_available()
+
+    @classmethod
+    def for_bundle(cls, bundle, precision: Optional[str] = None, threads: Optional[int] = None, **kw):
+        """The cached engine for the bundle's TensorRT artefact (built on first use on this device)."""
+        from edgecv.runtime.engine_build import engine_for_bundle
+
+        engine_path, key = engine_for_bundle(bundle, precision=precision or bundle.artifact(cls.name)["precision"])
+        be = cls(engine_path, **kw)
+        return be, {"backend": cls.name, "file": str(engine_path), "precision": key.precision, "bundle": bundle}
 
     def __init__(self, engine_path: str | Path, mem: Optional[CudaMem] = None, cuda_graph: bool = False,
                  max_batch: Optional[int] = None):
@@ -119,8 +135,8 @@ class TrtBackend(Backend):
             raise DeviceError(f"batch {n} > the engine's max batch {self.max_batch}")
         return self.host[self._in[0].name][:n]
 
-    def layer_profile(self, batch: np.ndarray, iters: int = 50) -> Dict[str, float]:
-        """Per-layer mean ms over ``iters`` runs (IProfiler)."""
+    def profile_layers(self, batch: np.ndarray, iters: int = 50) -> Dict:
+        """Per-layer ms of each of ``iters`` runs (IProfiler), and the engine inspector's layer information."""
         prof = make_layer_profiler(self.trt)
         self.context.profiler = prof
         try:
@@ -128,7 +144,8 @@ class TrtBackend(Backend):
                 self.infer(batch)
         finally:
             self.context.profiler = None
-        return {k: v / iters for k, v in prof.totals().items()}
+        return {"layers": {k: v[-iters:] for k, v in prof.times.items()}, "ops": {}, "run_ms": None,
+                "files": {"engine_layers.json": self.engine_layers()}}
 
     def engine_layers(self) -> str:
         """Layer information (JSON) from the engine inspector; the lean runtime does not bind the inspector."""

@@ -36,6 +36,12 @@ def import_tensorrt():
     return _TRT
 
 
+def trt_version() -> Optional[str]:
+    """The installed TensorRT's version, or None (for the manifest)."""
+    trt = import_tensorrt()
+    return getattr(trt, "__version__", None) if trt else None
+
+
 def version_tuple(trt=None) -> Tuple[int, int, int]:
     trt = trt or import_tensorrt()
     parts = (getattr(trt, "__version__", "0.0.0").split(".") + ["0", "0"])[:3]
