@@ -219,7 +219,7 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
         with stages("speed gate (ONNX Runtime CPU, batch 1, 2 threads)"):
             paths = {"baseline_fp32": str(base_onnx)}
             paths.update({a["file"]: str(tmp / a["file"]) for a in artifacts
-                          if a["target"] == "onnxruntime" or a["precision"] == "int8"})
+                          if targets.get(a["target"]).host_latency or a["precision"] == "int8"})
             lat = speed_gate(paths, ev.x)
         summary["baseline"]["latency_ms"] = lat["baseline_fp32"]["p50_ms"]
         for a in artifacts:
