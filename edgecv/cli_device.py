@@ -51,6 +51,38 @@ def build(bundle, int8, fp16, dla_core, workspace_mb, timing_cache):
 
 
 @cli.command()
+@click.argument("bundle")
+@click.option("--backend", default="auto", show_default=True, type=BackendChoice(),
+              help="Check one target only; auto: every target that can run here.")
+@click.option("--iters", type=click.IntRange(min=1), default=50, show_default=True, help="Latency runs per precision.")
+@click.option("--record/--no-record", default=True, show_default=True,
+              help="Record the choice on this device, for run, bench, eval and profile to use by default.")
+@click.option("--json", "as_json", is_flag=True)
+def verify(bundle, backend, iters, record, as_json):
+    """On the device: run BUNDLE's golden vectors through every precision this device can run, compare with
+    the fp32 logits from export, and choose the fastest within the bundle's fidelity budget.
+
+    Exit status 1 when no precision is within the budget (nothing is recorded then).
+    """
+    from edgecv.runtime.verify import verify as run_verify
+
+    rep = run_verify(bundle, backend, iters=iters, record=record)
+    if as_json:
+        click.echo(json.dumps(rep))
+    else:
+        from edgecv.utils.table import print_rows
+
+        rows = [{**r, "agreement": r.get("agreement"), "p50_ms": r.get("p50_ms")} for r in rep["candidates"]]
+        print_rows(rows, ["target", "precision", "status", "agreement", "top1", "max_abs_err", "p50_ms", "p99_ms",
+                          "reason"], f"edgecv verify {bundle} ({rep['golden']['n']} golden vectors)")
+        c = rep["chosen"]
+        click.echo(f"chosen: {c['target']} {c['precision']} ({c['p50_ms']:.3f} ms, agreement {c['agreement']:.1%})"
+                   + (f"; recorded in {rep['recorded']}" if rep.get("recorded") else "") if c else
+                   "error: no precision is within the fidelity budget; nothing recorded")
+    sys.exit(0 if rep["chosen"] else 1)
+
+
+@cli.command()
 @click.argument("target")
 @click.option("--backend", default="auto", show_default=True, type=BackendChoice())
 @click.option("--batch", "batches", type=BatchList(), default="1", show_default=True,

@@ -229,8 +229,22 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
         summary["default"] = default
         summary["stages"] = stage_acc
         summary["engine"] = _engine_plan(opts)
+        summary["golden"] = write_golden_vectors(tmp, fp32_path, ev, preprocess_spec(data_cfg), opts)
         manifest = write_bundle(tmp, src, data_cfg, recipe, opts, artifacts, summary, stages.times)
     return manifest, opts
+
+
+def write_golden_vectors(tmp: Path, fp32_path: Path, ev, spec: Dict, opts: ExportConfig) -> Dict:
+    """The first ``opts.golden`` evaluation images, their labels and the fp32 ONNX's logits (edgecv verify)."""
+    from edgecv.export.gates import onnx_logits
+    from edgecv.runtime.golden import GOLDEN, to_inputs, to_pixels, write_golden
+
+    n = min(opts.golden, len(ev))
+    pixels = to_pixels(ev.x[:n], spec)
+    logits = onnx_logits(fp32_path, to_inputs(pixels, spec))
+    write_golden(tmp / GOLDEN, pixels, ev.y[:n], logits)
+    return {"file": GOLDEN, "n": n, "reference": fp32_path.name,
+            "budget": {"min_agreement": opts.min_agreement, "max_drop": opts.max_drop}}
 
 
 def choose_defaults(artifacts: List[Dict], ref_top1: float, max_drop: float) -> Dict:

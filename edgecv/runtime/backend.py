@@ -27,6 +27,14 @@ class Backend:
 
     name = "backend"
     runs_on_cpu = True  # inference competes with decoding and preprocessing for the same cores
+    max_batch: Optional[int] = None  # the largest batch ``infer`` takes (None: any)
+
+    @classmethod
+    def precisions(cls, bundle) -> List[str]:
+        """The precisions this backend can run for ``bundle``, most compressed first (what verify tries)."""
+        order = {"int8": 0, "fp16": 1, "fp32": 2}
+        found = {a["precision"] for a in bundle.manifest["artifacts"] if a["target"] == cls.name}
+        return sorted(found, key=lambda p: (order.get(p, 3), p))
 
     @classmethod
     def available(cls) -> Tuple[bool, str]:

@@ -129,6 +129,16 @@ def validate_manifest(m: Any, mpath: Path) -> None:
             for d in s["shape"]:
                 if isinstance(d, bool) or not (isinstance(d, str) or (isinstance(d, int) and d >= 0)):
                     raise BundleError(f"{mpath}: {key}[{i}].shape: bad dimension {d!r}")
+    golden = m.get("golden")
+    if golden is not None:
+        if not isinstance(golden, dict):
+            raise BundleError(f"{mpath}: golden: expected an object")
+        listed(golden.get("file"), "golden.file")
+        budget = golden.get("budget", {})
+        if not isinstance(budget, dict) or not all(
+                isinstance(budget.get(k), (int, float)) and not isinstance(budget.get(k), bool)
+                for k in ("min_agreement", "max_drop")):
+            raise BundleError(f"{mpath}: golden.budget: expected {{min_agreement: number, max_drop: number}}")
     model = m.get("model")
     if model is not None and not isinstance(model, dict):
         raise BundleError(f"{mpath}: model: expected an object")

@@ -43,6 +43,7 @@ def eval_bundle(bundle_dir, data: str, backend: str = "auto", limit: Optional[in
     n, classes, frames = labelled_frames(data, pre.channels, limit)
     mapping = match_classes(classes, labels, data, f"bundle {bundle_dir}", allow_subset)
     be, info = open_backend(bundle, backend)
+    batch = min(batch, be.max_batch or batch)  # a TensorRT engine takes up to the batch it was built for
     c1 = c5 = seen = 0
     skipped: List[str] = []
     xs, ys = [], []
@@ -72,4 +73,4 @@ def eval_bundle(bundle_dir, data: str, backend: str = "auto", limit: Optional[in
     if seen == 0:
         raise DatasetError(f"{data}: no readable images ({len(skipped)} skipped)")
     return {"top1": c1 / seen, "top5": c5 / seen, "n": seen, "skipped": len(skipped), "backend": info["backend"],
-            "artifact": info["file"], "precision": info["precision"]}
+            "artifact": info["file"], "precision": info["precision"], "chosen_by": info.get("chosen_by")}

@@ -41,9 +41,15 @@ def open_backend(target, backend: str = "auto", precision: Optional[str] = None,
     """Return ``(backend, info)`` for a bundle (a directory, or a Bundle already opened) or an ``.onnx`` file."""
     from edgecv.runtime.bundle import Bundle, open_bundle
 
+    p = None if isinstance(target, Bundle) else Path(target)
+    chosen = None
+    if p is None or p.is_dir():
+        target = open_bundle(target)
+        chosen = _verified_choice(target, backend, precision)
+        if chosen is not None:
+            backend, precision = chosen["target"], chosen["precision"]
     t = resolve_target(backend)
     cls = t.backend_class()
-    p = None if isinstance(target, Bundle) else Path(target)
     if p is not None and not p.is_dir():
         if not p.exists():
             raise DeviceError(f"{target}: no such bundle directory or .onnx file")
@@ -56,7 +62,24 @@ def open_backend(target, backend: str = "auto", precision: Optional[str] = None,
     if problems:
         be.close()
         raise ModelFileError("; ".join(problems))
+    info["chosen_by"] = "verify" if chosen is not None else ("flag" if precision else "manifest default")
     return be, info
+
+
+def _verified_choice(bundle, backend: str, precision: Optional[str]) -> Optional[dict]:
+    """What ``edgecv verify`` chose on this device for this bundle, when the caller left the choice open."""
+    if precision is not None:
+        return None
+    from edgecv.runtime.verify import recorded_choice
+
+    c = recorded_choice(bundle)
+    if c is None or (backend != "auto" and backend != c["target"]):
+        return None
+    ok, why = targets.get(c["target"]).backend_class().available()
+    if not ok:
+        log.warning("verify chose %s %s here, but it is unavailable now (%s)", c["target"], c["precision"], why)
+        return None
+    return c
 
 
 def io_mismatches(bundle, be: Backend, file: str) -> List[str]:

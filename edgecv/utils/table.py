@@ -5,6 +5,8 @@ from typing import Any, Dict, List, Sequence
 
 
 def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
     if isinstance(v, float):
         return f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}"
     return str(v)
@@ -13,13 +15,14 @@ def _fmt(v: Any) -> str:
 def print_rows(rows: List[Dict], columns: Sequence[str], title: str = "") -> None:
     try:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
         t = Table(title=title)
         for c in columns:
             t.add_column(c)
         for r in rows:
-            t.add_row(*[_fmt(r.get(c, "")) for c in columns])
+            t.add_row(*[escape(_fmt(r.get(c, ""))) for c in columns])  # "[tensorrt]" is text, not markup
         Console(width=160).print(t)
     except ImportError:  # pragma: no cover
         print(title)

@@ -1,0 +1,137 @@
+"""``edgecv verify``: on the device, every precision it can run answers the golden vectors like fp32 did.
+
+For each target that can run here (highest priority first) and each precision its backend offers for the
+bundle, verify builds or loads it, runs the bundle's golden vectors, and measures top-1 agreement with the
+fp32 logits computed at export, the largest and mean logit error, accuracy on the golden labels, and batch-1
+latency p50/p99 on this device. A precision passes when it stays within the fidelity budget written into the
+manifest at export (agreement and top-1 drop). The fastest passing one is chosen and recorded per device
+(beside the engine cache); ``run``, ``bench``, ``eval`` and ``profile`` then use it by default. A precision
+that fails to build, to load or to meet the budget is never chosen, and the report says why.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from edgecv import targets
+from edgecv.errors import USER_ERRORS, DeviceError
+from edgecv.runtime.latency import measure_interleaved
+
+log = logging.getLogger("edgecv.verify")
+
+
+def choice_dir() -> Path:
+    return Path(os.environ.get("EDGECV_CACHE", Path.home() / ".cache" / "edgecv")) / "verified"
+
+
+def choice_path(bundle) -> Path:
+    return choice_dir() / f"{bundle.manifest['manifest_sha256'][:32]}.json"
+
+
+def recorded_choice(bundle) -> Optional[Dict]:
+    """The choice ``verify`` recorded on this device for exactly this bundle (by manifest hash), or None."""
+    p = choice_path(bundle)
+    try:
+        rec = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rec, dict) or rec.get("manifest_sha256") != bundle.manifest["manifest_sha256"]:
+        return None
+    c = rec.get("chosen")
+    if not isinstance(c, dict) or c.get("target") not in targets.names() or not isinstance(c.get("precision"), str):
+        return None
+    return c
+
+
+def _run_golden(be, x: np.ndarray) -> np.ndarray:
+    step = min(32, getattr(be, "max_batch", None) or 32)
+    return np.concatenate([be.infer(np.ascontiguousarray(x[i: i + step])) for i in range(0, len(x), step)])
+
+
+def _kl(ref: np.ndarray, got: np.ndarray) -> float:
+    def log_softmax(a):
+        a = a - a.max(1, keepdims=True)
+        return a - np.log(np.exp(a).sum(1, keepdims=True))
+
+    lp, lq = log_softmax(ref.astype(np.float64)), log_softmax(got.astype(np.float64))
+    return float((np.exp(lp) * (lp - lq)).sum(1).mean())
+
+
+def measure(be, x: np.ndarray, y: np.ndarray, ref: np.ndarray, iters: int) -> Dict:
+    logits = _run_golden(be, x)
+    if logits.shape != ref.shape or not np.isfinite(logits).all():
+        return {"finite": False, "agreement": 0.0, "top1": 0.0, "max_abs_err": float("inf"),
+                "mean_abs_err": float("inf"), "mean_kl": float("inf")}
+    one = np.ascontiguousarray(x[:1])
+    lat = measure_interleaved({"m": lambda: be.infer(one)}, warmup=min(10, iters), iters=iters, rounds=1)["m"]
+    err = np.abs(logits.astype(np.float64) - ref)
+    return {"finite": True, "agreement": float((logits.argmax(1) == ref.argmax(1)).mean()),
+            "top1": float((logits.argmax(1) == y).mean()), "max_abs_err": float(err.max()),
+            "mean_abs_err": float(err.mean()), "mean_kl": _kl(ref, logits),
+            "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"]}
+
+
+def verify(bundle_dir, backend: str = "auto", iters: int = 50, record: bool = True) -> Dict:
+    """Check every precision this device can run against the golden vectors; choose and record the fastest
+    within the fidelity budget. Returns the report; ``chosen`` is None when no precision passes."""
+    from edgecv.runtime.bundle import open_bundle
+    from edgecv.runtime.golden import load_golden
+    from edgecv.runtime.select import open_backend
+    from edgecv.utils.io import atomic_write_json
+
+    bundle = open_bundle(bundle_dir)
+    x, y, ref = load_golden(bundle)
+    budget = bundle.manifest["golden"]["budget"]
+    ref_top1 = float((ref.argmax(1) == y).mean())
+    chosen_targets = targets.auto_order() if backend == "auto" else [targets.get(backend)]
+    rows: List[Dict] = []
+    for t in chosen_targets:
+        cls = t.backend_class()
+        ok, why = cls.available()
+        if not ok:
+            rows.append({"target": t.name, "precision": "-", "status": "unavailable", "reason": why})
+            continue
+        for prec in cls.precisions(bundle):
+            row: Dict = {"target": t.name, "precision": prec}
+            try:
+                be, info = open_backend(bundle, t.name, prec)
+            except (*USER_ERRORS(), DeviceError, RuntimeError, OSError) as e:
+                rows.append({**row, "status": "failed", "reason": f"could not build or load: {e}"})
+                continue
+            try:
+                row.update(file=info["file"], **measure(be, x, y, ref, iters))
+            except (*USER_ERRORS(), DeviceError, RuntimeError) as e:
+                rows.append({**row, "status": "failed", "reason": f"inference failed: {e}"})
+                continue
+            finally:
+                be.close()
+            drop = (ref_top1 - row["top1"]) * 100
+            row["top1_drop"] = drop
+            problems = []
+            if not row["finite"]:
+                problems.append("non-finite or misshaped logits")
+            if row["agreement"] < budget["min_agreement"]:
+                problems.append(f"top-1 agreement with fp32 {row['agreement']:.1%} < {budget['min_agreement']:.1%}")
+            if drop > budget["max_drop"] + 1e-9:
+                problems.append(f"top-1 drop {drop:.2f} points > {budget['max_drop']}")
+            row["status"] = "failed" if problems else "passed"
+            row["reason"] = "; ".join(problems)
+            rows.append(row)
+    passing = [r for r in rows if r["status"] == "passed"]
+    chosen = min(passing, key=lambda r: r["p50_ms"]) if passing else None
+    for r in passing:
+        r["reason"] = "chosen: the fastest within the budget" if r is chosen else \
+            f"within budget, slower ({r['p50_ms']:.3f} ms vs {chosen['p50_ms']:.3f} ms)"
+    report = {"bundle": str(bundle.root), "manifest_sha256": bundle.manifest["manifest_sha256"],
+              "golden": {"n": int(len(y)), "fp32_top1": ref_top1}, "budget": budget, "candidates": rows,
+              "chosen": {k: chosen[k] for k in ("target", "precision", "file", "p50_ms", "agreement")}
+              if chosen else None}
+    if chosen and record:
+        atomic_write_json(choice_path(bundle), report)
+        report["recorded"] = str(choice_path(bundle))
+    return report

@@ -1,0 +1,140 @@
+"""``edgecv verify`` end to end with ONNX Runtime: golden vectors in the bundle, every precision checked against
+fp32, the fastest within budget chosen and recorded, and run/bench/eval using the choice."""
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from conftest import FASHION
+from onnx import numpy_helper
+
+from edgecv.runtime.bundle import manifest_bytes, open_bundle
+from edgecv.runtime.golden import load_golden, to_inputs, to_pixels
+from edgecv.utils.io import sha256_file
+
+
+def cli():
+    from edgecv import commands  # noqa: F401
+    from edgecv.cli import cli as group
+
+    return group
+
+
+@pytest.fixture(autouse=True)
+def choice_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGECV_CACHE", str(tmp_path / "cache"))
+
+
+def resign(bundle, edit=None):
+    m = json.loads((bundle / "manifest.json").read_text())
+    if edit:
+        edit(m)
+    for name, info in m["files"].items():
+        info["sha256"], info["size"] = sha256_file(bundle / name), (bundle / name).stat().st_size
+    (bundle / "manifest.json").write_bytes(manifest_bytes(m))
+
+
+def test_golden_vectors_are_in_the_bundle_and_reproduce_fp32(tiny_bundle):
+    b = open_bundle(tiny_bundle)
+    assert b.manifest["golden"]["n"] == 64 and "golden.npz" in b.manifest["files"]
+    assert b.manifest["golden"]["budget"] == {"min_agreement": 0.99, "max_drop": 100.0}
+    x, y, ref = load_golden(b)
+    assert x.shape == (64, 1, 28, 28) and y.shape == (64,) and ref.shape == (64, 10)
+    from edgecv.runtime.ort_backend import OrtBackend
+
+    got = OrtBackend(str(tiny_bundle / "model_fp32.onnx")).infer(x)
+    assert np.abs(got - ref).max() < 1e-4  # the stored logits are the fp32 model's on exactly these inputs
+    assert np.array_equal(to_pixels(to_inputs(np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16),
+                                              b.preprocess), b.preprocess).ravel(), np.arange(256))
+
+
+def _damage_scales(path, factor=6.0):
+    m = onnx.load(str(path))
+    for init in m.graph.initializer:
+        if init.name.endswith("_scale") and numpy_helper.to_array(init).size == 1:  # per-tensor activations
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(factor), init.name))
+    onnx.save(m, str(path))
+
+
+def test_verify_chooses_records_and_refuses_a_damaged_int8(tiny_bundle, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    resign(bundle, lambda m: m["golden"]["budget"].update(min_agreement=0.9))  # within reach of the tiny model
+    r = CliRunner().invoke(cli(), ["verify", str(bundle), "--json", "--iters", "20"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    ort = {c["precision"]: c for c in rep["candidates"] if c["target"] == "onnxruntime"}
+    assert set(ort) == {"int8", "fp32"} and ort["fp32"]["agreement"] == 1.0 and ort["fp32"]["max_abs_err"] < 1e-4
+    assert ort["int8"]["status"] == "passed" and ort["int8"]["agreement"] >= 0.9
+    trt = [c for c in rep["candidates"] if c["target"] == "tensorrt"]
+    assert trt and trt[0]["status"] == "unavailable" and trt[0]["reason"]
+    chosen = rep["chosen"]
+    assert chosen["target"] == "onnxruntime"
+    assert chosen["p50_ms"] == min(c["p50_ms"] for c in ort.values())  # the fastest within the budget
+
+    _damage_scales(bundle / "model_int8_ort.onnx")
+    resign(bundle)
+    r = CliRunner().invoke(cli(), ["verify", str(bundle), "--json", "--iters", "20"])
+    rep = json.loads(r.output)
+    bad = next(c for c in rep["candidates"] if c["target"] == "onnxruntime" and c["precision"] == "int8")
+    assert bad["status"] == "failed" and bad["agreement"] < 0.9
+    assert f"{bad['agreement']:.1%} < 90.0%" in bad["reason"]
+    assert rep["chosen"]["precision"] == "fp32" and rep["chosen"]["file"] == "model_fp32.onnx"
+
+    # run, bench and eval now use the recorded choice by default
+    b = json.loads(CliRunner().invoke(cli(), ["bench", str(bundle), "--iters", "5", "--json"]).output)
+    assert b["precision"] == "fp32" and b["artifact"] == "model_fp32.onnx"
+    e = json.loads(CliRunner().invoke(cli(), ["eval", str(bundle), "--data", str(FASHION), "--limit", "40",
+                                              "--json"]).output)
+    assert e["precision"] == "fp32" and e["chosen_by"] == "verify"
+    import cv2
+
+    from edgecv.data.fashion_mnist import load_fashion_mnist
+    from edgecv.runtime.run_loop import run
+
+    (tmp_path / "imgs").mkdir()
+    for i, img in enumerate(load_fashion_mnist(FASHION, "test")[0][:3]):
+        cv2.imwrite(str(tmp_path / "imgs" / f"{i}.png"), img)
+    s = run(str(bundle), str(tmp_path / "imgs"), "auto", emit=lambda _: None)
+    assert s["frames"] == 3 and s["artifact"] == "model_fp32.onnx"
+    # an explicit precision still wins
+    b8 = json.loads(CliRunner().invoke(cli(), ["bench", str(bundle), "--precision", "int8", "--iters", "5",
+                                               "--json"]).output)
+    assert b8["precision"] == "int8"
+
+
+def test_verify_exit_1_when_nothing_is_within_budget(tiny_bundle, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    resign(bundle, lambda m: m["golden"]["budget"].update(max_drop=-1.0))  # impossible: even fp32 fails
+    r = CliRunner().invoke(cli(), ["verify", str(bundle)])
+    assert r.exit_code == 1 and "no precision is within the fidelity budget" in r.output
+    assert not (tmp_path / "cache" / "verified").exists()
+
+
+def test_a_choice_is_per_bundle_content(tiny_bundle, tmp_path):
+    """A recorded choice applies only to the exact bundle it was made for (by manifest hash)."""
+    from edgecv.runtime.verify import recorded_choice, verify
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    verify(str(bundle), iters=5)
+    assert recorded_choice(open_bundle(bundle)) is not None
+    resign(bundle, lambda m: m.update(note="changed"))
+    assert recorded_choice(open_bundle(bundle)) is None
+
+
+def test_old_bundle_without_golden_vectors_is_named(tiny_bundle, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    (bundle / "golden.npz").unlink()
+
+    def drop(m):
+        m.pop("golden")
+        m["files"].pop("golden.npz")
+
+    resign(bundle, drop)
+    r = CliRunner().invoke(cli(), ["verify", str(bundle)])
+    assert r.exit_code == 2 and "has no golden vectors" in r.output
