@@ -11,6 +11,8 @@ import sys
 
 import click
 
+from edgecv.cli_types import BackendChoice
+
 
 class EdgecvGroup(click.Group):
     """Turns the library's validation errors into one clear line and exit code 2, not a traceback."""
@@ -23,6 +25,12 @@ class EdgecvGroup(click.Group):
         except USER_ERRORS() as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
+        except ModuleNotFoundError as e:
+            if e.name != "cv2":
+                raise
+            click.echo("error: OpenCV (cv2) is not installed: on a Jetson install JetPack's GStreamer-enabled "
+                       "build (sudo apt install python3-opencv); elsewhere pip install 'edgecv[opencv]'", err=True)
+            sys.exit(2)
 
 
 @click.group(cls=EdgecvGroup)
@@ -31,25 +39,6 @@ class EdgecvGroup(click.Group):
 def cli(verbose: bool) -> None:
     """edgecv: train, compress, export and deploy CNN image classifiers to edge devices."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="[%(name)s] %(message)s")
-
-
-class BackendChoice(click.ParamType):
-    """``auto`` or a registered target (edgecv.targets), checked when the command line is parsed, so a target
-    registered after this module was imported is accepted too."""
-
-    name = "backend"
-
-    def get_metavar(self, param, ctx=None):
-        from edgecv.runtime.select import backend_choices
-
-        return "[" + "|".join(backend_choices()) + "]"
-
-    def convert(self, value, param, ctx):
-        from edgecv.runtime.select import backend_choices
-
-        if value not in backend_choices():
-            self.fail(f"{value!r} is not one of {', '.join(backend_choices())}", param, ctx)
-        return value
 
 
 def _emit(result: dict, as_json: bool, table_title: str) -> None:
@@ -85,10 +74,12 @@ def train(recipe, out_dir, overrides, resume):
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate the first N images only.")
 @click.option("--backend", default="auto", type=BackendChoice(), show_default=True,
               help="For bundles: auto (the fastest target that runs here) or a target.")
+@click.option("--dla", "dla_core", type=click.IntRange(min=-1), default=-1,
+              help="For bundles: run the TensorRT engine built for DLA core N; -1: the GPU.")
 @click.option("--allow-missing-classes", is_flag=True,
               help="Accept DATA that has only some of the model's classes (matched by name).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def eval_cmd(target, data, overrides, limit, backend, allow_missing_classes, as_json):
+def eval_cmd(target, data, overrides, limit, backend, dla_core, allow_missing_classes, as_json):
     """Top-1/top-5 of TARGET (a recipe, a checkpoint, or a deploy bundle) on DATA.
 
     DATA's class names must match the model's labels (order may differ); a mismatch is an error that
@@ -100,7 +91,7 @@ def eval_cmd(target, data, overrides, limit, backend, allow_missing_classes, as_
         from edgecv.runtime.evaluate import eval_bundle
 
         res = eval_bundle(target, data, backend=backend, limit=limit, show_progress=not as_json,
-                          allow_subset=allow_missing_classes)
+                          allow_subset=allow_missing_classes, dla_core=dla_core)
     else:
         from edgecv.train.evaluate import eval_source
 
@@ -143,13 +134,25 @@ def explain(target, images, out_dir, method, topk, check, random_unit, as_json):
             click.echo(f"skipped {r['image']}: {r['error']}", err=True)
 
 
+def _register() -> None:
+    """Add the command modules' commands to the group, explicitly: ``from edgecv.cli import cli`` is complete
+    (the command modules import nothing from here, so there is no import cycle)."""
+    from edgecv import cli_device, cli_export
+
+    for cmd in (cli_export.export, cli_export.check, cli_device.build, cli_device.verify, cli_device.bench,
+                cli_device.profile, cli_device.run):
+        cli.add_command(cmd)
+
+
+_register()
+
+
 def main() -> None:
     """Entry point: one line and an exit code for every way a command can end, never a traceback.
 
     2: a user error (names the file, key or flag); 130: Ctrl-C; 143: SIGTERM (cleanup has run by then);
     1: an internal error (``EDGECV_DEBUG=1`` or ``-v`` shows the traceback).
     """
-    from edgecv import commands  # noqa: F401  (registers the export/runtime commands)
     from edgecv.utils import signals
 
     signals.install()

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from edgecv.cli import BackendChoice, cli
+from edgecv.cli_types import BackendChoice
 
 
 class BatchList(click.ParamType):
@@ -27,6 +27,11 @@ class BatchList(click.ParamType):
         return sizes
 
 
+def dla_option(f):
+    return click.option("--dla", "dla_core", type=click.IntRange(min=-1), default=-1, show_default=True,
+                        help="Run the TensorRT engine built for DLA core N (Jetson Xavier/Orin); -1: the GPU.")(f)
+
+
 def _new_dir_or_missing(ctx, param, value):
     import os
 
@@ -35,22 +40,31 @@ def _new_dir_or_missing(ctx, param, value):
     return value
 
 
-@cli.command()
+@click.command()
 @click.argument("bundle")
-@click.option("--int8/--no-int8", default=True, show_default=True, help="int8 engine (Q/DQ ONNX; with --dla: calibration cache).")
-@click.option("--fp16", is_flag=True, help="Also allow fp16 kernels (TensorRT <= 10.x).")
-@click.option("--dla", "dla_core", type=int, default=-1, help="Build for DLA core N (Jetson Xavier/Orin).")
-@click.option("--workspace", "workspace_mb", type=int, default=1024, show_default=True, help="Workspace pool, MB.")
-@click.option("--timing-cache", default=None, help="Timing cache file, reused across builds.")
-def build(bundle, int8, fp16, dla_core, workspace_mb, timing_cache):
+@click.option("--int8/--no-int8", default=True, show_default=True,
+              help="int8 engine (Q/DQ ONNX; with --dla: calibration cache).")
+@click.option("--fp16/--no-fp16", default=None, help="Allow fp16 kernels (TensorRT <= 10.x) [default: as exported].")
+@click.option("--dla", "dla_core", type=click.IntRange(min=-1), default=-1,
+              help="Build for DLA core N (Jetson Xavier/Orin): static shapes, int8 or fp16 only.")
+@click.option("--max-batch", type=click.IntRange(1, 4096), default=None,
+              help="Largest batch [default: as exported; DLA: 1, static].")
+@click.option("--workspace", "workspace_mb", type=click.IntRange(min=16), default=1024, show_default=True,
+              help="Workspace pool, MB.")
+@click.option("--opt-level", type=click.IntRange(-1, 5), default=-1, show_default=True,
+              help="Builder optimisation level (TensorRT >= 8.6); -1: TensorRT's default.")
+@click.option("--timing-cache", default=None,
+              help="Timing cache file [default: one per TensorRT version and GPU, in the engine cache].")
+def build(bundle, int8, fp16, dla_core, max_batch, workspace_mb, opt_level, timing_cache):
     """Build (or reuse from the cache) the TensorRT engine for BUNDLE on this device."""
     from edgecv.runtime.engine_build import build_engine_for_bundle
 
-    info = build_engine_for_bundle(bundle, int8, fp16, dla_core, workspace_mb, timing_cache)
+    info = build_engine_for_bundle(bundle, int8, fp16, dla_core, workspace_mb, timing_cache, max_batch=max_batch,
+                                   opt_level=opt_level)
     click.echo(json.dumps(info, indent=2))
 
 
-@cli.command()
+@click.command()
 @click.argument("bundle")
 @click.option("--backend", default="auto", show_default=True, type=BackendChoice(),
               help="Check one target only; auto: every target that can run here.")
@@ -58,7 +72,8 @@ def build(bundle, int8, fp16, dla_core, workspace_mb, timing_cache):
 @click.option("--record/--no-record", default=True, show_default=True,
               help="Record the choice on this device, for run, bench, eval and profile to use by default.")
 @click.option("--json", "as_json", is_flag=True)
-def verify(bundle, backend, iters, record, as_json):
+@dla_option
+def verify(bundle, backend, iters, record, as_json, dla_core):
     """On the device: run BUNDLE's golden vectors through every precision this device can run, compare with
     the fp32 logits from export, and choose the fastest within the bundle's fidelity budget.
 
@@ -66,7 +81,7 @@ def verify(bundle, backend, iters, record, as_json):
     """
     from edgecv.runtime.verify import verify as run_verify
 
-    rep = run_verify(bundle, backend, iters=iters, record=record)
+    rep = run_verify(bundle, backend, iters=iters, record=record, dla_core=dla_core)
     if as_json:
         click.echo(json.dumps(rep))
     else:
@@ -82,7 +97,7 @@ def verify(bundle, backend, iters, record, as_json):
     sys.exit(0 if rep["chosen"] else 1)
 
 
-@cli.command()
+@click.command()
 @click.argument("target")
 @click.option("--backend", default="auto", show_default=True, type=BackendChoice())
 @click.option("--batch", "batches", type=BatchList(), default="1", show_default=True,
@@ -93,11 +108,12 @@ def verify(bundle, backend, iters, record, as_json):
               help="Artefact precision; default: the manifest's choice.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--json", "as_json", is_flag=True)
-def bench(target, backend, batches, warmup, iters, precision, threads, as_json):
+@dla_option
+def bench(target, backend, batches, warmup, iters, precision, threads, as_json, dla_core):
     """Latency p50/p90/p99 and throughput of TARGET (a bundle or an .onnx file) per batch size."""
     from edgecv.runtime.bench import bench as run_bench
 
-    res = run_bench(target, backend, batches, warmup, iters, precision, threads)
+    res = run_bench(target, backend, batches, warmup, iters, precision, threads, dla_core=dla_core)
     if as_json:
         click.echo(json.dumps(res))
         return
@@ -109,7 +125,7 @@ def bench(target, backend, batches, warmup, iters, precision, threads, as_json):
                f"{res['backend']} {res['artifact']} ({res['precision']})")
 
 
-@cli.command()
+@click.command()
 @click.argument("target")
 @click.option("--backend", default="auto", show_default=True, type=BackendChoice())
 @click.option("--iters", type=click.IntRange(min=1), default=100, show_default=True)
@@ -119,12 +135,14 @@ def bench(target, backend, batches, warmup, iters, precision, threads, as_json):
 @click.option("-o", "--out", "out_dir", default=None, callback=_new_dir_or_missing,
               help="Folder for profile.json (trtexec shape), profile.csv, profile.png.")
 @click.option("--json", "as_json", is_flag=True)
-def profile(target, backend, iters, batch, threads, top, out_dir, as_json):
+@dla_option
+def profile(target, backend, iters, batch, threads, top, out_dir, as_json, dla_core):
     """Per-layer latency of TARGET, sorted by time, mapped back to PyTorch modules where names allow."""
     from edgecv.runtime.profile import profile as run_profile
     from edgecv.runtime.profile import trtexec_json
 
-    res = run_profile(target, backend, iters, batch=batch, out_dir=out_dir, threads=threads, top=top)
+    res = run_profile(target, backend, iters, batch=batch, out_dir=out_dir, threads=threads, top=top,
+                      dla_core=dla_core)
     if as_json:
         click.echo(json.dumps(trtexec_json(res)))
         return
@@ -138,7 +156,7 @@ def profile(target, backend, iters, batch, threads, top, out_dir, as_json):
                "outside the layers (input/output copies, scheduling)")
 
 
-@cli.command()
+@click.command()
 @click.argument("target")
 @click.option("--source", required=True,
               help="/dev/videoN, N, csi://N, rtsp://..., a video file, an image folder, or a GStreamer pipeline.")
@@ -167,19 +185,23 @@ def profile(target, backend, iters, batch, threads, top, out_dir, as_json):
               help="FFmpeg decoder threads for files and RTSP [default: 1 when the model runs on the CPU].")
 @click.option("--camera-resize/--no-camera-resize", default=True, show_default=True,
               help="csi://: scale frames to the model's resize size in the Jetson's VIC, not on the CPU.")
+@dla_option
 def run(target, source, backend, as_json, display, record, topk, smooth, max_frames, loop, realtime, threads,
-        max_failures, open_timeout, read_timeout, resize, decode_threads, camera_resize):
+        max_failures, open_timeout, read_timeout, resize, decode_threads, camera_resize, dla_core):
     """Classify frames from a camera, stream, video file or image folder with TARGET (a bundle).
 
     Exit status: 0 done, 2 bad input (bundle, source, flag), 3 the source failed, 130 Ctrl-C, 143 SIGTERM
     (the summary is printed and a --record file finalised in every case).
     """
+    from edgecv.runtime.run_loop import RunOptions
     from edgecv.runtime.run_loop import run as run_loop
 
-    summary = run_loop(target, source, backend, topk=topk, smooth=smooth, max_frames=max_frames, as_json=as_json,
-                       display=display, record=record, loop=loop, realtime=realtime, threads=threads,
-                       max_failures=max_failures, resize=resize, decode_threads=decode_threads,
-                       camera_resize=camera_resize, open_timeout_s=open_timeout, read_timeout_s=read_timeout)
+    opts = RunOptions(backend=backend, topk=topk, smooth=smooth, max_frames=max_frames, as_json=as_json,
+                      display=display, record=record, loop=loop, realtime=realtime, threads=threads,
+                      max_failures=max_failures, resize=resize, decode_threads=decode_threads,
+                      camera_resize=camera_resize, open_timeout_s=open_timeout, read_timeout_s=read_timeout,
+                      dla_core=dla_core)
+    summary = run_loop(target, source, backend, opts)
     out = {k: v for k, v in summary.items() if k != "latency_ms"}
     lat = summary["latency_ms"].get("pre_infer_post", {})
     line = (f"frames {out['frames']}  fps {out['fps']:.1f}  dropped {out['dropped']}  reconnects {out['reconnects']}  "

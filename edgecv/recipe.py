@@ -129,6 +129,7 @@ class ExportConfig:
     targets: List[str] = field(default_factory=lambda: _target_names())
     eval: Optional[str] = None
     eval_limit: Optional[int] = ranged(2000, ge=1)
+    max_batch: int = ranged(8, ge=1, le=4096)  # the largest batch the device engine is built for
     golden: int = ranged(64, ge=1, le=4096)  # golden vectors shipped for `edgecv verify` on the device
     min_agreement: float = ranged(0.99, ge=0, le=1)  # fidelity budget: top-1 agreement with fp32
     opset: int = ranged(17, ge=13, le=21)

@@ -24,7 +24,6 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 def cli():
-    from edgecv import commands  # noqa: F401
     from edgecv.cli import cli as group
 
     return group

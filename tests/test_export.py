@@ -14,7 +14,6 @@ from edgecv.runtime.bundle import open_bundle
 
 
 def main():
-    from edgecv import commands  # noqa: F401
 
     return cli
 

@@ -34,7 +34,6 @@ sys.addaudithook(_audit)
 
 
 def cli():
-    from edgecv import commands  # noqa: F401
     from edgecv.cli import cli as group
 
     return group

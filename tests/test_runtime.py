@@ -16,7 +16,6 @@ from edgecv.runtime.ort_backend import OrtBackend
 
 
 def main():
-    from edgecv import commands  # noqa: F401
 
     return cli
 

@@ -149,7 +149,6 @@ def test_csi_camera_scales_to_the_model_resize_in_hardware(tiny_bundle):
 def test_decode_threads_below_one_is_refused(tiny_bundle, tmp_path):
     from click.testing import CliRunner
 
-    from edgecv import commands  # noqa: F401  (registers the subcommands)
     from edgecv.cli import cli
 
     vid = make_video(tmp_path / "v.mp4", 2)

@@ -71,7 +71,6 @@ def dummy_target(tmp_path, monkeypatch):
 
 
 def test_a_third_target_touches_one_module(dummy_target, tiny_ckpt, tmp_path):
-    from edgecv import commands  # noqa: F401
     from edgecv.cli import cli
 
     out = tmp_path / "bundle"

@@ -16,7 +16,6 @@ from edgecv.utils.io import sha256_file
 
 
 def cli():
-    from edgecv import commands  # noqa: F401
     from edgecv.cli import cli as group
 
     return group

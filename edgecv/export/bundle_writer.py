@@ -119,6 +119,8 @@ def write_bundle(tmp: Path, src, data_cfg: DataConfig, recipe: Optional[Recipe],
         "artifacts": [{k: v for k, v in a.items() if k != "latency"} for a in artifacts],
         "default": summary["default"],
         "golden": summary.get("golden"),
+        # what `edgecv build` on the device uses when not told otherwise (export --fp16, --max-batch)
+        "build": {"fp16": bool(opts.fp16), "max_batch": int(opts.max_batch)},
         "summary": {k: v for k, v in summary.items() if k not in ("default",)},
         "stage_times_s": stage_times,
         "files": files,

@@ -218,8 +218,9 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
             raise ExportError("accuracy gate failed, no bundle written: " + " | ".join(gate_failures))
         with stages("speed gate (ONNX Runtime CPU, batch 1, 2 threads)"):
             paths = {"baseline_fp32": str(base_onnx)}
-            paths.update({a["file"]: str(tmp / a["file"]) for a in artifacts
-                          if targets.get(a["target"]).host_latency or a["precision"] == "int8"})
+            # every artefact file once (the fp32 model is shared by the targets); a device-built target's number
+            # here is its ONNX on this CPU, reported but never used to choose its default
+            paths.update({a["file"]: str(tmp / a["file"]) for a in artifacts})
             lat = speed_gate(paths, ev.x)
         summary["baseline"]["latency_ms"] = lat["baseline_fp32"]["p50_ms"]
         for a in artifacts:
@@ -283,6 +284,7 @@ def _build_engine(out: Path, opts: ExportConfig) -> Dict:
     from edgecv.runtime.engine_build import build_engine_for_bundle
 
     try:
-        return {"built": True, **build_engine_for_bundle(out, int8=opts.int8, fp16=opts.fp16)}
+        return {"built": True, **build_engine_for_bundle(out, int8=opts.int8, fp16=opts.fp16,
+                                                         max_batch=opts.max_batch)}
     except Exception as e:  # the bundle is complete without an engine; say why it is missing
         return {"built": False, "reason": f"engine build failed: {e}", "how": "edgecv build BUNDLE"}

@@ -48,7 +48,7 @@ class Backend:
         raise NotImplementedError
 
     @classmethod
-    def for_file(cls, path: str, threads: Optional[int] = None, **kw) -> Tuple["Backend", dict]:
+    def for_file(cls, path: str, threads: Optional[int] = None, dla_core: int = -1, **kw) -> Tuple["Backend", dict]:
         from edgecv.errors import DeviceError
 
         raise DeviceError(f"{path}: {cls.name} runs bundles only, not a bare model file; export a bundle")

@@ -9,11 +9,11 @@ from edgecv.runtime.latency import measure_interleaved
 
 
 def bench(target: str, backend: str = "auto", batches: List[int] = (1,), warmup: int = 20, iters: int = 200,
-          precision: Optional[str] = None, threads: Optional[int] = None) -> Dict:
+          precision: Optional[str] = None, threads: Optional[int] = None, dla_core: int = -1) -> Dict:
     """Time ``infer`` on random inputs of the model's shape; one entry per batch size."""
     from edgecv.runtime.select import open_backend
 
-    be, info = open_backend(target, backend, precision, threads)
+    be, info = open_backend(target, backend, precision, threads, dla_core=dla_core)
     spec = be.inputs[0]
     rng = np.random.default_rng(0)
     out = {"backend": info["backend"], "artifact": info["file"], "precision": info["precision"], "batches": {}}

@@ -1,9 +1,11 @@
 """On-device TensorRT engine build and cache.
 
 An engine is tied to one TensorRT version and one GPU, so the bundle ships ONNX and the device builds.
-Cached engines are keyed by model sha256, TensorRT version, GPU name and compute capability,
-precision and DLA core; the key is stored beside the engine and checked before every load, so an
-engine built for another key is never deserialized: it is rebuilt, with a message saying why.
+Cached engines are keyed by everything that changes the plan: model sha256, TensorRT version, GPU name and
+compute capability, precision, fp16 kernels, DLA core, batch range, workspace and builder optimisation level.
+The key is stored beside the engine and checked before every load, so an engine built for another key is
+never deserialized: it is rebuilt, with a message saying why. Builds with different settings get their own
+slots. One timing cache per (TensorRT version, compute capability) is shared by every model.
 """
 from __future__ import annotations
 
@@ -42,13 +44,19 @@ class EngineKey:
     compute_capability: str
     precision: str  # fp32 | fp16 | int8-qdq | int8-calib
     dla_core: int = -1
+    fp16: bool = False  # fp16 kernels allowed besides the precision's own
+    max_batch: int = 8  # optimisation profile 1..max_batch (DLA: static at max_batch)
+    workspace_mb: int = 1024
+    opt_level: int = -1  # builder optimisation level (TensorRT >= 8.6); -1: TensorRT's default
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:24]
 
     def slot(self) -> str:
         """What stays the same for one model and build request on any device: finds stale engines."""
-        return f"{self.model_sha256[:16]}-{self.precision}-dla{self.dla_core}"
+        settings = hashlib.sha256(json.dumps([self.fp16, self.max_batch, self.workspace_mb, self.opt_level])
+                                  .encode()).hexdigest()[:8]
+        return f"{self.model_sha256[:16]}-{self.precision}-dla{self.dla_core}-{settings}"
 
     def differences(self, other: "EngineKey") -> Dict[str, Tuple]:
         a, b = asdict(self), asdict(other)
@@ -84,10 +92,50 @@ def store(cache_dir: Path, key: EngineKey, plan: bytes, build_info: Dict) -> Pat
     return engine_file
 
 
+def profile_shapes(shape, max_batch: int, dla_core: int = -1):
+    """(min, opt, max) input shapes: batch 1..max_batch, or static at max_batch on DLA (DLA needs static
+    shapes: a dynamic 1/1/8 profile fails there)."""
+    rest = tuple(shape[1:])
+    if dla_core >= 0:
+        return (max_batch,) + rest, (max_batch,) + rest, (max_batch,) + rest
+    return (1,) + rest, (1,) + rest, (max_batch,) + rest
+
+
+def check_dla_precision(precision: str, fp16: bool, dla_core: int) -> None:
+    if dla_core >= 0 and precision == "fp32" and not fp16:
+        raise DeviceError("DLA runs fp16 or int8 only: build with --int8 or --fp16 (an fp32 build would run "
+                          "entirely on the GPU fallback)")
+
+
+def make_progress_monitor(trt):
+    """An IProgressMonitor (TensorRT >= 10) that logs each build phase as it starts and ends."""
+
+    class PhaseLog(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            log.info("build: %s (%d steps)", phase_name, num_steps)
+
+        def step_complete(self, phase_name, step):
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name):
+            log.debug("build: %s done", phase_name)
+
+    return PhaseLog()
+
+
+def timing_cache_path(cache_dir: Path, key: "EngineKey") -> Path:
+    """One timing cache per TensorRT version and compute capability, shared by every model built there."""
+    return cache_dir / f"timing-trt{key.trt_version}-sm{key.compute_capability.replace('.', '')}.cache"
+
+
 def build_plan(onnx_path: Path, precision: str, calib_cache: Optional[bytes] = None, dla_core: int = -1,
                workspace_mb: int = 1024, timing_cache: Optional[Path] = None, fp16: bool = False,
-               max_batch: int = 8) -> bytes:
+               max_batch: int = 8, opt_level: int = -1) -> bytes:
     """Parse ONNX and build a serialized engine with TensorRT's builder (8.5+ API only)."""
+    check_dla_precision(precision, fp16, dla_core)
     trt = import_tensorrt()
     if trt is None or not has_builder(trt):
         raise DeviceError("this TensorRT install has no builder (the lean runtime cannot build engines)")
@@ -106,9 +154,12 @@ def build_plan(onnx_path: Path, precision: str, calib_cache: Optional[bytes] = N
     shape = tuple(inp.shape)
     if shape[0] == -1:
         profile = builder.create_optimization_profile()
-        rest = tuple(shape[1:])
-        profile.set_shape(inp.name, (1,) + rest, (1,) + rest, (max_batch,) + rest)
+        profile.set_shape(inp.name, *profile_shapes(shape, max_batch, dla_core))
         config.add_optimization_profile(profile)
+    if opt_level >= 0 and hasattr(config, "builder_optimization_level"):
+        config.builder_optimization_level = opt_level
+    if hasattr(trt, "IProgressMonitor"):
+        config.progress_monitor = make_progress_monitor(trt)
     if has_precision_flags(trt):
         if precision.startswith("int8"):
             config.set_flag(trt.BuilderFlag.INT8)
@@ -141,35 +192,57 @@ def build_plan(onnx_path: Path, precision: str, calib_cache: Optional[bytes] = N
     return bytes(plan)
 
 
-def plan_for_bundle(bundle, int8: bool, dla_core: int = -1) -> Tuple[str, str]:
+def plan_for_bundle(bundle, int8: bool, dla_core: int = -1, fp16: bool = False, calib: bool = False) -> Tuple[str, str]:
     """Which ONNX to build and how: (file, precision). DLA and TensorRT < 8.6-style deployments use the
     fp32 ONNX + calibration cache (implicit int8); otherwise the explicit Q/DQ ONNX."""
+    fp32_file = bundle.artifact("tensorrt", "fp32")["file"]
     if not int8:
-        return "model_fp32.onnx", "fp32"
-    if dla_core >= 0:
+        return fp32_file, "fp16" if fp16 else "fp32"
+    if dla_core >= 0 or calib:
         if not bundle.manifest.get("calibration_cache"):
             raise DeviceError(f"{bundle.root}: DLA int8 needs a calibration cache; this bundle has none")
-        return "model_fp32.onnx", "int8-calib"
+        return fp32_file, "int8-calib"
     art = bundle.artifact("tensorrt", "int8")
     return art["file"], "int8-qdq"
 
 
-def engine_key_for(bundle, file: str, precision: str, dla_core: int = -1) -> EngineKey:
-    trt = import_tensorrt()
-    dev = device_key() or {"gpu": "none", "compute_capability": "0.0"}
-    return EngineKey(bundle.manifest["files"][file]["sha256"], getattr(trt, "__version__", "none"),
-                     dev["gpu"], dev["compute_capability"], precision, dla_core)
+def engine_key_for(bundle, file: str, precision: str, dla_core: int = -1, fp16: bool = False, max_batch: int = 8,
+                   workspace_mb: int = 1024, opt_level: int = -1, device: Optional[dict] = None,
+                   trt_version: Optional[str] = None) -> EngineKey:
+    if trt_version is None:
+        trt = import_tensorrt()
+        trt_version = getattr(trt, "__version__", "none")
+    dev = device or device_key() or {"gpu": "none", "compute_capability": "0.0"}
+    return EngineKey(bundle.manifest["files"][file]["sha256"], trt_version, dev["gpu"], dev["compute_capability"],
+                     precision, dla_core, bool(fp16), int(max_batch), int(workspace_mb), int(opt_level))
 
 
-def engine_for_bundle(bundle, precision: str = "int8", fp16: bool = False, dla_core: int = -1,
+def build_request(bundle, precision: str = "int8", fp16: Optional[bool] = None, dla_core: int = -1,
+                  max_batch: Optional[int] = None) -> Tuple[str, str, bool, int]:
+    """(file, engine precision, fp16, max batch) for a request, with what export recorded filling the gaps:
+    ``export --fp16`` allows fp16 kernels, and the batch sizes declared at export size the profile."""
+    build = bundle.manifest.get("build") if isinstance(bundle.manifest.get("build"), dict) else {}
+    if fp16 is None:
+        fp16 = bool(build.get("fp16", False))
+    if max_batch is None:
+        max_batch = 1 if dla_core >= 0 else int(build.get("max_batch", 8))
+    want_fp16 = precision == "fp16"
+    file, prec = plan_for_bundle(bundle, precision.startswith("int8"), dla_core, fp16=want_fp16,
+                                 calib=precision == "int8-calib")
+    check_dla_precision(prec, fp16 or want_fp16, dla_core)
+    return file, prec, bool(fp16 or want_fp16), max_batch
+
+
+def engine_for_bundle(bundle, precision: str = "int8", fp16: Optional[bool] = None, dla_core: int = -1,
                       workspace_mb: int = 1024, timing_cache: Optional[Path] = None,
-                      cache_dir: Optional[Path] = None) -> Tuple[Path, EngineKey]:
+                      cache_dir: Optional[Path] = None, max_batch: Optional[int] = None,
+                      opt_level: int = -1) -> Tuple[Path, EngineKey]:
     """The cached engine for this bundle and device, building it when the key does not match."""
+    file, prec, fp16, max_batch = build_request(bundle, precision, fp16, dla_core, max_batch)
     ok, why = trt_available()
     if not ok:
         raise DeviceError(f"cannot build a TensorRT engine: {why}")
-    file, prec = plan_for_bundle(bundle, precision.startswith("int8"), dla_core)
-    key = engine_key_for(bundle, file, prec, dla_core)
+    key = engine_key_for(bundle, file, prec, dla_core, fp16, max_batch, workspace_mb, opt_level)
     cache_dir = cache_dir or default_cache_dir()
     hit, why = lookup(cache_dir, key)
     if hit:
@@ -182,15 +255,18 @@ def engine_for_bundle(bundle, precision: str = "int8", fp16: bool = False, dla_c
 
         cache = retarget_header(bundle.path(bundle.manifest["calibration_cache"]).read_bytes(), key.trt_version)
     plan = build_plan(bundle.path(file), prec, cache, dla_core, workspace_mb,
-                      timing_cache or cache_dir / "timing.cache", fp16)
-    return store(cache_dir, key, plan, {"file": file, "fp16": fp16, "workspace_mb": workspace_mb}), key
+                      timing_cache or timing_cache_path(cache_dir, key), fp16, max_batch, opt_level)
+    return store(cache_dir, key, plan, {"file": file, "fp16": fp16, "workspace_mb": workspace_mb,
+                                        "max_batch": max_batch, "opt_level": opt_level}), key
 
 
-def build_engine_for_bundle(bundle_dir, int8: bool = True, fp16: bool = False, dla_core: int = -1,
-                            workspace_mb: int = 1024, timing_cache: Optional[str] = None, verify: bool = True) -> Dict:
+def build_engine_for_bundle(bundle_dir, int8: bool = True, fp16: Optional[bool] = None, dla_core: int = -1,
+                            workspace_mb: int = 1024, timing_cache: Optional[str] = None, verify: bool = True,
+                            max_batch: Optional[int] = None, opt_level: int = -1) -> Dict:
     from edgecv.runtime.bundle import open_bundle
 
     bundle = open_bundle(bundle_dir, verify=verify)
-    path, key = engine_for_bundle(bundle, "int8" if int8 else "fp32", fp16, dla_core, workspace_mb,
-                                  Path(timing_cache) if timing_cache else None)
+    path, key = engine_for_bundle(bundle, "int8" if int8 else ("fp16" if fp16 else "fp32"), fp16, dla_core,
+                                  workspace_mb, Path(timing_cache) if timing_cache else None, max_batch=max_batch,
+                                  opt_level=opt_level)
     return {"engine": str(path), "key": asdict(key)}

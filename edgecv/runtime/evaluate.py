@@ -32,7 +32,7 @@ def labelled_frames(data: str, channels: int, limit: Optional[int] = None) -> Tu
 
 
 def eval_bundle(bundle_dir, data: str, backend: str = "auto", limit: Optional[int] = None,
-                batch: int = 32, show_progress: bool = True, allow_subset: bool = False) -> Dict:
+                batch: int = 32, show_progress: bool = True, allow_subset: bool = False, dla_core: int = -1) -> Dict:
     """Top-1/top-5 of a bundle's default artefact on ``data``, whose classes must match the bundle's labels."""
     from edgecv.runtime.bundle import open_bundle
     from edgecv.runtime.select import open_backend
@@ -42,7 +42,7 @@ def eval_bundle(bundle_dir, data: str, backend: str = "auto", limit: Optional[in
     pre = Preprocessor(bundle.preprocess)
     n, classes, frames = labelled_frames(data, pre.channels, limit)
     mapping = match_classes(classes, labels, data, f"bundle {bundle_dir}", allow_subset)
-    be, info = open_backend(bundle, backend)
+    be, info = open_backend(bundle, backend, dla_core=dla_core)
     batch = min(batch, be.max_batch or batch)  # a TensorRT engine takes up to the batch it was built for
     c1 = c5 = seen = 0
     skipped: List[str] = []

@@ -47,14 +47,14 @@ def torch_module_of(layer: str) -> Optional[str]:
 
 
 def profile(target: str, backend: str = "auto", iters: int = 100, warmup: int = 10, batch: int = 1,
-            out_dir: Optional[str] = None, threads: Optional[int] = None, top: int = 20) -> Dict:
+            out_dir: Optional[str] = None, threads: Optional[int] = None, top: int = 20, dla_core: int = -1) -> Dict:
     """Per-layer mean and median ms of TARGET's default artefact on ``backend``, with the end-to-end check."""
     from edgecv.runtime.bundle import is_bundle_dir, open_bundle
     from edgecv.runtime.select import open_backend
 
     if is_bundle_dir(target):
         target = open_bundle(target)  # opened and checksummed once
-    be, info = open_backend(target, backend, threads=threads)
+    be, info = open_backend(target, backend, threads=threads, dla_core=dla_core)
     try:
         shape = (batch,) + tuple(d if d > 0 else 1 for d in be.inputs[0].shape[1:])
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)

@@ -1,10 +1,12 @@
 """``edgecv run``: the camera classification loop (capture -> preprocess -> infer -> top-k -> outputs)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -138,13 +140,9 @@ class _NoFrames(Exception):
     """Ends a recording's temporary file without renaming it into place."""
 
 
-def run(target, source: str, backend: str = "auto", topk: int = 1, smooth: int = 1,
-        max_frames: Optional[int] = None, as_json: bool = False, display: bool = False,
-        record: Optional[str] = None, loop: bool = False, realtime: bool = False, threads: Optional[int] = None,
-        max_failures: int = 5, emit: Callable[[str], None] = None, resize: str = "auto",
-        decode_threads: Optional[int] = None, camera_resize: bool = True, open_timeout_s: float = OPEN_TIMEOUT_S,
-        read_timeout_s: float = READ_TIMEOUT_S) -> Dict:
-    """Classify frames from ``source``; returns a summary (frames, FPS, latency percentiles per stage).
+@dataclass
+class RunOptions:
+    """Everything ``edgecv run`` can be told besides the bundle and the source (its flags, by name).
 
     ``resize``: the preprocessing resize mode (``auto``, ``area`` or ``fast``, see edgecv.runtime.preprocess).
     ``decode_threads``: FFmpeg decoder threads for files and RTSP; by default 1 while inference runs on the
@@ -152,7 +150,39 @@ def run(target, source: str, backend: str = "auto", topk: int = 1, smooth: int =
     inference 1.05x bare with one decoder thread against 1.15x with two).
     ``camera_resize``: a CSI camera delivers frames already scaled by the Jetson's VIC to the model's
     resize size, so the CPU only crops and normalises (display and recording then show that size too).
+    ``dla_core``: run a TensorRT engine built for this DLA core (-1: the GPU).
     """
+
+    backend: str = "auto"
+    precision: Optional[str] = None
+    topk: int = 1
+    smooth: int = 1
+    max_frames: Optional[int] = None
+    as_json: bool = False
+    display: bool = False
+    record: Optional[str] = None
+    loop: bool = False
+    realtime: bool = False
+    threads: Optional[int] = None
+    max_failures: int = 5
+    resize: str = "auto"
+    decode_threads: Optional[int] = None
+    camera_resize: bool = True
+    open_timeout_s: float = OPEN_TIMEOUT_S
+    read_timeout_s: float = READ_TIMEOUT_S
+    dla_core: int = -1
+
+
+def run(target, source: str, backend: str = "auto", options: Optional[RunOptions] = None,
+        emit: Optional[Callable[[str], None]] = None, **fields) -> Dict:
+    """Classify frames from ``source``; returns a summary (frames, FPS, latency percentiles per stage).
+
+    Options come as a :class:`RunOptions`, or as its fields by name (``run(b, src, topk=3)``).
+    """
+    o = dataclasses.replace(options or RunOptions(), backend=backend, **fields)
+    topk, smooth, max_frames, as_json, display, record = o.topk, o.smooth, o.max_frames, o.as_json, o.display, o.record
+    loop, realtime, threads, max_failures, resize = o.loop, o.realtime, o.threads, o.max_failures, o.resize
+    decode_threads, camera_resize = o.decode_threads, o.camera_resize
     from edgecv.runtime.bundle import open_bundle
     from edgecv.runtime.select import open_backend
 
@@ -165,7 +195,7 @@ def run(target, source: str, backend: str = "auto", topk: int = 1, smooth: int =
     labels = bundle.labels
     pre = Preprocessor(bundle.preprocess, resize)
     recorder = Recorder(record) if record else None  # a bad path is refused before anything runs
-    be, info = open_backend(bundle, backend, threads=threads)
+    be, info = open_backend(bundle, o.backend, o.precision, threads=threads, dla_core=o.dla_core)
     if decode_threads is None and be.runs_on_cpu:
         decode_threads = 1
     scale_to = csi_scale_to(pre) if camera_resize else None  # used by csi:// sources only
@@ -174,8 +204,8 @@ def run(target, source: str, backend: str = "auto", topk: int = 1, smooth: int =
         x = np.empty((1, pre.channels, pre.crop, pre.crop), np.float32)  # infer's check names the mismatch
     try:
         src = FrameSource(source, loop=loop, realtime=realtime, max_failures=max_failures,
-                          decode_threads=decode_threads, scale_to=scale_to, open_timeout_s=open_timeout_s,
-                          read_timeout_s=read_timeout_s)
+                          decode_threads=decode_threads, scale_to=scale_to, open_timeout_s=o.open_timeout_s,
+                          read_timeout_s=o.read_timeout_s)
     except BaseException:
         be.close()
         raise

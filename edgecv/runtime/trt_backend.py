@@ -52,11 +52,28 @@ class TrtBackend(Backend):
         return trt_available()
 
     @classmethod
-    def for_bundle(cls, bundle, precision: Optional[str] = None, threads: Optional[int] = None, **kw):
-        """The cached engine for the bundle's TensorRT artefact (built on first use on this device)."""
+    def precisions(cls, bundle) -> List[str]:
+        """int8 from the Q/DQ ONNX; int8 from the calibration cache where TensorRT still has calibrators
+        (<= 10.x); fp16 where the builder has the FP16 flag (<= 10.x); fp32."""
+        from edgecv.runtime.trt_compat import has_calibrators, has_precision_flags
+
+        out = ["int8"] if any(a["target"] == cls.name and a["precision"] == "int8"
+                              for a in bundle.manifest["artifacts"]) else []
+        if bundle.manifest.get("calibration_cache") and has_calibrators():
+            out.append("int8-calib")
+        if has_precision_flags():
+            out.append("fp16")
+        return out + ["fp32"]
+
+    @classmethod
+    def for_bundle(cls, bundle, precision: Optional[str] = None, threads: Optional[int] = None,
+                   dla_core: int = -1, **kw):
+        """The cached engine for the bundle's TensorRT artefact (built on first use on this device); the
+        engine's optimisation profile sets the largest batch ``infer`` takes."""
         from edgecv.runtime.engine_build import engine_for_bundle
 
-        engine_path, key = engine_for_bundle(bundle, precision=precision or bundle.artifact(cls.name)["precision"])
+        engine_path, key = engine_for_bundle(bundle, precision=precision or bundle.artifact(cls.name)["precision"],
+                                             dla_core=dla_core)
         be = cls(engine_path, **kw)
         return be, {"backend": cls.name, "file": str(engine_path), "precision": key.precision, "bundle": bundle}
 

@@ -76,7 +76,7 @@ def measure(be, x: np.ndarray, y: np.ndarray, ref: np.ndarray, iters: int) -> Di
             "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"]}
 
 
-def verify(bundle_dir, backend: str = "auto", iters: int = 50, record: bool = True) -> Dict:
+def verify(bundle_dir, backend: str = "auto", iters: int = 50, record: bool = True, dla_core: int = -1) -> Dict:
     """Check every precision this device can run against the golden vectors; choose and record the fastest
     within the fidelity budget. Returns the report; ``chosen`` is None when no precision passes."""
     from edgecv.runtime.bundle import open_bundle
@@ -99,7 +99,7 @@ def verify(bundle_dir, backend: str = "auto", iters: int = 50, record: bool = Tr
         for prec in cls.precisions(bundle):
             row: Dict = {"target": t.name, "precision": prec}
             try:
-                be, info = open_backend(bundle, t.name, prec)
+                be, info = open_backend(bundle, t.name, prec, dla_core=dla_core)
             except (*USER_ERRORS(), DeviceError, RuntimeError, OSError) as e:
                 rows.append({**row, "status": "failed", "reason": f"could not build or load: {e}"})
                 continue
