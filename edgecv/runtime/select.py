@@ -48,6 +48,8 @@ def open_backend(target, backend: str = "auto", precision: Optional[str] = None,
         chosen = _verified_choice(target, backend, precision)
         if chosen is not None:
             backend, precision = chosen["target"], chosen["precision"]
+            if kw.get("dla_core", -1) < 0 and int(chosen.get("dla_core", -1)) >= 0:
+                kw["dla_core"] = int(chosen["dla_core"])  # verified on that DLA core
     t = resolve_target(backend)
     cls = t.backend_class()
     if p is not None and not p.is_dir():

@@ -43,8 +43,9 @@ def recorded_choice(bundle) -> Optional[Dict]:
     if not isinstance(rec, dict) or rec.get("manifest_sha256") != bundle.manifest["manifest_sha256"]:
         return None
     c = rec.get("chosen")
-    if not isinstance(c, dict) or c.get("target") not in targets.names() or not isinstance(c.get("precision"), str):
-        return None
+    if not isinstance(c, dict) or c.get("target") not in targets.names() or not isinstance(c.get("precision"), str) \
+            or type(c.get("dla_core", -1)) is not int:
+        return None  # a damaged or hand-edited record is ignored: the manifest's default applies
     return c
 
 
@@ -129,8 +130,8 @@ def verify(bundle_dir, backend: str = "auto", iters: int = 50, record: bool = Tr
             f"within budget, slower ({r['p50_ms']:.3f} ms vs {chosen['p50_ms']:.3f} ms)"
     report = {"bundle": str(bundle.root), "manifest_sha256": bundle.manifest["manifest_sha256"],
               "golden": {"n": int(len(y)), "fp32_top1": ref_top1}, "budget": budget, "candidates": rows,
-              "chosen": {k: chosen[k] for k in ("target", "precision", "file", "p50_ms", "agreement")}
-              if chosen else None}
+              "chosen": {**{k: chosen[k] for k in ("target", "precision", "file", "p50_ms", "agreement")},
+                         "dla_core": dla_core} if chosen else None}
     if chosen and record:
         atomic_write_json(choice_path(bundle), report)
         report["recorded"] = str(choice_path(bundle))
