@@ -91,9 +91,14 @@ def verify(bundle, backend, iters, record, as_json, dla_core):
         print_rows(rows, ["target", "precision", "status", "agreement", "top1", "max_abs_err", "p50_ms", "p99_ms",
                           "reason"], f"edgecv verify {bundle} ({rep['golden']['n']} golden vectors)")
         c = rep["chosen"]
-        click.echo(f"chosen: {c['target']} {c['precision']} ({c['p50_ms']:.3f} ms, agreement {c['agreement']:.1%})"
-                   + (f"; recorded in {rep['recorded']}" if rep.get("recorded") else "") if c else
-                   "error: no precision is within the fidelity budget; nothing recorded")
+        if c:
+            click.echo(f"chosen: {c['target']} {c['precision']} ({c['p50_ms']:.3f} ms, agreement {c['agreement']:.1%})"
+                       + (f"; recorded in {rep['recorded']}" if rep.get("recorded") else ""))
+    if not rep["chosen"]:
+        ran = [r for r in rep["candidates"] if "agreement" in r]
+        why = "no precision is within the fidelity budget" if ran else "nothing could run on this device (" + \
+            "; ".join(f"{r['target']} {r['precision']}: {r['reason']}" for r in rep["candidates"]) + ")"
+        click.echo(f"error: {why}; nothing recorded", err=True)
     sys.exit(0 if rep["chosen"] else 1)
 
 
