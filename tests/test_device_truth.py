@@ -166,3 +166,45 @@ def test_run_takes_an_options_dataclass(tiny_bundle, tmp_path):
     with pytest.raises(TypeError):
         run(str(tiny_bundle), str(tmp_path), "onnxruntime", RunOptions(), nonsense=1)
     assert np.isfinite(s["fps"])
+
+
+def test_auto_falls_back_when_the_preferred_engine_fails(tiny_bundle, tmp_path, monkeypatch):
+    """A stand-in for TensorRT whose engine build fails on this device: auto falls back to ONNX Runtime and
+    says why (before, the TensorRT failure ended the run)."""
+    from edgecv import targets
+    from edgecv.runtime.select import open_backend
+
+    mod = tmp_path / "broken_gpu_target.py"
+    mod.write_text(textwrap.dedent('''
+        from edgecv.errors import DeviceError
+        from edgecv.runtime.ort_backend import OrtBackend
+
+        class BrokenGpu(OrtBackend):
+            name = "tensorrt"
+
+            @classmethod
+            def available(cls):
+                return True, ""
+
+            @classmethod
+            def for_bundle(cls, bundle, precision=None, threads=None, **kw):
+                raise DeviceError("fake GPU: engine build failed (out of memory)")
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    t = targets.get("tensorrt")
+    monkeypatch.setitem(targets._REGISTRY, "tensorrt",
+                        targets.Target(**{**t.__dict__, "backend": "broken_gpu_target:BrokenGpu"}))
+    be, info = open_backend(str(tiny_bundle), "auto")
+    be.close()
+    assert info["backend"] == "onnxruntime" and "engine build failed" in info["fallback"][0]
+    with pytest.raises(DeviceError, match="engine build failed"):
+        open_backend(str(tiny_bundle), "tensorrt")  # asked for by name: no silent substitute
+
+
+def test_fused_tensorrt_layer_names_map_to_their_first_module():
+    from edgecv.runtime.profile import torch_module_of
+
+    assert torch_module_of("/features/features.0/features.0.0/Conv + /features/features.0/features.0.2/Relu") \
+        == "features.0.0"
+    assert torch_module_of("PWN(/_blocks.0/_swish/Sigmoid, /_blocks.0/_swish/Mul)") == "_blocks.0._swish"
+    assert torch_module_of("Reformatting CopyNode for Input Tensor 0 to /_conv_stem/Conv") == "_conv_stem"

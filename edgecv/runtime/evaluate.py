@@ -73,4 +73,5 @@ def eval_bundle(bundle_dir, data: str, backend: str = "auto", limit: Optional[in
     if seen == 0:
         raise DatasetError(f"{data}: no readable images ({len(skipped)} skipped)")
     return {"top1": c1 / seen, "top5": c5 / seen, "n": seen, "skipped": len(skipped), "backend": info["backend"],
-            "artifact": info["file"], "precision": info["precision"], "chosen_by": info.get("chosen_by")}
+            "artifact": info["file"], "precision": info["precision"], "chosen_by": info.get("chosen_by"),
+            "fallback": info.get("fallback")}

@@ -276,6 +276,7 @@ def run(target, source: str, backend: str = "auto", options: Optional[RunOptions
     summary = {"frames": n, "fps": n / elapsed if elapsed else 0.0, "dropped": src.dropped,
                "reconnects": src.reconnects, "skipped": src.skipped, "backend": info["backend"], "resize": resize,
                "artifact": info["file"], "interrupted": interrupted, "error": error, "recorded": recorded,
+               "precision": info.get("precision"), "chosen_by": info.get("chosen_by"), "fallback": info.get("fallback"),
                "recorded_frames": recorder.frames if recorder else 0,
                "latency_ms": {k: percentiles(v) for k, v in stages.items() if v}}
     if n:

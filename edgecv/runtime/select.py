@@ -50,21 +50,47 @@ def open_backend(target, backend: str = "auto", precision: Optional[str] = None,
             backend, precision = chosen["target"], chosen["precision"]
             if kw.get("dla_core", -1) < 0 and int(chosen.get("dla_core", -1)) >= 0:
                 kw["dla_core"] = int(chosen["dla_core"])  # verified on that DLA core
-    t = resolve_target(backend)
-    cls = t.backend_class()
     if p is not None and not p.is_dir():
+        cls = resolve_target(backend).backend_class()
         if not p.exists():
             raise DeviceError(f"{target}: no such bundle directory or .onnx file")
         if p.suffix != ".onnx":
             raise DeviceError(f"{target}: not a bundle directory or an .onnx file")
         return cls.for_file(str(p), threads=threads, **kw)
     bundle = open_bundle(target)
-    be, info = cls.for_bundle(bundle, precision, threads=threads, **kw)
+    if backend != "auto":
+        be, info = _open_checked(bundle, resolve_target(backend), precision, threads, kw)
+        info["chosen_by"] = "verify" if chosen is not None else ("flag" if precision else "manifest default")
+        return be, info
+    # auto: the highest-priority target that runs here; when its engine fails to build or load, the next one
+    # (TensorRT -> ONNX Runtime), each fallback with its reason.
+    fallbacks = []
+    for t in targets.auto_order():
+        ok, why = t.backend_class().available()
+        if not ok:
+            continue
+        if not any(a["target"] == t.name for a in bundle.manifest["artifacts"]):
+            fallbacks.append(f"{t.name}: the bundle has no artefact for it")
+            continue
+        try:
+            be, info = _open_checked(bundle, t, precision, threads, kw)
+        except (DeviceError, ModelFileError, RuntimeError, OSError) as e:
+            fallbacks.append(f"{t.name}: {e}")
+            log.warning("%s failed here (%s); falling back", t.name, e)
+            continue
+        info["chosen_by"] = "manifest default" if not precision else "flag"
+        if fallbacks:
+            info["fallback"] = fallbacks
+        return be, info
+    raise DeviceError(f"{bundle.root}: no target can run this bundle here: " + "; ".join(fallbacks or ["none available"]))
+
+
+def _open_checked(bundle, t: targets.Target, precision: Optional[str], threads: Optional[int], kw: dict):
+    be, info = t.backend_class().for_bundle(bundle, precision, threads=threads, **kw)
     problems = io_mismatches(bundle, be, info["file"])
     if problems:
         be.close()
         raise ModelFileError("; ".join(problems))
-    info["chosen_by"] = "verify" if chosen is not None else ("flag" if precision else "manifest default")
     return be, info
 
 
