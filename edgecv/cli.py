@@ -36,9 +36,14 @@ class EdgecvGroup(click.Group):
 @click.group(cls=EdgecvGroup)
 @click.version_option(package_name="edgecv")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def cli(verbose: bool) -> None:
+@click.option("--trust", multiple=True, metavar="KEY", help="Trust this public key (PEM): every bundle opened must "
+              "carry a valid signature by a trusted key (also EDGECV_TRUST, ~/.config/edgecv/trusted-keys/).")
+def cli(verbose: bool, trust) -> None:
     """edgecv: train, compress, export and deploy CNN image classifiers to edge devices."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="[%(name)s] %(message)s")
+    if trust:
+        prior = os.environ.get("EDGECV_TRUST")
+        os.environ["EDGECV_TRUST"] = os.pathsep.join([*trust, *([prior] if prior else [])])
 
 
 def _emit(result: dict, as_json: bool, table_title: str) -> None:
@@ -137,10 +142,11 @@ def explain(target, images, out_dir, method, topk, check, random_unit, as_json):
 def _register() -> None:
     """Add the command modules' commands to the group, explicitly: ``from edgecv.cli import cli`` is complete
     (the command modules import nothing from here, so there is no import cycle)."""
-    from edgecv import cli_device, cli_export
+    from edgecv import cli_deploy, cli_device, cli_export
 
     for cmd in (cli_export.export, cli_export.check, cli_device.build, cli_device.verify, cli_device.bench,
-                cli_device.profile, cli_device.run):
+                cli_device.profile, cli_device.run, cli_deploy.sign, cli_deploy.install, cli_deploy.rollback,
+                cli_deploy.status, cli_deploy.push):
         cli.add_command(cmd)
 
 

@@ -28,6 +28,9 @@ from edgecv.recipe import CALIB_METHODS
 @click.option("--eval", "eval_path", default=None, help="Evaluation images; default: the recipe's held-out split.")
 @click.option("--max-batch", type=click.IntRange(1, 4096), default=None,
               help="Largest batch the device engine is built for (default 8; DLA engines are static at 1).")
+@click.option("--release", type=click.IntRange(min=0), default=None,
+              help="Release number; a device refuses one lower or equal to what it runs (default 0).")
+@click.option("--arch", default=None, help="Comma list of device CPU architectures (e.g. aarch64); default: any.")
 @click.option("--golden", type=click.IntRange(1, 4096), default=None,
               help="Golden vectors shipped for `edgecv verify` on the device (default 64).")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=None,
@@ -35,14 +38,15 @@ from edgecv.recipe import CALIB_METHODS
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Recipe override.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON at the end.")
 def export(source, out_dir, force, int8, fp16, prune, distill, calib, calib_samples, calib_method, max_drop,
-           target_list, eval_path, max_batch, golden, min_agreement, overrides, as_json):
+           target_list, eval_path, max_batch, release, arch, golden, min_agreement, overrides, as_json):
     """Turn SOURCE (a recipe or a checkpoint) into a verified deploy bundle in OUT."""
     from edgecv.export.pipeline import export_bundle
 
     flags = {"int8": int8, "fp16": fp16, "prune": prune, "distill": distill, "calib": calib,
              "calib_samples": calib_samples, "calib_method": calib_method, "max_drop": max_drop,
              "targets": [t.strip() for t in target_list.split(",") if t.strip()] if target_list is not None else None,
-             "eval": eval_path, "golden": golden, "min_agreement": min_agreement, "max_batch": max_batch}
+             "eval": eval_path, "golden": golden, "min_agreement": min_agreement, "max_batch": max_batch,
+             "release": release, "arch": [a.strip() for a in arch.split(",") if a.strip()] if arch else None}
     manifest = export_bundle(source, out_dir, flags, list(overrides), show_progress=not as_json, force=force)
     if as_json:
         click.echo(json.dumps(manifest))

@@ -121,6 +121,9 @@ def write_bundle(tmp: Path, src, data_cfg: DataConfig, recipe: Optional[Recipe],
         "golden": summary.get("golden"),
         # what `edgecv build` on the device uses when not told otherwise (export --fp16, --max-batch)
         "build": {"fp16": bool(opts.fp16), "max_batch": int(opts.max_batch)},
+        "release": int(opts.release),
+        # checked by `edgecv install` on the device (TensorRT majors: what this edgecv's build code supports)
+        "compat": {"min_edgecv": __version__, "arch": opts.arch, "tensorrt_major": [8, 11]},
         "summary": {k: v for k, v in summary.items() if k not in ("default",)},
         "stage_times_s": stage_times,
         "files": files,

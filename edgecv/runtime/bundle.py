@@ -129,6 +129,16 @@ def validate_manifest(m: Any, mpath: Path) -> None:
             for d in s["shape"]:
                 if isinstance(d, bool) or not (isinstance(d, str) or (isinstance(d, int) and d >= 0)):
                     raise BundleError(f"{mpath}: {key}[{i}].shape: bad dimension {d!r}")
+    rel = m.get("release")
+    if rel is not None and (isinstance(rel, bool) or not isinstance(rel, int) or rel < 0):
+        raise BundleError(f"{mpath}: release: expected an integer >= 0, got {rel!r}")
+    compat = m.get("compat")
+    if compat is not None and (not isinstance(compat, dict) or not (compat.get("arch") is None or (
+            isinstance(compat["arch"], list) and all(isinstance(a, str) for a in compat["arch"]))) or not (
+            compat.get("tensorrt_major") is None or (isinstance(compat["tensorrt_major"], list) and len(
+                compat["tensorrt_major"]) == 2 and all(type(v) is int for v in compat["tensorrt_major"])))):
+        raise BundleError(f"{mpath}: compat: expected {{arch: [str] or null, tensorrt_major: [int, int] or null, "
+                          "min_edgecv: str}")
     golden = m.get("golden")
     if golden is not None:
         if not isinstance(golden, dict):
@@ -258,17 +268,28 @@ def is_bundle_dir(path: str | os.PathLike) -> bool:
     return Path(os.fsdecode(path)).is_dir() and (Path(os.fsdecode(path)) / MANIFEST).is_file()
 
 
-def open_bundle(path: "str | os.PathLike | Bundle", verify: bool = True) -> Bundle:
+def open_bundle(path: "str | os.PathLike | Bundle", verify: bool = True, trust: bool = True) -> Bundle:
     """Read and validate ``manifest.json`` and (by default) verify every file's size and sha256.
 
-    A :class:`Bundle` passed in is returned as it is (already opened and verified by the caller).
+    When a trusted public key is configured (edgecv.deploy.signing), the bundle's signature is verified first,
+    before anything in it is parsed (``trust=False`` skips that, for signing itself). An install root (from
+    ``edgecv install``) opens its active slot. A :class:`Bundle` passed in is returned as it is.
     """
     if isinstance(path, Bundle):
         return path
     root = Path(os.fsdecode(path))
     if not root.is_dir():
         raise BundleError(f"{root}: not a bundle directory")
+    from edgecv.deploy.install import active_slot
+
+    root = active_slot(root) or root
     root = Path(os.path.realpath(root))  # the root may be a link the user chose; nothing below it may be
+    if trust:
+        from edgecv.deploy.signing import configured_trust, verify_signature
+
+        keys = configured_trust()
+        if keys:
+            verify_signature(root, keys)
     mpath = _regular_file_inside(root, MANIFEST, "required (not an edgecv bundle)")
     if mpath.stat().st_size > MAX_MANIFEST_BYTES:
         raise BundleError(f"{mpath}: {mpath.stat().st_size} bytes; not an edgecv manifest")

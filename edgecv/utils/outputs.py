@@ -20,7 +20,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import FrozenSet, Iterator, List, Optional
+from typing import FrozenSet, Iterator, List, Optional, Tuple
 
 from edgecv.utils.io import TMP_TAG, dir_mode, replace_dir, sweep_stale
 
@@ -29,7 +29,7 @@ class OutputError(ValueError):
     """An output path cannot be written without losing data (or without racing another writer)."""
 
 
-BUNDLE_NAMES = re.compile(r"^(manifest\.json|labels\.txt|preprocess\.json|recipe\.yaml|report\.(md|png)|"
+BUNDLE_NAMES = re.compile(r"^(model\.sig|manifest\.json|labels\.txt|preprocess\.json|recipe\.yaml|report\.(md|png)|"
                           r"calibration\.cache|pruned_model\.pt|golden[\w.-]*|model_[\w.-]+\.onnx)$")
 RUN_NAMES = re.compile(r"^(recipe\.yaml|last\.pt|model\.pt|log\.jsonl|log\.csv|metrics\.json|confusion\.png)$")
 
@@ -41,9 +41,10 @@ class OutputKind:
     what: str  # "bundle" | "training run"
     names: "re.Pattern"
     manifest: Optional[str] = None  # a bundle's index: every file must be listed in it
+    extra: Tuple[str, ...] = ()  # files the index cannot list (the signature covers the index itself)
 
 
-BUNDLE = OutputKind("bundle", BUNDLE_NAMES, "manifest.json")
+BUNDLE = OutputKind("bundle", BUNDLE_NAMES, "manifest.json", ("model.sig",))
 RUN = OutputKind("training run", RUN_NAMES)
 
 
@@ -99,7 +100,7 @@ def inspect_output(path: Path, kind: OutputKind, force: bool = False) -> str:
         top = [e for e in entries if os.sep not in e]
         listed = _listed_files(path / kind.manifest) if kind.manifest in top else None
         if listed is not None:
-            foreign = sorted(e for e in entries if e != kind.manifest and e not in listed
+            foreign = sorted(e for e in entries if e != kind.manifest and e not in listed and e not in kind.extra
                              and not (path / e).is_dir())
             if not foreign and not links:
                 return "ours"

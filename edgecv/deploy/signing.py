@@ -1,0 +1,102 @@
+"""Bundle signatures in the OpenSSF model-signing format (a Sigstore bundle carrying a DSSE-wrapped in-toto
+statement of every file's digest), with ECDSA keys: ``model_signing verify key`` accepts an edgecv-signed
+bundle, and edgecv accepts one the reference tool signed.
+
+The signature is ``model.sig`` inside the bundle (the reference tool's default name), excluded from what it
+signs. Whenever a trusted public key is configured (``--trust KEY``, ``EDGECV_TRUST``, or PEM files in
+``$XDG_CONFIG_HOME/edgecv/trusted-keys/``), every bundle open verifies the signature first, before the
+manifest is parsed; an unsigned or wrongly signed bundle is refused, naming the problem.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List
+
+from edgecv.errors import BundleError
+
+SIGNATURE = "model.sig"
+
+
+class SignatureError(BundleError):
+    """A bundle's signature is missing, invalid, or made with a key that is not trusted."""
+
+
+def trusted_keys_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "edgecv" / "trusted-keys"
+
+
+def configured_trust() -> List[Path]:
+    """Public keys to trust: ``EDGECV_TRUST`` (files or folders, separated by ':') and the trusted-keys folder."""
+    out: List[Path] = []
+    for item in filter(None, os.environ.get("EDGECV_TRUST", "").split(os.pathsep)):
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(q for q in p.iterdir() if q.suffix in (".pem", ".pub") and q.is_file())
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise SignatureError(f"{p}: trusted key not found (EDGECV_TRUST / --trust)")
+    d = trusted_keys_dir()
+    if d.is_dir():
+        out += sorted(q for q in d.iterdir() if q.suffix in (".pem", ".pub") and q.is_file())
+    return out
+
+
+def _ignored(bundle: Path) -> List[Path]:
+    return [Path(SIGNATURE)]
+
+
+def _hashing_config(bundle: Path):
+    import model_signing
+
+    return model_signing.hashing.Config().set_ignored_paths(paths=_ignored(bundle), ignore_git_paths=True)
+
+
+def sign_bundle(bundle: str | os.PathLike, private_key: str | os.PathLike, password: str | None = None) -> Path:
+    """Sign every file of a verified bundle with an EC private key (PEM); returns the signature's path."""
+    from edgecv.runtime.bundle import open_bundle
+    from edgecv.utils.io import TMP_TAG, file_mode
+
+    b = open_bundle(bundle, trust=False)  # integrity first: never sign a damaged bundle
+    key = Path(private_key)
+    if not key.is_file():
+        raise SignatureError(f"{key}: private key not found")
+    import model_signing
+
+    sig = b.root / SIGNATURE
+    # written beside the bundle, not in it (the signature covers every file in the bundle), then renamed in
+    tmp = b.root.parent / f".{b.root.name}.sig{TMP_TAG}{os.getpid()}"
+    try:
+        model_signing.signing.Config().use_elliptic_key_signer(private_key=key, password=password) \
+            .set_hashing_config(_hashing_config(b.root)).sign(b.root, tmp)
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, sig)
+    except (ValueError, TypeError) as e:
+        raise SignatureError(f"{key}: cannot sign with this key ({e}); use an ECDSA P-256/P-384 key") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return sig
+
+
+def verify_signature(bundle: str | os.PathLike, keys: List[Path]) -> Path:
+    """The trusted key that verifies ``bundle``'s signature; SignatureError when none does."""
+    import model_signing
+
+    root = Path(os.fsdecode(bundle))
+    sig = root / SIGNATURE
+    if sig.is_symlink() or not sig.is_file():
+        raise SignatureError(f"{root}: not signed ({SIGNATURE} missing) but a trusted key is configured; "
+                             f"sign it with `edgecv sign {root} --key KEY`")
+    problems = []
+    for key in keys:
+        try:
+            model_signing.verifying.Config().use_elliptic_key_verifier(public_key=key) \
+                .set_hashing_config(_hashing_config(root)).verify(root, sig)
+            return key
+        except Exception as e:  # the library raises ValueError and cryptography's InvalidSignature, among others
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            problems.append(f"{key.name}: {msg[:200]}")
+    raise SignatureError(f"{root}: signature does not verify with any trusted key ({'; '.join(problems)})")
