@@ -41,9 +41,9 @@ class EdgecvGroup(click.Group):
 def cli(verbose: bool, trust) -> None:
     """edgecv: train, compress, export and deploy CNN image classifiers to edge devices."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="[%(name)s] %(message)s")
-    if trust:
-        prior = os.environ.get("EDGECV_TRUST")
-        os.environ["EDGECV_TRUST"] = os.pathsep.join([*trust, *([prior] if prior else [])])
+    from edgecv.deploy.signing import set_command_trust
+
+    set_command_trust(trust)
 
 
 def _emit(result: dict, as_json: bool, table_title: str) -> None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import click
@@ -10,8 +9,9 @@ import click
 
 def _trust(ctx, param, value):
     if value:
-        prior = os.environ.get("EDGECV_TRUST")
-        os.environ["EDGECV_TRUST"] = os.pathsep.join([*value, *([prior] if prior else [])])
+        from edgecv.deploy.signing import _COMMAND_TRUST, set_command_trust
+
+        set_command_trust([*_COMMAND_TRUST, *value])
     return value
 
 

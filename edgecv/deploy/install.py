@@ -44,7 +44,8 @@ def default_root() -> Path:
 
 
 def is_install_root(path: Path) -> bool:
-    return (path / STATE).is_file() and (path / "active").is_symlink()
+    # The symlink is the truth (install.json may lag it by a kill between the switch and its update).
+    return (path / "active").is_symlink() and (path / "slots").is_dir()
 
 
 def active_slot(path: Path) -> Optional[Path]:
@@ -113,13 +114,14 @@ def _l4t_release() -> Optional[str]:
 
 
 def highest_release(root: Path) -> int:
-    state = _read_json(root / STATE) or {}
-    best = state.get("highest_release", -1)
+    def as_int(v):
+        return v if type(v) is int else -1  # a hand-edited or damaged value counts as nothing
+
+    best = as_int((_read_json(root / STATE) or {}).get("highest_release", -1))
     active = active_slot(root) if is_install_root(root) else None
     if active is not None:
-        rep = _read_json(root / "slots" / f"{active.name}.json") or {}
-        best = max(best, rep.get("release", -1))
-    return int(best) if isinstance(best, int) else -1
+        best = max(best, as_int((_read_json(root / "slots" / f"{active.name}.json") or {}).get("release", -1)))
+    return best
 
 
 def install(bundle: str | os.PathLike, root: Optional[str | os.PathLike] = None, allow_downgrade: bool = False,
@@ -181,10 +183,8 @@ def install(bundle: str | os.PathLike, root: Optional[str | os.PathLike] = None,
             _stage("switch", log)
             _switch(root, slot)
             report["previous"] = active.name if active is not None else None
-            state = _read_json(root / STATE) or {}
-            atomic_write_json(root / STATE, {"format": 1, "highest_release": max(report["release"],
-                                                                                 int(state.get("highest_release", -1))),
-                                             "active": slot})
+            atomic_write_json(root / STATE, {"format": 1, "active": slot,
+                                             "highest_release": max(report["release"], highest_release(root))})
             report.update(status="active", seconds=round(time.time() - t0, 2))
             atomic_write_json(root / "slots" / f"{slot}.json", report)
         except BaseException as e:

@@ -27,10 +27,20 @@ def trusted_keys_dir() -> Path:
     return Path(base) / "edgecv" / "trusted-keys"
 
 
+_COMMAND_TRUST: List[str] = []  # --trust of the command being run (set per invocation, never inherited)
+
+
+def set_command_trust(keys) -> None:
+    """The ``--trust`` keys of this command invocation (replacing any earlier invocation's in this process)."""
+    _COMMAND_TRUST[:] = [os.fspath(k) for k in keys or ()]
+
+
 def configured_trust() -> List[Path]:
-    """Public keys to trust: ``EDGECV_TRUST`` (files or folders, separated by ':') and the trusted-keys folder."""
+    """Public keys to trust: ``--trust``, ``EDGECV_TRUST`` (files or folders, separated by ':') and the
+    trusted-keys folder."""
     out: List[Path] = []
-    for item in filter(None, os.environ.get("EDGECV_TRUST", "").split(os.pathsep)):
+    items = list(_COMMAND_TRUST) + os.environ.get("EDGECV_TRUST", "").split(os.pathsep)
+    for item in filter(None, items):
         p = Path(item)
         if p.is_dir():
             out += sorted(q for q in p.iterdir() if q.suffix in (".pem", ".pub") and q.is_file())
