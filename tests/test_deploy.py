@@ -255,3 +255,31 @@ def test_push_installs_over_a_real_ssh_server(sshd, tiny_bundle, tmp_path):
     assert r.exit_code == 2 and "anti-rollback" in r.output
     bad = invoke("push", b, f"ssh://127.0.0.1:{_free_port()}{root}", "-o", "ConnectTimeout=3")
     assert bad.exit_code == 2 and "cannot connect" in bad.output
+
+
+def test_bad_keys_roots_and_urls_are_one_line(tiny_bundle, tmp_path, keys):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    rsa_key = tmp_path / "rsa.pem"
+    rsa_key.write_bytes(rsa.generate_private_key(65537, 2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle, b)
+    for args, needle in [(["sign", b, "--key", rsa_key], "needs an ECDSA key"),
+                         (["sign", b, "--key", tmp_path / "missing.pem"], "private key not found"),
+                         (["install", b, "--root", keys / "dev.pem"], "exists and is not a directory"),
+                         (["install", tmp_path / "nope", "--root", tmp_path / "r"], "not a bundle directory"),
+                         (["status", "--root", tmp_path / "r"], "not an edgecv install root"),
+                         (["rollback", "--root", tmp_path / "r"], "not an edgecv install root"),
+                         (["push", b, "http://host/x"], "expected ssh://"),
+                         (["push", b, "ssh://host"], "no install ROOT")]:
+        r = invoke(*args)
+        assert r.exit_code == 2 and needle in r.output, (args, r.output)
+    assert not (b / "model.sig").exists() and not (tmp_path / "r").exists()
+    root = tmp_path / "root"
+    assert invoke("install", release(tiny_bundle, tmp_path / "r1", 1), "--root", root).exit_code == 0
+    (root / "active").unlink()
+    (root / "active").symlink_to("../../etc")  # hand-edited
+    r = invoke("eval", root, "--data", FASHION, "--limit", "5")
+    assert r.exit_code == 2 and "not to a slot" in r.output

@@ -131,6 +131,10 @@ def install(bundle: str | os.PathLike, root: Optional[str | os.PathLike] = None,
     from edgecv.utils.outputs import OutputLock
 
     root = Path(os.path.abspath(root or default_root()))
+    if root.exists() and (not root.is_dir() or root.is_symlink()):
+        raise InstallError(f"{root}: the install root exists and is not a directory")
+    if not root.exists():
+        open_bundle(bundle)  # a bad bundle creates nothing on the device
     root.mkdir(parents=True, exist_ok=True, mode=0o755)
     os.chmod(root, 0o755)  # readable by the service account, writable by its owner only
     t0 = time.time()

@@ -83,8 +83,10 @@ def sign_bundle(bundle: str | os.PathLike, private_key: str | os.PathLike, passw
             .set_hashing_config(_hashing_config(b.root)).sign(b.root, tmp)
         os.chmod(tmp, file_mode())
         os.replace(tmp, sig)
-    except (ValueError, TypeError) as e:
-        raise SignatureError(f"{key}: cannot sign with this key ({e}); use an ECDSA P-256/P-384 key") from None
+    except Exception as e:  # wrong key type (RSA, Ed25519), bad password, unreadable PEM: many exception types
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SignatureError(f"{key}: cannot sign with this key ({msg[:200]}); model-signing needs an ECDSA key "
+                             "(P-256/P-384): openssl ecparam -name prime256v1 -genkey -noout -out key.pem") from None
     finally:
         if tmp.exists():
             tmp.unlink()
