@@ -355,3 +355,11 @@ def test_fifos_and_devices_named_like_images_never_block(tiny_bundle, tmp_path):
     assert r.returncode == 0 and summary["frames"] == 3 and summary["skipped"] == 2
     res = json.loads(invoke("eval", tiny_bundle, "--data", d, "--allow-missing-classes", "--json").output)
     assert res["n"] == 3
+
+
+@pytest.mark.parametrize("content", [b"[1, 2]", b'"a string"', b"null", b"{", b"\xff\xfe{}", b""])
+def test_manifest_that_is_not_an_object_is_refused(content, bundle_copy):
+    (bundle_copy / "manifest.json").write_bytes(content)
+    for cmd in (["check", bundle_copy], ["eval", bundle_copy, "--data", FASHION], ["bench", bundle_copy]):
+        r = invoke(*cmd)
+        assert r.exit_code in (1, 2) and "manifest.json" in r.output and "Traceback" not in r.output, r.output
