@@ -146,7 +146,7 @@ def _register() -> None:
 
     for cmd in (cli_export.export, cli_export.check, cli_device.build, cli_device.verify, cli_device.bench,
                 cli_device.profile, cli_device.run, cli_deploy.sign, cli_deploy.install, cli_deploy.rollback,
-                cli_deploy.status, cli_deploy.push):
+                cli_deploy.status, cli_deploy.push, cli_deploy.service_unit):
         cli.add_command(cmd)
 
 

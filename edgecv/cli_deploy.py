@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -98,3 +99,23 @@ def push(bundle, url, identity, ssh_options, remote_edgecv, allow_downgrade):
     rep = do_push(bundle, url, identity, ssh_options, remote_edgecv, allow_downgrade)
     click.echo(json.dumps(rep))
     sys.exit(0)
+
+
+@click.command("service-unit")
+@click.option("--root", default=None, help="Install root the service runs [default: as for install].")
+@click.option("--source", required=True, help="The camera, e.g. csi://0, /dev/video0, rtsp://...")
+@click.option("--user", default="edgecv", show_default=True, help="Service account (in the 'video' group).")
+@click.option("--watchdog", "watchdog_s", type=click.IntRange(1, 3600), default=10, show_default=True,
+              help="WatchdogSec: restart when inference stops for this long.")
+@click.option("-o", "--out", default=None, help="Write the unit here (e.g. /etc/systemd/system/edgecv.service).")
+def service_unit(root, source, user, watchdog_s, out):
+    """A systemd unit (Type=notify, WatchdogSec) that runs the install root's active bundle on SOURCE."""
+    from edgecv.deploy.install import default_root
+    from edgecv.deploy.systemd import unit_text, write_unit
+
+    text = unit_text(os.path.abspath(root or default_root()), source, user, watchdog_s=watchdog_s)
+    if out:
+        write_unit(out, text)
+        click.echo(f"wrote {out}; then: systemctl daemon-reload && systemctl enable --now {os.path.basename(out)}")
+    else:
+        click.echo(text, nl=False)

@@ -174,10 +174,18 @@ def profile(target, backend, iters, batch, threads, top, out_dir, as_json, dla_c
               help="Average probabilities over the last N frames.")
 @click.option("--max-frames", type=click.IntRange(min=0), default=None)
 @click.option("--loop", is_flag=True, help="Loop file and folder sources.")
-@click.option("--realtime", is_flag=True, help="Pace files like a live camera (latest frame only).")
+@click.option("--realtime", is_flag=True,
+              help="Replay files and folders like a live camera: at their frame rate (or --fps), newest frame only.")
+@click.option("--fps", type=click.FloatRange(min=0.1, max=1000), default=None,
+              help="--realtime pace for folders and files without a frame rate [default: the file's, else 30].")
+@click.option("--max-age", "max_age_ms", type=click.FloatRange(min=0), default=None,
+              help="Never classify a frame older than MS milliseconds; it is counted as stale.")
+@click.option("--min-score", type=click.FloatRange(0, 1), default=None,
+              help="Report frames whose top score is below S as 'unknown' instead of forcing a class.")
 @click.option("--threads", type=click.IntRange(min=1), default=None)
-@click.option("--max-failures", type=click.IntRange(min=0), default=5, show_default=True,
-              help="Reconnect attempts before giving up.")
+@click.option("--max-failures", type=click.IntRange(min=0), default=None,
+              help="Reconnect attempts before giving up [default: live sources retry forever, with backoff capped "
+                   "at 10 s; files and folders fail at once when they cannot be read].")
 @click.option("--open-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="Seconds to wait for a live source to open (per try).")
 @click.option("--read-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
@@ -191,8 +199,8 @@ def profile(target, backend, iters, batch, threads, top, out_dir, as_json, dla_c
 @click.option("--camera-resize/--no-camera-resize", default=True, show_default=True,
               help="csi://: scale frames to the model's resize size in the Jetson's VIC, not on the CPU.")
 @dla_option
-def run(target, source, backend, as_json, display, record, topk, smooth, max_frames, loop, realtime, threads,
-        max_failures, open_timeout, read_timeout, resize, decode_threads, camera_resize, dla_core):
+def run(target, source, backend, as_json, display, record, topk, smooth, max_frames, loop, realtime, fps, max_age_ms,
+        min_score, threads, max_failures, open_timeout, read_timeout, resize, decode_threads, camera_resize, dla_core):
     """Classify frames from a camera, stream, video file or image folder with TARGET (a bundle).
 
     Exit status: 0 done, 2 bad input (bundle, source, flag), 3 the source failed, 130 Ctrl-C, 143 SIGTERM
@@ -205,11 +213,12 @@ def run(target, source, backend, as_json, display, record, topk, smooth, max_fra
                       display=display, record=record, loop=loop, realtime=realtime, threads=threads,
                       max_failures=max_failures, resize=resize, decode_threads=decode_threads,
                       camera_resize=camera_resize, open_timeout_s=open_timeout, read_timeout_s=read_timeout,
-                      dla_core=dla_core)
+                      dla_core=dla_core, fps=fps, max_age_ms=max_age_ms, min_score=min_score)
     summary = run_loop(target, source, backend, opts)
     out = {k: v for k, v in summary.items() if k != "latency_ms"}
     lat = summary["latency_ms"].get("pre_infer_post", {})
-    line = (f"frames {out['frames']}  fps {out['fps']:.1f}  dropped {out['dropped']}  reconnects {out['reconnects']}  "
+    line = (f"frames {out['frames']}  fps {out['fps']:.1f}  dropped {out['dropped']}  stale {out['stale']}  "
+            f"reconnects {out['reconnects']}  "
             f"latency p50 {lat.get('p50_ms', 0):.3f} ms p90 {lat.get('p90_ms', 0):.3f} ms p99 {lat.get('p99_ms', 0):.3f} ms")
     click.echo(json.dumps({"summary": summary}) if as_json else line, err=as_json)
     if summary.get("recorded"):

@@ -164,13 +164,16 @@ class RunOptions:
     loop: bool = False
     realtime: bool = False
     threads: Optional[int] = None
-    max_failures: int = 5
+    max_failures: Optional[int] = None  # live sources: None retries forever (capped backoff); files fail at once
     resize: str = "auto"
     decode_threads: Optional[int] = None
     camera_resize: bool = True
     open_timeout_s: float = OPEN_TIMEOUT_S
     read_timeout_s: float = READ_TIMEOUT_S
     dla_core: int = -1
+    fps: Optional[float] = None  # --realtime pace for folders (and files without a frame rate); default 30
+    max_age_ms: Optional[float] = None  # never classify a frame older than this (dropped as stale)
+    min_score: Optional[float] = None  # below this top score the frame is reported as "unknown"
 
 
 def run(target, source: str, backend: str = "auto", options: Optional[RunOptions] = None,
@@ -188,8 +191,12 @@ def run(target, source: str, backend: str = "auto", options: Optional[RunOptions
 
     if decode_threads is not None and decode_threads < 1:
         raise ValueError(f"decode_threads must be >= 1, got {decode_threads}")
-    if topk < 1 or smooth < 1 or max_failures < 0 or (max_frames is not None and max_frames < 0):
+    if topk < 1 or smooth < 1 or (max_failures is not None and max_failures < 0) or \
+            (max_frames is not None and max_frames < 0):
         raise ValueError("topk and smooth must be >= 1, max_failures and max_frames >= 0")
+    from edgecv.runtime.notify import Notifier
+
+    notifier = Notifier()
     emit = emit or (lambda s: print(s, flush=True))
     bundle = open_bundle(target)
     labels = bundle.labels
@@ -205,14 +212,16 @@ def run(target, source: str, backend: str = "auto", options: Optional[RunOptions
     try:
         src = FrameSource(source, loop=loop, realtime=realtime, max_failures=max_failures,
                           decode_threads=decode_threads, scale_to=scale_to, open_timeout_s=o.open_timeout_s,
-                          read_timeout_s=o.read_timeout_s)
+                          read_timeout_s=o.read_timeout_s, fps=o.fps, heartbeat=notifier.ping)
     except BaseException:
         be.close()
         raise
     smoother = Smoother(smooth)
     stages: Dict[str, List[float]] = {"capture_wait": [], "preprocess": [], "infer": [], "postprocess": []}
     show = display and display_available()
-    n = 0
+    n = stale = unknown = 0
+    ages: List[float] = []
+    wall_offset = time.time() - time.monotonic()  # monotonic capture times -> epoch seconds in the JSON lines
     t_start = time.perf_counter()
     interrupted: Optional[str] = None
     error: Optional[str] = None
@@ -231,10 +240,16 @@ def run(target, source: str, backend: str = "auto", options: Optional[RunOptions
             except StopIteration:
                 break
             t1 = time.perf_counter()
+            age_ms = (time.monotonic() - src.frame_time) * 1e3
+            if o.max_age_ms is not None and age_ms > o.max_age_ms:
+                stale += 1  # a frame older than the budget is never classified as if it were current
+                notifier.ping()
+                continue
             pre(frame, out=x[0])
             t2 = time.perf_counter()
             logits = be.infer(x)[0]
             t3 = time.perf_counter()
+            notifier.ping()  # from the inference loop: a hung inference stops the pings
             if smooth > 1:
                 probs = smoother(softmax(logits))
                 top = top_k(probs, topk)
@@ -246,12 +261,18 @@ def run(target, source: str, backend: str = "auto", options: Optional[RunOptions
                 stages[k].append(v * 1e3)
             idx = int(top[0])
             label = labels[idx] if idx < len(labels) else str(idx)
+            if o.min_score is not None and scores[0] < o.min_score:
+                idx, label = -1, "unknown"  # the reject option: no class is forced on an unsure frame
+                unknown += 1
+            ages.append(age_ms)
             n += 1
+            notifier.ready(f"classifying {source}")
             fps = n / (time.perf_counter() - t_start)
             if as_json:
                 emit(json.dumps({"frame": n - 1, "label": label, "index": idx, "score": float(scores[0]),
                                  "topk": [{"index": int(i), "label": labels[i] if i < len(labels) else str(i),
                                            "score": float(p)} for i, p in zip(top, scores)],
+                                 "capture_time": round(src.frame_time + wall_offset, 6), "age_ms": round(age_ms, 3),
                                  "latency_ms": {k: round(v[-1], 4) for k, v in stages.items()}}))
             if show or recorder:
                 vis = annotate(frame.copy(), f"{label} {scores[0]:.2f}", fps)
@@ -267,6 +288,8 @@ def run(target, source: str, backend: str = "auto", options: Optional[RunOptions
         error = str(e)
     finally:
         cv2.setNumThreads(cv_threads)
+        notifier.stopping()
+        notifier.close()
         src.close()
         be.close()
         recorded = recorder.close() if recorder else None
@@ -276,6 +299,8 @@ def run(target, source: str, backend: str = "auto", options: Optional[RunOptions
     summary = {"frames": n, "fps": n / elapsed if elapsed else 0.0, "dropped": src.dropped,
                "reconnects": src.reconnects, "skipped": src.skipped, "backend": info["backend"], "resize": resize,
                "artifact": info["file"], "interrupted": interrupted, "error": error, "recorded": recorded,
+               "stale": stale, "unknown": unknown,
+               "age_ms": percentiles(ages) if ages else None,
                "precision": info.get("precision"), "chosen_by": info.get("chosen_by"), "fallback": info.get("fallback"),
                "recorded_frames": recorder.frames if recorder else 0,
                "latency_ms": {k: percentiles(v) for k, v in stages.items() if v}}

@@ -6,6 +6,7 @@ so latency never grows with a backlog. Files and folders yield every frame in or
 """
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -16,6 +17,8 @@ import cv2
 import numpy as np
 
 from edgecv.errors import DeviceError
+
+log = logging.getLogger("edgecv.sources")
 
 
 class SourceFailed(DeviceError):
@@ -156,10 +159,17 @@ def open_capture(kind: str, arg, decode_threads: Optional[int] = None,
 
 
 class LatestFrameReader:
-    """Reads a live capture in a thread; ``get`` returns the newest frame only."""
+    """Reads a live capture in a thread; ``get`` returns the newest frame only.
 
-    def __init__(self, cap: cv2.VideoCapture):
+    ``pace_fps`` makes a file behave like a live camera: frames become available at their frame rate (a 10 s
+    clip takes 10 s), and frames the consumer was too slow for are dropped, as a camera's would be.
+    ``stamp`` is the monotonic time the newest frame was captured.
+    """
+
+    def __init__(self, cap: cv2.VideoCapture, pace_fps: Optional[float] = None):
         self.cap = cap
+        self.pace = 1.0 / pace_fps if pace_fps else None
+        self.stamp = self.taken_stamp = 0.0
         self.cond = threading.Condition()
         self.frame: Optional[np.ndarray] = None
         self.seq = 0
@@ -171,8 +181,16 @@ class LatestFrameReader:
         self.thread.start()
 
     def _run(self) -> None:
+        t0 = time.monotonic()
+        n = 0
         while not self.stop_flag:
             ok, frame = self.cap.read()
+            if ok and self.pace is not None:
+                due = t0 + n * self.pace  # frame n is "captured" at its time in the clip
+                n += 1
+                while not self.stop_flag and time.monotonic() < due:
+                    time.sleep(min(0.01, max(0.0, due - time.monotonic())))
+            stamp = time.monotonic()
             with self.cond:
                 if not ok:
                     self.failed = True
@@ -180,7 +198,7 @@ class LatestFrameReader:
                     return
                 if self.frame is not None and self.seq > self.taken:
                     self.dropped += 1  # the previous frame was never consumed
-                self.frame, self.seq = frame, self.seq + 1
+                self.frame, self.seq, self.stamp = frame, self.seq + 1, stamp
                 self.cond.notify_all()
 
     def get(self, timeout: float = 5.0) -> Optional[np.ndarray]:
@@ -189,6 +207,7 @@ class LatestFrameReader:
                 return None
             if self.seq > self.taken:
                 self.taken = self.seq
+                self.taken_stamp = self.stamp
                 return self.frame
             return None
 
@@ -230,9 +249,10 @@ class FrameSource:
     retried with backoff, and the error after the last try names the last cause.
     """
 
-    def __init__(self, src: str, loop: bool = False, realtime: bool = False, max_failures: int = 5,
+    def __init__(self, src: str, loop: bool = False, realtime: bool = False, max_failures: Optional[int] = 5,
                  backoff_s: float = 0.5, read_timeout_s: float = READ_TIMEOUT_S, decode_threads: Optional[int] = None,
-                 scale_to: Optional[Tuple[int, int]] = None, open_timeout_s: float = OPEN_TIMEOUT_S):
+                 scale_to: Optional[Tuple[int, int]] = None, open_timeout_s: float = OPEN_TIMEOUT_S,
+                 fps: Optional[float] = None, heartbeat=None):
         if open_timeout_s <= 0 or read_timeout_s <= 0:
             raise ValueError("open and read timeouts must be > 0")
         self.src = src
@@ -244,6 +264,10 @@ class FrameSource:
         self.dropped = self.reconnects = self.skipped = 0
         self.frames_read = 0
         self.last_error: Optional[str] = None
+        self.realtime, self.fps = realtime, fps
+        self.frame_time = 0.0  # monotonic capture time of the frame last yielded
+        self.heartbeat = heartbeat or (lambda: None)  # called while waiting to reconnect (the loop is alive)
+        self.max_backoff_s = 10.0
         self._cap = self._reader = None
 
     def _open(self) -> None:
@@ -264,7 +288,12 @@ class FrameSource:
                                    final=True)
             raise SourceFailed(f"{self.src}: cannot open ({self.kind})")
         self._cap = cap
-        self._reader = LatestFrameReader(cap) if self.live else None
+        pace = None
+        if self.realtime and self.kind == "file":
+            pace = self.fps or cap.get(cv2.CAP_PROP_FPS) or 30.0
+            if not 0 < pace < 1000:
+                pace = 30.0
+        self._reader = LatestFrameReader(cap, pace) if self.live else None
 
     def _close(self) -> None:
         if self._reader is not None:
@@ -281,12 +310,30 @@ class FrameSource:
         files = sorted(p for p in Path(self.arg).rglob("*") if p.suffix.lower() in IMAGE_EXTS)
         if not files:
             raise SourceFailed(f"{self.arg}: no images in folder")
+        if self.realtime:  # a camera showing one image per frame period: the newest one when asked
+            period, t0, last = 1.0 / (self.fps or 30.0), time.monotonic(), -1
+            while True:
+                i = int((time.monotonic() - t0) / period)
+                if i == last:
+                    time.sleep(max(0.0, t0 + (i + 1) * period - time.monotonic()))
+                    continue
+                if i >= len(files) and not self.loop:
+                    return
+                self.dropped += max(0, i - last - 1)
+                last = i
+                img = read_image(files[i % len(files)], cv2.IMREAD_COLOR)
+                if img is None:
+                    self.skipped += 1
+                    continue
+                self.frame_time = t0 + i * period
+                yield img
         while True:
             for f in files:
                 img = read_image(f, cv2.IMREAD_COLOR)
                 if img is None:
                     self.skipped += 1
                     continue
+                self.frame_time = time.monotonic()
                 yield img
             if not self.loop:
                 return
@@ -328,15 +375,24 @@ class FrameSource:
                 else:
                     self._close()
                     failures += 1
-                if failures > self.max_failures:
+                if self.max_failures is not None and failures > self.max_failures:
                     raise SourceFailed(f"{self.src}: giving up after {failures} failed attempt"
                                        f"{'s' if failures > 1 else ''} in a row (last error: "
                                        f"{self.last_error or 'no frame'})")
                 self.reconnects += 1
-                time.sleep(min(self.backoff_s * 2 ** (failures - 1), 10.0))
+                wait = min(self.backoff_s * 2 ** (failures - 1), self.max_backoff_s)
+                log.warning("%s: lost (%s); reconnecting in %.1f s (attempt %d)", self.src,
+                            self.last_error or "no frame", wait, failures)
+                deadline = time.monotonic() + wait
+                while time.monotonic() < deadline:
+                    self.heartbeat()
+                    time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
                 continue
+            if failures:
+                log.warning("%s: recovered after %d failed attempt(s)", self.src, failures)
             failures = 0
             self.frames_read += 1
+            self.frame_time = self._reader.taken_stamp if self._reader is not None else time.monotonic()
             yield frame
 
     def _read_file(self) -> Optional[np.ndarray]:

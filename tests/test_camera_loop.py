@@ -1,0 +1,150 @@
+"""The camera loop for vehicles (single source): real-time replay, frame age and the stale-frame policy, the
+reject option, reconnect without giving up, and systemd's notify/watchdog protocol on a real datagram socket."""
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+
+import cv2
+import numpy as np
+
+from edgecv.runtime.run_loop import RunOptions, run
+
+
+def make_video(path, n, fps=30, size=(64, 48)):
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for i in range(n):
+        w.write(np.full((size[1], size[0], 3), (i * 3) % 255, np.uint8))
+    w.release()
+    return path
+
+
+def test_realtime_replay_of_a_10_s_clip_takes_10_s(tiny_bundle, tmp_path):
+    vid = make_video(tmp_path / "clip.mp4", 300, fps=30)
+    t0 = time.monotonic()
+    s = run(str(tiny_bundle), str(vid), "onnxruntime", realtime=True, emit=lambda _: None)
+    took = time.monotonic() - t0
+    assert 9.5 <= took <= 10.5, took  # was 0.06 s: the file was read as fast as it decoded
+    assert s["frames"] + s["dropped"] == 300 and s["frames"] >= 250  # latest-frame semantics, a fast model
+
+
+def test_realtime_folder_is_paced_at_fps(tiny_bundle, tmp_path, imagenet_dir):
+    for f in sorted(imagenet_dir.glob("*.JPEG"))[:10]:
+        shutil.copy(f, tmp_path / f.name)
+    t0 = time.monotonic()
+    s = run(str(tiny_bundle), str(tmp_path), "onnxruntime", realtime=True, fps=20, emit=lambda _: None)
+    assert 0.4 <= time.monotonic() - t0 <= 0.9 and s["frames"] + s["dropped"] == 10
+
+
+def test_frames_carry_age_and_stale_ones_are_never_classified(tiny_bundle, tmp_path):
+    vid = make_video(tmp_path / "clip.mp4", 30)
+    lines = []
+    s = run(str(tiny_bundle), str(vid), "onnxruntime", as_json=True, emit=lines.append)
+    rec = [json.loads(x) for x in lines]
+    assert s["stale"] == 0 and len(rec) == 30 and all(r["age_ms"] >= 0 and r["capture_time"] > 1e9 for r in rec)
+    assert s["age_ms"]["p99_ms"] >= s["age_ms"]["p50_ms"] >= 0
+    lines.clear()
+    s = run(str(tiny_bundle), str(vid), "onnxruntime", as_json=True, max_age_ms=0.0, emit=lines.append)
+    assert s["frames"] == 0 and s["stale"] == 30 and lines == []  # every frame is older than a zero budget
+
+
+def test_min_score_reports_unknown(tiny_bundle, tmp_path):
+    vid = make_video(tmp_path / "clip.mp4", 10)
+    lines = []
+    s = run(str(tiny_bundle), str(vid), "onnxruntime", as_json=True, min_score=1.0, emit=lines.append)
+    rec = [json.loads(x) for x in lines]
+    assert s["unknown"] == 10 and all(r["label"] == "unknown" and r["index"] == -1 for r in rec)
+    s = run(str(tiny_bundle), str(vid), "onnxruntime", min_score=0.0, emit=lambda _: None)
+    assert s["unknown"] == 0
+
+
+def test_lost_source_is_retried_until_it_returns(tiny_bundle, tmp_path):
+    """No --max-failures: the loop keeps trying (capped backoff) and carries on when the source is back."""
+    vid = make_video(tmp_path / "clip.mp4", 20)
+    saved = tmp_path / "saved.mp4"
+    shutil.copy(vid, saved)
+
+    def outage():
+        time.sleep(0.3)
+        os.remove(vid)
+        time.sleep(2.5)  # a few failed attempts (0.5 + 1 + 2 s backoff)
+        shutil.copy(saved, vid)
+
+    t = threading.Thread(target=outage)
+    t.start()
+    t0 = time.monotonic()
+    s = run(str(tiny_bundle), str(vid), "onnxruntime", RunOptions(loop=True, realtime=True, max_frames=100),
+            emit=lambda _: None)
+    t.join()
+    assert s["error"] is None and s["frames"] == 100 and s["reconnects"] >= 2
+    assert time.monotonic() - t0 >= 2.5  # it waited the outage out instead of giving up
+
+
+def test_watchdog_pings_stop_when_inference_hangs(tiny_bundle, tmp_path, monkeypatch):
+    from edgecv.runtime import ort_backend
+
+    sock_path = str(tmp_path / "notify.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(sock_path)
+    srv.settimeout(0.05)
+    monkeypatch.setenv("NOTIFY_SOCKET", sock_path)
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # WatchdogSec=0.2: pings every 0.1 s
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    hang, release, calls = threading.Event(), threading.Event(), [0]
+    real = ort_backend.OrtBackend.infer
+
+    def infer(self, batch):
+        calls[0] += 1
+        if hang.is_set():
+            release.wait(30)  # a hung engine
+            from edgecv.runtime.sources import SourceFailed
+
+            raise SourceFailed("test over")  # ends the loop once released
+        return real(self, batch)
+
+    monkeypatch.setattr(ort_backend.OrtBackend, "infer", infer)
+    vid = make_video(tmp_path / "clip.mp4", 30)
+    result = {}
+    th = threading.Thread(target=lambda: result.update(run(str(tiny_bundle), str(vid), "onnxruntime",
+                                                           RunOptions(loop=True, max_frames=100000),
+                                                           emit=lambda _: None)))
+    th.start()
+
+    def collect(seconds):
+        got, end = [], time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                got.append((time.monotonic(), srv.recv(256).decode()))
+            except socket.timeout:
+                pass
+        return got
+
+    healthy = collect(1.0)
+    assert any(m.startswith("READY=1") for _, m in healthy)
+    pings = [t for t, m in healthy if m == "WATCHDOG=1"]
+    assert len(pings) >= 5 and max(np.diff(pings)) < 0.3
+    hang.set()
+    time.sleep(0.3)
+    hung = collect(1.0)
+    assert [m for _, m in hung if m == "WATCHDOG=1"] == []  # systemd would restart the service now
+    release.set()
+    th.join(60)
+    srv.close()
+    assert not th.is_alive() and result["frames"] > 0 and result["error"] == "test over"
+
+
+def test_service_unit_runs_the_install_root_with_a_watchdog(tmp_path):
+    from click.testing import CliRunner
+
+    from edgecv.cli import cli
+
+    out = tmp_path / "edgecv.service"
+    r = CliRunner().invoke(cli, ["service-unit", "--root", str(tmp_path / "root"), "--source", "csi://0",
+                                 "--watchdog", "5", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    text = out.read_text()
+    assert "Type=notify" in text and "WatchdogSec=5" in text and "Restart=on-failure" in text
+    exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    assert f"run {tmp_path / 'root'} --source csi://0 --json" in exec_start
