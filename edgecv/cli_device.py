@@ -163,8 +163,10 @@ def profile(target, backend, iters, batch, threads, top, out_dir, as_json, dla_c
 
 @click.command()
 @click.argument("target")
-@click.option("--source", required=True,
-              help="/dev/videoN, N, csi://N, rtsp://..., a video file, an image folder, or a GStreamer pipeline.")
+@click.option("--source", "sources", multiple=True,
+              help="/dev/videoN, N, csi://N, rtsp://..., a video file, an image folder, or a GStreamer pipeline. "
+                   "Repeat for several cameras: their frames are batched into one engine call.")
+@click.option("--cameras", default=None, help="A camera list (YAML: cameras: [{id, source, realtime, fps}]).")
 @click.option("--backend", default="auto", show_default=True, type=BackendChoice())
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per frame.")
 @click.option("--display", is_flag=True, help="Show annotated frames when a display exists.")
@@ -199,7 +201,7 @@ def profile(target, backend, iters, batch, threads, top, out_dir, as_json, dla_c
 @click.option("--camera-resize/--no-camera-resize", default=True, show_default=True,
               help="csi://: scale frames to the model's resize size in the Jetson's VIC, not on the CPU.")
 @dla_option
-def run(target, source, backend, as_json, display, record, topk, smooth, max_frames, loop, realtime, fps, max_age_ms,
+def run(target, sources, cameras, backend, as_json, display, record, topk, smooth, max_frames, loop, realtime, fps, max_age_ms,
         min_score, threads, max_failures, open_timeout, read_timeout, resize, decode_threads, camera_resize, dla_core):
     """Classify frames from a camera, stream, video file or image folder with TARGET (a bundle).
 
@@ -214,6 +216,17 @@ def run(target, source, backend, as_json, display, record, topk, smooth, max_fra
                       max_failures=max_failures, resize=resize, decode_threads=decode_threads,
                       camera_resize=camera_resize, open_timeout_s=open_timeout, read_timeout_s=read_timeout,
                       dla_core=dla_core, fps=fps, max_age_ms=max_age_ms, min_score=min_score)
+    if cameras or len(sources) > 1:
+        from edgecv.runtime.multi_loop import Camera, load_cameras, run_multi
+
+        cams = load_cameras(cameras) if cameras else []
+        cams += [Camera(f"cam{i}", src) for i, src in enumerate(sources, start=len(cams))]
+        summary = run_multi(target, cams, opts)
+        _print_multi(summary, as_json)
+        return
+    if not sources:
+        raise click.UsageError("give --source (repeat it for several cameras) or --cameras FILE")
+    source = sources[0]
     summary = run_loop(target, source, backend, opts)
     out = {k: v for k, v in summary.items() if k != "latency_ms"}
     lat = summary["latency_ms"].get("pre_infer_post", {})
@@ -228,4 +241,22 @@ def run(target, source, backend, as_json, display, record, topk, smooth, max_fra
         sys.exit(3)
     if summary["interrupted"]:
         click.echo("terminated" if summary["interrupted"] == "SIGTERM" else "interrupted", err=True)
+        sys.exit(143 if summary["interrupted"] == "SIGTERM" else 130)
+
+
+def _print_multi(summary, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"summary": summary}), err=True)
+    else:
+        from edgecv.utils.table import print_rows
+
+        rows = [{"camera": c, **{k: v[k] for k in ("frames", "dropped", "stale", "reconnects")},
+                 "age_p50_ms": (v["age_ms"] or {}).get("p50_ms"), "age_p99_ms": (v["age_ms"] or {}).get("p99_ms"),
+                 "error": v["error"] or ""} for c, v in summary["cameras"].items()]
+        print_rows(rows, ["camera", "frames", "dropped", "stale", "reconnects", "age_p50_ms", "age_p99_ms", "error"],
+                   f"{summary['frames']} frames, {summary['fps']:.1f} fps, mean batch {summary['mean_batch']:.2f}")
+    if summary["error"]:
+        click.echo(f"error: {summary['error']}", err=True)
+        sys.exit(3)
+    if summary["interrupted"]:
         sys.exit(143 if summary["interrupted"] == "SIGTERM" else 130)
