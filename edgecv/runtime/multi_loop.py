@@ -61,11 +61,15 @@ def load_cameras(path: str) -> List[Camera]:
 
 
 class CameraThread(threading.Thread):
-    """Reads one camera; ``take`` hands out its newest frame once."""
+    """Reads and preprocesses one camera; ``take`` hands out its newest input tensor once.
 
-    def __init__(self, cam: Camera, src: FrameSource, wake: threading.Condition):
+    Preprocessing runs here, beside decoding, so it overlaps the engine call of the inference loop (OpenCV
+    releases the GIL): the inference loop only copies each tensor into its batch.
+    """
+
+    def __init__(self, cam: Camera, src: FrameSource, wake: threading.Condition, pre):
         super().__init__(daemon=True, name=f"camera {cam.id}")
-        self.cam, self.src, self.wake = cam, src, wake
+        self.cam, self.src, self.wake, self.pre = cam, src, wake, pre
         self.blocking = not src.live  # an unpaced file or folder hands over every frame
         self.latest = None  # (frame, capture time)
         self.seq = self.taken = self.dropped = 0
@@ -76,6 +80,7 @@ class CameraThread(threading.Thread):
     def run(self) -> None:
         try:
             for frame in self.src.frames():
+                tensor = self.pre(frame)
                 with self.wake:
                     while self.blocking and self.latest is not None and not self.stop.is_set():
                         self.wake.wait(0.1)
@@ -83,7 +88,7 @@ class CameraThread(threading.Thread):
                         break
                     if self.latest is not None:
                         self.dropped += 1  # replaced before the model took it
-                    self.latest = (frame, self.src.frame_time)
+                    self.latest = (tensor, self.src.frame_time)
                     self.seq += 1
                     self.wake.notify_all()
         except SourceFailed as e:
@@ -129,7 +134,7 @@ def run_multi(target, cameras: List[Camera], options: Optional[RunOptions] = Non
                               max_failures=o.max_failures, decode_threads=o.decode_threads or 1,
                               open_timeout_s=o.open_timeout_s, read_timeout_s=o.read_timeout_s,
                               fps=cam.fps or o.fps, heartbeat=notifier.ping)
-            threads.append(CameraThread(cam, src, wake))
+            threads.append(CameraThread(cam, src, wake, Preprocessor(bundle.preprocess, o.resize)))
     except BaseException:
         be.close()
         raise
@@ -168,12 +173,12 @@ def run_multi(target, cameras: List[Camera], options: Optional[RunOptions] = Non
                         taken.append((t, item))
             now = time.monotonic()
             rows = []
-            for t, (frame, stamp) in taken:
+            for t, (tensor, stamp) in taken:
                 age = (now - stamp) * 1e3
                 if o.max_age_ms is not None and age > o.max_age_ms:
                     stats[t.cam.id]["stale"] += 1
                     continue
-                pre(frame, out=x[len(rows)])
+                x[len(rows)] = tensor
                 rows.append((t, stamp, age))
             if not rows:
                 notifier.ping()

@@ -1,0 +1,146 @@
+"""Several cameras: the batched multi-source loop against separate single-source processes, measured in one run.
+
+    python tools/multicam_bench.py out/lite0 [--sizes resize,640x480] [--max-cams 8] [--seconds 6]
+
+1. Real time: N cameras replayed with ``--realtime`` at 30 fps each (N = 1, 2, 4, ...). A configuration is
+   sustained when every camera has p99 frame age <= 100 ms, no stale frame (``--max-age 100``) and at most 2%
+   of its frames dropped. The table gives the largest N sustained by the batched loop (one process, one engine
+   call per round) and by N separate single-source processes.
+2. Unpaced: aggregate classified frames/s of the 4-source loop, of 4 separate processes at once, and of 4
+   single-source runs one after another (600 frames per camera, each loop's own timing, so process start-up
+   is not counted); and ``edgecv bench`` at batch 4 vs batch 1 (what batching gives the engine alone here).
+
+Every number is a ratio against a baseline measured in the same run. Clips pan slowly across the shared
+ImageNet photos (tools/loop_overhead.photo_clip).
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loop_overhead import photo_clip  # noqa: E402
+
+EDGECV = [sys.executable, "-m", "edgecv"]
+
+
+def _summary(stderr: str) -> dict:
+    return json.loads(next(line for line in reversed(stderr.splitlines()) if line.startswith('{"summary"')))["summary"]
+
+
+def _sustained(cams) -> bool:
+    for c in cams:
+        offered = c["frames"] + c["dropped"] + c["stale"]
+        if not c["frames"] or c["stale"] or c["age_ms"]["p99_ms"] > 100 or c["dropped"] > 0.02 * offered:
+            return False
+    return True
+
+
+def realtime_batched(bundle, clip, n, seconds):
+    args = [*EDGECV, "run", bundle, "--realtime", "--loop", "--json", "--max-age", "100"]
+    for _ in range(n):
+        args += ["--source", str(clip)]
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(seconds)
+    p.send_signal(2)
+    s = _summary(p.communicate(timeout=60)[1])
+    if "cameras" not in s:  # one source runs the single-camera loop
+        return [_one(s)], s
+    return list(s["cameras"].values()), s
+
+
+def _one(s: dict) -> dict:
+    return {"frames": s["frames"], "dropped": s["dropped"], "stale": s["stale"],
+            "age_ms": s["age_ms"] or {"p99_ms": float("inf")}}
+
+
+def realtime_separate(bundle, clip, n, seconds):
+    procs = [subprocess.Popen([*EDGECV, "run", bundle, "--source", str(clip), "--realtime", "--loop", "--json",
+                               "--max-age", "100", "--threads", "1"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    time.sleep(seconds)
+    cams = []
+    for p in procs:
+        p.send_signal(2)
+    for p in procs:
+        cams.append(_one(_summary(p.communicate(timeout=60)[1])))
+    return cams
+
+
+def unpaced(bundle, clip, n=4, frames=600):
+    """Aggregate frames/s of the loops themselves (each loop's own timing: process start-up is not counted)."""
+    args = [*EDGECV, "run", bundle, "--json", "--loop", "--max-frames", str(n * frames)]
+    for _ in range(n):
+        args += ["--source", str(clip)]
+    r = subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    batched = _summary(r.stderr)["fps"]
+    one = [*EDGECV, "run", bundle, "--source", str(clip), "--json", "--loop", "--max-frames", str(frames)]
+    procs = [subprocess.Popen(one + ["--threads", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(n)]
+    separate = sum(_summary(p.communicate()[1])["fps"] for p in procs)  # they run side by side
+    runs = [_summary(subprocess.run(one, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True).stderr)
+            for _ in range(n)]
+    sequential = sum(s["frames"] for s in runs) / sum(s["frames"] / s["fps"] for s in runs)
+    b = json.loads(subprocess.run([*EDGECV, "bench", bundle, "--batch", "1,4", "--iters", "200", "--json"],
+                                  capture_output=True, text=True).stdout)
+    engine = b["batches"]["4"]["throughput"] / b["batches"]["1"]["throughput"]
+    return {"batched_fps": batched, "separate_fps": separate, "sequential_fps": sequential,
+            "vs_best_other": batched / max(separate, sequential), "engine_batch4_vs_batch1": engine}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundle")
+    ap.add_argument("--sizes", default="resize,640x480", help="Comma list: 'resize' (the model's resize size) or WxH.")
+    ap.add_argument("--max-cams", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=6.0, help="Real-time trial length per configuration.")
+    ap.add_argument("--json", dest="json_out", default=None, help="Also write the results here.")
+    a = ap.parse_args()
+    from edgecv.runtime.bundle import open_bundle
+    from edgecv.runtime.preprocess import Preprocessor
+
+    pre = Preprocessor(open_bundle(a.bundle).preprocess)
+    results = []
+    for size in a.sizes.split(","):
+        if size == "resize":
+            h, w = pre.resized_size(480, 640)
+            w -= w % 2  # mp4 widths are even
+        else:
+            w, h = (int(v) for v in size.split("x"))
+        clip = photo_clip(w, h)
+        row = {"frames": f"{w}x{h}"}
+        for mode, fn in (("batched", lambda n, c=clip: realtime_batched(a.bundle, c, n, a.seconds)[0]),
+                         ("separate", lambda n, c=clip: realtime_separate(a.bundle, c, n, a.seconds))):
+            best, n = 0, 1
+            trials = {}
+            while n <= a.max_cams:
+                cams = fn(n)
+                ok = _sustained(cams)
+                trials[n] = {"sustained": ok, "p99_age_ms": max(c["age_ms"]["p99_ms"] for c in cams),
+                             "dropped": sum(c["dropped"] for c in cams), "stale": sum(c["stale"] for c in cams)}
+                print(f"{w}x{h} {mode:8s} N={n}: {trials[n]}", flush=True)
+                if not ok:
+                    break
+                best = n
+                n = n * 2 if n < 4 else n + 2
+            row[f"{mode}_max_cams"] = best
+            row[f"{mode}_trials"] = trials
+        row["unpaced"] = unpaced(a.bundle, clip)
+        print(f"{w}x{h} unpaced: {row['unpaced']}", flush=True)
+        results.append(row)
+    print("\n| frames | cameras at 30 fps: batched | separate processes | unpaced 4 cams: batched fps | separate | "
+          "sequential | batched vs best other | engine batch 4 vs 1 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        u = r["unpaced"]
+        print(f"| {r['frames']} | {r['batched_max_cams']} | {r['separate_max_cams']} | {u['batched_fps']:.0f} | "
+              f"{u['separate_fps']:.0f} | {u['sequential_fps']:.0f} | {u['vs_best_other']:.2f}x | "
+              f"{u['engine_batch4_vs_batch1']:.2f}x |")
+    if a.json_out:
+        Path(a.json_out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
