@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import ROOT, TINY_RECIPE
 
@@ -64,3 +65,49 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert m["world_size"] == 2 and m["n"] == 10000  # rank results all-reduced over the full test set
+
+
+def test_ddp_with_a_frozen_backbone_runs_both_phases(tmp_path):
+    """torchrun, 2 ranks (gloo): the freeze epoch crashed both ranks ("Expected to have finished reduction")."""
+    out = tmp_path / "ddp"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "edgecv",
+                        "train", str(TINY_RECIPE), "-o", str(out), "--set", "model.freeze_backbone_epochs=1",
+                        "--set", "train.epochs=2", "--set", "data.train_limit=512"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["backbone_frozen"] for e in log] == [True, False]
+    assert json.loads((out / "metrics.json").read_text())["world_size"] == 2
+
+
+def test_frozen_backbone_keeps_its_batchnorm_statistics(tmp_path):
+    from edgecv.models.heads import find_head
+
+    recipe = load_recipe(TINY_RECIPE, ["train.epochs=1", "model.freeze_backbone_epochs=1", "data.train_limit=256",
+                                       "model.name=fashion_cnn", "model.args={}"])
+    from edgecv.train.loop import build_model
+
+    torch.manual_seed(recipe.train.seed)
+    before = build_model(recipe, 10)
+    bns = {n: (m.running_mean.clone(), m.running_var.clone()) for n, m in before.named_modules()
+           if isinstance(m, torch.nn.BatchNorm2d)}
+    assert bns, "the test model needs BatchNorm layers"
+    train(recipe, tmp_path / "run", show_progress=False)
+    from edgecv.models.checkpoint import load_checkpoint
+
+    after, _ = load_checkpoint(tmp_path / "run" / "model.pt")
+    for n, m in after.named_modules():
+        if n in bns:
+            assert torch.equal(m.running_mean, bns[n][0]) and torch.equal(m.running_var, bns[n][1]), n
+    head_name, head = find_head(after)
+    assert not torch.equal(head.weight, find_head(before)[1].weight)  # the head did train
+
+
+def test_distill_without_prune_is_refused(tiny_ckpt):
+    from edgecv.export.pipeline import resolve_options
+    from edgecv.recipe import RecipeError
+
+    r = load_recipe(TINY_RECIPE)
+    with pytest.raises(RecipeError, match="--distill: needs --prune"):
+        resolve_options(r, {"prune": 0.0})
+    assert resolve_options(r, {"prune": 0.0, "distill": False}).distill is False

@@ -40,6 +40,9 @@ def resolve_options(recipe: Optional[Recipe], flags: Dict) -> ExportConfig:
         if flags.get("calib_method") is None:
             cfg.calib_method = cs.method
     check_ranges(cfg, flag_style=True)
+    if cfg.distill and cfg.prune == 0:
+        raise RecipeError("--distill: needs --prune (distillation recovers accuracy lost to pruning; without "
+                          "pruning there is nothing to recover): add --prune R, or --no-distill")
     if not cfg.targets:
         raise RecipeError("--target: no target given (expected tensorrt, onnxruntime)")
     for t in cfg.targets:

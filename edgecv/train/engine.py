@@ -21,8 +21,16 @@ def accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1, 5)):
 def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, epoch: int, *, device="cpu",
                     label_smoothing: float = 0.0, scaler=None, loss_fn: Optional[Callable] = None,
                     show_progress: bool = True, desc: str = "train") -> Dict[str, float]:
-    """One pass over ``loader``; the scheduler steps per iteration (warm-up is per-iteration)."""
+    """One pass over ``loader``; the scheduler steps per iteration (warm-up is per-iteration).
+
+    BatchNorm layers whose parameters are all frozen stay in eval mode: a frozen backbone keeps its running
+    statistics too (they would otherwise drift to the new data while its weights cannot follow).
+    """
     model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and \
+                not any(p.requires_grad for p in m.parameters()):
+            m.eval()
     n = seen = correct = 0
     loss_sum = 0.0
     t0 = time.time()

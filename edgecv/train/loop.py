@@ -188,9 +188,7 @@ def _train(recipe: Recipe, out: Path, resume: bool, show_progress: bool, dist_in
         if rank0:
             log.info("resuming %s at epoch %d", last, start_epoch)
 
-    net = model
-    if dist_info["distributed"]:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    net, phase = model, None
     epoch_log = EpochLog(out, cfg.log_format)
     if rank0:
         epoch_log.reset_after(start_epoch - 1)
@@ -205,7 +203,15 @@ def _train(recipe: Recipe, out: Path, resume: bool, show_progress: bool, dist_in
         elif getattr(sampler, "generator", None) is not None:
             sampler.generator.manual_seed(cfg.seed * 1000 + epoch)
         frozen = epoch < recipe.model.freeze_backbone_epochs
-        set_backbone_trainable(model, not frozen)
+        if frozen != phase:
+            set_backbone_trainable(model, not frozen)
+            # DDP registers the parameters that need gradients when it is built: a wrapper built before a
+            # freeze waits for gradients that never come ("Expected to have finished reduction"), and one built
+            # during it would never synchronise the unfrozen backbone. So each phase gets its own wrapper.
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None) if dist_info["distributed"] \
+                else model
+            phase = frozen
         stats = train_one_epoch(net, train_loader, optimizer, scheduler, epoch, device=device,
                                 label_smoothing=cfg.label_smoothing, scaler=scaler,
                                 show_progress=show_progress and rank0)
