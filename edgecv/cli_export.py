@@ -57,12 +57,15 @@ def export(source, out_dir, force, int8, fp16, prune, distill, calib, calib_samp
     from edgecv import targets
 
     rows = [{"artefact": "(unpruned fp32 baseline)", "target": targets.host_reference().name, "precision": "fp32",
-             "top1": s["baseline"]["top1"], "latency_ms": s["baseline"]["latency_ms"], "speedup": 1.0, "fallback": 0}]
+             "top1": s["baseline"]["top1"], "latency_ms": s["baseline"]["latency_ms"], "speedup": 1.0, "fallback": 0,
+             "agreement": None}]
     for a in manifest["artifacts"]:
         rows.append({"artefact": a["file"], "target": a["target"], "precision": a["precision"], "top1": a["top1"],
                      "latency_ms": a["latency_ms"], "speedup": s["baseline"]["latency_ms"] / a["latency_ms"],
-                     "fallback": len(a["fallback_layers"])})
-    print_rows(rows, ["artefact", "target", "precision", "top1", "latency_ms", "speedup", "fallback"],
+                     "fallback": len(a["fallback_layers"]), "agreement": a.get("agreement"),
+                     "worst_class_drop": a.get("worst_class_drop")})
+    print_rows(rows, ["artefact", "target", "precision", "top1", "agreement", "worst_class_drop", "latency_ms",
+                      "speedup", "fallback"],
                f"edgecv export -> {out_dir}")
     for t, d in manifest["default"].items():
         click.echo(f"default for {t}: {d['file']}  ({d['reason']})")

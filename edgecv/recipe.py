@@ -132,6 +132,7 @@ class ExportConfig:
     max_batch: int = ranged(8, ge=1, le=4096)  # the largest batch the device engine is built for
     release: int = ranged(0, ge=0)  # monotonic release number: devices refuse to install a lower or equal one
     arch: Optional[List[str]] = None  # CPU architectures the bundle is for (None: any)
+    tune_fraction: float = ranged(0.3, gt=0, lt=1)  # held-out images used to choose fallback layers
     golden: int = ranged(64, ge=1, le=4096)  # golden vectors shipped for `edgecv verify` on the device
     min_agreement: float = ranged(0.99, ge=0, le=1)  # fidelity budget: top-1 agreement with fp32
     opset: int = ranged(17, ge=13, le=21)

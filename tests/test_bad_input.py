@@ -300,7 +300,8 @@ def test_calibration_images_never_count_as_held_out(tiny_ckpt, tmp_path):
     s = json.loads(r.stdout)["summary"]
     assert s["evaluation"]["disjoint_from_calibration"] is True
     assert s["evaluation"]["left_out_as_calibration_images"] >= 20  # ~200 x 2000/10000 overlap, all left out
-    assert s["evaluation"]["images"] == 2000 and s["calibration"]["images"] == 200
+    assert s["evaluation"]["images"] + s["tune"]["images"] == 2000 and s["calibration"]["images"] == 200
+    assert s["evaluation"]["disjoint_from_tune"] is True and s["tune"]["images"] == 600  # 30% chose the fallback
     assert len(s["evaluation"]["members_sha256"]) == 64
 
 

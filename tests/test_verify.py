@@ -38,7 +38,7 @@ def resign(bundle, edit=None):
 def test_golden_vectors_are_in_the_bundle_and_reproduce_fp32(tiny_bundle):
     b = open_bundle(tiny_bundle)
     assert b.manifest["golden"]["n"] == 64 and "golden.npz" in b.manifest["files"]
-    assert b.manifest["golden"]["budget"] == {"min_agreement": 0.99, "max_drop": 100.0}
+    assert b.manifest["golden"]["budget"] == {"min_agreement": 0.0, "max_drop": 100.0}  # the tiny recipe's
     x, y, ref = load_golden(b)
     assert x.shape == (64, 1, 28, 28) and y.shape == (64,) and ref.shape == (64, 10)
     from edgecv.runtime.ort_backend import OrtBackend

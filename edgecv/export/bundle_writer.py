@@ -40,18 +40,24 @@ def _io_spec(path: Path) -> Dict:
 
 def write_report(tmp: Path, summary: Dict, artifacts: List[Dict]) -> None:
     lines = ["# edgecv export report", "", f"Source: `{summary['source']}`", ""]
-    lines += ["## Accuracy by stage (evaluation set: "
-              f"{summary['evaluation']['images']} images from `{summary['evaluation']['source']}`, "
-              "disjoint from calibration)", "", "| stage | top-1 | top-5 |", "|---|---|---|"]
+    tune = summary.get("tune") or {}
+    lines += ["Every number below is measured on the evaluation split: "
+              f"{summary['evaluation']['images']} images from `{summary['evaluation']['source']}`, disjoint from "
+              f"the {summary['calibration'].get('images', '?')} calibration images and from the "
+              f"{tune.get('images', 0)} tune images that chose the per-layer fallback (by content hash).", ""]
+    lines += ["## Accuracy by stage", "", "| stage | top-1 | top-5 |", "|---|---|---|"]
     lines += [f"| {s['stage']} | {s['top1']:.4f} | {s['top5']:.4f} |" for s in summary["stages"]]
     lines += ["", f"## Artefacts (latency: {targets.host_reference().name} on the export host's CPU, batch 1, "
               "2 threads, median)", "",
-              "| file | target | precision | top-1 | latency ms | fallback layers |", "|---|---|---|---|---|---|"]
+              "| file | target | precision | top-1 | agreement with fp32 | mean KL | worst class drop | latency ms "
+              "| fallback layers |", "|---|---|---|---|---|---|---|---|---|"]
     base = summary["baseline"]
-    lines.append(f"| (unpruned fp32 baseline) | {targets.host_reference().name} | fp32 | {base['top1']:.4f} | {base['latency_ms']:.3f} | |")
+    lines.append(f"| (unpruned fp32 baseline) | {targets.host_reference().name} | fp32 | {base['top1']:.4f} | | | | "
+                 f"{base['latency_ms']:.3f} | |")
     for a in artifacts:
         lines.append(f"| {a['file']} | {a['target']} | {a['precision']} | {a['top1']:.4f} | "
-                     f"{a['latency_ms']:.3f} | {len(a['fallback_layers'])} |")
+                     f"{a.get('agreement', 1.0):.2%} | {a.get('mean_kl', 0.0):.5f} | "
+                     f"{a.get('worst_class_drop', 0.0):.2f} | {a['latency_ms']:.3f} | {len(a['fallback_layers'])} |")
     for a in artifacts:
         if a["fallback_layers"]:
             lines += ["", f"### Layers kept in float in {a['file']}", "",

@@ -110,3 +110,23 @@ def calib_and_eval_sets(cfg: DataConfig, calib: Optional[str], eval_path: Option
     return (ArraySet(cx, cy, [cal_files[i] for i in cal_idx] if cal_files else [], str(calib or cfg.path), cal_ids),
             ArraySet(ex, ey, [ev_files[i] for i in ev_idx] if ev_files else [], str(eval_path or cfg.path), ev_ids,
                      list(getattr(ev_ds, "classes", []) or []), overlap))
+
+
+def split_off(s: ArraySet, fraction: float, seed: int = 0) -> Tuple[ArraySet, ArraySet]:
+    """(part, rest): a random ``fraction`` of ``s`` (at least one image, never all of them) and the remainder.
+
+    The export's tune split (calibration method, per-layer fallback) is split off the held-out images this way,
+    so the evaluation split that every reported number comes from was never used to choose anything.
+    """
+    n = len(s)
+    if n < 2:
+        raise DatasetError(f"{s.source}: {n} held-out image(s): too few to split into tune and evaluation images")
+    k = min(n - 1, max(1, int(round(n * fraction))))
+    order = np.random.default_rng(seed).permutation(n)
+    part, rest = np.sort(order[:k]), np.sort(order[k:])
+
+    def take(idx):
+        return ArraySet(s.x[idx], s.y[idx], [s.paths[i] for i in idx] if s.paths else [], s.source,
+                        [s.ids[i] for i in idx] if s.ids else [], list(s.classes), s.excluded_overlap)
+
+    return take(part), take(rest)

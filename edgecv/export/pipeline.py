@@ -136,12 +136,17 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
     from edgecv.data.classes import apply_mapping, match_classes
 
     ev.y = apply_mapping(ev.y, match_classes(ev.classes, src.classes, ev.source, source))
+    from edgecv.export.data import split_off
+
+    tune, ev = split_off(ev, opts.tune_fraction, opts.calib_seed)
     summary["calibration"] = {"source": cal.source, "samples": len(cal), "method": opts.calib_method,
                               "definition": opts.calib_set}
     overlap = len(set(ev.ids) & set(cal.ids))
     summary["calibration"].update(cal.record())
     summary["evaluation"] = {**ev.record(), "disjoint_from_calibration": overlap == 0,
+                             "disjoint_from_tune": not set(ev.ids) & set(tune.ids),
                              "left_out_as_calibration_images": ev.excluded_overlap}
+    summary["tune"] = {**tune.record(), "used_for": "per-layer fallback (top-1 drop and agreement budget)"}
     if overlap:
         raise ExportError(f"{overlap} evaluation images are also calibration images")  # never reported as held out
 
@@ -188,8 +193,15 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
             parity = compare_with_torch(student, str(fp32_path), torch.from_numpy(ev.x[:32]))
             fp32_acc = eval_onnx(fp32_path, ev.x, ev.y) if student is not teacher else base_acc
         summary["onnx_parity"] = parity
+        from edgecv.export.gates import onnx_logits
+        from edgecv.runtime.metrics import fidelity, topk_accuracy
+
+        ref_eval = onnx_logits(fp32_path, ev.x)  # the shipped fp32 model: what int8 must agree with
+        ref_tune = onnx_logits(fp32_path, tune.x)
+        base_tune_top1 = eval_onnx(base_onnx, tune.x, tune.y)["top1"]
         artifacts = [{"file": "model_fp32.onnx", "target": t, "precision": "fp32", **fp32_acc,
-                      "fallback_layers": [], "calibration": None} for t in opts.targets]
+                      **fidelity(ref_eval, ref_eval, ev.y), "fallback_layers": [], "calibration": None}
+                     for t in opts.targets]
         gate_failures = []
         if opts.int8:
             with stages(f"int8 calibration ({opts.calib_method}, {len(cal)} images)"):
@@ -199,12 +211,23 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
                 tgt = targets.get(target)
                 name = tgt.int8_file()
                 with stages(f"int8 {target}: quantize and accuracy gate"):
-                    g = accuracy_gate(str(fp32_path), calib, tgt, tmp / name, ev.x, ev.y, base_acc["top1"],
-                                      opts.max_drop, sens_x, work, show_progress=show_progress)
+                    g = accuracy_gate(str(fp32_path), calib, tgt, tmp / name, tune.x, tune.y, base_tune_top1,
+                                      opts.max_drop, sens_x, work, show_progress=show_progress,
+                                      min_agreement=opts.min_agreement, ref_logits=ref_tune)
                 if not g.passed:
                     gate_failures.append(g.reason)
-                artifacts.append({"file": name, "target": target, "precision": "int8", "top1": g.top1,
-                                  "top5": g.top5, "n": len(ev), "fallback_layers": g.fallback,
+                logits = onnx_logits(tmp / name, ev.x)  # reported numbers: the evaluation split only
+                held = {**topk_accuracy(logits, ev.y), **fidelity(ref_eval, logits, ev.y)}
+                held["within_budget"] = ((base_acc["top1"] - held["top1"]) * 100 <= opts.max_drop
+                                         and held["agreement"] >= opts.min_agreement)
+                if g.passed and not held["within_budget"]:  # the final check is on images nothing was tuned on
+                    gate_failures.append(
+                        f"{target} int8 on the {len(ev)} evaluation images: top-1 {held['top1']:.4f} vs fp32 source "
+                        f"{base_acc['top1']:.4f} ({(base_acc['top1'] - held['top1']) * 100:.2f} points, budget "
+                        f"{opts.max_drop}), agreement with fp32 {held['agreement']:.1%} (floor {opts.min_agreement:.0%})"
+                        f": the budget held on the {len(tune)} tune images only")
+                artifacts.append({"file": name, "target": target, "precision": "int8", **held,
+                                  "fallback_layers": g.fallback,
                                   "calibration": {"method": opts.calib_method, "samples": len(cal)}})
                 if tgt.post_quantize:
                     import onnx

@@ -26,3 +26,28 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
     c1, c5 = topk_correct(logits, labels)
     n = len(labels)
     return {"top1": c1 / n if n else 0.0, "top5": c5 / n if n else 0.0, "n": int(n)}
+
+
+def fidelity(ref_logits: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
+    """How closely a compressed model follows its fp32 reference on the same inputs: top-1 agreement, mean
+    KL(fp32 || compressed) of the softmax outputs, and the worst per-class top-1 drop in points (over the
+    classes present in ``labels``)."""
+    ref_logits = np.asarray(ref_logits, np.float64)
+    logits = np.asarray(logits, np.float64)
+    labels = np.asarray(labels)
+
+    def log_softmax(a):
+        a = a - a.max(1, keepdims=True)
+        return a - np.log(np.exp(a).sum(1, keepdims=True))
+
+    lp, lq = log_softmax(ref_logits), log_softmax(logits)
+    ref_hit, hit = ref_logits.argmax(1) == labels, logits.argmax(1) == labels
+    worst, worst_cls = 0.0, None
+    for c in np.unique(labels):
+        m = labels == c
+        d = (ref_hit[m].mean() - hit[m].mean()) * 100
+        if worst_cls is None or d > worst:
+            worst, worst_cls = float(d), int(c)
+    return {"agreement": float((ref_logits.argmax(1) == logits.argmax(1)).mean()),
+            "mean_kl": float((np.exp(lp) * (lp - lq)).sum(1).mean()),
+            "worst_class_drop": worst, "worst_class": worst_cls}
