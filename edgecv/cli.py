@@ -81,10 +81,15 @@ def train(recipe, out_dir, overrides, resume):
               help="For bundles: auto (the fastest target that runs here) or a target.")
 @click.option("--dla", "dla_core", type=click.IntRange(min=-1), default=-1,
               help="For bundles: run the TensorRT engine built for DLA core N; -1: the GPU.")
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), default=None,
+              help="For bundles: this artefact instead of the default (or what verify chose).")
+@click.option("--against-fp32", is_flag=True,
+              help="For bundles: also run the fp32 artefact and report agreement, mean KL and worst class drop.")
 @click.option("--allow-missing-classes", is_flag=True,
               help="Accept DATA that has only some of the model's classes (matched by name).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def eval_cmd(target, data, overrides, limit, backend, dla_core, allow_missing_classes, as_json):
+def eval_cmd(target, data, overrides, limit, backend, dla_core, precision, against_fp32, allow_missing_classes,
+             as_json):
     """Top-1/top-5 of TARGET (a recipe, a checkpoint, or a deploy bundle) on DATA.
 
     DATA's class names must match the model's labels (order may differ); a mismatch is an error that
@@ -96,7 +101,8 @@ def eval_cmd(target, data, overrides, limit, backend, dla_core, allow_missing_cl
         from edgecv.runtime.evaluate import eval_bundle
 
         res = eval_bundle(target, data, backend=backend, limit=limit, show_progress=not as_json,
-                          allow_subset=allow_missing_classes, dla_core=dla_core)
+                          allow_subset=allow_missing_classes, dla_core=dla_core, against_fp32=against_fp32,
+                          precision=precision)
     else:
         from edgecv.train.evaluate import eval_source
 

@@ -137,3 +137,24 @@ def test_old_bundle_without_golden_vectors_is_named(tiny_bundle, tmp_path):
     resign(bundle, drop)
     r = CliRunner().invoke(cli(), ["verify", str(bundle)])
     assert r.exit_code == 2 and "has no golden vectors" in r.output
+
+
+def test_eval_against_fp32_reports_fidelity(tiny_bundle):
+    from edgecv.data.fashion_mnist import load_fashion_mnist
+    from edgecv.runtime.metrics import fidelity
+    from edgecv.runtime.ort_backend import OrtBackend
+    from edgecv.runtime.preprocess import Preprocessor
+
+    r = CliRunner().invoke(cli(), ["eval", str(tiny_bundle), "--data", str(FASHION), "--limit", "300", "--backend",
+                                   "onnxruntime", "--precision", "int8", "--against-fp32", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    x, y = load_fashion_mnist(FASHION, "test")
+    pre = Preprocessor(open_bundle(tiny_bundle).preprocess)
+    batch = np.stack([pre(x[i]) for i in range(300)])
+    want = fidelity(OrtBackend(str(tiny_bundle / "model_fp32.onnx")).infer(batch),
+                    OrtBackend(str(tiny_bundle / "model_int8_ort.onnx")).infer(batch), y[:300])
+    assert res["precision"] == "int8" and res["agreement_with_fp32"] == pytest.approx(want["agreement"])
+    assert res["mean_kl"] == pytest.approx(want["mean_kl"], rel=1e-3)
+    assert res["worst_class_drop"] == pytest.approx(want["worst_class_drop"])
+    assert 0.8 < res["agreement_with_fp32"] <= 1.0 and res["mean_kl"] > 0

@@ -32,8 +32,13 @@ def labelled_frames(data: str, channels: int, limit: Optional[int] = None) -> Tu
 
 
 def eval_bundle(bundle_dir, data: str, backend: str = "auto", limit: Optional[int] = None,
-                batch: int = 32, show_progress: bool = True, allow_subset: bool = False, dla_core: int = -1) -> Dict:
-    """Top-1/top-5 of a bundle's default artefact on ``data``, whose classes must match the bundle's labels."""
+                batch: int = 32, show_progress: bool = True, allow_subset: bool = False, dla_core: int = -1,
+                against_fp32: bool = False, precision: Optional[str] = None) -> Dict:
+    """Top-1/top-5 of a bundle's default artefact on ``data``, whose classes must match the bundle's labels.
+
+    ``against_fp32``: also run the bundle's fp32 artefact (same target) on the same inputs and report the
+    fidelity of the default one: top-1 agreement, mean KL divergence, worst per-class top-1 drop.
+    """
     from edgecv.runtime.bundle import open_bundle
     from edgecv.runtime.select import open_backend
 
@@ -42,8 +47,13 @@ def eval_bundle(bundle_dir, data: str, backend: str = "auto", limit: Optional[in
     pre = Preprocessor(bundle.preprocess)
     n, classes, frames = labelled_frames(data, pre.channels, limit)
     mapping = match_classes(classes, labels, data, f"bundle {bundle_dir}", allow_subset)
-    be, info = open_backend(bundle, backend, dla_core=dla_core)
+    be, info = open_backend(bundle, backend, precision, dla_core=dla_core)
     batch = min(batch, be.max_batch or batch)  # a TensorRT engine takes up to the batch it was built for
+    ref = None
+    if against_fp32:
+        ref, ref_info = open_backend(bundle, info["backend"], "fp32", dla_core=dla_core)
+        batch = min(batch, ref.max_batch or batch)
+    fid = {"agree": 0, "kl": 0.0, "hit": {}, "ref_hit": {}, "count": {}}
     c1 = c5 = seen = 0
     skipped: List[str] = []
     xs, ys = [], []
@@ -53,8 +63,13 @@ def eval_bundle(bundle_dir, data: str, backend: str = "auto", limit: Optional[in
         if not xs:
             return
         y = np.asarray(ys)
-        a1, a5 = topk_correct(be.infer(np.stack(xs)), y if mapping is None else mapping[y])
+        y = y if mapping is None else mapping[y]
+        batch_x = np.stack(xs)
+        logits = be.infer(batch_x)
+        a1, a5 = topk_correct(logits, y)
         c1, c5, seen = c1 + a1, c5 + a5, seen + len(ys)
+        if ref is not None:
+            accumulate_fidelity(fid, ref.infer(batch_x), logits, y)
         xs.clear()
         ys.clear()
 
@@ -70,8 +85,32 @@ def eval_bundle(bundle_dir, data: str, backend: str = "auto", limit: Optional[in
         flush()
     finally:
         be.close()
+        if ref is not None:
+            ref.close()
     if seen == 0:
         raise DatasetError(f"{data}: no readable images ({len(skipped)} skipped)")
-    return {"top1": c1 / seen, "top5": c5 / seen, "n": seen, "skipped": len(skipped), "backend": info["backend"],
+    extra = finish_fidelity(fid, seen) if ref is not None else {}
+    return {**extra, "top1": c1 / seen, "top5": c5 / seen, "n": seen, "skipped": len(skipped), "backend": info["backend"],
             "artifact": info["file"], "precision": info["precision"], "chosen_by": info.get("chosen_by"),
             "fallback": info.get("fallback")}
+
+
+def accumulate_fidelity(acc: Dict, ref_logits: np.ndarray, logits: np.ndarray, y: np.ndarray) -> None:
+    """Streaming form of edgecv.runtime.metrics.fidelity (any dataset size in constant memory)."""
+    r = ref_logits.astype(np.float64) - ref_logits.max(1, keepdims=True)
+    q = logits.astype(np.float64) - logits.max(1, keepdims=True)
+    lp = r - np.log(np.exp(r).sum(1, keepdims=True))
+    lq = q - np.log(np.exp(q).sum(1, keepdims=True))
+    acc["kl"] += float((np.exp(lp) * (lp - lq)).sum())
+    acc["agree"] += int((ref_logits.argmax(1) == logits.argmax(1)).sum())
+    for c, rh, h in zip(y.tolist(), (ref_logits.argmax(1) == y).tolist(), (logits.argmax(1) == y).tolist()):
+        acc["count"][c] = acc["count"].get(c, 0) + 1
+        acc["ref_hit"][c] = acc["ref_hit"].get(c, 0) + rh
+        acc["hit"][c] = acc["hit"].get(c, 0) + h
+
+
+def finish_fidelity(acc: Dict, n: int) -> Dict:
+    drops = {c: (acc["ref_hit"][c] - acc["hit"][c]) / acc["count"][c] * 100 for c in acc["count"]}
+    worst = max(drops, key=drops.get) if drops else None
+    return {"agreement_with_fp32": acc["agree"] / n, "mean_kl": acc["kl"] / n,
+            "worst_class_drop": drops[worst] if worst is not None else 0.0, "worst_class": worst}
