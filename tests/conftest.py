@@ -55,3 +55,31 @@ def bundle_copy(tiny_bundle, tmp_path):
     dst = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, dst)
     return dst
+
+
+def resign(bundle, edit=None):
+    """What anyone can do to a bundle without a key: edit the manifest, recompute every sha256 and size and
+    the manifest's self-checksum (the tampering that only a signature catches)."""
+    import json
+
+    from edgecv.runtime.bundle import manifest_bytes
+    from edgecv.utils.io import sha256_file
+
+    m = json.loads((Path(bundle) / "manifest.json").read_text())
+    if edit:
+        edit(m)
+    for name, info in m["files"].items():
+        p = Path(bundle) / name
+        info["sha256"], info["size"] = sha256_file(p), p.stat().st_size
+    (Path(bundle) / "manifest.json").write_bytes(manifest_bytes(m))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port

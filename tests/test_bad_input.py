@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import FASHION, ROOT, TINY_RECIPE
+from conftest import FASHION, ROOT, TINY_RECIPE, resign
 
 from edgecv.data.errors import DatasetError
 from edgecv.data.fashion_mnist import CLASSES, load_fashion_mnist
 from edgecv.data.folders import read_classes_tsv
-from edgecv.runtime.bundle import manifest_bytes, open_bundle
-from edgecv.utils.io import sha256_file
+from edgecv.runtime.bundle import open_bundle
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -43,11 +42,6 @@ def one_line_error(r, code=2, *needles):
         assert n in r.output, (n, r.output)
 
 
-def resign(bundle):
-    m = json.loads((bundle / "manifest.json").read_text())
-    for name, info in m["files"].items():
-        info["sha256"], info["size"] = sha256_file(bundle / name), (bundle / name).stat().st_size
-    (bundle / "manifest.json").write_bytes(manifest_bytes(m))
 
 
 # -- recipes and flags -----------------------------------------------------------------------------------------

@@ -13,11 +13,10 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from conftest import FASHION
+from conftest import FASHION, free_port, resign
 
 from edgecv.cli import cli
-from edgecv.runtime.bundle import manifest_bytes, open_bundle
-from edgecv.utils.io import sha256_file
+from edgecv.runtime.bundle import open_bundle
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -44,13 +43,6 @@ def keys(tmp_path_factory):
     return d
 
 
-def resign(bundle, edit=None):
-    m = json.loads((bundle / "manifest.json").read_text())
-    if edit:
-        edit(m)
-    for name, info in m["files"].items():
-        info["sha256"], info["size"] = sha256_file(bundle / name), (bundle / name).stat().st_size
-    (bundle / "manifest.json").write_bytes(manifest_bytes(m))
 
 
 def release(tiny_bundle, dst, n):
@@ -195,12 +187,6 @@ def test_install_killed_in_any_stage_keeps_the_previous_version(stage, tiny_bund
 
 # -- push over SSH ---------------------------------------------------------------------------------------------
 
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +199,7 @@ def sshd(tmp_path_factory):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
     (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
     os.chmod(d / "authorized_keys", 0o600)
-    port = _free_port()
+    port = free_port()
     (d / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
@@ -253,7 +239,7 @@ def test_push_installs_over_a_real_ssh_server(sshd, tiny_bundle, tmp_path):
     assert [n for n in os.listdir(root) if n.startswith(".incoming")] == []
     r = invoke(*args)  # the same release again: refused on the device, reported here
     assert r.exit_code == 2 and "anti-rollback" in r.output
-    bad = invoke("push", b, f"ssh://127.0.0.1:{_free_port()}{root}", "-o", "ConnectTimeout=3")
+    bad = invoke("push", b, f"ssh://127.0.0.1:{free_port()}{root}", "-o", "ConnectTimeout=3")
     assert bad.exit_code == 2 and "cannot connect" in bad.output
 
 

@@ -4,7 +4,6 @@ Debian's python3-gi; .ci/run installs it)."""
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, free_port
 
 from edgecv.recipe import RecipeError
 from edgecv.runtime.multi_loop import Camera, load_cameras, run_multi
@@ -29,12 +28,6 @@ def make_video(path, n, fps=30):
     return path
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def start_rtsp(port):

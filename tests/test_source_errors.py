@@ -14,6 +14,7 @@ import time
 import cv2
 import numpy as np
 import pytest
+from conftest import free_port
 
 from edgecv.runtime.run_loop import run
 from edgecv.runtime.sources import FrameSource, SourceFailed
@@ -48,12 +49,6 @@ def silent_server():
     srv.close()
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def make_video(path, n=40):

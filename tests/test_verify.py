@@ -7,12 +7,11 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from conftest import FASHION
+from conftest import FASHION, resign
 from onnx import numpy_helper
 
-from edgecv.runtime.bundle import manifest_bytes, open_bundle
+from edgecv.runtime.bundle import open_bundle
 from edgecv.runtime.golden import load_golden, to_inputs, to_pixels
-from edgecv.utils.io import sha256_file
 
 
 def cli():
@@ -26,13 +25,6 @@ def choice_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGECV_CACHE", str(tmp_path / "cache"))
 
 
-def resign(bundle, edit=None):
-    m = json.loads((bundle / "manifest.json").read_text())
-    if edit:
-        edit(m)
-    for name, info in m["files"].items():
-        info["sha256"], info["size"] = sha256_file(bundle / name), (bundle / name).stat().st_size
-    (bundle / "manifest.json").write_bytes(manifest_bytes(m))
 
 
 def test_golden_vectors_are_in_the_bundle_and_reproduce_fp32(tiny_bundle):
