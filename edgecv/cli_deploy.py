@@ -10,9 +10,9 @@ import click
 
 def _trust(ctx, param, value):
     if value:
-        from edgecv.deploy.signing import _COMMAND_TRUST, set_command_trust
+        from edgecv.deploy.signing import set_command_trust
 
-        set_command_trust([*_COMMAND_TRUST, *value])
+        set_command_trust(value, add=True)
     return value
 
 

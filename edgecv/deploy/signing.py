@@ -30,9 +30,10 @@ def trusted_keys_dir() -> Path:
 _COMMAND_TRUST: List[str] = []  # --trust of the command being run (set per invocation, never inherited)
 
 
-def set_command_trust(keys) -> None:
-    """The ``--trust`` keys of this command invocation (replacing any earlier invocation's in this process)."""
-    _COMMAND_TRUST[:] = [os.fspath(k) for k in keys or ()]
+def set_command_trust(keys, add: bool = False) -> None:
+    """The ``--trust`` keys of this command invocation (replacing any earlier invocation's in this process;
+    ``add``: a subcommand's own ``--trust`` beside the group's)."""
+    _COMMAND_TRUST[:] = (_COMMAND_TRUST if add else []) + [os.fspath(k) for k in keys or ()]
 
 
 def configured_trust() -> List[Path]:

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from edgecv.export.quantize import Calibration, quantizable_nodes, quantize
 from edgecv.runtime.latency import measure_interleaved
-from edgecv.runtime.metrics import topk_accuracy
+from edgecv.runtime.metrics import mean_kl, topk_accuracy
 
 log = logging.getLogger("edgecv.export")
 
@@ -26,15 +26,6 @@ def onnx_logits(path: str | os.PathLike, x: np.ndarray, batch: int = 64, threads
 
 def eval_onnx(path, x: np.ndarray, y: np.ndarray) -> Dict[str, float]:
     return topk_accuracy(onnx_logits(path, x), y)
-
-
-def _kl(ref: np.ndarray, got: np.ndarray) -> float:
-    def log_softmax(a):
-        a = a - a.max(1, keepdims=True)
-        return a - np.log(np.exp(a).sum(1, keepdims=True))
-
-    lp, lq = log_softmax(ref), log_softmax(got)
-    return float((np.exp(lp) * (lp - lq)).sum(1).mean())
 
 
 @dataclass
@@ -56,13 +47,13 @@ def sensitivity(fp32_path: str, calib: Calibration, target, x: np.ndarray, workd
     ref = onnx_logits(fp32_path, x)
     base = workdir / "sens_all.onnx"
     quantize(fp32_path, calib, base, target)
-    kl_all = _kl(ref, onnx_logits(base, x))
+    kl_all = mean_kl(ref, onnx_logits(base, x))
     nodes = quantizable_nodes(fp32_path)
     out = []
     for node in tqdm(nodes, desc=f"sensitivity ({target.name})", leave=False, disable=not show_progress):
         p = workdir / "sens_one.onnx"
         quantize(fp32_path, calib, p, target, exclude=[node])
-        kl = _kl(ref, onnx_logits(p, x))
+        kl = mean_kl(ref, onnx_logits(p, x))
         out.append({"node": node, "kl_without": kl, "gain": kl_all - kl})
     return sorted(out, key=lambda r: -r["gain"])
 

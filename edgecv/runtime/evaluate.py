@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from edgecv.data.classes import match_classes
 from edgecv.data.errors import DatasetError
-from edgecv.runtime.metrics import topk_correct
+from edgecv.runtime.metrics import kl_rows, topk_correct
 from edgecv.runtime.preprocess import Preprocessor, load_image
 
 
@@ -53,7 +53,7 @@ def eval_bundle(bundle_dir, data: str, backend: str = "auto", limit: Optional[in
     if against_fp32:
         ref, ref_info = open_backend(bundle, info["backend"], "fp32", dla_core=dla_core)
         batch = min(batch, ref.max_batch or batch)
-    fid = {"agree": 0, "kl": 0.0, "hit": {}, "ref_hit": {}, "count": {}}
+    fid = {"agree": 0, "kl": 0.0, "hit": None, "ref_hit": None, "count": None}
     c1 = c5 = seen = 0
     skipped: List[str] = []
     xs, ys = [], []
@@ -97,20 +97,18 @@ def eval_bundle(bundle_dir, data: str, backend: str = "auto", limit: Optional[in
 
 def accumulate_fidelity(acc: Dict, ref_logits: np.ndarray, logits: np.ndarray, y: np.ndarray) -> None:
     """Streaming form of edgecv.runtime.metrics.fidelity (any dataset size in constant memory)."""
-    r = ref_logits.astype(np.float64) - ref_logits.max(1, keepdims=True)
-    q = logits.astype(np.float64) - logits.max(1, keepdims=True)
-    lp = r - np.log(np.exp(r).sum(1, keepdims=True))
-    lq = q - np.log(np.exp(q).sum(1, keepdims=True))
-    acc["kl"] += float((np.exp(lp) * (lp - lq)).sum())
+    k = logits.shape[1]
+    acc["kl"] += float(kl_rows(ref_logits, logits).sum())
     acc["agree"] += int((ref_logits.argmax(1) == logits.argmax(1)).sum())
-    for c, rh, h in zip(y.tolist(), (ref_logits.argmax(1) == y).tolist(), (logits.argmax(1) == y).tolist()):
-        acc["count"][c] = acc["count"].get(c, 0) + 1
-        acc["ref_hit"][c] = acc["ref_hit"].get(c, 0) + rh
-        acc["hit"][c] = acc["hit"].get(c, 0) + h
+    for key, hits in (("count", None), ("ref_hit", ref_logits.argmax(1) == y), ("hit", logits.argmax(1) == y)):
+        counts = np.bincount(y, weights=hits, minlength=k) if hits is not None else np.bincount(y, minlength=k)
+        acc[key] = counts if acc[key] is None else acc[key] + counts
 
 
 def finish_fidelity(acc: Dict, n: int) -> Dict:
-    drops = {c: (acc["ref_hit"][c] - acc["hit"][c]) / acc["count"][c] * 100 for c in acc["count"]}
-    worst = max(drops, key=drops.get) if drops else None
+    present = np.flatnonzero(acc["count"])
+    drops = (acc["ref_hit"][present] - acc["hit"][present]) / acc["count"][present] * 100
+    i = int(np.argmax(drops)) if len(drops) else None
     return {"agreement_with_fp32": acc["agree"] / n, "mean_kl": acc["kl"] / n,
-            "worst_class_drop": drops[worst] if worst is not None else 0.0, "worst_class": worst}
+            "worst_class_drop": float(drops[i]) if i is not None else 0.0,
+            "worst_class": int(present[i]) if i is not None else None}

@@ -28,19 +28,27 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
     return {"top1": c1 / n if n else 0.0, "top5": c5 / n if n else 0.0, "n": int(n)}
 
 
-def fidelity(ref_logits: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
-    """How closely a compressed model follows its fp32 reference on the same inputs: top-1 agreement, mean
-    KL(fp32 || compressed) of the softmax outputs, and the worst per-class top-1 drop in points (over the
-    classes present in ``labels``)."""
-    ref_logits = np.asarray(ref_logits, np.float64)
-    logits = np.asarray(logits, np.float64)
-    labels = np.asarray(labels)
-
+def kl_rows(ref_logits: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """KL(softmax(ref) || softmax(logits)) per row, in float64 (the one implementation every gate and report
+    uses)."""
     def log_softmax(a):
+        a = np.asarray(a, np.float64)
         a = a - a.max(1, keepdims=True)
         return a - np.log(np.exp(a).sum(1, keepdims=True))
 
     lp, lq = log_softmax(ref_logits), log_softmax(logits)
+    return (np.exp(lp) * (lp - lq)).sum(1)
+
+
+def mean_kl(ref_logits: np.ndarray, logits: np.ndarray) -> float:
+    return float(kl_rows(ref_logits, logits).mean())
+
+
+def fidelity(ref_logits: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
+    """How closely a compressed model follows its fp32 reference on the same inputs: top-1 agreement, mean
+    KL(fp32 || compressed) of the softmax outputs, and the worst per-class top-1 drop in points (over the
+    classes present in ``labels``)."""
+    labels = np.asarray(labels)
     ref_hit, hit = ref_logits.argmax(1) == labels, logits.argmax(1) == labels
     worst, worst_cls = 0.0, None
     for c in np.unique(labels):
@@ -49,5 +57,5 @@ def fidelity(ref_logits: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> 
         if worst_cls is None or d > worst:
             worst, worst_cls = float(d), int(c)
     return {"agreement": float((ref_logits.argmax(1) == logits.argmax(1)).mean()),
-            "mean_kl": float((np.exp(lp) * (lp - lq)).sum(1).mean()),
+            "mean_kl": mean_kl(ref_logits, logits),
             "worst_class_drop": worst, "worst_class": worst_cls}

@@ -57,7 +57,7 @@ def open_backend(target, backend: str = "auto", precision: Optional[str] = None,
         if p.suffix != ".onnx":
             raise DeviceError(f"{target}: not a bundle directory or an .onnx file")
         return cls.for_file(str(p), threads=threads, **kw)
-    bundle = open_bundle(target)
+    bundle = target  # opened above
     if backend != "auto":
         be, info = _open_checked(bundle, resolve_target(backend), precision, threads, kw)
         info["chosen_by"] = "verify" if chosen is not None else ("flag" if precision else "manifest default")

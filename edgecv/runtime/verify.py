@@ -21,6 +21,7 @@ import numpy as np
 from edgecv import targets
 from edgecv.errors import USER_ERRORS, DeviceError
 from edgecv.runtime.latency import measure_interleaved
+from edgecv.runtime.metrics import mean_kl
 
 log = logging.getLogger("edgecv.verify")
 
@@ -54,15 +55,6 @@ def _run_golden(be, x: np.ndarray) -> np.ndarray:
     return np.concatenate([be.infer(np.ascontiguousarray(x[i: i + step])) for i in range(0, len(x), step)])
 
 
-def _kl(ref: np.ndarray, got: np.ndarray) -> float:
-    def log_softmax(a):
-        a = a - a.max(1, keepdims=True)
-        return a - np.log(np.exp(a).sum(1, keepdims=True))
-
-    lp, lq = log_softmax(ref.astype(np.float64)), log_softmax(got.astype(np.float64))
-    return float((np.exp(lp) * (lp - lq)).sum(1).mean())
-
-
 def measure(be, x: np.ndarray, y: np.ndarray, ref: np.ndarray, iters: int) -> Dict:
     logits = _run_golden(be, x)
     if logits.shape != ref.shape or not np.isfinite(logits).all():
@@ -73,7 +65,7 @@ def measure(be, x: np.ndarray, y: np.ndarray, ref: np.ndarray, iters: int) -> Di
     err = np.abs(logits.astype(np.float64) - ref)
     return {"finite": True, "agreement": float((logits.argmax(1) == ref.argmax(1)).mean()),
             "top1": float((logits.argmax(1) == y).mean()), "max_abs_err": float(err.max()),
-            "mean_abs_err": float(err.mean()), "mean_kl": _kl(ref, logits),
+            "mean_abs_err": float(err.mean()), "mean_kl": mean_kl(ref, logits),
             "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"]}
 
 
