@@ -140,7 +140,7 @@ def install(bundle: str | os.PathLike, root: Optional[str | os.PathLike] = None,
     t0 = time.time()
     checks: List[Dict] = []
     report: Dict = {"bundle": os.fspath(bundle), "root": str(root), "checks": checks, "started": t0}
-    with OutputLock(root / "install"):
+    with OutputLock(root / "install", f"{root} (install root)"):
         if (root / "slots").is_dir():
             sweep_stale(root / "slots")  # a killed install's half copy
         try:
@@ -255,7 +255,7 @@ def rollback(root: Optional[str | os.PathLike] = None) -> Dict:
     root = Path(os.path.abspath(root or default_root()))
     if not is_install_root(root):
         raise InstallError(f"{root}: not an edgecv install root (nothing installed)")
-    with OutputLock(root / "install"):
+    with OutputLock(root / "install", f"{root} (install root)"):
         active = active_slot(root)
         other = next(s for s in SLOTS if s != active.name)
         rep = _read_json(root / "slots" / f"{other}.json")

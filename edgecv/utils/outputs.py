@@ -129,9 +129,10 @@ class OutputLock:
     by the kernel, and its file is reused by the next run.
     """
 
-    def __init__(self, target: Path):
+    def __init__(self, target: Path, what: Optional[str] = None):
         self.path = target.parent / f".{target.name}.edgecv-lock"
         self.target = target
+        self.what = what or str(target)
         self.fd: Optional[int] = None
         self.created: List[Path] = []  # parent folders made for the lock, removed again if left empty
 
@@ -164,7 +165,7 @@ class OutputLock:
             except BlockingIOError:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
                 os.close(fd)
-                raise OutputError(f"{self.target}: another edgecv process (pid {holder or '?'}) is writing it; "
+                raise OutputError(f"{self.what}: another edgecv process (pid {holder or '?'}) is writing it; "
                                   "wait for it to finish or choose another output") from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
