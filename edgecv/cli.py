@@ -87,9 +87,14 @@ def train(recipe, out_dir, overrides, resume):
               help="For bundles: also run the fp32 artefact and report agreement, mean KL and worst class drop.")
 @click.option("--allow-missing-classes", is_flag=True,
               help="Accept DATA that has only some of the model's classes (matched by name).")
+@click.option("--corruptions", default=None, metavar="LIST",
+              help="For bundles: robustness report instead: fp32 and every int8 artefact that runs here under "
+                   "ImageNet-C corruptions (all, noise, blur, weather, digital, or names); --limit defaults to 100.")
+@click.option("--severities", default="1-5", show_default=True, help="With --corruptions: severities (1-5, 3, 1,3,5).")
+@click.option("-o", "--out", "out_dir", default=None, help="With --corruptions: write corruptions.{md,json,png} here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def eval_cmd(target, data, overrides, limit, backend, dla_core, precision, against_fp32, allow_missing_classes,
-             as_json):
+             corruptions, severities, out_dir, as_json):
     """Top-1/top-5 of TARGET (a recipe, a checkpoint, or a deploy bundle) on DATA.
 
     DATA's class names must match the model's labels (order may differ); a mismatch is an error that
@@ -97,6 +102,10 @@ def eval_cmd(target, data, overrides, limit, backend, dla_core, precision, again
     """
     from pathlib import Path
 
+    if corruptions is not None:
+        _eval_corruptions(target, data, corruptions, severities, backend, limit, allow_missing_classes, out_dir,
+                          as_json)
+        return
     if Path(target).is_dir():
         from edgecv.runtime.evaluate import eval_bundle
 
@@ -109,6 +118,32 @@ def eval_cmd(target, data, overrides, limit, backend, dla_core, precision, again
         res = eval_source(target, data, list(overrides), limit=limit, show_progress=not as_json,
                           allow_subset=allow_missing_classes)
     _emit(res, as_json, f"eval {target}")
+
+
+def _eval_corruptions(target, data, corruptions, severities, backend, limit, allow_subset, out_dir, as_json):
+    from pathlib import Path
+
+    from edgecv.data import corruptions as corr
+    from edgecv.runtime.robustness import eval_corruptions, table_rows
+
+    if not Path(target).is_dir():
+        raise click.UsageError("--corruptions: TARGET must be a deploy bundle")
+    try:
+        names, sevs = corr.parse_names(corruptions), corr.severities(severities)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--corruptions/--severities") from None
+    rep = eval_corruptions(target, data, names, sevs, backend=backend, limit=limit or 100, allow_subset=allow_subset,
+                           out_dir=out_dir, show_progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(rep))
+        return
+    from edgecv.utils.table import print_rows
+
+    rows = table_rows(rep)
+    print_rows(rows, list(rows[0]), f"robustness of {target} ({rep['images']} images, severities {severities})")
+    for k, s in rep["summary"].items():
+        if k != rep["reference"]:
+            click.echo(f"{k}: worst {s['worst']} ({s['worst_extra_drop']:+.2f} points beyond its clean drop)")
 
 
 @cli.command()

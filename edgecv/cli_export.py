@@ -35,10 +35,18 @@ from edgecv.recipe import CALIB_METHODS
               help="Golden vectors shipped for `edgecv verify` on the device (default 64).")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=None,
               help="Fidelity budget recorded for verify: top-1 agreement with fp32 (default 0.99).")
+@click.option("--corruptions", default=None,
+              help="Robustness report: all (default), none, families (noise,blur,weather,digital) or corruption names.")
+@click.option("--corruption-images", type=click.IntRange(1), default=None,
+              help="Evaluation images the robustness report corrupts (default 100).")
+@click.option("--max-corruption-drop", type=click.FloatRange(0), default=None,
+              help="Budget: the worst corruption's extra top-1 drop of an int8 artefact beyond its clean drop, points "
+                   "(default: reported, not gated).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Recipe override.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON at the end.")
 def export(source, out_dir, force, int8, fp16, prune, distill, calib, calib_samples, calib_method, max_drop,
-           target_list, eval_path, max_batch, release, arch, golden, min_agreement, overrides, as_json):
+           target_list, eval_path, max_batch, release, arch, golden, min_agreement, corruptions, corruption_images,
+           max_corruption_drop, overrides, as_json):
     """Turn SOURCE (a recipe or a checkpoint) into a verified deploy bundle in OUT."""
     from edgecv.export.pipeline import export_bundle
 
@@ -46,7 +54,9 @@ def export(source, out_dir, force, int8, fp16, prune, distill, calib, calib_samp
              "calib_samples": calib_samples, "calib_method": calib_method, "max_drop": max_drop,
              "targets": [t.strip() for t in target_list.split(",") if t.strip()] if target_list is not None else None,
              "eval": eval_path, "golden": golden, "min_agreement": min_agreement, "max_batch": max_batch,
-             "release": release, "arch": [a.strip() for a in arch.split(",") if a.strip()] if arch else None}
+             "release": release, "arch": [a.strip() for a in arch.split(",") if a.strip()] if arch else None,
+             "corruptions": corruptions, "corruption_images": corruption_images,
+             "max_corruption_drop": max_corruption_drop}
     manifest = export_bundle(source, out_dir, flags, list(overrides), show_progress=not as_json, force=force)
     if as_json:
         click.echo(json.dumps(manifest))
@@ -69,6 +79,11 @@ def export(source, out_dir, force, int8, fp16, prune, distill, calib, calib_samp
                f"edgecv export -> {out_dir}")
     for t, d in manifest["default"].items():
         click.echo(f"default for {t}: {d['file']}  ({d['reason']})")
+    if manifest.get("cpu_default"):
+        c = manifest["cpu_default"]
+        click.echo(f"default on a CPU: {c['target']} {c['file']}  ({c['reason']})")
+    for t, why in (s.get("targets_skipped") or {}).items():
+        click.echo(f"no {t} artefact: {why}")
     eng = s["engine"]
     if not eng.get("built"):
         click.echo(f"TensorRT engine: not built here ({eng['reason']}); {eng['how']}")

@@ -106,7 +106,7 @@ CALIB_METHODS = ("minmax", "entropy", "percentile")
 def _target_names() -> List[str]:
     from edgecv import targets
 
-    return targets.names()
+    return targets.exportable()[0]
 
 
 @dataclass
@@ -136,6 +136,11 @@ class ExportConfig:
     golden: int = ranged(64, ge=1, le=4096)  # golden vectors shipped for `edgecv verify` on the device
     min_agreement: float = ranged(0.99, ge=0, le=1)  # fidelity budget: top-1 agreement with fp32
     opset: int = ranged(17, ge=13, le=21)
+    # robustness report (edgecv.runtime.robustness): corruptions ("all", families, names; "none": no report)
+    corruptions: str = "all"
+    corruption_severities: str = "1-5"
+    corruption_images: int = ranged(100, ge=1)  # evaluation images corrupted (the first N of the split)
+    max_corruption_drop: Optional[float] = ranged(None, ge=0)  # budget: worst corruption's extra drop, points
 
 
 @dataclass
@@ -285,10 +290,12 @@ def _validate(r: Recipe, source: str) -> None:
     for key, (val, allowed) in choices.items():
         if val not in allowed:
             raise RecipeError(f"{source}: {key}: expected one of {sorted(allowed)}, got {val!r}")
+    from edgecv import targets
+
     for t in r.export.targets:
-        if t not in _target_names():
+        if t not in targets.names():
             raise RecipeError(f"{source}: export.targets: unknown target {t!r} "
-                              f"(expected one of: {', '.join(_target_names())})")
+                              f"(expected one of: {', '.join(targets.names())})")
     if r.export.max_drop < 0:
         raise RecipeError(f"{source}: export.max_drop: must be >= 0, got {r.export.max_drop}")
     if not 0 <= r.export.prune < 1:

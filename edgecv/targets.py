@@ -81,6 +81,27 @@ def load(ref: str) -> Any:
     return obj
 
 
+def export_check(t: Target) -> Tuple[bool, str]:
+    """Whether the export host can make ``t``'s artefacts: a target with ``host_latency`` is judged (accuracy
+    and speed) by running its own runtime here, so that runtime must be installed; the others are judged
+    through ONNX Runtime on the export host and measured on the device."""
+    if not t.host_latency:
+        return True, ""
+    return t.backend_class().available()
+
+
+def exportable() -> Tuple[List[str], Dict[str, str]]:
+    """The targets an export makes when not told which: every one the host can judge, and why others are not."""
+    names_, skipped = [], {}
+    for t in _REGISTRY.values():
+        ok, why = export_check(t)
+        if ok:
+            names_.append(t.name)
+        else:
+            skipped[t.name] = why
+    return names_, skipped
+
+
 def auto_order() -> List[Target]:
     return sorted(_REGISTRY.values(), key=lambda t: -t.priority)
 
@@ -125,4 +146,18 @@ register(Target(
     priority=0,
     modules=("edgecv.runtime.ort_backend",),
     description="ONNX Runtime (any CPU; CUDA/TensorRT execution providers where the install has them)",
+))
+
+register(Target(
+    name="openvino",
+    file_tag="ov",
+    backend="edgecv.runtime.openvino_backend:OpenVinoBackend",
+    # U8S8 Q/DQ as for ONNX Runtime: OpenVINO's CPU plugin runs it as int8 convolutions (20% faster on
+    # EfficientNet-Lite0 than symmetric int8 activations, and faster than NNCF's own placement; tools/bench_peers.py)
+    quant={"activation": "uint8", "WeightSymmetric": True},
+    host_latency=True,
+    version="edgecv.runtime.openvino_backend:openvino_version",
+    priority=0,
+    modules=("edgecv.runtime.openvino_backend",),
+    description="Intel OpenVINO (x86 CPUs, Intel iGPU/NPU): runs the int8 Q/DQ ONNX directly (optional extra)",
 ))

@@ -27,7 +27,7 @@ def test_bundle_contents_and_manifest(tiny_bundle):
     assert m["opset"] >= 17 and m["inputs"][0]["shape"][0] == "batch"
     assert {"edgecv", "torch", "onnx", "onnxruntime"} <= set(m["versions"])
     int8 = [a for a in m["artifacts"] if a["precision"] == "int8"]
-    assert {a["target"] for a in int8} == {"tensorrt", "onnxruntime"}
+    assert {a["target"] for a in int8} == {"tensorrt", "onnxruntime", "openvino"}
     for a in int8:
         assert a["calibration"]["method"] == "minmax" and a["calibration"]["samples"] == 64
         assert 0 < a["top1"] <= 1 and a["latency_ms"] > 0

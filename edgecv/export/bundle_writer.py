@@ -47,8 +47,8 @@ def write_report(tmp: Path, summary: Dict, artifacts: List[Dict]) -> None:
               f"{tune.get('images', 0)} tune images that chose the per-layer fallback (by content hash).", ""]
     lines += ["## Accuracy by stage", "", "| stage | top-1 | top-5 |", "|---|---|---|"]
     lines += [f"| {s['stage']} | {s['top1']:.4f} | {s['top5']:.4f} |" for s in summary["stages"]]
-    lines += ["", f"## Artefacts (latency: {targets.host_reference().name} on the export host's CPU, batch 1, "
-              "2 threads, median)", "",
+    lines += ["", "## Artefacts (latency on the export host's CPU, batch 1, 2 threads, median: each CPU target's "
+              f"artefact on its own runtime; the others' ONNX on {targets.host_reference().name})", "",
               "| file | target | precision | top-1 | agreement with fp32 | mean KL | worst class drop | latency ms "
               "| fallback layers |", "|---|---|---|---|---|---|---|---|---|"]
     base = summary["baseline"]
@@ -63,8 +63,19 @@ def write_report(tmp: Path, summary: Dict, artifacts: List[Dict]) -> None:
             lines += ["", f"### Layers kept in float in {a['file']}", "",
                       "| layer | top-1 after | latency ms after |", "|---|---|---|"]
             lines += [f"| {f['node']} | {f['top1_after']:.4f} | {f['latency_ms_after']:.3f} |" for f in a["fallback_layers"]]
+    if summary.get("robustness"):
+        from edgecv.runtime.robustness import markdown
+
+        lines += ["", "## Robustness under corruption", ""] + markdown(summary["robustness"])
+        if summary["robustness"].get("plot"):
+            lines += ["", f"![top-1 by corruption and severity]({summary['robustness']['plot']})"]
     lines += ["", "## Defaults", ""]
     lines += [f"- {t}: `{d['file']}` ({d['reason']})" for t, d in summary["default"].items()]
+    if summary.get("cpu_default"):
+        c = summary["cpu_default"]
+        lines.append(f"- on a CPU (`--backend auto` until `edgecv verify` measures the device): {c['target']} "
+                     f"`{c['file']}` ({c['reason']})")
+    lines += [f"- {t}: no artefact ({why})" for t, why in (summary.get("targets_skipped") or {}).items()]
     if summary.get("prune"):
         p = summary["prune"]
         lines += ["", "## Pruning", "", f"MACs {p['macs_before'] / 1e6:.2f} M -> {p['macs_after'] / 1e6:.2f} M "
@@ -85,12 +96,12 @@ def _plot(path: Path, summary: Dict, artifacts: List[Dict]) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     base = summary["baseline"]
     pts = [("unpruned fp32", base["latency_ms"], base["top1"])]
-    pts += [(f"{a['file']}", a["latency_ms"], a["top1"]) for a in artifacts
+    pts += [(f"{a['target']} {a['precision']}", a["latency_ms"], a["top1"]) for a in artifacts
             if targets.get(a["target"]).host_latency or a["precision"] == "int8"]
     for label, x, y in pts:
         ax.scatter(x, y * 100, s=40)
         ax.annotate(label, (x, y * 100), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax.set_xlabel("latency, ms (ONNX Runtime CPU, batch 1)")
+    ax.set_xlabel("latency, ms (this CPU, batch 1; TensorRT's ONNX under ONNX Runtime)")
     ax.set_ylabel("top-1 %")
     ax.set_title("accuracy vs latency per export stage")
     ax.grid(alpha=0.3)
@@ -124,13 +135,14 @@ def write_bundle(tmp: Path, src, data_cfg: DataConfig, recipe: Optional[Recipe],
         "versions": _versions(),
         "artifacts": [{k: v for k, v in a.items() if k != "latency"} for a in artifacts],
         "default": summary["default"],
+        "cpu_default": summary.get("cpu_default"),
         "golden": summary.get("golden"),
         # what `edgecv build` on the device uses when not told otherwise (export --fp16, --max-batch)
         "build": {"fp16": bool(opts.fp16), "max_batch": int(opts.max_batch)},
         "release": int(opts.release),
         # checked by `edgecv install` on the device (TensorRT majors: what this edgecv's build code supports)
         "compat": {"min_edgecv": __version__, "arch": opts.arch, "tensorrt_major": [8, 11]},
-        "summary": {k: v for k, v in summary.items() if k not in ("default",)},
+        "summary": {k: v for k, v in summary.items() if k not in ("default", "cpu_default")},
         "stage_times_s": stage_times,
         "files": files,
     }

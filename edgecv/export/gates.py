@@ -17,15 +17,25 @@ from edgecv.runtime.metrics import mean_kl, topk_accuracy
 log = logging.getLogger("edgecv.export")
 
 
-def onnx_logits(path: str | os.PathLike, x: np.ndarray, batch: int = 64, threads: int = 2) -> np.ndarray:
-    from edgecv.runtime.ort_backend import OrtBackend
+def host_backend(path: str | os.PathLike, target=None, threads: int = 2):
+    """The runtime that judges ``path`` on the export host: the target's own backend when the target runs on
+    this kind of host (``host_latency``), else ONNX Runtime (TensorRT's Q/DQ ONNX, measured on the device)."""
+    from edgecv import targets
 
-    be = OrtBackend(str(path), threads=threads)
-    return np.concatenate([be.run_unchecked(x[i: i + batch]) for i in range(0, len(x), batch)])
+    t = target if target is not None and target.host_latency else targets.host_reference()
+    return t.backend_class().for_file(str(path), threads=threads)[0]
 
 
-def eval_onnx(path, x: np.ndarray, y: np.ndarray) -> Dict[str, float]:
-    return topk_accuracy(onnx_logits(path, x), y)
+def onnx_logits(path: str | os.PathLike, x: np.ndarray, batch: int = 64, threads: int = 2, target=None) -> np.ndarray:
+    be = host_backend(path, target, threads)
+    try:
+        return np.concatenate([be.infer(np.ascontiguousarray(x[i: i + batch])) for i in range(0, len(x), batch)])
+    finally:
+        be.close()
+
+
+def eval_onnx(path, x: np.ndarray, y: np.ndarray, target=None) -> Dict[str, float]:
+    return topk_accuracy(onnx_logits(path, x, target=target), y)
 
 
 @dataclass
@@ -47,13 +57,13 @@ def sensitivity(fp32_path: str, calib: Calibration, target, x: np.ndarray, workd
     ref = onnx_logits(fp32_path, x)
     base = workdir / "sens_all.onnx"
     quantize(fp32_path, calib, base, target)
-    kl_all = mean_kl(ref, onnx_logits(base, x))
+    kl_all = mean_kl(ref, onnx_logits(base, x, target=target))
     nodes = quantizable_nodes(fp32_path)
     out = []
     for node in tqdm(nodes, desc=f"sensitivity ({target.name})", leave=False, disable=not show_progress):
         p = workdir / "sens_one.onnx"
         quantize(fp32_path, calib, p, target, exclude=[node])
-        kl = mean_kl(ref, onnx_logits(p, x))
+        kl = mean_kl(ref, onnx_logits(p, x, target=target))
         out.append({"node": node, "kl_without": kl, "gain": kl_all - kl})
     return sorted(out, key=lambda r: -r["gain"])
 
@@ -67,7 +77,7 @@ def accuracy_gate(fp32_path: str, calib: Calibration, target, out_path: Path, x:
     layers in float, one at a time (or give up). ``x``/``y`` is the tune split: the numbers reported for the
     artefact are measured afterwards on images these decisions never saw."""
     def measure_now():
-        logits = onnx_logits(out_path, x)
+        logits = onnx_logits(out_path, x, target=target)
         acc = topk_accuracy(logits, y)
         agree = float((logits.argmax(1) == ref_logits.argmax(1)).mean()) if ref_logits is not None else 1.0
         return acc, agree
@@ -85,8 +95,6 @@ def accuracy_gate(fp32_path: str, calib: Calibration, target, out_path: Path, x:
         return res
     ranked = sensitivity(fp32_path, calib, target, sens_x, workdir, show_progress)
     limit = max(1, int(len(ranked) * max_fallback_frac))
-    from edgecv.runtime.ort_backend import OrtBackend
-
     excluded: List[str] = []
     one = np.ascontiguousarray(x[:1])
     for r in ranked[:limit]:
@@ -94,8 +102,9 @@ def accuracy_gate(fp32_path: str, calib: Calibration, target, out_path: Path, x:
         quantize(fp32_path, calib, out_path, target, exclude=excluded)
         acc, agree = measure_now()
         drop = (ref_top1 - acc["top1"]) * 100
-        lat = measure_interleaved({"m": (lambda be=OrtBackend(str(out_path), threads=2): be.run_unchecked(one))},
-                                  warmup=5, iters=50, rounds=1)["m"]["p50_ms"]
+        be = host_backend(out_path, target)
+        lat = measure_interleaved({"m": (lambda be=be: be.infer(one))}, warmup=5, iters=50, rounds=1)["m"]["p50_ms"]
+        be.close()
         res.fallback.append({"node": r["node"], "sensitivity_gain": r["gain"], "top1_after": acc["top1"],
                              "agreement_after": agree, "latency_ms_after": lat})
         log.info("fallback %s -> tune top-1 %.4f (drop %.2f), agreement %.3f, %.3f ms", r["node"], acc["top1"],
@@ -110,11 +119,14 @@ def accuracy_gate(fp32_path: str, calib: Calibration, target, out_path: Path, x:
     return res
 
 
-def speed_gate(paths: Dict[str, str], batch: np.ndarray, threads: int = 2, iters: int = 200) -> Dict[str, Dict]:
-    """Batch-1 latency of each ONNX model on this CPU, interleaved; ``paths`` maps a label to a file."""
-    from edgecv.runtime.ort_backend import OrtBackend
-
+def speed_gate(models: Dict[str, tuple], batch: np.ndarray, threads: int = 2, iters: int = 200) -> Dict[str, Dict]:
+    """Batch-1 latency on this CPU, interleaved; ``models`` maps a label to ``(file, target or None)``, each run
+    by the runtime that judges it here (``host_backend``)."""
     one = np.ascontiguousarray(batch[:1])
-    backends = {k: OrtBackend(str(p), threads=threads) for k, p in paths.items()}
-    fns = {k: (lambda be=be: be.run_unchecked(one)) for k, be in backends.items()}
-    return measure_interleaved(fns, warmup=20, iters=iters, rounds=10)
+    backends = {k: host_backend(p, t, threads) for k, (p, t) in models.items()}
+    try:
+        fns = {k: (lambda be=be: be.infer(one)) for k, be in backends.items()}
+        return measure_interleaved(fns, warmup=20, iters=iters, rounds=10)
+    finally:
+        for be in backends.values():
+            be.close()

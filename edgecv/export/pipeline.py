@@ -44,10 +44,21 @@ def resolve_options(recipe: Optional[Recipe], flags: Dict) -> ExportConfig:
         raise RecipeError("--distill: needs --prune (distillation recovers accuracy lost to pruning; without "
                           "pruning there is nothing to recover): add --prune R, or --no-distill")
     if not cfg.targets:
-        raise RecipeError("--target: no target given (expected tensorrt, onnxruntime)")
+        raise RecipeError(f"--target: no target given (expected some of: {', '.join(targets.names())})")
     for t in cfg.targets:
         if t not in targets.names():
             raise RecipeError(f"--target: unknown target {t!r} (expected one of: {', '.join(targets.names())})")
+        ok, why = targets.export_check(targets.get(t))
+        if not ok:
+            raise RecipeError(f"--target {t}: {why}; the export judges a CPU target's artefact with its own runtime")
+    from edgecv.data.corruptions import parse_names, severities
+
+    try:
+        if cfg.corruptions != "none":
+            parse_names(cfg.corruptions)
+        severities(cfg.corruption_severities)
+    except ValueError as e:
+        raise RecipeError(f"--corruptions: {e}") from None
     if cfg.calib_method not in CALIB_METHODS:
         raise RecipeError(f"--calib-method: unknown method {cfg.calib_method!r}")
     return cfg
@@ -216,7 +227,8 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
                                       min_agreement=opts.min_agreement, ref_logits=ref_tune)
                 if not g.passed:
                     gate_failures.append(g.reason)
-                logits = onnx_logits(tmp / name, ev.x)  # reported numbers: the evaluation split only
+                name = _share_identical(tmp, name, artifacts)
+                logits = onnx_logits(tmp / name, ev.x, target=tgt)  # reported numbers: the evaluation split only
                 held = {**topk_accuracy(logits, ev.y), **fidelity(ref_eval, logits, ev.y)}
                 held["within_budget"] = ((base_acc["top1"] - held["top1"]) * 100 <= opts.max_drop
                                          and held["agreement"] >= opts.min_agreement)
@@ -240,20 +252,28 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
             gate_failures.append(f"the pruned fp32 model is already {fp32_drop:.2f} points below the source "
                                  f"(top-1 {fp32_acc['top1']:.4f} vs {base_acc['top1']:.4f}); prune less or "
                                  f"distill longer (budget --max-drop {opts.max_drop})")
+        if opts.corruptions != "none":
+            with stages(f"robustness under corruption ({opts.corruptions}, {min(len(ev), opts.corruption_images)} images)"):
+                summary["robustness"] = robustness(tmp, base_onnx if opts.prune > 0 else None, artifacts, ev,
+                                                   preprocess_spec(data_cfg), opts, show_progress)
+            gate_failures += corruption_failures(summary["robustness"], opts)
         if gate_failures:
             raise ExportError("accuracy gate failed, no bundle written: " + " | ".join(gate_failures))
-        with stages("speed gate (ONNX Runtime CPU, batch 1, 2 threads)"):
-            paths = {"baseline_fp32": str(base_onnx)}
-            # every artefact file once (the fp32 model is shared by the targets); a device-built target's number
-            # here is its ONNX on this CPU, reported but never used to choose its default
-            paths.update({a["file"]: str(tmp / a["file"]) for a in artifacts})
-            lat = speed_gate(paths, ev.x)
+        with stages("speed gate (this CPU, batch 1, 2 threads, each artefact on its target's runtime)"):
+            # a device-built target's number here is its ONNX under ONNX Runtime on this CPU, reported but never
+            # used to choose its default
+            models = {"baseline_fp32": (base_onnx, None)}
+            models.update({_label(a): (tmp / a["file"], targets.get(a["target"])) for a in artifacts})
+            lat = speed_gate(models, ev.x)
         summary["baseline"]["latency_ms"] = lat["baseline_fp32"]["p50_ms"]
         for a in artifacts:
-            a["latency_ms"] = lat[a["file"]]["p50_ms"]
-            a["latency"] = lat[a["file"]]
+            a["latency_ms"] = lat[_label(a)]["p50_ms"]
+            a["latency"] = lat[_label(a)]
         default = choose_defaults(artifacts, base_acc["top1"], opts.max_drop)
         summary["default"] = default
+        summary["cpu_default"] = choose_cpu_default(artifacts, default)
+        summary["targets_skipped"] = {t: targets.exportable()[1].get(t, "not requested") for t in targets.names()
+                                      if t not in opts.targets}
         summary["stages"] = stage_acc
         summary["engine"] = _engine_plan(opts)
         summary["golden"] = write_golden_vectors(tmp, fp32_path, ev, preprocess_spec(data_cfg), opts)
@@ -272,6 +292,77 @@ def write_golden_vectors(tmp: Path, fp32_path: Path, ev, spec: Dict, opts: Expor
     write_golden(tmp / GOLDEN, pixels, ev.y[:n], logits)
     return {"file": GOLDEN, "n": n, "reference": fp32_path.name,
             "budget": {"min_agreement": opts.min_agreement, "max_drop": opts.max_drop}}
+
+
+def robustness(tmp: Path, unpruned: Optional[Path], artifacts: List[Dict], ev, spec: Dict, opts: ExportConfig,
+               show_progress: bool) -> Dict:
+    """The corruption report of the shipped fp32 model (the reference), each int8 artefact on the runtime that
+    judges it here, and the unpruned source when pruned; writes corruptions.png into the bundle."""
+    from edgecv.data.corruptions import parse_names, severities
+    from edgecv.export.gates import host_backend
+    from edgecv.runtime.golden import to_pixels
+    from edgecv.runtime.robustness import corruption_report, plot
+
+    n = min(len(ev), opts.corruption_images)
+    backends = {"fp32": host_backend(tmp / "model_fp32.onnx")}
+    if unpruned is not None:
+        backends["unpruned fp32"] = host_backend(unpruned)
+    for a in artifacts:
+        if a["precision"] == "int8":
+            t = targets.get(a["target"])
+            backends[f"{t.name} int8" + ("" if t.host_latency else " (on ONNX Runtime)")] = host_backend(tmp / a["file"], t)
+    try:
+        rep = corruption_report({k: be.infer for k, be in backends.items()}, "fp32", to_pixels(ev.x[:n], spec),
+                                ev.y[:n], spec, parse_names(opts.corruptions), severities(opts.corruption_severities),
+                                seed=opts.calib_seed, show_progress=show_progress)
+    finally:
+        for be in backends.values():
+            be.close()
+    if plot(rep, tmp / "corruptions.png"):
+        rep["plot"] = "corruptions.png"
+    return rep
+
+
+def corruption_failures(rep: Dict, opts: ExportConfig) -> List[str]:
+    if opts.max_corruption_drop is None:
+        return []
+    out = []
+    for k, s in rep["summary"].items():
+        if k.endswith("int8") or "int8 " in k:
+            if s["worst_extra_drop"] > opts.max_corruption_drop:
+                out.append(f"{k} under {s['worst']}: {s['worst_extra_drop']:.2f} points below fp32 beyond its clean "
+                           f"drop (budget --max-corruption-drop {opts.max_corruption_drop}, {rep['images']} images)")
+    return out
+
+
+def _label(a: Dict) -> str:
+    return f"{a['target']}:{a['file']}"
+
+
+def _share_identical(tmp: Path, name: str, artifacts: List[Dict]) -> str:
+    """An int8 file byte-identical to one already written for another target (the same quantizer settings
+    and fallback) is not stored twice: the artefact names the existing file."""
+    from edgecv.utils.io import sha256_file
+
+    digest = sha256_file(tmp / name)
+    for a in artifacts:
+        if a["precision"] == "int8" and a["file"] != name and sha256_file(tmp / a["file"]) == digest:
+            (tmp / name).unlink()
+            return a["file"]
+    return name
+
+
+def choose_cpu_default(artifacts: List[Dict], default: Dict) -> Optional[Dict]:
+    """Across the targets whose export-host latency is their device latency (the CPU runtimes), the fastest
+    default: what ``--backend auto`` runs on a CPU host until ``edgecv verify`` measures the device itself."""
+    cands = [(t, d) for t, d in default.items() if targets.get(t).host_latency]
+    if not cands:
+        return None
+    lat = {(a["target"], a["file"]): a["latency_ms"] for a in artifacts}
+    t, d = min(cands, key=lambda c: lat[(c[0], c[1]["file"])])
+    others = ", ".join(f"{o} {d2['precision']} {lat[(o, d2['file'])]:.3f} ms" for o, d2 in cands if o != t)
+    return {"target": t, "file": d["file"], "precision": d["precision"],
+            "reason": f"{t} {d['precision']} {lat[(t, d['file'])]:.3f} ms" + (f" < {others}" if others else "")}
 
 
 def choose_defaults(artifacts: List[Dict], ref_top1: float, max_drop: float) -> Dict:

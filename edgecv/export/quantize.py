@@ -94,9 +94,9 @@ def calibrate(fp32_path: str | os.PathLike, data: np.ndarray, method: str = "min
 
 
 def quantize(fp32_path: str | os.PathLike, calib: Calibration, out_path: str | os.PathLike, target,
-             exclude: Sequence[str] = ()) -> onnx.ModelProto:
+             exclude: Sequence[str] = (), op_types: Sequence[str] = tuple(QUANT_OPS)) -> onnx.ModelProto:
     """Write the int8 Q/DQ model for ``target`` (an edgecv.targets.Target, or its name) with the quantizer
-    settings it declares; ``exclude`` node names stay float."""
+    settings it declares; ``exclude`` node names stay float, and so do ops not in ``op_types``."""
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
@@ -108,7 +108,7 @@ def quantize(fp32_path: str | os.PathLike, calib: Calibration, out_path: str | o
     act = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[t.quant.get("activation", "uint8")]
     model = load_model_with_shape_infer(Path(fp32_path))
     q = QDQQuantizer(model, True, False, QuantType.QInt8, act, calib.ranges, None, list(exclude),
-                     QUANT_OPS, extra)
+                     list(op_types), extra)
     q.quantize_model()
     # The quantizer appends Q/DQ nodes out of order; ONNX (and TensorRT's parser) need a topological order.
     q.model.topological_sort()

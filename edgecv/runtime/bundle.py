@@ -119,6 +119,12 @@ def validate_manifest(m: Any, mpath: Path) -> None:
         listed(d.get("file"), f"default[{t!r}].file")
         if not any(a["file"] == d["file"] and a["target"] == t for a in arts):
             raise BundleError(f"{mpath}: default[{t!r}].file: {d['file']!r} is not a {t} artefact")
+    cpu = m.get("cpu_default")
+    if cpu is not None:
+        if not isinstance(cpu, dict) or not isinstance(cpu.get("target"), str) or cpu["target"] not in default:
+            raise BundleError(f"{mpath}: cpu_default: expected {{target: one of default's targets, file, precision}}")
+        if cpu.get("file") != default[cpu["target"]].get("file"):
+            raise BundleError(f"{mpath}: cpu_default.file: {cpu.get('file')!r} is not default[{cpu['target']!r}].file")
     for key in ("inputs", "outputs"):
         specs = _need(m, key, list, mpath)
         if not specs:

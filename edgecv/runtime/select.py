@@ -63,9 +63,11 @@ def open_backend(target, backend: str = "auto", precision: Optional[str] = None,
         info["chosen_by"] = "verify" if chosen is not None else ("flag" if precision else "manifest default")
         return be, info
     # auto: the highest-priority target that runs here; when its engine fails to build or load, the next one
-    # (TensorRT -> ONNX Runtime), each fallback with its reason.
+    # (TensorRT -> the CPU runtimes), each fallback with its reason.
     fallbacks = []
-    for t in targets.auto_order():
+    # Among targets of equal priority (the CPU runtimes), the one the export measured fastest comes first.
+    cpu = (bundle.manifest.get("cpu_default") or {}).get("target")
+    for t in sorted(targets.auto_order(), key=lambda t: (-t.priority, t.name != cpu)):
         ok, why = t.backend_class().available()
         if not ok:
             continue
@@ -74,7 +76,7 @@ def open_backend(target, backend: str = "auto", precision: Optional[str] = None,
             continue
         try:
             be, info = _open_checked(bundle, t, precision, threads, kw)
-        except (DeviceError, ModelFileError, RuntimeError, OSError) as e:
+        except (DeviceError, RuntimeError, OSError) as e:  # a damaged model file (ModelFileError) is never hidden
             fallbacks.append(f"{t.name}: {e}")
             log.warning("%s failed here (%s); falling back", t.name, e)
             continue
