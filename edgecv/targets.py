@@ -24,7 +24,8 @@ class Target:
     # ONNX Runtime quantizer settings for this target's int8 Q/DQ model
     quant: Dict[str, Any] = field(default_factory=dict)
     host_latency: bool = False  # its latency on the export host is its latency on the device (choose by speed)
-    post_quantize: Tuple[str, ...] = ()  # "module:function"(model proto, bundle dir, file name) after quantizing
+    # "module:function"(model proto, bundle dir, file name, calibration) after quantizing
+    post_quantize: Tuple[str, ...] = ()
     checker: Optional[str] = None  # "module:function"(model proto, name) -> CheckResult, for ``edgecv check``
     version: Optional[str] = None  # "module:function"() -> version string or None, for the manifest
     priority: int = 0  # ``--backend auto`` tries available targets from the highest priority down
@@ -122,9 +123,12 @@ register(Target(
     file_tag="trt",
     backend="edgecv.runtime.trt_backend:TrtBackend",
     # TensorRT explicit quantization: symmetric int8 activations and weights (zero-point 0), per-channel
-    # weights on axis 0, float biases, Q/DQ pairs shared between consumers.
+    # weights on axis 0, float biases, Q/DQ pairs shared between consumers. Placement as NVIDIA Model
+    # Optimizer's: Q/DQ on the inputs of weighted layers, none on their outputs (TensorRT fuses the activation
+    # and the next layer's Q into the convolution; the logits stay float). On EfficientNet-Lite0's held-out
+    # images: agreement with fp32 96.0% -> 97.1% (tools/modelopt_compare.py).
     quant={"activation": "int8", "ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-           "DedicatedQDQPair": False},
+           "DedicatedQDQPair": False, "OpTypesToExcludeOutputQuantization": ["Conv", "Gemm", "MatMul"]},
     host_latency=False,
     post_quantize=("edgecv.export.check:require_trt_qdq", "edgecv.export.calib_cache:write_cache_for_bundle"),
     checker="edgecv.export.check:check_trt_qdq",

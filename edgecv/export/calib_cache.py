@@ -2,8 +2,8 @@
 
 Format, as IInt8EntropyCalibrator2 writes it: a header ``TRT-<version>-EntropyCalibration2``, then one
 ``tensor_name: <8 hex digits>`` line per tensor, the hex digits being the big-endian IEEE-754 bits of
-the float32 scale (amax / 127). edgecv derives the scales from the TensorRT-target Q/DQ model so the
-two int8 forms agree tensor by tensor. No torch or TensorRT import here (the device reads it too).
+the float32 scale (amax / 127). edgecv takes the scales from the TensorRT-target Q/DQ model so the two
+int8 forms agree tensor by tensor, and the calibrated range of every other tensor. No torch or TensorRT import here (the device reads it too).
 """
 from __future__ import annotations
 
@@ -89,16 +89,29 @@ def scales_from_qdq(model) -> Dict[str, float]:
     return scales
 
 
-def write_cache_from_qdq(model, path: str | os.PathLike, trt_version: str = DEFAULT_TRT_VERSION) -> Dict[str, float]:
+def write_cache_from_qdq(model, path: str | os.PathLike, trt_version: str = DEFAULT_TRT_VERSION,
+                         calib=None) -> Dict[str, float]:
+    """The cache with the Q/DQ model's scales; with ``calib`` (edgecv.export.quantize.Calibration), also every
+    other calibrated tensor (amax / 127), so that implicit int8 has a range for each layer's output even where
+    the explicit placement leaves it float (TensorRT fuses it there; DLA needs every range)."""
     from edgecv.utils.io import atomic_write_bytes
 
     scales = scales_from_qdq(model)
+    if calib is not None:
+        graph_tensors = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+        for name in calib.ranges:
+            if name not in scales and name in graph_tensors:
+                lo, hi = calib.range_of(name)
+                amax = max(abs(lo), abs(hi))
+                if amax > 0:
+                    scales[name] = amax / 127.0
     atomic_write_bytes(path, format_cache(scales, trt_version))
     return scales
 
 
-def write_cache_for_bundle(model, bundle_dir, file_name: str) -> None:
-    """Post-quantize step of the TensorRT target: the implicit-int8 calibration cache with the Q/DQ scales."""
+def write_cache_for_bundle(model, bundle_dir, file_name: str, calib=None) -> None:
+    """Post-quantize step of the TensorRT target: the implicit-int8 calibration cache with the Q/DQ scales
+    (and the calibrated ranges of the tensors the explicit placement leaves float)."""
     from pathlib import Path
 
-    write_cache_from_qdq(model, Path(bundle_dir) / "calibration.cache")
+    write_cache_from_qdq(model, Path(bundle_dir) / "calibration.cache", calib=calib)

@@ -93,7 +93,7 @@ def check_trt_qdq(model, name: str = "model") -> CheckResult:
     return res
 
 
-def require_trt_qdq(model, bundle_dir, file_name: str) -> None:
+def require_trt_qdq(model, bundle_dir, file_name: str, calib=None) -> None:
     """Post-quantize step of the TensorRT target: an export whose Q/DQ breaks TensorRT's rules stops here."""
     from edgecv.errors import ExportError
 

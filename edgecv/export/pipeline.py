@@ -246,7 +246,7 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
 
                     qdq = onnx.load(str(tmp / name))
                     for step in tgt.post_quantize:
-                        targets.load(step)(qdq, tmp, name)
+                        targets.load(step)(qdq, tmp, name, calib)
         fp32_drop = (base_acc["top1"] - fp32_acc["top1"]) * 100
         if fp32_drop > opts.max_drop:
             gate_failures.append(f"the pruned fp32 model is already {fp32_drop:.2f} points below the source "
