@@ -35,6 +35,8 @@ from edgecv.recipe import CALIB_METHODS
               help="Golden vectors shipped for `edgecv verify` on the device (default 64).")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=None,
               help="Fidelity budget recorded for verify: top-1 agreement with fp32 (default 0.99).")
+@click.option("--qat-epochs", type=click.IntRange(0, 100), default=None,
+              help="Quantization-aware distillation epochs when PTQ and fallback miss the budget (default 3; 0: off).")
 @click.option("--corruptions", default=None,
               help="Robustness report: all (default), none, families (noise,blur,weather,digital) or corruption names.")
 @click.option("--corruption-images", type=click.IntRange(1), default=None,
@@ -45,7 +47,7 @@ from edgecv.recipe import CALIB_METHODS
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Recipe override.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON at the end.")
 def export(source, out_dir, force, int8, fp16, prune, distill, calib, calib_samples, calib_method, max_drop,
-           target_list, eval_path, max_batch, release, arch, golden, min_agreement, corruptions, corruption_images,
+           target_list, eval_path, max_batch, release, arch, golden, min_agreement, qat_epochs, corruptions, corruption_images,
            max_corruption_drop, overrides, as_json):
     """Turn SOURCE (a recipe or a checkpoint) into a verified deploy bundle in OUT."""
     from edgecv.export.pipeline import export_bundle
@@ -55,7 +57,7 @@ def export(source, out_dir, force, int8, fp16, prune, distill, calib, calib_samp
              "targets": [t.strip() for t in target_list.split(",") if t.strip()] if target_list is not None else None,
              "eval": eval_path, "golden": golden, "min_agreement": min_agreement, "max_batch": max_batch,
              "release": release, "arch": [a.strip() for a in arch.split(",") if a.strip()] if arch else None,
-             "corruptions": corruptions, "corruption_images": corruption_images,
+             "qat_epochs": qat_epochs, "corruptions": corruptions, "corruption_images": corruption_images,
              "max_corruption_drop": max_corruption_drop}
     manifest = export_bundle(source, out_dir, flags, list(overrides), show_progress=not as_json, force=force)
     if as_json:
@@ -72,10 +74,10 @@ def export(source, out_dir, force, int8, fp16, prune, distill, calib, calib_samp
     for a in manifest["artifacts"]:
         rows.append({"artefact": a["file"], "target": a["target"], "precision": a["precision"], "top1": a["top1"],
                      "latency_ms": a["latency_ms"], "speedup": s["baseline"]["latency_ms"] / a["latency_ms"],
-                     "fallback": len(a["fallback_layers"]), "agreement": a.get("agreement"),
+                     "fallback": len(a["fallback_layers"]), "agreement": a.get("agreement"), "rung": a.get("rung"),
                      "worst_class_drop": a.get("worst_class_drop")})
     print_rows(rows, ["artefact", "target", "precision", "top1", "agreement", "worst_class_drop", "latency_ms",
-                      "speedup", "fallback"],
+                      "speedup", "fallback", "rung"],
                f"edgecv export -> {out_dir}")
     for t, d in manifest["default"].items():
         click.echo(f"default for {t}: {d['file']}  ({d['reason']})")

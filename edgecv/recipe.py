@@ -137,6 +137,9 @@ class ExportConfig:
     min_agreement: float = ranged(0.99, ge=0, le=1)  # fidelity budget: top-1 agreement with fp32
     opset: int = ranged(17, ge=13, le=21)
     # robustness report (edgecv.runtime.robustness): corruptions ("all", families, names; "none": no report)
+    # the ladder's last rung: quantization-aware distillation when PTQ and fallback miss the budget (0: off)
+    qat_epochs: int = ranged(3, ge=0, le=100)
+    qat_lr: float = ranged(1e-4, gt=0, le=1)  # SGD; 1e-3 diverged on Lite0 after one epoch
     corruptions: str = "all"
     corruption_severities: str = "1-5"
     corruption_images: int = ranged(100, ge=1)  # evaluation images corrupted (the first N of the split)

@@ -115,7 +115,7 @@ def main(argv=None) -> int:
                 sessions[k], load_ms[k] = session(str(v["file"]), a.threads, v["tweak"])
             ref = sessions["edgecv (baseline)"].run(None, {"input": ev.x})[0].argmax(1)
             lat = measure_interleaved({k: (lambda s=s: s.run(None, {"input": one})) for k, s in sessions.items()},
-                                      warmup=20, iters=a.iters, rounds=20)
+                                      warmup=20, iters=a.iters, rounds=20, settle_s=0.05)
             base = lat["edgecv (baseline)"]["p50_ms"]
             for k, s in sessions.items():
                 agree = float((s.run(None, {"input": ev.x})[0].argmax(1) == ref).mean())

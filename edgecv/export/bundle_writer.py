@@ -59,6 +59,14 @@ def write_report(tmp: Path, summary: Dict, artifacts: List[Dict]) -> None:
                      f"{a.get('agreement', 1.0):.2%} | {a.get('mean_kl', 0.0):.5f} | "
                      f"{a.get('worst_class_drop', 0.0):.2f} | {a['latency_ms']:.3f} | {len(a['fallback_layers'])} |")
     for a in artifacts:
+        if a.get("qat"):
+            q = a["qat"]
+            lines += ["", f"### {a['file']} ({a['target']}): quantization-aware fine-tuning", "",
+                      f"PTQ and per-layer fallback missed the budget on the tune images; {q['epochs']} epoch(s) of "
+                      f"distillation from fp32 on {q['images']} unlabelled calibration images (lr {q['lr']}). Agreement "
+                      f"of the fake-quantized model with fp32 on the tune images: {q['tune_agreement_fake_quant_before']:.1%}"
+                      " before, then " + ", ".join(f"{h['tune_agreement_fake_quant']:.1%}" for h in q["history"]) + "."]
+    for a in artifacts:
         if a["fallback_layers"]:
             lines += ["", f"### Layers kept in float in {a['file']}", "",
                       "| layer | top-1 after | latency ms after |", "|---|---|---|"]

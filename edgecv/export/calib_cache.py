@@ -3,7 +3,8 @@
 Format, as IInt8EntropyCalibrator2 writes it: a header ``TRT-<version>-EntropyCalibration2``, then one
 ``tensor_name: <8 hex digits>`` line per tensor, the hex digits being the big-endian IEEE-754 bits of
 the float32 scale (amax / 127). edgecv takes the scales from the TensorRT-target Q/DQ model so the two
-int8 forms agree tensor by tensor, and the calibrated range of every other tensor. No torch or TensorRT import here (the device reads it too).
+int8 forms agree tensor by tensor, and the calibrated range of every other tensor. No torch or TensorRT
+import here (the device reads it too).
 """
 from __future__ import annotations
 

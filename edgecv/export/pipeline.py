@@ -218,6 +218,7 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
             with stages(f"int8 calibration ({opts.calib_method}, {len(cal)} images)"):
                 calib = calibrate(fp32_path, cal.x, opts.calib_method)
             sens_x = cal.x[: min(64, len(cal))]
+            qat: Dict = {}  # the QAT rung runs at most once, for the first target that needs it
             for target in opts.targets:
                 tgt = targets.get(target)
                 name = tgt.int8_file()
@@ -225,6 +226,22 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
                     g = accuracy_gate(str(fp32_path), calib, tgt, tmp / name, tune.x, tune.y, base_tune_top1,
                                       opts.max_drop, sens_x, work, show_progress=show_progress,
                                       min_agreement=opts.min_agreement, ref_logits=ref_tune)
+                used_calib, rung = calib, ("ptq + fallback" if g.fallback else "ptq")
+                if not g.passed and opts.qat_epochs > 0:
+                    if not qat:
+                        from edgecv.export.qat_rung import run_qat
+
+                        with stages(f"QAT rung: {opts.qat_epochs} epoch(s) of quantization-aware distillation "
+                                    f"from fp32 on {len(cal)} unlabelled calibration images"):
+                            qat.update(run_qat(student, cal, tune, ref_tune, opts, work, shape, show_progress))
+                    with stages(f"int8 {target}: quantize the QAT weights and accuracy gate"):
+                        g2 = accuracy_gate(str(qat["onnx"]), qat["calib"], tgt, tmp / name, tune.x, tune.y,
+                                           base_tune_top1, opts.max_drop, sens_x, work, show_progress=show_progress,
+                                           min_agreement=opts.min_agreement, ref_logits=ref_tune)
+                    if g2.passed:
+                        g, used_calib, rung = g2, qat["calib"], "qat" + (" + fallback" if g2.fallback else "")
+                    else:
+                        g.reason += f"; after QAT: {g2.reason}"
                 if not g.passed:
                     gate_failures.append(g.reason)
                 name = _share_identical(tmp, name, artifacts)
@@ -239,14 +256,15 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
                         f"{opts.max_drop}), agreement with fp32 {held['agreement']:.1%} (floor {opts.min_agreement:.0%})"
                         f": the budget held on the {len(tune)} tune images only")
                 artifacts.append({"file": name, "target": target, "precision": "int8", **held,
-                                  "fallback_layers": g.fallback,
+                                  "fallback_layers": g.fallback, "rung": rung,
+                                  "qat": qat["info"] if rung.startswith("qat") else None,
                                   "calibration": {"method": opts.calib_method, "samples": len(cal)}})
                 if tgt.post_quantize:
                     import onnx
 
                     qdq = onnx.load(str(tmp / name))
                     for step in tgt.post_quantize:
-                        targets.load(step)(qdq, tmp, name, calib)
+                        targets.load(step)(qdq, tmp, name, used_calib)
         fp32_drop = (base_acc["top1"] - fp32_acc["top1"]) * 100
         if fp32_drop > opts.max_drop:
             gate_failures.append(f"the pruned fp32 model is already {fp32_drop:.2f} points below the source "

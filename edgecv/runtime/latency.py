@@ -19,8 +19,12 @@ def percentiles(samples_ms) -> Dict[str, float]:
 
 
 def measure_interleaved(fns: Dict[str, Callable[[], object]], warmup: int = 10, iters: int = 100,
-                        rounds: int = 10) -> Dict[str, Dict[str, float]]:
-    """Time each zero-argument callable ``iters`` times, alternating between them in ``rounds`` blocks."""
+                        rounds: int = 10, settle_s: float = 0.0) -> Dict[str, Dict[str, float]]:
+    """Time each zero-argument callable ``iters`` times, alternating between them in ``rounds`` blocks.
+
+    ``settle_s``: a pause before each block, so the previous candidate's spinning worker threads (ONNX Runtime's
+    pools spin after a run) have gone idle and do not slow the next one: without it, whichever candidate follows
+    a spinning pool looks slower."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -28,6 +32,9 @@ def measure_interleaved(fns: Dict[str, Callable[[], object]], warmup: int = 10, 
     per_round = max(1, iters // rounds)
     for _ in range(rounds):
         for name, fn in fns.items():
+            if settle_s:
+                time.sleep(settle_s)
+                fn()  # one untimed run: caches and threads back up after the pause
             for _ in range(per_round):
                 t0 = time.perf_counter()
                 fn()

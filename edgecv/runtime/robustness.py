@@ -91,7 +91,7 @@ def markdown(report: Dict) -> List[str]:
     lines.append(f"| (clean) | | {report['summary'][ref]['clean_top1']:.3f} | "
                  + " | ".join(f"{report['summary'][k]['clean_top1']:.3f} / - / -" for k in others) + " |")
     for r in table_rows(report):
-        cells = [f"{r[f'{k} top1']:.3f} / {r[f'{k} agree']:.1%} / {r[f'{k} extra drop']:+.2f}" for k in others]
+        cells = [f"{r[f'{k} top1']:.3f} / {r[f'{k} agree']:.1%} / {round(r[f'{k} extra drop'], 2) + 0.0:+.2f}" for k in others]
         lines.append(f"| {r['corruption']} | {r['family']} | {r[f'{ref} top1']:.3f} | " + " | ".join(cells) + " |")
     lines.append("")
     for k in others:

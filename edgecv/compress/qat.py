@@ -1,0 +1,152 @@
+"""Quantization-aware fine-tuning: the rung after post-training quantization and per-layer fallback.
+
+Every Conv2d and Linear quantizes its input per tensor and its weight per output channel (axis 0), both
+symmetric with zero-point 0 (signed int8, scale = amax / 127): TensorRT's explicit int8 rules, with the Q/DQ
+placement NVIDIA Model Optimizer uses (inputs of weighted layers). Activation amax comes from calibration (a high
+percentile of |x|) and stays fixed; the weights train through the straight-through estimator by distillation from
+the fp32 model on unlabelled images (no labels needed), with BatchNorm statistics frozen, so the int8 model learns
+to answer like fp32. The fine-tuned weights then go through the export's usual quantization for every target:
+per-channel weight scales are the same max|w| / 127 there, so what was trained is what ships.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger("edgecv.qat")
+
+
+class WeightFakeQuant(nn.Module):
+    """A parametrization of a Conv/Linear weight: per-output-channel (axis 0) symmetric int8, scale = max|w| / 127
+    per channel, recomputed as the weight trains (per-channel scales make it indifferent to a BatchNorm folded
+    into the weight later)."""
+
+    def forward(self, w):
+        amax = w.detach().abs().flatten(1).amax(1).clamp_min(1e-8)
+        return torch.fake_quantize_per_channel_affine(w, amax / 127.0, torch.zeros_like(amax, dtype=torch.int32),
+                                                      0, -128, 127)
+
+
+def _input_quant_hook(scale: float):
+    def hook(mod, args):
+        return (torch.fake_quantize_per_tensor_affine(args[0], scale, 0, -128, 127),) + tuple(args[1:])
+    return hook
+
+
+def weighted_layers(model: nn.Module) -> Dict[str, nn.Module]:
+    """Every Conv2d and Linear by module name (subclasses too: EfficientNet's static-padding convolutions)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def input_amax(model: nn.Module, x: np.ndarray, percentile: float = 99.99, batch: int = 32) -> Dict[str, float]:
+    """Per Conv2d/Linear (by module name): a high percentile of |input| over the calibration images."""
+    samples: Dict[str, List[np.ndarray]] = {}
+    hooks = []
+    for name, m in weighted_layers(model).items():
+        def hook(mod, inp, out, name=name):
+            a = inp[0].detach().abs().flatten().numpy()
+            step = max(1, a.size // 20000)  # a subsample per batch keeps memory flat
+            samples.setdefault(name, []).append(a[::step])
+        hooks.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), batch):
+                model(torch.from_numpy(x[i: i + batch]))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: float(np.percentile(np.concatenate(v), percentile)) for k, v in samples.items()}
+
+
+def prepare_qat(model: nn.Module, calib_x: np.ndarray, percentile: float = 99.99) -> nn.Module:
+    """A copy whose Conv2d/Linear layers fake-quantize their input (per tensor, amax from calibration) and their
+    weight (per output channel), as TensorRT's explicit int8 will run them. The layers' own forward is kept
+    (padding and all); the quantization is a weight parametrization and an input pre-hook."""
+    from torch.nn.utils import parametrize
+
+    q = copy.deepcopy(model).eval()
+    amax = input_amax(q, calib_x, percentile)
+    q._edgecv_input_amax = amax
+    for name, m in weighted_layers(q).items():
+        parametrize.register_parametrization(m, "weight", WeightFakeQuant())
+        m.register_forward_pre_hook(_input_quant_hook(max(amax[name], 1e-8) / 127.0))
+    return q
+
+
+@dataclass
+class QatResult:
+    epochs: int
+    steps: int
+    lr: float
+    history: List[Dict]
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Horizontal flips and small shifts: more distinct views of the few unlabelled calibration images."""
+    flip = torch.rand(x.shape[0], generator=gen) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    dy, dx = (int(v) for v in torch.randint(-8, 9, (2,), generator=gen))
+    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+
+
+def finetune(student: nn.Module, teacher: nn.Module, x: np.ndarray, epochs: int = 2, lr: float = 1e-4,
+             batch: int = 16, temperature: float = 1.0, seed: int = 0,
+             check: Optional[Callable[[nn.Module], Dict]] = None, show_progress: bool = True) -> QatResult:
+    """Distil ``teacher`` (fp32) into the fake-quantized ``student`` on the unlabelled images ``x``; ``check``
+    (called after each epoch) reports fidelity on images the training never saw."""
+    from tqdm import tqdm
+
+    teacher = teacher.eval()
+    # eval mode while training: BatchNorm statistics stay frozen (a few hundred images must not re-estimate them)
+    # and dropout / drop-connect stay off, so the student is pulled toward what the deployed int8 model computes
+    student.eval()
+    # SGD, not Adam: its steps shrink with the gradient, and the student starts close to the teacher (Adam's
+    # normalised steps of size lr knocked a near-perfect int8 model far off on the first epoch)
+    opt = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=lr, momentum=0.9)
+    gen = torch.Generator().manual_seed(seed)
+    data = torch.from_numpy(x)
+    history, steps = [], 0
+    for epoch in range(epochs):
+        order = torch.randperm(len(data), generator=gen)
+        total = 0.0
+        for i in tqdm(range(0, len(data), batch), desc=f"QAT epoch {epoch + 1}/{epochs}", leave=False,
+                      disable=not show_progress):
+            xb = augment(data[order[i: i + batch]], gen)
+            with torch.no_grad():
+                t = F.log_softmax(teacher(xb) / temperature, 1)
+            s = F.log_softmax(student(xb) / temperature, 1)
+            loss = F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(xb)
+            steps += 1
+        rec = {"epoch": epoch + 1, "kl": total / len(data)}
+        if check is not None:
+            rec.update(check(student))
+        log.info("QAT epoch %d: %s", epoch + 1, rec)
+        history.append(rec)
+    student.eval()
+    return QatResult(epochs, steps, lr, history)
+
+
+def strip_fake_quant(student: nn.Module) -> nn.Module:
+    """The fine-tuned float model (fake quantization removed, the trained weights kept): what every target's
+    int8 artefact is then calibrated and quantized from."""
+    from torch.nn.utils import parametrize
+
+    plain = copy.deepcopy(student)
+    for m in weighted_layers(plain).values():
+        if parametrize.is_parametrized(m, "weight"):
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
+        m._forward_pre_hooks.clear()
+    if hasattr(plain, "_edgecv_input_amax"):
+        del plain._edgecv_input_amax
+    return plain.eval()

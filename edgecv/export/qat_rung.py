@@ -1,0 +1,39 @@
+"""The export ladder's last rung: quantization-aware fine-tuning when post-training quantization and per-layer
+fallback miss the budget (edgecv.compress.qat does the training; this module runs it for an export)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import torch
+
+from edgecv.recipe import ExportConfig
+
+
+def run_qat(student: torch.nn.Module, cal, tune, ref_tune: np.ndarray, opts: ExportConfig, work: Path, shape,
+            show_progress: bool = True) -> Dict:
+    """Fine-tune a fake-quantized copy of ``student`` against ``student`` itself on the calibration images (no
+    labels); returns the fine-tuned float ONNX and its calibration, from which each target's int8 artefact is
+    quantized and gated again. ``tune`` only reports progress (agreement of the fake-quantized model)."""
+    from edgecv.compress.qat import finetune, prepare_qat, strip_fake_quant
+    from edgecv.export.onnx_export import export_onnx
+    from edgecv.export.quantize import calibrate
+
+    ref = ref_tune.argmax(1)
+
+    def check(m):
+        with torch.no_grad():
+            logits = torch.cat([m(torch.from_numpy(tune.x[i: i + 64])) for i in range(0, len(tune), 64)]).numpy()
+        return {"tune_agreement_fake_quant": float((logits.argmax(1) == ref).mean())}
+
+    q = prepare_qat(student, cal.x[: min(len(cal), 256)])
+    before = check(q.eval())["tune_agreement_fake_quant"]
+    res = finetune(q, student, cal.x, epochs=opts.qat_epochs, lr=opts.qat_lr, seed=opts.calib_seed, check=check,
+                   show_progress=show_progress)
+    path = work / "qat_fp32.onnx"
+    export_onnx(strip_fake_quant(q), path, shape, opts.opset)
+    calib = calibrate(path, cal.x, opts.calib_method)
+    info = {"epochs": res.epochs, "lr": res.lr, "steps": res.steps, "images": len(cal), "teacher": "the shipped fp32 model",
+            "tune_agreement_fake_quant_before": before, "history": res.history}
+    return {"onnx": path, "calib": calib, "info": info}

@@ -1,0 +1,84 @@
+"""The QAT rung: TensorRT-rule fake quantization, distillation from fp32 without labels, and the export ladder
+continuing with it when PTQ and per-layer fallback miss the budget."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import FASHION
+
+from edgecv.compress.qat import finetune, prepare_qat, strip_fake_quant, weighted_layers
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_ckpt):
+    from edgecv.data.fashion_mnist import load_fashion_mnist
+    from edgecv.models.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(tiny_ckpt)
+    x, _ = load_fashion_mnist(FASHION, "train")
+    data = ((x[:256, None].astype(np.float32) / 255 - 0.286) / 0.353).astype(np.float32)
+    return model.eval(), data
+
+
+def test_fake_quant_follows_tensorrt_rules(tiny):
+    """Weights: per output channel, symmetric, at most 255 levels each; inputs: per tensor, scale amax/127."""
+    model, x = tiny
+    q = prepare_qat(model, x[:64])
+    layers = weighted_layers(q)
+    assert len(layers) == len(weighted_layers(model)) >= 3
+    for name, m in layers.items():
+        w = m.weight.detach()  # the parametrized (fake-quantized) weight
+        raw = dict(model.named_modules())[name].weight.detach()
+        scale = raw.abs().flatten(1).amax(1) / 127
+        levels = (w.flatten(1) / scale[:, None])
+        assert torch.allclose(levels, levels.round(), atol=1e-3) and levels.abs().max() <= 127 + 1e-3
+    amax = q._edgecv_input_amax
+    assert set(amax) == set(layers) and all(v > 0 for v in amax.values())
+    with torch.no_grad():
+        out_q, out_f = q(torch.from_numpy(x[:32])), model(torch.from_numpy(x[:32]))
+    assert not torch.equal(out_q, out_f) and (out_q.argmax(1) == out_f.argmax(1)).float().mean() > 0.8
+    plain = strip_fake_quant(q)  # nothing trained yet: the original weights come back
+    for name, m in weighted_layers(plain).items():
+        assert torch.equal(m.weight, dict(model.named_modules())[name].weight)
+    with torch.no_grad():
+        assert torch.equal(plain(torch.from_numpy(x[:8])), model(torch.from_numpy(x[:8])))
+
+
+def test_distillation_pulls_the_int8_model_toward_fp32(tiny):
+    model, x = tiny
+    held = x[200:]
+    ref = model(torch.from_numpy(held)).argmax(1)
+
+    def check(m):
+        with torch.no_grad():
+            out = m(torch.from_numpy(held))
+            kl = torch.nn.functional.kl_div(out.log_softmax(1), model(torch.from_numpy(held)).log_softmax(1),
+                                            log_target=True, reduction="batchmean")
+        return {"agreement": float((out.argmax(1) == ref).float().mean()), "held_kl": float(kl)}
+
+    q = prepare_qat(model, x[:64])
+    before = check(q.eval())
+    res = finetune(q, model, x[:200], epochs=3, lr=1e-3, check=check, show_progress=False)
+    after = res.history[-1]
+    assert res.steps == 3 * 13 and after["held_kl"] < before["held_kl"], (before, res.history)
+    assert after["agreement"] >= before["agreement"] - 0.02
+
+
+def test_the_ladder_continues_with_qat_when_ptq_misses(tiny_ckpt, tmp_path):
+    """A budget PTQ cannot meet on the tiny model (exact agreement, no drop): the export runs the QAT rung for the
+    first target that misses, re-gates every missing target on its weights, and says what both rungs reached."""
+    from edgecv.cli import cli
+
+    r = CliRunner().invoke(cli, ["export", str(tiny_ckpt), "-o", str(tmp_path / "b"), "--calib", str(FASHION),
+                                 "--eval", str(FASHION), "--calib-samples", "128", "--max-drop", "0",
+                                 "--min-agreement", "1", "--target", "onnxruntime", "--corruptions", "none",
+                                 "--qat-epochs", "1", "--json"])
+    if r.exit_code == 0:  # QAT met the budget: the artefact says so
+        m = json.loads(r.output.strip().splitlines()[-1])
+        art = next(a for a in m["artifacts"] if a["precision"] == "int8")
+        assert art["rung"].startswith("qat") and art["qat"]["epochs"] == 1
+    else:
+        assert r.exit_code == 2 and "after QAT:" in r.output, r.output[-2000:]
+        assert not (tmp_path / "b").exists()
