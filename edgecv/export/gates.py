@@ -126,7 +126,8 @@ def speed_gate(models: Dict[str, tuple], batch: np.ndarray, threads: int = 2, it
     backends = {k: host_backend(p, t, threads) for k, (p, t) in models.items()}
     try:
         fns = {k: (lambda be=be: be.infer(one)) for k, be in backends.items()}
-        return measure_interleaved(fns, warmup=20, iters=iters, rounds=10)
+        # settle: one runtime's spinning worker threads must not slow the next candidate (tools/ort_tuning.py)
+        return measure_interleaved(fns, warmup=20, iters=iters, rounds=10, settle_s=0.02)
     finally:
         for be in backends.values():
             be.close()
