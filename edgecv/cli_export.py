@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from edgecv.recipe import CALIB_METHODS
+from edgecv.recipe import CALIB_CHOICES
 
 
 @click.command()
@@ -22,7 +22,8 @@ from edgecv.recipe import CALIB_METHODS
 @click.option("--calib", default=None, help="Calibration images: a folder, or a calibration set file (calibration/*.yaml); "
               "default: the recipe's training data.")
 @click.option("--calib-samples", type=int, default=None)
-@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=None)
+@click.option("--calib-method", type=click.Choice(CALIB_CHOICES), default=None,
+              help="Calibration method; auto: each one, the best on the tune split per target.")
 @click.option("--max-drop", type=float, default=None, help="Largest top-1 drop allowed, in points (default 1.0).")
 @click.option("--target", "target_list", default=None, help="Comma list of deploy targets (default: all registered).")
 @click.option("--eval", "eval_path", default=None, help="Evaluation images; default: the recipe's held-out split.")

@@ -101,6 +101,9 @@ class TrainConfig:
 
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+# "auto": the export calibrates with each method and keeps, per target, the one that agrees best with fp32 on
+# the tune split
+CALIB_CHOICES = CALIB_METHODS + ("auto",)
 
 
 def _target_names() -> List[str]:
@@ -288,7 +291,7 @@ def _validate(r: Recipe, source: str) -> None:
         "train.optimizer": (r.train.optimizer, {"sgd", "adamw"}),
         "train.schedule": (r.train.schedule, {"cosine", "step", "constant"}),
         "train.log_format": (r.train.log_format, {"jsonl", "csv"}),
-        "export.calib_method": (r.export.calib_method, set(CALIB_METHODS)),
+        "export.calib_method": (r.export.calib_method, set(CALIB_CHOICES)),
     }
     for key, (val, allowed) in choices.items():
         if val not in allowed:

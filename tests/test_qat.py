@@ -82,3 +82,25 @@ def test_the_ladder_continues_with_qat_when_ptq_misses(tiny_ckpt, tmp_path):
     else:
         assert r.exit_code == 2 and "after QAT:" in r.output, r.output[-2000:]
         assert not (tmp_path / "b").exists()
+
+
+def test_calibration_method_auto_is_chosen_on_the_tune_split(tiny_ckpt, tmp_path):
+    """``--calib-method auto`` calibrates with every method and keeps, per target, the one whose int8 model agrees
+    best with fp32 on the tune split; the manifest records what each reached."""
+    from edgecv.cli import cli
+    from edgecv.recipe import CALIB_METHODS
+
+    r = CliRunner().invoke(cli, ["export", str(tiny_ckpt), "-o", str(tmp_path / "b"), "--calib", str(FASHION),
+                                 "--eval", str(FASHION), "--calib-samples", "64", "--calib-method", "auto",
+                                 "--max-drop", "100", "--min-agreement", "0", "--target", "tensorrt,onnxruntime",
+                                 "--corruptions", "none", "--json"])
+    assert r.exit_code == 0, r.output[-2000:]
+    m = json.loads(r.output.strip().splitlines()[-1])
+    for a in (a for a in m["artifacts"] if a["precision"] == "int8"):
+        cal = a["calibration"]
+        trials = cal["chosen_from"]
+        assert set(trials) == set(CALIB_METHODS) and cal["method"] in CALIB_METHODS
+        best = max(t["tune_agreement"] for t in trials.values())
+        assert trials[cal["method"]]["tune_agreement"] == best
+    bad = CliRunner().invoke(cli, ["export", str(tiny_ckpt), "-o", str(tmp_path / "c"), "--calib-method", "best"])
+    assert bad.exit_code == 2 and "--calib-method" in bad.output

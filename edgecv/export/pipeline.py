@@ -17,7 +17,7 @@ import torch
 
 from edgecv import targets
 from edgecv.errors import ExportError
-from edgecv.recipe import CALIB_METHODS, ExportConfig, Recipe, RecipeError, check_ranges
+from edgecv.recipe import CALIB_CHOICES, CALIB_METHODS, ExportConfig, Recipe, RecipeError, check_ranges
 from edgecv.utils.outputs import BUNDLE, OutputLock, check_output, scratch_dir, staged_output
 
 log = logging.getLogger("edgecv.export")
@@ -59,7 +59,7 @@ def resolve_options(recipe: Optional[Recipe], flags: Dict) -> ExportConfig:
         severities(cfg.corruption_severities)
     except ValueError as e:
         raise RecipeError(f"--corruptions: {e}") from None
-    if cfg.calib_method not in CALIB_METHODS:
+    if cfg.calib_method not in CALIB_CHOICES:
         raise RecipeError(f"--calib-method: unknown method {cfg.calib_method!r}")
     return cfg
 
@@ -215,13 +215,23 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
                      for t in opts.targets]
         gate_failures = []
         if opts.int8:
-            with stages(f"int8 calibration ({opts.calib_method}, {len(cal)} images)"):
-                calib = calibrate(fp32_path, cal.x, opts.calib_method)
+            methods = CALIB_METHODS if opts.calib_method == "auto" else (opts.calib_method,)
+            calibs = {}
+            for m in methods:
+                with stages(f"int8 calibration ({m}, {len(cal)} images)"):
+                    calibs[m] = calibrate(fp32_path, cal.x, m)
             sens_x = cal.x[: min(64, len(cal))]
             qat: Dict = {}  # the QAT rung runs at most once, for the first target that needs it
             for target in opts.targets:
                 tgt = targets.get(target)
                 name = tgt.int8_file()
+                trials = None
+                if len(calibs) > 1:
+                    with stages(f"int8 {target}: calibration method on the {len(tune)} tune images"):
+                        method, trials = choose_calibration(str(fp32_path), calibs, tgt, tmp / name, tune, ref_tune, work)
+                else:
+                    method = next(iter(calibs))
+                calib = calibs[method]
                 with stages(f"int8 {target}: quantize and accuracy gate"):
                     g = accuracy_gate(str(fp32_path), calib, tgt, tmp / name, tune.x, tune.y, base_tune_top1,
                                       opts.max_drop, sens_x, work, show_progress=show_progress,
@@ -233,7 +243,7 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
 
                         with stages(f"QAT rung: {opts.qat_epochs} epoch(s) of quantization-aware distillation "
                                     f"from fp32 on {len(cal)} unlabelled calibration images"):
-                            qat.update(run_qat(student, cal, tune, ref_tune, opts, work, shape, show_progress))
+                            qat.update(run_qat(student, cal, tune, ref_tune, opts, work, shape, show_progress, method))
                     with stages(f"int8 {target}: quantize the QAT weights and accuracy gate"):
                         g2 = accuracy_gate(str(qat["onnx"]), qat["calib"], tgt, tmp / name, tune.x, tune.y,
                                            base_tune_top1, opts.max_drop, sens_x, work, show_progress=show_progress,
@@ -258,7 +268,7 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
                 artifacts.append({"file": name, "target": target, "precision": "int8", **held,
                                   "fallback_layers": g.fallback, "rung": rung,
                                   "qat": qat["info"] if rung.startswith("qat") else None,
-                                  "calibration": {"method": opts.calib_method, "samples": len(cal)}})
+                                  "calibration": {"method": method, "samples": len(cal), "chosen_from": trials}})
                 if tgt.post_quantize:
                     import onnx
 
@@ -351,6 +361,22 @@ def corruption_failures(rep: Dict, opts: ExportConfig) -> List[str]:
                 out.append(f"{k} under {s['worst']}: {s['worst_extra_drop']:.2f} points below fp32 beyond its clean "
                            f"drop (budget --max-corruption-drop {opts.max_corruption_drop}, {rep['images']} images)")
     return out
+
+
+def choose_calibration(fp32_path: str, calibs: Dict, tgt, out: Path, tune, ref_tune, work: Path) -> Tuple[str, Dict]:
+    """The calibration method whose int8 model (no fallback) agrees best with fp32 on the tune split, then the
+    best tune top-1, then the first in CALIB_METHODS order; and what each one reached."""
+    from edgecv.export.gates import onnx_logits
+    from edgecv.export.quantize import quantize
+
+    trials = {}
+    for m, c in calibs.items():
+        quantize(fp32_path, c, out, tgt)
+        logits = onnx_logits(out, tune.x, target=tgt)
+        trials[m] = {"tune_agreement": float((logits.argmax(1) == ref_tune.argmax(1)).mean()),
+                     "tune_top1": float((logits.argmax(1) == tune.y).mean())}
+    best = max(calibs, key=lambda m: (trials[m]["tune_agreement"], trials[m]["tune_top1"], -CALIB_METHODS.index(m)))
+    return best, trials
 
 
 def _label(a: Dict) -> str:

@@ -12,7 +12,7 @@ from edgecv.recipe import ExportConfig
 
 
 def run_qat(student: torch.nn.Module, cal, tune, ref_tune: np.ndarray, opts: ExportConfig, work: Path, shape,
-            show_progress: bool = True) -> Dict:
+            show_progress: bool = True, method: str = "minmax") -> Dict:
     """Fine-tune a fake-quantized copy of ``student`` against ``student`` itself on the calibration images (no
     labels); returns the fine-tuned float ONNX and its calibration, from which each target's int8 artefact is
     quantized and gated again. ``tune`` only reports progress (agreement of the fake-quantized model)."""
@@ -33,7 +33,7 @@ def run_qat(student: torch.nn.Module, cal, tune, ref_tune: np.ndarray, opts: Exp
                    show_progress=show_progress)
     path = work / "qat_fp32.onnx"
     export_onnx(strip_fake_quant(q), path, shape, opts.opset)
-    calib = calibrate(path, cal.x, opts.calib_method)
+    calib = calibrate(path, cal.x, method)  # the method the target's PTQ used
     info = {"epochs": res.epochs, "lr": res.lr, "steps": res.steps, "images": len(cal), "teacher": "the shipped fp32 model",
             "tune_agreement_fake_quant_before": before, "history": res.history}
     return {"onnx": path, "calib": calib, "info": info}
