@@ -37,6 +37,7 @@ class WeightFakeQuant(nn.Module):
 def _input_quant_hook(scale: float):
     def hook(mod, args):
         return (torch.fake_quantize_per_tensor_affine(args[0], scale, 0, -128, 127),) + tuple(args[1:])
+    hook.edgecv_qat = True  # strip_fake_quant removes these and no one else's hooks
     return hook
 
 
@@ -146,7 +147,9 @@ def strip_fake_quant(student: nn.Module) -> nn.Module:
     for m in weighted_layers(plain).values():
         if parametrize.is_parametrized(m, "weight"):
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
-        m._forward_pre_hooks.clear()
+        for key, hook in list(m._forward_pre_hooks.items()):
+            if getattr(hook, "edgecv_qat", False):
+                del m._forward_pre_hooks[key]
     if hasattr(plain, "_edgecv_input_amax"):
         del plain._edgecv_input_amax
     return plain.eval()

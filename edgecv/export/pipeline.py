@@ -300,7 +300,8 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
         default = choose_defaults(artifacts, base_acc["top1"], opts.max_drop)
         summary["default"] = default
         summary["cpu_default"] = choose_cpu_default(artifacts, default)
-        summary["targets_skipped"] = {t: targets.exportable()[1].get(t, "not requested") for t in targets.names()
+        unavailable = targets.exportable()[1]
+        summary["targets_skipped"] = {t: unavailable.get(t, "not requested") for t in targets.names()
                                       if t not in opts.targets}
         summary["stages"] = stage_acc
         summary["engine"] = _engine_plan(opts)

@@ -53,6 +53,14 @@ class Backend:
 
         raise DeviceError(f"{path}: {cls.name} runs bundles only, not a bare model file; export a bundle")
 
+    @classmethod
+    def reject_dla(cls, dla_core: int) -> None:
+        """For backends that are not TensorRT: ``--dla`` names a TensorRT engine and is an error here."""
+        if dla_core >= 0:
+            from edgecv.errors import DeviceError
+
+            raise DeviceError(f"--dla {dla_core}: DLA cores run TensorRT engines, not {cls.name}")
+
     def profile_layers(self, batch: np.ndarray, iters: int) -> Dict:
         """Per-layer times over ``iters`` runs of ``batch``: ``{"layers": {name: [ms per run]}, "ops": {name:
         op type}, "run_ms": mean end-to-end ms in the same trace or None, "files": {name: text}}``."""

@@ -44,6 +44,7 @@ class OpenVinoBackend(Backend):
                  perf_count: bool = False, cache: bool = True):
         import openvino as ov
 
+        self._ov = ov  # kept: the per-frame path needs ov.Tensor
         self.path = str(model_path)
         self.device = device or os.environ.get("EDGECV_OPENVINO_DEVICE", "CPU")
         self.threads = threads
@@ -84,21 +85,16 @@ class OpenVinoBackend(Backend):
 
     @classmethod
     def for_file(cls, path: str, threads: Optional[int] = None, dla_core: int = -1, **kw):
-        cls._no_dla(dla_core)
+        cls.reject_dla(dla_core)
         return cls(str(path), threads=threads, **kw), {"backend": cls.name, "file": str(path), "precision": "?"}
 
     @classmethod
     def for_bundle(cls, bundle, precision: Optional[str] = None, threads: Optional[int] = None, dla_core: int = -1,
                    **kw):
-        cls._no_dla(dla_core)
+        cls.reject_dla(dla_core)
         art = bundle.artifact(cls.name, precision)
         be = cls(str(bundle.path(art["file"])), threads=threads, **kw)
         return be, {"backend": cls.name, "file": art["file"], "precision": art["precision"], "bundle": bundle}
-
-    @classmethod
-    def _no_dla(cls, dla_core: int) -> None:
-        if dla_core >= 0:
-            raise DeviceError(f"--dla {dla_core}: DLA cores run TensorRT engines, not {cls.name}")
 
     @property
     def inputs(self) -> List[TensorSpec]:
@@ -111,10 +107,8 @@ class OpenVinoBackend(Backend):
     def _request(self, n: int):
         req = self._requests.get(n)
         if req is None:
-            import openvino as ov
-
             model = self._model.clone()
-            model.reshape({model.inputs[0]: ov.PartialShape([n, *self._input.shape[1:]])})  # -1 stays dynamic
+            model.reshape({model.inputs[0]: self._ov.PartialShape([n, *self._input.shape[1:]])})  # -1 stays dynamic
             try:
                 compiled = self._core.compile_model(model, self.device, self._config)
             except RuntimeError as e:
@@ -129,8 +123,6 @@ class OpenVinoBackend(Backend):
         A caller that passes the same buffer again (the camera loop refills one input buffer in place) gets it
         bound as a shared tensor: OpenVINO reads it where it is (about 5% less per Lite0 frame than a copy).
         """
-        import openvino as ov
-
         self.check_input(batch)
         s = self._shared
         if s is not None and s[0] is batch and s[1] == batch.shape:
@@ -138,17 +130,12 @@ class OpenVinoBackend(Backend):
             return s[2].get_output_tensor(0).data.copy()
         req = self._request(batch.shape[0])
         if batch is self._last_input and batch.flags.c_contiguous:
-            req.set_input_tensor(ov.Tensor(batch, shared_memory=True))
+            req.set_input_tensor(self._ov.Tensor(batch, shared_memory=True))
             self._shared = (batch, batch.shape, req)
             req.infer()
         else:
             self._last_input = batch
             req.infer({0: batch})
-        return req.get_output_tensor(0).data.copy()
-
-    def run_unchecked(self, batch: np.ndarray) -> np.ndarray:
-        req = self._request(batch.shape[0])
-        req.infer({0: batch})
         return req.get_output_tensor(0).data.copy()
 
     def profile_layers(self, batch: np.ndarray, iters: int) -> Dict:

@@ -112,19 +112,13 @@ class OrtBackend(Backend):
 
     @classmethod
     def for_file(cls, path: str, threads: Optional[int] = None, dla_core: int = -1, **kw):
-        if dla_core >= 0:
-            from edgecv.errors import DeviceError
-
-            raise DeviceError(f"--dla {dla_core}: DLA cores run TensorRT engines, not {cls.name}")
+        cls.reject_dla(dla_core)
         return cls(str(path), threads=threads, **kw), {"backend": cls.name, "file": str(path), "precision": "?"}
 
     @classmethod
     def for_bundle(cls, bundle, precision: Optional[str] = None, threads: Optional[int] = None, dla_core: int = -1,
                    **kw):
-        if dla_core >= 0:
-            from edgecv.errors import DeviceError
-
-            raise DeviceError(f"--dla {dla_core}: DLA cores run TensorRT engines, not {cls.name}")
+        cls.reject_dla(dla_core)
         art = bundle.artifact(cls.name, precision)
         be = cls(str(bundle.path(art["file"])), threads=threads, **kw)
         return be, {"backend": cls.name, "file": art["file"], "precision": art["precision"], "bundle": bundle}
