@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from edgecv.cli_types import BackendChoice
+from edgecv.cli_types import BackendChoice, new_dir_or_missing
 
 
 class EdgecvGroup(click.Group):
@@ -91,7 +91,8 @@ def train(recipe, out_dir, overrides, resume):
               help="For bundles: robustness report instead: fp32 and every int8 artefact that runs here under "
                    "ImageNet-C corruptions (all, noise, blur, weather, digital, or names); --limit defaults to 100.")
 @click.option("--severities", default="1-5", show_default=True, help="With --corruptions: severities (1-5, 3, 1,3,5).")
-@click.option("-o", "--out", "out_dir", default=None, help="With --corruptions: write corruptions.{md,json,png} here.")
+@click.option("-o", "--out", "out_dir", default=None, callback=new_dir_or_missing,
+              help="With --corruptions: write corruptions.{md,json,png} here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def eval_cmd(target, data, overrides, limit, backend, dla_core, precision, against_fp32, allow_missing_classes,
              corruptions, severities, out_dir, as_json):

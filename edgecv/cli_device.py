@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from edgecv.cli_types import BackendChoice
+from edgecv.cli_types import BackendChoice, new_dir_or_missing
 
 
 class BatchList(click.ParamType):
@@ -30,14 +30,6 @@ class BatchList(click.ParamType):
 def dla_option(f):
     return click.option("--dla", "dla_core", type=click.IntRange(min=-1), default=-1, show_default=True,
                         help="Run the TensorRT engine built for DLA core N (Jetson Xavier/Orin); -1: the GPU.")(f)
-
-
-def _new_dir_or_missing(ctx, param, value):
-    import os
-
-    if value is not None and os.path.exists(value) and not os.path.isdir(value):
-        raise click.BadParameter(f"{value}: exists and is not a directory", ctx, param)
-    return value
 
 
 @click.command()
@@ -137,7 +129,7 @@ def bench(target, backend, batches, warmup, iters, precision, threads, as_json, 
 @click.option("--batch", type=click.IntRange(1, 4096), default=1, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Rows in the table and the chart.")
-@click.option("-o", "--out", "out_dir", default=None, callback=_new_dir_or_missing,
+@click.option("-o", "--out", "out_dir", default=None, callback=new_dir_or_missing,
               help="Folder for profile.json (trtexec shape), profile.csv, profile.png.")
 @click.option("--json", "as_json", is_flag=True)
 @dla_option

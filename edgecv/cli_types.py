@@ -21,3 +21,12 @@ class BackendChoice(click.ParamType):
         if value not in backend_choices():
             self.fail(f"{value!r} is not one of {', '.join(backend_choices())}", param, ctx)
         return value
+
+
+def new_dir_or_missing(ctx, param, value):
+    """An output folder option: a folder, or nothing yet (a file there is refused before any work)."""
+    import os
+
+    if value is not None and os.path.exists(value) and not os.path.isdir(value):
+        raise click.BadParameter(f"{value}: exists and is not a directory", ctx, param)
+    return value

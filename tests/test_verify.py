@@ -62,8 +62,9 @@ def test_verify_chooses_records_and_refuses_a_damaged_int8(tiny_bundle, tmp_path
     trt = [c for c in rep["candidates"] if c["target"] == "tensorrt"]
     assert trt and trt[0]["status"] == "unavailable" and trt[0]["reason"]
     chosen = rep["chosen"]
-    assert chosen["target"] == "onnxruntime"
-    assert chosen["p50_ms"] == min(c["p50_ms"] for c in ort.values())  # the fastest within the budget
+    passed = [c for c in rep["candidates"] if c["status"] == "passed"]
+    assert {c["target"] for c in passed} >= {"onnxruntime"}  # and OpenVINO where installed: CPU runtimes race
+    assert chosen["p50_ms"] == min(c["p50_ms"] for c in passed)  # the fastest within the budget, any target
 
     _damage_scales(bundle / "model_int8_ort.onnx")
     resign(bundle)

@@ -8,6 +8,7 @@ import numpy as np
 
 from edgecv.errors import ModelFileError
 from edgecv.runtime.backend import Backend, TensorSpec
+from edgecv.utils.io import utf8_safe
 
 
 def session_options(threads: Optional[int] = None, profile_prefix: Optional[str] = None):
@@ -53,7 +54,9 @@ class OrtBackend(Backend):
 
         self.path = str(model_path)
         try:
-            self.session = ort.InferenceSession(self.path, sess_options=session_options(threads, profile_prefix),
+            # ONNX Runtime's path argument must be UTF-8: a model under a non-UTF-8 folder is passed as bytes
+            model = self.path if utf8_safe(self.path) else open(self.path, "rb").read()
+            self.session = ort.InferenceSession(model, sess_options=session_options(threads, profile_prefix),
                                                 providers=providers or default_providers())
         except Exception as e:  # ORT raises its own types (InvalidProtobuf, Fail, ...) for a bad model file
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
