@@ -192,9 +192,13 @@ def profile(target, backend, iters, batch, threads, top, out_dir, as_json, dla_c
               help="FFmpeg decoder threads for files and RTSP [default: 1 when the model runs on the CPU].")
 @click.option("--camera-resize/--no-camera-resize", default=True, show_default=True,
               help="csi://: scale frames to the model's resize size in the Jetson's VIC, not on the CPU.")
+@click.option("--gpu-preprocess", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Resize and normalise on the GPU (one CUDA kernel, the training transform exactly) straight into "
+                   "the TensorRT engine's input; auto: where the engine runs on a GPU and cuda-python is installed.")
 @dla_option
 def run(target, sources, cameras, backend, as_json, display, record, topk, smooth, max_frames, loop, realtime, fps, max_age_ms,
-        min_score, threads, max_failures, open_timeout, read_timeout, resize, decode_threads, camera_resize, dla_core):
+        min_score, threads, max_failures, open_timeout, read_timeout, resize, decode_threads, camera_resize,
+        gpu_preprocess, dla_core):
     """Classify frames from a camera, stream, video file or image folder with TARGET (a bundle).
 
     Exit status: 0 done, 2 bad input (bundle, source, flag), 3 the source failed, 130 Ctrl-C, 143 SIGTERM
@@ -207,7 +211,8 @@ def run(target, sources, cameras, backend, as_json, display, record, topk, smoot
                       display=display, record=record, loop=loop, realtime=realtime, threads=threads,
                       max_failures=max_failures, resize=resize, decode_threads=decode_threads,
                       camera_resize=camera_resize, open_timeout_s=open_timeout, read_timeout_s=read_timeout,
-                      dla_core=dla_core, fps=fps, max_age_ms=max_age_ms, min_score=min_score)
+                      dla_core=dla_core, fps=fps, max_age_ms=max_age_ms, min_score=min_score,
+                      gpu_preprocess=gpu_preprocess)
     if cameras or len(sources) > 1:
         from edgecv.runtime.multi_loop import Camera, load_cameras, run_multi
 

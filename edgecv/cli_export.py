@@ -24,6 +24,8 @@ from edgecv.recipe import CALIB_CHOICES
 @click.option("--calib-samples", type=int, default=None)
 @click.option("--calib-method", type=click.Choice(CALIB_CHOICES), default=None,
               help="Calibration method; auto: each one, the best on the tune split per target.")
+@click.option("--bias-correction/--no-bias-correction", default=None,
+              help="Correct each int8 layer's bias for its weights' rounding (default on).")
 @click.option("--max-drop", type=float, default=None, help="Largest top-1 drop allowed, in points (default 1.0).")
 @click.option("--target", "target_list", default=None, help="Comma list of deploy targets (default: all registered).")
 @click.option("--eval", "eval_path", default=None, help="Evaluation images; default: the recipe's held-out split.")
@@ -47,14 +49,15 @@ from edgecv.recipe import CALIB_CHOICES
                    "(default: reported, not gated).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Recipe override.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON at the end.")
-def export(source, out_dir, force, int8, fp16, prune, distill, calib, calib_samples, calib_method, max_drop,
+def export(source, out_dir, force, int8, fp16, prune, distill, calib, calib_samples, calib_method, bias_correction, max_drop,
            target_list, eval_path, max_batch, release, arch, golden, min_agreement, qat_epochs, corruptions, corruption_images,
            max_corruption_drop, overrides, as_json):
     """Turn SOURCE (a recipe or a checkpoint) into a verified deploy bundle in OUT."""
     from edgecv.export.pipeline import export_bundle
 
     flags = {"int8": int8, "fp16": fp16, "prune": prune, "distill": distill, "calib": calib,
-             "calib_samples": calib_samples, "calib_method": calib_method, "max_drop": max_drop,
+             "calib_samples": calib_samples, "calib_method": calib_method, "bias_correction": bias_correction,
+             "max_drop": max_drop,
              "targets": [t.strip() for t in target_list.split(",") if t.strip()] if target_list is not None else None,
              "eval": eval_path, "golden": golden, "min_agreement": min_agreement, "max_batch": max_batch,
              "release": release, "arch": [a.strip() for a in arch.split(",") if a.strip()] if arch else None,

@@ -127,6 +127,7 @@ class ExportConfig:
     calib_samples: int = ranged(256, ge=1)
     calib_method: str = "minmax"  # minmax | entropy | percentile
     calib_seed: int = 0
+    bias_correction: bool = True  # int8 layers' biases corrected for weight rounding (edgecv.export.bias_correction)
     calib_set: Optional[str] = field(default=None, metadata={"internal": True})  # the calibration/*.yaml used
     max_drop: float = ranged(1.0, ge=0, le=100)
     targets: List[str] = field(default_factory=lambda: _target_names())

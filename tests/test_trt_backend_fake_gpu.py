@@ -106,3 +106,26 @@ def test_fake_gpu_foreign_batch_is_copied_and_checked():
         be.input_buffer(3)
     with pytest.raises(InputSpecError, match="channel count 1"):
         be.infer(np.zeros((1, 1, 8, 8), np.float32))
+
+
+def test_fake_gpu_infer_device_runs_what_the_kernel_wrote_without_a_host_copy():
+    """GPU preprocessing writes the device input itself: infer_device must not upload the host staging buffer."""
+    be = fake_gpu_backend()
+    x = np.random.default_rng(2).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    be.host["input"][...] = 7.0  # stale host staging: uploading it would give 7 * 64 per channel
+    be.mem.dev[be.dev["input"]][: x.nbytes] = np.frombuffer(x.tobytes(), np.uint8)  # as the kernel writes
+    np.testing.assert_allclose(be.infer_device(2), x.reshape(2, 3, 64).sum(-1), rtol=1e-5)
+    np.testing.assert_allclose(be.infer_device(1), x[:1].reshape(1, 3, 64).sum(-1), rtol=1e-5)
+    with pytest.raises(DeviceError, match="max batch"):
+        be.infer_device(3)
+    with pytest.raises(DeviceError, match="max batch"):
+        be.infer_device(0)
+
+
+def test_fake_gpu_preprocessor_refused_for_an_input_of_another_size():
+    from edgecv.runtime.preprocess import Preprocessor
+
+    be = fake_gpu_backend()  # 3x8x8 input
+    pre = Preprocessor({"input_size": 224, "resize": 256, "crop": 224, "channels": 3, "mean": [0.5] * 3,
+                        "std": [0.5] * 3})
+    assert be.gpu_preprocessor(pre) is None

@@ -4,6 +4,7 @@ import json
 import sys
 import time
 
+import cv2
 import numpy as np
 
 
@@ -59,22 +60,38 @@ def check_cuda_mem():
 
 
 def check_preprocess_gpu():
-    """The runtime has no GPU preprocessing; compare CuPy's normalise against the numpy reference anyway,
-    so a future GPU path has a baseline."""
-    try:
-        import cupy as cp
-    except ImportError as e:
-        return {"available": False, "error": str(e)}
+    """edgecv's GPU preprocessing kernel (NVRTC, cuda-python) against its numpy reference and the CPU path, on
+    frames of several sizes and layouts, written into a device buffer as the TensorRT backend's input."""
+    from edgecv.runtime.cuda_mem import open_cuda_mem
+    from edgecv.runtime.gpu_preprocess import GpuPreprocessor, reference
     from edgecv.runtime.preprocess import Preprocessor
 
-    spec = {"input_size": 224, "resize": 224, "crop": 224, "channels": 3, "mean": [0.485, 0.456, 0.406],
-            "std": [0.229, 0.224, 0.225], "scale": 1 / 255}
-    pre = Preprocessor(spec)
-    img = np.random.default_rng(0).integers(0, 256, (224, 224, 3), np.uint8)
-    ref = pre(img)
-    g = cp.asarray(img[:, :, ::-1].astype(np.float32))
-    gpu = cp.transpose(g * cp.asarray(pre._mul) + cp.asarray(pre._add), (2, 0, 1)).get()
-    return {"available": True, "max_abs_diff_vs_numpy": float(np.abs(gpu - ref).max())}
+    mem = open_cuda_mem("cuda-python")
+    out = {}
+    rng = np.random.default_rng(0)
+    for channels in (3, 1):
+        spec = {"input_size": 224, "resize": 256, "crop": 224, "channels": channels, "scale": 1 / 255,
+                "mean": [0.485, 0.456, 0.406][:channels], "std": [0.229, 0.224, 0.225][:channels]}
+        pre = Preprocessor(spec)
+        host = mem.pinned((2, channels, 224, 224), np.float32)
+        dev = mem.device_alloc(host.nbytes)
+        with mem.activate():
+            gp = GpuPreprocessor(pre, mem, dev, 2)
+        for shape in ((480, 640, 3), (1080, 1920, 3), (200, 300, 3), (640, 480, 4), (480, 640)):
+            frame = cv2.GaussianBlur(rng.integers(0, 256, shape, np.uint8), (0, 0), 2)  # photo-like smoothness
+            with mem.activate():
+                gp(frame, row=1)
+                mem.dtoh_async(host, dev)
+                mem.synchronize()
+            ref = reference(pre, frame)
+            cpu = pre(frame)
+            a = (1 / 255) / np.asarray(spec["std"])[:, None, None]  # normalised units -> grey levels
+            out[f"c{channels}_{'x'.join(map(str, shape))}"] = {
+                "arch": gp.arch, "max_abs_vs_reference": float(np.abs(host[1] - ref).max()),
+                "mean_grey_levels_vs_cpu_path": float((np.abs(host[1] - cpu) / a).mean())}
+        gp.close()
+    mem.close()
+    return out
 
 
 def torch_latency():

@@ -132,14 +132,14 @@ def main() -> None:
         ap.error(f"--clip: {a.clip}: no such file")
     import onnxruntime as ort
 
-    from edgecv.runtime.ort_backend import session_options
+    from edgecv.runtime.ort_backend import DISABLED_OPTIMIZERS, session_options
     from edgecv.runtime.preprocess import Preprocessor
 
     bundle = open_bundle(a.bundle)
     pre = Preprocessor(bundle.preprocess, a.resize)
     art = bundle.artifact("onnxruntime")
     sess = ort.InferenceSession(str(bundle.path(art["file"])), session_options(a.threads),
-                                providers=["CPUExecutionProvider"])
+                                providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS)
     rows = []
     for size in ([None] if a.clip else sizes):
         if a.clip:

@@ -35,7 +35,7 @@ from edgecv.runtime.latency import measure_interleaved  # noqa: E402
 def session(path: str, threads: int, tweak: Dict):
     import onnxruntime as ort
 
-    from edgecv.runtime.ort_backend import session_options
+    from edgecv.runtime.ort_backend import DISABLED_OPTIMIZERS, session_options
 
     so = session_options(threads)
     for k, v in tweak.get("config", {}).items():
@@ -45,7 +45,8 @@ def session(path: str, threads: int, tweak: Dict):
     if "save_to" in tweak:
         so.optimized_model_filepath = tweak["save_to"]
     t0 = time.perf_counter()
-    s = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
+    s = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=DISABLED_OPTIMIZERS)
     return s, (time.perf_counter() - t0) * 1e3
 
 

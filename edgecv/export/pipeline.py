@@ -219,7 +219,7 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
             calibs = {}
             for m in methods:
                 with stages(f"int8 calibration ({m}, {len(cal)} images)"):
-                    calibs[m] = calibrate(fp32_path, cal.x, m)
+                    calibs[m] = calibrate(fp32_path, cal.x, m, bias_correction=opts.bias_correction)
             sens_x = cal.x[: min(64, len(cal))]
             qat: Dict = {}  # the QAT rung runs at most once, for the first target that needs it
             for target in opts.targets:
@@ -268,7 +268,8 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
                 artifacts.append({"file": name, "target": target, "precision": "int8", **held,
                                   "fallback_layers": g.fallback, "rung": rung,
                                   "qat": qat["info"] if rung.startswith("qat") else None,
-                                  "calibration": {"method": method, "samples": len(cal), "chosen_from": trials}})
+                                  "calibration": {"method": method, "samples": len(cal), "chosen_from": trials,
+                                                  "bias_correction": bool(used_calib.input_means)}})
                 if tgt.post_quantize:
                     import onnx
 

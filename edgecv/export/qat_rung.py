@@ -33,7 +33,7 @@ def run_qat(student: torch.nn.Module, cal, tune, ref_tune: np.ndarray, opts: Exp
                    show_progress=show_progress)
     path = work / "qat_fp32.onnx"
     export_onnx(strip_fake_quant(q), path, shape, opts.opset)
-    calib = calibrate(path, cal.x, method)  # the method the target's PTQ used
+    calib = calibrate(path, cal.x, method, bias_correction=opts.bias_correction)  # as the target's PTQ
     info = {"epochs": res.epochs, "lr": res.lr, "steps": res.steps, "images": len(cal), "teacher": "the shipped fp32 model",
             "tune_agreement_fake_quant_before": before, "history": res.history}
     return {"onnx": path, "calib": calib, "info": info}

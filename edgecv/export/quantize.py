@@ -15,7 +15,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -64,6 +64,8 @@ class Calibration:
     method: str
     samples: int
     ranges: object  # onnxruntime.quantization.calibrate.TensorsData
+    # per Conv/Gemm: mean input per channel over the calibration images, for bias correction (None: off)
+    input_means: Optional[Dict[str, np.ndarray]] = None
 
     def range_of(self, tensor: str):
         lo, hi = self.ranges[tensor].range_value
@@ -71,8 +73,9 @@ class Calibration:
 
 
 def calibrate(fp32_path: str | os.PathLike, data: np.ndarray, method: str = "minmax",
-              input_name: str = "input") -> Calibration:
-    """Collect activation ranges of every quantizable tensor over ``data`` with ``method``."""
+              input_name: str = "input", bias_correction: bool = True) -> Calibration:
+    """Collect activation ranges of every quantizable tensor over ``data`` with ``method``, and (for bias
+    correction, edgecv.export.bias_correction) each weighted layer's mean input per channel."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     if method not in CALIB_METHODS:
@@ -90,13 +93,19 @@ def calibrate(fp32_path: str | os.PathLike, data: np.ndarray, method: str = "min
         cal.collect_data(ArrayReader(input_name, data, batch))
         ranges = cal.compute_data()
         del cal
-    return Calibration(method, int(len(data)), ranges)
+    means = None
+    if bias_correction:
+        from edgecv.export.bias_correction import input_means
+
+        means = input_means(str(fp32_path), data, input_name)
+    return Calibration(method, int(len(data)), ranges, means)
 
 
 def quantize(fp32_path: str | os.PathLike, calib: Calibration, out_path: str | os.PathLike, target,
              exclude: Sequence[str] = (), op_types: Sequence[str] = tuple(QUANT_OPS)) -> onnx.ModelProto:
     """Write the int8 Q/DQ model for ``target`` (an edgecv.targets.Target, or its name) with the quantizer
-    settings it declares; ``exclude`` node names stay float, and so do ops not in ``op_types``."""
+    settings it declares; ``exclude`` node names stay float, and so do ops not in ``op_types``. With input means
+    in ``calib``, the biases of the layers quantized are first corrected for their weights' rounding."""
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
@@ -106,7 +115,14 @@ def quantize(fp32_path: str | os.PathLike, calib: Calibration, out_path: str | o
     t = targets.get(target) if isinstance(target, str) else target
     extra = {k: v for k, v in t.quant.items() if k != "activation"}
     act = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[t.quant.get("activation", "uint8")]
-    model = load_model_with_shape_infer(Path(fp32_path))
+    with tempfile.TemporaryDirectory(prefix="edgecv-quant-") as tmp:
+        src = Path(fp32_path)
+        if calib.input_means:
+            from edgecv.export.bias_correction import corrected_model
+
+            src = Path(tmp) / "bias_corrected.onnx"
+            onnx.save(corrected_model(str(fp32_path), calib.input_means, exclude, op_types), str(src))
+        model = load_model_with_shape_infer(src)
     q = QDQQuantizer(model, True, False, QuantType.QInt8, act, calib.ranges, None, list(exclude),
                      list(op_types), extra)
     q.quantize_model()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -90,6 +90,18 @@ class Backend:
         if any(d == -1 for d in spec.shape[1:]):
             return None
         return np.empty((n,) + tuple(spec.shape[1:]), spec.dtype)
+
+    def gpu_preprocessor(self, pre) -> Optional[Callable]:
+        """A callable ``(frame, row)`` that preprocesses a decoded frame on the GPU straight into batch row
+        ``row`` of this backend's device input, for :meth:`infer_device`; None where the input is not on a CUDA
+        device (every CPU runtime) or cuda-python is missing."""
+        return None
+
+    def infer_device(self, n: int) -> np.ndarray:
+        """Run the first ``n`` rows of the device input that :meth:`gpu_preprocessor` filled."""
+        from edgecv.errors import DeviceError
+
+        raise DeviceError(f"{self.name}: the input is not on a GPU")
 
     def close(self) -> None:
         pass

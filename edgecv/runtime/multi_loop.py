@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from edgecv.runtime.latency import percentiles
-from edgecv.runtime.run_loop import RunOptions, Smoother, softmax, top_k, top_k_softmax
+from edgecv.runtime.run_loop import RunOptions, Smoother, select_gpu_preprocess, softmax, top_k, top_k_softmax
 from edgecv.runtime.sources import FrameSource, SourceFailed
 from edgecv.utils.signals import INTERRUPTS, Terminated
 
@@ -106,6 +106,10 @@ class CameraThread(threading.Thread):
         return item
 
 
+def _keep_frame(frame):
+    return frame
+
+
 def run_multi(target, cameras: List[Camera], options: Optional[RunOptions] = None,
               emit: Optional[Callable[[str], None]] = None) -> Dict:
     """Classify several cameras with one batched engine call per round; returns the summary."""
@@ -123,6 +127,12 @@ def run_multi(target, cameras: List[Camera], options: Optional[RunOptions] = Non
     pre = Preprocessor(bundle.preprocess, o.resize)
     be, info = open_backend(bundle, o.backend, o.precision, threads=o.threads, dla_core=o.dla_core)
     n_max = min(len(cameras), be.max_batch or len(cameras))
+    try:
+        # on the GPU, the camera threads hand over decoded frames and the kernel writes each into its batch row
+        gpu_pre = select_gpu_preprocess(be, pre, o.gpu_preprocess)
+    except BaseException:
+        be.close()
+        raise
     x = np.empty((n_max, pre.channels, pre.crop, pre.crop), np.float32)
     notifier = Notifier()
     wake = threading.Condition()
@@ -134,7 +144,8 @@ def run_multi(target, cameras: List[Camera], options: Optional[RunOptions] = Non
                               max_failures=o.max_failures, decode_threads=o.decode_threads or 1,
                               open_timeout_s=o.open_timeout_s, read_timeout_s=o.read_timeout_s,
                               fps=cam.fps or o.fps, heartbeat=notifier.ping)
-            threads.append(CameraThread(cam, src, wake, Preprocessor(bundle.preprocess, o.resize)))
+            threads.append(CameraThread(cam, src, wake, _keep_frame if gpu_pre is not None
+                                        else Preprocessor(bundle.preprocess, o.resize)))
     except BaseException:
         be.close()
         raise
@@ -178,13 +189,16 @@ def run_multi(target, cameras: List[Camera], options: Optional[RunOptions] = Non
                 if o.max_age_ms is not None and age > o.max_age_ms:
                     stats[t.cam.id]["stale"] += 1
                     continue
-                x[len(rows)] = tensor
+                if gpu_pre is not None:
+                    gpu_pre(tensor, len(rows))  # a decoded frame: resized and normalised on the GPU
+                else:
+                    x[len(rows)] = tensor
                 rows.append((t, stamp, age))
             if not rows:
                 notifier.ping()
                 continue
             t0 = time.perf_counter()
-            logits = be.infer(x[: len(rows)])
+            logits = be.infer_device(len(rows)) if gpu_pre is not None else be.infer(x[: len(rows)])
             ms = (time.perf_counter() - t0) * 1e3
             notifier.ping()
             batches.append(len(rows))
@@ -236,6 +250,7 @@ def run_multi(target, cameras: List[Camera], options: Optional[RunOptions] = Non
     return {"frames": total, "fps": total / elapsed if elapsed else 0.0, "cameras": per_cam,
             "batches": len(batches), "mean_batch": float(np.mean(batches)) if batches else 0.0,
             "backend": info["backend"], "artifact": info["file"], "precision": info.get("precision"),
+            "preprocess": "gpu" if gpu_pre is not None else "cpu",
             "interrupted": interrupted, "error": "; ".join(errors) if errors and len(errors) == len(threads) else None,
             "camera_errors": errors, "latency_ms": {"infer_batch": percentiles(lat)} if lat else {},
             "dropped": sum(v["dropped"] for v in per_cam.values()),

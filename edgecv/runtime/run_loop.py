@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 from collections import deque
@@ -19,6 +20,8 @@ from edgecv.runtime.sources import CSI_SIZE, OPEN_TIMEOUT_S, READ_TIMEOUT_S, Fra
 from edgecv.utils.io import atomic_path, sweep_stale
 from edgecv.utils.outputs import OutputError
 from edgecv.utils.signals import INTERRUPTS, Terminated
+
+log = logging.getLogger("edgecv.run")
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -151,6 +154,9 @@ class RunOptions:
     ``camera_resize``: a CSI camera delivers frames already scaled by the Jetson's VIC to the model's
     resize size, so the CPU only crops and normalises (display and recording then show that size too).
     ``dla_core``: run a TensorRT engine built for this DLA core (-1: the GPU).
+    ``gpu_preprocess``: ``auto`` resizes and normalises on the GPU, straight into the engine's device input,
+    where the backend's input lives on a CUDA device (TensorRT) and cuda-python is installed; ``on`` requires
+    it; ``off`` keeps the CPU path (edgecv.runtime.gpu_preprocess).
     """
 
     backend: str = "auto"
@@ -174,6 +180,31 @@ class RunOptions:
     fps: Optional[float] = None  # --realtime pace for folders (and files without a frame rate); default 30
     max_age_ms: Optional[float] = None  # never classify a frame older than this (dropped as stale)
     min_score: Optional[float] = None  # below this top score the frame is reported as "unknown"
+    gpu_preprocess: str = "auto"
+
+
+GPU_PREPROCESS = ("auto", "on", "off")
+
+
+def select_gpu_preprocess(be, pre, mode: str) -> Optional[Callable]:
+    """The backend's GPU preprocessor for ``mode`` (see RunOptions.gpu_preprocess), or None for the CPU path."""
+    from edgecv.errors import DeviceError
+
+    if mode not in GPU_PREPROCESS:
+        raise ValueError(f"gpu_preprocess must be one of {', '.join(GPU_PREPROCESS)}, not {mode!r}")
+    if mode == "off":
+        return None
+    try:
+        fn = be.gpu_preprocessor(pre)
+    except Exception as e:  # noqa: BLE001 - NVRTC or driver trouble: auto keeps the CPU path, on reports it
+        if mode == "on":
+            raise DeviceError(f"--gpu-preprocess on: {e}") from None
+        log.warning("GPU preprocessing unavailable (%s); preprocessing on the CPU", e)
+        return None
+    if fn is None and mode == "on":
+        raise DeviceError(f"--gpu-preprocess on: the {be.name} backend's input is not on a CUDA device, or "
+                          "cuda-python is missing (pip install 'edgecv[cuda]')")
+    return fn
 
 
 def run(target, source: str, backend: str = "auto", options: Optional[RunOptions] = None,
@@ -203,6 +234,11 @@ def run(target, source: str, backend: str = "auto", options: Optional[RunOptions
     pre = Preprocessor(bundle.preprocess, resize)
     recorder = Recorder(record) if record else None  # a bad path is refused before anything runs
     be, info = open_backend(bundle, o.backend, o.precision, threads=threads, dla_core=o.dla_core)
+    try:
+        gpu_pre = select_gpu_preprocess(be, pre, o.gpu_preprocess)
+    except BaseException:
+        be.close()
+        raise
     if decode_threads is None and be.runs_on_cpu:
         decode_threads = 1
     scale_to = csi_scale_to(pre) if camera_resize else None  # used by csi:// sources only
@@ -245,9 +281,14 @@ def run(target, source: str, backend: str = "auto", options: Optional[RunOptions
                 stale += 1  # a frame older than the budget is never classified as if it were current
                 notifier.ping()
                 continue
-            pre(frame, out=x[0])
-            t2 = time.perf_counter()
-            logits = be.infer(x)[0]
+            if gpu_pre is not None:
+                gpu_pre(frame, 0)  # enqueued on the engine's stream: its time shows in "infer"
+                t2 = time.perf_counter()
+                logits = be.infer_device(1)[0]
+            else:
+                pre(frame, out=x[0])
+                t2 = time.perf_counter()
+                logits = be.infer(x)[0]
             t3 = time.perf_counter()
             notifier.ping()  # from the inference loop: a hung inference stops the pings
             if smooth > 1:
@@ -297,7 +338,8 @@ def run(target, source: str, backend: str = "auto", options: Optional[RunOptions
             cv2.destroyAllWindows()
     elapsed = time.perf_counter() - t_start
     summary = {"frames": n, "fps": n / elapsed if elapsed else 0.0, "dropped": src.dropped,
-               "reconnects": src.reconnects, "skipped": src.skipped, "backend": info["backend"], "resize": resize,
+               "reconnects": src.reconnects, "skipped": src.skipped, "backend": info["backend"],
+               "resize": "gpu (exact antialiased)" if gpu_pre is not None else resize,
                "artifact": info["file"], "interrupted": interrupted, "error": error, "recorded": recorded,
                "stale": stale, "unknown": unknown,
                "age_ms": percentiles(ages) if ages else None,

@@ -108,7 +108,8 @@ class TrtBackend(Backend):
         for name, ptr in self.dev.items():
             self.context.set_tensor_address(name, ptr)
         self.cuda_graph = cuda_graph and hasattr(self.mem, "capture_graph")
-        self._graphs: Dict[int, object] = {}
+        self._graphs: Dict[tuple, object] = {}
+        self._closers: List = []  # GPU preprocessors: their modules unload before the context goes
 
     @property
     def inputs(self) -> List[TensorSpec]:
@@ -118,9 +119,10 @@ class TrtBackend(Backend):
     def outputs(self) -> List[TensorSpec]:
         return self._out
 
-    def _enqueue(self, n: int) -> None:
+    def _enqueue(self, n: int, copy_input: bool = True) -> None:
         inp, out = self._in[0].name, self._out[0].name
-        self.mem.htod_async(self.dev[inp], self.host[inp][:n])
+        if copy_input:  # False: the GPU preprocessing kernel already wrote the device input on this stream
+            self.mem.htod_async(self.dev[inp], self.host[inp][:n])
         if not self.context.execute_async_v3(self.mem.stream_handle):
             raise DeviceError("TensorRT execute_async_v3 failed")
         self.mem.dtoh_async(self.host[out][:n], self.dev[out])
@@ -130,21 +132,50 @@ class TrtBackend(Backend):
         n = batch.shape[0]
         if n > self.max_batch:
             raise DeviceError(f"batch {n} > the engine's max batch {self.max_batch}")
-        inp, out = self._in[0].name, self._out[0].name
+        inp = self._in[0].name
         with self.mem.activate():
-            self.context.set_input_shape(inp, batch.shape)
             if batch.ctypes.data != self.host[inp].ctypes.data:  # not filled in place (input_buffer)
                 self.host[inp][:n] = batch
-            if self.cuda_graph:
-                if n not in self._graphs:
-                    self._enqueue(n)  # one plain run first: TensorRT allocates lazily on the first enqueue
-                    self.mem.synchronize()
-                    self._graphs[n] = self.mem.capture_graph(lambda: self._enqueue(n))
-                self.mem.launch_graph(self._graphs[n])
-            else:
-                self._enqueue(n)
-            self.mem.synchronize()
+            return self._run(n, copy_input=True)
+
+    def _run(self, n: int, copy_input: bool) -> np.ndarray:
+        inp, out = self._in[0].name, self._out[0].name
+        self.context.set_input_shape(inp, (n,) + tuple(self.host[inp].shape[1:]))
+        if self.cuda_graph:
+            key = (n, copy_input)
+            if key not in self._graphs:
+                self._enqueue(n, copy_input)  # one plain run first: TensorRT allocates lazily on the first enqueue
+                self.mem.synchronize()
+                self._graphs[key] = self.mem.capture_graph(lambda: self._enqueue(n, copy_input))
+            self.mem.launch_graph(self._graphs[key])
+        else:
+            self._enqueue(n, copy_input)
+        self.mem.synchronize()
         return self.host[out][:n].copy()
+
+    def gpu_preprocessor(self, pre):
+        """NVRTC-compiled resize/crop/normalise into the engine's device input (edgecv.runtime.gpu_preprocess);
+        None without cuda-python, or when the engine's input is not float32 NCHW of the preprocessing's size."""
+        from edgecv.runtime.gpu_preprocess import GpuPreprocessor, gpu_preprocess_available
+
+        spec = self._in[0]
+        if not gpu_preprocess_available()[0] or np.dtype(spec.dtype) != np.float32 or \
+                tuple(self.host[spec.name].shape[1:]) != (pre.channels, pre.crop, pre.crop):
+            return None
+        with self.mem.activate():
+            gp = GpuPreprocessor(pre, self.mem, self.dev[spec.name], self.max_batch)
+        self._closers.append(gp.close)
+
+        def run(frame, row=0):
+            with self.mem.activate():
+                gp(frame, row)
+        return run
+
+    def infer_device(self, n: int) -> np.ndarray:
+        if not 1 <= n <= self.max_batch:
+            raise DeviceError(f"batch {n} is outside 1..{self.max_batch} (the engine's max batch)")
+        with self.mem.activate():
+            return self._run(n, copy_input=False)
 
     def input_buffer(self, n: int = 1) -> np.ndarray:
         """A view of the page-locked input staging buffer: filled in place, ``infer`` skips its host copy."""
@@ -174,5 +205,9 @@ class TrtBackend(Backend):
         return inspector.get_engine_information(self.trt.LayerInformationFormat.JSON)
 
     def close(self) -> None:
+        with self.mem.activate():
+            for fn in self._closers:
+                fn()
+        self._closers = []
         self.context = self.engine = self.runtime = None
         self.mem.close()
