@@ -148,3 +148,20 @@ def test_camera_loops_run_on_openvino(tiny_bundle, tmp_path):
     assert r.exit_code == 0, r.output[-2000:]
     recs = [json.loads(x) for x in r.output.splitlines() if x.startswith("{") and '"camera"' in x]
     assert {x["camera"] for x in recs} == {"cam0", "cam1"} and len(recs) >= 20  # latest-frame: some may drop
+
+
+def test_a_process_that_does_not_own_every_core_is_not_pinned(tiny_bundle, monkeypatch):
+    """OpenVINO pins threads from core 0 up in every process, so one-thread processes (one per camera) would all
+    share core 0 (tools/multicam_bench.py measures it). Below the usable core count edgecv turns pinning off;
+    the compiled model reports what it got."""
+    from edgecv.runtime import openvino_backend as ovb
+
+    path = str(tiny_bundle / "model_int8_ort.onnx")
+    x = np.zeros((1,) + tuple(ovb.OpenVinoBackend(path).inputs[0].shape[1:]), np.float32)
+    monkeypatch.setattr(ovb, "_usable_cores", lambda: 2)
+    one = ovb.OpenVinoBackend(path, threads=1, cache=False)
+    one.infer(x)
+    assert one._requests[1].get_compiled_model().get_property("ENABLE_CPU_PINNING") is False
+    both = ovb.OpenVinoBackend(path, threads=2, cache=False)
+    both.infer(x)
+    assert "ENABLE_CPU_PINNING" not in both._config  # the process owns the cores: OpenVINO's default stands

@@ -98,9 +98,11 @@ def output_shift(node: onnx.NodeProto, w: np.ndarray, mean_in: np.ndarray) -> np
 
 
 def corrected_model(fp32_path: str, means: Dict[str, np.ndarray], exclude: Iterable[str] = (),
-                    op_types: Iterable[str] = CORRECTED_OPS) -> onnx.ModelProto:
+                    op_types: Iterable[str] = CORRECTED_OPS, cache: Optional[Dict] = None) -> onnx.ModelProto:
     """A copy of the fp32 model whose to-be-quantized Conv/Gemm biases are corrected for int8 weight rounding
-    (``exclude``: nodes kept in float, left alone). Shared bias initializers are copied before editing."""
+    (``exclude``: nodes kept in float, left alone). Shared bias initializers are copied before editing.
+    ``cache`` keeps each node's shift between calls (the per-layer fallback quantizes the same model dozens of
+    times with different exclusions)."""
     model = onnx.load(str(fp32_path))
     g = model.graph
     inits = {i.name: i for i in g.initializer}
@@ -112,8 +114,12 @@ def corrected_model(fp32_path: str, means: Dict[str, np.ndarray], exclude: Itera
     for n in correctable_nodes(model):
         if n.name in skip or n.op_type not in set(op_types) or n.name not in means:
             continue
-        w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)
-        shift = output_shift(n, w, means[n.name].astype(np.float32)).astype(np.float32)
+        shift = cache.get(n.name) if cache is not None else None
+        if shift is None:
+            w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)
+            shift = output_shift(n, w, means[n.name].astype(np.float32)).astype(np.float32)
+            if cache is not None:
+                cache[n.name] = shift
         if len(n.input) > 2 and n.input[2]:
             b = numpy_helper.to_array(inits[n.input[2]]).astype(np.float32) if n.input[2] in inits else None
             if b is None or b.shape != shift.shape:

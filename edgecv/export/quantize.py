@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -66,6 +66,8 @@ class Calibration:
     ranges: object  # onnxruntime.quantization.calibrate.TensorsData
     # per Conv/Gemm: mean input per channel over the calibration images, for bias correction (None: off)
     input_means: Optional[Dict[str, np.ndarray]] = None
+    # bias shifts per fp32 model (path and mtime) and node: computed once, reused by every fallback trial
+    shifts: Dict[tuple, Dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def range_of(self, tensor: str):
         lo, hi = self.ranges[tensor].range_value
@@ -121,7 +123,9 @@ def quantize(fp32_path: str | os.PathLike, calib: Calibration, out_path: str | o
             from edgecv.export.bias_correction import corrected_model
 
             src = Path(tmp) / "bias_corrected.onnx"
-            onnx.save(corrected_model(str(fp32_path), calib.input_means, exclude, op_types), str(src))
+            st = os.stat(fp32_path)
+            cache = calib.shifts.setdefault((str(fp32_path), st.st_mtime_ns, st.st_size), {})
+            onnx.save(corrected_model(str(fp32_path), calib.input_means, exclude, op_types, cache), str(src))
         model = load_model_with_shape_infer(src)
     q = QDQQuantizer(model, True, False, QuantType.QInt8, act, calib.ranges, None, list(exclude),
                      list(op_types), extra)

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from edgecv.runtime.latency import percentiles
-from edgecv.runtime.run_loop import RunOptions, Smoother, select_gpu_preprocess, softmax, top_k, top_k_softmax
+from edgecv.runtime.run_loop import RunOptions, Smoother, select_gpu_preprocess, softmax, top_k, top_k_softmax, warm_up
 from edgecv.runtime.sources import FrameSource, SourceFailed
 from edgecv.utils.signals import INTERRUPTS, Terminated
 
@@ -134,6 +134,11 @@ def run_multi(target, cameras: List[Camera], options: Optional[RunOptions] = Non
         be.close()
         raise
     x = np.empty((n_max, pre.channels, pre.crop, pre.crop), np.float32)
+    try:
+        warm_up(be, x, n_max)  # every batch size a round can have, before the cameras start
+    except BaseException:
+        be.close()
+        raise
     notifier = Notifier()
     wake = threading.Condition()
     threads: List[CameraThread] = []

@@ -186,6 +186,15 @@ class RunOptions:
 GPU_PREPROCESS = ("auto", "on", "off")
 
 
+def warm_up(be, x: np.ndarray, max_batch: int) -> None:
+    """One engine call per batch size the loop can make, before the first frame: OpenVINO compiles a model per
+    batch size and TensorRT allocates on its first enqueue, and a live camera's frames would be dropped
+    meanwhile (6 of the first 180 at 30 fps in the Lite0 benchmark's first run)."""
+    x[...] = 0.0
+    for n in range(1, max_batch + 1):
+        be.infer(x[:n])
+
+
 def select_gpu_preprocess(be, pre, mode: str) -> Optional[Callable]:
     """The backend's GPU preprocessor for ``mode`` (see RunOptions.gpu_preprocess), or None for the CPU path."""
     from edgecv.errors import DeviceError
@@ -246,6 +255,7 @@ def run(target, source: str, backend: str = "auto", options: Optional[RunOptions
     if x is None or x.dtype != np.float32 or x.shape != (1, pre.channels, pre.crop, pre.crop):
         x = np.empty((1, pre.channels, pre.crop, pre.crop), np.float32)  # infer's check names the mismatch
     try:
+        warm_up(be, x, 1)
         src = FrameSource(source, loop=loop, realtime=realtime, max_failures=max_failures,
                           decode_threads=decode_threads, scale_to=scale_to, open_timeout_s=o.open_timeout_s,
                           read_timeout_s=o.read_timeout_s, fps=o.fps, heartbeat=notifier.ping)
