@@ -176,7 +176,8 @@ class GpuPreprocessor:
         minor = _drv(driver.cuDeviceGetAttribute(
             driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev), "attribute")
         self.arch = f"compute_{major}{minor}"
-        self.module = _drv(driver.cuModuleLoadData(compile_ptx(self.arch)), "cuModuleLoadData")
+        ptx = ctypes.create_string_buffer(compile_ptx(self.arch))  # NUL-terminated, alive for the call
+        self.module = _drv(driver.cuModuleLoadData(ctypes.addressof(ptx)), "cuModuleLoadData")
         self.kernel = _drv(driver.cuModuleGetFunction(self.module, KERNEL_NAME.encode()), "cuModuleGetFunction")
         self.a, self.b = affine(pre)
         self._plans: Dict[Tuple[int, int], Dict] = {}

@@ -206,7 +206,7 @@ class TrtBackend(Backend):
 
     def close(self) -> None:
         with self.mem.activate():
-            for fn in self._closers:
+            for fn in getattr(self, "_closers", []):
                 fn()
         self._closers = []
         self.context = self.engine = self.runtime = None
