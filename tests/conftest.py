@@ -1,5 +1,6 @@
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,9 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 TINY_RECIPE = ROOT / "tests" / "recipes" / "tiny_fashion.yaml"
 
 os.environ.setdefault("EDGECV_ENGINE_CACHE", "/tmp/edgecv-test-engines")
+# verify records and compiled-model caches of this run only: a record from an earlier run (or the user's
+# ~/.cache/edgecv) for a byte-identical bundle would change what `--backend auto` opens
+os.environ["EDGECV_CACHE"] = tempfile.mkdtemp(prefix="edgecv-test-cache-")
 
 
 def pytest_configure(config):

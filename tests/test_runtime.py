@@ -43,7 +43,8 @@ def test_device_commands_run_without_torch(tiny_bundle, tmp_path):
     r = run_no_torch("eval", str(tiny_bundle), "--data", str(FASHION), "--limit", "300", "--json")
     assert r.returncode == 0, r.stderr[-1500:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
-    assert res["n"] == 300 and res["backend"] == "onnxruntime" and res["top1"] > 0.3
+    # the bundle's CPU default: ONNX Runtime or OpenVINO, whichever won the tiny model's speed gate
+    assert res["n"] == 300 and res["backend"] in ("onnxruntime", "openvino") and res["top1"] > 0.3
     r = run_no_torch("bench", str(tiny_bundle), "--batch", "1,4", "--iters", "20", "--json")
     assert r.returncode == 0, r.stderr[-1500:]
     assert set(json.loads(r.stdout)["batches"]) == {"1", "4"}
