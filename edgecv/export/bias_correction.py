@@ -6,7 +6,8 @@ channel, and depthwise kernels (9 weights per channel) shift most. The shift is 
 exactly what the quantizer will write (computed here with ONNX Runtime's own quantize function, per output
 channel, symmetric int8) and E[x] is each layer's mean input per channel over the calibration images (fp32
 model). Subtracting it from the layer's bias removes the systematic part of the weight error. On
-EfficientNet-Lite0 (weights-only int8, 325 tune + calibration images): KL to fp32 0.0067 -> 0.0014.
+EfficientNet-Lite0 int8, 100 images other than the 100 it calibrated on: mean KL to fp32 0.0078 -> 0.0037
+(TensorRT-target Q/DQ), 0.0062 -> 0.0023 (ONNX Runtime U8S8) (tests/test_bias_correction.py).
 
 Only layers that will be quantized are corrected: a layer kept in float (per-layer fallback) keeps its bias.
 """
@@ -41,14 +42,12 @@ def correctable_nodes(model: onnx.ModelProto) -> List[onnx.NodeProto]:
     return out
 
 
-def input_means(fp32_path: str, data: np.ndarray, input_name: str = "input", batch: int = 16,
-                nodes: Optional[Iterable[str]] = None) -> Dict[str, np.ndarray]:
+def input_means(fp32_path: str, data: np.ndarray, input_name: str = "input", batch: int = 16) -> Dict[str, np.ndarray]:
     """Per correctable node (by name): the mean of its input per channel over ``data``, from the fp32 model."""
     import onnxruntime as ort
 
     model = onnx.load(str(fp32_path))
-    wanted = set(nodes) if nodes is not None else None
-    targets = [n for n in correctable_nodes(model) if wanted is None or n.name in wanted]
+    targets = correctable_nodes(model)
     tensors = sorted({n.input[0] for n in targets})
     have = {o.name for o in model.graph.output}
     for t in tensors:
@@ -110,9 +109,9 @@ def corrected_model(fp32_path: str, means: Dict[str, np.ndarray], exclude: Itera
     for n in g.node:
         for i in n.input:
             users[i] = users.get(i, 0) + 1
-    skip = set(exclude)
+    skip, ops = set(exclude), set(op_types)
     for n in correctable_nodes(model):
-        if n.name in skip or n.op_type not in set(op_types) or n.name not in means:
+        if n.name in skip or n.op_type not in ops or n.name not in means:
             continue
         shift = cache.get(n.name) if cache is not None else None
         if shift is None:

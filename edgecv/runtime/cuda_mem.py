@@ -98,11 +98,11 @@ class PycudaMem(CudaMem):
         self.ctx.detach()
 
 
-def _check(result):
-    """cuda-python returns (err, *values); raise on error, return the values."""
+def _check(result, what: Optional[str] = None):
+    """cuda-python returns (err, *values); raise on error (naming ``what`` failed, when given), return the values."""
     err, *rest = result if isinstance(result, tuple) else (result,)
     if int(err) != 0:
-        raise DeviceError(f"CUDA error {int(err)} ({err})")
+        raise DeviceError(f"CUDA {what} failed: {err}" if what else f"CUDA error {int(err)} ({err})")
     return rest[0] if len(rest) == 1 else (tuple(rest) if rest else None)
 
 

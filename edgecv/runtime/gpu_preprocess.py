@@ -20,6 +20,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from edgecv.errors import DeviceError
+from edgecv.runtime.cuda_mem import _check as _drv
 
 KERNEL_NAME = "edgecv_preprocess"
 KERNEL_SOURCE = r"""
@@ -67,21 +68,17 @@ BLOCK = (16, 16, 1)
 
 def axis_taps(n_in: int, n_resized: int, offset: int, crop: int) -> Tuple[np.ndarray, np.ndarray]:
     """For crop positions ``offset .. offset+crop-1`` of an axis resized ``n_in -> n_resized``: the first source
-    index of each window (int32, [crop]) and its normalised triangle taps (float32, [crop, K], zero-padded)."""
-    scale = n_in / n_resized
-    support = max(scale, 1.0)
-    starts, rows = [], []
-    for i in range(offset, offset + crop):
-        c = (i + 0.5) * scale
-        lo, hi = max(int(c - support + 0.5), 0), min(int(c + support + 0.5), n_in)
-        taps = np.clip(1 - np.abs((np.arange(lo, hi) - c + 0.5) / support), 0, None)
-        starts.append(lo)
-        rows.append(taps / taps.sum())
-    k = max(len(r) for r in rows)
-    w = np.zeros((crop, k), np.float32)
-    for j, r in enumerate(rows):
-        w[j, : len(r)] = r
-    return np.asarray(starts, np.int32), w
+    index of each window (int32, [crop]) and its normalised triangle taps (float32, [crop, K], zero-padded),
+    cut from the CPU path's reference weights."""
+    from edgecv.runtime.preprocess import _pil_triangle_weights
+
+    full = _pil_triangle_weights(n_in, n_resized, n_in / n_resized)[offset: offset + crop]
+    nz = full > 0
+    starts = nz.argmax(1)
+    k = int((n_in - 1 - nz[:, ::-1].argmax(1) - starts + 1).max())  # widest window, first to last nonzero tap
+    cols = np.minimum(starts[:, None] + np.arange(k), n_in - 1)
+    w = np.where(starts[:, None] + np.arange(k) < n_in, np.take_along_axis(full, cols, 1), 0.0)
+    return starts.astype(np.int32), w.astype(np.float32)
 
 
 def plan_for(pre, h: int, w: int) -> Dict[str, np.ndarray]:
@@ -148,13 +145,6 @@ def compile_ptx(arch: str) -> bytes:
         return ptx
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
-
-
-def _drv(res, what: str):
-    err, *rest = res if isinstance(res, tuple) else (res,)
-    if int(err) != 0:
-        raise DeviceError(f"CUDA {what} failed: {err}")
-    return rest[0] if len(rest) == 1 else (tuple(rest) if rest else None)
 
 
 class GpuPreprocessor:
