@@ -195,10 +195,14 @@ def profile(target, backend, iters, batch, threads, top, out_dir, as_json, dla_c
 @click.option("--gpu-preprocess", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Resize and normalise on the GPU (one CUDA kernel, the training transform exactly) straight into "
                    "the TensorRT engine's input; auto: where the engine runs on a GPU and cuda-python is installed.")
+@click.option("--infer-workers", type=click.IntRange(min=1), default=None,
+              help="Several cameras on a CPU backend: engine instances, each running a batched round of frames, "
+                   "side by side [default: one single-threaded worker per core (--threads caps the cores), at most "
+                   "one per camera].")
 @dla_option
 def run(target, sources, cameras, backend, as_json, display, record, topk, smooth, max_frames, loop, realtime, fps, max_age_ms,
         min_score, threads, max_failures, open_timeout, read_timeout, resize, decode_threads, camera_resize,
-        gpu_preprocess, dla_core):
+        gpu_preprocess, infer_workers, dla_core):
     """Classify frames from a camera, stream, video file or image folder with TARGET (a bundle).
 
     Exit status: 0 done, 2 bad input (bundle, source, flag), 3 the source failed, 130 Ctrl-C, 143 SIGTERM
@@ -212,7 +216,7 @@ def run(target, sources, cameras, backend, as_json, display, record, topk, smoot
                       max_failures=max_failures, resize=resize, decode_threads=decode_threads,
                       camera_resize=camera_resize, open_timeout_s=open_timeout, read_timeout_s=read_timeout,
                       dla_core=dla_core, fps=fps, max_age_ms=max_age_ms, min_score=min_score,
-                      gpu_preprocess=gpu_preprocess)
+                      gpu_preprocess=gpu_preprocess, infer_workers=infer_workers)
     if cameras or len(sources) > 1:
         from edgecv.runtime.multi_loop import Camera, load_cameras, run_multi
 

@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import cv2
@@ -118,3 +119,95 @@ def test_camera_list_file(tiny_bundle, tmp_path):
         cams.write_text(text)
         with pytest.raises(RecipeError, match=needle):
             load_cameras(cams)
+
+
+def test_plan_workers_one_single_threaded_worker_per_core():
+    from edgecv.runtime.backend import usable_cores
+    from edgecv.runtime.multi_loop import plan_workers
+
+    cores = usable_cores()
+    assert plan_workers(None, None, 8) == (min(8, cores), 1 if cores > 1 else None)
+    assert plan_workers(None, 2, 4) == (2, 1)
+    assert plan_workers(None, 4, 2) == (2, 2)  # never more workers than cameras: the threads go to the workers
+    assert plan_workers(None, 1, 4) == (1, 1)  # one thread: one worker with it
+    assert plan_workers(1, 2, 4) == (1, 2)  # one worker keeps every thread
+    with pytest.raises(ValueError, match="infer_workers"):
+        plan_workers(0, None, 4)
+
+
+def test_two_workers_keep_each_camera_in_capture_order_and_stop_at_max_frames(tiny_bundle, tmp_path):
+    v1, v2 = make_video(tmp_path / "a.mp4", 60), make_video(tmp_path / "b.mp4", 45)
+    cams = [Camera("a", str(v1)), Camera("b", str(v2)), Camera("c", str(v1)), Camera("d", str(v2))]
+    lines = []
+    s = run_multi(str(tiny_bundle), cams, RunOptions(as_json=True, infer_workers=2, threads=2), emit=lines.append)
+    assert s["workers"] == 2 and s["threads_per_worker"] == 1
+    assert {c: v["frames"] for c, v in s["cameras"].items()} == {"a": 60, "b": 45, "c": 60, "d": 45}
+    assert sum(s["frames_per_worker"]) == 210 and min(s["frames_per_worker"]) > 0  # both engines ran rounds
+    rec = [json.loads(x) for x in lines]
+    for cam in "abcd":
+        mine = [r for r in rec if r["camera"] == cam]
+        assert [r["frame"] for r in mine] == list(range(len(mine)))
+        times = [r["capture_time"] for r in mine]
+        assert times == sorted(times)  # written in capture order, whichever worker finished first
+    s = run_multi(str(tiny_bundle), cams, RunOptions(infer_workers=2, threads=2, max_frames=17, loop=True))
+    assert s["frames"] == 17  # exactly: the workers share one frame budget
+
+
+def test_watchdog_pings_stop_when_one_of_two_workers_hangs(tiny_bundle, tmp_path, monkeypatch):
+    """A hung engine in a helper worker must stop the pings although the other worker keeps classifying."""
+    import socket
+
+    from edgecv.runtime import ort_backend
+
+    sock_path = str(tmp_path / "notify.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(sock_path)
+    srv.settimeout(0.05)
+    monkeypatch.setenv("NOTIFY_SOCKET", sock_path)
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # pings every 0.1 s
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    hang, hung, release = threading.Event(), threading.Event(), threading.Event()
+    real = ort_backend.OrtBackend.infer
+
+    def infer(self, batch):
+        if hang.is_set() and threading.current_thread().name == "inference 1":
+            hung.set()
+            release.wait(30)  # this worker's engine hangs
+            raise RuntimeError("engine failed")
+        return real(self, batch)
+
+    monkeypatch.setattr(ort_backend.OrtBackend, "infer", infer)
+    v = make_video(tmp_path / "a.mp4", 30)
+    result = {}
+
+    def go():
+        try:
+            result["summary"] = run_multi(str(tiny_bundle), [Camera("a", str(v)), Camera("b", str(v))],
+                                          RunOptions(backend="onnxruntime", loop=True, realtime=True,
+                                                     infer_workers=2, threads=2))
+        except RuntimeError as e:
+            result["error"] = str(e)
+
+    th = threading.Thread(target=go)
+    th.start()
+
+    def collect(seconds):
+        got, end = [], time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                got.append(srv.recv(256).decode())
+            except socket.timeout:
+                pass
+        return got
+
+    healthy = collect(1.5)
+    assert any(m.startswith("READY=1") for m in healthy) and healthy.count("WATCHDOG=1") >= 8
+    hang.set()
+    assert hung.wait(10)
+    time.sleep(0.3)  # half the watchdog interval after the hang began, the other worker stops pinging
+    collect(0.1)  # what was sent before that
+    assert collect(1.0).count("WATCHDOG=1") == 0  # systemd would restart the service now
+    release.set()
+    th.join(60)
+    srv.close()
+    assert not th.is_alive() and result == {"error": "engine failed"}  # the helper's failure is raised, not lost

@@ -16,11 +16,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
 
+from edgecv.runtime.backend import usable_cores
 from edgecv.runtime.latency import percentiles
 from edgecv.runtime.run_loop import RunOptions, Smoother, select_gpu_preprocess, softmax, top_k, top_k_softmax, warm_up
 from edgecv.runtime.sources import FrameSource, SourceFailed
@@ -110,128 +111,283 @@ def _keep_frame(frame):
     return frame
 
 
+def plan_workers(requested: Optional[int], threads: Optional[int], n_cams: int) -> Tuple[int, Optional[int]]:
+    """``(inference workers, threads per worker)`` for a CPU backend.
+
+    ``requested`` None (auto): one single-threaded worker per core the threads may use (``threads``, else the
+    cores this process may run on), at most one per camera. Each worker batches the frames it takes into one
+    call of its own engine instance, so the cores run batched calls side by side. Lite0 int8 on OpenVINO, 2
+    cores, engine alone: two 1-thread workers at batch 2 gave 551 frames/s, one 2-thread engine at batch 4 gave
+    494 and two 1-thread workers at batch 1 (what separate processes do) 452 (tools/multicam_bench.py measures
+    the whole loop).
+    """
+    if requested is not None and requested < 1:
+        raise ValueError(f"infer_workers must be >= 1, got {requested}")
+    total = threads or usable_cores()
+    workers = min(n_cams, requested if requested is not None else total)
+    workers = max(1, workers)
+    if workers == 1:
+        return 1, threads
+    return workers, max(1, total // workers)
+
+
+class _Rounds:
+    """What the inference workers share: the cameras, the frame budget, the output order and the statistics.
+
+    A worker takes a round of frames (one per camera, nvstreammux-style) under the cameras' lock and gets a
+    ticket; results are written in ticket order, so each camera's lines, smoothing and frame numbers follow
+    capture order whichever worker finishes first.
+    """
+
+    def __init__(self, cameras: List[Camera], threads: List[CameraThread], wake: threading.Condition,
+                 o: RunOptions, n_max: int, workers: int, labels, emit, notifier, push_timeout: float):
+        self.threads, self.wake, self.o, self.n_max = threads, wake, o, n_max  # threads: filled by the caller
+        self.labels, self.emit, self.notifier, self.push_timeout = labels, emit, notifier, push_timeout
+        self.order = threading.Condition()
+        self.stop = False
+        self.collecting = False  # a worker is gathering the next round
+        self.reserved = 0  # frames taken and not (yet) found stale: what max_frames counts against
+        self.total = 0
+        self.next_ticket = self.next_out = 0
+        self.busy_since: List[Optional[float]] = [None] * workers
+        self.fatal: Optional[BaseException] = None
+        self.stats = {c.id: {"frames": 0, "stale": 0, "unknown": 0, "ages": []} for c in cameras}
+        self.smoothers = {c.id: Smoother(o.smooth) for c in cameras}
+        self.batches: List[int] = []
+        self.lat: List[float] = []
+        self.worker_frames = [0] * workers
+        self.wall_offset = time.time() - time.monotonic()
+
+    def healthy(self) -> bool:
+        """No worker has been inside one engine call for half a watchdog interval: a hung engine in any worker
+        stops the pings, so systemd restarts the service."""
+        limit = self.notifier.interval
+        now = time.monotonic()
+        return limit is None or all(b is None or now - b < limit for b in self.busy_since)
+
+    def ping(self) -> None:
+        if self.healthy():
+            self.notifier.ping()
+
+    def _room(self) -> int:
+        o = self.o
+        return self.n_max if o.max_frames is None else min(self.n_max, o.max_frames - self.reserved)
+
+    def _take(self):
+        """The next round's frames and its ticket (under the cameras' lock); None when the run is over."""
+        o, threads, wake = self.o, self.threads, self.wake
+        with wake:
+            while True:
+                if self.stop or (o.max_frames is not None and self.total >= o.max_frames):
+                    return None
+                if not self.collecting and self._room() > 0 and any(t.latest is not None for t in threads):
+                    # nvstreammux: every camera still delivering gets up to the push timeout to join. One worker
+                    # at a time gathers a round: two gathering at once split each round in two.
+                    self.collecting = True
+                    try:
+                        # from the oldest waiting frame's capture time, and short of a frame interval: a camera
+                        # whose next frame lands before the round closes loses the frame it had waiting
+                        first = min(t.latest[1] for t in threads if t.latest is not None)
+                        deadline = min(time.monotonic() + self.push_timeout, first + 0.75 * self.push_timeout)
+                        while (time.monotonic() < deadline and not self.stop
+                               and not all(t.latest is not None or t.done for t in threads)):
+                            wake.wait(max(0.0, deadline - time.monotonic()))
+                    finally:
+                        self.collecting = False
+                    wake.notify_all()
+                    room = self._room()
+                    if room > 0 and any(t.latest is not None for t in threads):
+                        break
+                    continue
+                if all(t.done for t in threads) and not any(t.latest is not None for t in threads):
+                    return None
+                wake.wait(0.1)  # short steps: Ctrl-C stays responsive
+            taken = []
+            for t in threads:
+                if len(taken) == room:
+                    break
+                item = t.take()
+                if item is not None:
+                    taken.append((t, item))
+            now = time.monotonic()
+            fresh, stale = [], []
+            for t, (tensor, stamp) in taken:
+                age = (now - stamp) * 1e3
+                (stale if o.max_age_ms is not None and age > o.max_age_ms else fresh).append((t, tensor, stamp, age))
+            self.reserved += len(fresh)
+            for t, *_ in stale:
+                self.stats[t.cam.id]["stale"] += 1
+            ticket = self.next_ticket
+            self.next_ticket += 1
+            return ticket, fresh
+
+    def work(self, k: int, be, x: np.ndarray, gpu_pre) -> None:
+        """One inference worker's loop: take a round, run it through this worker's engine, write it in order."""
+        while True:
+            got = self._take()
+            if got is None:
+                return
+            ticket, rows = got
+            logits, ms = None, 0.0
+            if rows:
+                for i, (_cam, tensor, _stamp, _age) in enumerate(rows):
+                    if gpu_pre is not None:
+                        gpu_pre(tensor, i)  # a decoded frame: resized and normalised on the GPU
+                    else:
+                        x[i] = tensor
+                self.busy_since[k] = time.monotonic()
+                t0 = time.perf_counter()
+                logits = be.infer_device(len(rows)) if gpu_pre is not None else be.infer(x[: len(rows)])
+                ms = (time.perf_counter() - t0) * 1e3
+                self.busy_since[k] = None
+            with self.order:
+                while self.next_out != ticket and not self.stop:
+                    self.order.wait(0.1)
+                if self.stop:
+                    return
+                try:
+                    if rows:
+                        self._write(rows, logits, ms)
+                        self.worker_frames[k] += len(rows)
+                finally:
+                    self.next_out += 1
+                    self.order.notify_all()
+            self.ping()
+
+    def _write(self, rows, logits: np.ndarray, ms: float) -> None:
+        o = self.o
+        self.batches.append(len(rows))
+        self.lat.append(ms)
+        for i, (t, _tensor, stamp, age) in enumerate(rows):
+            st = self.stats[t.cam.id]
+            if o.smooth > 1:
+                probs = self.smoothers[t.cam.id](softmax(logits[i]))
+                top = top_k(probs, o.topk)
+                scores = probs[top]
+            else:
+                top, scores = top_k_softmax(logits[i], o.topk)
+            idx = int(top[0])
+            label = self.labels[idx] if idx < len(self.labels) else str(idx)
+            if o.min_score is not None and scores[0] < o.min_score:
+                idx, label = -1, "unknown"
+                st["unknown"] += 1
+            st["ages"].append(age)
+            if o.as_json:
+                self.emit(json.dumps({"camera": t.cam.id, "frame": st["frames"], "label": label, "index": idx,
+                                      "score": float(scores[0]), "capture_time": round(stamp + self.wall_offset, 6),
+                                      "age_ms": round(age, 3), "batch": len(rows), "latency_ms": round(ms, 4)}))
+            st["frames"] += 1
+            self.total += 1
+        with self.wake:  # a worker waiting for max_frames to be reached re-checks
+            self.wake.notify_all()
+        self.notifier.ready(f"classifying {len(self.stats)} cameras")
+
+    def halt(self) -> None:
+        self.stop = True
+        with self.wake:
+            self.wake.notify_all()
+        with self.order:
+            self.order.notify_all()
+
+
+def _open_workers(bundle, o: RunOptions, n_cams: int, pre):
+    """The engines (the first, then one more per extra inference worker, same artefact), the GPU preprocessor
+    (None: the CPU path) and the threads per worker. Several workers only where the engine runs on the CPU."""
+    from edgecv.runtime.select import open_backend
+
+    workers, per = plan_workers(o.infer_workers, o.threads, n_cams)
+    be, info = open_backend(bundle, o.backend, o.precision, threads=per, dla_core=o.dla_core)
+    backends = [be]
+    try:
+        # on the GPU, the camera threads hand over decoded frames and the kernel writes each into its batch row
+        gpu_pre = select_gpu_preprocess(be, pre, o.gpu_preprocess)
+        if gpu_pre is not None or not be.runs_on_cpu:
+            if o.infer_workers is not None and o.infer_workers > 1:
+                raise ValueError(f"--infer-workers {o.infer_workers}: several inference workers are for CPU "
+                                 f"backends; {info['backend']} runs on a GPU (one engine call per round)")
+            workers, per = 1, o.threads
+        for _ in range(workers - 1):
+            backends.append(open_backend(bundle, info["backend"], info.get("precision"), threads=per,
+                                         dla_core=o.dla_core)[0])
+    except BaseException:
+        for b in backends:
+            b.close()
+        raise
+    return backends, info, gpu_pre, per
+
+
 def run_multi(target, cameras: List[Camera], options: Optional[RunOptions] = None,
               emit: Optional[Callable[[str], None]] = None) -> Dict:
-    """Classify several cameras with one batched engine call per round; returns the summary."""
+    """Classify several cameras, one batched engine call per round and worker; returns the summary."""
     from edgecv.runtime.bundle import open_bundle
     from edgecv.runtime.notify import Notifier
     from edgecv.runtime.preprocess import Preprocessor
-    from edgecv.runtime.select import open_backend
 
     o = options or RunOptions()
     if o.record or o.display:
         raise ValueError("--record and --display take one source")
     emit = emit or (lambda s: print(s, flush=True))
     bundle = open_bundle(target)
-    labels = bundle.labels
     pre = Preprocessor(bundle.preprocess, o.resize)
-    be, info = open_backend(bundle, o.backend, o.precision, threads=o.threads, dla_core=o.dla_core)
+    backends, info, gpu_pre, per_worker = _open_workers(bundle, o, len(cameras), pre)
+    be = backends[0]
     n_max = min(len(cameras), be.max_batch or len(cameras))
     try:
-        # on the GPU, the camera threads hand over decoded frames and the kernel writes each into its batch row
-        gpu_pre = select_gpu_preprocess(be, pre, o.gpu_preprocess)
+        xs = [np.empty((n_max, pre.channels, pre.crop, pre.crop), np.float32) for _ in backends]
+        for b, x in zip(backends, xs):
+            warm_up(b, x, n_max)  # every batch size a round can have, before the cameras start
     except BaseException:
-        be.close()
-        raise
-    x = np.empty((n_max, pre.channels, pre.crop, pre.crop), np.float32)
-    try:
-        warm_up(be, x, n_max)  # every batch size a round can have, before the cameras start
-    except BaseException:
-        be.close()
+        for b in backends:
+            b.close()
         raise
     notifier = Notifier()
     wake = threading.Condition()
     threads: List[CameraThread] = []
+    rounds = _Rounds(cameras, threads, wake, o, n_max, len(backends), bundle.labels, emit, notifier,
+                     1.0 / (o.fps or 30.0))
     try:
         for cam in cameras:
             src = FrameSource(cam.source, loop=o.loop if cam.loop is None else cam.loop,
                               realtime=o.realtime if cam.realtime is None else cam.realtime,
                               max_failures=o.max_failures, decode_threads=o.decode_threads or 1,
                               open_timeout_s=o.open_timeout_s, read_timeout_s=o.read_timeout_s,
-                              fps=cam.fps or o.fps, heartbeat=notifier.ping)
+                              fps=cam.fps or o.fps, heartbeat=rounds.ping)  # not while an engine hangs
             threads.append(CameraThread(cam, src, wake, _keep_frame if gpu_pre is not None
                                         else Preprocessor(bundle.preprocess, o.resize)))
     except BaseException:
-        be.close()
+        for b in backends:
+            b.close()
         raise
     cv_threads = cv2.getNumThreads()
     if be.runs_on_cpu:
         cv2.setNumThreads(1)
-    push_timeout = 1.0 / (o.fps or 30.0)
-    stats = {c.id: {"frames": 0, "stale": 0, "unknown": 0, "ages": []} for c in cameras}
-    smoothers = {c.id: Smoother(o.smooth) for c in cameras}
-    batches: List[int] = []
-    lat: List[float] = []
-    wall_offset = time.time() - time.monotonic()
-    total = 0
+
+    def helper(k: int) -> None:
+        try:
+            rounds.work(k, backends[k], xs[k], None)
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread, which raises it
+            rounds.fatal = rounds.fatal or e
+            rounds.halt()
+
     interrupted = None
     t_start = time.perf_counter()
     for t in threads:
         t.start()
+    helpers = [threading.Thread(target=helper, args=(k,), daemon=True, name=f"inference {k}")
+               for k in range(1, len(backends))]
     try:
-        while o.max_frames is None or total < o.max_frames:
-            with wake:
-                # wait for a first frame (in short steps: Ctrl-C stays responsive)
-                while not any(t.latest is not None for t in threads) and not all(t.done for t in threads):
-                    wake.wait(0.1)
-                if all(t.done for t in threads) and not any(t.latest is not None for t in threads):
-                    break
-                # nvstreammux: every camera that is still delivering gets up to the push timeout to join
-                deadline = time.monotonic() + push_timeout
-                while time.monotonic() < deadline and not all(t.latest is not None or t.done for t in threads):
-                    wake.wait(max(0.0, deadline - time.monotonic()))
-                taken = []
-                for t in threads:
-                    if len(taken) == n_max:
-                        break
-                    item = t.take()
-                    if item is not None:
-                        taken.append((t, item))
-            now = time.monotonic()
-            rows = []
-            for t, (tensor, stamp) in taken:
-                age = (now - stamp) * 1e3
-                if o.max_age_ms is not None and age > o.max_age_ms:
-                    stats[t.cam.id]["stale"] += 1
-                    continue
-                if gpu_pre is not None:
-                    gpu_pre(tensor, len(rows))  # a decoded frame: resized and normalised on the GPU
-                else:
-                    x[len(rows)] = tensor
-                rows.append((t, stamp, age))
-            if not rows:
-                notifier.ping()
-                continue
-            t0 = time.perf_counter()
-            logits = be.infer_device(len(rows)) if gpu_pre is not None else be.infer(x[: len(rows)])
-            ms = (time.perf_counter() - t0) * 1e3
-            notifier.ping()
-            batches.append(len(rows))
-            lat.append(ms)
-            for i, (t, stamp, age) in enumerate(rows):
-                st = stats[t.cam.id]
-                if o.smooth > 1:
-                    probs = smoothers[t.cam.id](softmax(logits[i]))
-                    top = top_k(probs, o.topk)
-                    scores = probs[top]
-                else:
-                    top, scores = top_k_softmax(logits[i], o.topk)
-                idx = int(top[0])
-                label = labels[idx] if idx < len(labels) else str(idx)
-                if o.min_score is not None and scores[0] < o.min_score:
-                    idx, label = -1, "unknown"
-                    st["unknown"] += 1
-                st["ages"].append(age)
-                if o.as_json:
-                    emit(json.dumps({"camera": t.cam.id, "frame": st["frames"], "label": label, "index": idx,
-                                     "score": float(scores[0]), "capture_time": round(stamp + wall_offset, 6),
-                                     "age_ms": round(age, 3), "batch": len(rows), "latency_ms": round(ms, 4)}))
-                st["frames"] += 1
-                total += 1
-            notifier.ready(f"classifying {len(cameras)} cameras")
+        for h in helpers:
+            h.start()
+        rounds.work(0, be, xs[0], gpu_pre)  # the main thread is a worker: Ctrl-C and SIGTERM arrive here
+        for h in helpers:  # the sources ended: the other workers still write the rounds they hold
+            while h.is_alive():
+                h.join(0.1)
     except INTERRUPTS as e:
         interrupted = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
     finally:
+        rounds.halt()
+        for h in helpers:
+            h.join(timeout=10)
         for t in threads:
             t.stop.set()
         with wake:
@@ -242,18 +398,23 @@ def run_multi(target, cameras: List[Camera], options: Optional[RunOptions] = Non
         cv2.setNumThreads(cv_threads)
         notifier.stopping()
         notifier.close()
-        be.close()
+        for b in backends:
+            b.close()
+    if rounds.fatal is not None:
+        raise rounds.fatal
     elapsed = time.perf_counter() - t_start
     per_cam = {}
     for t in threads:
-        st = stats[t.cam.id]
+        st = rounds.stats[t.cam.id]
         per_cam[t.cam.id] = {"source": t.cam.source, "frames": st["frames"], "dropped": t.dropped + t.src.dropped,
                              "stale": st["stale"], "unknown": st["unknown"], "reconnects": t.src.reconnects,
                              "skipped": t.src.skipped, "error": t.error,
                              "age_ms": percentiles(st["ages"]) if st["ages"] else None}
     errors = [f"{c}: {v['error']}" for c, v in per_cam.items() if v["error"]]
-    return {"frames": total, "fps": total / elapsed if elapsed else 0.0, "cameras": per_cam,
+    batches, lat = rounds.batches, rounds.lat
+    return {"frames": rounds.total, "fps": rounds.total / elapsed if elapsed else 0.0, "cameras": per_cam,
             "batches": len(batches), "mean_batch": float(np.mean(batches)) if batches else 0.0,
+            "workers": len(backends), "threads_per_worker": per_worker, "frames_per_worker": rounds.worker_frames,
             "backend": info["backend"], "artifact": info["file"], "precision": info.get("precision"),
             "preprocess": "gpu" if gpu_pre is not None else "cpu",
             "interrupted": interrupted, "error": "; ".join(errors) if errors and len(errors) == len(threads) else None,
@@ -261,4 +422,3 @@ def run_multi(target, cameras: List[Camera], options: Optional[RunOptions] = Non
             "dropped": sum(v["dropped"] for v in per_cam.values()),
             "stale": sum(v["stale"] for v in per_cam.values()),
             "reconnects": sum(v["reconnects"] for v in per_cam.values())}
-

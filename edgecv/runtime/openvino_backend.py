@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from edgecv.errors import DeviceError, ModelFileError
-from edgecv.runtime.backend import Backend, TensorSpec
+from edgecv.runtime.backend import Backend, TensorSpec, usable_cores
 
 INSTALL_HINT = "pip install 'edgecv[openvino]'"
 
@@ -33,13 +33,6 @@ def openvino_version() -> Optional[str]:
 
 def _cache_dir() -> str:
     return str(Path(os.environ.get("EDGECV_CACHE", Path.home() / ".cache" / "edgecv")) / "openvino")
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 class OpenVinoBackend(Backend):
@@ -71,7 +64,7 @@ class OpenVinoBackend(Backend):
             self._config["INFERENCE_PRECISION_HINT"] = "f32"
         if threads and self.device == "CPU":
             self._config["INFERENCE_NUM_THREADS"] = int(threads)
-            if int(threads) < _usable_cores():
+            if int(threads) < usable_cores():
                 # OpenVINO pins its threads from core 0 up in every process: two one-thread processes (one per
                 # camera) then share core 0 while core 1 idles. Lite0 int8, 2 processes x 1 thread here: 218
                 # frames/s in all pinned, 469 unpinned. A process that does not own every core lets the OS place it.

@@ -157,6 +157,8 @@ class RunOptions:
     ``gpu_preprocess``: ``auto`` resizes and normalises on the GPU, straight into the engine's device input,
     where the backend's input lives on a CUDA device (TensorRT) and cuda-python is installed; ``on`` requires
     it; ``off`` keeps the CPU path (edgecv.runtime.gpu_preprocess).
+    ``infer_workers``: several cameras on a CPU backend: engine instances that each batch a round of frames,
+    side by side (default one single-threaded worker per core; edgecv.runtime.multi_loop.plan_workers).
     """
 
     backend: str = "auto"
@@ -181,6 +183,7 @@ class RunOptions:
     max_age_ms: Optional[float] = None  # never classify a frame older than this (dropped as stale)
     min_score: Optional[float] = None  # below this top score the frame is reported as "unknown"
     gpu_preprocess: str = "auto"
+    infer_workers: Optional[int] = None  # several cameras on a CPU backend: None = one per core (plan_workers)
 
 
 GPU_PREPROCESS = ("auto", "on", "off")
