@@ -158,7 +158,7 @@ def test_a_process_that_does_not_own_every_core_is_not_pinned(tiny_bundle, monke
 
     path = str(tiny_bundle / "model_int8_ort.onnx")
     x = np.zeros((1,) + tuple(ovb.OpenVinoBackend(path).inputs[0].shape[1:]), np.float32)
-    monkeypatch.setattr(ovb, "_usable_cores", lambda: 2)
+    monkeypatch.setattr(ovb, "usable_cores", lambda: 2)
     one = ovb.OpenVinoBackend(path, threads=1, cache=False)
     one.infer(x)
     assert one._requests[1].get_compiled_model().get_property("ENABLE_CPU_PINNING") is False
