@@ -40,7 +40,10 @@ class EdgecvGroup(click.Group):
               "carry a valid signature by a trusted key (also EDGECV_TRUST, ~/.config/edgecv/trusted-keys/).")
 def cli(verbose: bool, trust) -> None:
     """edgecv: train, compress, export and deploy CNN image classifiers to edge devices."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="[%(name)s] %(message)s")
+    # Libraries log on the root logger at INFO (ONNX Runtime's quantizer wrote 4,065 "Increased scale" lines in
+    # one Lite0 export): their INFO shows with --verbose only; edgecv's own progress always does.
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="[%(name)s] %(message)s")
+    logging.getLogger("edgecv").setLevel(logging.DEBUG if verbose else logging.INFO)
     from edgecv.deploy.signing import set_command_trust
 
     set_command_trust(trust)

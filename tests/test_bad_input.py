@@ -301,6 +301,31 @@ def test_calibration_images_never_count_as_held_out(tiny_ckpt, tmp_path):
     assert len(s["evaluation"]["members_sha256"]) == 64
 
 
+def test_export_output_is_edgecv_progress_not_library_chatter(tiny_ckpt, tmp_path):
+    """A channel with near-zero weights and a real bias (a BatchNorm with gamma ~ 0): ONNX Runtime's quantizer logs
+    an "Increased scale" line on the root logger for each such channel (4,065 lines in one Lite0 export). Those
+    show with --verbose only; edgecv's own progress always shows."""
+    import torch
+
+    ck = torch.load(tiny_ckpt, weights_only=True)
+    ck["state_dict"]["features.0.1.weight"][0] = 1e-12  # BN gamma of channel 0: folded weights ~0, bias beta
+    ck["state_dict"]["features.0.1.bias"][0] = 3.0
+    bad = tmp_path / "dead_channel.pt"
+    torch.save(ck, bad)
+    def export(*flags, out):
+        return subprocess.run([sys.executable, "-m", "edgecv", *flags, "export", str(bad), "-o", str(tmp_path / out),
+                               "--calib", str(FASHION), "--eval", str(FASHION), "--calib-samples", "64",
+                               "--corruptions", "none", "--max-drop", "100", "--min-agreement", "0"],
+                              capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+
+    r = export(out="b")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "[edgecv" in r.stderr and "[root]" not in r.stderr
+    r = export("-v", out="b2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Increased scale" in r.stderr  # the library's detail is there for whoever asks
+
+
 def test_sigint_exit_code_is_130(tiny_bundle, tmp_path):
     import signal
     import time
