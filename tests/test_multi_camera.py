@@ -211,3 +211,38 @@ def test_watchdog_pings_stop_when_one_of_two_workers_hangs(tiny_bundle, tmp_path
     th.join(60)
     srv.close()
     assert not th.is_alive() and result == {"error": "engine failed"}  # the helper's failure is raised, not lost
+
+
+def test_a_camera_holds_a_waiting_frame_and_asks_for_the_round_to_close(tmp_path, imagenet_dir):
+    """A live camera whose previous frame is still waiting holds the new one up to hold_s (and flags the round
+    urgent, so a worker gathering one closes it) instead of replacing at once: replacements, each a frame the
+    model never sees, fall from one per frame period to one per hold."""
+    from edgecv.runtime.multi_loop import CameraThread
+    from edgecv.runtime.sources import FrameSource
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for f in sorted(imagenet_dir.glob("*.JPEG"))[:3]:
+        shutil.copy(f, folder / f.name)
+
+    def unconsumed(hold_s, seconds=0.6):
+        wake = threading.Condition()
+        src = FrameSource(str(folder), loop=True, realtime=True, fps=100)  # a frame every 10 ms
+        cam = CameraThread(Camera("c", str(folder)), src, wake, lambda f: f, hold_s=hold_s)
+        urgent_seen = []
+        cam.start()
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:  # nobody takes a frame
+            urgent_seen.append(cam.urgent)
+            time.sleep(0.005)
+        cam.stop.set()
+        with wake:
+            wake.notify_all()
+        cam.join(5)
+        src.close()
+        return cam.dropped, any(urgent_seen)
+
+    dropped_free, urgent_free = unconsumed(0.0)
+    dropped_held, urgent_held = unconsumed(0.2)
+    assert dropped_free >= 30 and not urgent_free  # ~60 frames in 0.6 s, all but one replaced
+    assert dropped_held <= 4 and urgent_held  # one replacement per 0.2 s hold
