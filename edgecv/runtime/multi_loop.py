@@ -1,10 +1,12 @@
 """``edgecv run BUNDLE --source A --source B ...``: several cameras, one engine call per batch.
 
 One capture thread per camera keeps its newest frame (live cameras and ``--realtime`` replays drop what the
-model had no time for, as a camera would; unpaced files and folders hand over every frame). One inference
-loop batches the frames available, one per camera, into a single engine call, the way DeepStream's
+model had no time for, as a camera would; unpaced files and folders hand over every frame). An inference
+worker batches the frames available, one per camera, into a single engine call, the way DeepStream's
 nvstreammux does: it waits for every live camera's next frame at most a push timeout (1/fps) after the first
-one arrived, then runs what it has. JSON lines carry the camera id, its frame number, the capture time, the
+one arrived, then runs what it has. On a CPU backend several single-threaded workers (one engine instance
+each, one per core by default) run rounds side by side; one gathers while the others infer, and results are
+written in capture order. JSON lines carry the camera id, its frame number, the capture time, the
 frame's age at inference and the latency; the summary has per-camera frames, drops, stale frames,
 reconnects and p50/p99 age. One camera's failure never stops the others.
 """
