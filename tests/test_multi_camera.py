@@ -246,3 +246,24 @@ def test_a_camera_holds_a_waiting_frame_and_asks_for_the_round_to_close(tmp_path
     dropped_held, urgent_held = unconsumed(0.2)
     assert dropped_free >= 30 and not urgent_free  # ~60 frames in 0.6 s, all but one replaced
     assert dropped_held <= 4 and urgent_held  # one replacement per 0.2 s hold
+
+
+def test_realtime_replays_start_their_clocks_at_the_gate(tmp_path):
+    """A --realtime replay given a start gate opens (and reports its frame size) but delivers nothing until the
+    gate is set; its first frame is stamped after that, so replays opened one by one start together."""
+    from edgecv.runtime.sources import FrameSource
+
+    v = make_video(tmp_path / "a.mp4", 30)
+    gate = threading.Event()
+    src = FrameSource(str(v), loop=True, realtime=True, start_gate=gate)
+    got = []
+    th = threading.Thread(target=lambda: got.append((next(iter(src.frames())).shape, src.frame_time)), daemon=True)
+    th.start()
+    assert src.opened.wait(10) and src.frame_size() == (72, 96)
+    time.sleep(0.3)
+    assert got == []  # held at the gate
+    opened_at = time.monotonic()
+    gate.set()
+    th.join(10)
+    assert got and got[0][0] == (72, 96, 3) and got[0][1] >= opened_at
+    src.close()

@@ -166,9 +166,11 @@ class LatestFrameReader:
     ``stamp`` is the monotonic time the newest frame was captured.
     """
 
-    def __init__(self, cap: cv2.VideoCapture, pace_fps: Optional[float] = None):
+    def __init__(self, cap: cv2.VideoCapture, pace_fps: Optional[float] = None,
+                 start_gate: Optional[threading.Event] = None):
         self.cap = cap
         self.pace = 1.0 / pace_fps if pace_fps else None
+        self.start_gate = start_gate if pace_fps else None  # a paced replay's clock starts when it opens
         self.stamp = self.taken_stamp = 0.0
         self.cond = threading.Condition()
         self.frame: Optional[np.ndarray] = None
@@ -181,6 +183,8 @@ class LatestFrameReader:
         self.thread.start()
 
     def _run(self) -> None:
+        while self.start_gate is not None and not self.start_gate.wait(0.1) and not self.stop_flag:
+            pass
         t0 = time.monotonic()
         n = 0
         while not self.stop_flag:
@@ -252,7 +256,9 @@ class FrameSource:
     def __init__(self, src: str, loop: bool = False, realtime: bool = False, max_failures: Optional[int] = 5,
                  backoff_s: float = 0.5, read_timeout_s: float = READ_TIMEOUT_S, decode_threads: Optional[int] = None,
                  scale_to: Optional[Tuple[int, int]] = None, open_timeout_s: float = OPEN_TIMEOUT_S,
-                 fps: Optional[float] = None, heartbeat=None):
+                 fps: Optional[float] = None, heartbeat=None, start_gate: Optional[threading.Event] = None):
+        """``start_gate``: a ``--realtime`` replay (file or folder) starts its clock when this event is set, so
+        several replays opened one after another start together, as cameras already running would."""
         if open_timeout_s <= 0 or read_timeout_s <= 0:
             raise ValueError("open and read timeouts must be > 0")
         self.src = src
@@ -268,6 +274,8 @@ class FrameSource:
         self.frame_time = 0.0  # monotonic capture time of the frame last yielded
         self.heartbeat = heartbeat or (lambda: None)  # called while waiting to reconnect (the loop is alive)
         self.max_backoff_s = 10.0
+        self.start_gate = start_gate
+        self.opened = threading.Event()  # set once the source opened (or listed its folder) the first time
         self._cap = self._reader = None
 
     def _open(self) -> None:
@@ -293,7 +301,16 @@ class FrameSource:
             pace = self.fps or cap.get(cv2.CAP_PROP_FPS) or 30.0
             if not 0 < pace < 1000:
                 pace = 30.0
-        self._reader = LatestFrameReader(cap, pace) if self.live else None
+        self._reader = LatestFrameReader(cap, pace, self.start_gate) if self.live else None
+        self.opened.set()
+
+    def frame_size(self) -> Optional[Tuple[int, int]]:
+        """``(height, width)`` the opened video reports, or None (not open yet, a folder, unknown)."""
+        cap = self._cap
+        if cap is None:
+            return None
+        w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        return (h, w) if w > 0 and h > 0 else None
 
     def _close(self) -> None:
         if self._reader is not None:
@@ -310,7 +327,10 @@ class FrameSource:
         files = sorted(p for p in Path(self.arg).rglob("*") if p.suffix.lower() in IMAGE_EXTS)
         if not files:
             raise SourceFailed(f"{self.arg}: no images in folder")
+        self.opened.set()
         if self.realtime:  # a camera showing one image per frame period: the newest one when asked
+            while self.start_gate is not None and not self.start_gate.wait(0.1):
+                pass
             period, t0, last = 1.0 / (self.fps or 30.0), time.monotonic(), -1
             while True:
                 i = int((time.monotonic() - t0) / period)
