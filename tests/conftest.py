@@ -87,3 +87,31 @@ def free_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+@pytest.fixture
+def notify_socket(tmp_path, monkeypatch):
+    """A real UNIX datagram socket standing in for systemd's NOTIFY_SOCKET, with WatchdogSec=0.2 (pings every
+    0.1 s); returns ``collect(seconds)``: the messages received, as ``(monotonic time, text)``."""
+    import socket
+    import time
+
+    path = str(tmp_path / "notify.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(path)
+    srv.settimeout(0.05)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+
+    def collect(seconds):
+        got, end = [], time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                got.append((time.monotonic(), srv.recv(256).decode()))
+            except socket.timeout:
+                pass
+        return got
+
+    yield collect
+    srv.close()

@@ -3,7 +3,6 @@ reject option, reconnect without giving up, and systemd's notify/watchdog protoc
 import json
 import os
 import shutil
-import socket
 import threading
 import time
 
@@ -82,16 +81,10 @@ def test_lost_source_is_retried_until_it_returns(tiny_bundle, tmp_path):
     assert time.monotonic() - t0 >= 2.5  # it waited the outage out instead of giving up
 
 
-def test_watchdog_pings_stop_when_inference_hangs(tiny_bundle, tmp_path, monkeypatch):
+def test_watchdog_pings_stop_when_inference_hangs(tiny_bundle, tmp_path, monkeypatch, notify_socket):
     from edgecv.runtime import ort_backend
 
-    sock_path = str(tmp_path / "notify.sock")
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    srv.bind(sock_path)
-    srv.settimeout(0.05)
-    monkeypatch.setenv("NOTIFY_SOCKET", sock_path)
-    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # WatchdogSec=0.2: pings every 0.1 s
-    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    collect = notify_socket  # WatchdogSec=0.2: pings every 0.1 s
     hang, release, calls = threading.Event(), threading.Event(), [0]
     real = ort_backend.OrtBackend.infer
 
@@ -111,16 +104,6 @@ def test_watchdog_pings_stop_when_inference_hangs(tiny_bundle, tmp_path, monkeyp
                                                            RunOptions(loop=True, max_frames=100000),
                                                            emit=lambda _: None)))
     th.start()
-
-    def collect(seconds):
-        got, end = [], time.monotonic() + seconds
-        while time.monotonic() < end:
-            try:
-                got.append((time.monotonic(), srv.recv(256).decode()))
-            except socket.timeout:
-                pass
-        return got
-
     healthy = collect(1.0)
     assert any(m.startswith("READY=1") for _, m in healthy)
     pings = [t for t, m in healthy if m == "WATCHDOG=1"]
@@ -131,7 +114,6 @@ def test_watchdog_pings_stop_when_inference_hangs(tiny_bundle, tmp_path, monkeyp
     assert [m for _, m in hung if m == "WATCHDOG=1"] == []  # systemd would restart the service now
     release.set()
     th.join(60)
-    srv.close()
     assert not th.is_alive() and result["frames"] > 0 and result["error"] == "test over"
 
 

@@ -153,19 +153,10 @@ def test_two_workers_keep_each_camera_in_capture_order_and_stop_at_max_frames(ti
     assert s["frames"] == 17  # exactly: the workers share one frame budget
 
 
-def test_watchdog_pings_stop_when_one_of_two_workers_hangs(tiny_bundle, tmp_path, monkeypatch):
+def test_watchdog_pings_stop_when_one_of_two_workers_hangs(tiny_bundle, tmp_path, monkeypatch, notify_socket):
     """A hung engine in a helper worker must stop the pings although the other worker keeps classifying."""
-    import socket
-
     from edgecv.runtime import ort_backend
 
-    sock_path = str(tmp_path / "notify.sock")
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    srv.bind(sock_path)
-    srv.settimeout(0.05)
-    monkeypatch.setenv("NOTIFY_SOCKET", sock_path)
-    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # pings every 0.1 s
-    monkeypatch.delenv("WATCHDOG_PID", raising=False)
     hang, hung, release = threading.Event(), threading.Event(), threading.Event()
     real = ort_backend.OrtBackend.infer
 
@@ -191,25 +182,18 @@ def test_watchdog_pings_stop_when_one_of_two_workers_hangs(tiny_bundle, tmp_path
     th = threading.Thread(target=go)
     th.start()
 
-    def collect(seconds):
-        got, end = [], time.monotonic() + seconds
-        while time.monotonic() < end:
-            try:
-                got.append(srv.recv(256).decode())
-            except socket.timeout:
-                pass
-        return got
+    def messages(seconds):
+        return [m for _, m in notify_socket(seconds)]
 
-    healthy = collect(1.5)
+    healthy = messages(1.5)
     assert any(m.startswith("READY=1") for m in healthy) and healthy.count("WATCHDOG=1") >= 8
     hang.set()
     assert hung.wait(10)
     time.sleep(0.3)  # half the watchdog interval after the hang began, the other worker stops pinging
-    collect(0.1)  # what was sent before that
-    assert collect(1.0).count("WATCHDOG=1") == 0  # systemd would restart the service now
+    messages(0.1)  # what was sent before that
+    assert messages(1.0).count("WATCHDOG=1") == 0  # systemd would restart the service now
     release.set()
     th.join(60)
-    srv.close()
     assert not th.is_alive() and result == {"error": "engine failed"}  # the helper's failure is raised, not lost
 
 

@@ -294,8 +294,9 @@ class _Rounds:
                                       "age_ms": round(age, 3), "batch": len(rows), "latency_ms": round(ms, 4)}))
             st["frames"] += 1
             self.total += 1
-        with self.wake:  # a worker waiting for max_frames to be reached re-checks
-            self.wake.notify_all()
+        if o.max_frames is not None:
+            with self.wake:  # a worker waiting for the last frames in flight re-checks the budget
+                self.wake.notify_all()
         self.notifier.ready(f"classifying {len(self.stats)} cameras")
 
     def halt(self) -> None:
@@ -368,14 +369,6 @@ def run_multi(target, cameras: List[Camera], options: Optional[RunOptions] = Non
     backends, info, gpu_pre, per_worker = _open_workers(bundle, o, len(cameras), pre)
     be = backends[0]
     n_max = min(len(cameras), be.max_batch or len(cameras))
-    try:
-        xs = [np.empty((n_max, pre.channels, pre.crop, pre.crop), np.float32) for _ in backends]
-        for b, x in zip(backends, xs):
-            warm_up(b, x, n_max)  # every batch size a round can have, before the cameras start
-    except BaseException:
-        for b in backends:
-            b.close()
-        raise
     notifier = Notifier()
     wake = threading.Condition()
     threads: List[CameraThread] = []
@@ -383,6 +376,9 @@ def run_multi(target, cameras: List[Camera], options: Optional[RunOptions] = Non
     rounds = _Rounds(cameras, threads, wake, o, n_max, len(backends), bundle.labels, emit, notifier,
                      1.0 / (o.fps or 30.0))
     try:
+        xs = [np.empty((n_max, pre.channels, pre.crop, pre.crop), np.float32) for _ in backends]
+        for b, x in zip(backends, xs):
+            warm_up(b, x, n_max)  # every batch size a round can have, before the cameras start
         for cam in cameras:
             src = FrameSource(cam.source, loop=o.loop if cam.loop is None else cam.loop,
                               realtime=o.realtime if cam.realtime is None else cam.realtime,
@@ -394,6 +390,7 @@ def run_multi(target, cameras: List[Camera], options: Optional[RunOptions] = Non
                                         else Preprocessor(bundle.preprocess, o.resize),
                                         hold_s=0.5 / (cam.fps or o.fps or 30.0)))
     except BaseException:
+        notifier.close()
         for b in backends:
             b.close()
         raise
@@ -410,11 +407,11 @@ def run_multi(target, cameras: List[Camera], options: Optional[RunOptions] = Non
 
     interrupted = None
     t_start = time.perf_counter()
-    for t in threads:
-        t.start()
     helpers = [threading.Thread(target=helper, args=(k,), daemon=True, name=f"inference {k}")
                for k in range(1, len(backends))]
     try:
+        for t in threads:
+            t.start()
         _open_together(threads, start_gate, o.open_timeout_s, o.read_timeout_s)
         for h in helpers:
             h.start()
@@ -426,14 +423,17 @@ def run_multi(target, cameras: List[Camera], options: Optional[RunOptions] = Non
         interrupted = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
     finally:
         rounds.halt()
+        start_gate.set()  # a replay still held at the gate lets its camera thread see the stop
         for h in helpers:
-            h.join(timeout=10)
+            if h.ident is not None:
+                h.join(timeout=10)
         for t in threads:
             t.stop.set()
         with wake:
             wake.notify_all()
         for t in threads:
-            t.join(timeout=3)
+            if t.ident is not None:
+                t.join(timeout=3)
             t.src.close()
         cv2.setNumThreads(cv_threads)
         notifier.stopping()
