@@ -119,8 +119,9 @@ def reference(pre, frame: np.ndarray) -> np.ndarray:
     return np.stack([planes[c] * a[c] + b[c] for c in range(3)]).astype(np.float32)
 
 
-def compile_ptx(arch: str) -> bytes:
-    """PTX for ``arch`` (e.g. ``compute_87``, Orin) from NVRTC; a clear error with NVRTC's log on failure."""
+def compile_ptx(arch: str, source: str = KERNEL_SOURCE, name: str = KERNEL_NAME) -> bytes:
+    """PTX of ``source`` (default: the preprocessing kernel) for ``arch`` (e.g. ``compute_87``, Orin) from NVRTC;
+    a clear error with NVRTC's log on failure."""
     from cuda.bindings import nvrtc
 
     def ok(res, what):
@@ -129,7 +130,7 @@ def compile_ptx(arch: str) -> bytes:
             raise DeviceError(f"NVRTC {what} failed: {err}")
         return rest[0] if rest else None
 
-    prog = ok(nvrtc.nvrtcCreateProgram(KERNEL_SOURCE.encode(), b"edgecv_preprocess.cu", 0, [], []), "create")
+    prog = ok(nvrtc.nvrtcCreateProgram(source.encode(), f"{name}.cu".encode(), 0, [], []), "create")
     try:
         opts = [f"--gpu-architecture={arch}".encode(), b"--std=c++11"]
         err, = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
@@ -137,7 +138,7 @@ def compile_ptx(arch: str) -> bytes:
             size = ok(nvrtc.nvrtcGetProgramLogSize(prog), "log size")
             log = b" " * size
             nvrtc.nvrtcGetProgramLog(prog, log)
-            raise DeviceError(f"NVRTC could not compile the preprocessing kernel for {arch}: "
+            raise DeviceError(f"NVRTC could not compile {name} for {arch}: "
                               f"{log.decode(errors='replace').strip()[:500]}")
         size = ok(nvrtc.nvrtcGetPTXSize(prog), "PTX size")
         ptx = b" " * size
@@ -145,6 +146,22 @@ def compile_ptx(arch: str) -> bytes:
         return ptx
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
+
+
+def load_kernel(source: str = KERNEL_SOURCE, name: str = KERNEL_NAME) -> Tuple[object, object, str]:
+    """Compile ``source`` for the current context's device and load it: (module, function, arch).
+    Call with the context current; unload the module (``cuModuleUnload``) before the context goes."""
+    from cuda.bindings import driver
+
+    dev = _drv(driver.cuCtxGetDevice(), "cuCtxGetDevice")
+    major = _drv(driver.cuDeviceGetAttribute(
+        driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev), "attribute")
+    minor = _drv(driver.cuDeviceGetAttribute(
+        driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev), "attribute")
+    arch = f"compute_{major}{minor}"
+    ptx = ctypes.create_string_buffer(compile_ptx(arch, source, name))  # NUL-terminated, alive for the call
+    module = _drv(driver.cuModuleLoadData(ctypes.addressof(ptx)), "cuModuleLoadData")
+    return module, _drv(driver.cuModuleGetFunction(module, name.encode()), "cuModuleGetFunction"), arch
 
 
 class GpuPreprocessor:
@@ -160,15 +177,7 @@ class GpuPreprocessor:
 
         self.pre, self.mem, self.dst, self.max_batch = pre, mem, int(dst_ptr), int(max_batch)
         self._drv = driver
-        dev = _drv(driver.cuCtxGetDevice(), "cuCtxGetDevice")
-        major = _drv(driver.cuDeviceGetAttribute(
-            driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev), "attribute")
-        minor = _drv(driver.cuDeviceGetAttribute(
-            driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev), "attribute")
-        self.arch = f"compute_{major}{minor}"
-        ptx = ctypes.create_string_buffer(compile_ptx(self.arch))  # NUL-terminated, alive for the call
-        self.module = _drv(driver.cuModuleLoadData(ctypes.addressof(ptx)), "cuModuleLoadData")
-        self.kernel = _drv(driver.cuModuleGetFunction(self.module, KERNEL_NAME.encode()), "cuModuleGetFunction")
+        self.module, self.kernel, self.arch = load_kernel()
         self.a, self.b = affine(pre)
         self._plans: Dict[Tuple[int, int], Dict] = {}
         self._staging: Dict[int, Tuple[int, int]] = {}  # batch row -> (device frame buffer, its size)
