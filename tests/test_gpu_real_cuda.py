@@ -5,104 +5,28 @@ Everything except the engine is real: cuda-python memory and stream, page-locked
 enqueue, and the NVRTC preprocessing kernel writing the device input. The stand-in execution context launches a real
 CUDA kernel (per-channel mean of the input) on the stream TrtBackend passes to ``execute_async_v3``, so the tests
 check what an engine would see: which bytes are in the device input when it runs, and that its output comes back
-in stream order. Skipped where there is no CUDA device (the development machine and CI).
+in stream order (tests/gpu_standin.py). Skipped where there is no CUDA device (the development machine and CI).
 """
-import ctypes
-
 import cv2
 import numpy as np
 import pytest
+from gpu_standin import cuda_device_present, standin_backend
 
-from edgecv.runtime.backend import TensorSpec
 from edgecv.runtime.preprocess import Preprocessor
 
 pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-python provides NVRTC and the driver API")
-
-
-def _cuda_device():
-    try:
-        from cuda.bindings import runtime as rt
-
-        err, n = rt.cudaGetDeviceCount()
-        return int(err) == 0 and n > 0
-    except Exception:  # noqa: BLE001 - no driver here
-        return False
-
-
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not _cuda_device(), reason="needs a CUDA device (none on the development machine)")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_device_present(),
+                                                  reason="needs a CUDA device (none on the development machine)")]
 
 SPEC = {"input_size": 224, "resize": 256, "crop": 224, "channels": 3, "scale": 1 / 255,
         "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
-STANDIN_SOURCE = r"""
-extern "C" __global__ void standin_engine(const float* __restrict__ x, float* __restrict__ y, int channels, int hw)
-{
-    __shared__ float part[256];
-    const int n = blockIdx.x, c = blockIdx.y;
-    const float* plane = x + ((size_t)n * channels + c) * hw;
-    float acc = 0.f;
-    for (int i = threadIdx.x; i < hw; i += blockDim.x) acc += plane[i];
-    part[threadIdx.x] = acc;
-    __syncthreads();
-    for (int k = blockDim.x / 2; k > 0; k >>= 1) {
-        if (threadIdx.x < k) part[threadIdx.x] += part[threadIdx.x + k];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) y[n * channels + c] = part[0] / hw;
-}
-"""
-
-
-class StandinEngineContext:
-    """Stands in for a TensorRT execution context (TensorRT cannot be installed here): a real CUDA kernel,
-    output[n, c] = mean of input[n, c], launched on the stream it is given."""
-
-    def __init__(self, backend):
-        from cuda.bindings import driver
-
-        from edgecv.runtime.gpu_preprocess import load_kernel
-
-        self.drv, self.be, self.shape, self.addr = driver, backend, None, {}
-        self.module, self.kernel, _ = load_kernel(STANDIN_SOURCE, "standin_engine")
-
-    def set_tensor_address(self, name, ptr):
-        self.addr[name] = ptr
-
-    def set_input_shape(self, name, shape):
-        self.shape = tuple(shape)
-
-    def execute_async_v3(self, stream):
-        n, c, h, w = self.shape
-        args = ((self.addr["input"], self.addr["output"], c, h * w),
-                (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int))
-        err, = self.drv.cuLaunchKernel(self.kernel, n, c, 1, 256, 1, 1, 0, self.drv.CUstream(stream), args, 0)
-        return int(err) == 0
-
-    def close(self):
-        self.drv.cuModuleUnload(self.module)
-
 
 @pytest.fixture(params=[False, True], ids=["plain", "cuda_graph"])
 def gpu_backend(request):
-    """TrtBackend's own buffer set-up on real CUDA memory, with the stand-in context in place of an engine's."""
-    from edgecv.runtime.cuda_mem import open_cuda_mem
-    from edgecv.runtime.trt_backend import TrtBackend
-
-    be = TrtBackend.__new__(TrtBackend)
-    be.mem = open_cuda_mem("cuda-python")
-    be._in = [TensorSpec("input", (-1, 3, 224, 224), np.float32)]
-    be._out = [TensorSpec("output", (-1, 3), np.float32)]
-    be.max_batch, be._graphs, be._closers = 4, {}, []
-    be.cuda_graph = request.param
-    be.host = {s.name: be.mem.pinned((4,) + s.shape[1:], s.dtype) for s in be._in + be._out}
-    be.dev = {s.name: be.mem.device_alloc(be.host[s.name].nbytes) for s in be._in + be._out}
-    be.context = StandinEngineContext(be)
-    for name, ptr in be.dev.items():
-        be.context.set_tensor_address(name, ptr)
-    be.runtime = be.engine = None
+    """TrtBackend's own buffer set-up on real CUDA memory, with a CUDA kernel in place of an engine."""
+    be = standin_backend((3, 224, 224), (3,), max_batch=4, cuda_graph=request.param)
     yield be
-    be._closers.append(be.context.close)
     be.close()
 
 
