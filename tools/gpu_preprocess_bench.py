@@ -59,12 +59,16 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
 
+    from edgecv.errors import DeviceError
     from edgecv.runtime.cuda_mem import open_cuda_mem
     from edgecv.runtime.gpu_preprocess import GpuPreprocessor
     from edgecv.runtime.preprocess import Preprocessor
 
     pre = Preprocessor(SPEC)
-    mem = open_cuda_mem("cuda-python")
+    try:
+        mem = open_cuda_mem("cuda-python")
+    except DeviceError as e:
+        sys.exit(f"gpu_preprocess_bench: needs a CUDA device: {e}")
     dev = mem.device_alloc(4 * 3 * 224 * 224 * 4)
     gp = GpuPreprocessor(pre, mem, dev, 4)
     rng = np.random.default_rng(0)
