@@ -19,7 +19,7 @@ rc=0
 # out/fashion), else the tests' own tiny export (torch-pruning and the training extras must be there).
 if [ -z "${EDGECV_GPU_TEST_BUNDLE:-}" ] && [ -f out/fashion/manifest.json ]; then export EDGECV_GPU_TEST_BUNDLE=$PWD/out/fashion; fi
 timeout 240 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_gpu_preprocess.py \
-    tests/test_gpu_real_cuda.py tests/test_gpu_multi_camera.py tests/test_trt_backend_fake_gpu.py -rs 2>&1 \
+    tests/test_gpu_real_cuda.py tests/test_gpu_loops.py tests/test_trt_backend_fake_gpu.py -rs 2>&1 \
     | tee "$out/gpu_tests.log" || rc=1
 timeout 120 python3 tools/gpu_check.py 2>&1 | tee "$out/gpu_check.jsonl" || rc=1
 timeout 120 python3 tools/gpu_preprocess_bench.py --json "$out/gpu_preprocess_bench.json" 2>&1 \
