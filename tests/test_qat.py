@@ -104,3 +104,30 @@ def test_calibration_method_auto_is_chosen_on_the_tune_split(tiny_ckpt, tmp_path
         assert trials[cal["method"]]["tune_agreement"] == best
     bad = CliRunner().invoke(cli, ["export", str(tiny_ckpt), "-o", str(tmp_path / "c"), "--calib-method", "best"])
     assert bad.exit_code == 2 and "--calib-method" in bad.output
+
+
+def test_qat_replaces_ptq_when_it_passes_and_ptq_missed_or_kept_float_layers_it_does_not_beat():
+    """The rung's choice on the tune split (measured on the Fashion-MNIST CNN at a 99.5% floor: PTQ met it only
+    with 1-2 layers in float; QAT with none, and was faster on ONNX Runtime, 0.101 vs 0.169 ms, and equal on
+    OpenVINO, 0.107 ms each, so OpenVINO kept PTQ's file)."""
+    from types import SimpleNamespace
+
+    from edgecv.export.gates import GateResult
+    from edgecv.export.qat_rung import take_qat
+
+    def gate(passed, n_float):
+        return GateResult("m.onnx", 0.9, 1.0, fallback=[{"node": f"n{i}"} for i in range(n_float)], passed=passed)
+
+    cpu, trt = SimpleNamespace(host_latency=True), SimpleNamespace(host_latency=False)
+    timed = []
+
+    def faster(answer):
+        return lambda: timed.append(answer) or answer
+
+    assert take_qat(gate(False, 3), gate(True, 2), cpu, faster("ptq"))  # PTQ missed: no timing needed
+    assert not take_qat(gate(False, 3), gate(False, 0), cpu, faster("qat"))  # QAT missed too
+    assert timed == []
+    assert take_qat(gate(True, 1), gate(True, 0), cpu, faster("qat")) and timed == ["qat"]
+    assert not take_qat(gate(True, 1), gate(True, 0), cpu, faster("ptq"))  # a float layer can be the faster
+    assert take_qat(gate(True, 2), gate(True, 0), trt, faster("ptq"))  # TensorRT: fewer float layers
+    assert not take_qat(gate(True, 1), gate(True, 1), trt, faster("qat"))  # no fewer: PTQ's weights stay

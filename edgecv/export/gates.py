@@ -5,7 +5,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -71,11 +71,12 @@ def sensitivity(fp32_path: str, calib: Calibration, target, x: np.ndarray, workd
 def accuracy_gate(fp32_path: str, calib: Calibration, target, out_path: Path, x: np.ndarray, y: np.ndarray,
                   ref_top1: float, max_drop: float, sens_x: np.ndarray, workdir: Path,
                   max_fallback_frac: float = 0.5, show_progress: bool = True, min_agreement: float = 0.0,
-                  ref_logits: Optional[np.ndarray] = None) -> GateResult:
+                  ref_logits: Optional[np.ndarray] = None, max_fallback: Optional[int] = None) -> GateResult:
     """Quantize for ``target``; while top-1 drops more than ``max_drop`` points below ``ref_top1`` or agrees
     with the fp32 logits ``ref_logits`` on fewer than ``min_agreement`` of ``x``, keep the most sensitive
-    layers in float, one at a time (or give up). ``x``/``y`` is the tune split: the numbers reported for the
-    artefact are measured afterwards on images these decisions never saw."""
+    layers in float, one at a time, up to ``max_fallback_frac`` of them and at most ``max_fallback`` (or give up).
+    ``x``/``y`` is the tune split: the numbers reported for the artefact are measured afterwards on images these
+    decisions never saw."""
     def measure_now():
         logits = onnx_logits(out_path, x, target=target)
         acc = topk_accuracy(logits, y)
@@ -93,8 +94,16 @@ def accuracy_gate(fp32_path: str, calib: Calibration, target, out_path: Path, x:
              target.name, calib.method, acc["top1"], drop, max_drop, agree, min_agreement)
     if within(acc, agree):
         return res
+    if max_fallback == 0:
+        res.passed = False
+        res.reason = (f"{target.name} int8 on the tune split: top-1 {acc['top1']:.4f}, {drop:.2f} points below fp32 "
+                      f"{ref_top1:.4f}, agreement {agree:.1%}, with no layer in float (budget --max-drop {max_drop}, "
+                      f"--min-agreement {min_agreement})")
+        return res
     ranked = sensitivity(fp32_path, calib, target, sens_x, workdir, show_progress)
     limit = max(1, int(len(ranked) * max_fallback_frac))
+    if max_fallback is not None:
+        limit = min(limit, max_fallback)
     excluded: List[str] = []
     one = np.ascontiguousarray(x[:1])
     for r in ranked[:limit]:
@@ -117,6 +126,14 @@ def accuracy_gate(fp32_path: str, calib: Calibration, target, out_path: Path, x:
                   f"{ref_top1:.4f}, agreement {agree:.1%}, even with {len(excluded)} layers in float (budget "
                   f"--max-drop {max_drop}, --min-agreement {min_agreement})")
     return res
+
+
+def faster_on_host(candidates: Dict[str, str | os.PathLike], target, batch: np.ndarray) -> Tuple[str, Dict]:
+    """The candidate (label -> artefact file, all for ``target``) with the lowest batch-1 p50 on this host, and
+    every candidate's p50 in ms: interleaved rounds, so a slow spell of the machine falls on all of them."""
+    res = speed_gate({k: (p, target) for k, p in candidates.items()}, batch, iters=100)
+    p50 = {k: v["p50_ms"] for k, v in res.items()}
+    return min(p50, key=p50.get), p50
 
 
 def speed_gate(models: Dict[str, tuple], batch: np.ndarray, threads: int = 2, iters: int = 200) -> Dict[str, Dict]:

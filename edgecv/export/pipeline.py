@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -118,7 +119,7 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
     from edgecv.data.transforms import preprocess_spec
     from edgecv.export.bundle_writer import write_bundle
     from edgecv.export.data import calib_and_eval_sets
-    from edgecv.export.gates import accuracy_gate, eval_onnx, speed_gate
+    from edgecv.export.gates import accuracy_gate, eval_onnx, faster_on_host, speed_gate
     from edgecv.export.onnx_export import compare_with_torch, export_onnx
     from edgecv.export.quantize import calibrate
     from edgecv.models.checkpoint import make_checkpoint, save_checkpoint
@@ -237,21 +238,41 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
                                       opts.max_drop, sens_x, work, show_progress=show_progress,
                                       min_agreement=opts.min_agreement, ref_logits=ref_tune)
                 used_calib, rung = calib, ("ptq + fallback" if g.fallback else "ptq")
-                if not g.passed and opts.qat_epochs > 0:
-                    if not qat:
-                        from edgecv.export.qat_rung import run_qat
+                # QAT when PTQ missed even with layers in float, and when it passed only by keeping layers in float
+                # (they can cost int8 speed): a QAT artefact that passes with fewer float layers is taken when PTQ
+                # missed, and otherwise when it is faster (measured here for a CPU target; for TensorRT, fewer
+                # float layers keep more int8 fusions). Its own fallback search stops short of what PTQ needed.
+                if (not g.passed or g.fallback) and opts.qat_epochs > 0:
+                    from edgecv.export.qat_rung import run_qat, take_qat
 
+                    ptq_file = work / f"ptq_{name}"
+                    shutil.copyfile(tmp / name, ptq_file)
+                    if not qat:
                         with stages(f"QAT rung: {opts.qat_epochs} epoch(s) of quantization-aware distillation "
                                     f"from fp32 on {len(cal)} unlabelled calibration images"):
                             qat.update(run_qat(student, cal, tune, ref_tune, opts, work, shape, show_progress, method))
                     with stages(f"int8 {target}: quantize the QAT weights and accuracy gate"):
                         g2 = accuracy_gate(str(qat["onnx"]), qat["calib"], tgt, tmp / name, tune.x, tune.y,
                                            base_tune_top1, opts.max_drop, sens_x, work, show_progress=show_progress,
-                                           min_agreement=opts.min_agreement, ref_logits=ref_tune)
-                    if g2.passed:
+                                           min_agreement=opts.min_agreement, ref_logits=ref_tune,
+                                           max_fallback=len(g.fallback) - 1 if g.passed else None)
+                    log.info("%s int8: PTQ %s with %d layer(s) in float; QAT %s with %d", target,
+                             "passed" if g.passed else "missed", len(g.fallback),
+                             "passed" if g2.passed else "missed", len(g2.fallback))
+                    def faster(g=g, g2=g2, target=target, tgt=tgt, ptq_file=ptq_file, name=name):
+                        with stages(f"int8 {target}: PTQ with {len(g.fallback)} float layer(s) or QAT with "
+                                    f"{len(g2.fallback)}: the faster on this host"):
+                            best, p50 = faster_on_host({"ptq": ptq_file, "qat": tmp / name}, tgt, tune.x)
+                        log.info("%s int8: PTQ %.3f ms, QAT %.3f ms (batch 1, this host)", target, p50["ptq"],
+                                 p50["qat"])
+                        return best
+
+                    if take_qat(g, g2, tgt, faster):
                         g, used_calib, rung = g2, qat["calib"], "qat" + (" + fallback" if g2.fallback else "")
                     else:
-                        g.reason += f"; after QAT: {g2.reason}"
+                        if not g.passed:
+                            g.reason += f"; after QAT: {g2.reason}"
+                        shutil.copyfile(ptq_file, tmp / name)  # the QAT gate wrote over PTQ's file
                 if not g.passed:
                     gate_failures.append(g.reason)
                 name = _share_identical(tmp, name, artifacts)

@@ -3,7 +3,7 @@ fallback miss the budget (edgecv.compress.qat does the training; this module run
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
+from typing import Callable, Dict
 
 import numpy as np
 import torch
@@ -37,3 +37,18 @@ def run_qat(student: torch.nn.Module, cal, tune, ref_tune: np.ndarray, opts: Exp
     info = {"epochs": res.epochs, "lr": res.lr, "steps": res.steps, "images": len(cal), "teacher": "the shipped fp32 model",
             "tune_agreement_fake_quant_before": before, "history": res.history}
     return {"onnx": path, "calib": calib, "info": info}
+
+
+def take_qat(ptq, qat, target, faster: Callable[[], str]) -> bool:
+    """Whether the QAT artefact replaces PTQ's (both :class:`~edgecv.export.gates.GateResult` on the tune split).
+    QAT is tried when PTQ missed the budget, or met it only with layers kept in float. A passing QAT artefact is
+    taken when PTQ missed; when both passed, for a target whose speed this host measures (``host_latency``) when
+    ``faster()`` (interleaved batch-1 timing, "ptq" or "qat") says so, since a float layer is not always slower
+    on a CPU runtime; for TensorRT, when it keeps fewer layers in float (each breaks int8 fusions there)."""
+    if not qat.passed:
+        return False
+    if not ptq.passed:
+        return True
+    if len(qat.fallback) >= len(ptq.fallback):
+        return False
+    return faster() == "qat" if target.host_latency else True
