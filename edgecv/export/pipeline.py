@@ -284,7 +284,7 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
                     gate_failures.append(
                         f"{target} int8 on the {len(ev)} evaluation images: top-1 {held['top1']:.4f} vs fp32 source "
                         f"{base_acc['top1']:.4f} ({(base_acc['top1'] - held['top1']) * 100:.2f} points, budget "
-                        f"{opts.max_drop}), agreement with fp32 {held['agreement']:.1%} (floor {opts.min_agreement:.0%})"
+                        f"{opts.max_drop}), agreement with fp32 {held['agreement']:.1%} (floor {opts.min_agreement:.1%})"
                         f": the budget held on the {len(tune)} tune images only")
                 artifacts.append({"file": name, "target": target, "precision": "int8", **held,
                                   "fallback_layers": g.fallback, "rung": rung,
