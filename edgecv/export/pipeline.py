@@ -243,7 +243,7 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
                 # missed, and otherwise when it is faster (measured here for a CPU target; for TensorRT, fewer
                 # float layers keep more int8 fusions). Its own fallback search stops short of what PTQ needed.
                 if (not g.passed or g.fallback) and opts.qat_epochs > 0:
-                    from edgecv.export.qat_rung import run_qat, take_qat
+                    from edgecv.export.qat_rung import QAT_SPEED_MARGIN, run_qat, take_qat
 
                     ptq_file = work / f"ptq_{name}"
                     shutil.copyfile(tmp / name, ptq_file)
@@ -262,10 +262,11 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
                     def faster(g=g, g2=g2, target=target, tgt=tgt, ptq_file=ptq_file, name=name):
                         with stages(f"int8 {target}: PTQ with {len(g.fallback)} float layer(s) or QAT with "
                                     f"{len(g2.fallback)}: the faster on this host"):
-                            best, p50 = faster_on_host({"ptq": ptq_file, "qat": tmp / name}, tgt, tune.x)
+                            _, p50 = faster_on_host({"ptq": ptq_file, "qat": tmp / name}, tgt, tune.x)
                         log.info("%s int8: PTQ %.3f ms, QAT %.3f ms (batch 1, this host)", target, p50["ptq"],
                                  p50["qat"])
-                        return best
+                        # a clear win only: near a tie the timing noise would flip the choice from run to run
+                        return "qat" if p50["qat"] < QAT_SPEED_MARGIN * p50["ptq"] else "ptq"
 
                     if take_qat(g, g2, tgt, faster):
                         g, used_calib, rung = g2, qat["calib"], "qat" + (" + fallback" if g2.fallback else "")

@@ -38,6 +38,10 @@ def run_qat(student: torch.nn.Module, cal, tune, ref_tune: np.ndarray, opts: Exp
             "tune_agreement_fake_quant_before": before, "history": res.history}
     return {"onnx": path, "calib": calib, "info": info}
 
+# When PTQ (with float layers) and QAT (with fewer) both meet the budget on a CPU target, QAT's artefact must be at
+# least this much faster: two runs of the same export timed near-ties both ways (OpenVINO, 0.107 ms each)
+QAT_SPEED_MARGIN = 0.95
+
 
 def take_qat(ptq, qat, target, faster: Callable[[], str]) -> bool:
     """Whether the QAT artefact replaces PTQ's (both :class:`~edgecv.export.gates.GateResult` on the tune split).
