@@ -1,4 +1,5 @@
-"""Stand-ins for a TensorRT engine on a real GPU (TensorRT is on no machine this project can reach; the lent GPU
+"""GPU test helpers: whether a CUDA device is present, the ImageNet preprocessing spec and photo-like frames the GPU
+tests share, and stand-ins for a TensorRT engine on a real GPU (TensorRT is on no machine this project can reach; the lent GPU
 machines have CUDA, cuda-python and NVRTC). ``standin_backend`` is a real TrtBackend (its own buffers, page-locked
 staging, stream, CUDA-graph capture, GPU preprocessing) whose execution context is one of these:
 
@@ -11,6 +12,16 @@ import ctypes
 import numpy as np
 
 from edgecv.runtime.backend import TensorSpec
+
+IMAGENET_SPEC = {"input_size": 224, "resize": 256, "crop": 224, "channels": 3, "scale": 1 / 255,
+                 "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def photo_like(shape, seed=0):
+    """Smooth noise: resampling differences show up as they would on photographs, not as aliasing of pure noise."""
+    import cv2
+
+    return cv2.GaussianBlur(np.random.default_rng(seed).integers(0, 256, shape, np.uint8), (0, 0), 2)
 
 
 def cuda_device_present() -> bool:

@@ -4,6 +4,7 @@ device: that test runs where one exists (and tools/gpu_check.py runs it on a len
 import cv2
 import numpy as np
 import pytest
+from gpu_standin import IMAGENET_SPEC, cuda_device_present, photo_like
 
 from edgecv.errors import DeviceError
 from edgecv.runtime.gpu_preprocess import axis_taps, compile_ptx, plan_for, reference
@@ -11,13 +12,7 @@ from edgecv.runtime.preprocess import Preprocessor
 
 nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-python (installed with torch) provides NVRTC")
 
-SPEC = {"input_size": 224, "resize": 256, "crop": 224, "channels": 3, "scale": 1 / 255,
-        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-
-
-def photo_like(shape, seed=0):
-    """Smooth noise: resampling differences show up as they would on photographs, not as aliasing of pure noise."""
-    return cv2.GaussianBlur(np.random.default_rng(seed).integers(0, 256, shape, np.uint8), (0, 0), 2)
+SPEC = IMAGENET_SPEC
 
 
 def grey_levels(a, b, spec=SPEC):
@@ -87,17 +82,7 @@ def test_plan_follows_the_preprocessors_crop_rule():
     assert abs(p["x_start"][0] - 58 * 640 / 341) <= 2 * 640 / 341
 
 
-def _cuda_device():
-    try:
-        from cuda.bindings import runtime as rt
-
-        err, n = rt.cudaGetDeviceCount()
-        return int(err) == 0 and n > 0
-    except Exception:  # noqa: BLE001 - no driver here
-        return False
-
-
-@pytest.mark.skipif(not _cuda_device(), reason="needs a CUDA device (none on the development machine)")
+@pytest.mark.skipif(not cuda_device_present(), reason="needs a CUDA device (none on the development machine)")
 def test_kernel_on_gpu_matches_reference():
     from edgecv.runtime.cuda_mem import open_cuda_mem
     from edgecv.runtime.gpu_preprocess import GpuPreprocessor

@@ -7,10 +7,10 @@ CUDA kernel (per-channel mean of the input) on the stream TrtBackend passes to `
 check what an engine would see: which bytes are in the device input when it runs, and that its output comes back
 in stream order (tests/gpu_standin.py). Skipped where there is no CUDA device (the development machine and CI).
 """
-import cv2
 import numpy as np
 import pytest
-from gpu_standin import cuda_device_present, standin_backend
+from gpu_standin import IMAGENET_SPEC as SPEC
+from gpu_standin import cuda_device_present, photo_like, standin_backend
 
 from edgecv.runtime.preprocess import Preprocessor
 
@@ -18,20 +18,12 @@ pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-python provides NVRTC an
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_device_present(),
                                                   reason="needs a CUDA device (none on the development machine)")]
 
-SPEC = {"input_size": 224, "resize": 256, "crop": 224, "channels": 3, "scale": 1 / 255,
-        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-
-
 @pytest.fixture(params=[False, True], ids=["plain", "cuda_graph"])
 def gpu_backend(request):
     """TrtBackend's own buffer set-up on real CUDA memory, with a CUDA kernel in place of an engine."""
     be = standin_backend((3, 224, 224), (3,), max_batch=4, cuda_graph=request.param)
     yield be
     be.close()
-
-
-def photo_like(shape, seed):
-    return cv2.GaussianBlur(np.random.default_rng(seed).integers(0, 256, shape, np.uint8), (0, 0), 2)
 
 
 def test_real_gpu_standin_engine_host_input_round_trips(gpu_backend):

@@ -9,7 +9,6 @@ preprocessing the CPU's per-frame work is the decode and one copy. Ratios are ag
     python tools/gpu_preprocess_bench.py [--iters 200] [--json out.json]
 """
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -84,7 +83,9 @@ def main(argv=None):
     for r in rows:
         print(" | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols))
     if a.json:
-        Path(a.json).write_text(json.dumps(rows, indent=1))
+        from edgecv.utils.io import atomic_write_json
+
+        atomic_write_json(a.json, rows)
 
 
 if __name__ == "__main__":

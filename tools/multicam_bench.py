@@ -191,7 +191,9 @@ def main():
               f"{u['engine_batch4_vs_batch1']:.2f}x | {u['engine_workers_b4_fps'] / u['engine_workers_b1_fps']:.2f}x | "
               f"{u['decode_preprocess_ms']:.2f} | {u['engine_estimate_vs_separate']:.2f}x |")
     if a.json_out:
-        Path(a.json_out).write_text(json.dumps(results, indent=2))
+        from edgecv.utils.io import atomic_write_json
+
+        atomic_write_json(a.json_out, results)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 import shutil
 import time
@@ -119,7 +120,7 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
     from edgecv.data.transforms import preprocess_spec
     from edgecv.export.bundle_writer import write_bundle
     from edgecv.export.data import calib_and_eval_sets
-    from edgecv.export.gates import accuracy_gate, eval_onnx, faster_on_host, speed_gate
+    from edgecv.export.gates import accuracy_gate, eval_onnx, speed_gate
     from edgecv.export.onnx_export import compare_with_torch, export_onnx
     from edgecv.export.quantize import calibrate
     from edgecv.models.checkpoint import make_checkpoint, save_checkpoint
@@ -243,7 +244,7 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
                 # missed, and otherwise when it is faster (measured here for a CPU target; for TensorRT, fewer
                 # float layers keep more int8 fusions). Its own fallback search stops short of what PTQ needed.
                 if (not g.passed or g.fallback) and opts.qat_epochs > 0:
-                    from edgecv.export.qat_rung import QAT_SPEED_MARGIN, run_qat, take_qat
+                    from edgecv.export.qat_rung import qat_is_faster, run_qat, take_qat
 
                     ptq_file = work / f"ptq_{name}"
                     shutil.copyfile(tmp / name, ptq_file)
@@ -259,16 +260,7 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
                     log.info("%s int8: PTQ %s with %d layer(s) in float; QAT %s with %d", target,
                              "passed" if g.passed else "missed", len(g.fallback),
                              "passed" if g2.passed else "missed", len(g2.fallback))
-                    def faster(g=g, g2=g2, target=target, tgt=tgt, ptq_file=ptq_file, name=name):
-                        with stages(f"int8 {target}: PTQ with {len(g.fallback)} float layer(s) or QAT with "
-                                    f"{len(g2.fallback)}: the faster on this host"):
-                            _, p50 = faster_on_host({"ptq": ptq_file, "qat": tmp / name}, tgt, tune.x)
-                        log.info("%s int8: PTQ %.3f ms, QAT %.3f ms (batch 1, this host)", target, p50["ptq"],
-                                 p50["qat"])
-                        # a clear win only: near a tie the timing noise would flip the choice from run to run
-                        return "qat" if p50["qat"] < QAT_SPEED_MARGIN * p50["ptq"] else "ptq"
-
-                    if take_qat(g, g2, tgt, faster):
+                    if take_qat(g, g2, tgt, functools.partial(qat_is_faster, ptq_file, tmp / name, tgt, tune.x)):
                         g, used_calib, rung = g2, qat["calib"], "qat" + (" + fallback" if g2.fallback else "")
                     else:
                         if not g.passed:

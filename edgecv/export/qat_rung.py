@@ -2,6 +2,7 @@
 fallback miss the budget (edgecv.compress.qat does the training; this module runs it for an export)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable, Dict
 
@@ -9,6 +10,8 @@ import numpy as np
 import torch
 
 from edgecv.recipe import ExportConfig
+
+log = logging.getLogger("edgecv.export")
 
 
 def run_qat(student: torch.nn.Module, cal, tune, ref_tune: np.ndarray, opts: ExportConfig, work: Path, shape,
@@ -43,16 +46,25 @@ def run_qat(student: torch.nn.Module, cal, tune, ref_tune: np.ndarray, opts: Exp
 QAT_SPEED_MARGIN = 0.95
 
 
-def take_qat(ptq, qat, target, faster: Callable[[], str]) -> bool:
+def qat_is_faster(ptq_file: Path, qat_file: Path, target, x: np.ndarray) -> bool:
+    """Whether the QAT artefact runs clearly faster than PTQ's on this host (batch 1, timed together)."""
+    from edgecv.export.gates import host_p50
+
+    p50 = host_p50({"ptq": ptq_file, "qat": qat_file}, target, x)
+    log.info("%s int8: PTQ %.3f ms, QAT %.3f ms (batch 1, this host)", target.name, p50["ptq"], p50["qat"])
+    return p50["qat"] < QAT_SPEED_MARGIN * p50["ptq"]
+
+
+def take_qat(ptq, qat, target, qat_faster: Callable[[], bool]) -> bool:
     """Whether the QAT artefact replaces PTQ's (both :class:`~edgecv.export.gates.GateResult` on the tune split).
     QAT is tried when PTQ missed the budget, or met it only with layers kept in float. A passing QAT artefact is
     taken when PTQ missed; when both passed, for a target whose speed this host measures (``host_latency``) when
-    ``faster()`` (interleaved batch-1 timing, "ptq" or "qat") says so, since a float layer is not always slower
-    on a CPU runtime; for TensorRT, when it keeps fewer layers in float (each breaks int8 fusions there)."""
+    ``qat_faster()`` (:func:`qat_is_faster`) says so, since a float layer is not always slower on a CPU runtime;
+    for TensorRT, when it keeps fewer layers in float (each breaks int8 fusions there)."""
     if not qat.passed:
         return False
     if not ptq.passed:
         return True
     if len(qat.fallback) >= len(ptq.fallback):
         return False
-    return faster() == "qat" if target.host_latency else True
+    return qat_faster() if target.host_latency else True
