@@ -13,12 +13,19 @@
    separate processes, engine only), diluted by the per-frame decode and preprocessing both pay: what the batched
    loop would gain over separate processes if the engine calls were all that differed. An estimate, not a bound:
    separate processes pay more than it counts (four processes time-sharing two cores).
+4. Core time per frame, batched loop and separate processes, from the difference between a short and a long
+   unpaced run (process start-up and model loading cancel out), with how many cores each kept busy; and the
+   ceiling: separate processes' core time per frame over the least any loop pays here (a one-thread engine at
+   batch 4 plus decode and preprocessing), i.e. what the batched loop would reach with no overhead of its own.
+   The same runs give each side's frames/s with all its loops running ("all running"): the unpaced column sums
+   separate processes' own rates, which counts a process at full speed while the others are still starting.
 
 Every number is a ratio against a baseline measured in the same run. Clips pan slowly across the shared
 ImageNet photos (tools/loop_overhead.photo_clip).
 """
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -93,7 +100,49 @@ def unpaced(bundle, clip, n=4, frames=600):
     res = {"batched_fps": batched, "separate_fps": separate, "sequential_fps": sequential,
            "vs_best_other": batched / max(separate, sequential), "engine_batch4_vs_batch1": engine}
     res.update(engine_estimate(bundle, clip))
+    least = res["cores"] * 1e3 / res["engine_workers_b4_fps"] + res["decode_preprocess_ms"]
+    res["least_core_ms_per_frame"] = least
+    ct = core_time(bundle, clip, n, (frames, 3 * frames))
+    res.update(ct)
+    if ct:
+        res["ceiling_vs_separate"] = res["separate_core_ms_per_frame"] / least
+        # the sum of separate processes' own frames/s counts a process's loop at full speed while the others are
+        # still starting; the marginal rates are all n running at once
+        res["steady_vs_separate"] = res["batched_marginal_fps"] / res["separate_marginal_fps"]
     return res
+
+
+def _cpu_and_wall(cmds) -> tuple:
+    """Run ``cmds`` side by side; (wall seconds, core seconds of all of them)."""
+    r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
+    ps = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for c in cmds]
+    if any(p.wait() != 0 for p in ps):
+        raise SystemExit(f"{' '.join(map(str, cmds[0]))}: failed")
+    wall, r1 = time.monotonic() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+
+
+def core_time(bundle, clip, n=4, frames=(600, 1800)) -> dict:
+    """Marginal core-milliseconds per frame and busy cores of the n-source loop and of n separate processes:
+    the difference between runs of ``frames[0]`` and ``frames[1]`` frames per camera, so start-up cancels."""
+    def batched(k):
+        return [[*EDGECV, "run", bundle, "--json", "--loop", "--max-frames", str(n * k)] + ["--source", str(clip)] * n]
+
+    def separate(k):
+        return [[*EDGECV, "run", bundle, "--source", str(clip), "--json", "--loop", "--max-frames", str(k),
+                 "--threads", "1"]] * n
+
+    out = {}
+    for name, cmds in (("batched", batched), ("separate", separate)):
+        (w0, c0), (w1, c1) = (_cpu_and_wall(cmds(k)) for k in frames)
+        d = n * (frames[1] - frames[0])
+        if w1 <= w0 or c1 <= c0:  # start-up noise larger than the extra frames' work
+            print(f"core time ({name}): the runs are too short to tell apart; use more --frames", file=sys.stderr)
+            return {}
+        out[f"{name}_core_ms_per_frame"] = (c1 - c0) * 1e3 / d
+        out[f"{name}_busy_cores"] = (c1 - c0) / (w1 - w0)
+        out[f"{name}_marginal_fps"] = d / (w1 - w0)
+    return out
 
 
 def _engine_fps(bundle, batch: int, procs: int) -> float:
@@ -136,7 +185,7 @@ def engine_estimate(bundle, clip, cores: int = 2) -> dict:
     b1, b4 = _engine_fps(bundle, 1, cores), _engine_fps(bundle, 4, cores)
     c = decode_preprocess_ms(bundle, clip)
     e1, e4 = cores * 1e3 / b1, cores * 1e3 / b4  # core-milliseconds per frame
-    return {"engine_workers_b1_fps": b1, "engine_workers_b4_fps": b4, "decode_preprocess_ms": c,
+    return {"cores": cores, "engine_workers_b1_fps": b1, "engine_workers_b4_fps": b4, "decode_preprocess_ms": c,
             "engine_estimate_vs_separate": (e1 + c) / (e4 + c)}
 
 
@@ -146,12 +195,17 @@ def main():
     ap.add_argument("--sizes", default="resize,640x480", help="Comma list: 'resize' (the model's resize size) or WxH.")
     ap.add_argument("--max-cams", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=6.0, help="Real-time trial length per configuration.")
+    ap.add_argument("--frames", type=int, default=600, help="Unpaced frames per camera (the long core-time run: 3x).")
     ap.add_argument("--json", dest="json_out", default=None, help="Also write the results here.")
     a = ap.parse_args()
+    from edgecv.errors import BundleError
     from edgecv.runtime.bundle import open_bundle
     from edgecv.runtime.preprocess import Preprocessor
 
-    pre = Preprocessor(open_bundle(a.bundle).preprocess)
+    try:
+        pre = Preprocessor(open_bundle(a.bundle).preprocess)
+    except BundleError as e:
+        raise SystemExit(f"error: {e}") from None
     results = []
     for size in a.sizes.split(","):
         if size == "resize":
@@ -177,19 +231,27 @@ def main():
                 n = n * 2 if n < 4 else n + 2
             row[f"{mode}_max_cams"] = best
             row[f"{mode}_trials"] = trials
-        row["unpaced"] = unpaced(a.bundle, clip)
+        row["unpaced"] = unpaced(a.bundle, clip, frames=a.frames)
         print(f"{w}x{h} unpaced: {row['unpaced']}", flush=True)
         results.append(row)
     print("\n| frames | cameras at 30 fps: batched | separate processes | unpaced 4 cams: batched fps | separate | "
           "sequential | batched vs best other | engine batch 4 vs 1 | 2 one-thread engines, b4 vs b1 | "
-          "decode + preprocess ms/frame | engine-only estimate vs separate |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "decode + preprocess ms/frame | engine-only estimate vs separate | core-ms/frame batched / separate "
+          "(busy cores) | least core-ms/frame (b4 engine + decode) | ceiling vs separate | "
+          "all running: batched / separate fps |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         u = r["unpaced"]
         print(f"| {r['frames']} | {r['batched_max_cams']} | {r['separate_max_cams']} | {u['batched_fps']:.0f} | "
               f"{u['separate_fps']:.0f} | {u['sequential_fps']:.0f} | {u['vs_best_other']:.2f}x | "
               f"{u['engine_batch4_vs_batch1']:.2f}x | {u['engine_workers_b4_fps'] / u['engine_workers_b1_fps']:.2f}x | "
-              f"{u['decode_preprocess_ms']:.2f} | {u['engine_estimate_vs_separate']:.2f}x |")
+              f"{u['decode_preprocess_ms']:.2f} | {u['engine_estimate_vs_separate']:.2f}x | " + (
+                  f"{u['batched_core_ms_per_frame']:.2f} ({u['batched_busy_cores']:.2f}) / "
+                  f"{u['separate_core_ms_per_frame']:.2f} ({u['separate_busy_cores']:.2f}) | "
+                  f"{u['least_core_ms_per_frame']:.2f} | {u['ceiling_vs_separate']:.2f}x | "
+                  f"{u['batched_marginal_fps']:.0f} / {u['separate_marginal_fps']:.0f} "
+                  f"({u['steady_vs_separate']:.2f}x) |" if "steady_vs_separate" in u
+                  else f"n/a | {u['least_core_ms_per_frame']:.2f} | n/a | n/a |"))
     if a.json_out:
         from edgecv.utils.io import atomic_write_json
 
