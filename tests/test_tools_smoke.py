@@ -33,6 +33,11 @@ def test_soak_smoke(tiny_bundle):
 def test_multicam_bench_smoke(tiny_bundle, tmp_path):
     """Every stage of tools/multicam_bench.py runs on the tiny bundle (one small clip, one camera at most in real
     time); the derived columns are the stated functions of the measured ones."""
+    import glob
+    import tempfile
+
+    clips = lambda: set(glob.glob(f"{tempfile.gettempdir()}/tmp*/photos.mp4"))  # noqa: E731
+    before = clips()
     out = tmp_path / "mc.json"
     r = subprocess.run([sys.executable, "tools/multicam_bench.py", str(tiny_bundle), "--sizes", "64x48",
                         "--max-cams", "1", "--seconds", "1.5", "--frames", "20", "--json", str(out)], cwd=ROOT,
@@ -54,3 +59,4 @@ def test_multicam_bench_smoke(tiny_bundle, tmp_path):
     else:
         assert "too short to tell apart" in r.stderr and "| n/a |" in r.stdout
     assert "| 64x48 |" in r.stdout
+    assert clips() == before  # its temporary clip is removed

@@ -19,6 +19,7 @@ the loop's non-inference time per frame, which shows what merely not calling ``r
 """
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -147,13 +148,17 @@ def main() -> None:
         else:
             width, height = size
             vid = noise_clip(100, width, height) if a.noise else photo_clip(width, height)
-        cap = cv2.VideoCapture(str(vid))
-        frame_size = f"{int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))}x{int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))}"
-        cap.release()
-        rows.append({"artifact": art["file"], "clip": "file" if a.clip else "noise" if a.noise else "photos",
-                     "frame_size": frame_size, "resize": resize_used(pre, a.resize, frame_size),
-                     "threads": a.threads, "rounds": a.rounds,
-                     "frames_per_round": a.frames, **measure(a.bundle, sess, vid, a)})
+        try:
+            cap = cv2.VideoCapture(str(vid))
+            frame_size = f"{int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))}x{int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))}"
+            cap.release()
+            rows.append({"artifact": art["file"], "clip": "file" if a.clip else "noise" if a.noise else "photos",
+                         "frame_size": frame_size, "resize": resize_used(pre, a.resize, frame_size),
+                         "threads": a.threads, "rounds": a.rounds,
+                         "frames_per_round": a.frames, **measure(a.bundle, sess, vid, a)})
+        finally:
+            if not a.clip:
+                shutil.rmtree(vid.parent, ignore_errors=True)  # the temporary clip's own folder
     if a.json:
         print(json.dumps(rows, indent=2))
         return

@@ -26,6 +26,7 @@ ImageNet photos (tools/loop_overhead.photo_clip).
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -189,13 +190,25 @@ def engine_estimate(bundle, clip, cores: int = 2) -> dict:
             "engine_estimate_vs_separate": (e1 + c) / (e4 + c)}
 
 
+def _positive(kind):
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: not a number") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be above 0")
+        return v
+    return parse
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle")
     ap.add_argument("--sizes", default="resize,640x480", help="Comma list: 'resize' (the model's resize size) or WxH.")
-    ap.add_argument("--max-cams", type=int, default=8)
-    ap.add_argument("--seconds", type=float, default=6.0, help="Real-time trial length per configuration.")
-    ap.add_argument("--frames", type=int, default=600, help="Unpaced frames per camera (the long core-time run: 3x).")
+    ap.add_argument("--max-cams", type=_positive(int), default=8)
+    ap.add_argument("--seconds", type=_positive(float), default=6.0, help="Real-time trial length per configuration.")
+    ap.add_argument("--frames", type=_positive(int), default=600, help="Unpaced frames per camera (the long core-time run: 3x).")
     ap.add_argument("--json", dest="json_out", default=None, help="Also write the results here.")
     a = ap.parse_args()
     from edgecv.errors import BundleError
@@ -212,28 +225,36 @@ def main():
             h, w = pre.resized_size(480, 640)
             w -= w % 2  # mp4 widths are even
         else:
-            w, h = (int(v) for v in size.split("x"))
+            try:
+                w, h = (int(v) for v in size.split("x"))
+            except ValueError:
+                raise SystemExit(f"error: --sizes: {size!r} is neither 'resize' nor WxH") from None
+            if not (16 <= w <= 7680 and 16 <= h <= 4320) or w % 2:
+                raise SystemExit(f"error: --sizes: {size!r}: width and height 16-7680 x 16-4320, width even (mp4)")
         clip = photo_clip(w, h)
-        row = {"frames": f"{w}x{h}"}
-        for mode, fn in (("batched", lambda n, c=clip: realtime_batched(a.bundle, c, n, a.seconds)[0]),
-                         ("separate", lambda n, c=clip: realtime_separate(a.bundle, c, n, a.seconds))):
-            best, n = 0, 1
-            trials = {}
-            while n <= a.max_cams:
-                cams = fn(n)
-                ok = _sustained(cams)
-                trials[n] = {"sustained": ok, "p99_age_ms": max(c["age_ms"]["p99_ms"] for c in cams),
-                             "dropped": sum(c["dropped"] for c in cams), "stale": sum(c["stale"] for c in cams)}
-                print(f"{w}x{h} {mode:8s} N={n}: {trials[n]}", flush=True)
-                if not ok:
-                    break
-                best = n
-                n = n * 2 if n < 4 else n + 2
-            row[f"{mode}_max_cams"] = best
-            row[f"{mode}_trials"] = trials
-        row["unpaced"] = unpaced(a.bundle, clip, frames=a.frames)
-        print(f"{w}x{h} unpaced: {row['unpaced']}", flush=True)
-        results.append(row)
+        try:
+            row = {"frames": f"{w}x{h}"}
+            for mode, fn in (("batched", lambda n, c=clip: realtime_batched(a.bundle, c, n, a.seconds)[0]),
+                             ("separate", lambda n, c=clip: realtime_separate(a.bundle, c, n, a.seconds))):
+                best, n = 0, 1
+                trials = {}
+                while n <= a.max_cams:
+                    cams = fn(n)
+                    ok = _sustained(cams)
+                    trials[n] = {"sustained": ok, "p99_age_ms": max(c["age_ms"]["p99_ms"] for c in cams),
+                                 "dropped": sum(c["dropped"] for c in cams), "stale": sum(c["stale"] for c in cams)}
+                    print(f"{w}x{h} {mode:8s} N={n}: {trials[n]}", flush=True)
+                    if not ok:
+                        break
+                    best = n
+                    n = n * 2 if n < 4 else n + 2
+                row[f"{mode}_max_cams"] = best
+                row[f"{mode}_trials"] = trials
+            row["unpaced"] = unpaced(a.bundle, clip, frames=a.frames)
+            print(f"{w}x{h} unpaced: {row['unpaced']}", flush=True)
+            results.append(row)
+        finally:
+            shutil.rmtree(clip.parent, ignore_errors=True)  # the temporary clip's own folder
     print("\n| frames | cameras at 30 fps: batched | separate processes | unpaced 4 cams: batched fps | separate | "
           "sequential | batched vs best other | engine batch 4 vs 1 | 2 one-thread engines, b4 vs b1 | "
           "decode + preprocess ms/frame | engine-only estimate vs separate | core-ms/frame batched / separate "
@@ -259,4 +280,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # the loops it started got the same Ctrl-C and stop on their own
+        raise SystemExit("interrupted") from None
