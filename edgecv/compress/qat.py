@@ -5,8 +5,9 @@ symmetric with zero-point 0 (signed int8, scale = amax / 127): TensorRT's explic
 placement NVIDIA Model Optimizer uses (inputs of weighted layers). Activation amax comes from calibration (a high
 percentile of |x|) and stays fixed; the weights train through the straight-through estimator by distillation from
 the fp32 model on unlabelled images (no labels needed), with BatchNorm statistics frozen, so the int8 model learns
-to answer like fp32. The fine-tuned weights then go through the export's usual quantization for every target:
-per-channel weight scales are the same max|w| / 127 there, so what was trained is what ships.
+to answer like fp32. The fine-tuned weights then go through the export's usual quantization for every target,
+without bias correction (it would undo the rounding QAT trained for): per-channel weight scales are the same
+max|w| / 127 there, so what was trained is what ships.
 """
 from __future__ import annotations
 
