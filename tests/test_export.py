@@ -163,15 +163,21 @@ def test_bad_input_clear_error_no_bundle(case, tmp_path, tiny_ckpt):
     assert not out.exists()
 
 
-def test_accuracy_gate_failure_leaves_no_bundle(tmp_path, tiny_ckpt):
-    from edgecv.export.pipeline import export_bundle
+def test_accuracy_gate_failure_leaves_no_bundle(tmp_path, tiny_ckpt, monkeypatch):
+    """Refused as soon as the accuracy gate fails: the robustness report, which would be thrown away, is not
+    computed (on Lite0 it is 3 of the export's 10 minutes)."""
+    import edgecv.export.pipeline as pipeline
 
+    called = []
+    monkeypatch.setattr(pipeline, "robustness", lambda *a, **k: called.append(1))
     out = tmp_path / "b"
     with pytest.raises(ExportError, match="accuracy gate failed"):
         # 95% of channels pruned, no distillation: far outside a 0.1-point budget
-        export_bundle(str(TINY_RECIPE), str(out), {"prune": 0.9, "distill": False, "max_drop": 0.1},
-                      [f"checkpoint={tiny_ckpt}"], show_progress=False)
+        pipeline.export_bundle(str(TINY_RECIPE), str(out), {"prune": 0.9, "distill": False, "max_drop": 0.1,
+                                                            "corruptions": "all"},
+                               [f"checkpoint={tiny_ckpt}"], show_progress=False)
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".b")]
+    assert called == []
 
 
 def test_calibration_cache_matches_qdq_on_efficientnet_lite0(imagenet_dir, tmp_path):
