@@ -10,7 +10,6 @@ preprocessing the CPU's per-frame work is the decode and one copy. Ratios are ag
 """
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -24,14 +23,10 @@ SIZES = [(480, 640), (720, 1280), (1080, 1920)]
 
 
 def median_ms(fn, iters):
-    for _ in range(10):
-        fn()
-    t = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        t.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(t))
+    """p50 of ``iters`` timed calls after 10 untimed ones (edgecv's own latency measurement)."""
+    from edgecv.runtime.latency import measure_interleaved
+
+    return measure_interleaved({"fn": fn}, warmup=10, iters=iters, rounds=1)["fn"]["p50_ms"]
 
 
 def measure(pre, gp, mem, frame, iters, default_threads):

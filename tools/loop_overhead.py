@@ -63,6 +63,12 @@ def photo_clip(width: int, height: int, photos: int = 12, frames_per_photo: int 
     return vid
 
 
+def clip_size(text: str) -> tuple:
+    """(width, height) from 'WxH'; ValueError when it is not two integers."""
+    w, h = (int(v) for v in text.lower().split("x"))
+    return w, h
+
+
 def resize_used(pre, mode: str, frame_size: str) -> str:
     """``auto`` resolved for this frame size (what the loop actually ran)."""
     w, h = (int(v) for v in frame_size.split("x"))
@@ -125,9 +131,10 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     a = ap.parse_args()
     try:
-        sizes = [tuple(int(v) for v in size.lower().split("x")) for size in a.size.split(",")]
-        assert all(len(wh) == 2 and min(wh) > 0 for wh in sizes)
-    except (ValueError, AssertionError):
+        sizes = [clip_size(size) for size in a.size.split(",")]
+        if min(min(wh) for wh in sizes) <= 0:
+            raise ValueError(a.size)
+    except ValueError:
         ap.error(f"--size: expected WxH[,WxH...] with positive sizes, got {a.size!r}")
     if a.clip and not Path(a.clip).is_file():
         ap.error(f"--clip: {a.clip}: no such file")

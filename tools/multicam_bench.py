@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loop_overhead import photo_clip  # noqa: E402
+from loop_overhead import clip_size, photo_clip  # noqa: E402
 
 EDGECV = [sys.executable, "-m", "edgecv"]
 
@@ -81,16 +81,25 @@ def realtime_separate(bundle, clip, n, seconds):
     return cams
 
 
+def batched_cmd(bundle, clip, n: int, frames: int) -> list:
+    """One unpaced n-source loop, ``frames`` per camera."""
+    return [*EDGECV, "run", bundle, "--json", "--loop", "--max-frames", str(n * frames)] + ["--source", str(clip)] * n
+
+
+def single_cmd(bundle, clip, frames: int, one_thread: bool = False) -> list:
+    """One unpaced single-source loop (``one_thread``: as one of several separate processes)."""
+    cmd = [*EDGECV, "run", bundle, "--source", str(clip), "--json", "--loop", "--max-frames", str(frames)]
+    return cmd + ["--threads", "1"] if one_thread else cmd
+
+
 def unpaced(bundle, clip, n=4, frames=600):
     """Aggregate frames/s of the loops themselves (each loop's own timing: process start-up is not counted)."""
-    args = [*EDGECV, "run", bundle, "--json", "--loop", "--max-frames", str(n * frames)]
-    for _ in range(n):
-        args += ["--source", str(clip)]
-    r = subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    r = subprocess.run(batched_cmd(bundle, clip, n, frames), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       text=True)
     batched = _summary(r.stderr)["fps"]
-    one = [*EDGECV, "run", bundle, "--source", str(clip), "--json", "--loop", "--max-frames", str(frames)]
-    procs = [subprocess.Popen(one + ["--threads", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for _ in range(n)]
+    one = single_cmd(bundle, clip, frames)
+    procs = [subprocess.Popen(single_cmd(bundle, clip, frames, True), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for _ in range(n)]
     separate = sum(_summary(p.communicate()[1])["fps"] for p in procs)  # they run side by side
     runs = [_summary(subprocess.run(one, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True).stderr)
             for _ in range(n)]
@@ -127,11 +136,10 @@ def core_time(bundle, clip, n=4, frames=(600, 1800)) -> dict:
     """Marginal core-milliseconds per frame and busy cores of the n-source loop and of n separate processes:
     the difference between runs of ``frames[0]`` and ``frames[1]`` frames per camera, so start-up cancels."""
     def batched(k):
-        return [[*EDGECV, "run", bundle, "--json", "--loop", "--max-frames", str(n * k)] + ["--source", str(clip)] * n]
+        return [batched_cmd(bundle, clip, n, k)]
 
     def separate(k):
-        return [[*EDGECV, "run", bundle, "--source", str(clip), "--json", "--loop", "--max-frames", str(k),
-                 "--threads", "1"]] * n
+        return [single_cmd(bundle, clip, k, True)] * n
 
     out = {}
     for name, cmds in (("batched", batched), ("separate", separate)):
@@ -190,6 +198,23 @@ def engine_estimate(bundle, clip, cores: int = 2) -> dict:
             "engine_estimate_vs_separate": (e1 + c) / (e4 + c)}
 
 
+def max_cameras(trial, max_cams: int, label: str):
+    """(the largest N sustained, every trial's numbers): ``trial(N)`` for N = 1, 2, 4, 6, ... up to ``max_cams``,
+    stopping at the first N not sustained."""
+    best, n, trials = 0, 1, {}
+    while n <= max_cams:
+        cams = trial(n)
+        ok = _sustained(cams)
+        trials[n] = {"sustained": ok, "p99_age_ms": max(c["age_ms"]["p99_ms"] for c in cams),
+                     "dropped": sum(c["dropped"] for c in cams), "stale": sum(c["stale"] for c in cams)}
+        print(f"{label} N={n}: {trials[n]}", flush=True)
+        if not ok:
+            break
+        best = n
+        n = n * 2 if n < 4 else n + 2
+    return best, trials
+
+
 def _positive(kind):
     def parse(text):
         try:
@@ -226,7 +251,7 @@ def main():
             w -= w % 2  # mp4 widths are even
         else:
             try:
-                w, h = (int(v) for v in size.split("x"))
+                w, h = clip_size(size)
             except ValueError:
                 raise SystemExit(f"error: --sizes: {size!r} is neither 'resize' nor WxH") from None
             if not (16 <= w <= 7680 and 16 <= h <= 4320) or w % 2:
@@ -236,20 +261,7 @@ def main():
             row = {"frames": f"{w}x{h}"}
             for mode, fn in (("batched", lambda n, c=clip: realtime_batched(a.bundle, c, n, a.seconds)[0]),
                              ("separate", lambda n, c=clip: realtime_separate(a.bundle, c, n, a.seconds))):
-                best, n = 0, 1
-                trials = {}
-                while n <= a.max_cams:
-                    cams = fn(n)
-                    ok = _sustained(cams)
-                    trials[n] = {"sustained": ok, "p99_age_ms": max(c["age_ms"]["p99_ms"] for c in cams),
-                                 "dropped": sum(c["dropped"] for c in cams), "stale": sum(c["stale"] for c in cams)}
-                    print(f"{w}x{h} {mode:8s} N={n}: {trials[n]}", flush=True)
-                    if not ok:
-                        break
-                    best = n
-                    n = n * 2 if n < 4 else n + 2
-                row[f"{mode}_max_cams"] = best
-                row[f"{mode}_trials"] = trials
+                row[f"{mode}_max_cams"], row[f"{mode}_trials"] = max_cameras(fn, a.max_cams, f"{w}x{h} {mode:8s}")
             row["unpaced"] = unpaced(a.bundle, clip, frames=a.frames)
             print(f"{w}x{h} unpaced: {row['unpaced']}", flush=True)
             results.append(row)

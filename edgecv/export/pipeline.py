@@ -295,15 +295,12 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
             gate_failures.append(f"the pruned fp32 model is already {fp32_drop:.2f} points below the source "
                                  f"(top-1 {fp32_acc['top1']:.4f} vs {base_acc['top1']:.4f}); prune less or "
                                  f"distill longer (budget --max-drop {opts.max_drop})")
-        if gate_failures:  # refused already: the robustness report (199 s of a 10-minute Lite0 export) would be thrown away
-            raise ExportError("accuracy gate failed, no bundle written: " + " | ".join(gate_failures))
+        refuse_if(gate_failures)  # before the robustness report (199 s of a 10-minute Lite0 export) it would discard
         if opts.corruptions != "none":
             with stages(f"robustness under corruption ({opts.corruptions}, {min(len(ev), opts.corruption_images)} images)"):
                 summary["robustness"] = robustness(tmp, base_onnx if opts.prune > 0 else None, artifacts, ev,
                                                    preprocess_spec(data_cfg), opts, show_progress)
-            gate_failures += corruption_failures(summary["robustness"], opts)
-        if gate_failures:
-            raise ExportError("accuracy gate failed, no bundle written: " + " | ".join(gate_failures))
+            refuse_if(corruption_failures(summary["robustness"], opts))
         with stages("speed gate (this CPU, batch 1, 2 threads, each artefact on its target's runtime)"):
             # a device-built target's number here is its ONNX under ONNX Runtime on this CPU, reported but never
             # used to choose its default
@@ -325,6 +322,12 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
         summary["golden"] = write_golden_vectors(tmp, fp32_path, ev, preprocess_spec(data_cfg), opts)
         manifest = write_bundle(tmp, src, data_cfg, recipe, opts, artifacts, summary, stages.times)
     return manifest, opts
+
+
+def refuse_if(failures: List[str]) -> None:
+    """The export's refusal: every budget missed, and no bundle written."""
+    if failures:
+        raise ExportError("accuracy gate failed, no bundle written: " + " | ".join(failures))
 
 
 def write_golden_vectors(tmp: Path, fp32_path: Path, ev, spec: Dict, opts: ExportConfig) -> Dict:
