@@ -27,6 +27,7 @@ import argparse
 import json
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -36,6 +37,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loop_overhead import clip_size, photo_clip  # noqa: E402
 
 EDGECV = [sys.executable, "-m", "edgecv"]
+
+
+_CHILDREN: list = []  # every loop this benchmark started: stopped if it is interrupted or terminated
+
+
+def _start(cmd, **kw) -> subprocess.Popen:
+    p = subprocess.Popen(cmd, **kw)
+    _CHILDREN.append(p)
+    return p
+
+
+def _stop_children() -> None:
+    """SIGINT to every loop still running (a real-time replay loops until told), then kill what outlives 10 s."""
+    alive = [p for p in _CHILDREN if p.poll() is None]
+    for p in alive:
+        p.send_signal(signal.SIGINT)
+    for p in alive:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def _summary(stderr: str) -> dict:
@@ -54,7 +77,7 @@ def realtime_batched(bundle, clip, n, seconds):
     args = [*EDGECV, "run", bundle, "--realtime", "--loop", "--json", "--max-age", "100"]
     for _ in range(n):
         args += ["--source", str(clip)]
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = _start(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(seconds)
     p.send_signal(2)
     s = _summary(p.communicate(timeout=60)[1])
@@ -69,7 +92,7 @@ def _one(s: dict) -> dict:
 
 
 def realtime_separate(bundle, clip, n, seconds):
-    procs = [subprocess.Popen([*EDGECV, "run", bundle, "--source", str(clip), "--realtime", "--loop", "--json",
+    procs = [_start([*EDGECV, "run", bundle, "--source", str(clip), "--realtime", "--loop", "--json",
                                "--max-age", "100", "--threads", "1"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True) for _ in range(n)]
     time.sleep(seconds)
@@ -98,7 +121,7 @@ def unpaced(bundle, clip, n=4, frames=600):
                        text=True)
     batched = _summary(r.stderr)["fps"]
     one = single_cmd(bundle, clip, frames)
-    procs = [subprocess.Popen(single_cmd(bundle, clip, frames, True), stdout=subprocess.DEVNULL,
+    procs = [_start(single_cmd(bundle, clip, frames, True), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True) for _ in range(n)]
     separate = sum(_summary(p.communicate()[1])["fps"] for p in procs)  # they run side by side
     runs = [_summary(subprocess.run(one, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True).stderr)
@@ -125,7 +148,7 @@ def unpaced(bundle, clip, n=4, frames=600):
 def _cpu_and_wall(cmds) -> tuple:
     """Run ``cmds`` side by side; (wall seconds, core seconds of all of them)."""
     r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
-    ps = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for c in cmds]
+    ps = [_start(c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for c in cmds]
     if any(p.wait() != 0 for p in ps):
         raise SystemExit(f"{' '.join(map(str, cmds[0]))}: failed")
     wall, r1 = time.monotonic() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -158,7 +181,7 @@ def _engine_fps(bundle, batch: int, procs: int) -> float:
     """Frames/s of ``procs`` one-thread engine instances at once (one per core), each at ``batch``."""
     cmd = [*EDGECV, "bench", bundle, "--batch", str(batch), "--threads", "1", "--iters", str(max(50, 400 // batch)),
            "--json"]
-    ps = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(procs)]
+    ps = [_start(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(procs)]
     return sum(json.loads(p.communicate()[0])["batches"][str(batch)]["throughput"] for p in ps)
 
 
@@ -291,8 +314,14 @@ def main():
         atomic_write_json(a.json_out, results)
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminated)  # SIGTERM as Ctrl-C: the temporary clip is removed, the loops stopped
     try:
         main()
-    except KeyboardInterrupt:  # the loops it started got the same Ctrl-C and stop on their own
+    except KeyboardInterrupt:
+        _stop_children()
         raise SystemExit("interrupted") from None
