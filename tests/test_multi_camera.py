@@ -251,3 +251,73 @@ def test_realtime_replays_start_their_clocks_at_the_gate(tmp_path):
     th.join(10)
     assert got and got[0][0] == (72, 96, 3) and got[0][1] >= opened_at
     src.close()
+
+
+def _labels_by_frame(lines, camera=None):
+    rec = [json.loads(x) for x in lines]
+    return [(r["label"], round(r["score"], 4)) for r in rec if camera is None or r.get("camera") == camera]
+
+
+def test_unpaced_sources_are_read_by_the_workers_and_classified_like_one_camera(tiny_bundle, tmp_path):
+    """No live source: the workers read the clips themselves (no capture threads), and every camera's frame i gets
+    exactly what the single-camera loop gives frame i. One live source among them: capture threads again."""
+    from edgecv.runtime.run_loop import run
+
+    frames = np.random.default_rng(0).integers(0, 255, (30, 72, 96, 3), np.uint8)
+    v = tmp_path / "noise.mp4"
+    w = cv2.VideoWriter(str(v), cv2.VideoWriter_fourcc(*"mp4v"), 30, (96, 72))
+    for f in frames:
+        w.write(f)
+    w.release()
+    one = []
+    run(str(tiny_bundle), str(v), options=RunOptions(as_json=True), emit=one.append)
+    lines = []
+    s = run_multi(str(tiny_bundle), [Camera(c, str(v)) for c in "abc"],
+                  RunOptions(as_json=True, infer_workers=2, threads=2), emit=lines.append)
+    assert s["capture"] == "read by the inference workers" and s["mean_batch"] > 1.5
+    assert len(set(_labels_by_frame(one))) > 1  # the clip is not one label throughout: the check can fail
+    for c in "abc":
+        assert _labels_by_frame(lines, c) == _labels_by_frame(one)
+    lines.clear()  # a budget no frame meets: every frame read is counted stale, none classified
+    s = run_multi(str(tiny_bundle), [Camera(c, str(v)) for c in "ab"], RunOptions(as_json=True, max_age_ms=1e-6),
+                  emit=lines.append)
+    assert s["frames"] == 0 and not lines and [s["cameras"][c]["stale"] for c in "ab"] == [30, 30]
+    s = run_multi(str(tiny_bundle), [Camera("file", str(v)), Camera("gone", "/dev/video9")], RunOptions())
+    assert s["capture"] == "one thread per camera" and s["cameras"]["file"]["frames"] == 30
+
+
+def test_a_looped_clip_that_vanishes_does_not_hold_up_the_others_read_inline(tiny_bundle, tmp_path):
+    """A looped clip removed mid-run waits to reconnect (backoff) while the other camera goes on being read by
+    the same workers; put back, it is read again."""
+    keep, flaky = make_video(tmp_path / "keep.mp4", 30), make_video(tmp_path / "flaky.mp4", 10)
+    hidden = tmp_path / "hidden.mp4"
+    lines, hid_at = [], []
+
+    def emit(line):
+        lines.append(line)
+        if len(lines) == 4:
+            flaky.rename(hidden)  # the open capture reads to its end; reopening for the next pass fails
+            hid_at.append(len(lines))
+            back.start()  # should the whole loop stall (the defect this test is for), it still ends
+        elif hid_at and len(lines) == hid_at[0] + 300:
+            put_back()  # before the first retry (0.5 s)
+
+    def put_back():
+        with lock:
+            if hidden.exists():
+                hidden.rename(flaky)
+
+    lock = threading.Lock()
+    back = threading.Timer(3.0, put_back)
+
+    s = run_multi(str(tiny_bundle), [Camera("keep", str(keep)), Camera("flaky", str(flaky))],
+                  RunOptions(as_json=True, loop=True, max_frames=12000, infer_workers=2, threads=2), emit=emit)
+    back.cancel()
+    assert s["capture"] == "read by the inference workers" and s["frames"] == 12000
+    assert s["cameras"]["flaky"]["reconnects"] >= 1 and s["cameras"]["flaky"]["error"] is None
+    rec = [json.loads(x) for x in lines]
+    flaky_at = [i for i, r in enumerate(rec) if r["camera"] == "flaky"]
+    gap = max(b - a for a, b in zip(flaky_at, flaky_at[1:]))
+    assert gap > 100  # the other camera went on while this one waited
+    assert flaky_at[-1] > flaky_at[0] + gap  # and it came back
+    assert [rec[i]["frame"] for i in flaky_at] == list(range(len(flaky_at)))

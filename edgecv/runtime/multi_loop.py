@@ -9,6 +9,13 @@ each, one per core by default) run rounds side by side; one gathers while the ot
 written in capture order. JSON lines carry the camera id, its frame number, the capture time, the
 frame's age at inference and the latency; the summary has per-camera frames, drops, stale frames,
 reconnects and p50/p99 age. One camera's failure never stops the others.
+
+When no source is live (unpaced files and folders, every frame handed over) and preprocessing runs on the CPU,
+there are no capture threads: each worker reads its round itself, one frame per camera under a shared read
+lock, straight into its batch, then runs it. Four capture threads beside two engine workers on 2 cores cost
+about 9 context switches per frame (21,500 for 2,400 frames, against 1,000 read inline), each one evicting the
+engine's working set mid-call: Lite0 int8, 4 VGA clips, 376-382 frames/s with capture threads against 407-436
+read inline (tools/multicam_bench.py).
 """
 from __future__ import annotations
 
@@ -81,6 +88,27 @@ class CameraThread(threading.Thread):
         self.error: Optional[str] = None
         self.done = False
         self.stop = threading.Event()
+        self._frames = None  # the source's frame iterator, when a worker reads it (``read_inline``)
+
+    def read_inline(self) -> Optional[np.ndarray]:
+        """The source's next frame, for a loop that reads its unpaced sources in its workers (not started as a
+        thread); None when there is none now (the source waits to reconnect) or any more (``done``, and
+        ``error`` when it failed)."""
+        if self.done:
+            return None
+        if self._frames is None:
+            self.src.yield_while_waiting = True  # a file waiting to reconnect must not hold up the others
+            self._frames = self.src.frames()
+        try:
+            frame = next(self._frames)
+        except StopIteration:
+            frame, self.done = None, True
+        except SourceFailed as e:
+            frame, self.error, self.done = None, str(e), True
+        if frame is not None:
+            self.seq += 1
+            self.taken += 1
+        return frame
 
     def run(self) -> None:
         try:
@@ -159,6 +187,8 @@ class _Rounds:
         self.threads, self.wake, self.o, self.n_max = threads, wake, o, n_max  # threads: filled by the caller
         self.labels, self.emit, self.notifier, self.push_timeout = labels, emit, notifier, push_timeout
         self.order = threading.Condition()
+        self.inline = False  # the workers read the sources themselves (``_read_round``)
+        self.read_lock = threading.Lock()
         self.stop = False
         self.collecting = False  # a worker is gathering the next round
         self.reserved = 0  # frames taken and not (yet) found stale: what max_frames counts against
@@ -237,16 +267,56 @@ class _Rounds:
             self.next_ticket += 1
             return ticket, fresh
 
+    def _read_round(self, x: np.ndarray):
+        """``_take`` for a loop without capture threads: the next frame of every camera, read and preprocessed
+        into ``x`` under the read lock (rounds leave it in capture order), and its ticket; None when the run is
+        over."""
+        o = self.o
+        while True:
+            with self.read_lock:
+                room = self._room()
+                if self.stop or room <= 0:
+                    return None
+                got = []
+                for t in self.threads:
+                    if len(got) == room:
+                        break
+                    frame = t.read_inline()
+                    if frame is not None:
+                        t.pre(frame, x[len(got)])
+                        got.append((t, t.src.frame_time))
+                if got:
+                    now = time.monotonic()
+                    rows = []
+                    for i, (t, stamp) in enumerate(got):
+                        age = (now - stamp) * 1e3
+                        if o.max_age_ms is not None and age > o.max_age_ms:
+                            self.stats[t.cam.id]["stale"] += 1
+                            continue
+                        if i != len(rows):
+                            x[len(rows)] = x[i]
+                        rows.append((t, None, stamp, age))
+                    self.reserved += len(rows)
+                    ticket = self.next_ticket
+                    self.next_ticket += 1
+                    return ticket, rows
+                if all(t.done for t in self.threads):
+                    return None
+            self.ping()  # every source is waiting to reconnect: the loop itself is alive
+            time.sleep(0.02)
+
     def work(self, k: int, be, x: np.ndarray, gpu_pre) -> None:
         """One inference worker's loop: take a round, run it through this worker's engine, write it in order."""
         while True:
-            got = self._take()
+            got = self._read_round(x) if self.inline else self._take()
             if got is None:
                 return
             ticket, rows = got
             logits, ms = None, 0.0
             if rows:
                 for i, (_cam, tensor, _stamp, _age) in enumerate(rows):
+                    if tensor is None:
+                        continue  # read into its batch row already
                     if gpu_pre is not None:
                         gpu_pre(tensor, i)  # a decoded frame: resized and normalised on the GPU
                     else:
@@ -397,6 +467,7 @@ def run_multi(target, cameras: List[Camera], options: Optional[RunOptions] = Non
     cv_threads = cv2.getNumThreads()
     if be.runs_on_cpu:
         cv2.setNumThreads(1)
+    rounds.inline = gpu_pre is None and not any(t.src.live for t in threads)
 
     def helper(k: int) -> None:
         try:
@@ -410,9 +481,10 @@ def run_multi(target, cameras: List[Camera], options: Optional[RunOptions] = Non
     helpers = [threading.Thread(target=helper, args=(k,), daemon=True, name=f"inference {k}")
                for k in range(1, len(backends))]
     try:
-        for t in threads:
-            t.start()
-        _open_together(threads, start_gate, o.open_timeout_s, o.read_timeout_s)
+        if not rounds.inline:
+            for t in threads:
+                t.start()
+            _open_together(threads, start_gate, o.open_timeout_s, o.read_timeout_s)
         for h in helpers:
             h.start()
         rounds.work(0, be, xs[0], gpu_pre)  # the main thread is a worker: Ctrl-C and SIGTERM arrive here
@@ -457,6 +529,7 @@ def run_multi(target, cameras: List[Camera], options: Optional[RunOptions] = Non
             "workers": len(backends), "threads_per_worker": per_worker, "frames_per_worker": rounds.worker_frames,
             "backend": info["backend"], "artifact": info["file"], "precision": info.get("precision"),
             "preprocess": "gpu" if gpu_pre is not None else "cpu",
+            "capture": "read by the inference workers" if rounds.inline else "one thread per camera",
             "interrupted": interrupted, "error": "; ".join(errors) if errors and len(errors) == len(threads) else None,
             "camera_errors": errors, "latency_ms": {"infer_batch": percentiles(lat)} if lat else {},
             "dropped": sum(v["dropped"] for v in per_cam.values()),

@@ -276,6 +276,9 @@ class FrameSource:
         self.max_backoff_s = 10.0
         self.start_gate = start_gate
         self.opened = threading.Event()  # set once the source opened (or listed its folder) the first time
+        # True: while waiting to reconnect, ``frames`` yields None instead of sleeping (a loop that reads several
+        # sources in one thread goes on with the others)
+        self.yield_while_waiting = False
         self._cap = self._reader = None
 
     def _open(self) -> None:
@@ -358,7 +361,7 @@ class FrameSource:
             if not self.loop:
                 return
 
-    def frames(self) -> Iterator[np.ndarray]:
+    def frames(self) -> Iterator[Optional[np.ndarray]]:
         if self.kind == "folder":
             yield from self._folder_frames()
             return
@@ -405,6 +408,9 @@ class FrameSource:
                             self.last_error or "no frame", wait, failures)
                 deadline = time.monotonic() + wait
                 while time.monotonic() < deadline:
+                    if self.yield_while_waiting:
+                        yield None  # no frame now: the caller reads its other sources meanwhile
+                        continue
                     self.heartbeat()
                     time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
                 continue
