@@ -182,10 +182,10 @@ def test_watchdog_pings_stop_when_one_of_two_workers_hangs(tiny_bundle, tmp_path
     th = threading.Thread(target=go)
     th.start()
 
-    def messages(seconds):
-        return [m for _, m in notify_socket(seconds)]
+    def messages(seconds, after_ready=False):
+        return [m for _, m in notify_socket(seconds, after_ready)]
 
-    healthy = messages(1.5)
+    healthy = messages(1.5, after_ready=True)
     assert any(m.startswith("READY=1") for m in healthy) and healthy.count("WATCHDOG=1") >= 8
     hang.set()
     assert hung.wait(10)
