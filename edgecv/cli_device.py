@@ -218,7 +218,8 @@ def run(target, sources, cameras, backend, as_json, display, record, topk, smoot
                       dla_core=dla_core, fps=fps, max_age_ms=max_age_ms, min_score=min_score,
                       gpu_preprocess=gpu_preprocess, infer_workers=infer_workers)
     if cameras or len(sources) > 1:
-        from edgecv.runtime.multi_loop import Camera, load_cameras, run_multi
+        from edgecv.runtime.cameras import Camera, load_cameras
+        from edgecv.runtime.multi_loop import run_multi
 
         cams = load_cameras(cameras) if cameras else []
         cams += [Camera(f"cam{i}", src) for i, src in enumerate(sources, start=len(cams))]

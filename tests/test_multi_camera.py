@@ -15,7 +15,8 @@ import pytest
 from conftest import ROOT, free_port
 
 from edgecv.recipe import RecipeError
-from edgecv.runtime.multi_loop import Camera, load_cameras, run_multi
+from edgecv.runtime.cameras import Camera, load_cameras
+from edgecv.runtime.multi_loop import run_multi
 from edgecv.runtime.run_loop import RunOptions
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -201,7 +202,7 @@ def test_a_camera_holds_a_waiting_frame_and_asks_for_the_round_to_close(tmp_path
     """A live camera whose previous frame is still waiting holds the new one up to hold_s (and flags the round
     urgent, so a worker gathering one closes it) instead of replacing at once: replacements, each a frame the
     model never sees, fall from one per frame period to one per hold."""
-    from edgecv.runtime.multi_loop import CameraThread
+    from edgecv.runtime.cameras import CameraThread
     from edgecv.runtime.sources import FrameSource
 
     folder = tmp_path / "photos"

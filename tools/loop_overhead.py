@@ -71,7 +71,7 @@ def clip_size(text: str) -> tuple:
 
 def resize_used(pre, mode: str, frame_size: str) -> str:
     """``auto`` resolved for this frame size (what the loop actually ran)."""
-    w, h = (int(v) for v in frame_size.split("x"))
+    w, h = clip_size(frame_size)
     if pre.resized_size(h, w) == (h, w):
         return "none"
     return pre.mode_for(h, w) if mode != "auto" else f"auto:{pre.mode_for(h, w)}"

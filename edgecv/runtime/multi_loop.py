@@ -19,135 +19,20 @@ read inline (tools/multicam_bench.py).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
 
 from edgecv.runtime.backend import usable_cores
+from edgecv.runtime.cameras import Camera, CameraThread
 from edgecv.runtime.latency import percentiles
 from edgecv.runtime.run_loop import RunOptions, Smoother, select_gpu_preprocess, softmax, top_k, top_k_softmax, warm_up
-from edgecv.runtime.sources import FrameSource, SourceFailed
+from edgecv.runtime.sources import FrameSource
 from edgecv.utils.signals import INTERRUPTS, Terminated
-
-
-@dataclass
-class Camera:
-    id: str
-    source: str
-    loop: Optional[bool] = None
-    realtime: Optional[bool] = None
-    fps: Optional[float] = None
-
-
-def load_cameras(path: str) -> List[Camera]:
-    """A camera list (YAML): ``cameras: [{id: front, source: csi://0, realtime: false, fps: 30}, ...]``."""
-    from edgecv.recipe import RecipeError, read_yaml_mapping
-
-    raw = read_yaml_mapping(Path(path), "camera list")
-    cams = raw.get("cameras")
-    if not isinstance(cams, list) or not cams:
-        raise RecipeError(f"{path}: expected 'cameras:' with a list of {{id, source}}")
-    out, ids = [], set()
-    allowed = {f.name for f in dataclasses.fields(Camera)}
-    for i, c in enumerate(cams):
-        if not isinstance(c, dict) or not isinstance(c.get("source"), str):
-            raise RecipeError(f"{path}: cameras[{i}]: expected a mapping with a 'source' string")
-        unknown = set(c) - allowed
-        if unknown:
-            raise RecipeError(f"{path}: cameras[{i}]: unknown key(s) {', '.join(sorted(unknown))}")
-        cam = Camera(**{"id": str(c.get("id", f"cam{i}")), **{k: v for k, v in c.items() if k != "id"}})
-        if cam.id in ids:
-            raise RecipeError(f"{path}: cameras[{i}]: id {cam.id!r} appears twice")
-        ids.add(cam.id)
-        out.append(cam)
-    return out
-
-
-class CameraThread(threading.Thread):
-    """Reads and preprocesses one camera; ``take`` hands out its newest input tensor once.
-
-    Preprocessing runs here, beside decoding, so it overlaps the engine call of the inference loop (OpenCV
-    releases the GIL): the inference loop only copies each tensor into its batch.
-    """
-
-    def __init__(self, cam: Camera, src: FrameSource, wake: threading.Condition, pre, hold_s: float = 0.0):
-        super().__init__(daemon=True, name=f"camera {cam.id}")
-        self.cam, self.src, self.wake, self.pre = cam, src, wake, pre
-        self.blocking = not src.live  # an unpaced file or folder hands over every frame
-        self.hold_s = hold_s
-        self.urgent = False  # a newer frame is waiting behind the one not yet taken: close the round now
-        self.latest = None  # (frame, capture time)
-        self.seq = self.taken = self.dropped = 0
-        self.error: Optional[str] = None
-        self.done = False
-        self.stop = threading.Event()
-        self._frames = None  # the source's frame iterator, when a worker reads it (``read_inline``)
-
-    def read_inline(self) -> Optional[np.ndarray]:
-        """The source's next frame, for a loop that reads its unpaced sources in its workers (not started as a
-        thread); None when there is none now (the source waits to reconnect) or any more (``done``, and
-        ``error`` when it failed)."""
-        if self.done:
-            return None
-        if self._frames is None:
-            self.src.yield_while_waiting = True  # a file waiting to reconnect must not hold up the others
-            self._frames = self.src.frames()
-        try:
-            frame = next(self._frames)
-        except StopIteration:
-            frame, self.done = None, True
-        except SourceFailed as e:
-            frame, self.error, self.done = None, str(e), True
-        if frame is not None:
-            self.seq += 1
-            self.taken += 1
-        return frame
-
-    def run(self) -> None:
-        try:
-            for frame in self.src.frames():
-                tensor = self.pre(frame)
-                with self.wake:
-                    while self.blocking and self.latest is not None and not self.stop.is_set():
-                        self.wake.wait(0.1)
-                    if self.latest is not None and self.hold_s > 0 and not self.stop.is_set():
-                        # A frame late from a busy core lands right behind the previous one. A worker gathering a
-                        # round closes it at once; otherwise hold briefly for a worker to come free (the capture
-                        # thread keeps reading meanwhile). Lite0, 6 VGA cameras: 7 of 11 frames replaced this way
-                        # had waited only 9-13 ms, with a round open.
-                        self.urgent = True
-                        self.wake.notify_all()
-                        end = time.monotonic() + self.hold_s
-                        while self.latest is not None and not self.stop.is_set() and time.monotonic() < end:
-                            self.wake.wait(max(0.0, end - time.monotonic()))
-                        self.urgent = False
-                    if self.stop.is_set():
-                        break
-                    if self.latest is not None:
-                        self.dropped += 1  # replaced before the model took it
-                    self.latest = (tensor, self.src.frame_time)
-                    self.seq += 1
-                    self.wake.notify_all()
-        except SourceFailed as e:
-            self.error = str(e)
-        finally:
-            with self.wake:
-                self.done = True
-                self.wake.notify_all()
-
-    def take(self):
-        item, self.latest = self.latest, None
-        if item is not None:
-            self.taken += 1
-            self.wake.notify_all()
-        return item
 
 
 def _keep_frame(frame):
@@ -254,24 +139,29 @@ class _Rounds:
                     break
                 item = t.take()
                 if item is not None:
-                    taken.append((t, item))
-            now = time.monotonic()
-            fresh, stale = [], []
-            for t, (tensor, stamp) in taken:
-                age = (now - stamp) * 1e3
-                (stale if o.max_age_ms is not None and age > o.max_age_ms else fresh).append((t, tensor, stamp, age))
-            self.reserved += len(fresh)
-            for t, *_ in stale:
+                    taken.append((t, *item))
+            return self._issue(taken)
+
+    def _issue(self, taken):
+        """A round's ticket and its fresh rows ``(camera, tensor, capture time, age ms)`` from ``(camera, tensor,
+        capture time)``: frames over the age budget are counted stale, the others reserved against the budget."""
+        now, limit = time.monotonic(), self.o.max_age_ms
+        fresh = []
+        for t, tensor, stamp in taken:
+            age = (now - stamp) * 1e3
+            if limit is not None and age > limit:
                 self.stats[t.cam.id]["stale"] += 1
-            ticket = self.next_ticket
-            self.next_ticket += 1
-            return ticket, fresh
+            else:
+                fresh.append((t, tensor, stamp, age))
+        self.reserved += len(fresh)
+        ticket = self.next_ticket
+        self.next_ticket += 1
+        return ticket, fresh
 
     def _read_round(self, x: np.ndarray):
         """``_take`` for a loop without capture threads: the next frame of every camera, read and preprocessed
         into ``x`` under the read lock (rounds leave it in capture order), and its ticket; None when the run is
         over."""
-        o = self.o
         while True:
             with self.read_lock:
                 room = self._room()
@@ -284,22 +174,13 @@ class _Rounds:
                     frame = t.read_inline()
                     if frame is not None:
                         t.pre(frame, x[len(got)])
-                        got.append((t, t.src.frame_time))
+                        got.append((t, len(got), t.src.frame_time))  # its row in x
                 if got:
-                    now = time.monotonic()
-                    rows = []
-                    for i, (t, stamp) in enumerate(got):
-                        age = (now - stamp) * 1e3
-                        if o.max_age_ms is not None and age > o.max_age_ms:
-                            self.stats[t.cam.id]["stale"] += 1
-                            continue
-                        if i != len(rows):
-                            x[len(rows)] = x[i]
-                        rows.append((t, None, stamp, age))
-                    self.reserved += len(rows)
-                    ticket = self.next_ticket
-                    self.next_ticket += 1
-                    return ticket, rows
+                    ticket, fresh = self._issue(got)
+                    for j, (_t, i, _stamp, _age) in enumerate(fresh):
+                        if i != j:
+                            x[j] = x[i]  # a stale frame's row is dropped: the batch stays contiguous
+                    return ticket, [(t, None, stamp, age) for t, _i, stamp, age in fresh]
                 if all(t.done for t in self.threads):
                     return None
             self.ping()  # every source is waiting to reconnect: the loop itself is alive
