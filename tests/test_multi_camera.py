@@ -322,3 +322,27 @@ def test_a_looped_clip_that_vanishes_does_not_hold_up_the_others_read_inline(tin
     assert gap > 100  # the other camera went on while this one waited
     assert flaky_at[-1] > flaky_at[0] + gap  # and it came back
     assert [rec[i]["frame"] for i in flaky_at] == list(range(len(flaky_at)))
+
+
+def test_frames_per_second_counts_classifying_not_releasing_the_engines(tiny_bundle, tmp_path, monkeypatch):
+    """Releasing an engine (OpenVINO's compiled models: about 0.05 s each here) is teardown, not classification:
+    with a 1 s release, 60 frames of a tiny model must still report far more than 60 frames/s, in both loops."""
+    from edgecv.runtime import ort_backend
+    from edgecv.runtime.run_loop import run
+
+    real = ort_backend.OrtBackend.close
+
+    def slow_close(self):
+        time.sleep(1.0)
+        real(self)
+
+    monkeypatch.setattr(ort_backend.OrtBackend, "close", slow_close)
+    v = make_video(tmp_path / "a.mp4", 30)
+    t0 = time.monotonic()
+    one = run(str(tiny_bundle), str(v), "onnxruntime", emit=lambda _: None)
+    assert time.monotonic() - t0 >= 1.0 and one["frames"] == 30  # the release did happen, inside the call
+    assert one["fps"] > 60, one["fps"]  # was < 30: the 1 s release was counted as classifying time
+    cams = [Camera("a", str(v)), Camera("b", str(v))]
+    s = run_multi(str(tiny_bundle), cams, RunOptions(backend="onnxruntime", infer_workers=2, threads=2))
+    assert s["frames"] == 60 and s["workers"] == 2
+    assert s["fps"] > 120, s["fps"]  # was < 30: two engines released, 2 s

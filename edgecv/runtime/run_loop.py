@@ -341,6 +341,7 @@ def run(target, source: str, backend: str = "auto", options: Optional[RunOptions
     except SourceFailed as e:
         error = str(e)
     finally:
+        t_end = time.perf_counter()  # frames/s: the time spent classifying, not releasing the engine
         cv2.setNumThreads(cv_threads)
         notifier.stopping()
         notifier.close()
@@ -349,7 +350,7 @@ def run(target, source: str, backend: str = "auto", options: Optional[RunOptions
         recorded = recorder.close() if recorder else None
         if show:
             cv2.destroyAllWindows()
-    elapsed = time.perf_counter() - t_start
+    elapsed = t_end - t_start
     summary = {"frames": n, "fps": n / elapsed if elapsed else 0.0, "dropped": src.dropped,
                "reconnects": src.reconnects, "skipped": src.skipped, "backend": info["backend"],
                "resize": "gpu (exact antialiased)" if gpu_pre is not None else resize,
