@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 
@@ -52,11 +53,37 @@ def test_multicam_bench_smoke(tiny_bundle, tmp_path):
     least = u["cores"] * 1e3 / u["engine_workers_b4_fps"] + u["decode_preprocess_ms"]
     assert abs(u["least_core_ms_per_frame"] - least) < 1e-9
     # the tiny model's short runs may be too close to tell apart: then the core-time columns are left out, said so
-    if "steady_vs_separate" in u:
+    if "ceiling_vs_separate" in u:
         assert u["batched_core_ms_per_frame"] > 0 and u["separate_busy_cores"] > 0
         assert abs(u["ceiling_vs_separate"] - u["separate_core_ms_per_frame"] / least) < 1e-9
-        assert abs(u["steady_vs_separate"] - u["batched_marginal_fps"] / u["separate_marginal_fps"]) < 1e-9
     else:
         assert "too short to tell apart" in r.stderr and "| n/a |" in r.stdout
+    assert u["batched_window_fps"] > 0  # one loop: its own first to last frame
+    if u["separate_window_fps"]:  # 20 frames of a tiny model: separate processes may never classify at once
+        assert abs(u["window_vs_separate"] - u["batched_window_fps"] / u["separate_window_fps"]) < 1e-9
+        assert f"({u['window_vs_separate']:.2f}x) |" in r.stdout
+    else:
+        assert "window_vs_separate" not in u and r.stdout.rstrip().endswith("| n/a |")
     assert "| 64x48 |" in r.stdout
     assert clips() == before  # its temporary clip is removed
+
+
+def test_multicam_common_window_counts_only_while_every_loop_runs(tmp_path):
+    """Three loops' JSON lines: frames are counted only between the latest first frame and the earliest last one."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from multicam_bench import common_window_fps
+
+    def loop(name, t0, t1, fps):
+        n = int(round((t1 - t0) * fps)) + 1
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"camera": name, "capture_time": t0 + i / fps}) + "\n" for i in range(n)))
+        return path
+
+    # a runs 0-10 s at 100 frames/s, b 2-12 s at 50, c 4-9 s at 10: all three run from 4 to 9 s
+    files = [loop("a", 1000.0, 1010.0, 100), loop("b", 1002.0, 1012.0, 50), loop("c", 1004.0, 1009.0, 10)]
+    assert common_window_fps(files) == pytest.approx((501 + 251 + 51) / 5.0, rel=1e-6)
+    assert common_window_fps(files[:1]) == pytest.approx(1001 / 10.0)
+    late = loop("d", 1020.0, 1021.0, 10)  # starts after a has ended: never all running
+    assert common_window_fps([files[0], late]) is None
+    (tmp_path / "empty").write_text("")
+    assert common_window_fps([files[0], tmp_path / "empty"]) is None
