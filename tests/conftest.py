@@ -1,3 +1,4 @@
+import atexit
 import os
 import shutil
 import tempfile
@@ -14,6 +15,8 @@ os.environ.setdefault("EDGECV_ENGINE_CACHE", "/tmp/edgecv-test-engines")
 # verify records and compiled-model caches of this run only: a record from an earlier run (or the user's
 # ~/.cache/edgecv) for a byte-identical bundle would change what `--backend auto` opens
 os.environ["EDGECV_CACHE"] = tempfile.mkdtemp(prefix="edgecv-test-cache-")
+# removed when the test run ends (every run used to leave one behind in /tmp: 122 of them after a day's work)
+atexit.register(shutil.rmtree, os.environ["EDGECV_CACHE"], ignore_errors=True)
 
 
 def pytest_configure(config):

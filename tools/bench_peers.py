@@ -412,4 +412,11 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from edgecv.utils import signals
+
+    signals.install()  # SIGTERM as Ctrl-C: the exports' and this run's temporary folders are removed
+    try:
+        sys.exit(main())
+    except signals.INTERRUPTS as e:
+        print("[bench_peers] interrupted: no results written", file=sys.stderr)
+        sys.exit(signals.exit_code(e))
