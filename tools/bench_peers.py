@@ -204,6 +204,7 @@ def trained_like_batchnorm(model, images: np.ndarray, seed: int = 0) -> None:
 
     g = torch.Generator().manual_seed(seed)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
     with torch.no_grad():
         for m in bns:
             m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
@@ -213,8 +214,8 @@ def trained_like_batchnorm(model, images: np.ndarray, seed: int = 0) -> None:
         model.train()
         for i in range(0, len(images), 32):
             model(torch.from_numpy(np.ascontiguousarray(images[i:i + 32])))
-    for m in bns:
-        m.momentum = 0.1
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
     model.eval()
 
 

@@ -26,6 +26,7 @@ Every number is a ratio against a baseline measured in the same run. Clips pan s
 ImageNet photos (tools/loop_overhead.photo_clip).
 """
 import argparse
+import contextlib
 import json
 import resource
 import shutil
@@ -142,14 +143,11 @@ def unpaced(bundle, clip, n=4, frames=600):
         with open(lines[n], "w") as out:
             r = subprocess.run(batched_cmd(bundle, clip, n, frames), stdout=out, stderr=subprocess.PIPE, text=True)
         batched = _summary(r.stderr)["fps"]
-        outs = [open(f, "w") for f in lines[:n]]
-        try:
+        with contextlib.ExitStack() as files:
+            outs = [files.enter_context(open(f, "w")) for f in lines[:n]]
             procs = [_start(single_cmd(bundle, clip, frames, True), stdout=o, stderr=subprocess.PIPE, text=True)
                      for o in outs]
             separate = sum(_summary(p.communicate()[1])["fps"] for p in procs)  # they run side by side
-        finally:
-            for o in outs:
-                o.close()
         window = {"batched_window_fps": common_window_fps(lines[n:]), "separate_window_fps": common_window_fps(lines[:n])}
     one = single_cmd(bundle, clip, frames)
     runs = [_summary(subprocess.run(one, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True).stderr)

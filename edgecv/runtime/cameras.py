@@ -65,7 +65,7 @@ class CameraThread(threading.Thread):
         self.hold_s = hold_s
         self.urgent = False  # a newer frame is waiting behind the one not yet taken: close the round now
         self.latest = None  # (frame, capture time)
-        self.seq = self.taken = self.dropped = 0
+        self.dropped = 0
         self.error: Optional[str] = None
         self.done = False
         self.stop = threading.Event()
@@ -86,9 +86,6 @@ class CameraThread(threading.Thread):
             frame, self.done = None, True
         except SourceFailed as e:
             frame, self.error, self.done = None, str(e), True
-        if frame is not None:
-            self.seq += 1
-            self.taken += 1
         return frame
 
     def run(self) -> None:
@@ -114,7 +111,6 @@ class CameraThread(threading.Thread):
                     if self.latest is not None:
                         self.dropped += 1  # replaced before the model took it
                     self.latest = (tensor, self.src.frame_time)
-                    self.seq += 1
                     self.wake.notify_all()
         except SourceFailed as e:
             self.error = str(e)
@@ -126,6 +122,5 @@ class CameraThread(threading.Thread):
     def take(self):
         item, self.latest = self.latest, None
         if item is not None:
-            self.taken += 1
             self.wake.notify_all()
         return item

@@ -143,8 +143,9 @@ class _Rounds:
             return self._issue(taken)
 
     def _issue(self, taken):
-        """A round's ticket and its fresh rows ``(camera, tensor, capture time, age ms)`` from ``(camera, tensor,
-        capture time)``: frames over the age budget are counted stale, the others reserved against the budget."""
+        """A round's ticket and its fresh rows ``(camera, item, capture time, age ms)`` from ``(camera, item,
+        capture time)``, where the item is the camera's tensor (``_take``) or its row in the batch (``_read_round``):
+        frames over the age budget are counted stale, the others reserved against the budget."""
         now, limit = time.monotonic(), self.o.max_age_ms
         fresh = []
         for t, tensor, stamp in taken:
@@ -173,6 +174,8 @@ class _Rounds:
                         break
                     frame = t.read_inline()
                     if frame is not None:
+                        # under the lock, right after decoding: preprocessing four decoded VGA frames after
+                        # releasing it measured 3% slower (401 vs 414 frames/s), the frames gone cold in cache
                         t.pre(frame, x[len(got)])
                         got.append((t, len(got), t.src.frame_time))  # its row in x
                 if got:
