@@ -60,11 +60,11 @@ class Classifier:
         if isinstance(frame, (str, bytes, os.PathLike)):
             import cv2
 
-            from edgecv.utils.images import read_image
+            from edgecv.utils.images import read_image_why
 
-            img = read_image(frame, cv2.IMREAD_GRAYSCALE if self.pre.channels == 1 else cv2.IMREAD_COLOR)
+            img, why = read_image_why(frame, cv2.IMREAD_GRAYSCALE if self.pre.channels == 1 else cv2.IMREAD_COLOR)
             if img is None:
-                raise InputSpecError(f"{os.fsdecode(frame)}: not a readable image")
+                raise InputSpecError(f"{os.fsdecode(frame)}: {why}")
             return img
         if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim not in (2, 3) \
                 or (frame.ndim == 3 and frame.shape[2] not in (1, 3, 4)) or min(frame.shape[:2]) < 1:

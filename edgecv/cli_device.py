@@ -7,6 +7,7 @@ import sys
 import click
 
 from edgecv.cli_types import BackendChoice, new_dir_or_missing
+from edgecv.utils.limits import FPS_RANGE
 
 
 class BatchList(click.ParamType):
@@ -170,7 +171,7 @@ def profile(target, backend, iters, batch, threads, top, out_dir, as_json, dla_c
 @click.option("--loop", is_flag=True, help="Loop file and folder sources.")
 @click.option("--realtime", is_flag=True,
               help="Replay files and folders like a live camera: at their frame rate (or --fps), newest frame only.")
-@click.option("--fps", type=click.FloatRange(min=0.1, max=1000), default=None,
+@click.option("--fps", type=click.FloatRange(*FPS_RANGE), default=None,
               help="--realtime pace for folders and files without a frame rate [default: the file's, else 30].")
 @click.option("--max-age", "max_age_ms", type=click.FloatRange(min=0), default=None,
               help="Never classify a frame older than MS milliseconds; it is counted as stale.")
@@ -218,12 +219,10 @@ def run(target, sources, cameras, backend, as_json, display, record, topk, smoot
                       dla_core=dla_core, fps=fps, max_age_ms=max_age_ms, min_score=min_score,
                       gpu_preprocess=gpu_preprocess, infer_workers=infer_workers)
     if cameras or len(sources) > 1:
-        from edgecv.runtime.cameras import Camera, load_cameras
+        from edgecv.runtime.cameras import camera_list
         from edgecv.runtime.multi_loop import run_multi
 
-        cams = load_cameras(cameras) if cameras else []
-        cams += [Camera(f"cam{i}", src) for i, src in enumerate(sources, start=len(cams))]
-        summary = run_multi(target, cams, opts)
+        summary = run_multi(target, camera_list(cameras, sources), opts)
         _print_multi(summary, as_json)
         return
     if not sources:
@@ -252,10 +251,11 @@ def _print_multi(summary, as_json: bool) -> None:
     else:
         from edgecv.utils.table import print_rows
 
-        rows = [{"camera": c, **{k: v[k] for k in ("frames", "dropped", "stale", "reconnects")},
+        rows = [{"camera": c, **{k: v[k] for k in ("frames", "dropped", "stale", "skipped", "reconnects")},
                  "age_p50_ms": (v["age_ms"] or {}).get("p50_ms"), "age_p99_ms": (v["age_ms"] or {}).get("p99_ms"),
                  "error": v["error"] or ""} for c, v in summary["cameras"].items()]
-        print_rows(rows, ["camera", "frames", "dropped", "stale", "reconnects", "age_p50_ms", "age_p99_ms", "error"],
+        print_rows(rows, ["camera", "frames", "dropped", "stale", "skipped", "reconnects", "age_p50_ms", "age_p99_ms",
+                          "error"],
                    f"{summary['frames']} frames, {summary['fps']:.1f} fps, mean batch {summary['mean_batch']:.2f}")
     if summary["error"]:
         click.echo(f"error: {summary['error']}", err=True)

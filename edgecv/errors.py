@@ -39,7 +39,11 @@ class InputSpecError(ValueError):
     """An input does not match the model's input spec."""
 
 
+class UsageError(ValueError):
+    """A value given to a command cannot be used as it is (it names the option or field)."""
+
+
 def USER_ERRORS():
     return (RecipeError, DatasetError, CheckpointError, ModelError, SourceError, ExportError, BundleError,
-            DeviceError, InputSpecError, ModelFileError, OutputError, FileNotFoundError, PermissionError, IsADirectoryError,
+            DeviceError, InputSpecError, UsageError, ModelFileError, OutputError, FileNotFoundError, PermissionError, IsADirectoryError,
             NotADirectoryError)

@@ -128,3 +128,49 @@ def notify_socket(tmp_path, monkeypatch):
 
     yield collect
     srv.close()
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    d = tmp_path_factory.mktemp("keys")
+    for name in ("dev", "other"):
+        k = ec.generate_private_key(ec.SECP256R1())
+        (d / f"{name}.pem").write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))
+        (d / f"{name}.pub").write_bytes(k.public_key().public_bytes(serialization.Encoding.PEM,
+                                                                    serialization.PublicFormat.SubjectPublicKeyInfo))
+    return d
+
+
+def release(tiny_bundle, dst, n):
+    """A copy of the tiny bundle as release ``n``."""
+    shutil.copytree(tiny_bundle, dst)
+    resign(dst, lambda m: m.update(release=n))
+    return dst
+
+
+def unanswerable_golden(bundle):
+    """Golden logits that no precision can agree with (each row's classes rolled by one), under the strictest valid
+    budget: acceptance must fail."""
+    import numpy as np
+
+    g = bundle / "golden.npz"
+    with np.load(g) as z:
+        d = dict(z)
+    d["logits"] = np.roll(d["logits"], 1, axis=1)
+    np.savez_compressed(g, **d)
+    resign(bundle, lambda m: m["golden"]["budget"].update(min_agreement=1.0, max_drop=0.0))
+
+
+def invoke(*args):
+    """``edgecv ARGS`` in this process; a traceback (an exception other than SystemExit) fails the test."""
+    from click.testing import CliRunner
+
+    from edgecv.cli import cli
+
+    r = CliRunner().invoke(cli, [str(a) for a in args])
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    return r

@@ -12,10 +12,8 @@ import sys
 import time
 
 import pytest
-from click.testing import CliRunner
-from conftest import FASHION, free_port, resign
+from conftest import FASHION, free_port, invoke, release, resign, unanswerable_golden
 
-from edgecv.cli import cli
 from edgecv.runtime.bundle import open_bundle
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -26,35 +24,6 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGECV_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.delenv("EDGECV_TRUST", raising=False)
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    d = tmp_path_factory.mktemp("keys")
-    for name in ("dev", "other"):
-        k = ec.generate_private_key(ec.SECP256R1())
-        (d / f"{name}.pem").write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                        serialization.NoEncryption()))
-        (d / f"{name}.pub").write_bytes(k.public_key().public_bytes(serialization.Encoding.PEM,
-                                                                    serialization.PublicFormat.SubjectPublicKeyInfo))
-    return d
-
-
-
-
-def release(tiny_bundle, dst, n):
-    shutil.copytree(tiny_bundle, dst)
-    resign(dst, lambda m: m.update(release=n))
-    return dst
-
-
-def invoke(*args):
-    r = CliRunner().invoke(cli, [str(a) for a in args])
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    return r
 
 
 # -- signing ----------------------------------------------------------------------------------------------------
@@ -152,7 +121,7 @@ def test_incompatible_or_unaccepted_bundle_is_not_installed(tiny_bundle, tmp_pat
     r = invoke("install", arm, "--root", root)
     assert r.exit_code == 2 and "cpu architecture" in r.output
     bad = release(tiny_bundle, tmp_path / "bad", 6)
-    resign(bad, lambda m: m["golden"]["budget"].update(max_drop=-1.0))  # nothing can pass acceptance
+    unanswerable_golden(bad)
     r = invoke("install", bad, "--root", root)
     assert r.exit_code == 2 and "acceptance test failed" in r.output
     s = json.loads(invoke("status", "--root", root, "--json").output)

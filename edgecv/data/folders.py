@@ -38,13 +38,17 @@ def _is_image(p: Path) -> bool:
 
 
 def check_image(path: str) -> Optional[str]:
-    """Return None when PIL can open and verify ``path``, else the reason it cannot."""
+    """Return None when PIL can open and verify ``path`` and its header's size is within the frame budget
+    (``edgecv.utils.images.frame_size_problem``), else the reason it cannot."""
     from PIL import Image
+
+    from edgecv.utils.limits import frame_size_problem
 
     try:
         with Image.open(path) as im:
+            problem = frame_size_problem(im.height, im.width)  # from the header, before decoding anything
             im.verify()
-        return None
+        return problem
     except Exception as e:  # PIL raises many types for bad files
         return f"{type(e).__name__}: {e}"
 

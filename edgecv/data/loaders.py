@@ -58,7 +58,12 @@ class ImageFileDataset(Dataset):
     def load(self, i: int) -> torch.Tensor:
         from PIL import Image
 
+        from edgecv.utils.limits import frame_size_problem
+
         with Image.open(self.samples[i][0]) as im:
+            problem = frame_size_problem(im.height, im.width)
+            if problem:  # counted and replaced like a file that does not decode
+                raise ValueError(f"{self.samples[i][0]}: {problem}")
             im = im.convert("RGB" if self.channels == 3 else "L")
             arr = np.asarray(im)
         t = torch.from_numpy(arr.copy())

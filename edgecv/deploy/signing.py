@@ -36,23 +36,64 @@ def set_command_trust(keys, add: bool = False) -> None:
     _COMMAND_TRUST[:] = (_COMMAND_TRUST if add else []) + [os.fspath(k) for k in keys or ()]
 
 
+KEY_SUFFIXES = (".pem", ".pub")
+
+
 def configured_trust() -> List[Path]:
     """Public keys to trust: ``--trust``, ``EDGECV_TRUST`` (files or folders, separated by ':') and the
-    trusted-keys folder."""
+    trusted-keys folder. Trust fails closed: a source that is configured but cannot be read, or yields no usable
+    key (an empty folder, keys with another suffix, broken links, a file that is not a PEM public key), is a
+    SignatureError naming it, never "no key trusted here"."""
     out: List[Path] = []
-    items = list(_COMMAND_TRUST) + os.environ.get("EDGECV_TRUST", "").split(os.pathsep)
-    for item in filter(None, items):
-        p = Path(item)
-        if p.is_dir():
-            out += sorted(q for q in p.iterdir() if q.suffix in (".pem", ".pub") and q.is_file())
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise SignatureError(f"{p}: trusted key not found (EDGECV_TRUST / --trust)")
-    d = trusted_keys_dir()
-    if d.is_dir():
-        out += sorted(q for q in d.iterdir() if q.suffix in (".pem", ".pub") and q.is_file())
+    items = [("--trust", k) for k in _COMMAND_TRUST]
+    items += [("EDGECV_TRUST", k) for k in os.environ.get("EDGECV_TRUST", "").split(os.pathsep) if k]
+    folder = trusted_keys_dir()
+    if os.path.lexists(folder):
+        items.append(("the trusted-keys folder", os.fspath(folder)))
+    for origin, item in items:
+        out += _keys_from(Path(item), origin)
     return out
+
+
+def _keys_from(p: Path, origin: str) -> List[Path]:
+    """The usable keys of one trust source (a key file or a folder of ``.pem``/``.pub`` files)."""
+    if not os.path.lexists(p):
+        raise SignatureError(f"{p}: trusted key not found ({origin})")
+    if not p.exists():
+        raise SignatureError(f"{p}: a broken link ({origin}); trust fails closed")
+    if not p.is_dir():
+        return [_usable_key(p, origin)]
+    try:
+        entries = sorted(p.iterdir())
+    except OSError as e:
+        raise SignatureError(f"{p}: cannot list the trusted keys ({e.strerror}; {origin})") from None
+    keys = [_usable_key(q, origin) for q in entries if q.suffix in KEY_SUFFIXES]
+    if not keys:
+        found = ", ".join(q.name for q in entries[:5]) + (" ..." if len(entries) > 5 else "")
+        raise SignatureError(f"{p}: holds no trusted key ({origin}: {'found ' + found if entries else 'empty'}; "
+                             f"keys are PEM public keys named *{' or *'.join(KEY_SUFFIXES)}); trust fails closed")
+    return keys
+
+
+def _usable_key(q: Path, origin: str) -> Path:
+    """``q`` when it is a readable PEM public key, else a SignatureError naming it."""
+    try:
+        data = q.read_bytes() if q.is_file() else None
+    except OSError as e:
+        raise SignatureError(f"{q}: cannot read this trusted key ({e.strerror}; {origin})") from None
+    if data is None:
+        why = "a broken link" if q.is_symlink() and not q.exists() else "not a regular file"
+        raise SignatureError(f"{q}: {why} ({origin}); trust fails closed")
+    try:
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+    except ImportError:
+        raise SignatureError(f"{q}: a trusted key is configured, but signatures cannot be checked without "
+                             "pip install 'edgecv[deploy]'") from None
+    try:
+        load_pem_public_key(data)
+    except (ValueError, TypeError) as e:
+        raise SignatureError(f"{q}: not a PEM public key ({origin}: {str(e).splitlines()[0][:120]})") from None
+    return q
 
 
 def _ignored(bundle: Path) -> List[Path]:
@@ -67,9 +108,12 @@ def _hashing_config(bundle: Path):
 
 def sign_bundle(bundle: str | os.PathLike, private_key: str | os.PathLike, password: str | None = None) -> Path:
     """Sign every file of a verified bundle with an EC private key (PEM); returns the signature's path."""
+    from edgecv.deploy.install import is_install_root
     from edgecv.runtime.bundle import open_bundle
     from edgecv.utils.io import TMP_TAG, file_mode
 
+    if is_install_root(Path(os.fsdecode(bundle))):
+        raise SignatureError(f"{bundle}: is an install root; sign the bundle on the workstation, before installing it")
     b = open_bundle(bundle, trust=False)  # integrity first: never sign a damaged bundle
     key = Path(private_key)
     if not key.is_file():
@@ -96,7 +140,11 @@ def sign_bundle(bundle: str | os.PathLike, private_key: str | os.PathLike, passw
 
 def verify_signature(bundle: str | os.PathLike, keys: List[Path]) -> Path:
     """The trusted key that verifies ``bundle``'s signature; SignatureError when none does."""
-    import model_signing
+    try:
+        import model_signing
+    except ImportError:
+        raise SignatureError("a trusted key is configured, but model-signing is not installed to check signatures: "
+                             "pip install 'edgecv[deploy]'") from None
 
     root = Path(os.fsdecode(bundle))
     sig = root / SIGNATURE

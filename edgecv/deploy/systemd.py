@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import os
-import shlex
+import re
 import sys
 from typing import Optional, Sequence
+
+from edgecv.errors import UsageError
 
 UNIT = """[Unit]
 Description=edgecv camera classification ({source})
@@ -36,18 +38,69 @@ WantedBy=multi-user.target
 """
 
 
+class UnitError(UsageError):
+    """A value cannot be written into a systemd unit (a control character, a bad user name)."""
+
+
+# systemd's user and group names (its "relaxed" rule, as useradd accepts them), or a numeric id
+_NAME = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_.-]{0,30}\$?|[0-9]{1,10})$")
+
+
+def _plain(value: str, what: str) -> str:
+    """``value`` if it holds no control character: a newline would start a directive of its own."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise UnitError(f"{what}: {value!r} holds a control character (a newline would inject a unit directive)")
+    return value
+
+
+def exec_arg(value: str, what: str) -> str:
+    """One argument of ``ExecStart=``: double-quoted, with C-style escapes for ``\\`` and ``"``, ``%%`` for a
+    specifier's ``%`` and ``$$`` for a variable's ``$`` (so an RTSP password ``p%40ss`` stays itself)."""
+    v = _plain(value, what).replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
+    return f'"{v}"'
+
+
+def setting_text(value: str, what: str) -> str:
+    """Free text of a setting such as ``Description=``: specifiers escaped, no control character, no trailing
+    backslash (it would continue the line)."""
+    return _plain(value, what).replace("%", "%%").rstrip("\\")
+
+
+def unit_name(value: str, what: str) -> str:
+    if not _NAME.match(value or ""):
+        raise UnitError(f"{what}: {value!r} is not a user or group name (letters, digits, '_', '-', '.'; or a "
+                        "numeric id)")
+    return value
+
+
+def _shown_source(source: str) -> str:
+    """The source as the unit's description shows it (``systemctl status`` shows it to every user): an RTSP
+    password is left out."""
+    return re.sub(r"^([a-z][a-z0-9+.-]*://[^/@:]*):[^/@]*@", r"\1:***@", source)
+
+
 def unit_text(root: str, source: str, user: str = "edgecv", group: Optional[str] = None, watchdog_s: int = 10,
               start_timeout_s: int = 600, edgecv: Optional[Sequence[str]] = None,
               extra_args: Sequence[str] = ()) -> str:
     """The unit for ``edgecv run ROOT --source SOURCE --json`` (ROOT: an install root: runs its active slot).
-    The start timeout covers a first TensorRT engine build on the device."""
+    The start timeout covers a first TensorRT engine build on the device. Every value from the user is escaped
+    for systemd or refused (UnitError)."""
     cmd = list(edgecv or [sys.executable, "-m", "edgecv"]) + ["run", root, "--source", source, "--json",
                                                              *extra_args]
-    return UNIT.format(source=source, exec_start=" ".join(shlex.quote(c) for c in cmd), watchdog=int(watchdog_s),
-                       start_timeout=int(start_timeout_s), user=user, group=group or user)
+    return UNIT.format(source=setting_text(_shown_source(source), "--source"),
+                       exec_start=" ".join(exec_arg(c, "--root/--source" if c in (root, source) else "the command")
+                                           for c in cmd),
+                       watchdog=int(watchdog_s), start_timeout=int(start_timeout_s),
+                       user=unit_name(user, "--user"), group=unit_name(group or user, "--group"))
 
 
 def write_unit(path: str | os.PathLike, text: str) -> None:
+    """Write the unit atomically into an existing folder (a typo must not create /etc/systemd/sytem/)."""
     from edgecv.utils.io import atomic_write_text
 
-    atomic_write_text(path, text)
+    p = os.path.abspath(os.fsdecode(path))
+    if os.path.isdir(p):
+        raise UnitError(f"-o {path}: is a directory; give the unit's file name (e.g. {p}/edgecv.service)")
+    if not os.path.isdir(os.path.dirname(p)):
+        raise UnitError(f"-o {path}: folder {os.path.dirname(p)} does not exist")
+    atomic_write_text(p, text)

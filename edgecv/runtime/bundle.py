@@ -31,6 +31,18 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 MAX_MANIFEST_BYTES = 16 << 20
+# The fidelity budget's ranges (as the export's --min-agreement and --max-drop take them): NaN or -1 in a hand-edited
+# manifest would let verify accept any int8 answer.
+BUDGET_RANGES = {"min_agreement": (0.0, 1.0), "max_drop": (0.0, 100.0)}
+
+
+def strict_json(raw: bytes | str, where: str):
+    """``json.loads`` that refuses NaN and Infinity (Python's json accepts them; no edgecv file holds one)."""
+    def refuse(name):
+        raise BundleError(f"{where}: {name} is not a number a bundle may hold")
+
+    text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    return json.loads(text, parse_constant=refuse)
 
 
 def check_member_name(name: Any, where: str) -> str:
@@ -151,10 +163,12 @@ def validate_manifest(m: Any, mpath: Path) -> None:
             raise BundleError(f"{mpath}: golden: expected an object")
         listed(golden.get("file"), "golden.file")
         budget = golden.get("budget", {})
-        if not isinstance(budget, dict) or not all(
-                isinstance(budget.get(k), (int, float)) and not isinstance(budget.get(k), bool)
-                for k in ("min_agreement", "max_drop")):
+        if not isinstance(budget, dict):
             raise BundleError(f"{mpath}: golden.budget: expected {{min_agreement: number, max_drop: number}}")
+        for key, (lo, hi) in BUDGET_RANGES.items():
+            v = budget.get(key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+                raise BundleError(f"{mpath}: golden.budget.{key}: expected a number from {lo} to {hi}, got {v!r}")
     model = m.get("model")
     if model is not None and not isinstance(model, dict):
         raise BundleError(f"{mpath}: model: expected an object")
@@ -198,6 +212,7 @@ def validate_preprocess(spec: Any, where: str) -> Dict:
 class Bundle:
     root: Path
     manifest: Dict
+    signed_by: Optional[Path] = None  # the trusted key its signature verified with (None: no key is trusted here)
     _cache: Dict[str, Any] = field(default_factory=dict, repr=False)
 
     def path(self, name: str) -> Path:
@@ -237,7 +252,7 @@ class Bundle:
         if "preprocess" not in self._cache:
             name = self.manifest["preprocess"]
             try:
-                spec = json.loads(self.read_text(name))
+                spec = strict_json(self.read_text(name), str(self.path(name)))
             except json.JSONDecodeError as e:
                 raise BundleError(f"{self.path(name)}: not valid JSON ({e.msg}, line {e.lineno})") from None
             self._cache["preprocess"] = validate_preprocess(spec, str(self.path(name)))
@@ -290,18 +305,19 @@ def open_bundle(path: "str | os.PathLike | Bundle", verify: bool = True, trust: 
 
     root = active_slot(root) or root
     root = Path(os.path.realpath(root))  # the root may be a link the user chose; nothing below it may be
+    signed_by = None
     if trust:
         from edgecv.deploy.signing import configured_trust, verify_signature
 
         keys = configured_trust()
         if keys:
-            verify_signature(root, keys)
+            signed_by = verify_signature(root, keys)
     mpath = _regular_file_inside(root, MANIFEST, "required (not an edgecv bundle)")
     if mpath.stat().st_size > MAX_MANIFEST_BYTES:
         raise BundleError(f"{mpath}: {mpath.stat().st_size} bytes; not an edgecv manifest")
     raw = mpath.read_bytes()
     try:
-        manifest = json.loads(raw.decode("utf-8"))
+        manifest = strict_json(raw, str(mpath))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"{mpath}: not valid JSON ({e})") from None
     if not isinstance(manifest, dict):
@@ -317,4 +333,4 @@ def open_bundle(path: "str | os.PathLike | Bundle", verify: bool = True, trust: 
                 raise BundleError(f"{f}: size {size} != {info['size']} in the manifest (truncated or modified)")
             if sha256_file(f) != info["sha256"]:
                 raise BundleError(f"{f}: sha256 does not match the manifest (file modified)")
-    return Bundle(root, manifest)
+    return Bundle(root, manifest, signed_by)

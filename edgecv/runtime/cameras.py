@@ -6,16 +6,20 @@ or, in a loop without capture threads, to the inference worker that asks (``read
 """
 from __future__ import annotations
 
-import dataclasses
+import logging
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
-from edgecv.runtime.sources import FrameSource, SourceFailed
+from edgecv.recipe import RecipeError, read_yaml_mapping
+from edgecv.runtime.sources import FrameSource, SourceFailed, check_source_syntax
+from edgecv.utils.limits import check_fps
+
+log = logging.getLogger("edgecv.cameras")
 
 
 @dataclass
@@ -27,28 +31,80 @@ class Camera:
     fps: Optional[float] = None
 
 
+CAMERA_KEYS = ("id", "source", "loop", "realtime", "fps")
+
+
+def _text(v: Any, where: str) -> str:
+    if isinstance(v, bool) or not isinstance(v, (str, int)) or not str(v).strip() \
+            or any(ord(c) < 32 or ord(c) == 127 for c in str(v)):
+        raise RecipeError(f"{where}: expected a non-empty string without control characters, got {v!r}")
+    return str(v)
+
+
+def _source(v: Any, where: str) -> str:
+    try:
+        return check_source_syntax(_text(v, where))
+    except SourceFailed as e:
+        raise RecipeError(f"{where}: {e}") from None
+
+
+def _camera(c: Any, i: int, path: str) -> Camera:
+    """One entry of a camera list, every value typed and range-checked (the rules of ``--source``/``--fps``)."""
+    where = f"{path}: cameras[{i}]"
+    if not isinstance(c, dict) or "source" not in c:
+        raise RecipeError(f"{where}: expected a mapping with a 'source' string, e.g. {{id: front, source: csi://0}}")
+    unknown = [k for k in c if k not in CAMERA_KEYS]
+    if unknown:
+        raise RecipeError(f"{where}: unknown key(s) {', '.join(repr(k) for k in unknown)} "
+                          f"(known: {', '.join(CAMERA_KEYS)})")
+    cam = Camera(_text(c.get("id", f"cam{i}"), f"{where}.id"), _source(c["source"], f"{where}.source"))
+    for key in ("loop", "realtime"):
+        v = c.get(key)
+        if v is not None and type(v) is not bool:  # "false" and "no" as strings are not false
+            raise RecipeError(f"{where}.{key}: expected true or false, got {v!r}")
+        setattr(cam, key, v)
+    if c.get("fps") is not None:
+        try:
+            cam.fps = check_fps(c["fps"], f"{where}.fps")
+        except ValueError as e:
+            raise RecipeError(str(e)) from None
+    return cam
+
+
 def load_cameras(path: str) -> List[Camera]:
     """A camera list (YAML): ``cameras: [{id: front, source: csi://0, realtime: false, fps: 30}, ...]``."""
-    from edgecv.recipe import RecipeError, read_yaml_mapping
-
     raw = read_yaml_mapping(Path(path), "camera list")
     cams = raw.get("cameras")
     if not isinstance(cams, list) or not cams:
         raise RecipeError(f"{path}: expected 'cameras:' with a list of {{id, source}}")
-    out, ids = [], set()
-    allowed = {f.name for f in dataclasses.fields(Camera)}
+    extra = [k for k in raw if k != "cameras"]
+    if extra:
+        raise RecipeError(f"{path}: unknown top-level key(s) {', '.join(repr(k) for k in extra)} (expected 'cameras:')")
+    out: List[Camera] = []
     for i, c in enumerate(cams):
-        if not isinstance(c, dict) or not isinstance(c.get("source"), str):
-            raise RecipeError(f"{path}: cameras[{i}]: expected a mapping with a 'source' string")
-        unknown = set(c) - allowed
-        if unknown:
-            raise RecipeError(f"{path}: cameras[{i}]: unknown key(s) {', '.join(sorted(unknown))}")
-        cam = Camera(**{"id": str(c.get("id", f"cam{i}")), **{k: v for k, v in c.items() if k != "id"}})
-        if cam.id in ids:
+        cam = _camera(c, i, path)
+        if any(o.id == cam.id for o in out):
             raise RecipeError(f"{path}: cameras[{i}]: id {cam.id!r} appears twice")
-        ids.add(cam.id)
         out.append(cam)
     return out
+
+
+def camera_list(cameras_file: Optional[str], sources: Sequence[str]) -> List[Camera]:
+    """The cameras of one run: the list file's, then each ``--source`` as ``camN`` (the first free N, so an id is
+    never shared: two cameras under one id would merge their lines and statistics)."""
+    cams = load_cameras(cameras_file) if cameras_file else []
+    taken = {c.id for c in cams}
+    n = 0
+    for src in sources:
+        while f"cam{n}" in taken:
+            n += 1
+        cams.append(Camera(f"cam{n}", _source(src, "--source")))
+        taken.add(f"cam{n}")
+    return cams
+
+
+def _why(e: BaseException) -> str:
+    return str(e) if isinstance(e, SourceFailed) else f"{type(e).__name__}: {e}"
 
 
 class CameraThread(threading.Thread):
@@ -84,14 +140,33 @@ class CameraThread(threading.Thread):
             frame = next(self._frames)
         except StopIteration:
             frame, self.done = None, True
-        except SourceFailed as e:
-            frame, self.error, self.done = None, str(e), True
+        except Exception as e:  # noqa: BLE001 - whatever ends this camera ends this camera only
+            frame, self.error, self.done = None, _why(e), True
         return frame
+
+    def preprocess_into(self, frame: np.ndarray, out: np.ndarray) -> bool:
+        """Preprocess ``frame`` into ``out``; False (the frame counted as skipped) when it cannot be: one
+        camera's odd frame is that camera's loss, never the round's."""
+        try:
+            self.pre(frame, out)
+            return True
+        except Exception as e:  # noqa: BLE001 - InputSpecError, cv2.error on an odd frame layout
+            self._skip(e)
+            return False
+
+    def _skip(self, e: BaseException) -> None:
+        if not self.src.skipped:
+            log.warning("camera %s: frame skipped (%s)", self.cam.id, _why(e))
+        self.src.skipped += 1
 
     def run(self) -> None:
         try:
             for frame in self.src.frames():
-                tensor = self.pre(frame)
+                try:
+                    tensor = self.pre(frame)
+                except Exception as e:  # noqa: BLE001 - an odd frame is skipped, the camera goes on
+                    self._skip(e)
+                    continue
                 with self.wake:
                     while self.blocking and self.latest is not None and not self.stop.is_set():
                         self.wake.wait(0.1)
@@ -112,8 +187,8 @@ class CameraThread(threading.Thread):
                         self.dropped += 1  # replaced before the model took it
                     self.latest = (tensor, self.src.frame_time)
                     self.wake.notify_all()
-        except SourceFailed as e:
-            self.error = str(e)
+        except Exception as e:  # noqa: BLE001 - whatever ends this camera ends this camera only
+            self.error = _why(e)
         finally:
             with self.wake:
                 self.done = True

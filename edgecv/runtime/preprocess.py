@@ -34,6 +34,9 @@ from typing import Dict, Optional, Tuple
 import cv2
 import numpy as np
 
+from edgecv.errors import InputSpecError
+from edgecv.utils.limits import frame_size_problem
+
 RESIZE_MODES = ("auto", "area", "fast")
 AUTO_FAST_FROM = 1.45  # ``auto``: shrink factor (source / resized shorter side) from which ``fast`` is used
 # 5 taps. On the 500 ImageNet images: 3 taps 0.91 grey levels / 97.6% agreement, 5 taps 0.79 / 98.8%,
@@ -109,8 +112,13 @@ class Preprocessor:
         return int(self.resize * h / w), self.resize
 
     def __call__(self, frame: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
-        """One decoded frame (BGR, BGRA or gray uint8) -> float32 [C, crop, crop]; fills ``out`` when given."""
+        """One decoded frame (BGR, BGRA or gray uint8) -> float32 [C, crop, crop]; fills ``out`` when given.
+
+        A frame over the frame budget (``edgecv.utils.images.frame_size_problem``) is an InputSpecError."""
         h, w = frame.shape[:2]
+        problem = frame_size_problem(h, w)
+        if problem:
+            raise InputSpecError(f"frame refused: {problem}")
         nh, nw = self.resized_size(h, w)
         if (nh, nw) != (h, w) and self._shrink_mode(h, w, nh, nw) == "fast":
             return self._normalise(self._fast_crop(frame, h, w, nh, nw), out)

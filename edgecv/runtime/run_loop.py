@@ -262,6 +262,8 @@ def run(target, source: str, backend: str = "auto", options: Optional[RunOptions
         src = FrameSource(source, loop=loop, realtime=realtime, max_failures=max_failures,
                           decode_threads=decode_threads, scale_to=scale_to, open_timeout_s=o.open_timeout_s,
                           read_timeout_s=o.read_timeout_s, fps=o.fps, heartbeat=notifier.ping)
+        if src.unusable is not None:
+            raise src.unusable
     except BaseException:
         be.close()
         raise

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from edgecv.errors import DeviceError
+from edgecv.utils.limits import check_fps, frame_size_problem
 
 log = logging.getLogger("edgecv.sources")
 
@@ -100,9 +101,23 @@ def csi_pipeline(sensor: int, width: int = CSI_SIZE[0], height: int = CSI_SIZE[1
             f"framerate={fps}/1 ! {scale} ! videoconvert ! video/x-raw, format=BGR ! appsink drop=true max-buffers=1")
 
 
+def check_source_syntax(src: str) -> str:
+    """``src`` when it is written like a source; SourceFailed (final) when no camera could ever answer to it.
+    Whether it exists is checked when it is opened: a camera may be plugged in later."""
+    s = str(src)
+    if not s.strip() or any(ord(c) < 32 or ord(c) == 127 for c in s):
+        # "" would be the current directory, classified recursively
+        raise SourceFailed(f"{s!r}: not a source (empty, or holds control characters)", final=True)
+    if s.startswith("csi://"):
+        sensor = s[len("csi://"):] or "0"
+        if not sensor.isdigit() or int(sensor) > 255:
+            raise SourceFailed(f"{s}: expected csi://N with N a sensor number (csi://0, csi://1, ...)", final=True)
+    return s
+
+
 def classify(src: str) -> Tuple[str, object]:
     """(kind, argument): kind in v4l2 | csi | rtsp | gstreamer | folder | file."""
-    s = str(src)
+    s = check_source_syntax(src)
     if s.isdigit():
         return "v4l2", int(s)
     if s.startswith("/dev/video"):
@@ -261,8 +276,14 @@ class FrameSource:
         several replays opened one after another start together, as cameras already running would."""
         if open_timeout_s <= 0 or read_timeout_s <= 0:
             raise ValueError("open and read timeouts must be > 0")
+        if fps is not None:
+            check_fps(fps, f"{src}: fps")
         self.src = src
-        self.kind, self.arg = classify(src)
+        self.unusable: Optional[SourceFailed] = None
+        try:
+            self.kind, self.arg = classify(src)
+        except SourceFailed as e:  # raised by ``frames``: one camera's bad source is that camera's error
+            self.kind, self.arg, self.unusable = "unusable", None, e
         self.live = self.kind in ("v4l2", "csi", "rtsp", "gstreamer") or realtime
         self.loop, self.max_failures, self.backoff_s = loop, max_failures, backoff_s
         self.read_timeout_s, self.open_timeout_s = read_timeout_s, open_timeout_s
@@ -362,6 +383,8 @@ class FrameSource:
                 return
 
     def frames(self) -> Iterator[Optional[np.ndarray]]:
+        if self.unusable is not None:
+            raise self.unusable
         if self.kind == "folder":
             yield from self._folder_frames()
             return
@@ -417,6 +440,12 @@ class FrameSource:
             if failures:
                 log.warning("%s: recovered after %d failed attempt(s)", self.src, failures)
             failures = 0
+            problem = frame_size_problem(*frame.shape[:2])
+            if problem:  # counted and skipped, as a folder's undecodable image is
+                if not self.skipped:
+                    log.warning("%s: frame skipped: %s", self.src, problem)
+                self.skipped += 1
+                continue
             self.frames_read += 1
             self.frame_time = self._reader.taken_stamp if self._reader is not None else time.monotonic()
             yield frame

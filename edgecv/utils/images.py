@@ -8,20 +8,79 @@ with ``cv2.imdecode`` works for every name the file system allows, and a file th
 from __future__ import annotations
 
 import os
-from typing import Optional
+import struct
+from typing import Optional, Tuple
 
 import cv2
 import numpy as np
 
 from edgecv.utils.io import atomic_path
+from edgecv.utils.limits import frame_size_problem
 
-# A decoded frame larger than this is refused (a 30,000 x 30,000 "image" would need 2.7 GB as BGR).
-MAX_PIXELS = 1 << 28
 MAX_FILE_BYTES = 512 << 20
 
 
+def encoded_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """``(height, width)`` from an encoded image's header (PNG, JPEG, GIF, BMP, WebP), without decoding it;
+    None for other formats or a header that does not say."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        w, h = struct.unpack(">II", data[16:24])
+        return h, w
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        w, h = struct.unpack("<HH", data[6:10])
+        return h, w
+    if data[:2] == b"BM" and len(data) >= 26:
+        w, h = struct.unpack("<ii", data[18:26])
+        return abs(h), abs(w)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return _webp_size(data)
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_size(data)
+    return None
+
+
+def _webp_size(data: bytes) -> Optional[Tuple[int, int]]:
+    kind = data[12:16]
+    if kind == b"VP8 " and len(data) >= 30:
+        w, h = struct.unpack("<HH", data[26:30])
+        return h & 0x3FFF, w & 0x3FFF
+    if kind == b"VP8L" and len(data) >= 25:
+        b = int.from_bytes(data[21:25], "little")
+        return ((b >> 14) & 0x3FFF) + 1, (b & 0x3FFF) + 1
+    if kind == b"VP8X" and len(data) >= 30:
+        return int.from_bytes(data[27:30], "little") + 1, int.from_bytes(data[24:27], "little") + 1
+    return None
+
+
+def _jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
+    i, n = 2, len(data)
+    while i + 9 < n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length
+            i += 2
+            continue
+        seg = struct.unpack(">H", data[i + 2:i + 4])[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start-of-frame segment
+            h, w = struct.unpack(">HH", data[i + 5:i + 9])
+            return h, w
+        i += 2 + seg
+    return None
+
+
 def read_image(path: str | os.PathLike | bytes, flag: int = cv2.IMREAD_COLOR) -> Optional[np.ndarray]:
-    """Decode an image file with OpenCV; None when it cannot be read or decoded.
+    """Decode an image file with OpenCV; None when it cannot be read or decoded, or is over the frame budget
+    (the caller counts and skips it). :func:`read_image_why` says why."""
+    return read_image_why(path, flag)[0]
+
+
+def read_image_why(path: str | os.PathLike | bytes, flag: int = cv2.IMREAD_COLOR) -> Tuple[Optional[np.ndarray], str]:
+    """``(image, "")``, or ``(None, why)`` when the file cannot be read, is not an image, or is over the frame
+    budget (``frame_size_problem``: checked on the header before decoding where the format has one, else after).
 
     Only regular files are read (a FIFO named ``x.jpg`` would block forever, ``/dev/zero`` never ends), and
     only up to 512 MB.
@@ -30,28 +89,32 @@ def read_image(path: str | os.PathLike | bytes, flag: int = cv2.IMREAD_COLOR) ->
 
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        return None
+    except OSError as e:
+        return None, f"cannot be read ({e.strerror})"
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE_BYTES:
-            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None, "not a regular file"
+        if st.st_size > MAX_FILE_BYTES:
+            return None, f"{st.st_size} bytes, over {MAX_FILE_BYTES >> 20} MB"
         with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read()
-    except OSError:
-        return None
+    except OSError as e:
+        return None, f"cannot be read ({e.strerror})"
     finally:
         os.close(fd)
-    if not data:
-        return None
-    buf = np.frombuffer(data, np.uint8)
+    size = encoded_size(data) if data else None
+    problem = frame_size_problem(*size) if size is not None else None
+    if problem:
+        return None, problem
     try:
-        img = cv2.imdecode(buf, flag)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flag) if data else None
     except cv2.error:
-        return None
-    if img is None or img.size == 0 or img.shape[0] * img.shape[1] > MAX_PIXELS:
-        return None
-    return img
+        img = None
+    if img is None or img.size == 0:
+        return None, "empty file" if not data else "not an image OpenCV can decode"
+    problem = frame_size_problem(*img.shape[:2])
+    return (None, problem) if problem else (img, "")
 
 
 def opencv_path(path: str | os.PathLike) -> str:

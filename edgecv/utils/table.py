@@ -15,14 +15,16 @@ def _fmt(v: Any) -> str:
 def print_rows(rows: List[Dict], columns: Sequence[str], title: str = "") -> None:
     try:
         from rich.console import Console
-        from rich.markup import escape
         from rich.table import Table
+        from rich.text import Text
 
-        t = Table(title=title)
+        # Everything is Text, never markup: a path like "p[/x]" in a title or a cell is printed as it is (as
+        # markup it raised after a successful install, turning its exit code into 1).
+        t = Table(title=Text(title))
         for c in columns:
-            t.add_column(c)
+            t.add_column(Text(c))
         for r in rows:
-            t.add_row(*[escape(_fmt(r.get(c, ""))) for c in columns])  # "[tensorrt]" is text, not markup
+            t.add_row(*[Text(_fmt(r.get(c, ""))) for c in columns])
         Console(width=160).print(t)
     except ImportError:  # pragma: no cover
         print(title)

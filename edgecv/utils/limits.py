@@ -1,0 +1,37 @@
+"""Limits every input passes, in one place: the frame budget (images and camera frames) and frame rates.
+
+No heavy imports here: the CLI's option ranges read these too.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+# The frame budget, the one rule every image and frame passes (files before decoding where the header says,
+# camera frames as they arrive, ``Preprocessor`` and ``Classifier`` last): at most MAX_PIXELS pixels and a
+# longer side at most MAX_ASPECT times the shorter. The aspect limit bounds the resize too: the shorter side
+# becomes the model's resize size, so a 1x200000 PNG (664 bytes) asked for 256 x 51,200,000 pixels (39 GB).
+MAX_PIXELS = 1 << 27  # 134 megapixels: 400 MB as BGR
+MAX_ASPECT = 32
+
+
+def frame_size_problem(height: int, width: int) -> Optional[str]:
+    """Why an image of ``height`` x ``width`` is refused, or None when it is within the frame budget."""
+    if height < 1 or width < 1:
+        return f"empty image ({width}x{height})"
+    if height * width > MAX_PIXELS:
+        return f"{width}x{height} is over the frame budget of {MAX_PIXELS / 1e6:.0f} megapixels"
+    if max(height, width) > MAX_ASPECT * min(height, width):
+        return f"{width}x{height}: aspect ratio over {MAX_ASPECT}:1 (the frame budget)"
+    return None
+
+
+FPS_RANGE = (0.1, 1000.0)  # frames per second a camera or a --realtime replay may be paced at
+
+
+def check_fps(value: Any, where: str = "--fps") -> float:
+    """``value`` as a frame rate within FPS_RANGE; ValueError naming ``where`` otherwise (inf, NaN, 0, -5, 1e-300,
+    a string: each made a camera thread divide by zero, overflow or never end)."""
+    lo, hi = FPS_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise ValueError(f"{where}: expected a frame rate from {lo:g} to {hi:g}, got {value!r}")
+    return float(value)
