@@ -43,7 +43,7 @@ class Classifier:
 
     def __init__(self, bundle: Union[str, os.PathLike], backend: str = "auto", precision: Optional[str] = None,
                  resize: str = "auto", threads: Optional[int] = None):
-        from edgecv.runtime.bundle import open_bundle
+        from edgecv.bundle.reader import open_bundle
         from edgecv.runtime.preprocess import Preprocessor
         from edgecv.runtime.select import open_backend
 

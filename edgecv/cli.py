@@ -44,7 +44,7 @@ def cli(verbose: bool, trust) -> None:
     # one Lite0 export): their INFO shows with --verbose only; edgecv's own progress always does.
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="[%(name)s] %(message)s")
     logging.getLogger("edgecv").setLevel(logging.DEBUG if verbose else logging.INFO)
-    from edgecv.deploy.signing import set_command_trust
+    from edgecv.bundle.trust import set_command_trust
 
     set_command_trust(trust)
 

@@ -10,7 +10,7 @@ import click
 
 def _trust(ctx, param, value):
     if value:
-        from edgecv.deploy.signing import set_command_trust
+        from edgecv.bundle.trust import set_command_trust
 
         set_command_trust(value, add=True)
     return value

@@ -2,9 +2,18 @@
 
 The CLI prints them as one line (exit code 2) instead of a traceback. No heavy imports here.
 """
-from edgecv.data.errors import DatasetError
-from edgecv.recipe import RecipeError
-from edgecv.utils.outputs import OutputError
+
+
+class RecipeError(ValueError):
+    """A recipe, calibration set, camera list or override is invalid."""
+
+
+class DatasetError(ValueError):
+    """A dataset path is missing, empty, or holds no readable images."""
+
+
+class OutputError(ValueError):
+    """An output path cannot be written without losing data (or without racing another writer)."""
 
 
 class CheckpointError(ValueError):
@@ -33,6 +42,19 @@ class DeviceError(RuntimeError):
 
 class ModelFileError(ValueError):
     """A model file (ONNX, engine) is unreadable, truncated, or does not match what its bundle declares."""
+
+
+class SignatureError(BundleError):
+    """A bundle's signature is missing, invalid, or made with a key that is not trusted (or trust is configured
+    but yields no usable key)."""
+
+
+class InstallError(BundleError):
+    """The bundle cannot be installed (incompatible, older release, failed acceptance); nothing changed."""
+
+
+class InstallStateError(InstallError):
+    """An install root's state is damaged or inconsistent: installs and rollbacks are refused until it is fixed."""
 
 
 class InputSpecError(ValueError):

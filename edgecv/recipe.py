@@ -16,9 +16,8 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-
-class RecipeError(ValueError):
-    """A recipe file or override is invalid."""
+from edgecv.errors import RecipeError
+from edgecv.utils.yaml_files import read_yaml_mapping, yaml_problem
 
 
 def ranged(default: Any = None, *, ge: Optional[float] = None, gt: Optional[float] = None,
@@ -224,19 +223,6 @@ def _build(cls, data: Dict[str, Any], where: str):
     return cls(**values)
 
 
-def yaml_where(e: Exception) -> str:
-    """``:line:column`` of a YAML error (1-based), or nothing."""
-    mark = getattr(e, "problem_mark", None)
-    return f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-
-
-def yaml_problem(e: Exception) -> str:
-    """A YAML error as one line (PyYAML's own message spans several, with a source excerpt)."""
-    parts = [getattr(e, "context", None), getattr(e, "problem", None)]
-    text = "; ".join(p for p in parts if p) or str(e).splitlines()[0]
-    return " ".join(text.split())
-
-
 def _parse_scalar(text: str, item: str) -> Any:
     try:
         return yaml.safe_load(text) if text != "" else ""
@@ -323,29 +309,6 @@ def _validate(r: Recipe, source: str) -> None:
     if r.model.freeze_backbone_epochs > r.train.epochs:
         raise RecipeError(f"{source}: model.freeze_backbone_epochs: {r.model.freeze_backbone_epochs} is more than "
                           f"train.epochs {r.train.epochs} (the backbone would never train)")
-
-
-def read_yaml_mapping(path: Path, what: str) -> Dict[str, Any]:
-    """The top-level mapping of a YAML file; errors name the file."""
-    if not path.is_file():
-        raise RecipeError(f"{path}: {what} file not found")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise RecipeError(f"{path}: not a {what} (not UTF-8 text; expected YAML)") from None
-    except OSError as e:
-        raise RecipeError(f"{path}: cannot read ({e.strerror})") from None
-    if not text.strip():
-        raise RecipeError(f"{path}: the {what} is empty (expected a YAML mapping, e.g. 'model: {{name: ...}}')")
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}{yaml_where(e)}: not valid YAML ({yaml_problem(e)})") from None
-    if raw is None:
-        raise RecipeError(f"{path}: the {what} is empty (only comments)")
-    if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: expected a mapping at the top level")
-    return raw
 
 
 def load_recipe(path: str | os.PathLike, overrides: List[str] = ()) -> Recipe:

@@ -69,7 +69,7 @@ def resign(bundle, edit=None):
     the manifest's self-checksum (the tampering that only a signature catches)."""
     import json
 
-    from edgecv.runtime.bundle import manifest_bytes
+    from edgecv.bundle.manifest import manifest_bytes
     from edgecv.utils.io import sha256_file
 
     m = json.loads((Path(bundle) / "manifest.json").read_text())

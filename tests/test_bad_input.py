@@ -14,10 +14,10 @@ import torch
 from click.testing import CliRunner
 from conftest import FASHION, ROOT, TINY_RECIPE, resign
 
-from edgecv.data.errors import DatasetError
+from edgecv.bundle.reader import open_bundle
 from edgecv.data.fashion_mnist import CLASSES, load_fashion_mnist
 from edgecv.data.folders import read_classes_tsv
-from edgecv.runtime.bundle import open_bundle
+from edgecv.errors import DatasetError
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 

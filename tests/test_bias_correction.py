@@ -103,8 +103,8 @@ def test_lite0_both_int8_artefacts_closer_to_fp32_on_unseen_images(imagenet_dir,
     """Real weights, real images: 100 calibrate, 100 others judge (agreement and KL to fp32)."""
     from edgecv import targets
     from edgecv.export.gates import onnx_logits
+    from edgecv.metrics import mean_kl
     from edgecv.models import create_model
-    from edgecv.runtime.metrics import mean_kl
     from edgecv.runtime.preprocess import Preprocessor, load_image
 
     fp32 = tmp_path / "lite0.onnx"

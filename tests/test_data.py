@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from conftest import FASHION
 
-from edgecv.data.errors import DatasetError
 from edgecv.data.fashion_mnist import load_fashion_mnist
 from edgecv.data.folders import list_image_folder, list_images, list_wnid_folder, read_classes_tsv
 from edgecv.data.loaders import build_dataset, dataset_for_path
+from edgecv.errors import DatasetError
 from edgecv.recipe import DataConfig
 
 

@@ -14,7 +14,7 @@ import time
 import pytest
 from conftest import FASHION, free_port, invoke, release, resign, unanswerable_golden
 
-from edgecv.runtime.bundle import open_bundle
+from edgecv.bundle.reader import open_bundle
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 

@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 from conftest import FASHION, ROOT
 
+from edgecv.bundle.reader import open_bundle
 from edgecv.cli import cli
 from edgecv.errors import DeviceError
-from edgecv.runtime.bundle import open_bundle
 from edgecv.runtime.engine_build import EngineKey, build_request, engine_key_for, lookup, profile_shapes, store, timing_cache_path
 
 FAKE_GPU = {"gpu": "fake-Orin", "compute_capability": "8.7"}

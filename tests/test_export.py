@@ -6,11 +6,12 @@ from click.testing import CliRunner
 from conftest import FASHION, ROOT, TINY_RECIPE
 from onnx import numpy_helper
 
+from edgecv.bundle.calib_cache import format_cache, parse_cache, trt_version_number
+from edgecv.bundle.reader import open_bundle
 from edgecv.cli import cli
 from edgecv.errors import ExportError
-from edgecv.export.calib_cache import format_cache, parse_cache, scales_from_qdq, trt_version_number
+from edgecv.export.calib_cache import scales_from_qdq
 from edgecv.export.check import check_bundle, check_trt_qdq
-from edgecv.runtime.bundle import open_bundle
 
 
 def main():
@@ -217,9 +218,10 @@ def test_calibration_cache_matches_qdq_on_efficientnet_lite0(imagenet_dir, tmp_p
 
 def test_calibration_set_files_resolve(monkeypatch):
     """calibration/*.yaml set images, count, method and seed; explicit flags still win."""
+    from edgecv.errors import RecipeError
     from edgecv.export.calibration_set import load_calibration_set
     from edgecv.export.pipeline import resolve_options
-    from edgecv.recipe import RecipeError, load_recipe
+    from edgecv.recipe import load_recipe
 
     monkeypatch.chdir(ROOT)  # relative paths resolve against the working directory
     for f in sorted((ROOT / "calibration").glob("*.yaml")):

@@ -13,7 +13,7 @@ import cv2
 import pytest
 from conftest import ROOT, TINY_RECIPE
 
-from edgecv.runtime.bundle import open_bundle
+from edgecv.bundle.reader import open_bundle
 from edgecv.utils.io import TMP_TAG, sweep_stale
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}

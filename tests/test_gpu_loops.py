@@ -29,8 +29,8 @@ def standin(gpu_bundle, monkeypatch):
     """The bundle's preprocessing and fp32 session; ``open_backend`` patched to give the stand-in engine."""
     import onnxruntime as ort
 
+    from edgecv.bundle.reader import open_bundle
     from edgecv.runtime import select
-    from edgecv.runtime.bundle import open_bundle
     from edgecv.runtime.preprocess import Preprocessor
 
     bundle = open_bundle(str(gpu_bundle))

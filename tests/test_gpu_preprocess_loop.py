@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from edgecv.errors import DeviceError
+from edgecv.metrics import softmax
 from edgecv.runtime import select
 from edgecv.runtime.gpu_preprocess import reference
 from edgecv.runtime.multi_loop import Camera, run_multi
 from edgecv.runtime.ort_backend import OrtBackend
-from edgecv.runtime.run_loop import RunOptions, run, softmax
+from edgecv.runtime.run_loop import RunOptions, run
 
 
 def make_video(path, n, level0, step, size=(96, 72)):
@@ -78,7 +79,7 @@ def fake_gpu(monkeypatch):
 
 
 def expected_scores(bundle, frames):
-    from edgecv.runtime.bundle import open_bundle
+    from edgecv.bundle.reader import open_bundle
     from edgecv.runtime.preprocess import Preprocessor
 
     b = open_bundle(bundle)

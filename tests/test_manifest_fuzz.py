@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import FASHION
 
-from edgecv.runtime.bundle import manifest_bytes
+from edgecv.bundle.manifest import manifest_bytes
 from edgecv.utils.io import sha256_file
 
 WATCHED: set = set()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, free_port
 
-from edgecv.recipe import RecipeError
+from edgecv.errors import RecipeError
 from edgecv.runtime.cameras import Camera, load_cameras
 from edgecv.runtime.multi_loop import run_multi
 from edgecv.runtime.run_loop import RunOptions

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from conftest import FASHION, resign
 
 from edgecv import targets
-from edgecv.runtime.bundle import open_bundle
+from edgecv.bundle.reader import open_bundle
 
 ov = pytest.importorskip("openvino", reason="the openvino extra is installed by .ci/run")
 

@@ -8,13 +8,15 @@ import time
 
 import pytest
 
+from edgecv.bundle.manifest import BUNDLE
+from edgecv.errors import OutputError
 from edgecv.utils.io import TMP_TAG, atomic_path, atomic_write_text, replace_dir, sweep_stale
-from edgecv.utils.outputs import BUNDLE, RUN, OutputError, OutputLock, check_output, inspect_output, run_output, staged_output
+from edgecv.utils.outputs import RUN, OutputLock, check_output, inspect_output, run_output, staged_output
 
 
 def _bundle_like(d, good=True):
     """A directory that is an edgecv bundle (its manifest verifies) or a damaged one."""
-    from edgecv.runtime.bundle import manifest_bytes
+    from edgecv.bundle.manifest import manifest_bytes
     from edgecv.utils.io import sha256_file
 
     d.mkdir(parents=True, exist_ok=True)
@@ -71,19 +73,19 @@ def test_symlinks_files_cwd_and_unwritable_parents_are_refused(tmp_path, monkeyp
     real = _bundle_like(tmp_path / "real")
     (tmp_path / "link").symlink_to(real)
     with pytest.raises(OutputError, match="symbolic link"):
-        check_output(tmp_path / "link")
+        check_output(tmp_path / "link", BUNDLE)
     (tmp_path / "f").write_text("x")
     with pytest.raises(OutputError, match="not a directory"):
-        check_output(tmp_path / "f")
+        check_output(tmp_path / "f", BUNDLE)
     with pytest.raises(OutputError, match="cannot be created"):
-        check_output(tmp_path / "f" / "sub")
+        check_output(tmp_path / "f" / "sub", BUNDLE)
     (tmp_path / "empty").mkdir()
     monkeypatch.chdir(tmp_path / "empty")
     with pytest.raises(OutputError, match="current directory"):
-        with staged_output("."):
+        with staged_output(".", BUNDLE):
             pass
     with pytest.raises(OutputError, match="current directory"):
-        with staged_output(".."):
+        with staged_output("..", BUNDLE):
             pass
     assert os.listdir(tmp_path / "empty") == [] and os.path.islink(tmp_path / "link")
     # a symlinked file inside an otherwise-bundle directory is not ours to remove
@@ -96,12 +98,12 @@ def test_staged_output_replaces_atomically_and_cleans_up_on_error(tmp_path):
     target = _bundle_like(tmp_path / "b")
     before = (target / "manifest.json").read_bytes()
     with pytest.raises(RuntimeError):
-        with staged_output(target) as out:
+        with staged_output(target, BUNDLE) as out:
             (out / "manifest.json").write_text("half")
             raise RuntimeError("gate failed")
     assert (target / "manifest.json").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["b"]
-    with staged_output(target) as out:
+    with staged_output(target, BUNDLE) as out:
         (out / "labels.txt").write_text("new\n")
     assert sorted(os.listdir(target)) == ["labels.txt"] and sorted(os.listdir(tmp_path)) == ["b"]
     mode = stat.S_IMODE(os.stat(target).st_mode)
@@ -113,10 +115,10 @@ def test_second_writer_is_refused_at_once(tmp_path):
     with OutputLock(target):
         t0 = time.monotonic()
         with pytest.raises(OutputError, match=f"pid {os.getpid()}"):
-            with staged_output(target):
+            with staged_output(target, BUNDLE):
                 pass
         assert time.monotonic() - t0 < 1
-    with staged_output(target) as out:  # released: the next one goes through
+    with staged_output(target, BUNDLE) as out:  # released: the next one goes through
         (out / "x").write_text("1")
     assert not (tmp_path / f".{target.name}.edgecv-lock").exists()
 

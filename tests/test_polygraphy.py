@@ -2,7 +2,7 @@
 import numpy as np
 import onnxruntime as ort
 
-from edgecv.runtime.bundle import open_bundle
+from edgecv.bundle.reader import open_bundle
 from edgecv.runtime.ort_backend import OrtBackend
 
 

@@ -2,7 +2,8 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from edgecv.recipe import RecipeError, load_recipe, recipe_to_dict, save_recipe
+from edgecv.errors import RecipeError
+from edgecv.recipe import load_recipe, recipe_to_dict, save_recipe
 
 
 def write(tmp_path, text):

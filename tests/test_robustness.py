@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import FASHION
 
+from edgecv.bundle.reader import open_bundle
 from edgecv.data.corruptions import CORRUPTIONS, corrupt, parse_names, severities
-from edgecv.runtime.bundle import open_bundle
 from edgecv.runtime.robustness import corruption_report
 
 
@@ -86,7 +86,7 @@ def test_extra_drop_is_the_drop_beyond_the_clean_one(photos):
         out = fp32(x)
         return np.where((hf > 0.6)[:, None], -out, out)  # clean photos: 0.09-0.48; noise at 3: over 0.7
 
-    from edgecv.runtime.golden import to_inputs
+    from edgecv.bundle.golden import to_inputs
 
     y = fp32(to_inputs(photos, spec)).argmax(1)  # labels: fp32's clean answers (top-1 1.0 on clean images)
     rep = corruption_report({"fp32": fp32, "int8": fragile}, "fp32", photos, y, spec,

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 from conftest import FASHION, ROOT
 
+from edgecv.bundle.reader import open_bundle
 from edgecv.cli import cli
 from edgecv.errors import BundleError, InputSpecError
-from edgecv.runtime.bundle import open_bundle
 from edgecv.runtime.ort_backend import OrtBackend
 
 

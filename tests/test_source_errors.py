@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from conftest import free_port
 
+from edgecv.errors import OutputError
 from edgecv.runtime.run_loop import run
 from edgecv.runtime.sources import FrameSource, SourceFailed
-from edgecv.utils.outputs import OutputError
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 

@@ -41,7 +41,7 @@ def test_file_source_every_frame_json(tiny_bundle, tmp_path):
 
 
 def test_top_k_matches_full_sort():
-    from edgecv.runtime.run_loop import top_k
+    from edgecv.metrics import top_k
 
     p = np.random.default_rng(0).random(1000)
     for k in (1, 5, 1000):
@@ -101,7 +101,7 @@ def test_latest_frame_reader_drops_stale_frames(tmp_path):
 
 
 def test_top_k_softmax_matches_full_softmax():
-    from edgecv.runtime.run_loop import softmax, top_k, top_k_softmax
+    from edgecv.metrics import softmax, top_k, top_k_softmax
 
     logits = np.random.default_rng(1).normal(0, 3, 1000).astype(np.float32)
     probs = softmax(logits)
@@ -131,7 +131,7 @@ def test_file_decoder_threads_are_capped(tmp_path):
 
 
 def test_csi_camera_scales_to_the_model_resize_in_hardware(tiny_bundle):
-    from edgecv.runtime.bundle import open_bundle
+    from edgecv.bundle.reader import open_bundle
     from edgecv.runtime.preprocess import Preprocessor
     from edgecv.runtime.run_loop import csi_scale_to
     from edgecv.runtime.sources import csi_pipeline

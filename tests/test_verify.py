@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from conftest import FASHION, resign, unanswerable_golden
 from onnx import numpy_helper
 
-from edgecv.runtime.bundle import open_bundle
-from edgecv.runtime.golden import load_golden, to_inputs, to_pixels
+from edgecv.bundle.golden import load_golden, to_inputs, to_pixels
+from edgecv.bundle.reader import open_bundle
 
 
 def cli():
@@ -134,7 +134,7 @@ def test_old_bundle_without_golden_vectors_is_named(tiny_bundle, tmp_path):
 
 def test_eval_against_fp32_reports_fidelity(tiny_bundle):
     from edgecv.data.fashion_mnist import load_fashion_mnist
-    from edgecv.runtime.metrics import fidelity
+    from edgecv.metrics import fidelity
     from edgecv.runtime.ort_backend import OrtBackend
     from edgecv.runtime.preprocess import Preprocessor
 

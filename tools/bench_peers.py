@@ -222,6 +222,7 @@ def trained_like_batchnorm(model, images: np.ndarray, seed: int = 0) -> None:
 def bench_model(name: str, args, workdir: Path, peak: Dict) -> List[Dict]:
     import torch
 
+    from edgecv.bundle.reader import open_bundle
     from edgecv.compress.macs import count_macs
     from edgecv.data.folders import read_classes_tsv
     from edgecv.export.data import calib_and_eval_sets, split_off
@@ -230,7 +231,6 @@ def bench_model(name: str, args, workdir: Path, peak: Dict) -> List[Dict]:
     from edgecv.models import create_model
     from edgecv.models.checkpoint import make_checkpoint, save_checkpoint
     from edgecv.recipe import ExportConfig
-    from edgecv.runtime.bundle import open_bundle
     from edgecv.train.sources import data_config_from_spec
 
     pretrained = name == "efficientnet_lite0"
@@ -286,11 +286,11 @@ def bench_model(name: str, args, workdir: Path, peak: Dict) -> List[Dict]:
 def bench_fashion(args, peak: Dict) -> List[Dict]:
     """The quickstart bundle (pruned, distilled, int8) against every peer running the unpruned model, on the
     Fashion-MNIST test images the export never calibrated or tuned on."""
+    from edgecv.bundle.reader import open_bundle
     from edgecv.compress.macs import count_macs
     from edgecv.data.fashion_mnist import load_fashion_mnist
     from edgecv.export.onnx_export import export_onnx
     from edgecv.models.checkpoint import load_checkpoint
-    from edgecv.runtime.bundle import open_bundle
     from edgecv.runtime.preprocess import Preprocessor
 
     bundle, ckpt = Path(args.fashion_bundle), Path(args.fashion_checkpoint)

@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgecv.runtime.bundle import open_bundle
+from edgecv.bundle.reader import open_bundle
 from edgecv.runtime.latency import measure_interleaved
 from edgecv.runtime.run_loop import run
 

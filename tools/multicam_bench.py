@@ -215,7 +215,7 @@ def decode_preprocess_ms(bundle, clip, frames: int = 300) -> float:
     import cv2
     import numpy as np
 
-    from edgecv.runtime.bundle import open_bundle
+    from edgecv.bundle.reader import open_bundle
     from edgecv.runtime.preprocess import Preprocessor
 
     cv2.setNumThreads(1)
@@ -283,8 +283,8 @@ def main():
     ap.add_argument("--frames", type=_positive(int), default=600, help="Unpaced frames per camera (the long core-time run: 3x).")
     ap.add_argument("--json", dest="json_out", default=None, help="Also write the results here.")
     a = ap.parse_args()
+    from edgecv.bundle.reader import open_bundle
     from edgecv.errors import BundleError
-    from edgecv.runtime.bundle import open_bundle
     from edgecv.runtime.preprocess import Preprocessor
 
     try:

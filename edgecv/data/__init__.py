@@ -1,5 +1,5 @@
 """Datasets and transforms. ``load_data`` is the one entry point the pipeline uses."""
-from edgecv.data.errors import DatasetError
+from edgecv.errors import DatasetError
 
 __all__ = ["DatasetError", "load_data", "build_dataset"]
 

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from edgecv.data.errors import DatasetError
+from edgecv.errors import DatasetError
 
 
 def _show(names: Sequence[str], n: int = 6) -> str:

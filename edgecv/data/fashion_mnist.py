@@ -8,7 +8,7 @@ from typing import Tuple
 
 import numpy as np
 
-from edgecv.data.errors import DatasetError
+from edgecv.errors import DatasetError
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]

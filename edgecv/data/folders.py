@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from edgecv.data.errors import DatasetError
+from edgecv.errors import DatasetError
+from edgecv.utils.images import IMAGE_EXTS
 
 log = logging.getLogger("edgecv.data")
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
 @dataclass

@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from edgecv.data.errors import DatasetError
 from edgecv.data.fashion_mnist import CLASSES as FASHION_CLASSES
 from edgecv.data.fashion_mnist import is_fashion_mnist_dir, load_fashion_mnist
 from edgecv.data.folders import ImageList, list_image_folder, list_images, list_wnid_folder
 from edgecv.data.transforms import eval_transform, train_transform
+from edgecv.errors import DatasetError
 from edgecv.recipe import DataConfig
 
 log = logging.getLogger("edgecv.data")

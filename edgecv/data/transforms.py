@@ -57,16 +57,9 @@ def eval_transform(cfg: DataConfig) -> T.Compose:
 
 
 def preprocess_spec(cfg: DataConfig) -> dict:
-    """The preprocessing a deployed model needs, as plain data (stored in checkpoints and bundles)."""
-    return {
-        "input_size": cfg.input_size,
-        "resize": cfg.resize or cfg.input_size,
-        "crop": cfg.input_size,
-        "channels": cfg.channels,
-        "channel_order": "RGB" if cfg.channels == 3 else "GRAY",
-        "layout": "NCHW",
-        "scale": 1.0 / 255.0,
-        "mean": list(cfg.mean),
-        "std": list(cfg.std),
-        "resize_interpolation": "bilinear_antialias",
-    }
+    """The preprocessing a deployed model needs, as plain data (stored in checkpoints and bundles):
+    :class:`edgecv.bundle.spec.PreprocessSpec`'s JSON form."""
+    from edgecv.bundle.spec import PreprocessSpec
+
+    return PreprocessSpec(cfg.input_size, cfg.channels, tuple(cfg.mean), tuple(cfg.std),
+                          cfg.resize or cfg.input_size, cfg.input_size).to_dict()

@@ -46,7 +46,7 @@ def _ssh_base(t: Dict, options: Sequence[str], identity: Optional[str]) -> List[
 def push(bundle: str, url: str, identity: Optional[str] = None, ssh_options: Sequence[str] = (),
          remote_edgecv: str = "edgecv", allow_downgrade: bool = False, timeout: float = 1800) -> Dict:
     """Copy ``bundle`` to the device at ``url`` and install it there; returns the device's install report."""
-    from edgecv.runtime.bundle import open_bundle
+    from edgecv.bundle.reader import open_bundle
 
     b = open_bundle(bundle)  # never ship a damaged bundle
     t = parse_target(url)

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from edgecv import __version__, targets
+from edgecv.bundle.manifest import FORMAT_VERSION, manifest_bytes
+from edgecv.bundle.names import MANIFEST
 from edgecv.data.transforms import preprocess_spec
 from edgecv.recipe import DataConfig, ExportConfig, Recipe
-from edgecv.runtime.bundle import FORMAT_VERSION, MANIFEST, manifest_bytes
+from edgecv.runtime.trt_compat import TRT_MAX_MAJOR, TRT_MIN
 from edgecv.utils.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 
 
@@ -149,7 +151,7 @@ def write_bundle(tmp: Path, src, data_cfg: DataConfig, recipe: Optional[Recipe],
         "build": {"fp16": bool(opts.fp16), "max_batch": int(opts.max_batch)},
         "release": int(opts.release),
         # checked by `edgecv install` on the device (TensorRT majors: what this edgecv's build code supports)
-        "compat": {"min_edgecv": __version__, "arch": opts.arch, "tensorrt_major": [8, 11]},
+        "compat": {"min_edgecv": __version__, "arch": opts.arch, "tensorrt_major": [TRT_MIN[0], TRT_MAX_MAJOR]},
         "summary": {k: v for k, v in summary.items() if k not in ("default", "cpu_default")},
         "stage_times_s": stage_times,
         "files": files,

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from edgecv.recipe import CALIB_METHODS, RecipeError, _build, read_yaml_mapping
+from edgecv.errors import RecipeError
+from edgecv.recipe import CALIB_METHODS, _build
+from edgecv.utils.yaml_files import read_yaml_mapping
 
 
 @dataclass

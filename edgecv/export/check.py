@@ -107,8 +107,8 @@ def check_bundle(bundle_dir: str) -> CheckResult:
     the TensorRT-target ONNX against TensorRT's Q/DQ rules. Every problem is listed, none raises."""
     import onnx
 
+    from edgecv.bundle.reader import open_bundle
     from edgecv.errors import USER_ERRORS
-    from edgecv.runtime.bundle import open_bundle
     from edgecv.runtime.ort_backend import OrtBackend
     from edgecv.runtime.select import io_mismatches
 

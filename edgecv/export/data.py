@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from edgecv.data.errors import DatasetError
 from edgecv.data.loaders import ImageFileDataset, build_dataset, dataset_for_path
+from edgecv.errors import DatasetError
 from edgecv.recipe import DataConfig
 
 log = logging.getLogger("edgecv.export")

@@ -11,8 +11,8 @@ import numpy as np
 from tqdm import tqdm
 
 from edgecv.export.quantize import Calibration, quantizable_nodes, quantize
+from edgecv.metrics import Budget, agreement, mean_kl, topk_accuracy
 from edgecv.runtime.latency import measure_interleaved
-from edgecv.runtime.metrics import mean_kl, topk_accuracy
 
 log = logging.getLogger("edgecv.export")
 
@@ -80,11 +80,10 @@ def accuracy_gate(fp32_path: str, calib: Calibration, target, out_path: Path, x:
     def measure_now():
         logits = onnx_logits(out_path, x, target=target)
         acc = topk_accuracy(logits, y)
-        agree = float((logits.argmax(1) == ref_logits.argmax(1)).mean()) if ref_logits is not None else 1.0
-        return acc, agree
+        return acc, (agreement(ref_logits, logits) if ref_logits is not None else 1.0)
 
     def within(acc, agree):
-        return (ref_top1 - acc["top1"]) * 100 <= max_drop and agree >= min_agreement
+        return Budget(max_drop, min_agreement).within(ref_top1, acc["top1"], agree)
 
     quantize(fp32_path, calib, out_path, target)
     acc, agree = measure_now()

@@ -18,9 +18,11 @@ import numpy as np
 import torch
 
 from edgecv import targets
-from edgecv.errors import ExportError
-from edgecv.recipe import CALIB_CHOICES, CALIB_METHODS, ExportConfig, Recipe, RecipeError, check_ranges
-from edgecv.utils.outputs import BUNDLE, OutputLock, check_output, scratch_dir, staged_output
+from edgecv.bundle.manifest import BUNDLE
+from edgecv.errors import ExportError, RecipeError
+from edgecv.metrics import Budget, agreement, top1
+from edgecv.recipe import CALIB_CHOICES, CALIB_METHODS, ExportConfig, Recipe, check_ranges
+from edgecv.utils.outputs import OutputLock, check_output, scratch_dir, staged_output
 
 log = logging.getLogger("edgecv.export")
 
@@ -90,7 +92,7 @@ class Stages:
 
 
 def _torch_eval(model, x: np.ndarray, y: np.ndarray) -> Dict:
-    from edgecv.runtime.metrics import topk_accuracy
+    from edgecv.metrics import topk_accuracy
 
     model.eval()
     with torch.no_grad():
@@ -207,7 +209,7 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
             fp32_acc = eval_onnx(fp32_path, ev.x, ev.y) if student is not teacher else base_acc
         summary["onnx_parity"] = parity
         from edgecv.export.gates import onnx_logits
-        from edgecv.runtime.metrics import fidelity, topk_accuracy
+        from edgecv.metrics import fidelity, topk_accuracy
 
         ref_eval = onnx_logits(fp32_path, ev.x)  # the shipped fp32 model: what int8 must agree with
         ref_tune = onnx_logits(fp32_path, tune.x)
@@ -271,8 +273,8 @@ def _export_locked(source: str, out: Path, flags: Dict, overrides: List[str], sh
                 name = _share_identical(tmp, name, artifacts)
                 logits = onnx_logits(tmp / name, ev.x, target=tgt)  # reported numbers: the evaluation split only
                 held = {**topk_accuracy(logits, ev.y), **fidelity(ref_eval, logits, ev.y)}
-                held["within_budget"] = ((base_acc["top1"] - held["top1"]) * 100 <= opts.max_drop
-                                         and held["agreement"] >= opts.min_agreement)
+                held["within_budget"] = Budget(opts.max_drop, opts.min_agreement).within(
+                    base_acc["top1"], held["top1"], held["agreement"])
                 if g.passed and not held["within_budget"]:  # the final check is on images nothing was tuned on
                     gate_failures.append(
                         f"{target} int8 on the {len(ev)} evaluation images: top-1 {held['top1']:.4f} vs fp32 source "
@@ -332,8 +334,9 @@ def refuse_if(failures: List[str]) -> None:
 
 def write_golden_vectors(tmp: Path, fp32_path: Path, ev, spec: Dict, opts: ExportConfig) -> Dict:
     """The first ``opts.golden`` evaluation images, their labels and the fp32 ONNX's logits (edgecv verify)."""
+    from edgecv.bundle.golden import to_inputs, to_pixels, write_golden
+    from edgecv.bundle.names import GOLDEN
     from edgecv.export.gates import onnx_logits
-    from edgecv.runtime.golden import GOLDEN, to_inputs, to_pixels, write_golden
 
     n = min(opts.golden, len(ev))
     pixels = to_pixels(ev.x[:n], spec)
@@ -347,9 +350,9 @@ def robustness(tmp: Path, unpruned: Optional[Path], artifacts: List[Dict], ev, s
                show_progress: bool) -> Dict:
     """The corruption report of the shipped fp32 model (the reference), each int8 artefact on the runtime that
     judges it here, and the unpruned source when pruned; writes corruptions.png into the bundle."""
+    from edgecv.bundle.golden import to_pixels
     from edgecv.data.corruptions import parse_names, severities
     from edgecv.export.gates import host_backend
-    from edgecv.runtime.golden import to_pixels
     from edgecv.runtime.robustness import corruption_report, plot
 
     n = min(len(ev), opts.corruption_images)
@@ -394,8 +397,7 @@ def choose_calibration(fp32_path: str, calibs: Dict, tgt, out: Path, tune, ref_t
     for m, c in calibs.items():
         quantize(fp32_path, c, out, tgt)
         logits = onnx_logits(out, tune.x, target=tgt)
-        trials[m] = {"tune_agreement": float((logits.argmax(1) == ref_tune.argmax(1)).mean()),
-                     "tune_top1": float((logits.argmax(1) == tune.y).mean())}
+        trials[m] = {"tune_agreement": agreement(ref_tune, logits), "tune_top1": top1(logits, tune.y)}
     best = max(calibs, key=lambda m: (trials[m]["tune_agreement"], trials[m]["tune_top1"], -CALIB_METHODS.index(m)))
     return best, trials
 

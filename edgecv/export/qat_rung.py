@@ -9,6 +9,7 @@ from typing import Callable, Dict
 import numpy as np
 import torch
 
+from edgecv.metrics import agreement
 from edgecv.recipe import ExportConfig
 
 log = logging.getLogger("edgecv.export")
@@ -23,12 +24,10 @@ def run_qat(student: torch.nn.Module, cal, tune, ref_tune: np.ndarray, opts: Exp
     from edgecv.export.onnx_export import export_onnx
     from edgecv.export.quantize import calibrate
 
-    ref = ref_tune.argmax(1)
-
     def check(m):
         with torch.no_grad():
             logits = torch.cat([m(torch.from_numpy(tune.x[i: i + 64])) for i in range(0, len(tune), 64)]).numpy()
-        return {"tune_agreement_fake_quant": float((logits.argmax(1) == ref).mean())}
+        return {"tune_agreement_fake_quant": agreement(ref_tune, logits)}
 
     q = prepare_qat(student, cal.x[: min(len(cal), 256)])
     before = check(q.eval())["tune_agreement_fake_quant"]

@@ -15,9 +15,10 @@ from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
-from edgecv.recipe import RecipeError, read_yaml_mapping
+from edgecv.errors import RecipeError
 from edgecv.runtime.sources import FrameSource, SourceFailed, check_source_syntax
 from edgecv.utils.limits import check_fps
+from edgecv.utils.yaml_files import read_yaml_mapping
 
 log = logging.getLogger("edgecv.cameras")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -27,13 +26,14 @@ from edgecv.runtime.trt_compat import (
     import_tensorrt,
     trt_available,
 )
+from edgecv.utils.cache import cache_dir
 from edgecv.utils.io import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger("edgecv.build")
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("EDGECV_ENGINE_CACHE", Path.home() / ".cache" / "edgecv" / "engines"))
+    return cache_dir("engines")
 
 
 @dataclass(frozen=True)
@@ -251,7 +251,7 @@ def engine_for_bundle(bundle, precision: str = "int8", fp16: Optional[bool] = No
     log.info("%s: building %s engine from %s", why, prec, file)
     cache = None
     if prec == "int8-calib":
-        from edgecv.export.calib_cache import retarget_header
+        from edgecv.bundle.calib_cache import retarget_header
 
         cache = retarget_header(bundle.path(bundle.manifest["calibration_cache"]).read_bytes(), key.trt_version)
     plan = build_plan(bundle.path(file), prec, cache, dla_core, workspace_mb,
@@ -263,7 +263,7 @@ def engine_for_bundle(bundle, precision: str = "int8", fp16: Optional[bool] = No
 def build_engine_for_bundle(bundle_dir, int8: bool = True, fp16: Optional[bool] = None, dla_core: int = -1,
                             workspace_mb: int = 1024, timing_cache: Optional[str] = None, verify: bool = True,
                             max_batch: Optional[int] = None, opt_level: int = -1) -> Dict:
-    from edgecv.runtime.bundle import open_bundle
+    from edgecv.bundle.reader import open_bundle
 
     bundle = open_bundle(bundle_dir, verify=verify)
     path, key = engine_for_bundle(bundle, "int8" if int8 else ("fp16" if fp16 else "fp32"), fp16, dla_core,

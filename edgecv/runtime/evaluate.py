@@ -8,8 +8,8 @@ import numpy as np
 from tqdm import tqdm
 
 from edgecv.data.classes import match_classes
-from edgecv.data.errors import DatasetError
-from edgecv.runtime.metrics import kl_rows, topk_correct
+from edgecv.errors import DatasetError
+from edgecv.metrics import kl_rows, topk_correct
 from edgecv.runtime.preprocess import Preprocessor, load_image
 
 
@@ -39,7 +39,7 @@ def eval_bundle(bundle_dir, data: str, backend: str = "auto", limit: Optional[in
     ``against_fp32``: also run the bundle's fp32 artefact (same target) on the same inputs and report the
     fidelity of the default one: top-1 agreement, mean KL divergence, worst per-class top-1 drop.
     """
-    from edgecv.runtime.bundle import open_bundle
+    from edgecv.bundle.reader import open_bundle
     from edgecv.runtime.select import open_backend
 
     bundle = open_bundle(bundle_dir)
@@ -96,7 +96,7 @@ def eval_bundle(bundle_dir, data: str, backend: str = "auto", limit: Optional[in
 
 
 def accumulate_fidelity(acc: Dict, ref_logits: np.ndarray, logits: np.ndarray, y: np.ndarray) -> None:
-    """Streaming form of edgecv.runtime.metrics.fidelity (any dataset size in constant memory)."""
+    """Streaming form of edgecv.metrics.fidelity (any dataset size in constant memory)."""
     k = logits.shape[1]
     acc["kl"] += float(kl_rows(ref_logits, logits).sum())
     acc["agree"] += int((ref_logits.argmax(1) == logits.argmax(1)).sum())

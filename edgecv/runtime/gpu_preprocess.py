@@ -93,9 +93,9 @@ def plan_for(pre, h: int, w: int) -> Dict[str, np.ndarray]:
 
 def affine(pre) -> Tuple[Sequence[float], Sequence[float]]:
     """Per output channel (a, b) with value = pixel * a + b: scale, mean and std folded together."""
-    scale = float(pre.spec.get("scale", 1 / 255))
-    mean = np.asarray(pre.spec["mean"], np.float64)
-    std = np.asarray(pre.spec["std"], np.float64)
+    scale = pre.spec.scale
+    mean = np.asarray(pre.spec.mean, np.float64)
+    std = np.asarray(pre.spec.std, np.float64)
     a = list(scale / std) + [0.0] * (3 - len(std))
     b = list(-mean / std) + [0.0] * (3 - len(std))
     return a, b

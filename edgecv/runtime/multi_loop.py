@@ -27,10 +27,11 @@ from typing import Callable, Dict, List, Optional, Tuple
 import cv2
 import numpy as np
 
+from edgecv.metrics import softmax, top_k, top_k_softmax
 from edgecv.runtime.backend import usable_cores
 from edgecv.runtime.cameras import Camera, CameraThread
 from edgecv.runtime.latency import percentiles
-from edgecv.runtime.run_loop import RunOptions, Smoother, select_gpu_preprocess, softmax, top_k, top_k_softmax, warm_up
+from edgecv.runtime.run_loop import RunOptions, Smoother, select_gpu_preprocess, warm_up
 from edgecv.runtime.sources import FrameSource
 from edgecv.utils.signals import INTERRUPTS, Terminated
 
@@ -323,7 +324,7 @@ def _open_together(threads: List[CameraThread], gate: threading.Event, open_s: f
 def run_multi(target, cameras: List[Camera], options: Optional[RunOptions] = None,
               emit: Optional[Callable[[str], None]] = None) -> Dict:
     """Classify several cameras, one batched engine call per round and worker; returns the summary."""
-    from edgecv.runtime.bundle import open_bundle
+    from edgecv.bundle.reader import open_bundle
     from edgecv.runtime.notify import Notifier
     from edgecv.runtime.preprocess import Preprocessor
 

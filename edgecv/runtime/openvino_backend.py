@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from edgecv.errors import DeviceError, ModelFileError
 from edgecv.runtime.backend import Backend, TensorSpec, usable_cores
+from edgecv.utils.cache import cache_dir
 
 INSTALL_HINT = "pip install 'edgecv[openvino]'"
 
@@ -32,7 +32,7 @@ def openvino_version() -> Optional[str]:
 
 
 def _cache_dir() -> str:
-    return str(Path(os.environ.get("EDGECV_CACHE", Path.home() / ".cache" / "edgecv")) / "openvino")
+    return str(cache_dir("openvino"))
 
 
 class OpenVinoBackend(Backend):

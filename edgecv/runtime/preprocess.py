@@ -34,6 +34,7 @@ from typing import Dict, Optional, Tuple
 import cv2
 import numpy as np
 
+from edgecv.bundle.spec import PreprocessSpec
 from edgecv.errors import InputSpecError
 from edgecv.utils.limits import frame_size_problem
 
@@ -94,16 +95,9 @@ class Preprocessor:
             raise ValueError(f"resize mode must be one of {', '.join(RESIZE_MODES)}, not {resize!r}")
         self.mode = resize
         self._plans: Dict[Tuple[int, int], Tuple] = {}  # frame size -> fast-mode window, taps, warp matrix
-        self.spec = spec
-        self.resize = int(spec.get("resize") or spec["input_size"])
-        self.crop = int(spec.get("crop") or spec["input_size"])
-        self.channels = int(spec["channels"])
-        scale = float(spec.get("scale", 1 / 255))
-        mean = np.asarray(spec["mean"], np.float64)
-        std = np.asarray(spec["std"], np.float64)
-        levels = np.arange(256, dtype=np.float64)
-        # lut[c][v] = (v * scale - mean[c]) / std[c], computed once.
-        self._lut = [((levels * scale - m) / s).astype(np.float32) for m, s in zip(mean, std)]
+        self.spec = spec = PreprocessSpec.coerce(spec)
+        self.resize, self.crop, self.channels = spec.resize_to, spec.crop_to, spec.channels
+        self._lut = list(spec.lookup_tables())  # lut[c][v] = (v * scale - mean[c]) / std[c], computed once
 
     def resized_size(self, h: int, w: int):
         """torchvision.transforms.Resize(int): the shorter side becomes ``resize``, the longer truncates."""

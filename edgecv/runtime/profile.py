@@ -49,7 +49,7 @@ def torch_module_of(layer: str) -> Optional[str]:
 def profile(target: str, backend: str = "auto", iters: int = 100, warmup: int = 10, batch: int = 1,
             out_dir: Optional[str] = None, threads: Optional[int] = None, top: int = 20, dla_core: int = -1) -> Dict:
     """Per-layer mean and median ms of TARGET's default artefact on ``backend``, with the end-to-end check."""
-    from edgecv.runtime.bundle import is_bundle_dir, open_bundle
+    from edgecv.bundle.reader import is_bundle_dir, open_bundle
     from edgecv.runtime.select import open_backend
 
     if is_bundle_dir(target):

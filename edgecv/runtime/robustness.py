@@ -15,8 +15,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from edgecv.bundle.golden import to_inputs
 from edgecv.data.corruptions import CORRUPTIONS, corrupt
-from edgecv.runtime.golden import to_inputs
+from edgecv.metrics import agreement, top1
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -34,27 +35,25 @@ def corruption_report(runs: Dict[str, Runner], ref: str, pixels: np.ndarray, y: 
         raise ValueError(f"reference {ref!r} is not among the models")
     clean_x = to_inputs(pixels, spec)
     clean = {k: _logits(f, clean_x, batch) for k, f in runs.items()}
-    clean_top1 = {k: float((v.argmax(1) == y).mean()) for k, v in clean.items()}
+    clean_top1 = {k: top1(v, y) for k, v in clean.items()}
     rows: List[Dict] = []
     todo = [(n, s) for n in names for s in severities]
     for name, sev in tqdm(todo, desc="corruptions", disable=not show_progress, leave=False):
         x = to_inputs(corrupt(pixels, name, sev, seed), spec)
         out = {k: _logits(f, x, batch) for k, f in runs.items()}
-        ref_pred = out[ref].argmax(1)
         for k, lg in out.items():
             rows.append({"corruption": name, "family": CORRUPTIONS[name][0], "severity": int(sev), "model": k,
-                         "top1": float((lg.argmax(1) == y).mean()),
-                         "agreement": float((lg.argmax(1) == ref_pred).mean())})
+                         "top1": top1(lg, y), "agreement": agreement(out[ref], lg)})
     summary: Dict[str, Dict] = {}
     for k in runs:
         per = {}
         for name in names:
             mine = [r for r in rows if r["model"] == k and r["corruption"] == name]
             theirs = [r for r in rows if r["model"] == ref and r["corruption"] == name]
-            top1 = float(np.mean([r["top1"] for r in mine]))
-            ref_top1 = float(np.mean([r["top1"] for r in theirs]))
-            per[name] = {"top1": top1, "agreement": float(np.mean([r["agreement"] for r in mine])),
-                         "extra_drop": ((ref_top1 - top1) - (clean_top1[ref] - clean_top1[k])) * 100}
+            acc = float(np.mean([r["top1"] for r in mine]))
+            ref_acc = float(np.mean([r["top1"] for r in theirs]))
+            per[name] = {"top1": acc, "agreement": float(np.mean([r["agreement"] for r in mine])),
+                         "extra_drop": ((ref_acc - acc) - (clean_top1[ref] - clean_top1[k])) * 100}
         worst = max(per, key=lambda n: per[n]["extra_drop"]) if per else None
         summary[k] = {"clean_top1": clean_top1[k], "corruptions": per, "worst": worst,
                       "worst_extra_drop": per[worst]["extra_drop"] if worst else 0.0,
@@ -145,11 +144,11 @@ def eval_corruptions(bundle_dir, data: str, names: Sequence[str], severities: Se
     """``edgecv eval BUNDLE --corruptions``: the bundle's fp32 model (the reference) and every int8 artefact a
     target can run here, on the first ``limit`` images of ``data``, under each corruption and severity."""
     from edgecv import targets
+    from edgecv.bundle.golden import to_pixels
+    from edgecv.bundle.reader import open_bundle
     from edgecv.data.classes import apply_mapping, match_classes
-    from edgecv.data.errors import DatasetError
-    from edgecv.runtime.bundle import open_bundle
+    from edgecv.errors import DatasetError
     from edgecv.runtime.evaluate import labelled_frames
-    from edgecv.runtime.golden import to_pixels
     from edgecv.runtime.preprocess import Preprocessor
     from edgecv.runtime.select import open_backend
 

@@ -39,7 +39,7 @@ def resolve_backend_name(backend: str) -> str:
 def open_backend(target, backend: str = "auto", precision: Optional[str] = None,
                  threads: Optional[int] = None, **kw) -> Tuple[Backend, dict]:
     """Return ``(backend, info)`` for a bundle (a directory, or a Bundle already opened) or an ``.onnx`` file."""
-    from edgecv.runtime.bundle import Bundle, open_bundle
+    from edgecv.bundle.reader import Bundle, open_bundle
 
     p = None if isinstance(target, Bundle) else Path(target)
     chosen = None
@@ -117,7 +117,7 @@ def io_mismatches(bundle, be: Backend, file: str) -> List[str]:
     out = []
     m = bundle.manifest
     pre = bundle.preprocess
-    crop = pre.get("crop") or pre["input_size"]
+    crop = pre.crop_to
     want_in = [-1 if isinstance(d, str) else d for d in m["inputs"][0]["shape"]]
     got_in = list(be.inputs[0].shape)
     if len(got_in) != 4 or len(want_in) != 4:
@@ -126,9 +126,9 @@ def io_mismatches(bundle, be: Backend, file: str) -> List[str]:
         if g != w and -1 not in (g, w):
             out.append(f"{file}: input shape {tuple(got_in)} does not match the manifest's {tuple(want_in)}")
             break
-    if got_in[1] not in (-1, pre["channels"]) or any(d not in (-1, crop) for d in got_in[2:]):
+    if got_in[1] not in (-1, pre.channels) or any(d not in (-1, crop) for d in got_in[2:]):
         out.append(f"{file}: input shape {tuple(got_in)} does not fit preprocess.json "
-                   f"({pre['channels']} channels, {crop}x{crop} crop)")
+                   f"({pre.channels} channels, {crop}x{crop} crop)")
     n = bundle.output_classes()
     got_out = list(be.outputs[0].shape)
     if n is not None and got_out and got_out[-1] not in (-1, n):

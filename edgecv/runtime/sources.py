@@ -345,8 +345,7 @@ class FrameSource:
         self._cap = self._reader = None
 
     def _folder_frames(self) -> Iterator[np.ndarray]:
-        from edgecv.data.folders import IMAGE_EXTS
-        from edgecv.utils.images import read_image
+        from edgecv.utils.images import IMAGE_EXTS, read_image
 
         files = sorted(p for p in Path(self.arg).rglob("*") if p.suffix.lower() in IMAGE_EXTS)
         if not files:

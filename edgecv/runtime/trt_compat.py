@@ -16,6 +16,8 @@ import importlib
 import os
 from typing import Optional, Tuple
 
+from edgecv.utils.versions import version_tuple as parse_version
+
 _TRT = None
 _TRIED = False
 
@@ -42,10 +44,20 @@ def trt_version() -> Optional[str]:
     return getattr(trt, "__version__", None) if trt else None
 
 
+# The TensorRT versions edgecv runs on (the bundle's ``compat.tensorrt_major`` is written from these).
+TRT_MIN = (8, 5)
+TRT_MAX_MAJOR = 11
+
+
 def version_tuple(trt=None) -> Tuple[int, int, int]:
     trt = trt or import_tensorrt()
-    parts = (getattr(trt, "__version__", "0.0.0").split(".") + ["0", "0"])[:3]
-    return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in parts)
+    return parse_version(getattr(trt, "__version__", "0.0.0"))
+
+
+def supported(version: str) -> bool:
+    """Whether edgecv runs on this TensorRT version (8.5 through 11.x)."""
+    v = parse_version(version)
+    return TRT_MIN <= v[:2] and v[0] <= TRT_MAX_MAJOR
 
 
 def has_builder(trt=None) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -20,14 +19,15 @@ import numpy as np
 
 from edgecv import targets
 from edgecv.errors import USER_ERRORS, DeviceError
+from edgecv.metrics import Budget, agreement, mean_kl, top1
 from edgecv.runtime.latency import measure_interleaved
-from edgecv.runtime.metrics import mean_kl
+from edgecv.utils.cache import cache_dir
 
 log = logging.getLogger("edgecv.verify")
 
 
 def choice_dir() -> Path:
-    return Path(os.environ.get("EDGECV_CACHE", Path.home() / ".cache" / "edgecv")) / "verified"
+    return cache_dir("verified")
 
 
 def choice_path(bundle) -> Path:
@@ -63,8 +63,7 @@ def measure(be, x: np.ndarray, y: np.ndarray, ref: np.ndarray, iters: int) -> Di
     one = np.ascontiguousarray(x[:1])
     lat = measure_interleaved({"m": lambda: be.infer(one)}, warmup=min(10, iters), iters=iters, rounds=1)["m"]
     err = np.abs(logits.astype(np.float64) - ref)
-    return {"finite": True, "agreement": float((logits.argmax(1) == ref.argmax(1)).mean()),
-            "top1": float((logits.argmax(1) == y).mean()), "max_abs_err": float(err.max()),
+    return {"finite": True, "agreement": agreement(ref, logits), "top1": top1(logits, y), "max_abs_err": float(err.max()),
             "mean_abs_err": float(err.mean()), "mean_kl": mean_kl(ref, logits),
             "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"]}
 
@@ -72,15 +71,15 @@ def measure(be, x: np.ndarray, y: np.ndarray, ref: np.ndarray, iters: int) -> Di
 def verify(bundle_dir, backend: str = "auto", iters: int = 50, record: bool = True, dla_core: int = -1) -> Dict:
     """Check every precision this device can run against the golden vectors; choose and record the fastest
     within the fidelity budget. Returns the report; ``chosen`` is None when no precision passes."""
-    from edgecv.runtime.bundle import open_bundle
-    from edgecv.runtime.golden import load_golden
+    from edgecv.bundle.golden import load_golden
+    from edgecv.bundle.reader import open_bundle
     from edgecv.runtime.select import open_backend
     from edgecv.utils.io import atomic_write_json
 
     bundle = open_bundle(bundle_dir)
     x, y, ref = load_golden(bundle)
-    budget = bundle.manifest["golden"]["budget"]
-    ref_top1 = float((ref.argmax(1) == y).mean())
+    budget = Budget.from_dict(bundle.manifest["golden"]["budget"])  # range-checked when the bundle was opened
+    ref_top1 = top1(ref, y)
     chosen_targets = targets.auto_order() if backend == "auto" else [targets.get(backend)]
     rows: List[Dict] = []
     for t in chosen_targets:
@@ -105,13 +104,8 @@ def verify(bundle_dir, backend: str = "auto", iters: int = 50, record: bool = Tr
                 be.close()
             drop = (ref_top1 - row["top1"]) * 100
             row["top1_drop"] = drop
-            problems = []
-            if not row["finite"]:
-                problems.append("non-finite or misshaped logits")
-            if row["agreement"] < budget["min_agreement"]:
-                problems.append(f"top-1 agreement with fp32 {row['agreement']:.1%} < {budget['min_agreement']:.1%}")
-            if drop > budget["max_drop"] + 1e-9:
-                problems.append(f"top-1 drop {drop:.2f} points > {budget['max_drop']}")
+            problems = ([] if row["finite"] else ["non-finite or misshaped logits"]) + \
+                budget.problems(ref_top1, row["top1"], row["agreement"])
             row["status"] = "failed" if problems else "passed"
             row["reason"] = "; ".join(problems)
             rows.append(row)
@@ -121,7 +115,7 @@ def verify(bundle_dir, backend: str = "auto", iters: int = 50, record: bool = Tr
         r["reason"] = "chosen: the fastest within the budget" if r is chosen else \
             f"within budget, slower ({r['p50_ms']:.3f} ms vs {chosen['p50_ms']:.3f} ms)"
     report = {"bundle": str(bundle.root), "manifest_sha256": bundle.manifest["manifest_sha256"],
-              "golden": {"n": int(len(y)), "fp32_top1": ref_top1}, "budget": budget, "candidates": rows,
+              "golden": {"n": int(len(y)), "fp32_top1": ref_top1}, "budget": budget.to_dict(), "candidates": rows,
               "chosen": {**{k: chosen[k] for k in ("target", "precision", "file", "p50_ms", "agreement")},
                          "dla_core": dla_core} if chosen else None}
     if chosen and record:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from edgecv.runtime.metrics import topk_correct
+from edgecv.metrics import topk_correct
 
 
 def accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1, 5)):

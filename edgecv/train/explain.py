@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecv.data.errors import DatasetError
 from edgecv.data.folders import list_images
 from edgecv.data.transforms import eval_transform
+from edgecv.errors import DatasetError
 from edgecv.train.sources import load_source
 from edgecv.utils.images import write_png
 

@@ -14,10 +14,11 @@ from torch import nn
 
 from edgecv.data.loaders import load_data
 from edgecv.data.transforms import preprocess_spec
+from edgecv.errors import RecipeError
 from edgecv.models.checkpoint import make_checkpoint, read_checkpoint, save_checkpoint
 from edgecv.models.heads import set_backbone_trainable
 from edgecv.models.registry import create_model
-from edgecv.recipe import Recipe, RecipeError, TrainConfig, save_recipe
+from edgecv.recipe import Recipe, TrainConfig, save_recipe
 from edgecv.train.engine import evaluate, train_one_epoch
 from edgecv.utils.io import atomic_path, atomic_write_json, atomic_write_text
 from edgecv.utils.outputs import run_output

@@ -25,12 +25,16 @@ class ModelSource:
 
 
 def data_config_from_spec(spec: Dict, base: Optional[DataConfig] = None, where: str = "checkpoint") -> DataConfig:
-    missing = [k for k in ("input_size", "channels", "mean", "std") if k not in spec]
-    if missing:
-        raise SourceError(f"{where}: its preprocessing spec lacks {', '.join(missing)}")
+    from edgecv.bundle.spec import PreprocessSpec
+    from edgecv.errors import BundleError
+
+    try:
+        s = PreprocessSpec.from_dict(spec, f"{where}: its preprocessing spec")
+    except BundleError as e:
+        raise SourceError(str(e)) from None
     cfg = dataclasses.replace(base) if base else DataConfig()
-    cfg.input_size, cfg.channels = spec["input_size"], spec["channels"]
-    cfg.resize, cfg.mean, cfg.std = spec.get("resize"), list(spec["mean"]), list(spec["std"])
+    cfg.input_size, cfg.channels = s.input_size, s.channels
+    cfg.resize, cfg.mean, cfg.std = spec.get("resize"), list(s.mean), list(s.std)
     return cfg
 
 

@@ -18,6 +18,7 @@ from edgecv.utils.io import atomic_path
 from edgecv.utils.limits import frame_size_problem
 
 MAX_FILE_BYTES = 512 << 20
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}  # what a folder of images holds
 
 
 def encoded_size(data: bytes) -> Optional[Tuple[int, int]]:

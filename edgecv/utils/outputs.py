@@ -14,23 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import FrozenSet, Iterator, List, Optional, Tuple
+from typing import Callable, FrozenSet, Iterator, List, Optional, Tuple
 
+from edgecv.errors import OutputError
 from edgecv.utils.io import TMP_TAG, dir_mode, replace_dir, sweep_stale
 
-
-class OutputError(ValueError):
-    """An output path cannot be written without losing data (or without racing another writer)."""
-
-
-BUNDLE_NAMES = re.compile(r"^(model\.sig|manifest\.json|labels\.txt|preprocess\.json|recipe\.yaml|report\.(md|png)|"
-                          r"calibration\.cache|pruned_model\.pt|golden[\w.-]*|model_[\w.-]+\.onnx)$")
 RUN_NAMES = re.compile(r"^(recipe\.yaml|last\.pt|model\.pt|log\.jsonl|log\.csv|metrics\.json|confusion\.png)$")
 
 
@@ -42,9 +35,10 @@ class OutputKind:
     names: "re.Pattern"
     manifest: Optional[str] = None  # a bundle's index: every file must be listed in it
     extra: Tuple[str, ...] = ()  # files the index cannot list (the signature covers the index itself)
+    # the files an intact index lists (its bytes -> names), None when damaged: the bundle format's own reader
+    listed: Optional[Callable[[bytes], Optional[FrozenSet[str]]]] = None
 
 
-BUNDLE = OutputKind("bundle", BUNDLE_NAMES, "manifest.json", ("model.sig",))
 RUN = OutputKind("training run", RUN_NAMES)
 
 
@@ -62,19 +56,13 @@ def _is_ours(name: str) -> bool:
     return TMP_TAG in name
 
 
-def _listed_files(manifest_path: Path) -> Optional[FrozenSet[str]]:
-    """The files an intact bundle manifest lists, or None when the manifest is damaged."""
-    from edgecv.runtime.bundle import manifest_digest
-
+def _listed_files(kind: OutputKind, manifest_path: Path) -> Optional[FrozenSet[str]]:
+    """The files an intact index lists, or None when the index is damaged."""
     try:
         raw = manifest_path.read_bytes()
-        m = json.loads(raw)
-    except (OSError, ValueError):
+    except OSError:
         return None
-    if not isinstance(m, dict) or not isinstance(m.get("files"), dict) or manifest_digest(raw) != m.get(
-            "manifest_sha256"):
-        return None
-    return frozenset(m["files"])
+    return kind.listed(raw) if kind.listed else None
 
 
 def inspect_output(path: Path, kind: OutputKind, force: bool = False) -> str:
@@ -98,7 +86,7 @@ def inspect_output(path: Path, kind: OutputKind, force: bool = False) -> str:
     links = [e for e in entries if os.path.islink(path / e)]
     if kind.manifest:
         top = [e for e in entries if os.sep not in e]
-        listed = _listed_files(path / kind.manifest) if kind.manifest in top else None
+        listed = _listed_files(kind, path / kind.manifest) if kind.manifest in top else None
         if listed is not None:
             foreign = sorted(e for e in entries if e != kind.manifest and e not in listed and e not in kind.extra
                              and not (path / e).is_dir())
@@ -194,7 +182,7 @@ class OutputLock:
         self.release()
 
 
-def check_output(path: str | os.PathLike, kind: OutputKind = BUNDLE, force: bool = False) -> Path:
+def check_output(path: str | os.PathLike, kind: OutputKind, force: bool = False) -> Path:
     """Everything :func:`staged_output` will check, without writing anything: call it before long work."""
     path = Path(os.path.abspath(os.fsdecode(path)))
     inspect_output(path, kind, force)
@@ -217,7 +205,7 @@ def _prepare_parent(path: Path, create: bool = True) -> None:
 
 
 @contextlib.contextmanager
-def staged_output(path: str | os.PathLike, kind: OutputKind = BUNDLE, force: bool = False,
+def staged_output(path: str | os.PathLike, kind: OutputKind, force: bool = False,
                   lock: bool = True) -> Iterator[Path]:
     """Yield an empty staging directory; on success it replaces ``path`` as a whole, atomically.
 

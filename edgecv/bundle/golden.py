@@ -9,32 +9,25 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Dict, Tuple
+from typing import Tuple
 
 import numpy as np
 
+from edgecv.bundle.spec import PreprocessSpec
 from edgecv.errors import BundleError
 
-GOLDEN = "golden.npz"
 
-
-def _tables(spec: Dict) -> np.ndarray:
-    """[C, 256] float32: pixel value -> normalised input (as edgecv.runtime.preprocess builds its LUTs)."""
-    scale = float(spec.get("scale", 1 / 255))
-    levels = np.arange(256, dtype=np.float64)
-    return np.stack([((levels * scale - m) / s).astype(np.float32) for m, s in zip(spec["mean"], spec["std"])])
-
-
-def to_pixels(x: np.ndarray, spec: Dict) -> np.ndarray:
+def to_pixels(x: np.ndarray, spec) -> np.ndarray:
     """Normalised float inputs [N, C, H, W] -> the uint8 pixels they came from."""
-    scale = float(spec.get("scale", 1 / 255))
-    mean = np.asarray(spec["mean"], np.float64)[None, :, None, None]
-    std = np.asarray(spec["std"], np.float64)[None, :, None, None]
-    return np.clip(np.round((x.astype(np.float64) * std + mean) / scale), 0, 255).astype(np.uint8)
+    spec = PreprocessSpec.coerce(spec)
+    mean = np.asarray(spec.mean, np.float64)[None, :, None, None]
+    std = np.asarray(spec.std, np.float64)[None, :, None, None]
+    return np.clip(np.round((x.astype(np.float64) * std + mean) / spec.scale), 0, 255).astype(np.uint8)
 
 
-def to_inputs(pixels: np.ndarray, spec: Dict) -> np.ndarray:
-    lut = _tables(spec)
+def to_inputs(pixels: np.ndarray, spec) -> np.ndarray:
+    """uint8 pixels [N, C, H, W] -> normalised float inputs, by the spec's own lookup tables."""
+    lut = PreprocessSpec.coerce(spec).lookup_tables()
     return np.stack([lut[c][pixels[:, c]] for c in range(pixels.shape[1])], 1)
 
 
@@ -61,9 +54,8 @@ def load_golden(bundle) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     except (OSError, ValueError, KeyError) as e:
         raise BundleError(f"{path}: not a golden-vector file ({e})") from None
     pre = bundle.preprocess
-    crop = pre.get("crop") or pre["input_size"]
     n = len(labels)
-    if (pixels.dtype != np.uint8 or pixels.shape != (n, pre["channels"], crop, crop) or logits.ndim != 2
+    if (pixels.dtype != np.uint8 or pixels.shape != (n, pre.channels, pre.crop_to, pre.crop_to) or logits.ndim != 2
             or len(logits) != n or n == 0 or not np.isfinite(logits).all()):
         raise BundleError(f"{path}: shapes do not fit the bundle (pixels {pixels.shape}, labels {labels.shape}, "
                           f"logits {logits.shape})")

@@ -1,2 +1,0 @@
-class DatasetError(ValueError):
-    """A dataset path is missing, empty, or holds no readable images."""

@@ -1,0 +1,45 @@
+"""YAML files read strictly: errors name the file, the line and the column, in one line."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict
+
+import yaml
+
+from edgecv.errors import RecipeError
+
+
+def yaml_where(e: Exception) -> str:
+    """``:line:column`` of a YAML error (1-based), or nothing."""
+    mark = getattr(e, "problem_mark", None)
+    return f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+
+
+def yaml_problem(e: Exception) -> str:
+    """A YAML error as one line (PyYAML's own message spans several, with a source excerpt)."""
+    parts = [getattr(e, "context", None), getattr(e, "problem", None)]
+    text = "; ".join(p for p in parts if p) or str(e).splitlines()[0]
+    return " ".join(text.split())
+
+
+def read_yaml_mapping(path: Path, what: str) -> Dict[str, Any]:
+    """The top-level mapping of a YAML file; errors name the file."""
+    if not path.is_file():
+        raise RecipeError(f"{path}: {what} file not found")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not a {what} (not UTF-8 text; expected YAML)") from None
+    except OSError as e:
+        raise RecipeError(f"{path}: cannot read ({e.strerror})") from None
+    if not text.strip():
+        raise RecipeError(f"{path}: the {what} is empty (expected a YAML mapping, e.g. 'model: {{name: ...}}')")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}{yaml_where(e)}: not valid YAML ({yaml_problem(e)})") from None
+    if raw is None:
+        raise RecipeError(f"{path}: the {what} is empty (only comments)")
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: expected a mapping at the top level")
+    return raw
