@@ -7,13 +7,13 @@ The Python API (see edgecv.api): ``Classifier`` (device side, no torch), and ``l
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Classifier": "edgecv.api:Classifier",
-    "Prediction": "edgecv.api:Prediction",
+    "Classifier": "edgecv.runtime.classifier:Classifier",
+    "Prediction": "edgecv.runtime.classifier:Prediction",
     "load_recipe": "edgecv.recipe:load_recipe",
     "train_recipe": "edgecv.train.loop:train",
     "export_bundle": "edgecv.export.pipeline:export_bundle",
-    "verify": "edgecv.runtime.verify:verify",
-    "evaluate_bundle": "edgecv.runtime.evaluate:eval_bundle",
+    "verify": "edgecv.runtime.acceptance.verify:verify",
+    "evaluate_bundle": "edgecv.evaluate.bundle:eval_bundle",
 }
 
 

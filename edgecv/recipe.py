@@ -139,7 +139,7 @@ class ExportConfig:
     golden: int = ranged(64, ge=1, le=4096)  # golden vectors shipped for `edgecv verify` on the device
     min_agreement: float = ranged(0.99, ge=0, le=1)  # fidelity budget: top-1 agreement with fp32
     opset: int = ranged(17, ge=13, le=21)
-    # robustness report (edgecv.runtime.robustness): corruptions ("all", families, names; "none": no report)
+    # robustness report (edgecv.evaluate.robustness): corruptions ("all", families, names; "none": no report)
     # the ladder's last rung: quantization-aware distillation when PTQ and fallback miss the budget (0: off)
     qat_epochs: int = ranged(3, ge=0, le=100)
     qat_lr: float = ranged(1e-4, gt=0, le=1)  # SGD; 1e-3 diverged on Lite0 after one epoch

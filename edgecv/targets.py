@@ -5,7 +5,7 @@ and every layer derives from it: CLI choices, recipe validation, the export loop
 file names, steps after quantizing, whether latency can be measured on the export host), backend selection
 (``auto`` order, availability), ``profile`` and the run loop (through the backend class it names).
 
-Adding a target is one backend module (a :class:`edgecv.runtime.backend.Backend` subclass with the class
+Adding a target is one backend module (a :class:`edgecv.runtime.backends.base.Backend` subclass with the class
 methods ``available``, ``for_bundle`` and, if it runs bare ``.onnx`` files, ``for_file``) plus one
 :func:`register` call. Only this module and the modules a target lists in ``modules`` may spell its name.
 """
@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 @dataclass(frozen=True)
 class Target:
     name: str
-    file_tag: str  # the int8 artefact is model_int8_<file_tag>.onnx
+    file_tag: str  # names the int8 artefact (edgecv.bundle.names.int8_model)
     backend: str  # "module:Class", imported when first used
     # ONNX Runtime quantizer settings for this target's int8 Q/DQ model
     quant: Dict[str, Any] = field(default_factory=dict)
@@ -34,9 +34,6 @@ class Target:
 
     def backend_class(self):
         return load(self.backend)
-
-    def int8_file(self) -> str:
-        return f"model_int8_{self.file_tag}.onnx"
 
 
 _REGISTRY: Dict[str, Target] = {}
@@ -121,7 +118,7 @@ def first_available(check: Callable[[Target], Tuple[bool, str]]) -> Tuple[Target
 register(Target(
     name="tensorrt",
     file_tag="trt",
-    backend="edgecv.runtime.trt_backend:TrtBackend",
+    backend="edgecv.runtime.tensorrt.backend:TrtBackend",
     # TensorRT explicit quantization: symmetric int8 activations and weights (zero-point 0), per-channel
     # weights on axis 0, float biases, Q/DQ pairs shared between consumers. Placement as NVIDIA Model
     # Optimizer's: Q/DQ on the inputs of weighted layers, none on their outputs (TensorRT fuses the activation
@@ -132,36 +129,36 @@ register(Target(
     host_latency=False,
     post_quantize=("edgecv.export.check:require_trt_qdq", "edgecv.export.calib_cache:write_cache_for_bundle"),
     checker="edgecv.export.check:check_trt_qdq",
-    version="edgecv.runtime.trt_compat:trt_version",
+    version="edgecv.runtime.tensorrt.compat:trt_version",
     priority=10,
-    modules=("edgecv.runtime.trt_backend", "edgecv.runtime.trt_compat", "edgecv.runtime.trt_calibrator",
-             "edgecv.runtime.engine_build", "edgecv.runtime.cuda_mem", "edgecv.export.calib_cache"),
+    modules=("edgecv.runtime.tensorrt.backend", "edgecv.runtime.tensorrt.compat", "edgecv.runtime.tensorrt.calibrator",
+             "edgecv.runtime.tensorrt.engine_build", "edgecv.runtime.tensorrt.cuda_mem", "edgecv.export.calib_cache"),
     description="NVIDIA TensorRT (Jetson, dGPU): engine built and cached on the device from the Q/DQ ONNX",
 ))
 
 register(Target(
     name="onnxruntime",
     file_tag="ort",
-    backend="edgecv.runtime.ort_backend:OrtBackend",
+    backend="edgecv.runtime.backends.ort:OrtBackend",
     # U8S8: unsigned activations, symmetric signed weights, what ORT's CPU kernels run fastest.
     quant={"activation": "uint8", "WeightSymmetric": True},
     host_latency=True,
-    version="edgecv.runtime.ort_backend:ort_version",
+    version="edgecv.runtime.backends.ort:ort_version",
     priority=0,
-    modules=("edgecv.runtime.ort_backend",),
+    modules=("edgecv.runtime.backends.ort",),
     description="ONNX Runtime (any CPU; CUDA/TensorRT execution providers where the install has them)",
 ))
 
 register(Target(
     name="openvino",
     file_tag="ov",
-    backend="edgecv.runtime.openvino_backend:OpenVinoBackend",
+    backend="edgecv.runtime.backends.openvino:OpenVinoBackend",
     # U8S8 Q/DQ as for ONNX Runtime: OpenVINO's CPU plugin runs it as int8 convolutions (20% faster on
     # EfficientNet-Lite0 than symmetric int8 activations, and faster than NNCF's own placement; tools/bench_peers.py)
     quant={"activation": "uint8", "WeightSymmetric": True},
     host_latency=True,
-    version="edgecv.runtime.openvino_backend:openvino_version",
+    version="edgecv.runtime.backends.openvino:openvino_version",
     priority=0,
-    modules=("edgecv.runtime.openvino_backend",),
+    modules=("edgecv.runtime.backends.openvino",),
     description="Intel OpenVINO (x86 CPUs, Intel iGPU/NPU): runs the int8 Q/DQ ONNX directly (optional extra)",
 ))

@@ -174,3 +174,24 @@ def invoke(*args):
     r = CliRunner().invoke(cli, [str(a) for a in args])
     assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
     return r
+
+
+def kill_install_at(stage, bundle, root, tmp_path):
+    """``edgecv install BUNDLE --root ROOT`` in a real process, SIGKILLed 0.3 s after it reports ``stage``."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "EDGECV_INSTALL_PAUSE": stage, "EDGECV_INSTALL_PAUSE_S": "60",
+           "EDGECV_CACHE": os.environ.get("EDGECV_CACHE", str(tmp_path / "c")),
+           "XDG_CONFIG_HOME": os.environ.get("XDG_CONFIG_HOME", str(tmp_path / "config"))}
+    p = subprocess.Popen([sys.executable, "-m", "edgecv", "install", str(bundle), "--root", str(root)],
+                         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    for line in p.stderr:
+        if line.startswith(f"[edgecv install] {stage}"):
+            time.sleep(0.3)
+            p.send_signal(signal.SIGKILL)
+            break
+    p.wait(60)
+    assert p.returncode == -9

@@ -11,7 +11,7 @@ import ctypes
 
 import numpy as np
 
-from edgecv.runtime.backend import TensorSpec
+from edgecv.runtime.backends.base import TensorSpec
 
 IMAGENET_SPEC = {"input_size": 224, "resize": 256, "crop": 224, "channels": 3, "scale": 1 / 255,
                  "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -73,7 +73,7 @@ class MeanKernelContext(_Context):
     def __init__(self, mem):
         from cuda.bindings import driver
 
-        from edgecv.runtime.gpu_preprocess import load_kernel
+        from edgecv.runtime.tensorrt.gpu_preprocess import load_kernel
 
         super().__init__()
         self.drv = driver
@@ -117,8 +117,8 @@ class HostModelContext(_Context):
 
 def standin_backend(in_shape, out_shape, max_batch=4, cuda_graph=False, context=MeanKernelContext, **ctx_kw):
     """A TrtBackend on real cuda-python memory, with ``context`` in place of a TensorRT engine's."""
-    from edgecv.runtime.cuda_mem import open_cuda_mem
-    from edgecv.runtime.trt_backend import TrtBackend
+    from edgecv.runtime.tensorrt.backend import TrtBackend
+    from edgecv.runtime.tensorrt.cuda_mem import open_cuda_mem
 
     be = TrtBackend.__new__(TrtBackend)
     be.mem = open_cuda_mem("cuda-python")

@@ -220,8 +220,8 @@ def test_folders_in_another_order_are_scored_by_name(tiny_bundle, tiny_ckpt, tmp
     r1 = json.loads(invoke("eval", tiny_bundle, "--data", named, "--json").output)
     for target in (tiny_bundle, tiny_ckpt):
         one_line_error(invoke("eval", target, "--data", by_index), 2, "not among the labels")
-    from edgecv.runtime.evaluate import eval_bundle
-    from edgecv.runtime.select import open_backend
+    from edgecv.evaluate.bundle import eval_bundle
+    from edgecv.runtime.backends.select import open_backend
 
     be, _ = open_backend(str(tiny_bundle), "onnxruntime")
     from edgecv.runtime.preprocess import Preprocessor

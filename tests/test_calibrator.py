@@ -11,7 +11,7 @@ import types
 import numpy as np
 import pytest
 
-from edgecv.runtime.trt_calibrator import make_entropy_calibrator
+from edgecv.runtime.tensorrt.calibrator import make_entropy_calibrator
 
 
 def _trt():

@@ -9,7 +9,8 @@ import time
 import cv2
 import numpy as np
 
-from edgecv.runtime.run_loop import RunOptions, run
+from edgecv.runtime.stream.loop import run
+from edgecv.runtime.stream.options import RunOptions
 
 
 def make_video(path, n, fps=30, size=(64, 48)):
@@ -82,7 +83,7 @@ def test_lost_source_is_retried_until_it_returns(tiny_bundle, tmp_path):
 
 
 def test_watchdog_pings_stop_when_inference_hangs(tiny_bundle, tmp_path, monkeypatch, notify_socket):
-    from edgecv.runtime import ort_backend
+    from edgecv.runtime.backends import ort as ort_backend
 
     collect = notify_socket  # WatchdogSec=0.2: pings every 0.1 s
     hang, release, calls = threading.Event(), threading.Event(), [0]
@@ -92,7 +93,7 @@ def test_watchdog_pings_stop_when_inference_hangs(tiny_bundle, tmp_path, monkeyp
         calls[0] += 1
         if hang.is_set():
             release.wait(30)  # a hung engine
-            from edgecv.runtime.sources import SourceFailed
+            from edgecv.runtime.stream.sources import SourceFailed
 
             raise SourceFailed("test over")  # ends the loop once released
         return real(self, batch)

@@ -11,9 +11,9 @@ import pytest
 from conftest import invoke
 
 from edgecv.errors import InputSpecError
-from edgecv.runtime.cameras import Camera, camera_list
-from edgecv.runtime.multi_loop import run_multi
-from edgecv.runtime.run_loop import RunOptions
+from edgecv.runtime.stream.cameras import Camera, camera_list
+from edgecv.runtime.stream.multi import run_multi
+from edgecv.runtime.stream.options import RunOptions
 from edgecv.utils import images
 from edgecv.utils.limits import MAX_ASPECT, frame_size_problem
 
@@ -93,7 +93,7 @@ def test_one_over_budget_image_is_skipped_by_its_camera_and_by_eval(tiny_bundle,
 
 def test_a_camera_whose_frames_cannot_be_preprocessed_is_that_cameras_loss(tiny_bundle, photos, monkeypatch):
     """A fault injected into one camera's preprocessing (whatever an odd frame may raise) skips its frames only."""
-    from edgecv.runtime import cameras
+    from edgecv.runtime.stream import cameras
 
     real = cameras.CameraThread.preprocess_into
 

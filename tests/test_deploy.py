@@ -5,18 +5,15 @@ import getpass
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import FASHION, free_port, invoke, release, resign, unanswerable_golden
+from conftest import FASHION, free_port, invoke, kill_install_at, release, resign, unanswerable_golden
 
 from edgecv.bundle.reader import open_bundle
-
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(autouse=True)
@@ -133,17 +130,7 @@ def test_install_killed_in_any_stage_keeps_the_previous_version(stage, tiny_bund
     root = tmp_path / "root"
     r1, r2 = release(tiny_bundle, tmp_path / "r1", 1), release(tiny_bundle, tmp_path / "r2", 2)
     assert invoke("install", r1, "--root", root).exit_code == 0
-    env = {**ENV, "EDGECV_INSTALL_PAUSE": stage, "EDGECV_INSTALL_PAUSE_S": "60",
-           "EDGECV_CACHE": str(tmp_path / "cache")}
-    p = subprocess.Popen([sys.executable, "-m", "edgecv", "install", str(r2), "--root", str(root)],
-                         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
-    for line in p.stderr:
-        if line.startswith(f"[edgecv install] {stage}"):
-            time.sleep(0.3)
-            p.send_signal(signal.SIGKILL)
-            break
-    p.wait(30)
-    assert p.returncode == -9
+    kill_install_at(stage, r2, root, tmp_path)
     s = json.loads(invoke("status", "--root", root, "--json").output)
     assert s["active"]["slot"] == "a" and s["active"]["release"] == 1
     assert open_bundle(root).manifest["release"] == 1

@@ -4,18 +4,13 @@ injected into. Each test fails on the edgecv before these rules."""
 import json
 import os
 import shutil
-import signal
 import stat
 import subprocess
-import sys
-import time
 
 import pytest
-from conftest import invoke, release, resign, unanswerable_golden
+from conftest import invoke, kill_install_at, release, resign, unanswerable_golden
 
 from edgecv.bundle.reader import open_bundle
-
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(autouse=True)
@@ -123,20 +118,6 @@ def test_an_empty_existing_root_keeps_its_mode(tiny_bundle, tmp_path):
 
 # -- 3. the install state machine ------------------------------------------------------------------------------------
 
-def _kill_install_at(stage, bundle, root, tmp_path):
-    env = {**ENV, "EDGECV_INSTALL_PAUSE": stage, "EDGECV_INSTALL_PAUSE_S": "60", "EDGECV_CACHE": str(tmp_path / "c"),
-           "XDG_CONFIG_HOME": str(tmp_path / "config")}
-    p = subprocess.Popen([sys.executable, "-m", "edgecv", "install", str(bundle), "--root", str(root)],
-                         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
-    for line in p.stderr:
-        if line.startswith(f"[edgecv install] {stage}"):
-            time.sleep(0.3)
-            p.send_signal(signal.SIGKILL)
-            break
-    p.wait(60)
-    assert p.returncode == -9
-
-
 @pytest.mark.parametrize("stage,active,previous", [
     ("switch", ("a", 1), None),   # before the switch began: r2 was never active, so it is nobody's previous
     ("link", ("a", 1), None),     # r2 staged into slot b, the link not moved: slot b no longer holds a previous
@@ -146,7 +127,7 @@ def test_previous_means_previously_active_after_a_kill(stage, active, previous, 
     root = tmp_path / "root"
     r1, r2 = release(tiny_bundle, tmp_path / "r1", 1), release(tiny_bundle, tmp_path / "r2", 2)
     assert invoke("install", r1, "--root", root).exit_code == 0
-    _kill_install_at(stage, r2, root, tmp_path)
+    kill_install_at(stage, r2, root, tmp_path)
     s = status(root)
     assert (s["active"]["slot"], s["active"]["release"]) == active
     assert (s["previous"] and (s["previous"]["slot"], s["previous"]["release"])) == previous

@@ -13,7 +13,7 @@ from conftest import FASHION, ROOT
 from edgecv.bundle.reader import open_bundle
 from edgecv.cli import cli
 from edgecv.errors import DeviceError
-from edgecv.runtime.engine_build import EngineKey, build_request, engine_key_for, lookup, profile_shapes, store, timing_cache_path
+from edgecv.runtime.tensorrt.engine_build import EngineKey, build_request, engine_key_for, lookup, profile_shapes, store, timing_cache_path
 
 FAKE_GPU = {"gpu": "fake-Orin", "compute_capability": "8.7"}
 
@@ -82,7 +82,7 @@ def test_eval_batches_up_to_the_backends_max_batch(tiny_bundle, tmp_path, monkey
     mod.write_text(textwrap.dedent('''
         from edgecv import targets
         from edgecv.errors import DeviceError
-        from edgecv.runtime.ort_backend import OrtBackend
+        from edgecv.runtime.backends.ort import OrtBackend
 
         class Max8(OrtBackend):
             name = "onnxruntime"  # runs the bundle's ORT artefact
@@ -100,7 +100,7 @@ def test_eval_batches_up_to_the_backends_max_batch(tiny_bundle, tmp_path, monkey
 
     t = targets.get("onnxruntime")
     monkeypatch.setitem(targets._REGISTRY, "onnxruntime", targets.Target(**{**t.__dict__, "backend": "max8_target:Max8"}))
-    from edgecv.runtime.evaluate import eval_bundle
+    from edgecv.evaluate.bundle import eval_bundle
 
     res = eval_bundle(str(tiny_bundle), str(FASHION), backend="onnxruntime", limit=50, show_progress=False)
     assert res["n"] == 50 and max(max8_target.Max8.seen) == 8
@@ -114,7 +114,7 @@ def test_dla_on_a_cpu_target_is_a_clear_error(tiny_bundle):
 
 
 def test_profile_median_is_a_real_median(tiny_bundle):
-    from edgecv.runtime.profile import profile, trtexec_json
+    from edgecv.runtime.acceptance.profile import profile, trtexec_json
 
     res = profile(str(tiny_bundle), "onnxruntime", iters=30, warmup=3)
     rows = trtexec_json(res)[1:]
@@ -125,7 +125,7 @@ def test_profile_median_is_a_real_median(tiny_bundle):
 def test_ort_uses_gpu_providers_when_present(monkeypatch):
     import onnxruntime as ort
 
-    from edgecv.runtime.ort_backend import default_providers
+    from edgecv.runtime.backends.ort import default_providers
 
     monkeypatch.setattr(ort, "get_available_providers",
                         lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
@@ -157,7 +157,8 @@ def test_run_takes_an_options_dataclass(tiny_bundle, tmp_path):
     import cv2
 
     from edgecv.data.fashion_mnist import load_fashion_mnist
-    from edgecv.runtime.run_loop import RunOptions, run
+    from edgecv.runtime.stream.loop import run
+    from edgecv.runtime.stream.options import RunOptions
 
     for i, img in enumerate(load_fashion_mnist(FASHION, "test")[0][:4]):
         cv2.imwrite(str(tmp_path / f"{i}.png"), img)
@@ -173,12 +174,12 @@ def test_auto_falls_back_when_the_preferred_engine_fails(tiny_bundle, tmp_path, 
     """A stand-in for TensorRT whose engine build fails on this device: auto falls back to a CPU runtime and
     says why (before, the TensorRT failure ended the run)."""
     from edgecv import targets
-    from edgecv.runtime.select import open_backend
+    from edgecv.runtime.backends.select import open_backend
 
     mod = tmp_path / "broken_gpu_target.py"
     mod.write_text(textwrap.dedent('''
         from edgecv.errors import DeviceError
-        from edgecv.runtime.ort_backend import OrtBackend
+        from edgecv.runtime.backends.ort import OrtBackend
 
         class BrokenGpu(OrtBackend):
             name = "tensorrt"
@@ -204,7 +205,7 @@ def test_auto_falls_back_when_the_preferred_engine_fails(tiny_bundle, tmp_path, 
 
 
 def test_fused_tensorrt_layer_names_map_to_their_first_module():
-    from edgecv.runtime.profile import torch_module_of
+    from edgecv.runtime.acceptance.profile import torch_module_of
 
     assert torch_module_of("/features/features.0/features.0.0/Conv + /features/features.0/features.0.2/Relu") \
         == "features.0.0"

@@ -1,7 +1,7 @@
 """Engine-cache key logic. There is no GPU here: keys are built with fake device names (said in the names)."""
 import pytest
 
-from edgecv.runtime.engine_build import EngineKey, lookup, store
+from edgecv.runtime.tensorrt.engine_build import EngineKey, lookup, store
 
 
 def key(**kw):

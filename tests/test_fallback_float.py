@@ -12,7 +12,7 @@ from torch import nn
 
 from edgecv.export.onnx_export import export_onnx
 from edgecv.export.quantize import calibrate, quantize
-from edgecv.runtime.ort_backend import OrtBackend
+from edgecv.runtime.backends.ort import OrtBackend
 
 
 class DepthwiseNet(nn.Module):

@@ -8,7 +8,7 @@ from torch import nn
 
 from edgecv.export import quantize as qmod
 from edgecv.export.onnx_export import export_onnx
-from edgecv.runtime.ort_backend import OrtBackend
+from edgecv.runtime.backends.ort import OrtBackend
 
 
 class SmallClassifier(nn.Module):

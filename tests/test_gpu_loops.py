@@ -30,7 +30,7 @@ def standin(gpu_bundle, monkeypatch):
     import onnxruntime as ort
 
     from edgecv.bundle.reader import open_bundle
-    from edgecv.runtime import select
+    from edgecv.runtime.backends import select
     from edgecv.runtime.preprocess import Preprocessor
 
     bundle = open_bundle(str(gpu_bundle))
@@ -67,7 +67,7 @@ def folder_cameras(root: Path, sizes, n=7):
 
 def assert_model_answers(lines, frames_of, pre, sess):
     """Every line's label and score are the model's on the kernel's arithmetic for that very frame."""
-    from edgecv.runtime.gpu_preprocess import reference
+    from edgecv.runtime.tensorrt.gpu_preprocess import reference
 
     for r in map(json.loads, lines):
         want = sess.run(None, {sess.get_inputs()[0].name: reference(pre, frames_of(r)[r["frame"]])[None]})[0][0]
@@ -77,8 +77,9 @@ def assert_model_answers(lines, frames_of, pre, sess):
 
 
 def test_real_gpu_multi_camera_loop_preprocesses_into_the_engine_input(gpu_bundle, standin, tmp_path):
-    from edgecv.runtime.multi_loop import Camera, run_multi
-    from edgecv.runtime.run_loop import RunOptions
+    from edgecv.runtime.stream.cameras import Camera
+    from edgecv.runtime.stream.multi import run_multi
+    from edgecv.runtime.stream.options import RunOptions
 
     pre, sess, contexts = standin
     cams = folder_cameras(tmp_path, [(96, 128), (300, 200), (57, 75)])  # three cameras, three frame sizes
@@ -94,7 +95,7 @@ def test_real_gpu_multi_camera_loop_preprocesses_into_the_engine_input(gpu_bundl
 
 
 def test_real_gpu_single_camera_loop_preprocesses_into_the_engine_input(gpu_bundle, standin, tmp_path):
-    from edgecv.runtime.run_loop import run
+    from edgecv.runtime.stream.loop import run
 
     pre, sess, contexts = standin
     (folder, frames), = folder_cameras(tmp_path, [(240, 320)], n=9).values()

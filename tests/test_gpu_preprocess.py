@@ -7,8 +7,8 @@ import pytest
 from gpu_standin import IMAGENET_SPEC, cuda_device_present, photo_like
 
 from edgecv.errors import DeviceError
-from edgecv.runtime.gpu_preprocess import axis_taps, compile_ptx, plan_for, reference
 from edgecv.runtime.preprocess import Preprocessor
+from edgecv.runtime.tensorrt.gpu_preprocess import axis_taps, compile_ptx, plan_for, reference
 
 nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-python (installed with torch) provides NVRTC")
 
@@ -84,8 +84,8 @@ def test_plan_follows_the_preprocessors_crop_rule():
 
 @pytest.mark.skipif(not cuda_device_present(), reason="needs a CUDA device (none on the development machine)")
 def test_kernel_on_gpu_matches_reference():
-    from edgecv.runtime.cuda_mem import open_cuda_mem
-    from edgecv.runtime.gpu_preprocess import GpuPreprocessor
+    from edgecv.runtime.tensorrt.cuda_mem import open_cuda_mem
+    from edgecv.runtime.tensorrt.gpu_preprocess import GpuPreprocessor
 
     mem = open_cuda_mem("cuda-python")
     pre = Preprocessor(SPEC)

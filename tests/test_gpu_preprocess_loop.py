@@ -11,11 +11,13 @@ import pytest
 
 from edgecv.errors import DeviceError
 from edgecv.metrics import softmax
-from edgecv.runtime import select
-from edgecv.runtime.gpu_preprocess import reference
-from edgecv.runtime.multi_loop import Camera, run_multi
-from edgecv.runtime.ort_backend import OrtBackend
-from edgecv.runtime.run_loop import RunOptions, run
+from edgecv.runtime.backends import select
+from edgecv.runtime.backends.ort import OrtBackend
+from edgecv.runtime.stream.cameras import Camera
+from edgecv.runtime.stream.loop import run
+from edgecv.runtime.stream.multi import run_multi
+from edgecv.runtime.stream.options import RunOptions
+from edgecv.runtime.tensorrt.gpu_preprocess import reference
 
 
 def make_video(path, n, level0, step, size=(96, 72)):

@@ -38,7 +38,7 @@ def test_real_gpu_standin_engine_host_input_round_trips(gpu_backend):
 
 def test_real_gpu_preprocessing_feeds_the_engine_in_stream_order(gpu_backend):
     """Frames of four sizes in rows 0..3, 12 rounds with new frames each: the engine always reads this round's."""
-    from edgecv.runtime.gpu_preprocess import reference
+    from edgecv.runtime.tensorrt.gpu_preprocess import reference
 
     pre = Preprocessor(SPEC)
     run = gpu_backend.gpu_preprocessor(pre)

@@ -15,9 +15,9 @@ import pytest
 from conftest import ROOT, free_port
 
 from edgecv.errors import RecipeError
-from edgecv.runtime.cameras import Camera, load_cameras
-from edgecv.runtime.multi_loop import run_multi
-from edgecv.runtime.run_loop import RunOptions
+from edgecv.runtime.stream.cameras import Camera, load_cameras
+from edgecv.runtime.stream.multi import run_multi
+from edgecv.runtime.stream.options import RunOptions
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -123,8 +123,8 @@ def test_camera_list_file(tiny_bundle, tmp_path):
 
 
 def test_plan_workers_one_single_threaded_worker_per_core():
-    from edgecv.runtime.backend import usable_cores
-    from edgecv.runtime.multi_loop import plan_workers
+    from edgecv.runtime.backends.base import usable_cores
+    from edgecv.runtime.stream.multi import plan_workers
 
     cores = usable_cores()
     assert plan_workers(None, None, 8) == (min(8, cores), 1 if cores > 1 else None)
@@ -156,7 +156,7 @@ def test_two_workers_keep_each_camera_in_capture_order_and_stop_at_max_frames(ti
 
 def test_watchdog_pings_stop_when_one_of_two_workers_hangs(tiny_bundle, tmp_path, monkeypatch, notify_socket):
     """A hung engine in a helper worker must stop the pings although the other worker keeps classifying."""
-    from edgecv.runtime import ort_backend
+    from edgecv.runtime.backends import ort as ort_backend
 
     hang, hung, release = threading.Event(), threading.Event(), threading.Event()
     real = ort_backend.OrtBackend.infer
@@ -202,8 +202,8 @@ def test_a_camera_holds_a_waiting_frame_and_asks_for_the_round_to_close(tmp_path
     """A live camera whose previous frame is still waiting holds the new one up to hold_s (and flags the round
     urgent, so a worker gathering one closes it) instead of replacing at once: replacements, each a frame the
     model never sees, fall from one per frame period to one per hold."""
-    from edgecv.runtime.cameras import CameraThread
-    from edgecv.runtime.sources import FrameSource
+    from edgecv.runtime.stream.cameras import CameraThread
+    from edgecv.runtime.stream.sources import FrameSource
 
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -236,7 +236,7 @@ def test_a_camera_holds_a_waiting_frame_and_asks_for_the_round_to_close(tmp_path
 def test_realtime_replays_start_their_clocks_at_the_gate(tmp_path):
     """A --realtime replay given a start gate opens (and reports its frame size) but delivers nothing until the
     gate is set; its first frame is stamped after that, so replays opened one by one start together."""
-    from edgecv.runtime.sources import FrameSource
+    from edgecv.runtime.stream.sources import FrameSource
 
     v = make_video(tmp_path / "a.mp4", 30)
     gate = threading.Event()
@@ -262,7 +262,7 @@ def _labels_by_frame(lines, camera=None):
 def test_unpaced_sources_are_read_by_the_workers_and_classified_like_one_camera(tiny_bundle, tmp_path):
     """No live source: the workers read the clips themselves (no capture threads), and every camera's frame i gets
     exactly what the single-camera loop gives frame i. One live source among them: capture threads again."""
-    from edgecv.runtime.run_loop import run
+    from edgecv.runtime.stream.loop import run
 
     frames = np.random.default_rng(0).integers(0, 255, (30, 72, 96, 3), np.uint8)
     v = tmp_path / "noise.mp4"
@@ -327,8 +327,8 @@ def test_a_looped_clip_that_vanishes_does_not_hold_up_the_others_read_inline(tin
 def test_frames_per_second_counts_classifying_not_releasing_the_engines(tiny_bundle, tmp_path, monkeypatch):
     """Releasing an engine (OpenVINO's compiled models: about 0.05 s each here) is teardown, not classification:
     with a 1 s release, 60 frames of a tiny model must still report far more than 60 frames/s, in both loops."""
-    from edgecv.runtime import ort_backend
-    from edgecv.runtime.run_loop import run
+    from edgecv.runtime.backends import ort as ort_backend
+    from edgecv.runtime.stream.loop import run
 
     real = ort_backend.OrtBackend.close
 

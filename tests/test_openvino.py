@@ -42,7 +42,7 @@ def test_export_makes_and_judges_an_openvino_artefact(tiny_bundle):
 def test_int8_kernels_run_and_shared_buffer_answers_like_a_copy(tiny_bundle):
     """OpenVINO runs the Q/DQ convolutions as int8 kernels (its performance counters say which kernel ran), and
     the in-place input buffer the camera loop refills gives the same logits as a fresh array."""
-    from edgecv.runtime.openvino_backend import OpenVinoBackend
+    from edgecv.runtime.backends.openvino import OpenVinoBackend
 
     be = OpenVinoBackend(str(tiny_bundle / "model_int8_ort.onnx"), threads=2)
     rng = np.random.default_rng(0)
@@ -84,7 +84,7 @@ def test_cli_commands_take_backend_openvino(tiny_bundle, tmp_path):
 
 def test_auto_runs_the_cpu_default_target(bundle_copy):
     """Until verify has measured the device, ``--backend auto`` on a CPU opens the CPU default's target."""
-    from edgecv.runtime.select import open_backend
+    from edgecv.runtime.backends.select import open_backend
 
     for t in ("openvino", "onnxruntime"):
         resign(bundle_copy, lambda m, t=t: m.update(cpu_default={**m["default"][t], "target": t}))
@@ -96,7 +96,7 @@ def test_auto_runs_the_cpu_default_target(bundle_copy):
 def test_without_openvino_the_export_says_so(tiny_ckpt, tmp_path, monkeypatch):
     """OpenVINO is an optional extra: missing, the default export skips its target and records why, and asking
     for it is a one-line error. (Its absence is simulated; the package is installed here.)"""
-    from edgecv.runtime.openvino_backend import OpenVinoBackend
+    from edgecv.runtime.backends.openvino import OpenVinoBackend
 
     monkeypatch.setattr(OpenVinoBackend, "available", classmethod(lambda cls: (False, "OpenVINO is not installed")))
     common = [str(tiny_ckpt), "--calib", str(FASHION), "--eval", str(FASHION), "--calib-samples", "32",
@@ -114,7 +114,7 @@ def test_without_openvino_the_export_says_so(tiny_ckpt, tmp_path, monkeypatch):
 
 def test_a_bad_model_file_is_one_clear_error(tmp_path):
     from edgecv.errors import ModelFileError
-    from edgecv.runtime.openvino_backend import OpenVinoBackend
+    from edgecv.runtime.backends.openvino import OpenVinoBackend
 
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x08\x07garbage" * 10)
@@ -127,7 +127,7 @@ def test_camera_loops_run_on_openvino(tiny_bundle, tmp_path):
     labels equal ONNX Runtime's on the same int8 file wherever both are confident."""
     import cv2
 
-    from edgecv.runtime.run_loop import run
+    from edgecv.runtime.stream.loop import run
 
     vid = tmp_path / "clip.mp4"
     w = cv2.VideoWriter(str(vid), cv2.VideoWriter_fourcc(*"mp4v"), 30, (64, 48))
@@ -154,7 +154,7 @@ def test_a_process_that_does_not_own_every_core_is_not_pinned(tiny_bundle, monke
     """OpenVINO pins threads from core 0 up in every process, so one-thread processes (one per camera) would all
     share core 0 (tools/multicam_bench.py measures it). Below the usable core count edgecv turns pinning off;
     the compiled model reports what it got."""
-    from edgecv.runtime import openvino_backend as ovb
+    from edgecv.runtime.backends import openvino as ovb
 
     path = str(tiny_bundle / "model_int8_ort.onnx")
     x = np.zeros((1,) + tuple(ovb.OpenVinoBackend(path).inputs[0].shape[1:]), np.float32)

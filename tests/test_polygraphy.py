@@ -3,7 +3,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgecv.bundle.reader import open_bundle
-from edgecv.runtime.ort_backend import OrtBackend
+from edgecv.runtime.backends.ort import OrtBackend
 
 
 def test_polygraphy_agrees_with_edgecv_runtime(tiny_bundle):

@@ -9,7 +9,7 @@ from conftest import FASHION
 
 from edgecv.bundle.reader import open_bundle
 from edgecv.data.corruptions import CORRUPTIONS, corrupt, parse_names, severities
-from edgecv.runtime.robustness import corruption_report
+from edgecv.evaluate.robustness import corruption_report
 
 
 def cli():

@@ -12,7 +12,7 @@ from conftest import FASHION, ROOT
 from edgecv.bundle.reader import open_bundle
 from edgecv.cli import cli
 from edgecv.errors import BundleError, InputSpecError
-from edgecv.runtime.ort_backend import OrtBackend
+from edgecv.runtime.backends.ort import OrtBackend
 
 
 def main():
@@ -132,7 +132,7 @@ def test_profile_outputs_and_sums(tmp_path):
 
     from edgecv.export.onnx_export import export_onnx
     from edgecv.models import create_model
-    from edgecv.runtime.profile import profile
+    from edgecv.runtime.acceptance.profile import profile
 
     onnx_path = tmp_path / "lite0.onnx"
     export_onnx(create_model("efficientnet_lite0").eval(), onnx_path, (3, 224, 224))

@@ -17,8 +17,8 @@ import pytest
 from conftest import free_port
 
 from edgecv.errors import OutputError
-from edgecv.runtime.run_loop import run
-from edgecv.runtime.sources import FrameSource, SourceFailed
+from edgecv.runtime.stream.loop import run
+from edgecv.runtime.stream.sources import FrameSource, SourceFailed
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 

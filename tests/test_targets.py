@@ -41,7 +41,7 @@ DUMMY = textwrap.dedent('''
     """A third target in one module: ONNX Runtime with another quantization format, as a stand-in for any
     runtime. It registers itself when imported."""
     from edgecv import targets
-    from edgecv.runtime.ort_backend import OrtBackend
+    from edgecv.runtime.backends.ort import OrtBackend
 
 
     class DummyBackend(OrtBackend):
@@ -92,7 +92,7 @@ def test_a_third_target_touches_one_module(dummy_target, tiny_ckpt, tmp_path):
     # its own quantizer settings: signed activations, where the onnxruntime target's are unsigned
     assert input_zp("model_int8_dummy.onnx") == onnx.TensorProto.INT8
     assert input_zp("model_int8_ort.onnx") == onnx.TensorProto.UINT8
-    from edgecv.runtime.select import resolve_target
+    from edgecv.runtime.backends.select import resolve_target
 
     assert resolve_target("auto").name != "dummyrt"  # the lowest priority: auto prefers every other target
     assert np.isfinite(m["summary"]["baseline"]["latency_ms"])

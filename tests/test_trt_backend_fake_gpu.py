@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from edgecv.errors import DeviceError, InputSpecError
-from edgecv.runtime.backend import TensorSpec
-from edgecv.runtime.trt_backend import TrtBackend
+from edgecv.runtime.backends.base import TensorSpec
+from edgecv.runtime.tensorrt.backend import TrtBackend
 
 
 class CountingArray(np.ndarray):

@@ -43,8 +43,8 @@ def test_builder_api_surface_in_bindings_library(version):
 
 PROFILER = """
 import tensorrt_lean as trt
-from edgecv.runtime.trt_compat import import_tensorrt, has_builder, has_calibrators, has_precision_flags
-from edgecv.runtime.trt_backend import make_layer_profiler
+from edgecv.runtime.tensorrt.compat import import_tensorrt, has_builder, has_calibrators, has_precision_flags
+from edgecv.runtime.tensorrt.backend import make_layer_profiler
 t = import_tensorrt()
 assert t is trt and not has_builder(t)
 p = make_layer_profiler(t)

@@ -33,7 +33,7 @@ def test_golden_vectors_are_in_the_bundle_and_reproduce_fp32(tiny_bundle):
     assert b.manifest["golden"]["budget"] == {"min_agreement": 0.0, "max_drop": 100.0}  # the tiny recipe's
     x, y, ref = load_golden(b)
     assert x.shape == (64, 1, 28, 28) and y.shape == (64,) and ref.shape == (64, 10)
-    from edgecv.runtime.ort_backend import OrtBackend
+    from edgecv.runtime.backends.ort import OrtBackend
 
     got = OrtBackend(str(tiny_bundle / "model_fp32.onnx")).infer(x)
     assert np.abs(got - ref).max() < 1e-4  # the stored logits are the fp32 model's on exactly these inputs
@@ -84,7 +84,7 @@ def test_verify_chooses_records_and_refuses_a_damaged_int8(tiny_bundle, tmp_path
     import cv2
 
     from edgecv.data.fashion_mnist import load_fashion_mnist
-    from edgecv.runtime.run_loop import run
+    from edgecv.runtime.stream.loop import run
 
     (tmp_path / "imgs").mkdir()
     for i, img in enumerate(load_fashion_mnist(FASHION, "test")[0][:3]):
@@ -108,7 +108,8 @@ def test_verify_exit_1_when_nothing_is_within_budget(tiny_bundle, tmp_path):
 
 def test_a_choice_is_per_bundle_content(tiny_bundle, tmp_path):
     """A recorded choice applies only to the exact bundle it was made for (by manifest hash)."""
-    from edgecv.runtime.verify import recorded_choice, verify
+    from edgecv.runtime.acceptance.verify import verify
+    from edgecv.runtime.choice import recorded_choice
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
@@ -135,7 +136,7 @@ def test_old_bundle_without_golden_vectors_is_named(tiny_bundle, tmp_path):
 def test_eval_against_fp32_reports_fidelity(tiny_bundle):
     from edgecv.data.fashion_mnist import load_fashion_mnist
     from edgecv.metrics import fidelity
-    from edgecv.runtime.ort_backend import OrtBackend
+    from edgecv.runtime.backends.ort import OrtBackend
     from edgecv.runtime.preprocess import Preprocessor
 
     r = CliRunner().invoke(cli(), ["eval", str(tiny_bundle), "--data", str(FASHION), "--limit", "300", "--backend",

@@ -129,7 +129,7 @@ def ov_peer(model, threads: int, hint: Optional[str]) -> Callable:
 
 def peers(onnx_fp32: Path, calib: np.ndarray, threads: int, use_nncf: bool) -> Dict[str, Callable]:
     """ONNX Runtime fp32, OpenVINO fp32 / default precision / NNCF int8 (those installed) on the unpruned model."""
-    from edgecv.runtime.ort_backend import OrtBackend
+    from edgecv.runtime.backends.ort import OrtBackend
 
     out: Dict[str, Callable] = {"onnxruntime fp32": OrtBackend(str(onnx_fp32), threads=threads).run_unchecked}
     try:
@@ -157,7 +157,7 @@ def edgecv_runs(bundle: Path, threads: int) -> Dict[str, Callable]:
     """edgecv's default CPU artefact as ``--backend auto`` opens it (the manifest's cpu_default until verify has
     run), plus each CPU target's int8 artefact, all through edgecv's runtime."""
     from edgecv import targets
-    from edgecv.runtime.select import open_backend
+    from edgecv.runtime.backends.select import open_backend
 
     os.environ["EDGECV_CACHE"] = str(bundle.parent / "cache")  # no verify record from an earlier run applies
     be, info = open_backend(str(bundle), threads=threads)

@@ -9,7 +9,7 @@ import numpy as np
 
 
 def check_cuda_mem():
-    from edgecv.runtime.cuda_mem import open_cuda_mem
+    from edgecv.runtime.tensorrt.cuda_mem import open_cuda_mem
 
     out = {}
     for prefer in ("pycuda", "cuda-python"):
@@ -62,9 +62,9 @@ def check_cuda_mem():
 def check_preprocess_gpu():
     """edgecv's GPU preprocessing kernel (NVRTC, cuda-python) against its numpy reference and the CPU path, on
     frames of several sizes and layouts, written into a device buffer as the TensorRT backend's input."""
-    from edgecv.runtime.cuda_mem import open_cuda_mem
-    from edgecv.runtime.gpu_preprocess import GpuPreprocessor, reference
     from edgecv.runtime.preprocess import Preprocessor
+    from edgecv.runtime.tensorrt.cuda_mem import open_cuda_mem
+    from edgecv.runtime.tensorrt.gpu_preprocess import GpuPreprocessor, reference
 
     mem = open_cuda_mem("cuda-python")
     out = {}

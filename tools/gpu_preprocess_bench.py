@@ -1,4 +1,4 @@
-"""Per-frame cost of preprocessing on the CPU path against the GPU kernel (edgecv.runtime.gpu_preprocess), measured
+"""Per-frame cost of preprocessing on the CPU path against the GPU kernel (edgecv.runtime.tensorrt.gpu_preprocess), measured
 in one run on a machine with a CUDA device.
 
 For each frame size: the CPU path (``Preprocessor``, resize mode ``auto``; OpenCV on 1 thread and on its default
@@ -54,9 +54,9 @@ def main(argv=None):
     a = ap.parse_args(argv)
 
     from edgecv.errors import DeviceError
-    from edgecv.runtime.cuda_mem import open_cuda_mem
-    from edgecv.runtime.gpu_preprocess import GpuPreprocessor
     from edgecv.runtime.preprocess import Preprocessor
+    from edgecv.runtime.tensorrt.cuda_mem import open_cuda_mem
+    from edgecv.runtime.tensorrt.gpu_preprocess import GpuPreprocessor
 
     pre = Preprocessor(SPEC)
     try:

@@ -29,7 +29,7 @@ import numpy as np
 
 from edgecv.bundle.reader import open_bundle
 from edgecv.runtime.latency import measure_interleaved
-from edgecv.runtime.run_loop import run
+from edgecv.runtime.stream.loop import run
 
 PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-samples"
 
@@ -140,7 +140,7 @@ def main() -> None:
         ap.error(f"--clip: {a.clip}: no such file")
     import onnxruntime as ort
 
-    from edgecv.runtime.ort_backend import DISABLED_OPTIMIZERS, session_options
+    from edgecv.runtime.backends.ort import DISABLED_OPTIMIZERS, session_options
     from edgecv.runtime.preprocess import Preprocessor
 
     bundle = open_bundle(a.bundle)

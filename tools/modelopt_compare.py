@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     from edgecv.export.quantize import calibrate, quantize
     from edgecv.models import create_model
     from edgecv.recipe import ExportConfig
-    from edgecv.runtime.ort_backend import OrtBackend
+    from edgecv.runtime.backends.ort import OrtBackend
     from edgecv.train.sources import data_config_from_spec
 
     spec = {"input_size": 224, "resize": 256, "crop": 224, "channels": 3, "mean": [127 / 255] * 3, "std": [128 / 255] * 3}

@@ -35,7 +35,7 @@ from edgecv.runtime.latency import measure_interleaved  # noqa: E402
 def session(path: str, threads: int, tweak: Dict):
     import onnxruntime as ort
 
-    from edgecv.runtime.ort_backend import DISABLED_OPTIMIZERS, session_options
+    from edgecv.runtime.backends.ort import DISABLED_OPTIMIZERS, session_options
 
     so = session_options(threads)
     for k, v in tweak.get("config", {}).items():

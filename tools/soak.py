@@ -10,7 +10,7 @@ from pathlib import Path
 
 from loop_overhead import noise_clip
 
-from edgecv.runtime.run_loop import run
+from edgecv.runtime.stream.loop import run
 
 
 def rss_mb() -> float:

@@ -30,7 +30,7 @@ OBJECT_CLASSES = {"engine": "ICudaEngine", "context": "IExecutionContext", "runt
 BUILDER_SIDE = {"Builder", "IBuilderConfig", "INetworkDefinition", "OnnxParser", "IOptimizationProfile",
                 "IInt8EntropyCalibrator2", "BuilderFlag", "MemoryPoolType", "NetworkDefinitionCreationFlag",
                 "DeviceType", "ITimingCache"}
-TRT_FILES = ("engine_build.py", "trt_backend.py", "trt_compat.py", "trt_calibrator.py")
+TRT_DIR = ("runtime", "tensorrt")  # the modules that talk to TensorRT (edgecv/runtime/tensorrt/)
 
 
 def _chain(node):
@@ -86,7 +86,7 @@ def collect(paths):
         rel = str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
         tree = ast.parse(p.read_text(), str(p))
         guarded_ids = _guarded_nodes(tree)
-        in_trt_file = p.name in TRT_FILES
+        in_trt_file = tuple(p.parts[-3:-1]) == TRT_DIR
         for node in ast.walk(tree):
             if not isinstance(node, ast.Attribute):
                 continue

@@ -1,13 +1,14 @@
 """Knowledge distillation: fine-tune a pruned student on the teacher's soft logits."""
 from __future__ import annotations
 
-from typing import Dict
+from dataclasses import dataclass, replace
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgecv.train.engine import evaluate, train_one_epoch
+from edgecv.train.engine import Step, evaluate, train_one_epoch
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
@@ -19,10 +20,23 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: 
     return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, target)
 
 
-def distill(student: nn.Module, teacher: nn.Module, train_loader, val_loader, epochs: int, lr: float,
-            temperature: float = 4.0, alpha: float = 0.7, weight_decay: float = 1e-4,
-            show_progress: bool = True) -> Dict:
-    """Train ``student`` for ``epochs`` with SGD + cosine LR against ``teacher``; return the final evaluation."""
+@dataclass
+class DistillConfig:
+    """Distillation's schedule: SGD with Nesterov momentum and a one-cycle learning rate, the loss's temperature
+    and the weight ``alpha`` of the soft (teacher) term against the labels."""
+
+    epochs: int = 1
+    lr: float = 0.01
+    temperature: float = 4.0
+    alpha: float = 0.7
+    weight_decay: float = 1e-4
+
+
+def distill(student: nn.Module, teacher: nn.Module, train_loader, val_loader, cfg: Optional[DistillConfig] = None,
+            show_progress: bool = True, **fields) -> Dict:
+    """Train ``student`` against ``teacher`` on ``train_loader``; return the final evaluation on ``val_loader``.
+    The schedule comes as a :class:`DistillConfig`, or as its fields by name."""
+    c = replace(cfg or DistillConfig(), **fields)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -30,17 +44,16 @@ def distill(student: nn.Module, teacher: nn.Module, train_loader, val_loader, ep
     def loss_fn(output, target, images):
         with torch.no_grad():
             t_logits = teacher(images)
-        return kd_loss(output, t_logits, target, temperature, alpha)
+        return kd_loss(output, t_logits, target, c.temperature, c.alpha)
 
-    opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    steps = max(1, epochs * len(train_loader))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    opt = torch.optim.SGD(student.parameters(), lr=c.lr, momentum=0.9, nesterov=True, weight_decay=c.weight_decay)
+    steps = max(1, c.epochs * len(train_loader))
+    step = Step(opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c.lr, total_steps=steps, pct_start=0.1),
+                loss_fn=loss_fn)
     history = []
-    for epoch in range(epochs):
+    for epoch in range(c.epochs):
         torch.manual_seed(1000 + epoch)
-        stats = train_one_epoch(student, train_loader, opt, sched, epoch, loss_fn=loss_fn,
-                                show_progress=show_progress, desc="distill")
-        history.append(stats)
+        history.append(train_one_epoch(student, train_loader, step, epoch, show_progress, desc="distill"))
     result = evaluate(student, val_loader, show_progress=show_progress, desc="eval student")
     result["history"] = history
     return result

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -98,11 +98,25 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
 
 
-def finetune(student: nn.Module, teacher: nn.Module, x: np.ndarray, epochs: int = 2, lr: float = 1e-4,
-             batch: int = 16, temperature: float = 1.0, seed: int = 0,
-             check: Optional[Callable[[nn.Module], Dict]] = None, show_progress: bool = True) -> QatResult:
+@dataclass
+class FinetuneConfig:
+    """Quantization-aware distillation's schedule: epochs of SGD at ``lr`` in batches of ``batch``, the distillation
+    temperature, and the seed of the shuffles and augmentations."""
+
+    epochs: int = 2
+    lr: float = 1e-4
+    batch: int = 16
+    temperature: float = 1.0
+    seed: int = 0
+
+
+def finetune(student: nn.Module, teacher: nn.Module, x: np.ndarray, cfg: Optional[FinetuneConfig] = None,
+             check: Optional[Callable[[nn.Module], Dict]] = None, show_progress: bool = True, **fields) -> QatResult:
     """Distil ``teacher`` (fp32) into the fake-quantized ``student`` on the unlabelled images ``x``; ``check``
-    (called after each epoch) reports fidelity on images the training never saw."""
+    (called after each epoch) reports fidelity on images the training never saw. The schedule comes as a
+    :class:`FinetuneConfig`, or as its fields by name."""
+    c = replace(cfg or FinetuneConfig(), **fields)
+    epochs, lr, batch, temperature, seed = c.epochs, c.lr, c.batch, c.temperature, c.seed
     from tqdm import tqdm
 
     teacher = teacher.eval()

@@ -72,7 +72,7 @@ def check_compatibility(manifest: Dict) -> List[Dict]:
                     "detail": f"device {__version__}, needs >= {need}"})
     trt_range = compat.get("tensorrt_major")
     if trt_range:
-        from edgecv.runtime.trt_compat import supported, trt_version
+        from edgecv.runtime.tensorrt.compat import supported, trt_version
 
         v = trt_version()
         if v is not None:
@@ -214,7 +214,7 @@ def _stage_copy(b, root: Path, slot: str) -> Path:
 
 
 def _accept(staged: Path, checks: List[Dict]) -> Dict:
-    from edgecv.runtime.verify import verify
+    from edgecv.runtime.acceptance.verify import verify
 
     rep = verify(str(staged), record=True)
     chosen = rep["chosen"]

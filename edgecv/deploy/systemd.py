@@ -1,7 +1,7 @@
 """A systemd unit for the camera loop: ``Type=notify`` with a watchdog, restarted on failure or a hang.
 
 ``edgecv run`` sends READY=1 after its first classified frame and WATCHDOG=1 from its inference loop
-(edgecv.runtime.notify), so a hung engine stops the pings and systemd restarts the service.
+(edgecv.runtime.stream.notify), so a hung engine stops the pings and systemd restarts the service.
 """
 from __future__ import annotations
 

@@ -8,10 +8,10 @@ from typing import Dict, List, Optional
 
 from edgecv import __version__, targets
 from edgecv.bundle.manifest import FORMAT_VERSION, manifest_bytes
-from edgecv.bundle.names import MANIFEST
+from edgecv.bundle.names import CALIBRATION_CACHE, FP32_MODEL, LABELS, MANIFEST, PREPROCESS, RECIPE, REPORT_MD, REPORT_PNG
 from edgecv.data.transforms import preprocess_spec
 from edgecv.recipe import DataConfig, ExportConfig, Recipe
-from edgecv.runtime.trt_compat import TRT_MAX_MAJOR, TRT_MIN
+from edgecv.runtime.tensorrt.compat import TRT_MAX_MAJOR, TRT_MIN
 from edgecv.utils.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 
 
@@ -74,7 +74,7 @@ def write_report(tmp: Path, summary: Dict, artifacts: List[Dict]) -> None:
                       "| layer | top-1 after | latency ms after |", "|---|---|---|"]
             lines += [f"| {f['node']} | {f['top1_after']:.4f} | {f['latency_ms_after']:.3f} |" for f in a["fallback_layers"]]
     if summary.get("robustness"):
-        from edgecv.runtime.robustness import markdown
+        from edgecv.evaluate.robustness import markdown
 
         lines += ["", "## Robustness under corruption", ""] + markdown(summary["robustness"])
         if summary["robustness"].get("plot"):
@@ -93,8 +93,8 @@ def write_report(tmp: Path, summary: Dict, artifacts: List[Dict]) -> None:
                   f"{p['params_after'] / 1e6:.3f} M"]
     eng = summary["engine"]
     lines += ["", "## TensorRT engine", "", "built here" if eng.get("built") else f"not built here ({eng['reason']}); {eng['how']}"]
-    atomic_write_text(tmp / "report.md", "\n".join(lines) + "\n")
-    _plot(tmp / "report.png", summary, artifacts)
+    atomic_write_text(tmp / REPORT_MD, "\n".join(lines) + "\n")
+    _plot(tmp / REPORT_PNG, summary, artifacts)
 
 
 def _plot(path: Path, summary: Dict, artifacts: List[Dict]) -> None:
@@ -123,12 +123,12 @@ def _plot(path: Path, summary: Dict, artifacts: List[Dict]) -> None:
 
 def write_bundle(tmp: Path, src, data_cfg: DataConfig, recipe: Optional[Recipe], opts: ExportConfig,
                  artifacts: List[Dict], summary: Dict, stage_times: Dict) -> Dict:
-    atomic_write_text(tmp / "labels.txt", "\n".join(src.classes) + "\n")
-    atomic_write_json(tmp / "preprocess.json", preprocess_spec(data_cfg))
+    atomic_write_text(tmp / LABELS, "\n".join(src.classes) + "\n")
+    atomic_write_json(tmp / PREPROCESS, preprocess_spec(data_cfg))
     if recipe is not None:
         from edgecv.recipe import save_recipe
 
-        save_recipe(recipe, tmp / "recipe.yaml")
+        save_recipe(recipe, tmp / RECIPE)
     write_report(tmp, summary, artifacts)
     files = {}
     for f in sorted(tmp.rglob("*")):
@@ -138,10 +138,10 @@ def write_bundle(tmp: Path, src, data_cfg: DataConfig, recipe: Optional[Recipe],
         "format_version": FORMAT_VERSION,
         "model": {"arch": src.arch, "arch_args": src.arch_args, "num_classes": len(src.classes),
                   "pruned": summary.get("prune") is not None},
-        **_io_spec(tmp / "model_fp32.onnx"),
-        "labels": "labels.txt",
-        "preprocess": "preprocess.json",
-        "calibration_cache": "calibration.cache" if (tmp / "calibration.cache").exists() else None,
+        **_io_spec(tmp / FP32_MODEL),
+        "labels": LABELS,
+        "preprocess": PREPROCESS,
+        "calibration_cache": CALIBRATION_CACHE if (tmp / CALIBRATION_CACHE).exists() else None,
         "versions": _versions(),
         "artifacts": [{k: v for k, v in a.items() if k != "latency"} for a in artifacts],
         "default": summary["default"],

@@ -23,73 +23,78 @@ class CheckResult:
         return not self.errors
 
 
-def check_trt_qdq(model, name: str = "model") -> CheckResult:
-    """Check an onnx.ModelProto against TensorRT's Q/DQ rules; every violation is listed with its node."""
+class _Graph:
+    """The constants and producers of an ONNX graph, for judging its Q/DQ nodes."""
+
+    def __init__(self, model):
+        self.inits = {i.name: i for i in model.graph.initializer}
+        self.consts = {n.output[0]: n.attribute[0].t for n in model.graph.node if n.op_type == "Constant" and n.attribute}
+        self.producers = {o: n for n in model.graph.node for o in n.output}
+
+    def const(self, tensor_name):
+        return self.inits.get(tensor_name) or self.consts.get(tensor_name)
+
+    def is_weight(self, n) -> bool:
+        src = n.input[0]
+        if src in self.inits or src in self.consts:
+            return True
+        p = self.producers.get(src)  # weight Q -> DQ chains: Q's input is an initializer
+        return p is not None and p.op_type == "QuantizeLinear" and p.input[0] in self.inits
+
+
+def _zero_point_problems(g: _Graph, n, where: str) -> List[str]:
     from onnx import TensorProto, numpy_helper
 
+    if len(n.input) < 3 or not n.input[2]:
+        return [f"{where}: missing zero-point (ONNX then means uint8; TensorRT needs int8 zeros)"]
+    zt = g.const(n.input[2])
+    if zt is None:
+        return [f"{where}: zero-point is not a constant"]
+    out = []
+    if zt.data_type != TensorProto.INT8:
+        dtype = TensorProto.DataType.Name(zt.data_type)
+        out.append(f"{where}: " + ("int32 bias Q/DQ (keep biases in float)" if zt.data_type == TensorProto.INT32
+                                   else f"zero-point type {dtype} (TensorRT needs INT8)"))
+    if np.any(numpy_helper.to_array(zt) != 0):
+        out.append(f"{where}: non-zero zero-point (TensorRT supports symmetric int8 only)")
+    return out
+
+
+def _qdq_node_problems(g: _Graph, n, where: str) -> List[str]:
+    """TensorRT's rules for one Q/DQ node: a finite positive constant scale, an int8 zero-point of 0, per-tensor
+    activation scales, per-channel weights on axis 0."""
+    from onnx import numpy_helper
+
+    if len(n.input) < 2 or not n.input[1]:
+        return [f"{where}: missing scale"]
+    st = g.const(n.input[1])
+    if st is None:
+        return [f"{where}: scale {n.input[1]!r} is not a constant"]
+    scale = numpy_helper.to_array(st)
+    out = [] if np.all(np.isfinite(scale)) and not np.any(scale <= 0) else [f"{where}: scale must be finite and > 0"]
+    out += _zero_point_problems(g, n, where)
+    axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+    if scale.size > 1 and not g.is_weight(n):
+        out.append(f"{where}: per-channel scale ({scale.size}) on an activation; TensorRT needs per-tensor "
+                   "activation scales")
+    elif scale.size > 1 and axis != 0:
+        out.append(f"{where}: per-channel weights on axis {axis}; TensorRT expects axis 0")
+    return out
+
+
+def check_trt_qdq(model, name: str = "model") -> CheckResult:
+    """Check an onnx.ModelProto against TensorRT's Q/DQ rules; every violation is listed with its node."""
     res = CheckResult()
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if opset < 13:
         res.errors.append(f"{name}: opset {opset} < 13 (per-channel Q/DQ needs opset 13)")
-    inits = {i.name: i for i in model.graph.initializer}
-    consts = {n.output[0]: n.attribute[0].t for n in model.graph.node if n.op_type == "Constant" and n.attribute}
-    producers = {o: n for n in model.graph.node for o in n.output}
-    consumers = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-
-    def const(tensor_name):
-        t = inits.get(tensor_name) or consts.get(tensor_name)
-        return None if t is None else t
-
-    def is_weight(n) -> bool:
-        src = n.input[0]
-        if src in inits or src in consts:
-            return True
-        p = producers.get(src)  # weight Q -> DQ chains: Q's input is an initializer
-        return p is not None and p.op_type == "QuantizeLinear" and p.input[0] in inits
-
-    count = 0
-    for n in model.graph.node:
-        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
-            continue
-        count += 1
-        where = f"{name}: {n.op_type} {n.name or n.output[0]}"
-        if len(n.input) < 2 or not n.input[1]:
-            res.errors.append(f"{where}: missing scale")
-            continue
-        st = const(n.input[1])
-        if st is None:
-            res.errors.append(f"{where}: scale {n.input[1]!r} is not a constant")
-            continue
-        scale = numpy_helper.to_array(st)
-        if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
-            res.errors.append(f"{where}: scale must be finite and > 0")
-        if len(n.input) < 3 or not n.input[2]:
-            res.errors.append(f"{where}: missing zero-point (ONNX then means uint8; TensorRT needs int8 zeros)")
-        else:
-            zt = const(n.input[2])
-            if zt is None:
-                res.errors.append(f"{where}: zero-point is not a constant")
-            else:
-                if zt.data_type != TensorProto.INT8:
-                    dtype = TensorProto.DataType.Name(zt.data_type)
-                    msg = "int32 bias Q/DQ (keep biases in float)" if zt.data_type == TensorProto.INT32 else \
-                        f"zero-point type {dtype} (TensorRT needs INT8)"
-                    res.errors.append(f"{where}: {msg}")
-                if np.any(numpy_helper.to_array(zt) != 0):
-                    res.errors.append(f"{where}: non-zero zero-point (TensorRT supports symmetric int8 only)")
-        axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
-        if scale.size > 1:
-            if not is_weight(n):
-                res.errors.append(f"{where}: per-channel scale ({scale.size}) on an activation; "
-                                  "TensorRT needs per-tensor activation scales")
-            elif axis != 0:
-                res.errors.append(f"{where}: per-channel weights on axis {axis}; TensorRT expects axis 0")
-    if count == 0:
+    g = _Graph(model)
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    for n in qdq:
+        res.errors += _qdq_node_problems(g, n, f"{name}: {n.op_type} {n.name or n.output[0]}")
+    if not qdq:
         res.errors.append(f"{name}: no QuantizeLinear/DequantizeLinear nodes (not an explicit int8 model)")
-    res.notes.append(f"{name}: {count} Q/DQ nodes, opset {opset}")
+    res.notes.append(f"{name}: {len(qdq)} Q/DQ nodes, opset {opset}")
     return res
 
 
@@ -109,8 +114,8 @@ def check_bundle(bundle_dir: str) -> CheckResult:
 
     from edgecv.bundle.reader import open_bundle
     from edgecv.errors import USER_ERRORS
-    from edgecv.runtime.ort_backend import OrtBackend
-    from edgecv.runtime.select import io_mismatches
+    from edgecv.runtime.backends.ort import OrtBackend
+    from edgecv.runtime.backends.select import io_mismatches
 
     res = CheckResult()
     try:

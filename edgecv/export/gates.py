@@ -5,7 +5,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -68,63 +68,92 @@ def sensitivity(fp32_path: str, calib: Calibration, target, x: np.ndarray, workd
     return sorted(out, key=lambda r: -r["gain"])
 
 
-def accuracy_gate(fp32_path: str, calib: Calibration, target, out_path: Path, x: np.ndarray, y: np.ndarray,
-                  ref_top1: float, max_drop: float, sens_x: np.ndarray, workdir: Path,
-                  max_fallback_frac: float = 0.5, show_progress: bool = True, min_agreement: float = 0.0,
-                  ref_logits: Optional[np.ndarray] = None, max_fallback: Optional[int] = None) -> GateResult:
-    """Quantize for ``target``; while top-1 drops more than ``max_drop`` points below ``ref_top1`` or agrees
-    with the fp32 logits ``ref_logits`` on fewer than ``min_agreement`` of ``x``, keep the most sensitive
-    layers in float, one at a time, up to ``max_fallback_frac`` of them and at most ``max_fallback`` (or give up).
-    ``x``/``y`` is the tune split: the numbers reported for the artefact are measured afterwards on images these
-    decisions never saw."""
-    def measure_now():
-        logits = onnx_logits(out_path, x, target=target)
-        acc = topk_accuracy(logits, y)
-        return acc, (agreement(ref_logits, logits) if ref_logits is not None else 1.0)
+@dataclass
+class TuneSplit:
+    """What every int8 decision is judged on, never on the evaluation split: labelled images ``x``/``y`` (top-1
+    against the source's ``ref_top1``), optional unlabelled ``ax`` (agreement only), the shipped fp32 model's
+    logits on ``x`` then ``ax`` (``ref_logits``), and ``sens_x``, the images the per-layer sensitivity is ranked on."""
 
-    def within(acc, agree):
-        return Budget(max_drop, min_agreement).within(ref_top1, acc["top1"], agree)
+    x: np.ndarray
+    y: np.ndarray
+    ref_top1: float
+    ref_logits: np.ndarray
+    sens_x: np.ndarray
+    ax: Optional[np.ndarray] = None
 
-    quantize(fp32_path, calib, out_path, target)
-    acc, agree = measure_now()
-    res = GateResult(out_path.name, acc["top1"], acc["top5"])
-    drop = (ref_top1 - acc["top1"]) * 100
-    log.info("%s int8 (%s): tune top-1 %.4f, drop %.2f points (budget %.2f), agreement %.3f (floor %.3f)",
-             target.name, calib.method, acc["top1"], drop, max_drop, agree, min_agreement)
-    if within(acc, agree):
-        return res
-    if max_fallback == 0:
-        res.passed = False
-        res.reason = (f"{target.name} int8 on the tune split: top-1 {acc['top1']:.4f}, {drop:.2f} points below fp32 "
-                      f"{ref_top1:.4f}, agreement {agree:.1%}, with no layer in float (budget --max-drop {max_drop}, "
-                      f"--min-agreement {min_agreement})")
-        return res
-    ranked = sensitivity(fp32_path, calib, target, sens_x, workdir, show_progress)
-    limit = max(1, int(len(ranked) * max_fallback_frac))
-    if max_fallback is not None:
-        limit = min(limit, max_fallback)
-    excluded: List[str] = []
-    one = np.ascontiguousarray(x[:1])
-    for r in ranked[:limit]:
-        excluded.append(r["node"])
-        quantize(fp32_path, calib, out_path, target, exclude=excluded)
-        acc, agree = measure_now()
-        drop = (ref_top1 - acc["top1"]) * 100
-        be = host_backend(out_path, target)
-        lat = measure_interleaved({"m": (lambda be=be: be.infer(one))}, warmup=5, iters=50, rounds=1)["m"]["p50_ms"]
-        be.close()
-        res.fallback.append({"node": r["node"], "sensitivity_gain": r["gain"], "top1_after": acc["top1"],
-                             "agreement_after": agree, "latency_ms_after": lat})
-        log.info("fallback %s -> tune top-1 %.4f (drop %.2f), agreement %.3f, %.3f ms", r["node"], acc["top1"],
-                 drop, agree, lat)
-        if within(acc, agree):
-            res.top1, res.top5 = acc["top1"], acc["top5"]
+    def inputs(self) -> np.ndarray:
+        return self.x if self.ax is None or not len(self.ax) else np.concatenate([self.x, self.ax])
+
+    def __len__(self) -> int:
+        return len(self.x) + (0 if self.ax is None else len(self.ax))
+
+    def judge(self, logits: np.ndarray) -> Tuple[Dict, float]:
+        """(top-1/top-5 on the labelled images, top-1 agreement with fp32 on all of them)."""
+        return topk_accuracy(logits[: len(self.y)], self.y), agreement(self.ref_logits, logits)
+
+
+class AccuracyGate:
+    """The int8 budget on the tune split: quantize for a target; while outside the budget, keep the most sensitive
+    layers in float, one at a time (up to ``max_fallback_frac`` of them), or give up. The numbers reported for an
+    artefact are measured afterwards on images these decisions never saw."""
+
+    def __init__(self, tune: TuneSplit, budget: Budget, workdir: Path, show_progress: bool = True,
+                 max_fallback_frac: float = 0.5):
+        self.tune, self.budget, self.workdir = tune, budget, workdir
+        self.show_progress, self.max_fallback_frac = show_progress, max_fallback_frac
+
+    def _measure(self, path: Path, target) -> Tuple[Dict, float]:
+        return self.tune.judge(onnx_logits(path, self.tune.inputs(), target=target))
+
+    def _within(self, acc: Dict, agree: float) -> bool:
+        return self.budget.within(self.tune.ref_top1, acc["top1"], agree)
+
+    def _missed(self, target, acc: Dict, agree: float, floats: str) -> str:
+        drop = (self.tune.ref_top1 - acc["top1"]) * 100
+        return (f"{target.name} int8 on the tune split: top-1 {acc['top1']:.4f}, {drop:.2f} points below fp32 "
+                f"{self.tune.ref_top1:.4f}, agreement {agree:.1%}, {floats} (budget --max-drop {self.budget.max_drop}, "
+                f"--min-agreement {self.budget.min_agreement})")
+
+    def run(self, fp32_path: str, calib: Calibration, target, out_path: Path,
+            max_fallback: Optional[int] = None) -> GateResult:
+        """Quantize ``fp32_path`` for ``target`` into ``out_path``, keeping at most ``max_fallback`` layers in float."""
+        quantize(fp32_path, calib, out_path, target)
+        acc, agree = self._measure(out_path, target)
+        res = GateResult(out_path.name, acc["top1"], acc["top5"])
+        log.info("%s int8 (%s): tune top-1 %.4f, drop %.2f points (budget %.2f), agreement %.3f (floor %.3f)",
+                 target.name, calib.method, acc["top1"], (self.tune.ref_top1 - acc["top1"]) * 100,
+                 self.budget.max_drop, agree, self.budget.min_agreement)
+        if self._within(acc, agree):
             return res
-    res.top1, res.top5, res.passed = acc["top1"], acc["top5"], False
-    res.reason = (f"{target.name} int8 on the tune split: top-1 {acc['top1']:.4f}, {drop:.2f} points below fp32 "
-                  f"{ref_top1:.4f}, agreement {agree:.1%}, even with {len(excluded)} layers in float (budget "
-                  f"--max-drop {max_drop}, --min-agreement {min_agreement})")
-    return res
+        if max_fallback == 0:
+            res.passed, res.reason = False, self._missed(target, acc, agree, "with no layer in float")
+            return res
+        return self._fall_back(fp32_path, calib, target, out_path, res, max_fallback, (acc, agree))
+
+    def _fall_back(self, fp32_path, calib, target, out_path: Path, res: GateResult, max_fallback,
+                   measured: Tuple[Dict, float]) -> GateResult:
+        acc, agree = measured
+        ranked = sensitivity(fp32_path, calib, target, self.tune.sens_x, self.workdir, self.show_progress)
+        limit = max(1, int(len(ranked) * self.max_fallback_frac))
+        limit = limit if max_fallback is None else min(limit, max_fallback)
+        excluded: List[str] = []
+        one = np.ascontiguousarray(self.tune.x[:1])
+        for r in ranked[:limit]:
+            excluded.append(r["node"])
+            quantize(fp32_path, calib, out_path, target, exclude=excluded)
+            acc, agree = self._measure(out_path, target)
+            be = host_backend(out_path, target)
+            lat = measure_interleaved({"m": (lambda be=be: be.infer(one))}, warmup=5, iters=50, rounds=1)["m"]["p50_ms"]
+            be.close()
+            res.fallback.append({"node": r["node"], "sensitivity_gain": r["gain"], "top1_after": acc["top1"],
+                                 "agreement_after": agree, "latency_ms_after": lat})
+            log.info("fallback %s -> tune top-1 %.4f, agreement %.3f, %.3f ms", r["node"], acc["top1"], agree, lat)
+            res.top1, res.top5 = acc["top1"], acc["top5"]
+            if self._within(acc, agree):
+                return res
+        res.passed = False
+        res.reason = self._missed(target, acc, agree, f"even with {len(excluded)} layers in float")
+        return res
 
 
 def host_p50(candidates: Dict[str, str | os.PathLike], target, batch: np.ndarray) -> Dict[str, float]:

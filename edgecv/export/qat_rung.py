@@ -16,22 +16,28 @@ log = logging.getLogger("edgecv.export")
 
 
 def run_qat(student: torch.nn.Module, cal, tune, ref_tune: np.ndarray, opts: ExportConfig, work: Path, shape,
-            show_progress: bool = True, method: str = "minmax") -> Dict:
-    """Fine-tune a fake-quantized copy of ``student`` against ``student`` itself on the calibration images (no
-    labels); returns the fine-tuned float ONNX and its calibration, from which each target's int8 artefact is
-    quantized and gated again. ``tune`` only reports progress (agreement of the fake-quantized model)."""
+            **options) -> Dict:
+    """Fine-tune a fake-quantized copy of ``student`` against ``student`` itself on unlabelled images; returns the
+    fine-tuned float ONNX and its calibration (on ``cal``), from which each target's int8 artefact is quantized and
+    gated again. ``tune`` (its inputs, against ``ref_tune``) only reports progress: the agreement of the
+    fake-quantized model. ``options``: ``images`` (what QAT trains on; default the calibration images),
+    ``method`` (the calibration method, default minmax), ``show_progress`` (True)."""
     from edgecv.compress.qat import finetune, prepare_qat, strip_fake_quant
     from edgecv.export.onnx_export import export_onnx
     from edgecv.export.quantize import calibrate
 
+    images = options.get("images") or cal
+    method, show_progress = options.get("method", "minmax"), options.get("show_progress", True)
+    tune_x = tune.inputs() if hasattr(tune, "inputs") else tune.x
+
     def check(m):
         with torch.no_grad():
-            logits = torch.cat([m(torch.from_numpy(tune.x[i: i + 64])) for i in range(0, len(tune), 64)]).numpy()
+            logits = torch.cat([m(torch.from_numpy(tune_x[i: i + 64])) for i in range(0, len(tune_x), 64)]).numpy()
         return {"tune_agreement_fake_quant": agreement(ref_tune, logits)}
 
     q = prepare_qat(student, cal.x[: min(len(cal), 256)])
     before = check(q.eval())["tune_agreement_fake_quant"]
-    res = finetune(q, student, cal.x, epochs=opts.qat_epochs, lr=opts.qat_lr, seed=opts.calib_seed, check=check,
+    res = finetune(q, student, images.x, epochs=opts.qat_epochs, lr=opts.qat_lr, seed=opts.calib_seed, check=check,
                    show_progress=show_progress)
     path = work / "qat_fp32.onnx"
     export_onnx(strip_fake_quant(q), path, shape, opts.opset)
@@ -39,7 +45,8 @@ def run_qat(student: torch.nn.Module, cal, tune, ref_tune: np.ndarray, opts: Exp
     # undoes what it learnt (Lite0, 150 images of QAT, judged on 175 others: TensorRT-target KL 0.0047 without,
     # 0.0086 with)
     calib = calibrate(path, cal.x, method, bias_correction=False)
-    info = {"epochs": res.epochs, "lr": res.lr, "steps": res.steps, "images": len(cal), "teacher": "the shipped fp32 model",
+    info = {"epochs": res.epochs, "lr": res.lr, "steps": res.steps, "images": len(images),
+            "teacher": "the shipped fp32 model",
             "bias_correction": False, "tune_agreement_fake_quant_before": before, "history": res.history}
     return {"onnx": path, "calib": calib, "info": info}
 

@@ -28,11 +28,13 @@ log = logging.getLogger("edgecv.quantize")
 # ONNX Runtime's quantize_static drops the histogram options, so entropy with its defaults
 # (128 bins, 128 quantized bins) has one candidate threshold and equals MinMax. edgecv builds the
 # calibrator itself and passes them. 2048 bins clipped too hard on EfficientNet-Lite0 (79.8% vs 87.6%).
-CALIB_OPTIONS = {
-    "minmax": {},
-    "entropy": {"num_bins": 512, "num_quantized_bins": 128},
-    "percentile": {"num_bins": 2048, "percentile": 99.99, "symmetric": True},
+# Per method (the names are edgecv.recipe.CALIB_METHODS'): ONNX Runtime's CalibrationMethod and its options.
+CALIBRATORS = {
+    "minmax": ("MinMax", {}),
+    "entropy": ("Entropy", {"num_bins": 512, "num_quantized_bins": 128}),
+    "percentile": ("Percentile", {"num_bins": 2048, "percentile": 99.99, "symmetric": True}),
 }
+assert set(CALIBRATORS) == set(CALIB_METHODS), "every calibration method needs its ONNX Runtime calibrator"
 QUANT_OPS = ["Conv", "Gemm", "MatMul", "Add", "Mul", "MaxPool", "AveragePool", "GlobalAveragePool",
              "Relu", "Clip", "Concat", "Reshape", "Flatten", "Sigmoid"]
 
@@ -84,12 +86,11 @@ def calibrate(fp32_path: str | os.PathLike, data: np.ndarray, method: str = "min
         raise ValueError(f"unknown calibration method {method!r} (expected one of {', '.join(CALIB_METHODS)})")
     if len(data) == 0:
         raise ValueError("no calibration images")
-    cm = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-          "percentile": CalibrationMethod.Percentile}[method]
+    cm, options = getattr(CalibrationMethod, CALIBRATORS[method][0]), CALIBRATORS[method][1]
     with tempfile.TemporaryDirectory(prefix="edgecv-calib-") as tmp:
         cal = create_calibrator(Path(fp32_path), op_types_to_calibrate=QUANT_OPS,
                                 augmented_model_path=str(Path(tmp) / "augmented.onnx"), calibrate_method=cm,
-                                providers=["CPUExecutionProvider"], extra_options=dict(CALIB_OPTIONS[method]))
+                                providers=["CPUExecutionProvider"], extra_options=dict(options))
         # ORT's histogram collectors stack per-batch outputs: every batch must have the same size.
         batch = max(d for d in range(1, 17) if len(data) % d == 0)
         cal.collect_data(ArrayReader(input_name, data, batch))

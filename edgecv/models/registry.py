@@ -1,13 +1,14 @@
-"""Model registry (timm style): ``@register_model`` on a factory, ``create_model(name, **args)``."""
+"""Model registry (timm style): ``@register_model`` on a factory, ``create_model(name, **args)``.
+
+The registry imports no model family: the package (edgecv/models/__init__.py) imports the built-in families,
+whose decorators register them, so ``from edgecv.models import create_model`` knows every built-in model."""
 from __future__ import annotations
 
 from typing import Callable, Dict, List
 
-from edgecv.errors import ModelError  # noqa: F401 (re-exported)
+from edgecv.errors import ModelError
 
 _REGISTRY: Dict[str, Callable] = {}
-
-
 
 
 def register_model(fn: Callable = None, *, name: str | None = None):
@@ -24,13 +25,11 @@ def register_model(fn: Callable = None, *, name: str | None = None):
 
 
 def list_models() -> List[str]:
-    _load_builtin()
     return sorted(_REGISTRY)
 
 
 def create_model(name: str, num_classes: int | None = None, pretrained: bool = False, **args):
     """Build a registered model. ``num_classes=None`` keeps the model's own default head."""
-    _load_builtin()
     if name not in _REGISTRY:
         raise ModelError(f"unknown model {name!r} (known: {', '.join(sorted(_REGISTRY))})")
     kw = dict(args)
@@ -40,8 +39,3 @@ def create_model(name: str, num_classes: int | None = None, pretrained: bool = F
         return _REGISTRY[name](pretrained=pretrained, **kw)
     except TypeError as e:
         raise ModelError(f"model {name!r}: bad arguments {kw}: {e}") from None
-
-
-def _load_builtin() -> None:
-    # Importing the family modules runs their @register_model decorators.
-    from edgecv.models import efficientnet_lite, small_cnns, torchvision_models  # noqa: F401

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Dict, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -18,49 +19,70 @@ def accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1, 5)):
     return topk_correct(output.detach().float().cpu().numpy(), target.cpu().numpy(), topk)
 
 
-def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, epoch: int, *, device="cpu",
-                    label_smoothing: float = 0.0, scaler=None, loss_fn: Optional[Callable] = None,
-                    show_progress: bool = True, desc: str = "train") -> Dict[str, float]:
-    """One pass over ``loader``; the scheduler steps per iteration (warm-up is per-iteration).
+@dataclass
+class Step:
+    """How one training step updates the model: the optimizer, the scheduler (stepped per iteration, so warm-up is
+    per iteration), the device, label smoothing, AMP's grad scaler, and ``loss_fn(output, target, images)`` in place
+    of cross-entropy (distillation's)."""
 
-    BatchNorm layers whose parameters are all frozen stay in eval mode: a frozen backbone keeps its running
-    statistics too (they would otherwise drift to the new data while its weights cannot follow).
-    """
-    model.train()
+    optimizer: Any
+    scheduler: Any = None
+    device: Any = "cpu"
+    label_smoothing: float = 0.0
+    scaler: Any = None
+    loss_fn: Optional[Callable] = None
+
+    def loss(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor):
+        with torch.autocast(device_type="cuda", enabled=self.scaler is not None):
+            output = model(images)
+            loss = self.loss_fn(output, target, images) if self.loss_fn else F.cross_entropy(
+                output, target, label_smoothing=self.label_smoothing)
+        return output, loss
+
+    def update(self, loss) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+
+def freeze_frozen_batchnorm(model: nn.Module) -> None:
+    """BatchNorm layers whose parameters are all frozen stay in eval mode: a frozen backbone keeps its running
+    statistics too (they would otherwise drift to the new data while its weights cannot follow)."""
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and \
                 not any(p.requires_grad for p in m.parameters()):
             m.eval()
-    n = seen = correct = 0
-    loss_sum = 0.0
-    t0 = time.time()
+
+
+def train_one_epoch(model: nn.Module, loader, step: Step, epoch: int, show_progress: bool = True,
+                    desc: str = "train") -> Dict[str, float]:
+    """One pass over ``loader``, each batch one :class:`Step`."""
+    model.train()
+    freeze_frozen_batchnorm(model)
+    seen = correct = 0
+    loss_sum, t0 = 0.0, time.time()
     bar = tqdm(loader, desc=f"{desc} epoch {epoch}", leave=False, disable=not show_progress, dynamic_ncols=True)
     for images, target in bar:
-        images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
-        with torch.autocast(device_type="cuda", enabled=scaler is not None):
-            output = model(images)
-            loss = loss_fn(output, target, images) if loss_fn else F.cross_entropy(
-                output, target, label_smoothing=label_smoothing)
+        images, target = images.to(step.device, non_blocking=True), target.to(step.device, non_blocking=True)
+        output, loss = step.loss(model, images, target)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}; lower train.lr")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+        step.update(loss)
         b = images.shape[0]
         loss_sum += loss.item() * b
         correct += (output.argmax(1) == target).sum().item()
         seen += b
-        n += 1
-        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4f}")
+        lr = step.optimizer.param_groups[0]["lr"]
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.4f}")
     return {"train_loss": loss_sum / max(seen, 1), "train_top1": correct / max(seen, 1),
-            "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": time.time() - t0}
+            "lr": step.optimizer.param_groups[0]["lr"], "epoch_time_s": time.time() - t0}
 
 
 @torch.no_grad()

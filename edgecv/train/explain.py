@@ -1,6 +1,7 @@
 """``edgecv explain``: Grad-CAM family heatmaps (pytorch-grad-cam) with a deletion faithfulness check."""
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -90,9 +91,8 @@ def random_cam(grid: Tuple[int, int], size: Tuple[int, int], rng: np.random.Gene
     return cv2.resize(rng.random(grid).astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def deletion_check(model: nn.Module, x: torch.Tensor, cam: np.ndarray, cls: int,
-                   fraction: float = DELETE_FRACTION, seed: int = 0, baseline: str = "blur",
-                   grid: Optional[Tuple[int, int]] = None, draws: int = RANDOM_DRAWS) -> Dict[str, float]:
+def deletion_check(model: nn.Module, x: torch.Tensor, cam: np.ndarray, cls: int, seed: int = 0,
+                   grid: Optional[Tuple[int, int]] = None, **options) -> Dict[str, float]:
     """Softmax score drop for ``cls`` when the top ``fraction`` CAM pixels are deleted, against the mean
     drop over ``draws`` random deletions of the same number of pixels. Deleting means replacing with the
     ``baseline`` image.
@@ -105,7 +105,13 @@ def deletion_check(model: nn.Module, x: torch.Tensor, cam: np.ndarray, cls: int,
 
     ``blur`` (default): a heavily blurred copy (Gaussian, sigma = 1/10 of the image side), which removes the
     detail a classifier reads while keeping colours and low frequencies. ``mean``: 0 after normalisation.
+    ``options``: ``fraction`` (DELETE_FRACTION), ``baseline`` (``blur``), ``draws`` (RANDOM_DRAWS).
     """
+    unknown = set(options) - {"fraction", "baseline", "draws"}
+    if unknown:
+        raise TypeError(f"deletion_check: unknown option(s) {', '.join(sorted(unknown))}")
+    fraction, baseline = options.get("fraction", DELETE_FRACTION), options.get("baseline", "blur")
+    draws = options.get("draws", RANDOM_DRAWS)
     h, w = cam.shape
     if baseline == "blur":
         import cv2
@@ -163,62 +169,81 @@ def _save_overlay(rgb: np.ndarray, cam: np.ndarray, labels: List[str], path: Pat
     write_png(path, cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
 
 
-def explain_images(target: str, images: List[str], out_dir: str, method: str = "gradcam", topk: int = 3,
-                   check: bool = False, limit: Optional[int] = None, layer: Optional[nn.Module] = None,
-                   random_unit: str = "cam") -> Dict:
-    """Write one PNG per image (heatmap over the centre crop, top-k labels below); optionally run the check.
+@dataclass
+class ExplainOptions:
+    """``edgecv explain``'s options: the CAM method, the top-k labels shown, the deletion check (``check``) and what
+    its random deletions are made of (``random_unit``: ``cam`` blobs at the CAM's resolution, ``pixel`` single
+    pixels; see :func:`deletion_check`), at most ``limit`` images, and the target ``layer`` (default: the last
+    convolution with a spatial map)."""
 
-    ``random_unit``: ``cam`` deletes random blobs at the CAM's resolution, ``pixel`` random single pixels
-    (see :func:`deletion_check`).
-    """
-    if random_unit not in ("cam", "pixel"):
-        raise ValueError(f"random_unit must be 'cam' or 'pixel', not {random_unit!r}")
+    method: str = "gradcam"
+    topk: int = 3
+    check: bool = False
+    limit: Optional[int] = None
+    layer: Optional[nn.Module] = None
+    random_unit: str = "cam"
+
+
+def explain_images(target: str, images: List[str], out_dir: str, options: Optional[ExplainOptions] = None,
+                   **fields) -> Dict:
+    """Write one PNG per image (heatmap over the centre crop, top-k labels below); optionally run the check.
+    Options come as an :class:`ExplainOptions`, or as its fields by name."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    o = replace(options or ExplainOptions(), **fields)
+    if o.random_unit not in ("cam", "pixel"):
+        raise ValueError(f"random_unit must be 'cam' or 'pixel', not {o.random_unit!r}")
     src = load_source(target)
     model, cfg = src.model.eval(), src.data
     for p in model.parameters():
         p.requires_grad_(True)
-    tf = eval_transform(cfg)
-    layer = layer or default_target_layer(model, cfg.input_size, cfg.channels)
-    cam_cls = _methods()[method]
-    grid = feature_grid(model, layer, cfg.input_size, cfg.channels) if random_unit == "cam" else None
+    layer = o.layer or default_target_layer(model, cfg.input_size, cfg.channels)
+    grid = feature_grid(model, layer, cfg.input_size, cfg.channels) if o.random_unit == "cam" else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = _expand(images)[:limit] if limit else _expand(images)
-    mean = torch.tensor(cfg.mean).view(-1, 1, 1)
-    std = torch.tensor(cfg.std).view(-1, 1, 1)
-    rows = []
-    used: set = set()
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    with cam_cls(model=model, target_layers=[layer]) as cam:
+    paths = _expand(images)[:o.limit] if o.limit else _expand(images)
+    rows, used = [], set()
+    with _methods()[o.method](model=model, target_layers=[layer]) as cam:
         for path in paths:
             try:
-                x = tf(_load(path, cfg.channels))
+                x = eval_transform(cfg)(_load(path, cfg.channels))
             except Exception as e:
                 rows.append({"image": path, "error": f"{type(e).__name__}: {e}"})
                 continue
-            with torch.no_grad():
-                probs = torch.softmax(model(x[None]), 1)[0]
-            top = probs.topk(min(topk, probs.numel()))
-            cls = int(top.indices[0])
-            heat = cam(input_tensor=x[None], targets=[ClassifierOutputTarget(cls)])[0]
-            rgb = (x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
-            if rgb.shape[2] == 1:
-                rgb = np.repeat(rgb, 3, 2)
-            names = [f"{src.classes[i] if i < len(src.classes) else i}: {p:.3f}"
-                     for p, i in zip(top.values.tolist(), top.indices.tolist())]
-            png = _unique_png(out, Path(path).stem, method, used)
-            _save_overlay(rgb, heat, names, png)
-            row = {"image": path, "label": src.classes[cls] if cls < len(src.classes) else str(cls),
-                   "index": cls, "score": float(top.values[0]), "png": str(png)}
-            if check:
+            row, heat, cls = _explain_one(model, cam, x, src, o, _unique_png(out, Path(path).stem, o.method, used),
+                                          ClassifierOutputTarget)
+            row = {"image": path, **row}
+            if o.check:
                 row.update(deletion_check(model, x, heat, cls, seed=len(rows), grid=grid))
             rows.append(row)
+    return _explained(rows, o, layer, grid)
+
+
+def _explain_one(model, cam, x, src, o: ExplainOptions, png: Path, target_cls):
+    """One image's CAM overlay PNG: ``(row, heatmap, class)``."""
+    cfg = src.data
+    with torch.no_grad():
+        probs = torch.softmax(model(x[None]), 1)[0]
+    top = probs.topk(min(o.topk, probs.numel()))
+    cls = int(top.indices[0])
+    heat = cam(input_tensor=x[None], targets=[target_cls(cls)])[0]
+    mean, std = torch.tensor(cfg.mean).view(-1, 1, 1), torch.tensor(cfg.std).view(-1, 1, 1)
+    rgb = (x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+    if rgb.shape[2] == 1:
+        rgb = np.repeat(rgb, 3, 2)
+    names = [f"{src.classes[i] if i < len(src.classes) else i}: {p:.3f}"
+             for p, i in zip(top.values.tolist(), top.indices.tolist())]
+    _save_overlay(rgb, heat, names, png)
+    return ({"label": src.classes[cls] if cls < len(src.classes) else str(cls), "index": cls,
+             "score": float(top.values[0]), "png": str(png)}, heat, cls)
+
+
+def _explained(rows: List[Dict], o: ExplainOptions, layer, grid) -> Dict:
     failed = [r for r in rows if "error" in r]
     if rows and len(failed) == len(rows):
         raise DatasetError(f"no image could be explained ({len(failed)} unreadable: {failed[0]['error']})")
     ok = [r for r in rows if "deletion_ok" in r]
-    return {"method": method, "layer": type(layer).__name__, "random_unit": random_unit,
+    return {"method": o.method, "layer": type(layer).__name__, "random_unit": o.random_unit,
             "cam_grid": list(grid) if grid else None, "images": [r for r in rows if "error" not in r],
             "skipped": failed,
             "deletion_pass_rate": (sum(r["deletion_ok"] for r in ok) / len(ok)) if ok else None}

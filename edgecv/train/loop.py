@@ -6,8 +6,9 @@ import json
 import logging
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -158,91 +159,138 @@ def train(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, show
         return _train(recipe, out, resume, show_progress, dist_info)
 
 
-def _train(recipe: Recipe, out: Path, resume: bool, show_progress: bool, dist_info: Dict) -> Dict:
-    rank0 = dist_info["rank"] == 0
+@dataclass
+class _Run:
+    """One training run: what its epochs share."""
+
+    recipe: Recipe
+    out: Path
+    dist_info: Dict
+    show_progress: bool
+    device: Any = None
+    model: Any = None
+    step: Any = None  # edgecv.train.engine.Step
+    loaders: Tuple = ()  # (train, val, sampler)
+    classes: List[str] = field(default_factory=list)
+    start_epoch: int = 0
+    history: List[Dict] = field(default_factory=list)
+
+    @property
+    def rank0(self) -> bool:
+        return self.dist_info["rank"] == 0
+
+    def checkpoint(self, extra: Optional[Dict] = None) -> Dict:
+        return make_checkpoint(self.model, self.recipe.model.name, dict(self.recipe.model.args), self.classes,
+                               preprocess_spec(self.recipe.data), extra=extra)
+
+
+def _setup(recipe: Recipe, out: Path, show_progress: bool, dist_info: Dict) -> _Run:
+    from edgecv.train.engine import Step
+
     cfg = recipe.train
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device(f"cuda:{dist_info['local_rank']}" if torch.cuda.is_available() else "cpu")
+    r = _Run(recipe, out, dist_info, show_progress)
+    r.device = torch.device(f"cuda:{dist_info['local_rank']}" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
+    train_set, _, train_loader, val_loader, sampler = load_data(recipe.data, distributed=dist_info["distributed"],
+                                                                seed=cfg.seed)
+    r.classes, r.loaders = list(train_set.classes), (train_loader, val_loader, sampler)
+    r.model = build_model(recipe, len(r.classes)).to(r.device)
+    optimizer = build_optimizer(r.model, cfg)
+    r.step = Step(optimizer, build_scheduler(optimizer, cfg, len(train_loader)), r.device, cfg.label_smoothing,
+                  torch.amp.GradScaler("cuda") if (cfg.amp and r.device.type == "cuda") else None)
+    return r
 
-    train_set, val_set, train_loader, val_loader, sampler = load_data(
-        recipe.data, distributed=dist_info["distributed"], seed=cfg.seed)
-    classes = list(train_set.classes)
-    model = build_model(recipe, len(classes)).to(device)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, len(train_loader))
-    scaler = torch.amp.GradScaler("cuda") if (cfg.amp and device.type == "cuda") else None
 
-    start_epoch, history = 0, []
-    last = out / "last.pt"
+def _resume(r: _Run) -> None:
+    last = r.out / "last.pt"
+    if not last.exists():
+        raise FileNotFoundError(f"{last}: nothing to resume (no checkpoint in {r.out})")
+    state = read_checkpoint(last)
+    r.model.load_state_dict(state["state_dict"])
+    r.step.optimizer.load_state_dict(state["optimizer"])
+    r.step.scheduler.load_state_dict(state["scheduler"])
+    if r.step.scaler is not None and state.get("scaler"):
+        r.step.scaler.load_state_dict(state["scaler"])
+    r.start_epoch, r.history = state["epoch"] + 1, list(state.get("history", []))
+    if r.rank0:
+        log.info("resuming %s at epoch %d", last, r.start_epoch)
+
+
+def _seed_epoch(r: _Run, epoch: int) -> None:
+    """Seed per epoch so a resumed run replays the same shuffles and augmentations."""
+    seed = r.recipe.train.seed * 1000 + epoch
+    torch.manual_seed(seed)
+    sampler = r.loaders[2]
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    elif getattr(sampler, "generator", None) is not None:
+        sampler.generator.manual_seed(seed)
+
+
+def _wrapper(r: _Run, frozen: bool):
+    """The model to train in this phase: the backbone frozen or not. DDP registers the parameters that need
+    gradients when it is built: a wrapper built before a freeze waits for gradients that never come ("Expected to
+    have finished reduction"), and one built during it would never synchronise the unfrozen backbone. So each
+    phase gets its own wrapper."""
+    set_backbone_trainable(r.model, not frozen)
+    if not r.dist_info["distributed"]:
+        return r.model
+    return nn.parallel.DistributedDataParallel(r.model, device_ids=[r.device.index] if r.device.type == "cuda" else None)
+
+
+def _epoch(r: _Run, epoch: int, net, epoch_log) -> Dict:
+    """Train one epoch, evaluate, checkpoint (rank 0): the evaluation."""
+    frozen = epoch < r.recipe.model.freeze_backbone_epochs
+    stats = train_one_epoch(net, r.loaders[0], r.step, epoch, r.show_progress and r.rank0)
+    ev = evaluate(r.model, r.loaders[1], r.device, show_progress=r.show_progress and r.rank0,
+                  num_classes=len(r.classes), distributed=r.dist_info["distributed"])
+    record = {"epoch": epoch, **{k: round(v, 6) if isinstance(v, float) else v for k, v in stats.items()},
+              "val_top1": ev["top1"], "val_top5": ev["top5"], "val_loss": round(ev["loss"], 6), "backbone_frozen": frozen}
+    r.history.append(record)
+    if r.rank0:
+        step = r.step
+        extra = {"optimizer": step.optimizer.state_dict(), "scheduler": step.scheduler.state_dict(),
+                 "scaler": step.scaler.state_dict() if step.scaler else {}, "epoch": epoch, "history": r.history}
+        if epoch == r.start_epoch:
+            save_recipe(r.recipe, r.out / "recipe.yaml")  # with the first checkpoint, never before
+        save_checkpoint(r.checkpoint(extra), r.out / "last.pt")
+        epoch_log.write(record)
+        log.info("epoch %d: loss %.4f train top1 %.4f | val top1 %.4f top5 %.4f (%.0fs)", epoch, stats["train_loss"],
+                 stats["train_top1"], ev["top1"], ev["top5"], stats["epoch_time_s"])
+    return ev
+
+
+def _train(recipe: Recipe, out: Path, resume: bool, show_progress: bool, dist_info: Dict) -> Dict:
+    r = _setup(recipe, out, show_progress, dist_info)
     if resume:
-        if not last.exists():
-            raise FileNotFoundError(f"{last}: nothing to resume (no checkpoint in {out})")
-        state = read_checkpoint(last)
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, history = state["epoch"] + 1, list(state.get("history", []))
-        if rank0:
-            log.info("resuming %s at epoch %d", last, start_epoch)
-
-    net, phase = model, None
-    epoch_log = EpochLog(out, cfg.log_format)
-    if rank0:
-        epoch_log.reset_after(start_epoch - 1)
-    spec = preprocess_spec(recipe.data)
-    arch_args = dict(recipe.model.args)
-    result: Dict = {}
-    for epoch in range(start_epoch, cfg.epochs):
-        # Seed per epoch so a resumed run replays the same shuffles and augmentations.
-        torch.manual_seed(cfg.seed * 1000 + epoch)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        elif getattr(sampler, "generator", None) is not None:
-            sampler.generator.manual_seed(cfg.seed * 1000 + epoch)
+        _resume(r)
+    epoch_log = EpochLog(out, recipe.train.log_format)
+    if r.rank0:
+        epoch_log.reset_after(r.start_epoch - 1)
+    net, phase, result = r.model, None, {}
+    for epoch in range(r.start_epoch, recipe.train.epochs):
+        _seed_epoch(r, epoch)
         frozen = epoch < recipe.model.freeze_backbone_epochs
         if frozen != phase:
-            set_backbone_trainable(model, not frozen)
-            # DDP registers the parameters that need gradients when it is built: a wrapper built before a
-            # freeze waits for gradients that never come ("Expected to have finished reduction"), and one built
-            # during it would never synchronise the unfrozen backbone. So each phase gets its own wrapper.
-            net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None) if dist_info["distributed"] \
-                else model
-            phase = frozen
-        stats = train_one_epoch(net, train_loader, optimizer, scheduler, epoch, device=device,
-                                label_smoothing=cfg.label_smoothing, scaler=scaler,
-                                show_progress=show_progress and rank0)
-        ev = evaluate(model, val_loader, device, show_progress=show_progress and rank0,
-                      num_classes=len(classes), distributed=dist_info["distributed"])
-        record = {"epoch": epoch, **{k: round(v, 6) if isinstance(v, float) else v for k, v in stats.items()},
-                  "val_top1": ev["top1"], "val_top5": ev["top5"], "val_loss": round(ev["loss"], 6),
-                  "backbone_frozen": frozen}
-        history.append(record)
-        result = ev
-        if rank0:
-            extra = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "scaler": scaler.state_dict() if scaler else {}, "epoch": epoch, "history": history}
-            if epoch == start_epoch:
-                save_recipe(recipe, out / "recipe.yaml")  # with the first checkpoint, never before
-            save_checkpoint(make_checkpoint(model, recipe.model.name, arch_args, classes, spec, extra=extra), last)
-            epoch_log.write(record)
-            log.info("epoch %d: loss %.4f train top1 %.4f | val top1 %.4f top5 %.4f (%.0fs)", epoch,
-                     stats["train_loss"], stats["train_top1"], ev["top1"], ev["top5"], stats["epoch_time_s"])
+            net, phase = _wrapper(r, frozen), frozen
+        result = _epoch(r, epoch, net, epoch_log)
     if not result:  # resumed a finished run: evaluate the final weights again
-        result = evaluate(model, val_loader, device, show_progress=False, num_classes=len(classes),
+        result = evaluate(r.model, r.loaders[1], r.device, show_progress=False, num_classes=len(r.classes),
                           distributed=dist_info["distributed"])
+    return _finish(r, result)
+
+
+def _finish(r: _Run, result: Dict) -> Dict:
     metrics = {"top1": result["top1"], "top5": result["top5"], "n": result["n"], "loss": result["loss"],
-               "epochs": cfg.epochs, "world_size": dist_info["world_size"], "history": history}
-    if rank0:
-        save_checkpoint(make_checkpoint(model, recipe.model.name, arch_args, classes, spec), out / "model.pt")
-        atomic_write_json(out / "metrics.json", metrics)
-        save_confusion_png(result["confusion"], classes, out / "confusion.png",
-                           f"{recipe.name}: top-1 {result['top1']:.4f}")
-    if dist_info["distributed"]:
+               "epochs": r.recipe.train.epochs, "world_size": r.dist_info["world_size"], "history": r.history}
+    if r.rank0:
+        save_checkpoint(r.checkpoint(), r.out / "model.pt")
+        atomic_write_json(r.out / "metrics.json", metrics)
+        save_confusion_png(result["confusion"], r.classes, r.out / "confusion.png",
+                           f"{r.recipe.name}: top-1 {result['top1']:.4f}")
+    if r.dist_info["distributed"]:
         import torch.distributed as dist
 
         dist.barrier()

@@ -1,0 +1,104 @@
+"""``edgecv export`` and ``edgecv check`` (workstation side)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from edgecv.cli.types import CommaList, options_from
+from edgecv.recipe import CALIB_CHOICES
+
+
+@click.command()
+@click.argument("source")
+@click.option("-o", "--out", "out_dir", required=True,
+              help="Bundle directory to write: new, empty, or an edgecv bundle (replaced atomically at the end). "
+                   "A directory holding other files is refused.")
+@click.option("--force", is_flag=True, help="Also replace a damaged bundle (never a directory holding other files).")
+@click.option("--int8/--no-int8", default=None, help="Calibrate and write int8 artefacts.")
+@click.option("--fp16", is_flag=True, default=None, help="Also allow fp16 in the on-device TensorRT build.")
+@click.option("--prune", type=float, default=None, help="Fraction of channels to remove (0.5 = about half).")
+@click.option("--distill/--no-distill", default=None, help="Recover accuracy by distillation from the unpruned model.")
+@click.option("--calib", default=None, help="Calibration images: a folder, or a calibration set file (calibration/*.yaml); "
+              "default: the recipe's training data.")
+@click.option("--calib-samples", type=int, default=None)
+@click.option("--calib-method", type=click.Choice(CALIB_CHOICES), default=None,
+              help="Calibration method; auto: each one, the best on the tune split per target.")
+@click.option("--bias-correction/--no-bias-correction", default=None,
+              help="Correct each int8 layer's bias for its weights' rounding (default on).")
+@click.option("--max-drop", type=float, default=None, help="Largest top-1 drop allowed, in points (default 1.0).")
+@click.option("--target", "targets", type=CommaList(), default=None,
+              help="Comma list of deploy targets (default: all registered).")
+@click.option("--eval", "eval", default=None, help="Evaluation images; default: the recipe's held-out split.")
+@click.option("--max-batch", type=click.IntRange(1, 4096), default=None,
+              help="Largest batch the device engine is built for (default 8; DLA engines are static at 1).")
+@click.option("--release", type=click.IntRange(min=0), default=None,
+              help="Release number; a device refuses one lower or equal to what it runs (default 0).")
+@click.option("--arch", type=CommaList(), default=None,
+              help="Comma list of device CPU architectures (e.g. aarch64); default: any.")
+@click.option("--golden", type=click.IntRange(1, 4096), default=None,
+              help="Golden vectors shipped for `edgecv verify` on the device (default 64).")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=None,
+              help="Fidelity budget recorded for verify: top-1 agreement with fp32 (default 0.99).")
+@click.option("--qat-epochs", type=click.IntRange(0, 100), default=None,
+              help="Quantization-aware distillation epochs when PTQ and fallback miss the budget (default 3; 0: off).")
+@click.option("--corruptions", default=None,
+              help="Robustness report: all (default), none, families (noise,blur,weather,digital) or corruption names.")
+@click.option("--corruption-images", type=click.IntRange(1), default=None,
+              help="Evaluation images the robustness report corrupts (default 100).")
+@click.option("--max-corruption-drop", type=click.FloatRange(0), default=None,
+              help="Budget: the worst corruption's extra top-1 drop of an int8 artefact beyond its clean drop, points "
+                   "(default: reported, not gated).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Recipe override.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON at the end.")
+def export(source, out_dir, force, overrides, as_json, **flags):
+    """Turn SOURCE (a recipe or a checkpoint) into a verified deploy bundle in OUT."""
+    from edgecv.export.pipeline import export_bundle
+    from edgecv.recipe import ExportConfig
+
+    flags = options_from(ExportConfig, flags)  # the flags given, by field name; the recipe's values for the rest
+    manifest = export_bundle(source, out_dir, flags, list(overrides), show_progress=not as_json, force=force)
+    if as_json:
+        click.echo(json.dumps(manifest))
+        return
+    from edgecv.utils.table import print_rows
+
+    s = manifest["summary"]
+    from edgecv import targets
+
+    rows = [{"artefact": "(unpruned fp32 baseline)", "target": targets.host_reference().name, "precision": "fp32",
+             "top1": s["baseline"]["top1"], "latency_ms": s["baseline"]["latency_ms"], "speedup": 1.0, "fallback": 0,
+             "agreement": None}]
+    for a in manifest["artifacts"]:
+        rows.append({"artefact": a["file"], "target": a["target"], "precision": a["precision"], "top1": a["top1"],
+                     "latency_ms": a["latency_ms"], "speedup": s["baseline"]["latency_ms"] / a["latency_ms"],
+                     "fallback": len(a["fallback_layers"]), "agreement": a.get("agreement"), "rung": a.get("rung"),
+                     "worst_class_drop": a.get("worst_class_drop")})
+    print_rows(rows, ["artefact", "target", "precision", "top1", "agreement", "worst_class_drop", "latency_ms",
+                      "speedup", "fallback", "rung"],
+               f"edgecv export -> {out_dir}")
+    for t, d in manifest["default"].items():
+        click.echo(f"default for {t}: {d['file']}  ({d['reason']})")
+    if manifest.get("cpu_default"):
+        c = manifest["cpu_default"]
+        click.echo(f"default on a CPU: {c['target']} {c['file']}  ({c['reason']})")
+    for t, why in (s.get("targets_skipped") or {}).items():
+        click.echo(f"no {t} artefact: {why}")
+    eng = s["engine"]
+    if not eng.get("built"):
+        click.echo(f"TensorRT engine: not built here ({eng['reason']}); {eng['how']}")
+
+
+@click.command()
+@click.argument("bundle")
+def check(bundle):
+    """Verify BUNDLE's checksums and its TensorRT-target ONNX against TensorRT's Q/DQ rules."""
+    from edgecv.export.check import check_bundle
+
+    res = check_bundle(bundle)
+    for n in res.notes:
+        click.echo(f"ok: {n}")
+    for e in res.errors:
+        click.echo(f"error: {e}", err=True)
+    sys.exit(0 if res.ok else 1)

@@ -1,0 +1,56 @@
+"""Parameter types shared by the command modules (no command lives here, so every module can import it)."""
+from __future__ import annotations
+
+import click
+
+
+class BackendChoice(click.ParamType):
+    """``auto`` or a registered target (edgecv.targets), checked when the command line is parsed, so a target
+    registered after this module was imported is accepted too."""
+
+    name = "backend"
+
+    def get_metavar(self, param, ctx=None):
+        from edgecv.runtime.backends.select import backend_choices
+
+        return "[" + "|".join(backend_choices()) + "]"
+
+    def convert(self, value, param, ctx):
+        from edgecv.runtime.backends.select import backend_choices
+
+        if value not in backend_choices():
+            self.fail(f"{value!r} is not one of {', '.join(backend_choices())}", param, ctx)
+        return value
+
+
+def new_dir_or_missing(ctx, param, value):
+    """An output folder option: a folder, or nothing yet (a file there is refused before any work)."""
+    import os
+
+    if value is not None and os.path.exists(value) and not os.path.isdir(value):
+        raise click.BadParameter(f"{value}: exists and is not a directory", ctx, param)
+    return value
+
+
+class CommaList(click.ParamType):
+    """A comma list of names, e.g. ``tensorrt,onnxruntime`` (blank items dropped)."""
+
+    name = "A[,B...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        return [v.strip() for v in str(value).split(",") if v.strip()]
+
+
+def options_from(cls, kwargs: dict, keep_none: bool = False):
+    """The click command's options that are fields of the dataclass ``cls``, by name: the one place a command's
+    flags become its typed options object. ``keep_none=False`` leaves out flags not given (None), so the
+    object's (or a recipe's) defaults apply; the result is a dict of them for ``cls(**...)`` or a merge."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    stray = sorted(set(kwargs) - names)
+    if stray:  # a flag no option receives would be silently ignored
+        raise TypeError(f"{', '.join(stray)}: not fields of {cls.__name__}")
+    return {k: v for k, v in kwargs.items() if keep_none or v is not None}

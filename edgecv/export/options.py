@@ -1,0 +1,50 @@
+"""The export's options: the recipe's ``export:`` section with the command line's flags on top, checked."""
+from __future__ import annotations
+
+import copy
+from typing import Dict, Optional
+
+from edgecv import targets
+from edgecv.errors import RecipeError
+from edgecv.recipe import CALIB_CHOICES, ExportConfig, Recipe, check_ranges
+
+
+def resolve_options(recipe: Optional[Recipe], flags: Dict) -> ExportConfig:
+    """The recipe's ``export:`` section, with every flag the user passed on top."""
+    from edgecv.export.calibration_set import is_definition, load_calibration_set
+
+    cfg = copy.deepcopy(recipe.export) if recipe else ExportConfig()
+    for k, v in flags.items():
+        if v is not None:
+            setattr(cfg, k, v)
+    if is_definition(cfg.calib):
+        # A calibration set file overrides the recipe's calib_* fields; explicit flags still win.
+        cs = load_calibration_set(cfg.calib)
+        cfg.calib_set, cfg.calib, cfg.calib_seed = cfg.calib, cs.images, cs.seed
+        if flags.get("calib_samples") is None:
+            cfg.calib_samples = cs.samples
+        if flags.get("calib_method") is None:
+            cfg.calib_method = cs.method
+    check_ranges(cfg, flag_style=True)
+    if cfg.distill and cfg.prune == 0:
+        raise RecipeError("--distill: needs --prune (distillation recovers accuracy lost to pruning; without "
+                          "pruning there is nothing to recover): add --prune R, or --no-distill")
+    if not cfg.targets:
+        raise RecipeError(f"--target: no target given (expected some of: {', '.join(targets.names())})")
+    for t in cfg.targets:
+        if t not in targets.names():
+            raise RecipeError(f"--target: unknown target {t!r} (expected one of: {', '.join(targets.names())})")
+        ok, why = targets.export_check(targets.get(t))
+        if not ok:
+            raise RecipeError(f"--target {t}: {why}; the export judges a CPU target's artefact with its own runtime")
+    from edgecv.data.corruptions import parse_names, severities
+
+    try:
+        if cfg.corruptions != "none":
+            parse_names(cfg.corruptions)
+        severities(cfg.corruption_severities)
+    except ValueError as e:
+        raise RecipeError(f"--corruptions: {e}") from None
+    if cfg.calib_method not in CALIB_CHOICES:
+        raise RecipeError(f"--calib-method: unknown method {cfg.calib_method!r}")
+    return cfg

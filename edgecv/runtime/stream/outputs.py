@@ -1,0 +1,125 @@
+"""Where the camera loop's results go: JSON lines, an annotated window, an annotated recording (``--record``)."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import cv2
+import numpy as np
+
+from edgecv.errors import OutputError
+from edgecv.utils.io import atomic_path, sweep_stale
+
+
+def annotate(frame: np.ndarray, text: str, fps: float) -> np.ndarray:
+    out = frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    cv2.rectangle(out, (0, 0), (out.shape[1], 26), (0, 0, 0), -1)
+    cv2.putText(out, f"{text}  {fps:.1f} FPS", (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def display_available() -> bool:
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+RECORD_SUFFIXES = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+
+
+class Recorder:
+    """The annotated video of ``--record``: checked before the loop starts, written through ``atomic_path`` (a
+    temporary beside the target, renamed at the end), and finalised (index written, renamed into place) whenever
+    the loop ends, SIGTERM and Ctrl-C included, so the recording is always playable and never half-written at
+    its final name. A run that wrote no frame leaves no file."""
+
+    def __init__(self, path: str, fps: float = 30.0):
+        p = Path(os.path.abspath(os.fsdecode(path)))
+        suffix = p.suffix.lower()
+        if suffix not in RECORD_SUFFIXES:
+            raise OutputError(f"--record {path}: unsupported extension {p.suffix or '(none)'!r} "
+                              f"(use {', '.join(sorted(RECORD_SUFFIXES))})")
+        if p.is_dir():
+            raise OutputError(f"--record {path}: is a directory; give a file name")
+        if not p.parent.is_dir():
+            raise OutputError(f"--record {path}: folder {p.parent} does not exist")
+        if not os.access(p.parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+            raise OutputError(f"--record {path}: not writable")
+        sweep_stale(p.parent)  # any dead run's temporaries here (their names may not contain ours)
+        self.path, self.fps = p, fps
+        self.fourcc = cv2.VideoWriter_fourcc(*RECORD_SUFFIXES[suffix])
+        self._target = atomic_path(p)
+        self.tmp = self._target.__enter__()
+        probe = cv2.VideoWriter(self.tmp, self.fourcc, fps, (64, 48))
+        ok = probe.isOpened()
+        probe.release()
+        if not ok:
+            self._abort()
+            raise OutputError(f"--record {path}: this OpenCV cannot write {p.suffix} video")
+        self.writer = None
+        self.size = None
+        self.frames = 0
+
+    def write(self, vis: np.ndarray) -> None:
+        if self.writer is None:
+            self.size = (vis.shape[1], vis.shape[0])
+            self.writer = cv2.VideoWriter(self.tmp, self.fourcc, self.fps, self.size)
+        if (vis.shape[1], vis.shape[0]) != self.size:  # folders mix image sizes; video cannot
+            vis = cv2.resize(vis, self.size)
+        self.writer.write(vis)
+        self.frames += 1
+
+    def _abort(self) -> None:
+        try:
+            self._target.__exit__(_NoFrames, _NoFrames(), None)
+        except _NoFrames:
+            pass
+
+    def close(self) -> Optional[str]:
+        """Finalise; the recording's path, or None when no frame was written (nothing is left then)."""
+        if self.writer is None:
+            self._abort()
+            return None
+        self.writer.release()
+        self.writer = None
+        self._target.__exit__(None, None, None)
+        return str(self.path)
+
+
+class _NoFrames(Exception):
+    """Ends a recording's temporary file without renaming it into place."""
+
+
+class Sinks:
+    """The outputs of one camera loop: a JSON line per frame (``as_json``), the annotated window (``display``,
+    where a display exists) and the recording. ``write`` returns False when the user closed the window."""
+
+    def __init__(self, emit: Optional[Callable[[str], None]], as_json: bool, display: bool,
+                 recorder: Optional[Recorder]):
+        self.emit = emit or (lambda s: print(s, flush=True))
+        self.as_json, self.show, self.recorder = as_json, display and display_available(), recorder
+        self.wall_offset = time.time() - time.monotonic()  # monotonic capture times -> epoch seconds in the lines
+
+    def write(self, n: int, frame: np.ndarray, pred, capture_time: float, age_ms: float, fps: float,
+              latency_ms) -> bool:
+        if self.as_json:
+            self.emit(json.dumps({"frame": n, "label": pred.label, "index": pred.index, "score": pred.score,
+                                  "topk": [{"index": i, "label": lb, "score": p} for i, lb, p in pred.topk],
+                                  "capture_time": round(capture_time + self.wall_offset, 6),
+                                  "age_ms": round(age_ms, 3),
+                                  "latency_ms": {k: round(v, 4) for k, v in latency_ms.items()}}))
+        if self.show or self.recorder:
+            vis = annotate(frame.copy(), f"{pred.label} {pred.score:.2f}", fps)
+            if self.recorder:
+                self.recorder.write(vis)
+            if self.show:
+                cv2.imshow("edgecv", vis)
+                return cv2.waitKey(1) & 0xFF not in (27, ord("q"))
+        return True
+
+    def close(self) -> Optional[str]:
+        """Finalise the recording (its path, or None); close the window."""
+        if self.show:
+            cv2.destroyAllWindows()
+        return self.recorder.close() if self.recorder else None
