@@ -22,8 +22,8 @@ def test_cli_group_has_every_command_without_side_imports():
     code = "from edgecv.cli import cli; print(sorted(cli.commands))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out.replace("'", '"')) == ["bench", "build", "check", "eval", "explain", "export", "install",
-                                                 "profile", "push", "rollback", "run", "service-unit", "sign", "status",
-                                                 "train", "verify"]
+                                                 "profile", "publish", "push", "repo", "rollback", "run", "service-unit",
+                                                 "sign", "status", "train", "update", "verify"]
 
 
 def test_fake_gpu_fp16_batch_workspace_and_opt_level_are_in_the_key(tiny_bundle, tmp_path):

@@ -29,7 +29,8 @@ STATE = "install.json"
 STATE_FORMAT = 2
 SLOTS = ("a", "b")
 LOCK = ".install.edgecv-lock"  # OutputLock(root / "install")
-ROOT_NAMES = ("slots", "active", STATE, "reports", LOCK)  # all an install root holds (and temporaries)
+# all an install root holds (and temporaries): ``tuf`` is edgecv update's trusted metadata and downloads
+ROOT_NAMES = ("slots", "active", STATE, "reports", LOCK, "tuf", ".update.edgecv-lock")
 
 
 def is_install_root(path: Path) -> bool:

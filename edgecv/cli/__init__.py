@@ -54,7 +54,8 @@ def _register() -> None:
 
     for cmd in (workstation.train, workstation.eval_cmd, workstation.explain, export.export, export.check,
                 device.build, device.verify, device.bench, device.profile, device.run, deploy.sign, deploy.install,
-                deploy.rollback, deploy.status, deploy.push, deploy.service_unit):
+                deploy.rollback, deploy.status, deploy.push, deploy.service_unit, deploy.publish, deploy.repo,
+                deploy.update):
         cli.add_command(cmd)
 
 

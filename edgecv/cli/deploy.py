@@ -119,3 +119,114 @@ def service_unit(root, source, user, watchdog_s, out):
         click.echo(f"wrote {out}; then: systemctl daemon-reload && systemctl enable --now {os.path.basename(out)}")
     else:
         click.echo(text, nl=False)
+
+
+@click.command()
+@click.argument("bundle")
+@click.option("--repo", required=True, help="The TUF repository folder (static files: serve it as it is).")
+@click.option("--channel", default="stable", show_default=True, help="The channel (a delegated targets role).")
+@click.option("--keys", default=None, help="The repository's keys folder [default: REPO.keys beside it].")
+@click.option("--init", "init_repo", is_flag=True, help="Create the repository and its keys first if it does not exist.")
+@click.option("--json", "as_json", is_flag=True)
+def publish(bundle, repo, channel, keys, init_repo, as_json):
+    """Add the signed BUNDLE to a TUF repository that any static web server can serve (edgecv update pulls it)."""
+    from pathlib import Path
+
+    from edgecv.deploy.tuf_repo import RepoPaths
+    from edgecv.deploy.tuf_repo import init_repo as do_init
+    from edgecv.deploy.tuf_repo import publish as do_publish
+
+    paths = RepoPaths.of(repo, keys)
+    if init_repo and not (Path(paths.repo) / "metadata").exists():
+        do_init(paths)
+        click.echo(f"created {paths.repo} with keys in {paths.keys} (pin {paths.repo}/metadata/1.root.json on the "
+                   "vehicles; keep root.pem offline)", err=True)
+    rep = do_publish(bundle, repo, channel, keys)
+    click.echo(json.dumps(rep) if as_json else
+               f"published release {rep['release']} to {channel}: {rep['target']} ({rep['length']} bytes)")
+
+
+@click.group()
+def repo():
+    """Manage a TUF repository: init, timestamp (re-sign; from a timer), rotate (a role's key)."""
+
+
+@repo.command("init")
+@click.argument("repo_dir")
+@click.option("--keys", default=None, help="Where the keys go [default: REPO.keys beside it].")
+def repo_init(repo_dir, keys):
+    """Create a TUF repository with one key per role (root, targets, snapshot, timestamp, stable, canary)."""
+    from edgecv.deploy.tuf_repo import RepoPaths, init_repo
+
+    paths = RepoPaths.of(repo_dir, keys)
+    init_repo(paths)
+    click.echo(f"created {paths.repo}; keys in {paths.keys}. Pin {paths.repo}/metadata/1.root.json on the "
+               "vehicles (edgecv update --trusted-root), then keep root.pem offline.")
+
+
+@repo.command("timestamp")
+@click.argument("repo_dir")
+@click.option("--keys", default=None)
+@click.option("--days", type=click.FloatRange(min=0.001, max=30), default=None, help="Validity [default: 1 day].")
+def repo_timestamp(repo_dir, keys, days):
+    """Re-sign the timestamp: run it at least daily, or vehicles refuse the repository as frozen."""
+    from edgecv.deploy.tuf_repo import RepoPaths, refresh_timestamp
+
+    click.echo(f"timestamp version {refresh_timestamp(RepoPaths.of(repo_dir, keys), days)}")
+
+
+@repo.command("rotate")
+@click.argument("repo_dir")
+@click.argument("role")
+@click.option("--keys", default=None)
+def repo_rotate(repo_dir, role, keys):
+    """Replace ROLE's key (root, targets, snapshot, timestamp or a channel); the old key is revoked."""
+    from edgecv.deploy.tuf_repo import rotate_key
+
+    r = rotate_key(repo_dir, role, keys)
+    click.echo(f"{r['role']}: key {r['revoked'][:12]} revoked, {r['new'][:12]} trusted")
+
+
+@click.command()
+@click.option("--repo-url", required=True, help="Where the repository is served, e.g. https://updates.example/fleet.")
+@click.option("--root", default=None, help="Install root [default: as for install].")
+@click.option("--channel", default="stable", show_default=True)
+@click.option("--trusted-root", default=None, help="The repository's root.json to pin on the first update.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=30.0, show_default=True)
+@trust_option
+@click.option("--timer", "timer_dir", default=None, metavar="DIR",
+              help="Instead: write edgecv-update.service and .timer into DIR (e.g. /etc/systemd/system).")
+@click.option("--every", "every_min", type=click.IntRange(1, 10080), default=60, show_default=True,
+              help="With --timer: minutes between updates.")
+@click.option("--json", "as_json", is_flag=True)
+def update(repo_url, root, channel, trusted_root, timeout_s, timer_dir, every_min, as_json):
+    """Pull the newest compatible release of CHANNEL from a TUF repository and install it (safe from a timer).
+
+    Exit status: 0 installed or up to date, 2 refused (named: an attack, an incompatible or failed install),
+    3 the repository could not be reached (nothing changed).
+    """
+    from edgecv.deploy.install import default_root
+    from edgecv.deploy.update import UpdateOffline, UpdateOptions
+    from edgecv.deploy.update import update as do_update
+
+    root = os.path.abspath(root or default_root())
+    if timer_dir:
+        _write_timer(timer_dir, root, repo_url, channel, every_min)
+        return
+    try:
+        rep = do_update(root, UpdateOptions(repo_url, channel, trusted_root, timeout_s),
+                        log=lambda s: click.echo(s, err=True))
+    except UpdateOffline as e:
+        click.echo(f"error: {e}; nothing changed", err=True)
+        sys.exit(3)
+    click.echo(json.dumps(rep) if as_json else rep["status"] + (f": release {rep['release']} active in slot "
+                                                                 f"{rep['slot']}" if rep["status"] == "installed" else ""))
+
+
+def _write_timer(timer_dir, root, repo_url, channel, every_min) -> None:
+    from edgecv.deploy.systemd import update_units, write_unit
+
+    for name, text in update_units(root, repo_url, channel, every_min).items():
+        write_unit(os.path.join(timer_dir, name), text)
+    click.echo(f"wrote edgecv-update.service and .timer into {timer_dir}; then: systemctl daemon-reload && "
+               "systemctl enable --now edgecv-update.timer")

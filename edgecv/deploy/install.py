@@ -101,7 +101,7 @@ def highest_release(root: Path) -> int:
     return current_state(root).highest_release
 
 
-def _prepare_root(root: Path) -> None:
+def prepare_root(root: Path) -> None:
     """Make ``root`` if it is new; accept it if it is empty or an install root; refuse anything else, changing
     nothing (a typo like ``--root /tmp`` must not touch /tmp)."""
     if os.path.lexists(root):
@@ -131,8 +131,9 @@ def _prepare_root(root: Path) -> None:
 # -- install --------------------------------------------------------------------------------------------------------
 
 def install(bundle: str | os.PathLike, root: Optional[str | os.PathLike] = None, allow_downgrade: bool = False,
-            log=print) -> Dict:
-    """Install ``bundle`` into the inactive slot of ``root`` and activate it; returns the install report."""
+            log=print, source: Optional[str] = None) -> Dict:
+    """Install ``bundle`` into the inactive slot of ``root`` and activate it; returns the install report
+    (``source``: where the bundle came from, for the report, when ``bundle`` is a temporary copy)."""
     from edgecv.bundle.reader import open_bundle
     from edgecv.utils.outputs import OutputLock
 
@@ -142,9 +143,9 @@ def install(bundle: str | os.PathLike, root: Optional[str | os.PathLike] = None,
     if not isinstance(b.manifest.get("golden"), dict):
         raise InstallError(f"{b.root}: has no golden vectors, so it cannot be accepted on the device; export it "
                            "again with this edgecv")
-    _prepare_root(root)
+    prepare_root(root)
     t0 = time.time()
-    report: Dict = {"bundle": os.fsdecode(bundle), "root": str(root), "checks": [], "started": t0,
+    report: Dict = {"bundle": source or os.fsdecode(bundle), "root": str(root), "checks": [], "started": t0,
                     "bundle_id": b.manifest["manifest_sha256"], "release": int(b.manifest.get("release", 0) or 0)}
     with OutputLock(root / "install", f"{root} (install root)"):
         try:

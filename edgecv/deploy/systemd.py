@@ -104,3 +104,42 @@ def write_unit(path: str | os.PathLike, text: str) -> None:
     if not os.path.isdir(os.path.dirname(p)):
         raise UnitError(f"-o {path}: folder {os.path.dirname(p)} does not exist")
     atomic_write_text(p, text)
+
+
+UPDATE_SERVICE = """[Unit]
+Description=edgecv update from {url}
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=oneshot
+ExecStart={exec_start}
+# 3: the repository could not be reached (retried at the next timer tick); 2: refused, named in the journal
+SuccessExitStatus=3
+"""
+
+UPDATE_TIMER = """[Unit]
+Description=edgecv update from {url}, every {interval}
+
+[Timer]
+OnBootSec=2min
+OnUnitActiveSec={interval}
+RandomizedDelaySec={jitter}
+Persistent=true
+
+[Install]
+WantedBy=timers.target
+"""
+
+
+def update_units(root: str, repo_url: str, channel: str, interval_min: int = 60,
+                 edgecv: Optional[Sequence[str]] = None) -> dict:
+    """``edgecv-update.service`` (one ``edgecv update`` run) and ``edgecv-update.timer`` (every ``interval_min``
+    minutes, with up to a quarter of that as random delay so a fleet does not poll at the same second)."""
+    cmd = list(edgecv or [sys.executable, "-m", "edgecv"]) + ["update", "--repo-url", repo_url, "--root", root,
+                                                             "--channel", channel]
+    shown = setting_text(_shown_source(repo_url), "--repo-url")
+    return {"edgecv-update.service": UPDATE_SERVICE.format(url=shown, exec_start=" ".join(
+                exec_arg(c, "--root/--repo-url/--channel") for c in cmd)),
+            "edgecv-update.timer": UPDATE_TIMER.format(url=shown, interval=f"{int(interval_min)}min",
+                                                       jitter=f"{max(1, int(interval_min) // 4)}min")}

@@ -1,0 +1,190 @@
+"""``edgecv update``: on the vehicle, pull the newest compatible release of a channel from a TUF repository served
+by any static web server (edgecv.deploy.tuf_repo) and install it (edgecv.deploy.install).
+
+It refreshes the TUF metadata with python-tuf's client (``tuf.ngclient``), starting from a pinned trusted
+``root.json``, so a compromised mirror, a replayed old release, a frozen feed, a mixed snapshot, a changed or
+endless download and a revoked key are all refused, each naming what it is. It then picks the newest release in the
+channel's index that this device is compatible with and that is newer than what it has installed, downloads it
+with its length and hash checked, and runs the install path: signature, checksums, compatibility, anti-rollback,
+A/B slot, acceptance with the golden vectors, atomic switch. Nothing is downloaded when the device is up to date,
+so it is safe to run from a timer; being offline, a 404 or an expired timestamp leave the active slot untouched.
+
+The TUF state lives in the install root (``ROOT/tuf``: the trusted metadata, and downloads while one is installed).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+from edgecv.errors import DeviceError, UpdateError
+
+TUF_DIR = "tuf"
+
+
+class UpdateOffline(DeviceError):
+    """The repository could not be reached (offline, refused, a 404): nothing changed; try again later."""
+
+
+@dataclass
+class UpdateOptions:
+    repo_url: str
+    channel: str = "stable"
+    trusted_root: Optional[str] = None  # root.json to pin on the first update (delivered out of band)
+    timeout_s: float = 30.0
+
+
+def _refusal(e: BaseException) -> Exception:
+    """A TUF client error as the one-line refusal that names the attack it stops."""
+    from tuf.api import exceptions as x
+
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, x.DownloadHTTPError):
+        return UpdateOffline(f"the repository answered HTTP {getattr(e, 'status_code', '?')} (is --repo-url the "
+                             "folder that holds metadata/ and targets/?)")
+    if isinstance(e, x.SlowRetrievalError):  # urllib3 counts a refused connection as a connect timeout too
+        return UpdateOffline("cannot reach the repository (connection refused, or no answer in time)")
+    if isinstance(e, x.DownloadLengthMismatchError):
+        return UpdateError(f"endless data refused: a download is longer than its signed length ({msg})")
+    if isinstance(e, x.LengthOrHashMismatchError):
+        return UpdateError(f"arbitrary package refused: a download does not match its signed length and hash ({msg})")
+    if isinstance(e, x.ExpiredMetadataError):
+        return UpdateError(f"freeze attack refused: the repository's metadata has expired ({msg}); the publisher "
+                           "must re-sign the timestamp (edgecv repo timestamp)")
+    if isinstance(e, x.BadVersionNumberError) and _mixed(msg):
+        return UpdateError(f"inconsistent repository refused (mix-and-match: a metadata file is not the version the "
+                           f"snapshot or timestamp signed for) ({msg})")
+    if isinstance(e, (x.BadVersionNumberError, x.EqualVersionNumberError)):
+        return UpdateError(f"rollback attack refused: older metadata than this device has already seen ({msg})")
+    if isinstance(e, x.UnsignedMetadataError):
+        return UpdateError(f"metadata not signed by the keys this device trusts (a forged, revoked or rotated-out "
+                           f"key) refused ({msg})")
+    if isinstance(e, x.RepositoryError):
+        return UpdateError(f"inconsistent repository refused (mix-and-match: metadata that does not belong "
+                           f"together) ({msg})")
+    return UpdateOffline(f"cannot reach the repository ({type(e).__name__}: {msg})")
+
+
+def _mixed(msg: str) -> bool:
+    """python-tuf's version mismatch against what a trusted timestamp or snapshot names (not a rollback below what
+    this device saw before)."""
+    return msg.startswith("Expected snapshot version") or re.match(r"Expected [\w./-]+ v\d+, got v\d+", msg) is not None
+
+
+def _updater(root: Path, o: UpdateOptions):
+    """python-tuf's client over ``ROOT/tuf``, bootstrapped from the pinned root on the first update."""
+    from tuf.ngclient import Updater, UpdaterConfig, Urllib3Fetcher
+
+    from edgecv import __version__
+
+    md, dl = root / TUF_DIR / "metadata", root / TUF_DIR / "downloads"
+    bootstrap = None
+    if not (md / "root.json").exists():
+        if not o.trusted_root:
+            raise UpdateError(f"{root}: no trusted root yet: the first update needs --trusted-root ROOT.json (the "
+                              "repository's 1.root.json, delivered to the vehicle out of band)")
+        try:
+            bootstrap = Path(o.trusted_root).read_bytes()
+        except OSError as e:
+            raise UpdateError(f"--trusted-root {o.trusted_root}: cannot be read ({e.strerror})") from None
+    for d in (md, dl):
+        d.mkdir(parents=True, exist_ok=True, mode=0o755)
+    url = o.repo_url.rstrip("/")
+    try:
+        agent = f"edgecv/{__version__}"  # the timeout bounds a stalled server: a timer's run must end
+        up = Updater(str(md), f"{url}/metadata/", str(dl), f"{url}/targets/",
+                     Urllib3Fetcher(socket_timeout=int(o.timeout_s), app_user_agent=agent),
+                     UpdaterConfig(app_user_agent=agent), bootstrap=bootstrap)
+    except Exception as e:  # noqa: BLE001 - a pinned root that is not one, in many exception types
+        raise UpdateError(f"the trusted root does not verify ({str(e).splitlines()[0] if str(e) else e!r})") from None
+    return up
+
+
+def _tuf(call: Callable, *args):
+    """Run a TUF client call, its errors as refusals that name what they stop."""
+    import urllib3
+    from tuf.api import exceptions as x
+
+    try:
+        return call(*args)
+    except (x.RepositoryError, x.DownloadError, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as e:
+        raise _refusal(e) from None
+
+
+def _newest(releases, floor: int) -> Optional[Dict]:
+    """The newest release this device is compatible with, if newer than the installed ``floor``."""
+    from edgecv.deploy.install import check_compatibility
+
+    ok = [r for r in releases if type(r.get("release")) is int and r["release"] > floor
+          and all(c["ok"] for c in check_compatibility({"compat": r.get("compat") or {}}))]
+    return max(ok, key=lambda r: r["release"]) if ok else None
+
+
+def update(root, options: UpdateOptions, log=print) -> Dict:
+    """Bring ``root`` (an install root) to the newest compatible release of ``options.channel``; the report says
+    ``up to date`` (nothing downloaded) or carries the install report."""
+    import logging
+
+    from edgecv.bundle.slots import current_state
+    from edgecv.deploy.install import default_root, prepare_root
+    from edgecv.utils.outputs import OutputLock
+
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retry warnings are not the user's news
+    root = Path(os.path.abspath(root or default_root()))
+    prepare_root(root)
+    with OutputLock(root / "update", f"{root} (update)"):
+        up = _updater(root, options)
+        _tuf(up.refresh)
+        floor = current_state(root).highest_release if (root / "install.json").exists() else -1
+        index = _index(up, options.channel)
+        pick = _newest(index.get("releases", []), floor)
+        if pick is None:
+            newest = max((r.get("release", -1) for r in index.get("releases", [])), default=None)
+            log(f"[edgecv update] up to date: installed release {floor}, newest compatible in {options.channel}: "
+                f"{newest if newest is not None else 'none'}")
+            return {"status": "up to date", "installed_release": floor, "channel": options.channel}
+        return _install_release(up, root, pick, log, options.repo_url)
+
+
+def _index(up, channel: str) -> Dict:
+    info = _tuf(up.get_targetinfo, f"{channel}/index.json")
+    if info is None:
+        raise UpdateError(f"channel {channel!r} has no releases in this repository")
+    # kept between polls: an unchanged index (its hash still the signed one) is not downloaded again
+    path = _tuf(up.find_cached_target, info) or _tuf(up.download_target, info)
+    try:
+        index = json.loads(Path(path).read_bytes())
+    except ValueError as e:
+        raise UpdateError(f"{channel}/index.json: not JSON ({e})") from None
+    if not isinstance(index, dict) or not isinstance(index.get("releases"), list):
+        raise UpdateError(f"{channel}/index.json: expected {{releases: [...]}}")
+    return index
+
+
+def _install_release(up, root: Path, pick: Dict, log, url: str) -> Dict:
+    """Download the picked release (length and hash checked), check it is what the index said, install it."""
+    from edgecv.bundle.archive import unpack
+    from edgecv.bundle.reader import open_bundle
+    from edgecv.deploy.install import install
+
+    info = _tuf(up.get_targetinfo, pick["target"])
+    custom = ((info.unrecognized_fields.get("custom") or {}).get("edgecv") or {}) if info else {}
+    if info is None or custom.get("release") != pick["release"] or custom.get("bundle_id") != pick["bundle_id"]:
+        raise UpdateError(f"{pick['target']}: its signed target does not match the channel's index (mix-and-match)")
+    log(f"[edgecv update] downloading release {pick['release']} ({info.length} bytes) ...")
+    archive = Path(_tuf(up.download_target, info))
+    staging = root / f".incoming-{uuid.uuid4().hex[:12]}"
+    try:
+        unpack(archive, staging, max_bytes=4 * info.length + (1 << 20))
+        if open_bundle(staging).manifest["manifest_sha256"] != pick["bundle_id"]:
+            raise UpdateError(f"{pick['target']}: the bundle inside is not the one the repository signed for")
+        rep = install(staging, root, log=log, source=f"{url.rstrip('/')}/targets/{pick['target']}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        archive.unlink(missing_ok=True)
+    return {**rep, "status": "installed", "target": pick["target"]}

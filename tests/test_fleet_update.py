@@ -1,0 +1,212 @@
+"""Fleet updates over TUF (issue 30): ``edgecv publish`` to a repository of static files, served by a real HTTP
+server on 127.0.0.1 (tools/static_server.py, started by a fixture), pulled and installed by ``edgecv update``. Each
+attack TUF exists for is staged against a device that runs release 1, ends in a refusal that names it, and leaves
+the active slot as it was."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, free_port, invoke, release
+
+sys.path.insert(0, str(ROOT / "tools"))
+from static_server import StaticServer  # noqa: E402
+
+from edgecv.bundle.reader import open_bundle  # noqa: E402
+from edgecv.deploy import tuf_repo  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch, keys):
+    monkeypatch.setenv("EDGECV_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("EDGECV_TRUST", str(keys / "dev.pub"))  # the vehicle trusts the fleet's signing key
+
+
+def signed(tiny_bundle, dst, n, keys):
+    b = release(tiny_bundle, dst, n)
+    assert invoke("sign", b, "--key", keys / "dev.pem").exit_code == 0
+    return b
+
+
+@pytest.fixture
+def fleet(tmp_path, tiny_bundle, keys):
+    """A repository with release 1 published, served on 127.0.0.1, and a device that installed it."""
+    repo = tmp_path / "repo"
+    r = invoke("publish", signed(tiny_bundle, tmp_path / "r1", 1, keys), "--repo", repo, "--init")
+    assert r.exit_code == 0, r.output
+    srv = StaticServer(str(repo)).start()
+    device = tmp_path / "vehicle"
+    r = update(srv.url, device, "--trusted-root", repo / "metadata" / "1.root.json")
+    assert r.exit_code == 0 and "installed: release 1" in r.output, r.output
+    yield {"repo": repo, "srv": srv, "device": device, "tmp": tmp_path}
+    srv.stop()
+
+
+def update(url, device, *args):
+    return invoke("update", "--repo-url", url, "--root", device, *args)
+
+
+def active_release(device) -> int:
+    return open_bundle(device).manifest["release"]
+
+
+def publish(fleet, tiny_bundle, keys, n, channel="stable"):
+    b = signed(tiny_bundle, fleet["tmp"] / f"r{n}-{channel}", n, keys)
+    r = invoke("publish", b, "--repo", fleet["repo"], "--channel", channel)
+    assert r.exit_code == 0, r.output
+
+
+def targets_of(fleet, suffix):
+    return [p for p in (fleet["repo"] / "targets").rglob("*") if p.name.endswith(suffix)]
+
+
+# -- the flow ------------------------------------------------------------------------------------------------------
+
+def test_publish_serve_update_then_idle_polls_download_no_bundle(fleet, tiny_bundle, keys):
+    srv, device = fleet["srv"], fleet["device"]
+    srv.requests.clear()
+    r = update(srv.url, device)
+    assert r.exit_code == 0 and r.output.strip().endswith("up to date")
+    assert not any(q["path"].endswith(".tar") for q in srv.requests)  # an installed release is not downloaded again
+    publish(fleet, tiny_bundle, keys, 2)
+    r = update(srv.url, device, "--json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output.strip().splitlines()[-1])
+    assert rep["status"] == "installed" and rep["release"] == 2 and rep["slot"] == "b"
+    assert rep["bundle"].endswith("/targets/stable/tiny_cnn-r2.tar")
+    s = json.loads(invoke("status", "--root", device, "--json").output)
+    assert (s["active"]["release"], s["previous"]["release"]) == (2, 1)
+    assert not list((device / "tuf" / "downloads").rglob("*.tar"))  # no bundle left behind (the index stays)
+    assert not [p for p in device.iterdir() if p.name.startswith(".incoming")]
+
+
+def test_publishing_needs_a_signed_newer_release_and_works_without_the_root_key(fleet, tiny_bundle, keys):
+    unsigned = release(tiny_bundle, fleet["tmp"] / "u", 5)
+    r = invoke("publish", unsigned, "--repo", fleet["repo"])
+    assert r.exit_code == 2 and "not signed" in r.output
+    r = invoke("publish", signed(tiny_bundle, fleet["tmp"] / "again", 1, keys), "--repo", fleet["repo"])
+    assert r.exit_code == 2 and "not newer" in r.output
+    keys_dir = fleet["repo"].with_name("repo.keys")
+    shutil.move(keys_dir / "root.pem", fleet["tmp"] / "offline-root.pem")  # the root key kept offline
+    publish(fleet, tiny_bundle, keys, 3)
+    r = invoke("repo", "rotate", fleet["repo"], "timestamp")
+    assert r.exit_code == 2 and "root key is not here" in r.output
+
+
+# -- the attacks -----------------------------------------------------------------------------------------------------
+
+def refused(fleet, needle, *args, url=None):
+    r = update(url or fleet["srv"].url, fleet["device"], *args)
+    assert r.exit_code == 2 and needle in r.output, r.output
+    assert active_release(fleet["device"]) == 1 and "Traceback" not in r.output
+    return r
+
+
+def test_arbitrary_package_is_refused(fleet, tiny_bundle, keys):
+    publish(fleet, tiny_bundle, keys, 2)
+    (tar,) = targets_of(fleet, "tiny_cnn-r2.tar")
+    data = bytearray(tar.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same length, other bytes: what a compromised mirror would serve
+    tar.write_bytes(bytes(data))
+    refused(fleet, "arbitrary package")
+
+
+def test_endless_data_is_refused(fleet, tiny_bundle, keys):
+    publish(fleet, tiny_bundle, keys, 2)
+    fleet["srv"].endless.add("tiny_cnn-r2.tar")
+    refused(fleet, "endless data")
+
+
+def test_metadata_rollback_by_a_mirror_serving_old_valid_metadata_is_refused(fleet, tiny_bundle, keys):
+    old = fleet["tmp"] / "old-repo"
+    shutil.copytree(fleet["repo"], old)  # the repository as it was, every signature valid
+    publish(fleet, tiny_bundle, keys, 2)
+    publish(fleet, tiny_bundle, keys, 3, channel="canary")
+    r = update(fleet["srv"].url, fleet["device"], "--channel", "canary")  # the device sees the newest metadata
+    assert r.exit_code == 0 and active_release(fleet["device"]) == 3
+    mirror = StaticServer(str(old)).start()
+    try:
+        r = update(mirror.url, fleet["device"])
+        assert r.exit_code == 2 and "rollback attack" in r.output, r.output
+        assert active_release(fleet["device"]) == 3
+    finally:
+        mirror.stop()
+
+
+def test_release_rollback_is_refused_by_the_anti_rollback_floor(fleet, tiny_bundle, keys):
+    publish(fleet, tiny_bundle, keys, 4)
+    assert update(fleet["srv"].url, fleet["device"]).exit_code == 0 and active_release(fleet["device"]) == 4
+    publish(fleet, tiny_bundle, keys, 2, channel="canary")  # a validly signed, older release
+    r = update(fleet["srv"].url, fleet["device"], "--channel", "canary")
+    assert r.exit_code == 0 and "up to date: installed release 4" in r.output
+    assert active_release(fleet["device"]) == 4
+
+
+def test_freeze_an_expired_timestamp_is_refused(fleet):
+    tuf_repo.refresh_timestamp(tuf_repo.RepoPaths.of(fleet["repo"]), days=1 / 86400)  # valid for one second
+    time.sleep(1.5)
+    refused(fleet, "freeze attack")
+
+
+def test_mix_and_match_snapshot_and_targets_is_refused(fleet, tiny_bundle, keys):
+    publish(fleet, tiny_bundle, keys, 2)
+    md = fleet["repo"] / "metadata"
+    (md / "3.stable.json").write_bytes((md / "2.stable.json").read_bytes())  # version 2 where snapshot says 3
+    refused(fleet, "mix-and-match")
+
+
+def test_a_rotated_out_key_is_refused(fleet, tiny_bundle, keys):
+    keys_dir = fleet["repo"].with_name("repo.keys")
+    r = invoke("repo", "rotate", fleet["repo"], "timestamp")
+    assert r.exit_code == 0, r.output
+    assert update(fleet["srv"].url, fleet["device"]).exit_code == 0  # the device learns the new root
+    (revoked,) = keys_dir.glob("timestamp.pem.revoked-*")
+    shutil.copy(revoked, keys_dir / "timestamp.pem")  # an attacker holding the old key signs a timestamp
+    tuf_repo.refresh_timestamp(tuf_repo.RepoPaths.of(fleet["repo"]))
+    refused(fleet, "not signed by the keys this device trusts")
+
+
+def test_offline_a_404_and_a_stalled_server_leave_the_slot_alone(fleet):
+    for url in (f"http://127.0.0.1:{free_port()}", fleet["srv"].url + "/not-the-repo"):
+        r = update(url, fleet["device"], "--timeout", "3")
+        assert r.exit_code == 3 and "nothing changed" in r.output, r.output
+        assert active_release(fleet["device"]) == 1
+
+
+def test_first_update_needs_a_pinned_root(fleet, tmp_path):
+    r = update(fleet["srv"].url, tmp_path / "new-vehicle")
+    assert r.exit_code == 2 and "--trusted-root" in r.output
+    bad = tmp_path / "bad-root.json"
+    bad.write_text("{}")
+    r = update(fleet["srv"].url, tmp_path / "new-vehicle", "--trusted-root", bad)
+    assert r.exit_code == 2 and "trusted root does not verify" in r.output
+
+
+def test_timer_units_are_valid_for_systemd(tmp_path):
+    r = invoke("update", "--repo-url", "https://fleet:p%40ss@updates.example/x", "--root", tmp_path / "r",
+               "--timer", tmp_path, "--every", "30")
+    assert r.exit_code == 0, r.output
+    svc, timer = tmp_path / "edgecv-update.service", tmp_path / "edgecv-update.timer"
+    assert "OnUnitActiveSec=30min" in timer.read_text() and "p%%40ss" in svc.read_text()
+    v = subprocess.run(["systemd-analyze", "verify", str(svc), str(timer)], capture_output=True, text=True,
+                       env={**os.environ, "SYSTEMD_LOG_LEVEL": "err"})
+    assert v.returncode == 0, v.stderr
+
+
+def test_fleet_simulation_small(tmp_path, tiny_bundle, keys):
+    """tools/fleet_sim.py at N=3: idle cost, convergence after a publish, and a server killed mid-rollout."""
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "fleet_sim.py"), "--devices", "3", "--bundle",
+                        str(signed(tiny_bundle, tmp_path / "b", 1, keys)), "--trust", str(keys / "dev.pub"),
+                        "--key", str(keys / "dev.pem"), "--out", str(tmp_path / "sim"), "--json"],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT,
+                       env={**os.environ, "EDGECV_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["bootstrap"]["ok"] == 3, res["bootstrap"]
+    assert res["idle"]["requests_per_device_per_poll"] <= 3 and res["idle"]["bundle_downloads"] == 0
+    assert res["rollout"]["converged"] == 3
+    assert res["server_killed"]["on_valid_slot"] == 3
