@@ -72,8 +72,11 @@ class DataConfig:
     channels: int = ranged(3, ge=1, le=3)
     mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    # Fraction of the training data held out for evaluation when no val_path/test split exists.
+    # Fraction of the training data held out for evaluation when no val_path/test split exists, chosen by
+    # ``split``: "hash" puts an image in the held-out part by its content's sha256 (the same image is on the same side
+    # whatever its name, folder order or machine); "index" by a seeded shuffle of the file list.
     holdout: float = ranged(0.0, ge=0, lt=1)
+    split: str = "index"
     batch_size: int = ranged(128, ge=1)
     eval_batch_size: int = ranged(256, ge=1)
     workers: int = ranged(0, ge=0)
@@ -95,6 +98,10 @@ class TrainConfig:
     label_smoothing: float = ranged(0.0, ge=0, lt=1)
     amp: bool = True  # only takes effect on a GPU
     seed: int = 0
+    # Transfer learning, first: the new head alone, on features of the frozen pretrained backbone computed once over
+    # the training images (no augmentation) -- seconds where a frozen epoch through the whole network takes minutes
+    head_epochs: int = ranged(0, ge=0)
+    head_lr: float = ranged(1e-3, gt=0)
     log_format: str = "jsonl"  # jsonl | csv
     threads: Optional[int] = ranged(None, ge=1)
 
@@ -128,6 +135,8 @@ class ExportConfig:
     calib_seed: int = 0
     bias_correction: bool = True  # int8 layers' biases corrected for weight rounding (edgecv.export.bias_correction)
     calib_set: Optional[str] = field(default=None, metadata={"internal": True})  # the calibration/*.yaml used
+    # that set when it draws on pools (edgecv.export.calibration_set.CalibrationSet)
+    calib_pools: Optional[Any] = field(default=None, metadata={"internal": True})
     max_drop: float = ranged(1.0, ge=0, le=100)
     targets: List[str] = field(default_factory=lambda: _target_names())
     eval: Optional[str] = None
@@ -275,6 +284,7 @@ def check_ranges(obj: Any, flag_style: bool = False, where: str = "") -> None:
 def _validate(r: Recipe, source: str) -> None:
     choices = {
         "data.kind": (r.data.kind, {"fashion_mnist", "image_folder", "wnid_folder"}),
+        "data.split": (r.data.split, {"index", "hash"}),
         "train.optimizer": (r.train.optimizer, {"sgd", "adamw"}),
         "train.schedule": (r.train.schedule, {"cosine", "step", "constant"}),
         "train.log_format": (r.train.log_format, {"jsonl", "csv"}),

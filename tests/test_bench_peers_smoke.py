@@ -8,7 +8,7 @@ from conftest import ROOT
 
 def test_bench_peers_smoke(tmp_path):
     r = subprocess.run([sys.executable, "tools/bench_peers.py", "--smoke", "--out", str(tmp_path),
-                        "--fashion-bundle", str(tmp_path / "none")], cwd=ROOT, capture_output=True, text=True,
+                        ], cwd=ROOT, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     data = json.loads((tmp_path / "peers.json").read_text())

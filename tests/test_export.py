@@ -228,8 +228,9 @@ def test_calibration_set_files_resolve(monkeypatch):
         assert load_calibration_set(f).samples >= 1
     lite0 = load_recipe("recipes/efficientnet_lite0_imagenet.yaml")
     o = resolve_options(lite0, {})
-    assert (o.calib, o.calib_samples, o.calib_method) == ("../shared/data/imagenet-samples", 250, "percentile")
-    assert o.calib_set == "calibration/imagenet_samples.yaml"
+    assert (o.calib, o.calib_samples, o.calib_method) == (None, 512, "percentile")  # pools, not one folder
+    assert o.calib_set == "calibration/imagenet_pools.yaml" and len(o.calib_pools.pools) == 2
+    assert o.calib_pools.agreement >= 1000  # a tune split that can see a 1% disagreement rate
     o = resolve_options(lite0, {"calib_samples": 100, "calib_method": "minmax"})
     assert (o.calib_samples, o.calib_method) == (100, "minmax")
     fashion = resolve_options(load_recipe("recipes/fashion_mnist.yaml"), {})

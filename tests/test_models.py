@@ -57,3 +57,17 @@ def test_lite0_pretrained_weights_load():
     assert sum(p.numel() for p in m.parameters()) == 4652008
     m10 = create_model("efficientnet_lite0", pretrained=True, num_classes=10)
     assert m10._fc.out_features == 10
+
+
+def test_the_pretrained_preprocessing_travels_with_the_model():
+    from edgecv.models import model_cfg
+
+    sizes = {n: model_cfg(f"efficientnet_lite{n}")["input_size"] for n in range(3)}
+    assert sizes == {0: 224, 1: 240, 2: 260}
+    lite = model_cfg("efficientnet_lite2")
+    assert lite["resize"] == 297 and lite["mean"] == [127 / 255] * 3 and lite["std"] == [128 / 255] * 3  # TF style
+    assert model_cfg("resnet18")["mean"] == [0.485, 0.456, 0.406]  # torchvision's ImageNet statistics
+    model_cfg("resnet18")["mean"].append(0)  # a copy: the registry's own entry is untouched
+    assert len(model_cfg("resnet18")["mean"]) == 3
+    with pytest.raises(ModelError, match="unknown model 'nope'"):
+        model_cfg("nope")

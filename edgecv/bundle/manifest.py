@@ -18,6 +18,8 @@ from edgecv.metrics import Budget
 from edgecv.utils.outputs import OutputKind
 
 FORMAT_VERSION = 1
+# The precisions an artefact (or a device's run of one) can have; bf16 is a CPU's run of the fp32 artefact.
+PRECISIONS = ("int8", "bf16", "fp16", "fp32")
 MAX_MANIFEST_BYTES = 16 << 20
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 

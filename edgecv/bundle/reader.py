@@ -109,7 +109,8 @@ class Bundle:
         if precision:
             arts = [a for a in arts if a["precision"] == precision]
         elif target in self.manifest.get("default", {}):
-            arts = [a for a in arts if a["file"] == self.manifest["default"][target]["file"]]
+            d = self.manifest["default"][target]  # its precision too: bf16 runs the fp32 artefact's file
+            arts = [a for a in arts if a["file"] == d["file"] and a["precision"] == d.get("precision", a["precision"])]
         if not arts:
             raise BundleError(f"{self.root}: no {precision or 'default'} artefact for target {target!r}")
         return arts[0]

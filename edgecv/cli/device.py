@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import click
 
+from edgecv.bundle.manifest import PRECISIONS
 from edgecv.cli.types import BackendChoice, new_dir_or_missing, options_from
 from edgecv.utils.limits import FPS_RANGE
 
@@ -105,7 +106,7 @@ def verify(bundle, backend, iters, record, as_json, dla_core):
               help="Comma list of batch sizes, e.g. 1,8.")
 @click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True)
 @click.option("--iters", type=click.IntRange(min=1), default=200, show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "int8"]), default=None,
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Artefact precision; default: the manifest's choice.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--json", "as_json", is_flag=True)

@@ -7,6 +7,7 @@ import os
 
 import click
 
+from edgecv.bundle.manifest import PRECISIONS
 from edgecv.cli.types import BackendChoice, new_dir_or_missing, options_from
 
 
@@ -45,7 +46,7 @@ def train(recipe, out_dir, overrides, resume):
               help="For bundles: auto (the fastest target that runs here) or a target.")
 @click.option("--dla", "dla_core", type=click.IntRange(min=-1), default=-1,
               help="For bundles: run the TensorRT engine built for DLA core N; -1: the GPU.")
-@click.option("--precision", type=click.Choice(["fp32", "int8"]), default=None,
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="For bundles: this artefact instead of the default (or what verify chose).")
 @click.option("--against-fp32", is_flag=True,
               help="For bundles: also run the fp32 artefact and report agreement, mean KL and worst class drop.")

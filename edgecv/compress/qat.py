@@ -110,47 +110,57 @@ class FinetuneConfig:
     seed: int = 0
 
 
-def finetune(student: nn.Module, teacher: nn.Module, x: np.ndarray, cfg: Optional[FinetuneConfig] = None,
+def _batches(data, batch: int, gen: torch.Generator):
+    """Shuffled batches of the images: an array (augmented here by flips and shifts) or a Dataset of ``(image,
+    label)`` whose own transform augments (the pooled photographs' random resized crops)."""
+    if isinstance(data, np.ndarray):
+        x = torch.from_numpy(data)
+        order = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), batch):
+            yield augment(x[order[i: i + batch]], gen)
+        return
+    loader = torch.utils.data.DataLoader(data, batch, shuffle=True, generator=gen, drop_last=False)
+    for xb, _ in loader:
+        yield xb
+
+
+def finetune(student: nn.Module, teacher: nn.Module, x, cfg: Optional[FinetuneConfig] = None,
              check: Optional[Callable[[nn.Module], Dict]] = None, show_progress: bool = True, **fields) -> QatResult:
-    """Distil ``teacher`` (fp32) into the fake-quantized ``student`` on the unlabelled images ``x``; ``check``
-    (called after each epoch) reports fidelity on images the training never saw. The schedule comes as a
-    :class:`FinetuneConfig`, or as its fields by name."""
-    c = replace(cfg or FinetuneConfig(), **fields)
-    epochs, lr, batch, temperature, seed = c.epochs, c.lr, c.batch, c.temperature, c.seed
+    """Distil ``teacher`` (fp32) into the fake-quantized ``student`` on the unlabelled images ``x`` (an array of
+    inputs, or a Dataset of augmented views); ``check`` (called after each epoch) reports fidelity on images the
+    training never saw. The schedule comes as a :class:`FinetuneConfig`, or as its fields by name."""
     from tqdm import tqdm
 
+    c = replace(cfg or FinetuneConfig(), **fields)
     teacher = teacher.eval()
     # eval mode while training: BatchNorm statistics stay frozen (a few hundred images must not re-estimate them)
     # and dropout / drop-connect stay off, so the student is pulled toward what the deployed int8 model computes
     student.eval()
     # SGD, not Adam: its steps shrink with the gradient, and the student starts close to the teacher (Adam's
     # normalised steps of size lr knocked a near-perfect int8 model far off on the first epoch)
-    opt = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=lr, momentum=0.9)
-    gen = torch.Generator().manual_seed(seed)
-    data = torch.from_numpy(x)
-    history, steps = [], 0
-    for epoch in range(epochs):
-        order = torch.randperm(len(data), generator=gen)
+    opt = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=c.lr, momentum=0.9)
+    gen = torch.Generator().manual_seed(c.seed)
+    history, steps, n = [], 0, len(x)
+    for epoch in range(c.epochs):
         total = 0.0
-        for i in tqdm(range(0, len(data), batch), desc=f"QAT epoch {epoch + 1}/{epochs}", leave=False,
-                      disable=not show_progress):
-            xb = augment(data[order[i: i + batch]], gen)
+        for xb in tqdm(_batches(x, c.batch, gen), total=(n + c.batch - 1) // c.batch, leave=False,
+                       desc=f"QAT epoch {epoch + 1}/{c.epochs}", disable=not show_progress):
             with torch.no_grad():
-                t = F.log_softmax(teacher(xb) / temperature, 1)
-            s = F.log_softmax(student(xb) / temperature, 1)
-            loss = F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2
+                t = F.log_softmax(teacher(xb) / c.temperature, 1)
+            s = F.log_softmax(student(xb) / c.temperature, 1)
+            loss = F.kl_div(s, t, log_target=True, reduction="batchmean") * c.temperature ** 2
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(xb)
             steps += 1
-        rec = {"epoch": epoch + 1, "kl": total / len(data)}
+        rec = {"epoch": epoch + 1, "kl": total / n}
         if check is not None:
             rec.update(check(student))
         log.info("QAT epoch %d: %s", epoch + 1, rec)
         history.append(rec)
     student.eval()
-    return QatResult(epochs, steps, lr, history)
+    return QatResult(c.epochs, steps, c.lr, history)
 
 
 def strip_fake_quant(student: nn.Module) -> nn.Module:

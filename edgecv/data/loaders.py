@@ -100,6 +100,28 @@ def _split_indices(n: int, holdout: float, seed: int) -> Tuple[List[int], List[i
     return sorted(idx[k:]), sorted(idx[:k])
 
 
+def content_hash(path: str) -> str:
+    """sha256 of a file's bytes: an image's identity whatever its name or folder (splits, disjointness)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_holdout(digest: str, holdout: float) -> bool:
+    """Whether the image of sha256 ``digest`` is held out: its first 32 bits, as a fraction, below ``holdout``."""
+    return int(digest[:8], 16) / 2 ** 32 < holdout
+
+
+def _hash_split(images: ImageList, holdout: float) -> Tuple[List[int], List[int]]:
+    """(train, held out) indices by content hash: stable under renames, reordering and new images elsewhere."""
+    held = [hash_holdout(content_hash(p), holdout) for p, _ in images.samples]
+    return [i for i, h in enumerate(held) if not h], [i for i, h in enumerate(held) if h]
+
+
 def build_dataset(cfg: DataConfig, split: str, seed: int = 0, train_aug: Optional[bool] = None) -> Dataset:
     """``split`` is train | val. ``train_aug`` defaults to True for train."""
     aug = (split == "train") if train_aug is None else train_aug
@@ -116,7 +138,8 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0, train_aug: Optiona
         return ImageFileDataset(list_image_folder(root / split), cfg.channels, tf)
     images = list_wnid_folder(root) if cfg.kind == "wnid_folder" else list_image_folder(root)
     if cfg.holdout > 0:
-        train_idx, val_idx = _split_indices(len(images), cfg.holdout, seed)
+        train_idx, val_idx = (_hash_split(images, cfg.holdout) if cfg.split == "hash"
+                              else _split_indices(len(images), cfg.holdout, seed))
         images = images.subset(train_idx if split == "train" else val_idx)
         if len(images) == 0:
             raise DatasetError(f"{root}: the {split} split is empty (holdout={cfg.holdout})")

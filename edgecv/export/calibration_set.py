@@ -12,17 +12,36 @@ on the same images::
 ``edgecv export --calib calibration/X.yaml`` (or ``export.calib`` in a recipe) uses it; ``--calib-samples``
 and ``--calib-method`` on the command line still win. Relative ``images`` paths resolve against the working
 directory, as recipe data paths do.
+
+Instead of one folder, a set can draw on **pools**: several folders of photographs, labelled or not (labels are
+never read: agreement with fp32 needs none), each with how many images to take (seeded)::
+
+    pools:
+      - {images: ../shared/data/imagenette, take: 2000}
+      - {images: ../shared/data/caltech101, take: 3500}
+    samples: 512        # of the pooled images, these calibrate
+    agreement: 1200     # these join the tune split, for top-1 agreement with fp32 (never top-1: no labels)
+    qat: 3000           # these (disjoint from the agreement images) train the QAT rung
+
+Pooled images are kept disjoint from every evaluation and tune image by content hash, and the manifest records
+what came from which pool and went to which use (edgecv.export.pools).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 from edgecv.errors import RecipeError
 from edgecv.recipe import CALIB_METHODS, _build
 from edgecv.utils.yaml_files import read_yaml_mapping
+
+
+@dataclass
+class Pool:
+    images: str
+    take: Optional[int] = None  # how many images to draw (seeded); None: all of them
 
 
 @dataclass
@@ -32,6 +51,9 @@ class CalibrationSet:
     samples: int = 256
     method: str = "minmax"
     seed: int = 0
+    pools: List[Pool] = field(default_factory=list)
+    agreement: int = 0  # pooled images added to the tune split (agreement with fp32 only)
+    qat: int = 0  # pooled images the QAT rung trains on (0: the calibration images)
 
 
 def is_definition(path: Optional[str]) -> bool:
@@ -49,4 +71,15 @@ def load_calibration_set(path: str | os.PathLike) -> CalibrationSet:
         raise RecipeError(f"{path}: samples: must be >= 1, got {cs.samples}")
     if cs.images is not None and not Path(cs.images).is_dir():
         raise RecipeError(f"{path}: images: {cs.images} is not a folder")
+    if cs.images is not None and cs.pools:
+        raise RecipeError(f"{path}: give images (one folder) or pools, not both")
+    for i, pool in enumerate(cs.pools):
+        if not Path(pool.images).is_dir():
+            raise RecipeError(f"{path}: pools[{i}].images: {pool.images} is not a folder")
+        if pool.take is not None and pool.take < 1:
+            raise RecipeError(f"{path}: pools[{i}].take: must be >= 1, got {pool.take}")
+    if (cs.agreement or cs.qat) and not cs.pools:
+        raise RecipeError(f"{path}: agreement and qat draw on pools: name some")
+    if cs.agreement < 0 or cs.qat < 0:
+        raise RecipeError(f"{path}: agreement and qat must be >= 0")
     return cs

@@ -5,7 +5,7 @@ import logging
 import os
 import random
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import List, Optional, Set, Tuple
 
 import numpy as np
 import torch
@@ -70,29 +70,18 @@ def materialise(ds, indices, desc: str, show_progress: bool) -> Tuple[np.ndarray
     return np.stack(xs).astype(np.float32), np.asarray(ys, dtype=np.int64)
 
 
-def calib_and_eval_sets(cfg: DataConfig, calib: Optional[str], eval_path: Optional[str], calib_samples: int,
-                        eval_limit: Optional[int], seed: int = 0,
-                        show_progress: bool = True) -> Tuple[ArraySet, ArraySet]:
-    """Pick ``calib_samples`` calibration images (``calib`` folder or the recipe's training split) and the
-    evaluation set (``eval_path`` or the recipe's held-out split), with no image in both."""
-    cal_ds = dataset_for_path(calib, cfg) if calib else build_dataset(cfg, "train", seed, train_aug=False)
+def evaluation_images(cfg: DataConfig, eval_path: Optional[str], limit: Optional[int], exclude: Set[str] = frozenset(),
+                      show_progress: bool = True, seed: int = 0) -> ArraySet:
+    """The labelled held-out images (``eval_path`` or the recipe's held-out split), leaving out any image whose
+    content is in ``exclude`` (calibration images)."""
     ev_ds = dataset_for_path(eval_path, cfg) if eval_path else build_dataset(cfg, "val", seed)
-    if len(cal_ds) == 0:
-        raise DatasetError(f"{calib or cfg.path}: no calibration images")
-    order = list(range(len(cal_ds)))
-    random.Random(seed).shuffle(order)
-    cal_idx = sorted(order[: min(calib_samples, len(order))])
-    cal_files, ev_files = _files(cal_ds), _files(ev_ds)
-    # Disjointness is enforced by content, not by path strings (a relative and an absolute spelling of one
-    # folder, a symlink or a copied file are the same image).
-    cal_ids = [sample_identity(cal_ds, i) for i in cal_idx]
-    used = set(cal_ids)
+    ev_files = _files(ev_ds)
     ev_idx, ev_ids, overlap = [], [], 0
     for i in range(len(ev_ds)):
-        if eval_limit and len(ev_idx) >= eval_limit:
+        if limit and len(ev_idx) >= limit:
             break
         ident = sample_identity(ev_ds, i)
-        if ident in used:
+        if ident in exclude:
             overlap += 1
             continue
         ev_idx.append(i)
@@ -102,14 +91,56 @@ def calib_and_eval_sets(cfg: DataConfig, calib: Optional[str], eval_path: Option
                            "lower --calib-samples or pass a separate --eval folder")
     if overlap:
         log.warning("%d evaluation image(s) are also calibration images: left out of the evaluation", overlap)
-    cx, cy = materialise(cal_ds, cal_idx, "calibration images", show_progress)
     ex, ey = materialise(ev_ds, ev_idx, "evaluation images", show_progress)
     if (ey < 0).all():
         raise DatasetError(f"{eval_path or cfg.path}: evaluation images have no labels "
                            "(use an ImageFolder tree or a folder with classes.tsv)")
-    return (ArraySet(cx, cy, [cal_files[i] for i in cal_idx] if cal_files else [], str(calib or cfg.path), cal_ids),
-            ArraySet(ex, ey, [ev_files[i] for i in ev_idx] if ev_files else [], str(eval_path or cfg.path), ev_ids,
-                     list(getattr(ev_ds, "classes", []) or []), overlap))
+    return ArraySet(ex, ey, [ev_files[i] for i in ev_idx] if ev_files else [], str(eval_path or cfg.path), ev_ids,
+                    list(getattr(ev_ds, "classes", []) or []), overlap)
+
+
+def calib_and_eval_sets(cfg: DataConfig, calib: Optional[str], eval_path: Optional[str], calib_samples: int,
+                        eval_limit: Optional[int], seed: int = 0,
+                        show_progress: bool = True) -> Tuple[ArraySet, ArraySet]:
+    """Pick ``calib_samples`` calibration images (``calib`` folder or the recipe's training split) and the
+    evaluation set (``eval_path`` or the recipe's held-out split), with no image in both."""
+    cal_ds = dataset_for_path(calib, cfg) if calib else build_dataset(cfg, "train", seed, train_aug=False)
+    if len(cal_ds) == 0:
+        raise DatasetError(f"{calib or cfg.path}: no calibration images")
+    order = list(range(len(cal_ds)))
+    random.Random(seed).shuffle(order)
+    cal_idx = sorted(order[: min(calib_samples, len(order))])
+    cal_files = _files(cal_ds)
+    # Disjointness is enforced by content, not by path strings (a relative and an absolute spelling of one
+    # folder, a symlink or a copied file are the same image).
+    cal_ids = [sample_identity(cal_ds, i) for i in cal_idx]
+    ev = evaluation_images(cfg, eval_path, eval_limit, set(cal_ids), show_progress, seed)
+    cx, cy = materialise(cal_ds, cal_idx, "calibration images", show_progress)
+    return ArraySet(cx, cy, [cal_files[i] for i in cal_idx] if cal_files else [], str(calib or cfg.path), cal_ids), ev
+
+
+def pooled_images(drawn: List[Tuple[str, str, str]], cfg: DataConfig, desc: str, show_progress: bool = True,
+                  train: bool = False):
+    """Pooled images (``(path, sha256, pool)``) as an ArraySet of centre crops, or (``train``) as a Dataset of
+    augmented views for the QAT rung (the recipe's augmentation, else random resized crops and flips)."""
+    from edgecv.data.folders import ImageList
+    from edgecv.data.transforms import eval_transform, train_transform
+
+    images = ImageList([(p, -1) for p, _, _ in drawn], [], desc)
+    if train:
+        aug = cfg if cfg.augment.random_resized_crop else _qat_augment(cfg)
+        return ImageFileDataset(images, cfg.channels, train_transform(aug))
+    ds = ImageFileDataset(images, cfg.channels, eval_transform(cfg))
+    x, y = materialise(ds, range(len(ds)), desc, show_progress)
+    return ArraySet(x, y, [p for p, _, _ in drawn], desc, [d for _, d, _ in drawn])
+
+
+def _qat_augment(cfg: DataConfig) -> DataConfig:
+    import copy
+
+    c = copy.deepcopy(cfg)
+    c.augment.random_resized_crop, c.augment.hflip = [0.35, 1.0], 0.5
+    return c
 
 
 def split_off(s: ArraySet, fraction: float, seed: int = 0) -> Tuple[ArraySet, ArraySet]:

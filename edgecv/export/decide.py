@@ -20,7 +20,7 @@ def corruption_failures(rep: Dict, opts: ExportConfig) -> List[str]:
         return []
     out = []
     for k, s in rep["summary"].items():
-        if k.endswith("int8") or "int8 " in k:
+        if k.endswith(("int8", "bf16")) or "int8 " in k:
             if s["worst_extra_drop"] > opts.max_corruption_drop:
                 out.append(f"{k} under {s['worst']}: {s['worst_extra_drop']:.2f} points below fp32 beyond its clean "
                            f"drop (budget --max-corruption-drop {opts.max_corruption_drop}, {rep['images']} images)")
@@ -41,7 +41,9 @@ def choose_cpu_default(artifacts: List[Dict], default: Dict) -> Optional[Dict]:
 
 
 def choose_defaults(artifacts: List[Dict], ref_top1: float, max_drop: float) -> Dict:
-    """Per target, the fastest artefact within the accuracy budget; int8 slower than fp32 is not the default."""
+    """Per target, the fastest artefact within the accuracy budget (fp32, int8, and bf16 where measured); an int8 or
+    bf16 artefact slower than fp32 is not the default. A target whose speed is measured on the device (TensorRT)
+    defaults to its explicit int8."""
     default = {}
     for target in sorted({a["target"] for a in artifacts}):
         arts = [a for a in artifacts if a["target"] == target]
@@ -50,13 +52,11 @@ def choose_defaults(artifacts: List[Dict], ref_top1: float, max_drop: float) -> 
         if not targets.get(target).host_latency:
             pick, why = (int8, f"explicit int8 Q/DQ ({target} latency is measured on the device: edgecv verify)") \
                 if int8 else (fp32, "no int8 artefact")
-        elif int8 is None:
-            pick, why = fp32, "no int8 artefact"
-        elif int8["latency_ms"] < fp32["latency_ms"]:
-            pick, why = int8, (f"int8 {int8['latency_ms']:.3f} ms < fp32 {fp32['latency_ms']:.3f} ms, "
-                               f"top-1 {int8['top1']:.4f} within {max_drop} points of {ref_top1:.4f}")
         else:
-            pick, why = fp32, (f"int8 is slower on this CPU ({int8['latency_ms']:.3f} ms vs fp32 "
-                               f"{fp32['latency_ms']:.3f} ms): fp32 stays the default")
+            pick = min(arts, key=lambda a: (a["latency_ms"], a["precision"] != "fp32"))
+            others = ", ".join(f"{a['precision']} {a['latency_ms']:.3f} ms" for a in arts if a is not pick)
+            why = f"{pick['precision']} {pick['latency_ms']:.3f} ms, the fastest" + (f" (vs {others})" if others else "")
+            if pick is not fp32:
+                why += f"; top-1 {pick['top1']:.4f} within {max_drop} points of {ref_top1:.4f}"
         default[target] = {"file": pick["file"], "precision": pick["precision"], "reason": why}
     return default

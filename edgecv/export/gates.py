@@ -17,13 +17,15 @@ from edgecv.runtime.latency import measure_interleaved
 log = logging.getLogger("edgecv.export")
 
 
-def host_backend(path: str | os.PathLike, target=None, threads: int = 2):
+def host_backend(path: str | os.PathLike, target=None, threads: int = 2, precision: Optional[str] = None):
     """The runtime that judges ``path`` on the export host: the target's own backend when the target runs on
-    this kind of host (``host_latency``), else ONNX Runtime (TensorRT's Q/DQ ONNX, measured on the device)."""
+    this kind of host (``host_latency``), else ONNX Runtime (TensorRT's Q/DQ ONNX, measured on the device).
+    ``precision="bf16"``: the fp32 file run at bf16 (a CPU runtime that offers it)."""
     from edgecv import targets
 
     t = target if target is not None and target.host_latency else targets.host_reference()
-    return t.backend_class().for_file(str(path), threads=threads)[0]
+    kw = {"precision": "bf16"} if precision == "bf16" else {}
+    return t.backend_class().for_file(str(path), threads=threads, **kw)[0]
 
 
 def onnx_logits(path: str | os.PathLike, x: np.ndarray, batch: int = 64, threads: int = 2, target=None) -> np.ndarray:
@@ -164,10 +166,10 @@ def host_p50(candidates: Dict[str, str | os.PathLike], target, batch: np.ndarray
 
 
 def speed_gate(models: Dict[str, tuple], batch: np.ndarray, threads: int = 2, iters: int = 200) -> Dict[str, Dict]:
-    """Batch-1 latency on this CPU, interleaved; ``models`` maps a label to ``(file, target or None)``, each run
-    by the runtime that judges it here (``host_backend``)."""
+    """Batch-1 latency on this CPU, interleaved; ``models`` maps a label to ``(file, target or None[, precision])``,
+    each run by the runtime that judges it here (``host_backend``)."""
     one = np.ascontiguousarray(batch[:1])
-    backends = {k: host_backend(p, t, threads) for k, (p, t) in models.items()}
+    backends = {k: host_backend(m[0], m[1], threads, *m[2:]) for k, m in models.items()}
     try:
         fns = {k: (lambda be=be: be.infer(one)) for k, be in backends.items()}
         # settle: one runtime's spinning worker threads must not slow the next candidate (tools/ort_tuning.py)

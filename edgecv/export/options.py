@@ -21,6 +21,7 @@ def resolve_options(recipe: Optional[Recipe], flags: Dict) -> ExportConfig:
         # A calibration set file overrides the recipe's calib_* fields; explicit flags still win.
         cs = load_calibration_set(cfg.calib)
         cfg.calib_set, cfg.calib, cfg.calib_seed = cfg.calib, cs.images, cs.seed
+        cfg.calib_pools = cs if cs.pools else None
         if flags.get("calib_samples") is None:
             cfg.calib_samples = cs.samples
         if flags.get("calib_method") is None:

@@ -68,7 +68,8 @@ class ExportRun:
     tmp: Path = None
     work: Path = None
     cal: Any = None  # calibration images (edgecv.export.data.ArraySet)
-    qat_images: Any = None  # what the QAT rung trains on (unlabelled)
+    qat_images: Any = None  # what the QAT rung trains on (unlabelled): the calibration images, or pooled ones
+    agree: Any = None  # pooled images that join the tune split for agreement with fp32 (no labels)
     tune: Any = None  # edgecv.export.gates.TuneSplit
     ev: Any = None  # the evaluation split: every reported number, nothing chosen on it
     teacher: Any = None
@@ -133,6 +134,7 @@ def _stages(run: ExportRun) -> Dict:
     export_fp32(run)
     if run.opts.int8:
         quantize_int8(run)
+    bf16(run)
     check_fp32_drop(run)
     refuse_if(run.failures)  # before the robustness report (199 s of a 10-minute Lite0 export) it would discard
     robustness_report(run)
@@ -163,16 +165,25 @@ def load(source: str, flags: Dict, overrides: List[str], show_progress: bool) ->
 
 
 def image_sets(run: ExportRun) -> None:
-    """Calibration and evaluation images, disjoint by content; the tune split taken off the held-out images."""
+    """Calibration and evaluation images, disjoint by content; the tune split taken off the held-out images (and,
+    with pools, pooled images for calibration, the tune split's agreement part and the QAT rung)."""
     from edgecv.data.classes import apply_mapping, match_classes
-    from edgecv.export.data import calib_and_eval_sets, split_off
+    from edgecv.export.data import calib_and_eval_sets, evaluation_images, split_off
 
     opts = run.opts
-    with run.stages("calibration and evaluation images"):
-        cal, ev = calib_and_eval_sets(run.src.data, opts.calib, opts.eval, opts.calib_samples, opts.eval_limit,
-                                      seed=opts.calib_seed, show_progress=run.show_progress)
+    if opts.calib_pools is not None:
+        with run.stages("evaluation images"):
+            ev = evaluation_images(run.src.data, opts.eval, opts.eval_limit, show_progress=run.show_progress,
+                                   seed=opts.calib_seed)
+        cal = None
+    else:
+        with run.stages("calibration and evaluation images"):
+            cal, ev = calib_and_eval_sets(run.src.data, opts.calib, opts.eval, opts.calib_samples, opts.eval_limit,
+                                          seed=opts.calib_seed, show_progress=run.show_progress)
     ev.y = apply_mapping(ev.y, match_classes(ev.classes, run.src.classes, ev.source, run.source))
     tune, ev = split_off(ev, opts.tune_fraction, opts.calib_seed)
+    if cal is None:
+        cal = pooled_sets(run, set(ev.ids) | set(tune.ids))
     overlap = len(set(ev.ids) & set(cal.ids))
     run.summary["calibration"] = {"source": cal.source, "samples": len(cal), "method": opts.calib_method,
                                   "definition": opts.calib_set, **cal.record()}
@@ -182,7 +193,32 @@ def image_sets(run: ExportRun) -> None:
     run.summary["tune"] = {**tune.record(), "used_for": "per-layer fallback (top-1 drop and agreement budget)"}
     if overlap:
         raise ExportError(f"{overlap} evaluation images are also calibration images")  # never reported as held out
-    run.cal, run.qat_images, run.ev, run.tune = cal, cal, ev, tune  # tune: an ArraySet until export_fp32
+    run.cal, run.ev, run.tune = cal, ev, tune  # tune: an ArraySet until export_fp32
+    run.qat_images = run.qat_images or cal
+
+
+def pooled_sets(run: ExportRun, exclude) -> Any:
+    """Calibration images from the calibration set's pools; the pooled agreement images (for the tune split) and the
+    QAT rung's images kept on ``run``; returns the calibration images."""
+    from edgecv.export.data import pooled_images
+    from edgecv.export.pools import draw_pools
+
+    o, cfg, show = run.opts, run.src.data, run.show_progress
+    with run.stages("image pools (calibration, agreement, QAT), disjoint from evaluation and tune by content"):
+        draw = draw_pools(o.calib_pools, exclude, o.calib_samples, o.calib_seed)
+        cal = pooled_images(draw.calibration, cfg, "pooled calibration images", show)
+        run.agree = pooled_images(draw.agreement, cfg, "pooled agreement images", show) if draw.agreement else None
+        run.qat_images = pooled_images(draw.qat, cfg, "pooled QAT images", train=True)
+    run.summary["pools"] = draw.record
+    run.summary["tune_agreement_images"] = {"images": len(draw.agreement), "from": "pools (no labels: agreement only)",
+                                            "members_sha256": _digest([d for _, d, _ in draw.agreement])}
+    return cal
+
+
+def _digest(ids) -> str:
+    from edgecv.export.data import members_digest
+
+    return members_digest(list(ids))
 
 
 def baseline(run: ExportRun) -> None:
@@ -248,9 +284,10 @@ def export_fp32(run: ExportRun) -> None:
         run.summary["onnx_parity"] = compare_with_torch(run.student, str(run.fp32_path), torch.from_numpy(run.ev.x[:32]))
         run.fp32_acc = eval_onnx(run.fp32_path, run.ev.x, run.ev.y) if run.student is not run.teacher else run.base_acc
     run.ref_eval = onnx_logits(run.fp32_path, run.ev.x)
-    t = run.tune
-    run.tune = TuneSplit(t.x, t.y, eval_onnx(run.base_onnx, t.x, t.y)["top1"], onnx_logits(run.fp32_path, t.x),
-                         run.cal.x[: min(64, len(run.cal))])
+    t, ax = run.tune, run.agree.x if run.agree is not None else None
+    run.tune = TuneSplit(t.x, t.y, eval_onnx(run.base_onnx, t.x, t.y)["top1"], None, run.cal.x[: min(64, len(run.cal))],
+                         ax)
+    run.tune.ref_logits = onnx_logits(run.fp32_path, run.tune.inputs())
     run.gate = AccuracyGate(run.tune, Budget(run.opts.max_drop, run.opts.min_agreement), run.work, run.show_progress)
     run.artifacts = [{"file": FP32_MODEL, "target": tn, "precision": "fp32", **run.fp32_acc,
                       **fidelity(run.ref_eval, run.ref_eval, run.ev.y), "fallback_layers": [], "calibration": None}
@@ -268,6 +305,17 @@ def quantize_int8(run: ExportRun) -> None:
             run.calibs[m] = calibrate(run.fp32_path, run.cal.x, m, bias_correction=o.bias_correction)
     for target in o.targets:
         run.artifacts.append(int8_artefact(run, target, run.calibs))
+
+
+def bf16(run: ExportRun) -> None:
+    """bf16 artefacts of the CPU targets whose runtime runs bf16 on this host (edgecv.export.bf16)."""
+    from edgecv.export.bf16 import bf16_artefact
+
+    for target in run.opts.targets:
+        with run.stages(f"bf16 {target}: the fp32 model at bf16, on the tune split"):
+            art = bf16_artefact(run, target)
+        if art is not None:
+            run.artifacts.append(art)
 
 
 def check_fp32_drop(run: ExportRun) -> None:
@@ -296,7 +344,8 @@ def speed_and_defaults(run: ExportRun) -> None:
         # a device-built target's number here is its ONNX under ONNX Runtime on this CPU, reported but never
         # used to choose its default
         models = {"baseline_fp32": (run.base_onnx, None)}
-        models.update({_label(a): (run.tmp / a["file"], targets.get(a["target"])) for a in run.artifacts})
+        models.update({_label(a): (run.tmp / a["file"], targets.get(a["target"]), a["precision"])
+                       for a in run.artifacts})
         lat = speed_gate(models, run.ev.x)
     run.summary["baseline"]["latency_ms"] = lat["baseline_fp32"]["p50_ms"]
     for a in run.artifacts:
@@ -345,9 +394,10 @@ def robustness(tmp: Path, unpruned: Optional[Path], artifacts: List[Dict], ev, s
     if unpruned is not None:
         backends["unpruned fp32"] = host_backend(unpruned)
     for a in artifacts:
-        if a["precision"] == "int8":
+        if a["precision"] in ("int8", "bf16"):
             t = targets.get(a["target"])
-            backends[f"{t.name} int8" + ("" if t.host_latency else " (on ONNX Runtime)")] = host_backend(tmp / a["file"], t)
+            label = f"{t.name} {a['precision']}" + ("" if t.host_latency else " (on ONNX Runtime)")
+            backends[label] = host_backend(tmp / a["file"], t, precision=a["precision"])
     try:
         rep = corruption_report({k: be.infer for k, be in backends.items()}, "fp32", to_pixels(ev.x[:n], spec),
                                 ev.y[:n], spec, parse_names(opts.corruptions), severities(opts.corruption_severities),
@@ -361,7 +411,7 @@ def robustness(tmp: Path, unpruned: Optional[Path], artifacts: List[Dict], ev, s
 
 
 def _label(a: Dict) -> str:
-    return f"{a['target']}:{a['file']}"
+    return f"{a['target']}:{a['file']}:{a['precision']}"
 
 
 def _engine_plan(opts: ExportConfig) -> Dict:

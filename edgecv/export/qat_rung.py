@@ -37,8 +37,8 @@ def run_qat(student: torch.nn.Module, cal, tune, ref_tune: np.ndarray, opts: Exp
 
     q = prepare_qat(student, cal.x[: min(len(cal), 256)])
     before = check(q.eval())["tune_agreement_fake_quant"]
-    res = finetune(q, student, images.x, epochs=opts.qat_epochs, lr=opts.qat_lr, seed=opts.calib_seed, check=check,
-                   show_progress=show_progress)
+    res = finetune(q, student, images.x if hasattr(images, "x") else images, epochs=opts.qat_epochs, lr=opts.qat_lr,
+                   seed=opts.calib_seed, check=check, show_progress=show_progress)
     path = work / "qat_fp32.onnx"
     export_onnx(strip_fake_quant(q), path, shape, opts.opset)
     # No bias correction here: QAT trained the weights for their own rounding, and correcting (W_q - W).E[x] again

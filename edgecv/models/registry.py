@@ -9,19 +9,33 @@ from typing import Callable, Dict, List
 from edgecv.errors import ModelError
 
 _REGISTRY: Dict[str, Callable] = {}
+_CFG: Dict[str, Dict] = {}
+
+# What a torchvision ImageNet model expects; a family with other pretrained preprocessing registers its own.
+IMAGENET_CFG = {"input_size": 224, "resize": 256, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
-def register_model(fn: Callable = None, *, name: str | None = None):
-    """Register a factory ``fn(num_classes=..., pretrained=..., **args) -> nn.Module``. Duplicates are refused."""
+def register_model(fn: Callable = None, *, name: str | None = None, cfg: Dict | None = None):
+    """Register a factory ``fn(num_classes=..., pretrained=..., **args) -> nn.Module``, with the preprocessing its
+    pretrained weights expect (``cfg``: input_size, resize, mean, std; default ``IMAGENET_CFG``). Duplicates are
+    refused."""
 
     def wrap(f: Callable) -> Callable:
         key = name or f.__name__
         if key in _REGISTRY:
             raise ModelError(f"model {key!r} is already registered (by {_REGISTRY[key].__module__})")
         _REGISTRY[key] = f
+        _CFG[key] = {**IMAGENET_CFG, **(cfg or {})}
         return f
 
     return wrap(fn) if fn is not None else wrap
+
+
+def model_cfg(name: str) -> Dict:
+    """The preprocessing the pretrained weights of ``name`` expect (a copy)."""
+    if name not in _CFG:
+        raise ModelError(f"unknown model {name!r} (known: {', '.join(sorted(_REGISTRY))})")
+    return {k: list(v) if isinstance(v, list) else v for k, v in _CFG[name].items()}
 
 
 def list_models() -> List[str]:

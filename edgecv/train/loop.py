@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -262,10 +263,64 @@ def _epoch(r: _Run, epoch: int, net, epoch_log) -> Dict:
     return ev
 
 
+@torch.no_grad()
+def _features(model: nn.Module, dataset, batch: int, desc: str, show_progress: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(features before the head, labels) of every image of ``dataset``, the model in eval mode."""
+    from tqdm import tqdm
+
+    from edgecv.models.heads import find_head
+
+    name, head = find_head(model)
+    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    setattr(parent, name.rsplit(".", 1)[-1], nn.Identity())
+    model.eval()
+    feats, labels = [], []
+    try:
+        loader = torch.utils.data.DataLoader(dataset, batch, shuffle=False)
+        for x, y in tqdm(loader, desc=desc, leave=False, disable=not show_progress, dynamic_ncols=True):
+            feats.append(model(x).flatten(1))
+            labels.append(torch.as_tensor(y))
+    finally:
+        setattr(parent, name.rsplit(".", 1)[-1], head)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def _fit_head(r: _Run) -> Dict:
+    """The head alone on features of the frozen backbone, computed once over the training images (no augmentation):
+    a linear classifier in seconds, before the whole network is fine-tuned."""
+    from edgecv.data.loaders import build_dataset
+    from edgecv.models.heads import find_head
+
+    cfg, t0 = r.recipe.train, time.time()
+    batch, show = r.recipe.data.eval_batch_size, r.show_progress and r.rank0
+    fx, fy = _features(r.model, build_dataset(r.recipe.data, "train", cfg.seed, train_aug=False), batch,
+                       "head: train features", show)
+    vx, vy = _features(r.model, r.loaders[1].dataset, batch, "head: val features", show)
+    head = find_head(r.model)[1]
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.head_lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    for _ in range(cfg.head_epochs):
+        for idx in torch.randperm(len(fy), generator=gen).split(256):
+            loss = nn.functional.cross_entropy(head(fx[idx]), fy[idx], label_smoothing=cfg.label_smoothing)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        rec = {"phase": "head (cached features)", "epochs": cfg.head_epochs,
+               "train_top1": float((head(fx).argmax(1) == fy).float().mean()),
+               "val_top1": float((head(vx).argmax(1) == vy).float().mean()), "seconds": round(time.time() - t0, 1)}
+    if r.rank0:
+        log.info("head on cached features: train top1 %.4f, val top1 %.4f (%.0fs)", rec["train_top1"],
+                 rec["val_top1"], rec["seconds"])
+    return rec
+
+
 def _train(recipe: Recipe, out: Path, resume: bool, show_progress: bool, dist_info: Dict) -> Dict:
     r = _setup(recipe, out, show_progress, dist_info)
     if resume:
         _resume(r)
+    elif recipe.train.head_epochs:
+        r.history.append(_fit_head(r))
     epoch_log = EpochLog(out, recipe.train.log_format)
     if r.rank0:
         epoch_log.reset_after(r.start_epoch - 1)

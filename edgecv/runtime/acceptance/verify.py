@@ -11,7 +11,7 @@ that fails to build, to load or to meet the budget is never chosen, and the repo
 from __future__ import annotations
 
 import logging
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -42,53 +42,61 @@ def measure(be, x: np.ndarray, y: np.ndarray, ref: np.ndarray, iters: int) -> Di
             "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"]}
 
 
-def verify(bundle_dir, backend: str = "auto", iters: int = 50, record: bool = True, dla_core: int = -1) -> Dict:
-    """Check every precision this device can run against the golden vectors; choose and record the fastest
-    within the fidelity budget. Returns the report; ``chosen`` is None when no precision passes."""
-    from edgecv.bundle.golden import load_golden
-    from edgecv.bundle.reader import open_bundle
+def _candidate(bundle, target, prec: str, golden, budget: Budget, opts: Dict) -> Dict:
+    """One precision of one target against the golden vectors: its row (passed / failed, and why)."""
     from edgecv.runtime.backends.select import open_backend
 
-    bundle = open_bundle(bundle_dir)
-    x, y, ref = load_golden(bundle)
-    budget = Budget.from_dict(bundle.manifest["golden"]["budget"])  # range-checked when the bundle was opened
-    ref_top1 = top1(ref, y)
-    chosen_targets = targets.auto_order() if backend == "auto" else [targets.get(backend)]
-    rows: List[Dict] = []
-    for t in chosen_targets:
-        cls = t.backend_class()
-        ok, why = cls.available()
-        if not ok:
-            rows.append({"target": t.name, "precision": "-", "status": "unavailable", "reason": why})
-            continue
-        for prec in cls.precisions(bundle):
-            row: Dict = {"target": t.name, "precision": prec}
-            try:
-                be, info = open_backend(bundle, t.name, prec, dla_core=dla_core)
-            except (*USER_ERRORS(), DeviceError, RuntimeError, OSError) as e:
-                rows.append({**row, "status": "failed", "reason": f"could not build or load: {e}"})
-                continue
-            try:
-                row.update(file=info["file"], **measure(be, x, y, ref, iters))
-            except (*USER_ERRORS(), DeviceError, RuntimeError) as e:
-                rows.append({**row, "status": "failed", "reason": f"inference failed: {e}"})
-                continue
-            finally:
-                be.close()
-            drop = (ref_top1 - row["top1"]) * 100
-            row["top1_drop"] = drop
-            problems = ([] if row["finite"] else ["non-finite or misshaped logits"]) + \
-                budget.problems(ref_top1, row["top1"], row["agreement"])
-            row["status"] = "failed" if problems else "passed"
-            row["reason"] = "; ".join(problems)
-            rows.append(row)
+    x, y, ref, ref_top1 = golden
+    row: Dict = {"target": target.name, "precision": prec}
+    try:
+        be, info = open_backend(bundle, target.name, prec, dla_core=opts["dla_core"])
+    except (*USER_ERRORS(), DeviceError, RuntimeError, OSError) as e:
+        return {**row, "status": "failed", "reason": f"could not build or load: {e}"}
+    try:
+        row.update(file=info["file"], **measure(be, x, y, ref, opts["iters"]))
+    except (*USER_ERRORS(), DeviceError, RuntimeError) as e:
+        return {**row, "status": "failed", "reason": f"inference failed: {e}"}
+    finally:
+        be.close()
+    row["top1_drop"] = (ref_top1 - row["top1"]) * 100
+    problems = ([] if row["finite"] else ["non-finite or misshaped logits"]) + \
+        budget.problems(ref_top1, row["top1"], row["agreement"])
+    row["status"], row["reason"] = ("failed" if problems else "passed"), "; ".join(problems)
+    return row
+
+
+def choose(rows: List[Dict]) -> Optional[Dict]:
+    """The fastest row that passed (None: none did); every passing row's reason says why it was or was not chosen.
+    A precision is never chosen for being compressed, only for being within the budget and faster."""
     passing = [r for r in rows if r["status"] == "passed"]
     chosen = min(passing, key=lambda r: r["p50_ms"]) if passing else None
     for r in passing:
         r["reason"] = "chosen: the fastest within the budget" if r is chosen else \
             f"within budget, slower ({r['p50_ms']:.3f} ms vs {chosen['p50_ms']:.3f} ms)"
+    return chosen
+
+
+def verify(bundle_dir, backend: str = "auto", iters: int = 50, record: bool = True, dla_core: int = -1) -> Dict:
+    """Check every precision this device can run against the golden vectors; choose and record the fastest
+    within the fidelity budget. Returns the report; ``chosen`` is None when no precision passes."""
+    from edgecv.bundle.golden import load_golden
+    from edgecv.bundle.reader import open_bundle
+
+    bundle = open_bundle(bundle_dir)
+    x, y, ref = load_golden(bundle)
+    budget = Budget.from_dict(bundle.manifest["golden"]["budget"])  # range-checked when the bundle was opened
+    golden, opts = (x, y, ref, top1(ref, y)), {"iters": iters, "dla_core": dla_core}
+    rows: List[Dict] = []
+    for t in targets.auto_order() if backend == "auto" else [targets.get(backend)]:
+        cls = t.backend_class()
+        ok, why = cls.available()
+        if not ok:
+            rows.append({"target": t.name, "precision": "-", "status": "unavailable", "reason": why})
+            continue
+        rows += [_candidate(bundle, t, prec, golden, budget, opts) for prec in cls.precisions(bundle)]
+    chosen = choose(rows)
     report = {"bundle": str(bundle.root), "manifest_sha256": bundle.manifest["manifest_sha256"],
-              "golden": {"n": int(len(y)), "fp32_top1": ref_top1}, "budget": budget.to_dict(), "candidates": rows,
+              "golden": {"n": int(len(y)), "fp32_top1": golden[3]}, "budget": budget.to_dict(), "candidates": rows,
               "chosen": {**{k: chosen[k] for k in ("target", "precision", "file", "p50_ms", "agreement")},
                          "dla_core": dla_core} if chosen else None}
     if chosen and record:

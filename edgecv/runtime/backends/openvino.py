@@ -6,6 +6,10 @@ dynamic batch on EfficientNet-Lite0, measured), float parts held at f32 (OpenVIN
 AMX; fp32 must answer like fp32), and compiled blobs cached under ``$EDGECV_CACHE/openvino`` so a second start
 skips the compilation.
 
+**bf16** is a precision of its own where the CPU has bf16 units (AMX or AVX-512 BF16: OpenVINO's ``BF16``
+capability): the fp32 artefact run with bf16 inference precision. ``edgecv verify`` measures it against the golden
+vectors like every precision; it is chosen only within the budget and when faster.
+
 The device is ``CPU`` unless ``EDGECV_OPENVINO_DEVICE`` (or ``device=``) names another (``GPU``, ``NPU``).
 """
 from __future__ import annotations
@@ -41,11 +45,11 @@ class OpenVinoBackend(OnnxFileBackend):
     name = "openvino"
 
     def __init__(self, model_path: str, threads: Optional[int] = None, device: Optional[str] = None,
-                 perf_count: bool = False, cache: bool = True):
+                 perf_count: bool = False, cache: bool = True, precision: str = "f32"):
         import openvino as ov
 
         self._ov = ov  # kept: the per-frame path needs ov.Tensor
-        self.path = str(model_path)
+        self.path, self.precision = str(model_path), precision
         self.device = device or os.environ.get("EDGECV_OPENVINO_DEVICE", "CPU")
         self.threads = threads
         self._core = ov.Core()
@@ -61,7 +65,9 @@ class OpenVinoBackend(OnnxFileBackend):
             raise ModelFileError(f"{self.path}: {len(self._model.inputs)} inputs; edgecv models have one")
         self._config = {"PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": bool(perf_count)}
         if self.device == "CPU":
-            self._config["INFERENCE_PRECISION_HINT"] = "f32"
+            if precision not in ("f32", "bf16"):
+                raise ValueError(f"precision must be f32 or bf16, not {precision!r}")
+            self._config["INFERENCE_PRECISION_HINT"] = precision
         if threads and self.device == "CPU":
             self._config["INFERENCE_NUM_THREADS"] = int(threads)
             if int(threads) < usable_cores():
@@ -87,6 +93,42 @@ class OpenVinoBackend(OnnxFileBackend):
         if importlib.util.find_spec("openvino") is None:
             return False, f"OpenVINO is not installed ({INSTALL_HINT})"
         return True, ""
+
+    @classmethod
+    def has_bf16(cls) -> bool:
+        """Whether this CPU runs bf16 in hardware (AMX or AVX-512 BF16), as OpenVINO itself reports it."""
+        import openvino as ov
+
+        try:
+            return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        except RuntimeError:
+            return False
+
+    @classmethod
+    def precisions(cls, bundle) -> List[str]:
+        """The bundle's OpenVINO artefacts, and bf16 (its fp32 artefact at bf16) where the CPU has bf16 units."""
+        found = super().precisions(bundle)
+        device = os.environ.get("EDGECV_OPENVINO_DEVICE", "CPU")
+        if "fp32" in found and "bf16" not in found and device == "CPU" and cls.has_bf16():
+            found.insert(found.index("fp32"), "bf16")
+        return found
+
+    @classmethod
+    def for_bundle(cls, bundle, precision: Optional[str] = None, threads: Optional[int] = None, dla_core: int = -1,
+                   **kw):
+        """As every file backend; ``bf16`` (asked for, or the manifest's default) runs the fp32 artefact at bf16,
+        refused where the CPU has no bf16 units."""
+        cls.reject_dla(dla_core)
+        if precision == "bf16" and not any(a["target"] == cls.name and a["precision"] == "bf16"
+                                           for a in bundle.manifest["artifacts"]):
+            art = {**bundle.artifact(cls.name, "fp32"), "precision": "bf16"}  # exported where bf16 was not measured
+        else:
+            art = bundle.artifact(cls.name, precision)
+        if art["precision"] == "bf16" and not cls.has_bf16():
+            raise DeviceError("bf16: this CPU has no bf16 units (AMX or AVX-512 BF16); run --precision fp32 or int8")
+        be = cls(str(bundle.path(art["file"])), threads=threads, precision="bf16" if art["precision"] == "bf16" else "f32",
+                 **kw)
+        return be, {"backend": cls.name, "file": art["file"], "precision": art["precision"], "bundle": bundle}
 
     @property
     def inputs(self) -> List[TensorSpec]:
@@ -135,7 +177,8 @@ class OpenVinoBackend(OnnxFileBackend):
         OpenVINO's fusions) its real time in each run, its type and the kernel it ran (e.g. brgconv_avx512_I8)."""
         import time
 
-        prof = OpenVinoBackend(self.path, threads=self.threads, device=self.device, perf_count=True, cache=False)
+        prof = OpenVinoBackend(self.path, threads=self.threads, device=self.device, perf_count=True, cache=False,
+                               precision=self.precision)
         try:
             req = prof._request(batch.shape[0])
             req.infer({0: batch})  # first run: allocations, not steady state
