@@ -102,6 +102,10 @@ class TrainConfig:
     # the training images (no augmentation) -- seconds where a frozen epoch through the whole network takes minutes
     head_epochs: int = ranged(0, ge=0)
     head_lr: float = ranged(1e-3, gt=0)
+    # "frozen": while fine-tuning, BatchNorm layers keep the pretrained running statistics (their scale and shift
+    # still learn); a small dataset in batches of 32 otherwise drags them toward noisy estimates the weights were
+    # not trained with
+    batchnorm: str = "train"  # train | frozen
     log_format: str = "jsonl"  # jsonl | csv
     threads: Optional[int] = ranged(None, ge=1)
 
@@ -288,6 +292,7 @@ def _validate(r: Recipe, source: str) -> None:
         "train.optimizer": (r.train.optimizer, {"sgd", "adamw"}),
         "train.schedule": (r.train.schedule, {"cosine", "step", "constant"}),
         "train.log_format": (r.train.log_format, {"jsonl", "csv"}),
+        "train.batchnorm": (r.train.batchnorm, {"train", "frozen"}),
         "export.calib_method": (r.export.calib_method, set(CALIB_CHOICES)),
     }
     for key, (val, allowed) in choices.items():

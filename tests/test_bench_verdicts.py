@@ -114,3 +114,24 @@ def test_the_peak_probe_runs_every_mode_this_cpu_offers(tmp_path):
             assert got[precision]["probed"][m] > 1.0, (precision, m)  # GMAC/s: any real core does far more
     if got["int8"]["gmac_per_s"] and got["fp32"]["gmac_per_s"]:
         assert got["int8"]["gmac_per_s"] > got["fp32"]["gmac_per_s"]  # 4x the lanes per instruction
+
+
+def test_compare_two_finished_runs_from_the_command_line(tmp_path):
+    import json
+    import subprocess
+
+    def run(date, verdict, ratio):
+        return {"meta": {"date": date}, "rows": [], "verdicts": [
+            {"model": "efficientnet_lite0", "verdict": verdict, "ratio": ratio, "ci": [ratio - 0.02, ratio + 0.02]}]}
+
+    (tmp_path / "a.json").write_text(json.dumps(run("2026-12-05 06:00", "ahead", 1.20)))
+    (tmp_path / "b.json").write_text(json.dumps(run("2026-12-05 07:00", "ahead", 1.17)))
+    r = subprocess.run([sys.executable, "tools/bench_peers.py", "--compare", str(tmp_path / "a.json"), "--new",
+                        str(tmp_path / "b.json"), "--out", str(tmp_path / "cmp")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "| efficientnet_lite0 | ahead | 1.20x [1.18, 1.22] | ahead | 1.17x [1.15, 1.19] | yes |" in r.stdout
+    assert (tmp_path / "cmp" / "compare.md").read_text() == r.stdout.rstrip("\n") + "\n"
+    bad = subprocess.run([sys.executable, "tools/bench_peers.py", "--new", str(tmp_path / "b.json")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--new needs --compare" in bad.stderr

@@ -111,3 +111,33 @@ def test_distill_without_prune_is_refused(tiny_ckpt):
     with pytest.raises(RecipeError, match="--distill: needs --prune"):
         resolve_options(r, {"prune": 0.0})
     assert resolve_options(r, {"prune": 0.0, "distill": False}).distill is False
+
+
+def test_head_first_on_cached_features_then_fine_tune_with_frozen_batchnorm(tmp_path):
+    """The transfer recipe's two phases: the head alone on features computed once, then every layer fine-tuned
+    with ``train.batchnorm: frozen`` (running statistics kept, scale, shift and convolutions learning)."""
+    from edgecv.models.checkpoint import load_checkpoint
+    from edgecv.models.heads import find_head
+    from edgecv.train.loop import build_model
+
+    recipe = load_recipe(TINY_RECIPE, ["train.epochs=1", "train.head_epochs=40", "train.head_lr=0.5",
+                                       "train.batchnorm=frozen", "data.train_limit=256", "model.name=fashion_cnn",
+                                       "model.args={}"])
+    torch.manual_seed(recipe.train.seed)
+    before = build_model(recipe, 10)
+    result = train(recipe, tmp_path / "run", show_progress=False)
+    head_phase = result["history"][0]
+    assert head_phase["phase"] == "head (cached features)" and head_phase["epochs"] == 40
+    assert head_phase["val_top1"] > 0.3  # ten classes: a trained head, far above chance
+    after, _ = load_checkpoint(tmp_path / "run" / "model.pt")
+    convs_moved = bns = 0
+    for (n, m), m0 in zip(after.named_modules(), before.modules()):
+        if isinstance(m, torch.nn.BatchNorm2d):
+            bns += 1
+            assert torch.equal(m.running_mean, m0.running_mean) and torch.equal(m.running_var, m0.running_var), n
+        if isinstance(m, torch.nn.Conv2d):
+            convs_moved += not torch.equal(m.weight, m0.weight)
+    assert bns and convs_moved  # statistics kept, weights fine-tuned
+    assert not torch.equal(find_head(after)[1].weight, find_head(before)[1].weight)
+    with pytest.raises(Exception, match="train.batchnorm"):
+        load_recipe(TINY_RECIPE, ["train.batchnorm=sometimes"])

@@ -62,10 +62,15 @@ def freeze_frozen_batchnorm(model: nn.Module) -> None:
 
 
 def train_one_epoch(model: nn.Module, loader, step: Step, epoch: int, show_progress: bool = True,
-                    desc: str = "train") -> Dict[str, float]:
-    """One pass over ``loader``, each batch one :class:`Step`."""
+                    desc: str = "train", batchnorm: str = "train") -> Dict[str, float]:
+    """One pass over ``loader``, each batch one :class:`Step`. ``batchnorm="frozen"``: every BatchNorm layer uses
+    and keeps its running statistics (TrainConfig.batchnorm)."""
     model.train()
     freeze_frozen_batchnorm(model)
+    if batchnorm == "frozen":
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     seen = correct = 0
     loss_sum, t0 = 0.0, time.time()
     bar = tqdm(loader, desc=f"{desc} epoch {epoch}", leave=False, disable=not show_progress, dynamic_ncols=True)

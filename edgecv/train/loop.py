@@ -244,7 +244,8 @@ def _wrapper(r: _Run, frozen: bool):
 def _epoch(r: _Run, epoch: int, net, epoch_log) -> Dict:
     """Train one epoch, evaluate, checkpoint (rank 0): the evaluation."""
     frozen = epoch < r.recipe.model.freeze_backbone_epochs
-    stats = train_one_epoch(net, r.loaders[0], r.step, epoch, r.show_progress and r.rank0)
+    stats = train_one_epoch(net, r.loaders[0], r.step, epoch, r.show_progress and r.rank0,
+                            batchnorm=r.recipe.train.batchnorm)
     ev = evaluate(r.model, r.loaders[1], r.device, show_progress=r.show_progress and r.rank0,
                   num_classes=len(r.classes), distributed=r.dist_info["distributed"])
     record = {"epoch": epoch, **{k: round(v, 6) if isinstance(v, float) else v for k, v in stats.items()},
