@@ -16,7 +16,7 @@ def test_bench_peers_smoke(tmp_path):
     assert {"pytorch eager fp32", "onnxruntime fp32"} <= backends
     assert any(b.startswith("edgecv default") for b in backends)
     assert data["meta"]["cpu"]["cores"] >= 1 and "foreign_cpu_cores" in data["meta"]
-    assert (tmp_path / "peers.png").stat().st_size > 5000 and "| model | backend |" in (tmp_path / "peers.md").read_text()
+    assert (tmp_path / "peers.png").stat().st_size > 5000 and "| model | weights | backend |" in (tmp_path / "peers.md").read_text()
 
 
 def test_random_models_get_trained_like_batchnorm():

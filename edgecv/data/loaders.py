@@ -16,6 +16,7 @@ from edgecv.data.folders import ImageList, list_image_folder, list_images, list_
 from edgecv.data.transforms import eval_transform, train_transform
 from edgecv.errors import DatasetError
 from edgecv.recipe import DataConfig
+from edgecv.utils.signals import child_unblock
 
 log = logging.getLogger("edgecv.data")
 
@@ -160,7 +161,14 @@ def load_data(cfg: DataConfig, distributed: bool = False, seed: int = 0):
     else:
         sampler = torch.utils.data.RandomSampler(train_set, generator=torch.Generator().manual_seed(seed))
         val_sampler = torch.utils.data.SequentialSampler(val_set)
+    # workers are forked with the CLI's blocked SIGTERM/SIGINT (utils.signals): unblocked, so terminate() ends them
     train_loader = DataLoader(train_set, cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                              drop_last=len(train_set) > cfg.batch_size, persistent_workers=cfg.workers > 0)
-    val_loader = DataLoader(val_set, cfg.eval_batch_size, sampler=val_sampler, num_workers=cfg.workers)
+                              drop_last=len(train_set) > cfg.batch_size, persistent_workers=cfg.workers > 0,
+                              worker_init_fn=_unblock_signals)
+    val_loader = DataLoader(val_set, cfg.eval_batch_size, sampler=val_sampler, num_workers=cfg.workers,
+                            worker_init_fn=_unblock_signals)
     return train_set, val_set, train_loader, val_loader, sampler
+
+
+def _unblock_signals(worker_id: int) -> None:
+    child_unblock()

@@ -27,10 +27,10 @@ def train_transform(cfg: DataConfig) -> T.Compose:
     if a.random_resized_crop:
         ops.append(T.RandomResizedCrop(size, scale=tuple(a.random_resized_crop), antialias=True))
     else:
-        ops.append(T.Resize(size, antialias=True))
-        ops.append(T.CenterCrop(size))
-        if a.random_crop_padding:
-            ops.append(T.RandomCrop(size, padding=a.random_crop_padding))
+        # a random crop out of the image resized exactly as for evaluation: objects keep the size they have at
+        # test time (a crop from an image resized to ``input_size`` shows them smaller than the eval centre crop)
+        ops.append(T.Resize(cfg.resize or size, antialias=True))
+        ops.append(T.RandomCrop(size, padding=a.random_crop_padding or None))
     if a.hflip:
         ops.append(T.RandomHorizontalFlip(a.hflip))
     if a.rotation:

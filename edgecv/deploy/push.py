@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence
 from urllib.parse import urlsplit
 
 from edgecv.errors import DeviceError
+from edgecv.utils import signals
 
 
 class PushError(DeviceError):
@@ -58,7 +59,7 @@ def push(bundle: str, url: str, identity: Optional[str] = None, ssh_options: Seq
 
     def run(cmd, what):
         try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, preexec_fn=signals.child_unblock)
         except FileNotFoundError:
             raise PushError(f"{cmd[0]} not found: install the OpenSSH client") from None
         except subprocess.TimeoutExpired:

@@ -169,8 +169,10 @@ def speed_gate(models: Dict[str, tuple], batch: np.ndarray, threads: int = 2, it
     """Batch-1 latency on this CPU, interleaved; ``models`` maps a label to ``(file, target or None[, precision])``,
     each run by the runtime that judges it here (``host_backend``)."""
     one = np.ascontiguousarray(batch[:1])
-    backends = {k: host_backend(m[0], m[1], threads, *m[2:]) for k, m in models.items()}
-    try:
+    backends = {}
+    try:  # built inside the try: a SIGTERM while the third one compiles still closes the first two
+        for k, m in models.items():
+            backends[k] = host_backend(m[0], m[1], threads, *m[2:])
         fns = {k: (lambda be=be: be.infer(one)) for k, be in backends.items()}
         # settle: one runtime's spinning worker threads must not slow the next candidate (tools/ort_tuning.py)
         return measure_interleaved(fns, warmup=20, iters=iters, rounds=10, settle_s=0.02)
