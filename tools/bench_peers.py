@@ -294,6 +294,7 @@ def bench_model(name: str, args, workdir: Path, peak: Dict) -> List[Dict]:
     from edgecv.bundle.reader import open_bundle
     from edgecv.compress.macs import count_macs
     from edgecv.data.folders import read_classes_tsv
+    from edgecv.errors import ExportError
     from edgecv.export.data import calib_and_eval_sets, split_off
     from edgecv.export.pipeline import export_bundle
     from edgecv.models import create_model, model_cfg
@@ -314,13 +315,17 @@ def bench_model(name: str, args, workdir: Path, peak: Dict) -> List[Dict]:
         trained_like_batchnorm(model, cal.x)
     ckpt, bundle = workdir / f"{name}.pt", workdir / f"{name}_bundle"
     save_checkpoint(make_checkpoint(model, name, {}, read_classes_tsv(SHARED / "classes.tsv")[0], spec), ckpt)
-    # A speed benchmark: the budget only has to let the export through, and each row reports its agreement
-    budget = {"max_drop": 1.5, "min_agreement": 0.95} if pretrained else {"max_drop": 100.0, "min_agreement": 0.0}
+    # A speed benchmark: the budget only has to let the export through, and each row reports its top-1 and
+    # agreement. No drop budget: on 175 evaluation images one point is two images (Lite2 was refused at 1.71 > 1.5)
+    budget = {"max_drop": 100.0, "min_agreement": 0.95 if pretrained else 0.0}
     t0 = time.time()
-    export_bundle(str(ckpt), str(bundle), {"calib": str(SHARED), "eval": str(SHARED), "calib_samples": args.calib,
-                                           "calib_method": "percentile" if pretrained else "minmax",
-                                           "eval_limit": args.eval_limit, "corruptions": "none", **budget},
-                  show_progress=False)  # robustness is not what this benchmark measures
+    try:
+        export_bundle(str(ckpt), str(bundle), {"calib": str(SHARED), "eval": str(SHARED), "calib_samples": args.calib,
+                                               "calib_method": "percentile" if pretrained else "minmax",
+                                               "eval_limit": args.eval_limit, "corruptions": "none", **budget},
+                      show_progress=False)  # robustness is not what this benchmark measures
+    except ExportError as e:  # one model's refusal is that model's row, not the end of an hour's run
+        return [{"model": name, "backend": "_skipped", "reason": f"edgecv export refused: {e}"}]
     export_s = time.time() - t0
     m = open_bundle(bundle).manifest
     _, ev = split_off(held, ExportConfig().tune_fraction, 0)
@@ -382,9 +387,11 @@ def bench_trained(name: str, recipe_path: str, ckpt: str, bundle_dir: str, args,
         shutil.copytree(bundle, local)  # next to a private cache: no verify record from this machine applies
         runs = {f"unpruned {k}": f for k, f in {**torch_runs(model, ev.x[:1], args),
                                                 **peers(onnx_fp32, cal.x, args.threads, not args.no_nncf)}.items()}
-        runs.update({f"{k}, pruned": f for k, f in edgecv_runs(local, args.threads).items()})
+        ratio = (m["summary"].get("prune") or {}).get("ratio")
+        runs.update({f"{k}{', pruned' if ratio else ''}": f for k, f in edgecv_runs(local, args.threads).items()})
         pruned = (m["summary"].get("prune") or {}).get("macs_after", macs) / 1e9
-        case = {"model": name, "weights": "trained (this project)", "gmac": macs / 1e9, "gmac_edgecv": pruned,
+        weights = "trained (this project)" + (f", edgecv's pruned {ratio:.0%}" if ratio else "")
+        case = {"model": name, "weights": weights, "gmac": macs / 1e9, "gmac_edgecv": pruned,
                 "top1_meaningful": True}
         return measure_rows(case, runs, ev, args, peak, iters_scale=5 if macs < 5e7 else 1)
 

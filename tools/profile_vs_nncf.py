@@ -108,8 +108,8 @@ def main(argv=None) -> int:
     text = head + table(groups["edgecv"], groups["nncf"], {k: p["run_ms"] for k, p in profs.items()})
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "profile.md").write_text(text)
-    (out / "profile.json").write_text(json.dumps({"model": a.model, "int8_unit": units["int8"], "groups": groups,
+    bench_peers.write_atomic(out / "profile.md", text)
+    bench_peers.write_atomic(out / "profile.json", json.dumps({"model": a.model, "int8_unit": units["int8"], "groups": groups,
                                                   "run_ms": {k: p["run_ms"] for k, p in profs.items()}}, indent=2))
     print(text)
     return 0
