@@ -67,14 +67,15 @@ def test_compare_says_which_verdicts_held():
     assert "1 of 4 verdicts held" in text and "| resnet18 | parity |" in text
 
 
-def test_an_old_json_without_intervals_is_refused_by_name(tmp_path):
+def test_an_old_json_without_intervals_is_refused_by_name(tmp_path, capsys):
     p = tmp_path / "old.json"
-    p.write_text('{"verdicts": [{"model": "x", "ratio": 1.1}]}')
-    with pytest.raises(SystemExit, match="old.json: no verdicts with intervals"):
-        bench_peers.read_run(str(p))
-    p.write_text("{not json")
-    with pytest.raises(SystemExit, match="not a readable peers.json"):
-        bench_peers.read_run(str(p))
+    for text, said in [('{"verdicts": [{"model": "x", "ratio": 1.1}]}', "old.json: no verdicts with intervals"),
+                       ('{"verdicts": [1]}', "old.json: no verdicts with intervals"),
+                       ("{not json", "old.json: not a readable peers.json")]:
+        p.write_text(text)
+        with pytest.raises(SystemExit) as e:
+            bench_peers.read_run(str(p))
+        assert e.value.code == 2 and said in capsys.readouterr().err  # a user error, named
 
 
 @pytest.mark.parametrize("flags,precisions,int8,bf16,probes", [

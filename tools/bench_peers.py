@@ -531,14 +531,20 @@ def write_outputs(out: Path, rows: List[Dict], meta: Dict) -> Dict:
 
 
 def read_run(path: str) -> Dict:
+    """An earlier run's peers.json; a file that is not one exits 2 (a user error), naming it."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
-        raise SystemExit(f"[bench_peers] {path}: not a readable peers.json ({e})") from None
+        _refuse(f"{path}: not a readable peers.json ({e})")
     if not isinstance(data, dict) or not isinstance(data.get("verdicts"), list) or \
-            any("verdict" not in v or "ci" not in v for v in data["verdicts"]):
-        raise SystemExit(f"[bench_peers] {path}: no verdicts with intervals (written by an older bench_peers?)")
+            any(not isinstance(v, dict) or "verdict" not in v or "ci" not in v for v in data["verdicts"]):
+        _refuse(f"{path}: no verdicts with intervals (written by an older bench_peers?)")
     return data
+
+
+def _refuse(msg: str) -> None:
+    print(f"[bench_peers] {msg}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def write_compare(out: Path, old: Dict, new: Dict) -> str:
