@@ -53,7 +53,9 @@ def default_root() -> Path:
 def _stage(name: str, log) -> None:
     log(f"[edgecv install] {name} ...")
     if os.environ.get("EDGECV_INSTALL_PAUSE") == name.split()[0]:  # fault-injection hook for the kill tests
-        time.sleep(float(os.environ.get("EDGECV_INSTALL_PAUSE_S", "60")))
+        end = time.monotonic() + float(os.environ.get("EDGECV_INSTALL_PAUSE_S", "60"))
+        while time.monotonic() < end:  # short steps: SIGTERM is raised between them (utils.signals)
+            time.sleep(0.1)
 
 
 def check_compatibility(manifest: Dict) -> List[Dict]:
