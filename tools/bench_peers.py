@@ -61,16 +61,12 @@ TRAINED = [("caltech101_lite0", "recipes/transfer_lite0_caltech101.yaml", "runs/
 
 
 def cpu_info() -> Dict:
-    info = {"machine": platform.machine(), "cores": os.cpu_count()}
+    info = {"machine": platform.machine(), "cores": os.cpu_count(),
+            "flags": sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "sse4", "vnni", "f16c")))}
     try:
-        text = Path("/proc/cpuinfo").read_text()
-        for line in text.splitlines():
-            if line.startswith("model name") and "model" not in info:
-                info["model"] = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and "flags" not in info:
-                flags = line.split(":", 1)[1].split()
-                info["flags"] = [f for f in flags if f.startswith(("avx", "amx", "fma", "sse4", "vnni", "f16c"))]
-    except OSError:
+        info["model"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                             if line.startswith("model name"))
+    except (OSError, StopIteration):
         pass
     return info
 

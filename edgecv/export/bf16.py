@@ -8,17 +8,12 @@ from __future__ import annotations
 import logging
 from typing import Dict, Optional
 
-import numpy as np
-
 from edgecv import targets
 from edgecv.bundle.names import FP32_MODEL
+from edgecv.export.gates import backend_logits
 from edgecv.metrics import Budget, fidelity, topk_accuracy
 
 log = logging.getLogger("edgecv.export")
-
-
-def _logits(be, x: np.ndarray, batch: int = 64) -> np.ndarray:
-    return np.concatenate([be.infer(np.ascontiguousarray(x[i: i + batch])) for i in range(0, len(x), batch)])
 
 
 def bf16_artefact(run, target: str) -> Optional[Dict]:
@@ -30,8 +25,8 @@ def bf16_artefact(run, target: str) -> Optional[Dict]:
         return None
     be = cls.for_file(str(run.fp32_path), threads=2, precision="bf16")[0]
     try:
-        acc, agree = run.tune.judge(_logits(be, run.tune.inputs()))
-        ev = _logits(be, run.ev.x)
+        acc, agree = run.tune.judge(backend_logits(be, run.tune.inputs()))
+        ev = backend_logits(be, run.ev.x)
     finally:
         be.close()
     budget = Budget(run.opts.max_drop, run.opts.min_agreement)

@@ -28,10 +28,15 @@ def host_backend(path: str | os.PathLike, target=None, threads: int = 2, precisi
     return t.backend_class().for_file(str(path), threads=threads, **kw)[0]
 
 
+def backend_logits(be, x: np.ndarray, batch: int = 64) -> np.ndarray:
+    """An open backend's logits for every image of ``x``, ``batch`` at a time."""
+    return np.concatenate([be.infer(np.ascontiguousarray(x[i: i + batch])) for i in range(0, len(x), batch)])
+
+
 def onnx_logits(path: str | os.PathLike, x: np.ndarray, batch: int = 64, threads: int = 2, target=None) -> np.ndarray:
     be = host_backend(path, target, threads)
     try:
-        return np.concatenate([be.infer(np.ascontiguousarray(x[i: i + batch])) for i in range(0, len(x), batch)])
+        return backend_logits(be, x, batch)
     finally:
         be.close()
 
