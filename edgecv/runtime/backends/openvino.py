@@ -14,6 +14,7 @@ The device is ``CPU`` unless ``EDGECV_OPENVINO_DEVICE`` (or ``device=``) names a
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from typing import Dict, List, Optional, Tuple
@@ -97,12 +98,7 @@ class OpenVinoBackend(OnnxFileBackend):
     @classmethod
     def has_bf16(cls) -> bool:
         """Whether this CPU runs bf16 in hardware (AMX or AVX-512 BF16), as OpenVINO itself reports it."""
-        import openvino as ov
-
-        try:
-            return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        except RuntimeError:
-            return False
+        return _cpu_has_bf16()
 
     @classmethod
     def precisions(cls, bundle) -> List[str]:
@@ -203,3 +199,14 @@ class OpenVinoBackend(OnnxFileBackend):
 
     def close(self) -> None:
         self._requests, self._shared, self._last_input = {}, None, None
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_has_bf16() -> bool:
+    # asked once per process: a Core loads the CPU plugin, and verify, precisions and for_bundle each ask
+    import openvino as ov
+
+    try:
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except RuntimeError:
+        return False
