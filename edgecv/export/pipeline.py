@@ -200,7 +200,7 @@ def image_sets(run: ExportRun) -> None:
 def pooled_sets(run: ExportRun, exclude) -> Any:
     """Calibration images from the calibration set's pools; the pooled agreement images (for the tune split) and the
     QAT rung's images kept on ``run``; returns the calibration images."""
-    from edgecv.export.data import pooled_images
+    from edgecv.export.data import members_digest, pooled_images
     from edgecv.export.pools import draw_pools
 
     o, cfg, show = run.opts, run.src.data, run.show_progress
@@ -211,14 +211,8 @@ def pooled_sets(run: ExportRun, exclude) -> Any:
         run.qat_images = pooled_images(draw.qat, cfg, "pooled QAT images", train=True)
     run.summary["pools"] = draw.record
     run.summary["tune_agreement_images"] = {"images": len(draw.agreement), "from": "pools (no labels: agreement only)",
-                                            "members_sha256": _digest([d for _, d, _ in draw.agreement])}
+                                            "members_sha256": members_digest([d for _, d, _ in draw.agreement])}
     return cal
-
-
-def _digest(ids) -> str:
-    from edgecv.export.data import members_digest
-
-    return members_digest(list(ids))
 
 
 def baseline(run: ExportRun) -> None:
