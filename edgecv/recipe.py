@@ -114,6 +114,9 @@ CALIB_METHODS = ("minmax", "entropy", "percentile")
 # "auto": the export calibrates with each method and keeps, per target, the one that agrees best with fp32 on
 # the tune split
 CALIB_CHOICES = CALIB_METHODS + ("auto",)
+# how `--prune` removes channels (edgecv.compress.prune); "auto": reconstruct where the model has inverted-residual
+# blocks, else magnitude
+PRUNE_METHODS = ("auto", "reconstruct", "magnitude")
 
 
 def _target_names() -> List[str]:
@@ -128,9 +131,11 @@ class ExportConfig:
     fp16: bool = False
     prune: float = ranged(0.0, ge=0, lt=1)
     prune_round_to: int = ranged(8, ge=1)
+    prune_method: str = "auto"  # PRUNE_METHODS
     distill: bool = False
     distill_epochs: int = ranged(1, ge=1)
     distill_lr: float = ranged(0.01, gt=0)
+    distill_optimizer: str = "sgd"  # sgd (Nesterov momentum) | adamw; either with a one-cycle rate
     temperature: float = ranged(4.0, gt=0)
     alpha: float = ranged(0.7, ge=0, le=1)
     calib: Optional[str] = None
@@ -294,6 +299,8 @@ def _validate(r: Recipe, source: str) -> None:
         "train.log_format": (r.train.log_format, {"jsonl", "csv"}),
         "train.batchnorm": (r.train.batchnorm, {"train", "frozen"}),
         "export.calib_method": (r.export.calib_method, set(CALIB_CHOICES)),
+        "export.prune_method": (r.export.prune_method, set(PRUNE_METHODS)),
+        "export.distill_optimizer": (r.export.distill_optimizer, {"sgd", "adamw"}),
     }
     for key, (val, allowed) in choices.items():
         if val not in allowed:

@@ -61,6 +61,7 @@ def one_line_error(r, code=2, *needles):
     (None, ["data.std=[0]"], "data.std: every value must be > 0"),
     (None, ["data.resize=8"], "data.resize: 8 is smaller than data.input_size"),
     (None, ["export.opset=7"], "export.opset"),
+    (None, ["export.prune_method=biggest"], "export.prune_method"),
     (None, ["train"], "expected key=value"),
     (None, ["train..lr=1"], "empty key part"),
 ])
@@ -88,6 +89,10 @@ def test_bad_recipes_and_overrides(content, overrides, needle, tmp_path):
     (["export", "{ckpt}", "-o", "{tmp}/o", "--prune", "1.5"], "--prune"),
     (["export", "{ckpt}", "-o", "{tmp}/o", "--max-drop", "-1"], "--max-drop"),
     (["export", "{ckpt}", "-o", "{tmp}/o", "--calib-samples", "0"], "--calib-samples"),
+    (["export", "{ckpt}", "-o", "{tmp}/o", "--prune-method", "bogus"], "--prune-method"),
+    # the tiny CNN has no inverted-residual blocks: refused at the prune stage, nothing written
+    (["export", "{ckpt}", "-o", "{tmp}/o", "--prune", "0.3", "--prune-method", "reconstruct", "--calib", str(FASHION),
+      "--eval", str(FASHION), "--corruptions", "none"], "no inverted-residual blocks"),
 ])
 def test_bad_flags_are_one_line(args, needle, tiny_bundle, tiny_ckpt, tmp_path):
     (tmp_path / "file").write_text("x")

@@ -169,16 +169,18 @@ def test_accuracy_gate_failure_leaves_no_bundle(tmp_path, tiny_ckpt, monkeypatch
     computed (on Lite0 it took 199 s of a 10-minute export; the refusal now comes after 6 min 12 s)."""
     import edgecv.export.pipeline as pipeline
 
-    called = []
+    called, int8 = [], []
     monkeypatch.setattr(pipeline, "robustness", lambda *a, **k: called.append(1))
+    monkeypatch.setattr(pipeline, "quantize_int8", lambda run: int8.append(1))
     out = tmp_path / "b"
-    with pytest.raises(ExportError, match="accuracy gate failed"):
-        # 95% of channels pruned, no distillation: far outside a 0.1-point budget
-        pipeline.export_bundle(str(TINY_RECIPE), str(out), {"prune": 0.9, "distill": False, "max_drop": 0.1,
-                                                            "corruptions": "all"},
+    with pytest.raises(ExportError, match="accuracy gate failed.*the pruned fp32 model is already .* prune less"):
+        # 90% of channels pruned (no rounding up to 8), no distillation: far outside a 0.1-point budget
+        pipeline.export_bundle(str(TINY_RECIPE), str(out), {"prune": 0.9, "prune_round_to": 1, "distill": False,
+                                                            "max_drop": 0.1, "corruptions": "all"},
                                [f"checkpoint={tiny_ckpt}"], show_progress=False)
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".b")]
-    assert called == []
+    # the pruned fp32 model alone is outside the budget: refused before the int8 ladder, which cannot make it up
+    assert called == [] and int8 == []
 
 
 def test_calibration_cache_matches_qdq_on_efficientnet_lite0(imagenet_dir, tmp_path):

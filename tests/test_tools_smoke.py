@@ -87,3 +87,36 @@ def test_multicam_common_window_counts_only_while_every_loop_runs(tmp_path):
     assert common_window_fps([files[0], late]) is None
     (tmp_path / "empty").write_text("")
     assert common_window_fps([files[0], tmp_path / "empty"]) is None
+
+
+def test_prune_tradeoff_smoke(tmp_path):
+    """tools/prune_tradeoff.py end to end on a MobileNetV2 at 96 px over the shared Caltech-101 photographs (16 fit,
+    16 judged, one ratio per method): the table's speed-up column is the ratio of its p50 columns."""
+    import shutil
+
+    import torch
+    import yaml
+    from torchvision.models import mobilenet_v2
+
+    from edgecv.models.checkpoint import make_checkpoint, save_checkpoint
+
+    recipe = yaml.safe_load((ROOT / "recipes" / "transfer_lite0_caltech101.yaml").read_text())
+    recipe["model"] = {"name": "mobilenet_v2", "num_classes": 101}
+    recipe["data"].update(path=str(ROOT / recipe["data"]["path"]), input_size=96, resize=110)
+    recipe["export"]["calib"] = str(ROOT / recipe["export"]["calib"])
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    torch.manual_seed(0)
+    classes = sorted(p.name for p in (ROOT / recipe["data"]["path"]).iterdir() if p.is_dir())
+    save_checkpoint(make_checkpoint(mobilenet_v2(num_classes=101).eval(), "mobilenet_v2", {}, classes,
+                                    {"input_size": 96}), tmp_path / "m.pt")
+    r = subprocess.run([sys.executable, "tools/prune_tradeoff.py", "--checkpoint", tmp_path / "m.pt", "--recipe",
+                        tmp_path / "r.yaml", "--ratios", "0.5", "--fit", "16", "--eval", "16", "--out",
+                        tmp_path / "out"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads((tmp_path / "out" / "tradeoff.json").read_text())
+    assert [(x["method"], x["ratio"]) for x in rows] == [("unpruned", 0), ("reconstruct", 0.5), ("magnitude", 0.5)]
+    for x in rows:
+        assert abs(x["speedup_vs_unpruned_int8"] - rows[0]["int8_p50_ms"] / x["int8_p50_ms"]) < 1e-9
+        assert 0 <= x["agreement"] <= 1 and x["mmac"] <= rows[0]["mmac"]
+    assert (tmp_path / "out" / "tradeoff.png").stat().st_size > 1000
+    shutil.rmtree(tmp_path / "out")

@@ -7,7 +7,7 @@ import sys
 import click
 
 from edgecv.cli.types import CommaList, options_from
-from edgecv.recipe import CALIB_CHOICES
+from edgecv.recipe import CALIB_CHOICES, PRUNE_METHODS
 
 
 @click.command()
@@ -18,7 +18,12 @@ from edgecv.recipe import CALIB_CHOICES
 @click.option("--force", is_flag=True, help="Also replace a damaged bundle (never a directory holding other files).")
 @click.option("--int8/--no-int8", default=None, help="Calibrate and write int8 artefacts.")
 @click.option("--fp16", is_flag=True, default=None, help="Also allow fp16 in the on-device TensorRT build.")
-@click.option("--prune", type=float, default=None, help="Fraction of channels to remove (0.5 = about half).")
+@click.option("--prune", type=float, default=None,
+              help="Fraction of the prunable channels to remove (0.5 = about half; which ones: --prune-method).")
+@click.option("--prune-method", type=click.Choice(PRUNE_METHODS), default=None,
+              help="reconstruct: the hidden channels of inverted-residual blocks, each block refitted on calibration "
+                   "images; magnitude: every layer group by L2 norm (Torch-Pruning); auto (default): reconstruct "
+                   "where the model has such blocks.")
 @click.option("--distill/--no-distill", default=None, help="Recover accuracy by distillation from the unpruned model.")
 @click.option("--calib", default=None, help="Calibration images: a folder, or a calibration set file (calibration/*.yaml); "
               "default: the recipe's training data.")

@@ -22,14 +22,17 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: 
 
 @dataclass
 class DistillConfig:
-    """Distillation's schedule: SGD with Nesterov momentum and a one-cycle learning rate, the loss's temperature
-    and the weight ``alpha`` of the soft (teacher) term against the labels."""
+    """Distillation's schedule: SGD with Nesterov momentum or AdamW, with a one-cycle learning rate; the loss's
+    temperature and the weight ``alpha`` of the soft (teacher) term against the labels; ``batchnorm`` as in
+    TrainConfig ("frozen": the student's BatchNorm layers keep their running statistics)."""
 
     epochs: int = 1
     lr: float = 0.01
     temperature: float = 4.0
     alpha: float = 0.7
     weight_decay: float = 1e-4
+    optimizer: str = "sgd"
+    batchnorm: str = "train"
 
 
 def distill(student: nn.Module, teacher: nn.Module, train_loader, val_loader, cfg: Optional[DistillConfig] = None,
@@ -46,14 +49,18 @@ def distill(student: nn.Module, teacher: nn.Module, train_loader, val_loader, cf
             t_logits = teacher(images)
         return kd_loss(output, t_logits, target, c.temperature, c.alpha)
 
-    opt = torch.optim.SGD(student.parameters(), lr=c.lr, momentum=0.9, nesterov=True, weight_decay=c.weight_decay)
+    if c.optimizer == "adamw":
+        opt = torch.optim.AdamW(student.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+    else:
+        opt = torch.optim.SGD(student.parameters(), lr=c.lr, momentum=0.9, nesterov=True, weight_decay=c.weight_decay)
     steps = max(1, c.epochs * len(train_loader))
     step = Step(opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c.lr, total_steps=steps, pct_start=0.1),
                 loss_fn=loss_fn)
     history = []
     for epoch in range(c.epochs):
         torch.manual_seed(1000 + epoch)
-        history.append(train_one_epoch(student, train_loader, step, epoch, show_progress, desc="distill"))
+        history.append(train_one_epoch(student, train_loader, step, epoch, show_progress, desc="distill",
+                                       batchnorm=c.batchnorm))
     result = evaluate(student, val_loader, show_progress=show_progress, desc="eval student")
     result["history"] = history
     return result

@@ -6,7 +6,7 @@ from typing import Dict, Optional
 
 from edgecv import targets
 from edgecv.errors import RecipeError
-from edgecv.recipe import CALIB_CHOICES, ExportConfig, Recipe, check_ranges
+from edgecv.recipe import CALIB_CHOICES, PRUNE_METHODS, ExportConfig, Recipe, check_ranges
 
 
 def resolve_options(recipe: Optional[Recipe], flags: Dict) -> ExportConfig:
@@ -48,4 +48,7 @@ def resolve_options(recipe: Optional[Recipe], flags: Dict) -> ExportConfig:
         raise RecipeError(f"--corruptions: {e}") from None
     if cfg.calib_method not in CALIB_CHOICES:
         raise RecipeError(f"--calib-method: unknown method {cfg.calib_method!r}")
+    if cfg.prune_method not in PRUNE_METHODS:
+        raise RecipeError(f"--prune-method: unknown method {cfg.prune_method!r} (expected one of "
+                          f"{', '.join(PRUNE_METHODS)})")
     return cfg

@@ -132,10 +132,11 @@ def _stages(run: ExportRun) -> Dict:
     baseline(run)
     compress(run)
     export_fp32(run)
+    check_fp32_drop(run)
+    refuse_if(run.failures)  # no int8 artefact can make up what pruning lost: refused before the ladder's minutes
     if run.opts.int8:
         quantize_int8(run)
     bf16(run)
-    check_fp32_drop(run)
     refuse_if(run.failures)  # before the robustness report (199 s of a 10-minute Lite0 export) it would discard
     robustness_report(run)
     speed_and_defaults(run)
@@ -238,8 +239,12 @@ def compress(run: ExportRun) -> None:
         from edgecv.compress.prune import prune_channels
 
         with run.stages(f"prune {opts.prune:.0%} of channels"):
-            run.student, report = prune_channels(copy.deepcopy(run.teacher), run.shape, opts.prune,
-                                                 opts.prune_round_to, torch.from_numpy(run.cal.x[:2]))
+            try:
+                run.student, report = prune_channels(copy.deepcopy(run.teacher), run.shape, opts.prune,
+                                                     opts.prune_round_to, run.cal.x,
+                                                     opts.prune_method, run.show_progress)
+            except ValueError as e:
+                raise RecipeError(f"--prune-method: {e}") from None
             acc = _torch_eval(run.student, run.ev.x, run.ev.y)
         info = {**report.as_dict(), "top1_after_prune": acc["top1"]}
         run.stage_acc.append({"stage": "pruned", **acc})
@@ -259,8 +264,9 @@ def _distill(run: ExportRun) -> float:
     o = run.opts
     with run.stages(f"distill {o.distill_epochs} epoch(s)"):
         _, _, train_loader, val_loader, _ = load_data(run.recipe.data)
-        distill(run.student, run.teacher, train_loader, val_loader,
-                DistillConfig(o.distill_epochs, o.distill_lr, o.temperature, o.alpha), show_progress=run.show_progress)
+        cfg = DistillConfig(o.distill_epochs, o.distill_lr, o.temperature, o.alpha,
+                            optimizer=o.distill_optimizer, batchnorm=run.recipe.train.batchnorm)
+        distill(run.student, run.teacher, train_loader, val_loader, cfg, show_progress=run.show_progress)
         acc = _torch_eval(run.student, run.ev.x, run.ev.y)
     run.stage_acc.append({"stage": "pruned + distilled", **acc})
     return acc["top1"]
