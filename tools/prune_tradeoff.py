@@ -139,11 +139,23 @@ def main(argv=None) -> int:
     ap.add_argument("--eval", type=int, default=400)
     ap.add_argument("--out", default="out/prune_tradeoff")
     args = ap.parse_args(argv)
+    from edgecv.recipe import PRUNE_METHODS
+
+    bad = [f"--ratios: {r:g} is not in (0, 1)" for r in args.ratios if not 0 < r < 1] + \
+          [f"--methods: unknown {m!r} (expected {', '.join(PRUNE_METHODS)})" for m in args.methods
+           if m not in PRUNE_METHODS]
+    if bad:
+        print(f"error: {bad[0]}", file=sys.stderr)
+        return 2
     for p in (args.checkpoint, args.recipe):
         if not Path(p).is_file():
             print(f"error: {p}: no such file", file=sys.stderr)
             return 2
-    rows = measure(args)
+    try:
+        rows = measure(args)
+    except ValueError as e:  # a ratio outside (0, 1), a method a model cannot be pruned by
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = report(rows, args)
