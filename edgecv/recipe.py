@@ -117,6 +117,8 @@ CALIB_CHOICES = CALIB_METHODS + ("auto",)
 # how `--prune` removes channels (edgecv.compress.prune); "auto": reconstruct where the model has inverted-residual
 # blocks, else magnitude
 PRUNE_METHODS = ("auto", "reconstruct", "magnitude")
+# how int8 weights are rounded (edgecv.export.gptq): gptq on the calibration images, or to the nearest step
+WEIGHT_ROUNDINGS = ("gptq", "nearest")
 
 
 def _target_names() -> List[str]:
@@ -143,6 +145,7 @@ class ExportConfig:
     calib_method: str = "minmax"  # minmax | entropy | percentile
     calib_seed: int = 0
     bias_correction: bool = True  # int8 layers' biases corrected for weight rounding (edgecv.export.bias_correction)
+    weight_rounding: str = "nearest"  # WEIGHT_ROUNDINGS; gptq needs no bias correction (it removes that shift too)
     calib_set: Optional[str] = field(default=None, metadata={"internal": True})  # the calibration/*.yaml used
     # that set when it draws on pools (edgecv.export.calibration_set.CalibrationSet)
     calib_pools: Optional[Any] = field(default=None, metadata={"internal": True})
@@ -300,6 +303,7 @@ def _validate(r: Recipe, source: str) -> None:
         "train.batchnorm": (r.train.batchnorm, {"train", "frozen"}),
         "export.calib_method": (r.export.calib_method, set(CALIB_CHOICES)),
         "export.prune_method": (r.export.prune_method, set(PRUNE_METHODS)),
+        "export.weight_rounding": (r.export.weight_rounding, set(WEIGHT_ROUNDINGS)),
         "export.distill_optimizer": (r.export.distill_optimizer, {"sgd", "adamw"}),
     }
     for key, (val, allowed) in choices.items():

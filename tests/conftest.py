@@ -1,6 +1,7 @@
 import atexit
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -17,6 +18,11 @@ os.environ.setdefault("EDGECV_ENGINE_CACHE", "/tmp/edgecv-test-engines")
 os.environ["EDGECV_CACHE"] = tempfile.mkdtemp(prefix="edgecv-test-cache-")
 # removed when the test run ends (every run used to leave one behind in /tmp: 122 of them after a day's work)
 atexit.register(shutil.rmtree, os.environ["EDGECV_CACHE"], ignore_errors=True)
+# A test run started as a background job of a non-interactive shell (`pytest &`) inherits SIGINT ignored, and so
+# would every child it starts: the tests that Ctrl-C an `edgecv` child then wait on a signal it never sees (a
+# handler, unlike SIG_IGN, is reset to the default across exec, so the children get Python's own Ctrl-C again)
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_configure(config):

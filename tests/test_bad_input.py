@@ -62,6 +62,7 @@ def one_line_error(r, code=2, *needles):
     (None, ["data.resize=8"], "data.resize: 8 is smaller than data.input_size"),
     (None, ["export.opset=7"], "export.opset"),
     (None, ["export.prune_method=biggest"], "export.prune_method"),
+    (None, ["export.weight_rounding=stochastic"], "export.weight_rounding"),
     (None, ["train"], "expected key=value"),
     (None, ["train..lr=1"], "empty key part"),
 ])

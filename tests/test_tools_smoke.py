@@ -120,3 +120,18 @@ def test_prune_tradeoff_smoke(tmp_path):
         assert 0 <= x["agreement"] <= 1 and x["mmac"] <= rows[0]["mmac"]
     assert (tmp_path / "out" / "tradeoff.png").stat().st_size > 1000
     shutil.rmtree(tmp_path / "out")
+
+
+def test_weight_rounding_smoke(tmp_path):
+    """tools/weight_rounding.py end to end on pretrained Lite0 (8 judged per folder, 8 calibration images): every
+    rounding for every target, agreement a fraction; a bad count is one error line and exit 2."""
+    r = subprocess.run([sys.executable, "tools/weight_rounding.py", "--images", "8", "--calib", "8", "--out",
+                        tmp_path / "out"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads((tmp_path / "out" / "rounding.json").read_text())["rows"]
+    assert [(x["rounding"], x["target"]) for x in rows][:3] == [("nearest", t) for t in
+                                                                ("tensorrt", "onnxruntime", "openvino")]
+    assert len(rows) == 9 and all(0 <= x["caltech101"] <= 1 for x in rows)
+    bad = subprocess.run([sys.executable, "tools/weight_rounding.py", "--images", "0"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--images" in bad.stderr

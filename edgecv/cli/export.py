@@ -7,7 +7,7 @@ import sys
 import click
 
 from edgecv.cli.types import CommaList, options_from
-from edgecv.recipe import CALIB_CHOICES, PRUNE_METHODS
+from edgecv.recipe import CALIB_CHOICES, PRUNE_METHODS, WEIGHT_ROUNDINGS
 
 
 @click.command()
@@ -31,7 +31,10 @@ from edgecv.recipe import CALIB_CHOICES, PRUNE_METHODS
 @click.option("--calib-method", type=click.Choice(CALIB_CHOICES), default=None,
               help="Calibration method; auto: each one, the best on the tune split per target.")
 @click.option("--bias-correction/--no-bias-correction", default=None,
-              help="Correct each int8 layer's bias for its weights' rounding (default on).")
+              help="Correct each int8 layer's bias for its weights' rounding (default on; nearest rounding only).")
+@click.option("--weight-rounding", type=click.Choice(WEIGHT_ROUNDINGS), default=None,
+              help="int8 weights: gptq (each layer's rounding chosen on the calibration images so its output moves "
+                   "least) or nearest (default, with bias correction).")
 @click.option("--max-drop", type=float, default=None, help="Largest top-1 drop allowed, in points (default 1.0).")
 @click.option("--target", "targets", type=CommaList(), default=None,
               help="Comma list of deploy targets (default: all registered).")

@@ -13,7 +13,7 @@ Only layers that will be quantized are corrected: a layer kept in float (per-lay
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional
 
 import numpy as np
 import onnx
@@ -42,13 +42,13 @@ def correctable_nodes(model: onnx.ModelProto) -> List[onnx.NodeProto]:
     return out
 
 
-def input_means(fp32_path: str, data: np.ndarray, input_name: str = "input", batch: int = 16) -> Dict[str, np.ndarray]:
-    """Per correctable node (by name): the mean of its input per channel over ``data``, from the fp32 model."""
+def layer_inputs(model: onnx.ModelProto, nodes: List[onnx.NodeProto], data: np.ndarray, input_name: str,
+                 batch: int) -> Iterator[Dict[str, np.ndarray]]:
+    """The input tensor of each of ``nodes`` (by tensor name) for ``data``, ``batch`` images at a time, from an
+    ONNX Runtime session of ``model`` with those tensors as extra outputs (``model`` is changed)."""
     import onnxruntime as ort
 
-    model = onnx.load(str(fp32_path))
-    targets = correctable_nodes(model)
-    tensors = sorted({n.input[0] for n in targets})
+    tensors = sorted({n.input[0] for n in nodes})
     have = {o.name for o in model.graph.output}
     for t in tensors:
         if t not in have:
@@ -56,11 +56,18 @@ def input_means(fp32_path: str, data: np.ndarray, input_name: str = "input", bat
     so = ort.SessionOptions()
     so.log_severity_level = 3
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    for i in range(0, len(data), batch):
+        yield dict(zip(tensors, sess.run(tensors, {input_name: data[i: i + batch]})))
+
+
+def input_means(fp32_path: str, data: np.ndarray, input_name: str = "input", batch: int = 16) -> Dict[str, np.ndarray]:
+    """Per correctable node (by name): the mean of its input per channel over ``data``, from the fp32 model."""
+    model = onnx.load(str(fp32_path))
+    targets = correctable_nodes(model)
     sums: Dict[str, np.ndarray] = {}
     seen: Dict[str, int] = {}  # values per channel so far
-    for i in range(0, len(data), batch):
-        outs = sess.run(tensors, {input_name: data[i: i + batch]})
-        for t, v in zip(tensors, outs):
+    for outs in layer_inputs(model, targets, data, input_name, batch):
+        for t, v in outs.items():
             axes = (0,) + tuple(range(2, v.ndim))  # per channel (axis 1), over batch and space
             sums[t] = sums.get(t, 0.0) + v.astype(np.float64).sum(axis=axes)
             seen[t] = seen.get(t, 0) + v.size // v.shape[1]
@@ -96,6 +103,45 @@ def output_shift(node: onnx.NodeProto, w: np.ndarray, mean_in: np.ndarray) -> np
     return np.einsum("gok,gk->go", per_in.reshape(groups, opg, cpg), mu).reshape(o)
 
 
+class InitializerEditor:
+    """Replaces initializer inputs of nodes in a loaded model; one that other nodes share is copied first."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.graph = model.graph
+        self.inits = {i.name: i for i in self.graph.initializer}
+        self.users: Dict[str, int] = {}
+        for n in self.graph.node:
+            for i in n.input:
+                self.users[i] = self.users.get(i, 0) + 1
+
+    def array(self, name: str) -> Optional[np.ndarray]:
+        """The initializer ``name`` as an array (None: not an initializer, a computed tensor)."""
+        return numpy_helper.to_array(self.inits[name]) if name in self.inits else None
+
+    def set_input(self, node: onnx.NodeProto, index: int, value: np.ndarray, copy_name: str) -> None:
+        """``node``'s input ``index`` becomes ``value``: in place when only ``node`` reads it, else as
+        ``copy_name`` (also when the input is absent)."""
+        old = node.input[index] if len(node.input) > index and node.input[index] else None
+        name = old if old is not None and self.users.get(old, 0) == 1 else copy_name
+        new = numpy_helper.from_array(value, name)
+        if name in self.inits:
+            self.graph.initializer.remove(self.inits[name])
+        self.graph.initializer.append(new)
+        self.inits[name] = new
+        if len(node.input) > index:
+            node.input[index] = name
+        else:
+            node.input.append(name)
+
+
+def quantized_nodes(model: onnx.ModelProto, exclude: Iterable[str], op_types: Iterable[str],
+                    known: Dict) -> List[onnx.NodeProto]:
+    """The correctable nodes the quantizer will quantize (not in ``exclude``, of ``op_types``) that ``known``
+    has an entry for."""
+    skip, ops = set(exclude), set(op_types)
+    return [n for n in correctable_nodes(model) if n.name not in skip and n.op_type in ops and n.name in known]
+
+
 def corrected_model(fp32_path: str, means: Dict[str, np.ndarray], exclude: Iterable[str] = (),
                     op_types: Iterable[str] = CORRECTED_OPS, cache: Optional[Dict] = None) -> onnx.ModelProto:
     """A copy of the fp32 model whose to-be-quantized Conv/Gemm biases are corrected for int8 weight rounding
@@ -103,36 +149,19 @@ def corrected_model(fp32_path: str, means: Dict[str, np.ndarray], exclude: Itera
     ``cache`` keeps each node's shift between calls (the per-layer fallback quantizes the same model dozens of
     times with different exclusions)."""
     model = onnx.load(str(fp32_path))
-    g = model.graph
-    inits = {i.name: i for i in g.initializer}
-    users: Dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            users[i] = users.get(i, 0) + 1
-    skip, ops = set(exclude), set(op_types)
-    for n in correctable_nodes(model):
-        if n.name in skip or n.op_type not in ops or n.name not in means:
-            continue
+    ed = InitializerEditor(model)
+    for n in quantized_nodes(model, exclude, op_types, means):
         shift = cache.get(n.name) if cache is not None else None
         if shift is None:
-            w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)
+            w = ed.array(n.input[1]).astype(np.float32)
             shift = output_shift(n, w, means[n.name].astype(np.float32)).astype(np.float32)
             if cache is not None:
                 cache[n.name] = shift
         if len(n.input) > 2 and n.input[2]:
-            b = numpy_helper.to_array(inits[n.input[2]]).astype(np.float32) if n.input[2] in inits else None
+            b = ed.array(n.input[2])
             if b is None or b.shape != shift.shape:
                 continue  # a computed or broadcast bias: leave the layer as it is
-            name = n.input[2] if users.get(n.input[2], 0) == 1 else f"{n.name}_bias_corrected"
         else:
-            b, name = np.zeros_like(shift), f"{n.name}_bias_corrected"
-        new = numpy_helper.from_array((b - shift).astype(np.float32), name)
-        if name in inits:
-            g.initializer.remove(inits[name])
-        g.initializer.append(new)
-        inits[name] = new
-        if len(n.input) > 2:
-            n.input[2] = name
-        else:
-            n.input.append(name)
+            b = np.zeros_like(shift)
+        ed.set_input(n, 2, (b.astype(np.float32) - shift).astype(np.float32), f"{n.name}_bias_corrected")
     return model

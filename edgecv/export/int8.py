@@ -54,7 +54,8 @@ def int8_artefact(run, target: str, calibs: Dict) -> Dict:
     art = {"file": name, "target": target, "precision": "int8", **held, "fallback_layers": g.fallback, "rung": rung,
            "qat": run.qat["info"] if rung.startswith("qat") else None,
            "calibration": {"method": method, "samples": len(run.cal), "chosen_from": trials,
-                           "bias_correction": bool(used_calib.input_means)}}
+                           "bias_correction": bool(used_calib.input_means),
+                           "weight_rounding": "gptq" if used_calib.rounded else "nearest"}}
     _post_quantize(run, tgt, name, used_calib)
     return art
 

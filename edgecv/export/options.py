@@ -6,7 +6,7 @@ from typing import Dict, Optional
 
 from edgecv import targets
 from edgecv.errors import RecipeError
-from edgecv.recipe import CALIB_CHOICES, PRUNE_METHODS, ExportConfig, Recipe, check_ranges
+from edgecv.recipe import CALIB_CHOICES, PRUNE_METHODS, WEIGHT_ROUNDINGS, ExportConfig, Recipe, check_ranges
 
 
 def resolve_options(recipe: Optional[Recipe], flags: Dict) -> ExportConfig:
@@ -51,4 +51,7 @@ def resolve_options(recipe: Optional[Recipe], flags: Dict) -> ExportConfig:
     if cfg.prune_method not in PRUNE_METHODS:
         raise RecipeError(f"--prune-method: unknown method {cfg.prune_method!r} (expected one of "
                           f"{', '.join(PRUNE_METHODS)})")
+    if cfg.weight_rounding not in WEIGHT_ROUNDINGS:
+        raise RecipeError(f"--weight-rounding: unknown rounding {cfg.weight_rounding!r} (expected one of "
+                          f"{', '.join(WEIGHT_ROUNDINGS)})")
     return cfg

@@ -301,8 +301,10 @@ def quantize_int8(run: ExportRun) -> None:
 
     o = run.opts
     for m in CALIB_METHODS if o.calib_method == "auto" else (o.calib_method,):
-        with run.stages(f"int8 calibration ({m}, {len(run.cal)} images)"):
-            run.calibs[m] = calibrate(run.fp32_path, run.cal.x, m, bias_correction=o.bias_correction)
+        with run.stages(f"int8 calibration ({m}{', GPTQ weights' if o.weight_rounding == 'gptq' else ''}, "
+                        f"{len(run.cal)} images)"):
+            run.calibs[m] = calibrate(run.fp32_path, run.cal.x, m, bias_correction=o.bias_correction,
+                                      rounding=o.weight_rounding)
     for target in o.targets:
         run.artifacts.append(int8_artefact(run, target, run.calibs))
 

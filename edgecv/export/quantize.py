@@ -20,7 +20,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import onnx
 
-from edgecv.recipe import CALIB_METHODS
+from edgecv.recipe import CALIB_METHODS, WEIGHT_ROUNDINGS
 from edgecv.utils.io import atomic_path
 
 log = logging.getLogger("edgecv.quantize")
@@ -71,6 +71,8 @@ class Calibration:
     input_means: Optional[Dict[str, np.ndarray]] = None
     # bias shifts per fp32 model (path and mtime) and node: computed once, reused by every fallback trial
     shifts: Dict[tuple, Dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+    # per Conv/Gemm: its weight rounded by GPTQ onto the int8 grid (edgecv.export.gptq; None: nearest rounding)
+    rounded: Optional[Dict[str, np.ndarray]] = field(default=None, repr=False)
 
     def range_of(self, tensor: str):
         lo, hi = self.ranges[tensor].range_value
@@ -78,13 +80,16 @@ class Calibration:
 
 
 def calibrate(fp32_path: str | os.PathLike, data: np.ndarray, method: str = "minmax",
-              input_name: str = "input", bias_correction: bool = True) -> Calibration:
-    """Collect activation ranges of every quantizable tensor over ``data`` with ``method``, and (for bias
-    correction, edgecv.export.bias_correction) each weighted layer's mean input per channel."""
+              input_name: str = "input", bias_correction: bool = True, rounding: str = "nearest") -> Calibration:
+    """Collect activation ranges of every quantizable tensor over ``data`` with ``method``, and, for
+    ``rounding="gptq"``, each weighted layer's weight rounded by GPTQ on ``data`` (edgecv.export.gptq), or else
+    (for bias correction, edgecv.export.bias_correction) each weighted layer's mean input per channel."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     if method not in CALIB_METHODS:
         raise ValueError(f"unknown calibration method {method!r} (expected one of {', '.join(CALIB_METHODS)})")
+    if rounding not in WEIGHT_ROUNDINGS:
+        raise ValueError(f"unknown weight rounding {rounding!r} (expected one of {', '.join(WEIGHT_ROUNDINGS)})")
     if len(data) == 0:
         raise ValueError("no calibration images")
     cm, options = getattr(CalibrationMethod, CALIBRATORS[method][0]), CALIBRATORS[method][1]
@@ -100,6 +105,10 @@ def calibrate(fp32_path: str | os.PathLike, data: np.ndarray, method: str = "min
             cal.collect_data(ArrayReader(input_name, chunk, max(d for d in range(1, 17) if len(chunk) % d == 0)))
         ranges = cal.compute_data()
         del cal
+    if rounding == "gptq":  # GPTQ's H holds the inputs' mean: it already removes the shift bias correction would
+        from edgecv.export.gptq import rounded_weights
+
+        return Calibration(method, int(len(data)), ranges, rounded=rounded_weights(str(fp32_path), data, input_name))
     means = None
     if bias_correction:
         from edgecv.export.bias_correction import input_means
@@ -111,8 +120,9 @@ def calibrate(fp32_path: str | os.PathLike, data: np.ndarray, method: str = "min
 def quantize(fp32_path: str | os.PathLike, calib: Calibration, out_path: str | os.PathLike, target,
              exclude: Sequence[str] = (), op_types: Sequence[str] = tuple(QUANT_OPS)) -> onnx.ModelProto:
     """Write the int8 Q/DQ model for ``target`` (an edgecv.targets.Target, or its name) with the quantizer
-    settings it declares; ``exclude`` node names stay float, and so do ops not in ``op_types``. With input means
-    in ``calib``, the biases of the layers quantized are first corrected for their weights' rounding."""
+    settings it declares; ``exclude`` node names stay float, and so do ops not in ``op_types``. With GPTQ-rounded
+    weights in ``calib``, the layers quantized take them (on the grid, so the quantizer keeps them); with input
+    means, their biases are first corrected for their weights' rounding."""
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
@@ -124,7 +134,12 @@ def quantize(fp32_path: str | os.PathLike, calib: Calibration, out_path: str | o
     act = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[t.quant.get("activation", "uint8")]
     with tempfile.TemporaryDirectory(prefix="edgecv-quant-") as tmp:
         src = Path(fp32_path)
-        if calib.input_means:
+        if calib.rounded:
+            from edgecv.export.gptq import rounded_model
+
+            src = Path(tmp) / "rounded.onnx"
+            onnx.save(rounded_model(str(fp32_path), calib.rounded, exclude, op_types), str(src))
+        elif calib.input_means:
             from edgecv.export.bias_correction import corrected_model
 
             src = Path(tmp) / "bias_corrected.onnx"

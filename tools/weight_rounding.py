@@ -1,0 +1,95 @@
+"""How int8 weight rounding changes agreement with fp32: nearest, nearest with bias correction, and GPTQ, for each
+CPU-run target form, on pretrained EfficientNet-Lite0 and three kinds of photographs calibration never saw.
+
+    python tools/weight_rounding.py [--images 500] [--calib 256] [--out out/weight_rounding]
+
+Calibration takes images from the imagenette and Caltech-101 folders after the ones judged (disjoint by
+position in one seeded shuffle per folder); ImageNet samples are only judged. Writes ``rounding.md`` and
+``rounding.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+SETS = {"imagenette": ("imagenette", "*/*.JPEG"), "imagenet-samples": ("imagenet-samples", "*.JPEG"),
+        "caltech101": ("caltech101", "*/*.jpg")}
+ROUNDINGS = {"nearest": {"bias_correction": False}, "nearest + bias correction": {"bias_correction": True},
+             "gptq": {"rounding": "gptq"}}
+TARGETS = ("tensorrt", "onnxruntime", "openvino")
+
+
+def _files(name: str) -> list:
+    folder, pattern = SETS[name]
+    files = sorted((DATA / folder).glob(pattern))
+    random.Random(0).shuffle(files)
+    return files
+
+
+def _load(files, pre) -> np.ndarray:
+    from edgecv.runtime.preprocess import load_image
+
+    return np.stack([pre(load_image(str(f), 3)) for f in files])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=500, help="judged per folder")
+    ap.add_argument("--calib", type=int, default=256, help="calibration images (half imagenette, half Caltech)")
+    ap.add_argument("--out", default="out/weight_rounding")
+    a = ap.parse_args(argv)
+    if a.images < 1 or a.calib < 2:
+        print("weight_rounding: --images must be >= 1 and --calib >= 2", file=sys.stderr)
+        return 2
+    from edgecv import targets
+    from edgecv.export.gates import onnx_logits
+    from edgecv.export.onnx_export import export_onnx
+    from edgecv.export.quantize import calibrate, quantize
+    from edgecv.metrics import agreement
+    from edgecv.models import create_model
+    from edgecv.runtime.preprocess import Preprocessor
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pre = Preprocessor({"input_size": 224, "resize": 256, "crop": 224, "channels": 3, "mean": [127 / 255] * 3,
+                        "std": [128 / 255] * 3})
+    judged = {k: _load(_files(k)[: a.images], pre) for k in SETS}
+    half = a.calib // 2
+    cal = _load(_files("imagenette")[a.images: a.images + half] + _files("caltech101")[a.images: a.images + half], pre)
+    fp32 = out / "lite0_fp32.onnx"
+    export_onnx(create_model("efficientnet_lite0", pretrained=True).eval(), fp32, (3, 224, 224))
+    ref = {k: onnx_logits(fp32, x) for k, x in judged.items()}
+    rows = []
+    for rounding, kw in ROUNDINGS.items():
+        t0 = time.perf_counter()
+        c = calibrate(fp32, cal, "percentile", **kw)
+        secs = time.perf_counter() - t0
+        for t in TARGETS:
+            tgt = targets.get(t)
+            quantize(fp32, c, out / "q.onnx", tgt)
+            row = {"rounding": rounding, "target": t, "calibrate_s": round(secs, 1)}
+            row.update({k: agreement(ref[k], onnx_logits(out / "q.onnx", x, target=tgt)) for k, x in judged.items()})
+            rows.append(row)
+            print(row, flush=True)
+    (out / "q.onnx").unlink(missing_ok=True)
+    (out / "rounding.json").write_text(json.dumps({"images": a.images, "calib": len(cal), "rows": rows}, indent=1))
+    head = "| rounding | target | " + " | ".join(SETS) + " | calibration s |"
+    lines = [head, "|" + "---|" * (len(SETS) + 3)]
+    lines += [f"| {r['rounding']} | {r['target']} | " + " | ".join(f"{r[k]:.1%}" for k in SETS)
+              + f" | {r['calibrate_s']} |" for r in rows]
+    (out / "rounding.md").write_text(f"Agreement with fp32, {a.images} images per folder, {len(cal)} calibration "
+                                     "images\n\n" + "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
