@@ -5,8 +5,11 @@ Beneath it: ``verified/`` (what ``edgecv verify`` chose, per bundle), ``openvino
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from pathlib import Path
+from typing import Iterator
 
 
 def cache_root() -> Path:
@@ -18,3 +21,29 @@ def cache_dir(name: str) -> Path:
     if name == "engines" and os.environ.get("EDGECV_ENGINE_CACHE"):
         return Path(os.environ["EDGECV_ENGINE_CACHE"])
     return cache_root() / name
+
+
+@contextlib.contextmanager
+def cache_lock(name: str) -> Iterator[None]:
+    """Hold cache folder ``name``'s lock against other processes; a waiter retries every 0.05 s, so Ctrl-C and
+    SIGTERM still reach it.
+
+    Why: OpenVINO reads a cached compiled model by mapping its file, and a second process that compiled the same
+    model at the same time writes that file again; the first then died of SIGBUS (three ``edgecv update`` processes
+    sharing one cache, in about one run of three). With compiles one at a time, the second finds the first's file.
+    """
+    import fcntl
+
+    d = cache_dir(name)
+    d.mkdir(parents=True, exist_ok=True)
+    fd = os.open(d / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -14,6 +14,7 @@ The device is ``CPU`` unless ``EDGECV_OPENVINO_DEVICE`` (or ``device=``) names a
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -23,7 +24,7 @@ import numpy as np
 
 from edgecv.errors import DeviceError, ModelFileError
 from edgecv.runtime.backends.base import OnnxFileBackend, TensorSpec, usable_cores
-from edgecv.utils.cache import cache_dir
+from edgecv.utils.cache import cache_dir, cache_lock
 
 INSTALL_HINT = "pip install 'edgecv[openvino]'"
 
@@ -36,8 +37,11 @@ def openvino_version() -> Optional[str]:
     return ov.__version__.split("-")[0]
 
 
+CACHE_NAME = "openvino"  # compiled models, under the cache root (edgecv.utils.cache)
+
+
 def _cache_dir() -> str:
-    return str(cache_dir("openvino"))
+    return str(cache_dir(CACHE_NAME))
 
 
 class OpenVinoBackend(OnnxFileBackend):
@@ -140,7 +144,8 @@ class OpenVinoBackend(OnnxFileBackend):
             model = self._model.clone()
             model.reshape({model.inputs[0]: self._ov.PartialShape([n, *self._input.shape[1:]])})  # -1 stays dynamic
             try:
-                compiled = self._core.compile_model(model, self.device, self._config)
+                with cache_lock(CACHE_NAME) if "CACHE_DIR" in self._config else contextlib.nullcontext():
+                    compiled = self._core.compile_model(model, self.device, self._config)
             except RuntimeError as e:
                 msg = str(e).strip().splitlines()[-1] if str(e).strip() else "RuntimeError"
                 raise DeviceError(f"{self.path}: OpenVINO could not compile it for {self.device} ({msg[:300]})") from None

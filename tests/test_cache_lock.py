@@ -1,0 +1,43 @@
+"""The cache lock that keeps OpenVINO compiles one at a time across processes (two at once rewrote a compiled-model
+file another process had mapped, which died of SIGBUS): a second process waits for the first, and still sees
+SIGTERM while it waits."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from edgecv.utils.cache import cache_lock
+
+CHILD = ("import sys, time; from edgecv.utils.cache import cache_lock\n"
+         "with cache_lock('openvino'):\n"
+         "    print(time.time(), flush=True)\n")
+
+
+def _child(env):
+    return subprocess.Popen([sys.executable, "-c", CHILD], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_second_process_waits_for_the_lock(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGECV_CACHE", str(tmp_path))
+    env = {**os.environ, "EDGECV_CACHE": str(tmp_path)}
+    with cache_lock("openvino"):
+        p = _child(env)
+        time.sleep(1.0)
+        released = time.time()
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert float(out.strip()) >= released  # it got the lock only after this process let go
+    with cache_lock("openvino"):  # and the lock is free again
+        pass
+
+
+def test_a_waiter_still_sees_sigterm(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGECV_CACHE", str(tmp_path))
+    with cache_lock("openvino"):
+        p = _child({**os.environ, "EDGECV_CACHE": str(tmp_path)})
+        time.sleep(1.0)
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=10)
+    assert p.returncode == -signal.SIGTERM
