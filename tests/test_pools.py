@@ -111,8 +111,11 @@ def test_qat_trains_on_augmented_pooled_images(tiny_ckpt, tmp_path):
     files = _photos(tmp_path / "pool", 48, 5)
     cfg = load_recipe(TINY_RECIPE).data
     ds = pooled_images([(str(p), content_hash(str(p)), "pool") for p in files], cfg, "pool", train=True)
-    views = [ds[0][0] for _ in range(2)]
-    assert views[0].shape == (1, 28, 28) and not torch.equal(views[0], views[1])  # augmented anew each time
+    # augmented anew each time. Seeded: the suite's earlier tests leave the global RNG in a fixed state, and in one
+    # test order the two views it drew were equal every run (a 28 px image has few distinct crops)
+    torch.manual_seed(0)
+    views = [ds[0][0] for _ in range(4)]
+    assert views[0].shape == (1, 28, 28) and any(not torch.equal(views[0], v) for v in views[1:])
     model = load_source(str(tiny_ckpt)).model.eval()
     q = prepare_qat(model, np.stack([ds[i][0].numpy() for i in range(8)]))
     res = finetune(q, model, ds, epochs=2, lr=1e-3, batch=16, show_progress=False)
