@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgecv.export.bias_correction import InitializerEditor, _attr, correctable_nodes, layer_inputs, quantized_nodes
+from edgecv.export.bias_correction import InitializerEditor, _attr, correctable_nodes, layer_inputs, quantized_nodes, quantized_weight
 
 log = logging.getLogger("edgecv.quantize")
 
@@ -48,7 +48,7 @@ def _patches(x: np.ndarray, node: onnx.NodeProto, w_shape) -> np.ndarray:
     groups = _attr(node, "group", 1)
     t, left, b, r = _attr(node, "pads", [0, 0, 0, 0])
     sh, sw = _attr(node, "strides", [1, 1])
-    n, c = x.shape[:2]
+    c = x.shape[1]
     if kh == kw == 1 and sh == sw == 1 and not any((t, left, b, r)):
         cols = x.transpose(0, 2, 3, 1).reshape(-1, groups, c // groups)
     else:
@@ -132,8 +132,6 @@ def rounded_weights(fp32_path: str, data: np.ndarray, input_name: str = "input")
 
 def _on_grid(w: np.ndarray, axis: int) -> bool:
     """Whether ONNX Runtime's own per-channel quantization (``axis``) gives ``w`` back unchanged."""
-    from edgecv.export.bias_correction import quantized_weight
-
     return bool(np.allclose(quantized_weight(w, axis), w, rtol=1e-6, atol=0))
 
 

@@ -26,7 +26,7 @@ def cache_dir(name: str) -> Path:
 @contextlib.contextmanager
 def cache_lock(name: str) -> Iterator[None]:
     """Hold cache folder ``name``'s lock against other processes; a waiter retries every 0.05 s, so Ctrl-C and
-    SIGTERM still reach it.
+    SIGTERM still reach it. Where the folder cannot be made or written, it holds nothing.
 
     Why: OpenVINO reads a cached compiled model by mapping its file, and a second process that compiled the same
     model at the same time writes that file again; the first then died of SIGBUS (three ``edgecv update`` processes
@@ -35,8 +35,12 @@ def cache_lock(name: str) -> Iterator[None]:
     import fcntl
 
     d = cache_dir(name)
-    d.mkdir(parents=True, exist_ok=True)
-    fd = os.open(d / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd = os.open(d / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # an unusable cache: no lock to take, and the cache's user reports the folder itself
+        yield
+        return
     try:
         while True:
             try:
