@@ -61,6 +61,22 @@ def agreement(ref_logits: np.ndarray, logits: np.ndarray) -> float:
     return float((ref_logits.argmax(1) == logits.argmax(1)).mean()) if len(logits) else 0.0
 
 
+def error_scale_needed(ref_logits: np.ndarray, logits: np.ndarray, min_agreement: float, steps: int = 20) -> float:
+    """How small the error ``logits - ref_logits`` would have to be, as a fraction of what it is, for top-1
+    agreement ``min_agreement`` on these rows: the largest ``s`` in [0, 1] (bisected; agreement grows as ``s`` falls,
+    up to near-ties) with ``agreement(ref, ref + s * (logits - ref)) >= min_agreement``. 1.0: already there; a small
+    value: the fp32 margins of many rows are far below the error, and only a much more faithful model will do."""
+    ref_logits, logits = np.asarray(ref_logits, np.float64), np.asarray(logits, np.float64)
+    err = logits - ref_logits
+    if agreement(ref_logits, logits) >= min_agreement:
+        return 1.0
+    lo, hi = 0.0, 1.0  # lo meets the floor (s = 0 is the reference itself), hi does not
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if agreement(ref_logits, ref_logits + mid * err) >= min_agreement else (lo, mid)
+    return lo
+
+
 def top1(logits: np.ndarray, labels: np.ndarray) -> float:
     """Top-1 accuracy of ``logits`` on ``labels``."""
     labels = np.asarray(labels)

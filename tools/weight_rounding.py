@@ -4,8 +4,9 @@ CPU-run target form, on pretrained EfficientNet-Lite0 and three kinds of photogr
     python tools/weight_rounding.py [--images 500] [--calib 256] [--out out/weight_rounding]
 
 Calibration takes images from the imagenette and Caltech-101 folders after the ones judged (disjoint by
-position in one seeded shuffle per folder); ImageNet samples are only judged. Writes ``rounding.md`` and
-``rounding.json``.
+position in one seeded shuffle per folder); ImageNet samples are only judged. Besides agreement, each cell says how
+far off 99% it is: the share of the int8 logit error that 99% agreement on those images allows
+(edgecv.metrics.error_scale_needed; 1.00: already there). Writes ``rounding.md`` and ``rounding.json``.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
     from edgecv.export.gates import onnx_logits
     from edgecv.export.onnx_export import export_onnx
     from edgecv.export.quantize import calibrate, quantize
-    from edgecv.metrics import agreement
+    from edgecv.metrics import agreement, error_scale_needed
     from edgecv.models import create_model
     from edgecv.runtime.preprocess import Preprocessor
 
@@ -76,17 +77,20 @@ def main(argv=None) -> int:
             tgt = targets.get(t)
             quantize(fp32, c, out / "q.onnx", tgt)
             row = {"rounding": rounding, "target": t, "calibrate_s": round(secs, 1)}
-            row.update({k: agreement(ref[k], onnx_logits(out / "q.onnx", x, target=tgt)) for k, x in judged.items()})
+            for k, x in judged.items():
+                logits = onnx_logits(out / "q.onnx", x, target=tgt)
+                row[k], row[f"{k} scale"] = agreement(ref[k], logits), error_scale_needed(ref[k], logits, 0.99)
             rows.append(row)
             print(row, flush=True)
     (out / "q.onnx").unlink(missing_ok=True)
     (out / "rounding.json").write_text(json.dumps({"images": a.images, "calib": len(cal), "rows": rows}, indent=1))
     head = "| rounding | target | " + " | ".join(SETS) + " | calibration s |"
     lines = [head, "|" + "---|" * (len(SETS) + 3)]
-    lines += [f"| {r['rounding']} | {r['target']} | " + " | ".join(f"{r[k]:.1%}" for k in SETS)
+    lines += [f"| {r['rounding']} | {r['target']} | " + " | ".join(f"{r[k]:.1%} ({r[k + ' scale']:.2f}x)" for k in SETS)
               + f" | {r['calibrate_s']} |" for r in rows]
     (out / "rounding.md").write_text(f"Agreement with fp32, {a.images} images per folder, {len(cal)} calibration "
-                                     "images\n\n" + "\n".join(lines) + "\n")
+                                     "images (in brackets: the share of the logit error that 99% agreement allows)"
+                                     "\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

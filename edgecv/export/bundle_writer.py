@@ -71,8 +71,13 @@ def write_report(tmp: Path, summary: Dict, artifacts: List[Dict]) -> None:
     for a in artifacts:
         if a["fallback_layers"]:
             lines += ["", f"### Layers kept in float in {a['file']}", "",
-                      "| layer | top-1 after | latency ms after |", "|---|---|---|"]
-            lines += [f"| {f['node']} | {f['top1_after']:.4f} | {f['latency_ms_after']:.3f} |" for f in a["fallback_layers"]]
+                      "The most sensitive first (KL to fp32 that keeping each alone in float removes):", ""]
+            lines += [f"- {f['node']} ({f['sensitivity_gain']:.5f})" for f in a["fallback_layers"]]
+            lines += ["", "What the fallback search measured on the tune images:", "",
+                      "| layers in float | top-1 | agreement | latency ms | within budget |", "|---|---|---|---|---|"]
+            lines += [f"| {t['layers']} | {t['top1']:.4f} | {t['agreement']:.2%} | "
+                      + (f"{t['latency_ms']:.3f}" if "latency_ms" in t else "") + f" | {t['within_budget']} |"
+                      for t in a.get("fallback_search") or []]
     if summary.get("robustness"):
         from edgecv.evaluate.robustness import markdown
 

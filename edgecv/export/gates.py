@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edgecv.export.quantize import Calibration, quantizable_nodes, quantize
-from edgecv.metrics import Budget, agreement, mean_kl, topk_accuracy
+from edgecv.metrics import Budget, agreement, error_scale_needed, mean_kl, topk_accuracy
 from edgecv.runtime.latency import measure_interleaved
 
 log = logging.getLogger("edgecv.export")
@@ -50,7 +50,9 @@ class GateResult:
     file: str
     top1: float
     top5: float
-    fallback: List[Dict] = field(default_factory=list)  # [{node, sensitivity_kl, top1_after, latency_ms_after}]
+    fallback: List[Dict] = field(default_factory=list)  # the layers kept in float: [{node, sensitivity_gain}]
+    # what the fallback search tried: [{layers, top1, top5, agreement, latency_ms, within_budget}] by count
+    search: List[Dict] = field(default_factory=list)
     passed: bool = True
     reason: str = ""
 
@@ -100,67 +102,104 @@ class TuneSplit:
 
 
 class AccuracyGate:
-    """The int8 budget on the tune split: quantize for a target; while outside the budget, keep the most sensitive
-    layers in float, one at a time (up to ``max_fallback_frac`` of them), or give up. The numbers reported for an
-    artefact are measured afterwards on images these decisions never saw."""
+    """The int8 budget on the tune split: quantize for a target; while outside the budget, keep the fewest of the
+    most sensitive layers in float that bring it within (up to ``max_fallback_frac`` of them), or give up. The
+    numbers reported for an artefact are measured afterwards on images these decisions never saw."""
 
     def __init__(self, tune: TuneSplit, budget: Budget, workdir: Path, show_progress: bool = True,
                  max_fallback_frac: float = 0.5):
         self.tune, self.budget, self.workdir = tune, budget, workdir
         self.show_progress, self.max_fallback_frac = show_progress, max_fallback_frac
 
-    def _measure(self, path: Path, target) -> Tuple[Dict, float]:
-        return self.tune.judge(onnx_logits(path, self.tune.inputs(), target=target))
+    def _judge(self, path: Path, target, layers: int) -> Dict:
+        """The int8 file at ``path`` (``layers`` kept in float) on the tune split: top-1/top-5, agreement, whether
+        within budget, and, when the agreement is short, the share of its logit error that would have to go
+        (``error_scale_needed``: the refusal says how far off the floor is, not only that it was missed)."""
+        logits = onnx_logits(path, self.tune.inputs(), target=target)
+        acc, agree = self.tune.judge(logits)
+        t = {"layers": layers, "top1": acc["top1"], "top5": acc["top5"], "agreement": agree,
+             "within_budget": self.budget.within(self.tune.ref_top1, acc["top1"], agree)}
+        if agree < self.budget.min_agreement:
+            t["error_scale_needed"] = error_scale_needed(self.tune.ref_logits, logits, self.budget.min_agreement)
+        return t
 
-    def _within(self, acc: Dict, agree: float) -> bool:
-        return self.budget.within(self.tune.ref_top1, acc["top1"], agree)
-
-    def _missed(self, target, acc: Dict, agree: float, floats: str) -> str:
-        drop = (self.tune.ref_top1 - acc["top1"]) * 100
-        return (f"{target.name} int8 on the tune split: top-1 {acc['top1']:.4f}, {drop:.2f} points below fp32 "
-                f"{self.tune.ref_top1:.4f}, agreement {agree:.1%}, {floats} (budget --max-drop {self.budget.max_drop}, "
-                f"--min-agreement {self.budget.min_agreement})")
+    def _missed(self, target, t: Dict, floats: str) -> str:
+        drop = (self.tune.ref_top1 - t["top1"]) * 100
+        side = f"{drop:.2f} points below" if drop >= 0 else f"{-drop:.2f} points above"
+        why = (f"{target.name} int8 on the tune split: top-1 {t['top1']:.4f}, {side} fp32 "
+               f"{self.tune.ref_top1:.4f}, agreement {t['agreement']:.1%}, {floats} (budget --max-drop "
+               f"{self.budget.max_drop}, --min-agreement {self.budget.min_agreement})")
+        if "error_scale_needed" in t:
+            why += (f"; {self.budget.min_agreement:.0%} agreement on these images needs its logit error cut to "
+                    f"{t['error_scale_needed']:.2f}x")
+        return why
 
     def run(self, fp32_path: str, calib: Calibration, target, out_path: Path,
             max_fallback: Optional[int] = None) -> GateResult:
         """Quantize ``fp32_path`` for ``target`` into ``out_path``, keeping at most ``max_fallback`` layers in float."""
         quantize(fp32_path, calib, out_path, target)
-        acc, agree = self._measure(out_path, target)
-        res = GateResult(out_path.name, acc["top1"], acc["top5"])
+        ptq = self._judge(out_path, target, 0)
+        res = GateResult(out_path.name, ptq["top1"], ptq["top5"], search=[ptq])
         log.info("%s int8 (%s): tune top-1 %.4f, drop %.2f points (budget %.2f), agreement %.3f (floor %.3f)",
-                 target.name, calib.method, acc["top1"], (self.tune.ref_top1 - acc["top1"]) * 100,
-                 self.budget.max_drop, agree, self.budget.min_agreement)
-        if self._within(acc, agree):
+                 target.name, calib.method, ptq["top1"], (self.tune.ref_top1 - ptq["top1"]) * 100,
+                 self.budget.max_drop, ptq["agreement"], self.budget.min_agreement)
+        if ptq["within_budget"]:
             return res
         if max_fallback == 0:
-            res.passed, res.reason = False, self._missed(target, acc, agree, "with no layer in float")
+            res.passed, res.reason = False, self._missed(target, ptq, "with no layer in float")
             return res
-        return self._fall_back(fp32_path, calib, target, out_path, res, max_fallback, (acc, agree))
+        return self._fall_back(fp32_path, calib, target, out_path, res, max_fallback)
 
-    def _fall_back(self, fp32_path, calib, target, out_path: Path, res: GateResult, max_fallback,
-                   measured: Tuple[Dict, float]) -> GateResult:
-        acc, agree = measured
+    def _fall_back(self, fp32_path, calib, target, out_path: Path, res: GateResult, max_fallback) -> GateResult:
+        """The fewest most-sensitive layers in float that bring the model within budget: first the most the
+        fallback may keep (if even they miss, no smaller prefix is tried), then a galloping and bisecting search
+        over the count, which takes the agreement as growing with each layer kept in float (a handful of trials
+        where one layer at a time took dozens of quantize-and-measure rounds)."""
         ranked = sensitivity(fp32_path, calib, target, self.tune.sens_x, self.workdir, self.show_progress)
         limit = max(1, int(len(ranked) * self.max_fallback_frac))
         limit = limit if max_fallback is None else min(limit, max_fallback)
-        excluded: List[str] = []
-        one = np.ascontiguousarray(self.tune.x[:1])
-        for r in ranked[:limit]:
-            excluded.append(r["node"])
-            quantize(fp32_path, calib, out_path, target, exclude=excluded)
-            acc, agree = self._measure(out_path, target)
-            be = host_backend(out_path, target)
-            lat = measure_interleaved({"m": (lambda be=be: be.infer(one))}, warmup=5, iters=50, rounds=1)["m"]["p50_ms"]
-            be.close()
-            res.fallback.append({"node": r["node"], "sensitivity_gain": r["gain"], "top1_after": acc["top1"],
-                                 "agreement_after": agree, "latency_ms_after": lat})
-            log.info("fallback %s -> tune top-1 %.4f, agreement %.3f, %.3f ms", r["node"], acc["top1"], agree, lat)
-            res.top1, res.top5 = acc["top1"], acc["top5"]
-            if self._within(acc, agree):
-                return res
-        res.passed = False
-        res.reason = self._missed(target, acc, agree, f"even with {len(excluded)} layers in float")
+        nodes = [r["node"] for r in ranked[:limit]]
+        trials: Dict[int, Dict] = {0: res.search[0]}
+        order: List[int] = []  # the counts in the order tried: the file on disk is the last one's
+
+        def trial(k: int) -> bool:
+            trials[k] = self._trial(fp32_path, calib, target, out_path, nodes[:k])
+            order.append(k)
+            return trials[k]["within_budget"]
+
+        passed, lo, hi = trial(limit), 0, limit
+        k = 1
+        while passed and k < hi:  # gallop: 1, 2, 4, ... floats until one is within budget
+            lo, hi = (lo, k) if trial(k) else (k, hi)
+            k *= 2
+        while passed and hi - lo > 1:  # then bisect between the last count that missed and the first that passed
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if trial(mid) else (mid, hi)
+        best = hi if passed else limit
+        if order[-1] != best:
+            quantize(fp32_path, calib, out_path, target, exclude=nodes[:best])  # the file of the count chosen
+        res.search = [trials[k] for k in sorted(trials)]
+        res.fallback = [{"node": r["node"], "sensitivity_gain": r["gain"]} for r in ranked[:best]]
+        res.top1, res.top5 = trials[best]["top1"], trials[best]["top5"]
+        if not passed:
+            res.passed = False
+            res.reason = self._missed(target, trials[limit], f"even with {limit} layers in float (the most the "
+                                      "fallback keeps)")
         return res
+
+    def _trial(self, fp32_path, calib, target, out_path: Path, floats: List[str]) -> Dict:
+        """Quantize with ``floats`` kept in float and measure it: tune top-1/top-5, agreement, batch-1 latency."""
+        quantize(fp32_path, calib, out_path, target, exclude=floats)
+        t = self._judge(out_path, target, len(floats))
+        be = host_backend(out_path, target)
+        try:
+            one = np.ascontiguousarray(self.tune.x[:1])
+            lat = measure_interleaved({"m": (lambda: be.infer(one))}, warmup=5, iters=50, rounds=1)["m"]["p50_ms"]
+        finally:
+            be.close()
+        log.info("%d layer(s) in float -> tune top-1 %.4f, agreement %.3f, %.3f ms", len(floats), t["top1"],
+                 t["agreement"], lat)
+        return {**t, "latency_ms": lat}
 
 
 def host_p50(candidates: Dict[str, str | os.PathLike], target, batch: np.ndarray) -> Dict[str, float]:

@@ -51,7 +51,8 @@ def int8_artefact(run, target: str, calibs: Dict) -> Dict:
         run.failures.append(g.reason)
     name = _share_identical(run.tmp, name, run.artifacts)
     held = _held_out(run, tgt, name, g)
-    art = {"file": name, "target": target, "precision": "int8", **held, "fallback_layers": g.fallback, "rung": rung,
+    art = {"file": name, "target": target, "precision": "int8", **held, "fallback_layers": g.fallback,
+           "fallback_search": g.search, "rung": rung,
            "qat": run.qat["info"] if rung.startswith("qat") else None,
            "calibration": {"method": method, "samples": len(run.cal), "chosen_from": trials,
                            "bias_correction": bool(used_calib.input_means),

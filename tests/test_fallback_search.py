@@ -1,0 +1,147 @@
+"""The per-layer fallback's search: the fewest most-sensitive layers in float within budget, found in a handful of
+quantize-and-measure trials instead of one per layer, and an unreachable budget refused after a single trial.
+
+The model is a 12-layer CNN trained for seconds on Fashion-MNIST (its int8 form disagrees with fp32 often enough to
+need several float layers), judged on real Fashion-MNIST test images.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import FASHION
+from torch import nn
+
+from edgecv import targets
+from edgecv.export.gates import AccuracyGate, TuneSplit, onnx_logits, sensitivity
+from edgecv.export.onnx_export import export_onnx
+from edgecv.export.quantize import calibrate, quantize
+from edgecv.metrics import Budget, agreement
+
+
+class DeepNet(nn.Module):
+    def __init__(self, depth: int = 12, width: int = 12):
+        super().__init__()
+        layers = []
+        for i in range(depth):
+            layers += [nn.Conv2d(1 if i == 0 else width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, 10)
+
+    def forward(self, x):
+        return self.head(self.body(x).mean((2, 3)))
+
+
+def _trained(norm) -> nn.Module:
+    from edgecv.data.fashion_mnist import load_fashion_mnist
+
+    torch.manual_seed(0)
+    x, y = load_fashion_mnist(FASHION, "train")
+    x, y = torch.from_numpy(norm(x[:3000])), torch.from_numpy(y[:3000].astype(np.int64))
+    net = DeepNet()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for i in range(0, len(x), 50):
+        loss = nn.functional.cross_entropy(net(x[i: i + 50]), y[i: i + 50])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from edgecv.data.fashion_mnist import load_fashion_mnist
+
+    def norm(a):
+        return ((a[:, None].astype(np.float32) / 255 - 0.286) / 0.353).astype(np.float32)
+
+    d = tmp_path_factory.mktemp("fallback_search")
+    fp32 = d / "fp32.onnx"
+    export_onnx(_trained(norm), fp32, (1, 28, 28))
+    x, y = load_fashion_mnist(FASHION, "test")
+    x = norm(x[:1064])
+    cal, tx, ty = x[:64], x[64:], y[64:1064].astype(np.int64)
+    # two over-bright calibration images stretch every minmax range: coarse int8 steps that each float layer removes
+    stretched = np.concatenate([cal, cal[:2] * 30])
+    calib = calibrate(fp32, stretched, "minmax", bias_correction=False)
+    ref = onnx_logits(fp32, tx)
+    tune = TuneSplit(tx, ty, float((ref.argmax(1) == ty).mean()), ref, cal[:32])
+    tgt = targets.get("onnxruntime")
+    ranked = [r["node"] for r in sensitivity(str(fp32), calib, tgt, tune.sens_x, d, show_progress=False)]
+    sweep = []  # agreement with the k most sensitive layers in float, one count at a time (the old linear search)
+    for k in range(len(ranked) + 1):
+        quantize(fp32, calib, d / "k.onnx", tgt, exclude=ranked[:k])
+        sweep.append(agreement(ref, onnx_logits(d / "k.onnx", tx, target=tgt)))
+    return d, fp32, calib, tune, tgt, ranked, sweep
+
+
+def _gate(setup, min_agreement, frac=1.0):
+    d, _, _, tune, *_ = setup
+    return AccuracyGate(tune, Budget(100.0, min_agreement), d, show_progress=False, max_fallback_frac=frac)
+
+
+@pytest.mark.parametrize("budget", ["middle", "hardest"])
+def test_search_finds_a_count_whose_one_fewer_missed_in_few_trials(setup, budget):
+    d, fp32, calib, tune, tgt, ranked, sweep = setup
+    assert sweep[0] < 0.97 and sweep[-1] > sweep[0] + 0.02, f"the net must need float layers: {sweep}"
+    # a floor some middle count meets, or the best agreement short of every layer in float
+    floor = sweep[len(ranked) // 2] if budget == "middle" else max(sweep[:-1])
+    first = next(k for k, a in enumerate(sweep) if a >= floor)
+    assert first >= 2, f"too easy a budget to exercise the search: {sweep}"
+    res = _gate(setup, floor).run(str(fp32), calib, tgt, d / "out.onnx")
+    k = len(res.fallback)
+    assert res.passed and [f["node"] for f in res.fallback] == ranked[:k]
+    tried = {t["layers"]: t for t in res.search}
+    assert tried[k]["within_budget"] and not tried[k - 1]["within_budget"]  # one fewer was measured and missed
+    assert k >= first  # never fewer than the linear search (which stops at the first count within budget)
+    assert len(tried) - 1 <= 1 + 2 * math.ceil(math.log2(len(ranked)))  # PTQ, the reach check, gallop, bisect
+    if first >= 8:
+        assert len(tried) - 1 < first  # fewer trials than the linear search's one per layer
+    # the file left on disk is the chosen count's, whatever count was tried last
+    assert agreement(tune.ref_logits, onnx_logits(d / "out.onnx", tune.x, target=tgt)) == pytest.approx(
+        tried[k]["agreement"]) == pytest.approx(sweep[k])
+    assert all(t["latency_ms"] > 0 for t in res.search[1:])
+
+
+def test_unreachable_budget_is_refused_after_one_trial(setup):
+    d, fp32, calib, tune, tgt, ranked, sweep = setup
+    limit = len(ranked) // 2
+    if sweep[limit] >= 1.0:
+        pytest.skip("half the layers in float already agree on every image")
+    res = _gate(setup, sweep[limit] + 1e-4, frac=limit / len(ranked) + 1e-9).run(str(fp32), calib, tgt,
+                                                                                 d / "out2.onnx")
+    assert not res.passed and [t["layers"] for t in res.search] == [0, limit]
+    assert f"even with {limit} layers in float" in res.reason and len(res.fallback) == limit
+    need = res.search[-1]["error_scale_needed"]
+    assert 0 < need < 1 and f"cut to {need:.2f}x" in res.reason
+
+
+def test_error_scale_needed_is_the_largest_share_of_the_error_that_keeps_the_floor():
+    from edgecv.metrics import error_scale_needed
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(2000, 10))
+    err = rng.normal(scale=0.5, size=ref.shape)
+    s = error_scale_needed(ref, ref + err, 0.99)
+    assert 0 < s < 1
+    assert agreement(ref, ref + s * err) >= 0.99 > agreement(ref, ref + (s + 0.01) * err)
+    assert error_scale_needed(ref, ref + 1e-9 * err, 0.99) == 1.0  # already within: nothing to cut
+    # twice the error needs half the share
+    assert error_scale_needed(ref, ref + 2 * err, 0.99) == pytest.approx(s / 2, rel=0.01)
+
+
+def test_report_shows_the_search(setup, tmp_path):
+    from edgecv.export.bundle_writer import write_report
+
+    d, fp32, calib, tune, tgt, ranked, sweep = setup
+    res = _gate(setup, sweep[len(ranked) // 2]).run(str(fp32), calib, tgt, d / "out3.onnx")
+    art = {"file": "model_int8_ort.onnx", "target": "onnxruntime", "precision": "int8", "top1": 0.5,
+           "latency_ms": 0.1, "fallback_layers": res.fallback, "fallback_search": res.search}
+    summary = {"source": "s", "evaluation": {"images": 10, "source": "e"}, "calibration": {"images": 64},
+               "stages": [], "baseline": {"top1": 0.5, "latency_ms": 0.1},
+               "default": {"onnxruntime": {"file": art["file"], "reason": "r"}},
+               "engine": {"built": False, "reason": "no TensorRT", "how": "edgecv build"}}
+    write_report(tmp_path, summary, [art])
+    text = (tmp_path / "report.md").read_text()
+    assert ranked[0] in text and "| layers in float | top-1 | agreement |" in text
+    assert text.count(" | True |") >= 1 and text.count(" | False |") >= 1
