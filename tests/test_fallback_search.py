@@ -145,3 +145,30 @@ def test_report_shows_the_search(setup, tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert ranked[0] in text and "| layers in float | top-1 | agreement |" in text
     assert text.count(" | True |") >= 1 and text.count(" | False |") >= 1
+
+
+class PoolOnly(nn.Module):
+    """No Conv, Gemm or MatMul: nothing the fallback could keep in float (a scale and a shift per output, which
+    int8 rounds)."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.scale = nn.Parameter(torch.rand(16, generator=g) + 0.5)
+        self.shift = nn.Parameter(torch.randn(16, generator=g) * 0.1)
+
+    def forward(self, x):
+        return nn.functional.avg_pool2d(x, 7).flatten(1) * self.scale + self.shift
+
+
+def test_a_model_with_no_layer_to_keep_in_float_is_refused_not_searched(setup, tmp_path):
+    d, _, _, tune, tgt, _, _ = setup
+    fp32 = tmp_path / "pool.onnx"
+    export_onnx(PoolOnly().eval(), fp32, (1, 28, 28))
+    calib = calibrate(fp32, np.concatenate([tune.x[:64], tune.x[:2] * 30]), "minmax", bias_correction=False)
+    ref = onnx_logits(fp32, tune.x)
+    split = TuneSplit(tune.x, tune.y, 0.0, ref, tune.x[:16])
+    res = AccuracyGate(split, Budget(100.0, 1.0), tmp_path, show_progress=False).run(str(fp32), calib, tgt,
+                                                                                      tmp_path / "q.onnx")
+    assert not res.passed and res.fallback == [] and [t["layers"] for t in res.search] == [0]
+    assert "no layer to keep in float" in res.reason and res.search[0]["agreement"] < 1.0

@@ -157,7 +157,10 @@ class AccuracyGate:
         where one layer at a time took dozens of quantize-and-measure rounds)."""
         ranked = sensitivity(fp32_path, calib, target, self.tune.sens_x, self.workdir, self.show_progress)
         limit = max(1, int(len(ranked) * self.max_fallback_frac))
-        limit = limit if max_fallback is None else min(limit, max_fallback)
+        limit = min(limit if max_fallback is None else min(limit, max_fallback), len(ranked))
+        if limit == 0:
+            res.passed, res.reason = False, self._missed(target, res.search[0], "and no layer to keep in float")
+            return res
         nodes = [r["node"] for r in ranked[:limit]]
         trials: Dict[int, Dict] = {0: res.search[0]}
         order: List[int] = []  # the counts in the order tried: the file on disk is the last one's
