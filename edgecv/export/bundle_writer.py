@@ -70,7 +70,7 @@ def write_report(tmp: Path, summary: Dict, artifacts: List[Dict]) -> None:
                       " before, then " + ", ".join(f"{h['tune_agreement_fake_quant']:.1%}" for h in q["history"]) + "."]
     for a in artifacts:
         if a["fallback_layers"]:
-            lines += ["", f"### Layers kept in float in {a['file']}", "",
+            lines += ["", f"### Layers kept in float in {a['file']} ({a['target']})", "",
                       "The most sensitive first (KL to fp32 that keeping each alone in float removes):", ""]
             lines += [f"- {f['node']} ({f['sensitivity_gain']:.5f})" for f in a["fallback_layers"]]
             lines += ["", "What the fallback search measured on the tune images:", "",

@@ -130,7 +130,7 @@ class AccuracyGate:
                f"{self.tune.ref_top1:.4f}, agreement {t['agreement']:.1%}, {floats} (budget --max-drop "
                f"{self.budget.max_drop}, --min-agreement {self.budget.min_agreement})")
         if "error_scale_needed" in t:
-            why += (f"; {self.budget.min_agreement:.0%} agreement on these images needs its logit error cut to "
+            why += (f"; {self.budget.min_agreement * 100:g}% agreement on these images needs its logit error cut to "
                     f"{t['error_scale_needed']:.2f}x")
         return why
 
