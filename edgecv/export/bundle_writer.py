@@ -69,15 +69,7 @@ def write_report(tmp: Path, summary: Dict, artifacts: List[Dict]) -> None:
                       f"of the fake-quantized model with fp32 on the tune images: {q['tune_agreement_fake_quant_before']:.1%}"
                       " before, then " + ", ".join(f"{h['tune_agreement_fake_quant']:.1%}" for h in q["history"]) + "."]
     for a in artifacts:
-        if a["fallback_layers"]:
-            lines += ["", f"### Layers kept in float in {a['file']} ({a['target']})", "",
-                      "The most sensitive first (KL to fp32 that keeping each alone in float removes):", ""]
-            lines += [f"- {f['node']} ({f['sensitivity_gain']:.5f})" for f in a["fallback_layers"]]
-            lines += ["", "What the fallback search measured on the tune images:", "",
-                      "| layers in float | top-1 | agreement | latency ms | within budget |", "|---|---|---|---|---|"]
-            lines += [f"| {t['layers']} | {t['top1']:.4f} | {t['agreement']:.2%} | "
-                      + (f"{t['latency_ms']:.3f}" if "latency_ms" in t else "") + f" | {t['within_budget']} |"
-                      for t in a.get("fallback_search") or []]
+        lines += _float_layers(a)
     if summary.get("robustness"):
         from edgecv.evaluate.robustness import markdown
 
@@ -102,6 +94,20 @@ def write_report(tmp: Path, summary: Dict, artifacts: List[Dict]) -> None:
     lines += ["", "## TensorRT engine", "", "built here" if eng.get("built") else f"not built here ({eng['reason']}); {eng['how']}"]
     atomic_write_text(tmp / REPORT_MD, "\n".join(lines) + "\n")
     _plot(tmp / REPORT_PNG, summary, artifacts)
+
+
+def _float_layers(a: Dict) -> List[str]:
+    """The report's section on an artefact's layers kept in float, and every count its fallback search tried."""
+    if not a["fallback_layers"]:
+        return []
+    lines = ["", f"### Layers kept in float in {a['file']} ({a['target']})", "",
+             "The most sensitive first (KL to fp32 that keeping each alone in float removes):", ""]
+    lines += [f"- {f['node']} ({f['sensitivity_gain']:.5f})" for f in a["fallback_layers"]]
+    lines += ["", "What the fallback search measured on the tune images:", "",
+              "| layers in float | top-1 | agreement | latency ms | within budget |", "|---|---|---|---|---|"]
+    return lines + [f"| {t['layers']} | {t['top1']:.4f} | {t['agreement']:.2%} | "
+                    + (f"{t['latency_ms']:.3f}" if "latency_ms" in t else "") + f" | {t['within_budget']} |"
+                    for t in a.get("fallback_search") or []]
 
 
 def _plot(path: Path, summary: Dict, artifacts: List[Dict]) -> None:
