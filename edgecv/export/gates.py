@@ -162,12 +162,10 @@ class AccuracyGate:
             res.passed, res.reason = False, self._missed(target, res.search[0], "and no layer to keep in float")
             return res
         nodes = [r["node"] for r in ranked[:limit]]
-        trials: Dict[int, Dict] = {0: res.search[0]}
-        order: List[int] = []  # the counts in the order tried: the file on disk is the last one's
+        trials: Dict[int, Dict] = {0: res.search[0]}  # by count, in the order tried (each count once)
 
         def trial(k: int) -> bool:
             trials[k] = self._trial(fp32_path, calib, target, out_path, nodes[:k])
-            order.append(k)
             return trials[k]["within_budget"]
 
         passed, lo, hi = trial(limit), 0, limit
@@ -179,7 +177,7 @@ class AccuracyGate:
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if trial(mid) else (mid, hi)
         best = hi if passed else limit
-        if order[-1] != best:
+        if next(reversed(trials)) != best:  # the file on disk is the last count tried's
             quantize(fp32_path, calib, out_path, target, exclude=nodes[:best])  # the file of the count chosen
         res.search = [trials[k] for k in sorted(trials)]
         res.fallback = [{"node": r["node"], "sensitivity_gain": r["gain"]} for r in ranked[:best]]
