@@ -117,9 +117,26 @@ def test_prune_tradeoff_smoke(tmp_path):
     assert [(x["method"], x["ratio"]) for x in rows] == [("unpruned", 0), ("reconstruct", 0.5), ("magnitude", 0.5)]
     for x in rows:
         assert abs(x["speedup_vs_unpruned_int8"] - rows[0]["int8_p50_ms"] / x["int8_p50_ms"]) < 1e-9
-        assert 0 <= x["agreement"] <= 1 and x["mmac"] <= rows[0]["mmac"]
+        assert 0 <= x["agreement"] <= 1 and x["mmac"] <= rows[0]["mmac"] and x["judged"] == 16
     assert (tmp_path / "out" / "tradeoff.png").stat().st_size > 1000
     shutil.rmtree(tmp_path / "out")
+
+
+def test_prune_tradeoff_judges_a_random_sample_of_classes(tmp_path):
+    """The held-out split lists photographs folder by folder: its first 40 are one or two classes (where pruning
+    looked 20 points kinder than on all of them). The tool judges on a seeded random sample across the classes."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import yaml
+    from prune_tradeoff import photographs
+
+    recipe = yaml.safe_load((ROOT / "recipes" / "transfer_lite0_caltech101.yaml").read_text())
+    recipe["data"].update(path=str(ROOT / recipe["data"]["path"]), input_size=32, resize=32)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    fit, x, y = photographs(str(tmp_path / "r.yaml"), 4, 40)
+    assert fit.shape == (4, 3, 32, 32) and x.shape == (40, 3, 32, 32)
+    assert len(set(y.tolist())) >= 15
+    again = photographs(str(tmp_path / "r.yaml"), 4, 40)
+    assert (again[2] == y).all() and (again[1] == x).all()
 
 
 def test_weight_rounding_smoke(tmp_path):
@@ -138,3 +155,23 @@ def test_weight_rounding_smoke(tmp_path):
     bad = subprocess.run([sys.executable, "tools/weight_rounding.py", "--images", "0"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--images" in bad.stderr
+
+
+def test_train_speed_smoke():
+    """tools/train_speed.py at 32 px, batch 2: one row per mode this CPU runs (bfloat16 only where it is native),
+    each speed-up the ratio of the baseline's time to its own."""
+    import torch
+
+    r = subprocess.run([sys.executable, "tools/train_speed.py", "--batch", "2", "--size", "32", "--rounds", "1",
+                        "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads(r.stdout)
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert [x["mode"] for x in rows][:2] == ["NCHW fp32 (before)", "channels-last fp32"]
+    assert len(rows) == (3 if native else 2)
+    for x in rows:
+        for k in ("train_step", "frozen_bn_step", "eval_forward"):
+            assert x[f"{k}_speedup"] == rows[0][f"{k}_s"] / x[f"{k}_s"]
+    bad = subprocess.run([sys.executable, "tools/train_speed.py", "--rounds", "0"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "at least 1" in bad.stderr

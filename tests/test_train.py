@@ -17,6 +17,9 @@ def test_train_writes_outputs(tiny_ckpt):
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"top1", "top5", "n"} <= set(metrics) and metrics["n"] == 10000
     assert metrics["top1"] > 0.3  # 10 classes: well above chance after one epoch on 2,000 images
+    from edgecv.train.engine import cpu_has_bf16
+
+    assert metrics["mixed_precision"] == ("bfloat16" if cpu_has_bf16() else "off")  # the recipe's train.amp default
     assert (out / "confusion.png").stat().st_size > 1000
     assert (out / "recipe.yaml").exists() and len((out / "log.jsonl").read_text().splitlines()) == 1
     ck = read_checkpoint(out / "model.pt")
@@ -141,3 +144,71 @@ def test_head_first_on_cached_features_then_fine_tune_with_frozen_batchnorm(tmp_
     assert not torch.equal(find_head(after)[1].weight, find_head(before)[1].weight)
     with pytest.raises(Exception, match="train.batchnorm"):
         load_recipe(TINY_RECIPE, ["train.batchnorm=sometimes"])
+
+
+def _cpu_flags() -> set:
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def test_mixed_precision_dtype_follows_the_device_and_this_cpu():
+    """amp: float16 on a GPU, bfloat16 on a CPU only where it computes bfloat16 natively (the kernel's flags), never
+    when switched off."""
+    from edgecv.train.engine import amp_dtype, cpu_has_bf16
+
+    native = bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    assert cpu_has_bf16() == native
+    assert amp_dtype("cpu", True) == (torch.bfloat16 if native else None)
+    assert amp_dtype("cuda", True) == torch.float16
+    assert amp_dtype("cpu", False) is None and amp_dtype("cuda", False) is None
+
+
+def test_cpu_batches_go_channels_last_with_the_same_values():
+    from edgecv.train.engine import to_device
+
+    x = torch.randn(4, 3, 16, 16)
+    y = to_device(x, "cpu")
+    assert y.is_contiguous(memory_format=torch.channels_last) and torch.equal(x, y)
+    flat = torch.randn(4, 10)
+    assert torch.equal(to_device(flat, "cpu"), flat)
+
+
+@pytest.mark.skipif(not torch.cpu._is_avx512_bf16_supported() and not torch.cpu._is_amx_tile_supported(),
+                    reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX)")
+def test_bfloat16_training_step_on_cpu_tracks_fp32(imagenet_dir):
+    """One Step of pretrained Lite0 on 32 ImageNet photographs under bfloat16 autocast: the logits and loss come back
+    in fp32 close to the fp32 step's, the same top-1 on nearly every photograph, and the weights stay fp32."""
+    import copy
+
+    import numpy as np
+    import torch.nn.functional as F
+
+    from edgecv.models.registry import create_model
+    from edgecv.runtime.preprocess import Preprocessor, load_image
+    from edgecv.train.engine import Step, to_device
+
+    pre = Preprocessor({"input_size": 160, "resize": 182, "crop": 160, "channels": 3, "mean": [127 / 255] * 3,
+                        "std": [128 / 255] * 3})
+    x = torch.from_numpy(np.stack([pre(load_image(str(f), 3)) for f in sorted(imagenet_dir.rglob("*.JPEG"))[:32]]))
+    base = create_model("efficientnet_lite0", pretrained=True).eval()
+    with torch.no_grad():
+        target = base(x).argmax(1)
+    out = {}
+    for dtype in (None, torch.bfloat16):
+        m = copy.deepcopy(base).eval()
+        step = Step(torch.optim.SGD(m.parameters(), lr=1e-3), amp_dtype=dtype)
+        logits, loss = step.loss(m, to_device(x, "cpu"), target)
+        step.update(loss)
+        out[dtype] = (logits.detach(), float(loss.detach()), m)
+    (l32, loss32, m32), (l16, loss16, m16) = out[None], out[torch.bfloat16]
+    assert l16.dtype == torch.float32 and all(p.dtype == torch.float32 for p in m16.parameters())
+    assert abs(loss16 - loss32) < 0.05 * loss32 + 0.02, (loss16, loss32)
+    assert (l16.argmax(1) == l32.argmax(1)).float().mean() >= 0.9
+    # the update: bfloat16's gradients point where fp32's do
+    with torch.no_grad():
+        d16, d32 = (torch.cat([(p - q).flatten() for p, q in zip(m.parameters(), base.parameters())])
+                    for m in (m16, m32))
+        cosine = float(F.cosine_similarity(d16, d32, 0))
+    assert float(d32.norm()) > 0 and cosine > 0.9, cosine

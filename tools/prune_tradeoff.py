@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def photographs(recipe_path: str, fit: int, n_eval: int):
-    """(fit images from the training split, eval images and labels from the held-out split), preprocessed."""
+    """(fit images from the training split, eval images and labels from the held-out split), preprocessed. Both
+    are seeded random samples: the splits list images folder by folder, so their first images are a few classes."""
     from torch.utils.data import DataLoader, Subset
 
     from edgecv.data.loaders import build_dataset
@@ -41,7 +42,8 @@ def photographs(recipe_path: str, fit: int, n_eval: int):
         xs, ys = zip(*DataLoader(Subset(ds, idx), 64))
         return torch.cat(xs).numpy(), torch.cat(ys).numpy()
 
-    return stack(train, pick)[0], *stack(val, list(range(min(n_eval, len(val)))))
+    judged = np.random.default_rng(1).permutation(len(val))[:n_eval or len(val)].tolist()
+    return stack(train, pick)[0], *stack(val, judged)
 
 
 @torch.no_grad()
@@ -73,7 +75,7 @@ def measure(args) -> List[Dict]:
     shape = tuple(x.shape[1:])
     ref = predictions(base, x)
     rows = [{"method": "unpruned", "ratio": 0.0, "mmac": count_macs(base, shape)[0] / 1e6,
-             "top1": float((ref == y).mean()), "agreement": 1.0}]
+             "top1": float((ref == y).mean()), "agreement": 1.0, "judged": len(y)}]
     with tempfile.TemporaryDirectory(prefix="edgecv-prune-tradeoff-") as tmp:
         files = {"unpruned": int8_file(base, fit, Path(tmp), "unpruned", shape)}
         for method in args.methods:
@@ -82,7 +84,7 @@ def measure(args) -> List[Dict]:
                 p = predictions(m, x)
                 key = f"{method} {r:g}"
                 rows.append({"method": method, "ratio": r, "mmac": rep.macs_after / 1e6,
-                             "top1": float((p == y).mean()), "agreement": float((p == ref).mean())})
+                             "top1": float((p == y).mean()), "agreement": float((p == ref).mean()), "judged": len(y)})
                 files[key] = int8_file(m, fit, Path(tmp), key.replace(" ", "_"), shape)
                 print(f"{key}: {rows[-1]['mmac']:.0f} MMAC, top-1 {rows[-1]['top1']:.3f}, "
                       f"agreement {rows[-1]['agreement']:.3f}", flush=True)
@@ -97,7 +99,8 @@ def measure(args) -> List[Dict]:
 
 def report(rows: List[Dict], args) -> str:
     lines = [f"`python tools/prune_tradeoff.py --checkpoint {args.checkpoint} --recipe {args.recipe}` "
-             f"({len(rows) - 1} pruned models; fit {args.fit} training photographs, judged on {args.eval} held-out)",
+             f"({len(rows) - 1} pruned models; fit {args.fit} training photographs, judged on {rows[0]['judged']} "
+             "held-out ones)",
              "", "| method | ratio | MMAC | top-1 (no distillation) | agreement with unpruned | OpenVINO int8 p50 ms | "
              "speed-up vs unpruned int8 |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -136,7 +139,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ratios", default="0.3,0.5,0.6,0.7", type=lambda s: [float(v) for v in s.split(",")])
     ap.add_argument("--methods", default="reconstruct,magnitude", type=lambda s: s.split(","))
     ap.add_argument("--fit", type=int, default=256)
-    ap.add_argument("--eval", type=int, default=400)
+    ap.add_argument("--eval", type=int, default=0, help="held-out photographs judged on (0: all)")
     ap.add_argument("--out", default="out/prune_tradeoff")
     args = ap.parse_args(argv)
     from edgecv.recipe import PRUNE_METHODS

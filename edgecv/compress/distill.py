@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgecv.train.engine import Step, evaluate, train_one_epoch
+from edgecv.train.engine import Step, amp_dtype, evaluate, train_one_epoch
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
@@ -24,7 +24,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: 
 class DistillConfig:
     """Distillation's schedule: SGD with Nesterov momentum or AdamW, with a one-cycle learning rate; the loss's
     temperature and the weight ``alpha`` of the soft (teacher) term against the labels; ``batchnorm`` as in
-    TrainConfig ("frozen": the student's BatchNorm layers keep their running statistics)."""
+    TrainConfig ("frozen": the student's BatchNorm layers keep their running statistics); ``amp``: mixed precision
+    as in TrainConfig (bfloat16 on a CPU that has it), for the teacher's forward pass too."""
 
     epochs: int = 1
     lr: float = 0.01
@@ -33,6 +34,7 @@ class DistillConfig:
     weight_decay: float = 1e-4
     optimizer: str = "sgd"
     batchnorm: str = "train"
+    amp: bool = False
 
 
 def distill(student: nn.Module, teacher: nn.Module, train_loader, val_loader, cfg: Optional[DistillConfig] = None,
@@ -45,8 +47,8 @@ def distill(student: nn.Module, teacher: nn.Module, train_loader, val_loader, cf
         p.requires_grad_(False)
 
     def loss_fn(output, target, images):
-        with torch.no_grad():
-            t_logits = teacher(images)
+        with torch.no_grad(), step.autocast():
+            t_logits = teacher(images).float()
         return kd_loss(output, t_logits, target, c.temperature, c.alpha)
 
     if c.optimizer == "adamw":
@@ -55,7 +57,7 @@ def distill(student: nn.Module, teacher: nn.Module, train_loader, val_loader, cf
         opt = torch.optim.SGD(student.parameters(), lr=c.lr, momentum=0.9, nesterov=True, weight_decay=c.weight_decay)
     steps = max(1, c.epochs * len(train_loader))
     step = Step(opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c.lr, total_steps=steps, pct_start=0.1),
-                loss_fn=loss_fn)
+                loss_fn=loss_fn, amp_dtype=amp_dtype("cpu", c.amp))
     history = []
     for epoch in range(c.epochs):
         torch.manual_seed(1000 + epoch)

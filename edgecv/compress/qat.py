@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgecv.train.engine import to_device
+
 log = logging.getLogger("edgecv.qat")
 
 
@@ -145,6 +147,7 @@ def finetune(student: nn.Module, teacher: nn.Module, x, cfg: Optional[FinetuneCo
         total = 0.0
         for xb in tqdm(_batches(x, c.batch, gen), total=(n + c.batch - 1) // c.batch, leave=False,
                        desc=f"QAT epoch {epoch + 1}/{c.epochs}", disable=not show_progress):
+            xb = to_device(xb, "cpu")
             with torch.no_grad():
                 t = F.log_softmax(teacher(xb) / c.temperature, 1)
             s = F.log_softmax(student(xb) / c.temperature, 1)

@@ -265,7 +265,8 @@ def _distill(run: ExportRun) -> float:
     with run.stages(f"distill {o.distill_epochs} epoch(s)"):
         _, _, train_loader, val_loader, _ = load_data(run.recipe.data)
         cfg = DistillConfig(o.distill_epochs, o.distill_lr, o.temperature, o.alpha,
-                            optimizer=o.distill_optimizer, batchnorm=run.recipe.train.batchnorm)
+                            optimizer=o.distill_optimizer, batchnorm=run.recipe.train.batchnorm,
+                            amp=run.recipe.train.amp)
         distill(run.student, run.teacher, train_loader, val_loader, cfg, show_progress=run.show_progress)
         acc = _torch_eval(run.student, run.ev.x, run.ev.y)
     run.stage_acc.append({"stage": "pruned + distilled", **acc})

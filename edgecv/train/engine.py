@@ -19,11 +19,40 @@ def accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1, 5)):
     return topk_correct(output.detach().float().cpu().numpy(), target.cpu().numpy(), topk)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere oneDNN emulates it, slower
+    than fp32."""
+    cpu = getattr(torch, "cpu", None)
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in ("_is_avx512_bf16_supported",
+                                                                      "_is_amx_tile_supported"))
+
+
+def amp_dtype(device: Any, enabled: bool) -> Optional[torch.dtype]:
+    """Mixed precision's autocast dtype on ``device``: float16 on a GPU (with a grad scaler), bfloat16 on a CPU that
+    computes it natively, else None (fp32 throughout)."""
+    if not enabled:
+        return None
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.float16
+    return torch.bfloat16 if kind == "cpu" and cpu_has_bf16() else None
+
+
+def to_device(images: torch.Tensor, device: Any) -> torch.Tensor:
+    """A batch on ``device``; on a CPU in channels-last layout, where oneDNN's convolutions run about 1.6x faster
+    than in NCHW (the model's weights follow without being converted: measured on a Lite0 training step)."""
+    images = images.to(device, non_blocking=True)
+    if images.dim() == 4 and images.device.type == "cpu":
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images
+
+
 @dataclass
 class Step:
     """How one training step updates the model: the optimizer, the scheduler (stepped per iteration, so warm-up is
-    per iteration), the device, label smoothing, AMP's grad scaler, and ``loss_fn(output, target, images)`` in place
-    of cross-entropy (distillation's)."""
+    per iteration), the device, label smoothing, AMP's grad scaler (float16 on a GPU), ``loss_fn(output, target,
+    images)`` in place of cross-entropy (distillation's), and the autocast dtype (:func:`amp_dtype`) the forward
+    pass runs in."""
 
     optimizer: Any
     scheduler: Any = None
@@ -31,12 +60,20 @@ class Step:
     label_smoothing: float = 0.0
     scaler: Any = None
     loss_fn: Optional[Callable] = None
+    amp_dtype: Optional[torch.dtype] = None
+
+    def autocast(self):
+        """The forward pass's mixed precision (a no-op without ``amp_dtype``); a ``loss_fn`` that runs a teacher
+        enters it too."""
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=self.amp_dtype,
+                              enabled=self.amp_dtype is not None)
 
     def loss(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor):
-        with torch.autocast(device_type="cuda", enabled=self.scaler is not None):
+        with self.autocast():
             output = model(images)
-            loss = self.loss_fn(output, target, images) if self.loss_fn else F.cross_entropy(
-                output, target, label_smoothing=self.label_smoothing)
+        output = output.float()  # the loss in fp32, whatever the forward pass ran in
+        loss = self.loss_fn(output, target, images) if self.loss_fn else F.cross_entropy(
+            output, target, label_smoothing=self.label_smoothing)
         return output, loss
 
     def update(self, loss) -> None:
@@ -75,7 +112,7 @@ def train_one_epoch(model: nn.Module, loader, step: Step, epoch: int, show_progr
     loss_sum, t0 = 0.0, time.time()
     bar = tqdm(loader, desc=f"{desc} epoch {epoch}", leave=False, disable=not show_progress, dynamic_ncols=True)
     for images, target in bar:
-        images, target = images.to(step.device, non_blocking=True), target.to(step.device, non_blocking=True)
+        images, target = to_device(images, step.device), target.to(step.device, non_blocking=True)
         output, loss = step.loss(model, images, target)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}; lower train.lr")
@@ -105,7 +142,7 @@ def evaluate(model: nn.Module, loader, device="cpu", show_progress: bool = True,
     for images, target in tqdm(loader, desc=desc, leave=False, disable=not show_progress, dynamic_ncols=True):
         if target_map is not None:
             target = target_map[target]
-        images, target = images.to(device), target.to(device)
+        images, target = to_device(images, device), target.to(device)
         output = model(images).float()
         loss_sum += F.cross_entropy(output, target, reduction="sum").item()
         a1, a5 = accuracy(output, target)

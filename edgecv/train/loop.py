@@ -21,7 +21,7 @@ from edgecv.models.checkpoint import make_checkpoint, read_checkpoint, save_chec
 from edgecv.models.heads import set_backbone_trainable
 from edgecv.models.registry import create_model
 from edgecv.recipe import Recipe, TrainConfig, save_recipe
-from edgecv.train.engine import evaluate, train_one_epoch
+from edgecv.train.engine import evaluate, to_device, train_one_epoch
 from edgecv.utils.io import atomic_path, atomic_write_json, atomic_write_text
 from edgecv.utils.outputs import run_output
 
@@ -186,7 +186,7 @@ class _Run:
 
 
 def _setup(recipe: Recipe, out: Path, show_progress: bool, dist_info: Dict) -> _Run:
-    from edgecv.train.engine import Step
+    from edgecv.train.engine import Step, amp_dtype
 
     cfg = recipe.train
     if cfg.threads:
@@ -199,8 +199,9 @@ def _setup(recipe: Recipe, out: Path, show_progress: bool, dist_info: Dict) -> _
     r.classes, r.loaders = list(train_set.classes), (train_loader, val_loader, sampler)
     r.model = build_model(recipe, len(r.classes)).to(r.device)
     optimizer = build_optimizer(r.model, cfg)
+    half = amp_dtype(r.device, cfg.amp)
     r.step = Step(optimizer, build_scheduler(optimizer, cfg, len(train_loader)), r.device, cfg.label_smoothing,
-                  torch.amp.GradScaler("cuda") if (cfg.amp and r.device.type == "cuda") else None)
+                  torch.amp.GradScaler("cuda") if half == torch.float16 else None, amp_dtype=half)
     return r
 
 
@@ -275,12 +276,13 @@ def _features(model: nn.Module, dataset, batch: int, desc: str, show_progress: b
     parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
     setattr(parent, name.rsplit(".", 1)[-1], nn.Identity())
     model.eval()
+    device = next(model.parameters()).device
     feats, labels = [], []
     try:
         loader = torch.utils.data.DataLoader(dataset, batch, shuffle=False)
         for x, y in tqdm(loader, desc=desc, leave=False, disable=not show_progress, dynamic_ncols=True):
-            feats.append(model(x).flatten(1))
-            labels.append(torch.as_tensor(y))
+            feats.append(model(to_device(x, device)).flatten(1))
+            labels.append(torch.as_tensor(y).to(device))
     finally:
         setattr(parent, name.rsplit(".", 1)[-1], head)
     return torch.cat(feats), torch.cat(labels)
@@ -340,7 +342,8 @@ def _train(recipe: Recipe, out: Path, resume: bool, show_progress: bool, dist_in
 
 def _finish(r: _Run, result: Dict) -> Dict:
     metrics = {"top1": result["top1"], "top5": result["top5"], "n": result["n"], "loss": result["loss"],
-               "epochs": r.recipe.train.epochs, "world_size": r.dist_info["world_size"], "history": r.history}
+               "epochs": r.recipe.train.epochs, "world_size": r.dist_info["world_size"], "history": r.history,
+               "mixed_precision": str(r.step.amp_dtype).removeprefix("torch.") if r.step.amp_dtype else "off"}
     if r.rank0:
         save_checkpoint(r.checkpoint(), r.out / "model.pt")
         atomic_write_json(r.out / "metrics.json", metrics)
