@@ -65,4 +65,5 @@ def distill(student: nn.Module, teacher: nn.Module, train_loader, val_loader, cf
                                        batchnorm=c.batchnorm))
     result = evaluate(student, val_loader, show_progress=show_progress, desc="eval student")
     result["history"] = history
+    result["mixed_precision"] = str(step.amp_dtype).removeprefix("torch.") if step.amp_dtype else "off"
     return result

@@ -89,7 +89,8 @@ def write_report(tmp: Path, summary: Dict, artifacts: List[Dict]) -> None:
                   f"{p['macs_before'] / 1e6:.2f} M -> {p['macs_after'] / 1e6:.2f} M ({p['mac_reduction']:.2f}x), "
                   f"parameters {p['params_before'] / 1e6:.3f} M -> {p['params_after'] / 1e6:.3f} M; top-1 "
                   f"{p['top1_after_prune']:.4f} right after pruning"
-                  + (f", {p['top1_after_distill']:.4f} after distillation" if "top1_after_distill" in p else "")]
+                  + (f", {p['top1_after_distill']:.4f} after distillation (mixed precision: "
+                     f"{p.get('distill_mixed_precision', 'off')})" if "top1_after_distill" in p else "")]
     eng = summary["engine"]
     lines += ["", "## TensorRT engine", "", "built here" if eng.get("built") else f"not built here ({eng['reason']}); {eng['how']}"]
     atomic_write_text(tmp / REPORT_MD, "\n".join(lines) + "\n")

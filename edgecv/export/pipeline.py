@@ -249,13 +249,13 @@ def compress(run: ExportRun) -> None:
         info = {**report.as_dict(), "top1_after_prune": acc["top1"]}
         run.stage_acc.append({"stage": "pruned", **acc})
         if opts.distill:
-            info["top1_after_distill"] = _distill(run)
+            info["top1_after_distill"], info["distill_mixed_precision"] = _distill(run)
         ck = make_checkpoint(run.student, run.src.arch, run.src.arch_args, run.src.classes, run.spec, pruned=True)
         save_checkpoint(ck, run.tmp / PRUNED_MODEL)
     run.summary["prune"] = info
 
 
-def _distill(run: ExportRun) -> float:
+def _distill(run: ExportRun) -> Tuple[float, str]:
     from edgecv.compress.distill import DistillConfig, distill
     from edgecv.data.loaders import load_data
 
@@ -267,10 +267,10 @@ def _distill(run: ExportRun) -> float:
         cfg = DistillConfig(o.distill_epochs, o.distill_lr, o.temperature, o.alpha,
                             optimizer=o.distill_optimizer, batchnorm=run.recipe.train.batchnorm,
                             amp=run.recipe.train.amp)
-        distill(run.student, run.teacher, train_loader, val_loader, cfg, show_progress=run.show_progress)
+        result = distill(run.student, run.teacher, train_loader, val_loader, cfg, show_progress=run.show_progress)
         acc = _torch_eval(run.student, run.ev.x, run.ev.y)
     run.stage_acc.append({"stage": "pruned + distilled", **acc})
-    return acc["top1"]
+    return acc["top1"], result["mixed_precision"]
 
 
 def export_fp32(run: ExportRun) -> None:
