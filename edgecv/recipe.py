@@ -96,8 +96,8 @@ class TrainConfig:
     step_size: int = ranged(30, ge=1)
     gamma: float = ranged(0.1, gt=0)
     label_smoothing: float = ranged(0.0, ge=0, lt=1)
-    # mixed precision: float16 on a GPU, bfloat16 on a CPU that computes it natively (AVX512-BF16, AMX; about 1.8x
-    # faster than fp32 for a Lite0 step), else off; also distillation's (export --distill)
+    # mixed precision: float16 on a GPU, bfloat16 on a CPU that computes it natively (AVX512-BF16, AMX: a Lite0 step
+    # 2.5x faster than fp32 NCHW, tools/train_speed.py), else off; also distillation's (export --distill)
     amp: bool = True
     seed: int = 0
     # Transfer learning, first: the new head alone, on features of the frozen pretrained backbone computed once over

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgecv.train.engine import Step, amp_dtype, evaluate, train_one_epoch
+from edgecv.train.engine import Step, amp_dtype, amp_name, evaluate, train_one_epoch
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
@@ -65,5 +65,5 @@ def distill(student: nn.Module, teacher: nn.Module, train_loader, val_loader, cf
                                        batchnorm=c.batchnorm))
     result = evaluate(student, val_loader, show_progress=show_progress, desc="eval student")
     result["history"] = history
-    result["mixed_precision"] = str(step.amp_dtype).removeprefix("torch.") if step.amp_dtype else "off"
+    result["mixed_precision"] = amp_name(step.amp_dtype)
     return result

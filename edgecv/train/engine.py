@@ -38,9 +38,14 @@ def amp_dtype(device: Any, enabled: bool) -> Optional[torch.dtype]:
     return torch.bfloat16 if kind == "cpu" and cpu_has_bf16() else None
 
 
+def amp_name(dtype: Optional[torch.dtype]) -> str:
+    """How a run's metrics and manifest name its mixed precision: "bfloat16", "float16" or "off"."""
+    return str(dtype).removeprefix("torch.") if dtype is not None else "off"
+
+
 def to_device(images: torch.Tensor, device: Any) -> torch.Tensor:
-    """A batch on ``device``; on a CPU in channels-last layout, where oneDNN's convolutions run about 1.6x faster
-    than in NCHW (the model's weights follow without being converted: measured on a Lite0 training step)."""
+    """A batch on ``device``; on a CPU in channels-last layout, where oneDNN's convolutions run about 1.5x faster
+    than in NCHW (the model's weights follow without being converted: tools/train_speed.py)."""
     images = images.to(device, non_blocking=True)
     if images.dim() == 4 and images.device.type == "cpu":
         images = images.contiguous(memory_format=torch.channels_last)

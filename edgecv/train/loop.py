@@ -21,7 +21,7 @@ from edgecv.models.checkpoint import make_checkpoint, read_checkpoint, save_chec
 from edgecv.models.heads import set_backbone_trainable
 from edgecv.models.registry import create_model
 from edgecv.recipe import Recipe, TrainConfig, save_recipe
-from edgecv.train.engine import evaluate, to_device, train_one_epoch
+from edgecv.train.engine import amp_name, evaluate, to_device, train_one_epoch
 from edgecv.utils.io import atomic_path, atomic_write_json, atomic_write_text
 from edgecv.utils.outputs import run_output
 
@@ -343,7 +343,7 @@ def _train(recipe: Recipe, out: Path, resume: bool, show_progress: bool, dist_in
 def _finish(r: _Run, result: Dict) -> Dict:
     metrics = {"top1": result["top1"], "top5": result["top5"], "n": result["n"], "loss": result["loss"],
                "epochs": r.recipe.train.epochs, "world_size": r.dist_info["world_size"], "history": r.history,
-               "mixed_precision": str(r.step.amp_dtype).removeprefix("torch.") if r.step.amp_dtype else "off"}
+               "mixed_precision": amp_name(r.step.amp_dtype)}
     if r.rank0:
         save_checkpoint(r.checkpoint(), r.out / "model.pt")
         atomic_write_json(r.out / "metrics.json", metrics)
