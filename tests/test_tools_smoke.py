@@ -137,6 +137,10 @@ def test_prune_tradeoff_judges_a_random_sample_of_classes(tmp_path):
     assert len(set(y.tolist())) >= 15
     again = photographs(str(tmp_path / "r.yaml"), 4, 40)
     assert (again[2] == y).all() and (again[1] == x).all()
+    for flag, value, says in (("--eval", "-3", "--eval must be 0"), ("--fit", "0", "--fit must be at least 1")):
+        r = subprocess.run([sys.executable, "tools/prune_tradeoff.py", flag, value], cwd=ROOT, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 2 and says in r.stderr, r.stderr
 
 
 def test_weight_rounding_smoke(tmp_path):

@@ -146,7 +146,8 @@ def main(argv=None) -> int:
 
     bad = [f"--ratios: {r:g} is not in (0, 1)" for r in args.ratios if not 0 < r < 1] + \
           [f"--methods: unknown {m!r} (expected {', '.join(PRUNE_METHODS)})" for m in args.methods
-           if m not in PRUNE_METHODS]
+           if m not in PRUNE_METHODS] + \
+          (["--fit must be at least 1"] if args.fit < 1 else []) + (["--eval must be 0 (all) or more"] if args.eval < 0 else [])
     if bad:
         print(f"error: {bad[0]}", file=sys.stderr)
         return 2
