@@ -164,13 +164,13 @@ def test_weight_rounding_smoke(tmp_path):
 def test_train_speed_smoke():
     """tools/train_speed.py at 32 px, batch 2: one row per mode this CPU runs (bfloat16 only where it is native),
     each speed-up the ratio of the baseline's time to its own."""
-    import torch
+    from edgecv.train.engine import cpu_has_bf16
 
     r = subprocess.run([sys.executable, "tools/train_speed.py", "--batch", "2", "--size", "32", "--rounds", "1",
                         "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = json.loads(r.stdout)
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    native = cpu_has_bf16()
     assert [x["mode"] for x in rows][:2] == ["NCHW fp32 (before)", "channels-last fp32"]
     assert len(rows) == (3 if native else 2)
     for x in rows:

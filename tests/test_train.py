@@ -175,7 +175,7 @@ def test_cpu_batches_go_channels_last_with_the_same_values():
     assert torch.equal(to_device(flat, "cpu"), flat)
 
 
-@pytest.mark.skipif(not torch.cpu._is_avx512_bf16_supported() and not torch.cpu._is_amx_tile_supported(),
+@pytest.mark.skipif(not _cpu_flags() & {"avx512_bf16", "amx_bf16"},
                     reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX)")
 def test_bfloat16_training_step_on_cpu_tracks_fp32(imagenet_dir):
     """One Step of pretrained Lite0 on 32 ImageNet photographs under bfloat16 autocast: the logits and loss come back
