@@ -179,7 +179,7 @@ def test_accuracy_gate_failure_leaves_no_bundle(tmp_path, tiny_ckpt, monkeypatch
     monkeypatch.setattr(pipeline, "robustness", lambda *a, **k: called.append(1))
     monkeypatch.setattr(pipeline, "quantize_int8", lambda run: int8.append(1))
     out = tmp_path / "b"
-    with pytest.raises(ExportError, match="accuracy gate failed.*the pruned fp32 model is already .* prune less"):
+    with pytest.raises(ExportError, match="accuracy gate failed.*the fp32 model pruned is already .* prune less, or distill"):
         # 90% of channels pruned (no rounding up to 8), no distillation: far outside a 0.1-point budget
         pipeline.export_bundle(str(TINY_RECIPE), str(out), {"prune": 0.9, "prune_round_to": 1, "distill": False,
                                                             "max_drop": 0.1, "corruptions": "all"},

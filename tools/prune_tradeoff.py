@@ -1,8 +1,9 @@
-"""What pruning buys and costs before any distillation: top-1, agreement and int8 batch-1 speed per ratio and method.
+"""What pruning buys and costs before any distillation: top-1, agreement and int8 batch-1 speed per ratio and method,
+and per smaller input size (``export --input-size``).
 
     python tools/prune_tradeoff.py [--checkpoint runs/caltech/model.pt]
         [--recipe recipes/transfer_lite0_caltech101.yaml] [--ratios 0.3,0.5,0.6,0.7] [--methods reconstruct,magnitude]
-        [--fit 256] [--eval 400] [--out out/prune_tradeoff]
+        [--sizes 192,176,160] [--fit 256] [--eval 400] [--out out/prune_tradeoff]
 
 Each pruned model is refitted (reconstruct) on ``--fit`` training photographs of the recipe and judged on the first
 ``--eval`` photographs of its held-out split, by top-1 and by agreement with the unpruned model. Every model, the
@@ -26,15 +27,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def photographs(recipe_path: str, fit: int, n_eval: int):
-    """(fit images from the training split, eval images and labels from the held-out split), preprocessed. Both
-    are seeded random samples: the splits list images folder by folder, so their first images are a few classes."""
+def photographs(recipe_path: str, fit: int, n_eval: int, size=None):
+    """(fit images from the training split, eval images and labels from the held-out split), preprocessed (at
+    ``size``: as the bundle of ``export --input-size`` would). Both are seeded random samples: the splits list images
+    folder by folder, so their first images are a few classes."""
     from torch.utils.data import DataLoader, Subset
 
     from edgecv.data.loaders import build_dataset
+    from edgecv.data.transforms import at_input_size
     from edgecv.recipe import load_recipe
 
-    cfg = load_recipe(recipe_path).data
+    cfg = at_input_size(load_recipe(recipe_path).data, size)
     train, val = build_dataset(cfg, "train", train_aug=False), build_dataset(cfg, "val")
     pick = np.random.default_rng(0).permutation(len(train))[:fit].tolist()
 
@@ -74,8 +77,9 @@ def measure(args) -> List[Dict]:
     fit, x, y = photographs(args.recipe, args.fit, args.eval)
     shape = tuple(x.shape[1:])
     ref = predictions(base, x)
-    rows = [{"method": "unpruned", "ratio": 0.0, "mmac": count_macs(base, shape)[0] / 1e6,
+    rows = [{"method": "unpruned", "ratio": 0.0, "size": shape[-1], "mmac": count_macs(base, shape)[0] / 1e6,
              "top1": float((ref == y).mean()), "agreement": 1.0, "judged": len(y)}]
+    inputs = {}
     with tempfile.TemporaryDirectory(prefix="edgecv-prune-tradeoff-") as tmp:
         files = {"unpruned": int8_file(base, fit, Path(tmp), "unpruned", shape)}
         for method in args.methods:
@@ -83,28 +87,44 @@ def measure(args) -> List[Dict]:
                 m, rep = prune_channels(copy.deepcopy(base), shape, r, images=fit, method=method, show_progress=True)
                 p = predictions(m, x)
                 key = f"{method} {r:g}"
-                rows.append({"method": method, "ratio": r, "mmac": rep.macs_after / 1e6,
+                rows.append({"method": method, "ratio": r, "size": shape[-1], "mmac": rep.macs_after / 1e6,
                              "top1": float((p == y).mean()), "agreement": float((p == ref).mean()), "judged": len(y)})
                 files[key] = int8_file(m, fit, Path(tmp), key.replace(" ", "_"), shape)
                 print(f"{key}: {rows[-1]['mmac']:.0f} MMAC, top-1 {rows[-1]['top1']:.3f}, "
                       f"agreement {rows[-1]['agreement']:.3f}", flush=True)
+        for size in args.sizes:
+            fit_s, x_s, y_s = photographs(args.recipe, args.fit, args.eval, size)
+            p = predictions(base, x_s)
+            rows.append({"method": "input size", "ratio": 0.0, "size": size,
+                         "mmac": count_macs(base, x_s.shape[1:])[0] / 1e6, "top1": float((p == y_s).mean()),
+                         "agreement": float((p == ref).mean()), "judged": len(y_s)})
+            files[_key(rows[-1])] = int8_file(base, fit_s, Path(tmp), f"size{size}", x_s.shape[1:])
+            inputs[_key(rows[-1])] = x_s[:1]
+            print(f"{_key(rows[-1])}: top-1 {rows[-1]['top1']:.3f}", flush=True)
         t = targets.get("openvino")
-        speed = speed_gate({k: (f, t) for k, f in files.items()}, x[:1], iters=300)
+        speed = speed_gate({k: (f, t) for k, f in files.items()}, x[:1], iters=300, inputs=inputs)
     for row in rows:
-        key = "unpruned" if row["method"] == "unpruned" else f"{row['method']} {row['ratio']:g}"
+        key = _key(row)
         row["int8_p50_ms"] = speed[key]["p50_ms"]
         row["speedup_vs_unpruned_int8"] = speed["unpruned"]["p50_ms"] / speed[key]["p50_ms"]
     return rows
+
+
+def _key(row: Dict) -> str:
+    if row["method"] == "unpruned":
+        return "unpruned"
+    return f"size {row['size']}" if row["method"] == "input size" else f"{row['method']} {row['ratio']:g}"
 
 
 def report(rows: List[Dict], args) -> str:
     lines = [f"`python tools/prune_tradeoff.py --checkpoint {args.checkpoint} --recipe {args.recipe}` "
              f"({len(rows) - 1} pruned models; fit {args.fit} training photographs, judged on {rows[0]['judged']} "
              "held-out ones)",
-             "", "| method | ratio | MMAC | top-1 (no distillation) | agreement with unpruned | OpenVINO int8 p50 ms | "
-             "speed-up vs unpruned int8 |", "|---|---|---|---|---|---|---|"]
+             "", "| method | ratio | input | MMAC | top-1 (no distillation) | agreement with unpruned | OpenVINO int8 p50 ms | "
+             "speed-up vs unpruned int8 |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['ratio']:g} | {r['mmac']:.0f} | {r['top1']:.3f} | {r['agreement']:.3f} | "
+        lines.append(f"| {r['method']} | {r['ratio']:g} | {r['size']} | {r['mmac']:.0f} | {r['top1']:.3f} | "
+                     f"{r['agreement']:.3f} | "
                      f"{r['int8_p50_ms']:.3f} | {r['speedup_vs_unpruned_int8']:.2f}x |")
     return "\n".join(lines) + "\n"
 
@@ -138,6 +158,8 @@ def main(argv=None) -> int:
     ap.add_argument("--recipe", default="recipes/transfer_lite0_caltech101.yaml")
     ap.add_argument("--ratios", default="0.3,0.5,0.6,0.7", type=lambda s: [float(v) for v in s.split(",")])
     ap.add_argument("--methods", default="reconstruct,magnitude", type=lambda s: s.split(","))
+    ap.add_argument("--sizes", default="", type=lambda s: [int(v) for v in s.split(",") if v],
+                    help="smaller input sizes to compare, unpruned (export --input-size); default: none")
     ap.add_argument("--fit", type=int, default=256)
     ap.add_argument("--eval", type=int, default=0, help="held-out photographs judged on (0: all)")
     ap.add_argument("--out", default="out/prune_tradeoff")
@@ -147,6 +169,7 @@ def main(argv=None) -> int:
     bad = [f"--ratios: {r:g} is not in (0, 1)" for r in args.ratios if not 0 < r < 1] + \
           [f"--methods: unknown {m!r} (expected {', '.join(PRUNE_METHODS)})" for m in args.methods
            if m not in PRUNE_METHODS] + \
+          [f"--sizes: {v} is below 8" for v in args.sizes if v < 8] + \
           (["--fit must be at least 1"] if args.fit < 1 else []) + (["--eval must be 0 (all) or more"] if args.eval < 0 else [])
     if bad:
         print(f"error: {bad[0]}", file=sys.stderr)

@@ -25,7 +25,9 @@ class DistillConfig:
     """Distillation's schedule: SGD with Nesterov momentum or AdamW, with a one-cycle learning rate; the loss's
     temperature and the weight ``alpha`` of the soft (teacher) term against the labels; ``batchnorm`` as in
     TrainConfig ("frozen": the student's BatchNorm layers keep their running statistics); ``amp``: mixed precision
-    as in TrainConfig (bfloat16 on a CPU that has it), for the teacher's forward pass too."""
+    as in TrainConfig (bfloat16 on a CPU that has it), for the teacher's forward pass too. ``student_size``: the
+    student sees every batch resized to this square size while the teacher sees it as loaded (a student at a lower
+    input resolution learns from the teacher at full resolution); None: both see the same batch."""
 
     epochs: int = 1
     lr: float = 0.01
@@ -35,6 +37,23 @@ class DistillConfig:
     optimizer: str = "sgd"
     batchnorm: str = "train"
     amp: bool = False
+    student_size: Optional[int] = None
+
+
+class AtSize(nn.Module):
+    """``model`` fed its input resized (antialiased bilinear, as the bundle's preprocessing resizes) to ``size``
+    x ``size``: the distilled student, when it runs at another resolution than the teacher."""
+
+    def __init__(self, model: nn.Module, size: int):
+        super().__init__()
+        self.model, self.size = model, size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != (self.size, self.size):
+            cl = x.is_contiguous(memory_format=torch.channels_last)
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+            x = x.contiguous(memory_format=torch.channels_last) if cl else x
+        return self.model(x)
 
 
 def distill(student: nn.Module, teacher: nn.Module, train_loader, val_loader, cfg: Optional[DistillConfig] = None,
@@ -42,6 +61,8 @@ def distill(student: nn.Module, teacher: nn.Module, train_loader, val_loader, cf
     """Train ``student`` against ``teacher`` on ``train_loader``; return the final evaluation on ``val_loader``.
     The schedule comes as a :class:`DistillConfig`, or as its fields by name."""
     c = replace(cfg or DistillConfig(), **fields)
+    if c.student_size:
+        student = AtSize(student, c.student_size)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

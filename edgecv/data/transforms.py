@@ -1,6 +1,9 @@
 """Training and evaluation transforms built from the recipe's ``data`` section (torchvision v2)."""
 from __future__ import annotations
 
+import dataclasses
+from typing import Optional
+
 import torch
 from torchvision.transforms import v2 as T
 
@@ -63,3 +66,12 @@ def preprocess_spec(cfg: DataConfig) -> dict:
 
     return PreprocessSpec(cfg.input_size, cfg.channels, tuple(cfg.mean), tuple(cfg.std),
                           cfg.resize or cfg.input_size, cfg.input_size).to_dict()
+
+
+def at_input_size(cfg: DataConfig, size: Optional[int]) -> DataConfig:
+    """``cfg`` with its input size changed to ``size`` (None: unchanged), the evaluation resize scaled with it, so
+    the centre crop covers the same part of each image at the new resolution."""
+    if size is None or size == cfg.input_size:
+        return cfg
+    resize = cfg.resize or cfg.input_size
+    return dataclasses.replace(cfg, input_size=size, resize=max(size, round(resize * size / cfg.input_size)))

@@ -83,6 +83,16 @@ def write_report(tmp: Path, summary: Dict, artifacts: List[Dict]) -> None:
         lines.append(f"- on a CPU (`--backend auto` until `edgecv verify` measures the device): {c['target']} "
                      f"`{c['file']}` ({c['reason']})")
     lines += [f"- {t}: no artefact ({why})" for t, why in (summary.get("targets_skipped") or {}).items()]
+    lines += _compression(summary)
+    eng = summary["engine"]
+    lines += ["", "## TensorRT engine", "", "built here" if eng.get("built") else f"not built here ({eng['reason']}); {eng['how']}"]
+    atomic_write_text(tmp / REPORT_MD, "\n".join(lines) + "\n")
+    _plot(tmp / REPORT_PNG, summary, artifacts)
+
+
+def _compression(summary: Dict) -> List[str]:
+    """The report's sections on pruning and on the input size, where the export changed them."""
+    lines = []
     if summary.get("prune"):
         p = summary["prune"]
         lines += ["", "## Pruning", "", f"{p['ratio']:.0%} of channels by {p.get('method', 'magnitude')}: MACs "
@@ -91,10 +101,13 @@ def write_report(tmp: Path, summary: Dict, artifacts: List[Dict]) -> None:
                   f"{p['top1_after_prune']:.4f} right after pruning"
                   + (f", {p['top1_after_distill']:.4f} after distillation (mixed precision: "
                      f"{p.get('distill_mixed_precision', 'off')})" if "top1_after_distill" in p else "")]
-    eng = summary["engine"]
-    lines += ["", "## TensorRT engine", "", "built here" if eng.get("built") else f"not built here ({eng['reason']}); {eng['how']}"]
-    atomic_write_text(tmp / REPORT_MD, "\n".join(lines) + "\n")
-    _plot(tmp / REPORT_PNG, summary, artifacts)
+    if summary.get("input_size"):
+        r = summary["input_size"]
+        lines += ["", "## Input size", "", f"The model ships at {r['export']} px (resize {r['resize']}); the source "
+                  f"runs at {r['source']} px. Top-1 {r['top1_before_distill']:.4f} at {r['export']} px before "
+                  "distillation" + (f", {r['top1_after_distill']:.4f} after (mixed precision: "
+                                    f"{r['distill_mixed_precision']})" if "top1_after_distill" in r else "")]
+    return lines
 
 
 def _float_layers(a: Dict) -> List[str]:

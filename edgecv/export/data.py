@@ -62,12 +62,28 @@ def members_digest(ids: List[str]) -> str:
 
 
 def materialise(ds, indices, desc: str, show_progress: bool) -> Tuple[np.ndarray, np.ndarray]:
+    """Samples ``indices`` of ``ds`` as one float32 array and their labels; refused before reading them all when
+    they would not fit in memory (an ``--input-size`` or ``data.input_size`` with a zero too many)."""
+    indices = list(indices)
     xs, ys = [], []
     for i in tqdm(indices, desc=desc, leave=False, disable=not show_progress, dynamic_ncols=True):
         x, y = ds[i]
         xs.append(x.numpy() if torch.is_tensor(x) else x)
         ys.append(y)
+        if len(xs) == 1:
+            _check_fits(desc, len(indices), xs[0])
     return np.stack(xs).astype(np.float32), np.asarray(ys, dtype=np.int64)
+
+
+def _check_fits(desc: str, n: int, first: np.ndarray) -> None:
+    from edgecv.utils.limits import available_memory
+
+    need, free = 2 * n * first.size * 4, available_memory()  # the list of images and the stacked array
+    if free is not None and need > free:
+        raise DatasetError(f"{desc}: {n} images of {' x '.join(map(str, first.shape))} float32 need "
+                           f"{need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB of memory available: lower "
+                           "--input-size (or the recipe's data.input_size), or the number of images "
+                           "(export.eval_limit, --calib-samples)")
 
 
 def evaluation_images(cfg: DataConfig, eval_path: Optional[str], limit: Optional[int], exclude: Set[str] = frozenset(),

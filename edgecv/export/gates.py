@@ -210,15 +210,17 @@ def host_p50(candidates: Dict[str, str | os.PathLike], target, batch: np.ndarray
     return {k: v["p50_ms"] for k, v in res.items()}
 
 
-def speed_gate(models: Dict[str, tuple], batch: np.ndarray, threads: int = 2, iters: int = 200) -> Dict[str, Dict]:
+def speed_gate(models: Dict[str, tuple], batch: np.ndarray, threads: int = 2, iters: int = 200,
+               inputs: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, Dict]:
     """Batch-1 latency on this CPU, interleaved; ``models`` maps a label to ``(file, target or None[, precision])``,
-    each run by the runtime that judges it here (``host_backend``)."""
-    one = np.ascontiguousarray(batch[:1])
+    each run by the runtime that judges it here (``host_backend``), on ``batch``'s first image or, for a label in
+    ``inputs``, on that one's (a model at another input size)."""
+    one = {k: np.ascontiguousarray((inputs or {}).get(k, batch)[:1]) for k in models}
     backends = {}
     try:  # built inside the try: a SIGTERM while the third one compiles still closes the first two
         for k, m in models.items():
             backends[k] = host_backend(m[0], m[1], threads, *m[2:])
-        fns = {k: (lambda be=be: be.infer(one)) for k, be in backends.items()}
+        fns = {k: (lambda be=be, x=one[k]: be.infer(x)) for k, be in backends.items()}
         # settle: one runtime's spinning worker threads must not slow the next candidate (tools/ort_tuning.py)
         return measure_interleaved(fns, warmup=20, iters=iters, rounds=10, settle_s=0.02)
     finally:

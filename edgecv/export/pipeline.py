@@ -72,6 +72,8 @@ class ExportRun:
     agree: Any = None  # pooled images that join the tune split for agreement with fp32 (no labels)
     tune: Any = None  # edgecv.export.gates.TuneSplit
     ev: Any = None  # the evaluation split: every reported number, nothing chosen on it
+    ev_src: Any = None  # the evaluation and tune splits at the source's input size (--input-size: the same images)
+    tune_src: Any = None
     teacher: Any = None
     student: Any = None
     base_onnx: Path = None
@@ -87,7 +89,22 @@ class ExportRun:
     stage_acc: List[Dict] = field(default_factory=list)
 
     @property
+    def data(self):
+        """The shipped model's data settings: the source's, at ``--input-size`` when given."""
+        from edgecv.data.transforms import at_input_size
+
+        return at_input_size(self.src.data, self.opts.input_size)
+
+    @property
+    def resized(self) -> bool:
+        return self.data.input_size != self.src.data.input_size
+
+    @property
     def shape(self) -> Tuple[int, int, int]:
+        return self.data.channels, self.data.input_size, self.data.input_size
+
+    @property
+    def src_shape(self) -> Tuple[int, int, int]:
         d = self.src.data
         return d.channels, d.input_size, d.input_size
 
@@ -95,7 +112,7 @@ class ExportRun:
     def spec(self) -> Dict:
         from edgecv.data.transforms import preprocess_spec
 
-        return preprocess_spec(self.src.data)
+        return preprocess_spec(self.data)
 
 
 def _torch_eval(model, x: np.ndarray, y: np.ndarray) -> Dict:
@@ -174,15 +191,16 @@ def image_sets(run: ExportRun) -> None:
     opts = run.opts
     if opts.calib_pools is not None:
         with run.stages("evaluation images"):
-            ev = evaluation_images(run.src.data, opts.eval, opts.eval_limit, show_progress=run.show_progress,
+            ev = evaluation_images(run.data, opts.eval, opts.eval_limit, show_progress=run.show_progress,
                                    seed=opts.calib_seed)
         cal = None
     else:
         with run.stages("calibration and evaluation images"):
-            cal, ev = calib_and_eval_sets(run.src.data, opts.calib, opts.eval, opts.calib_samples, opts.eval_limit,
+            cal, ev = calib_and_eval_sets(run.data, opts.calib, opts.eval, opts.calib_samples, opts.eval_limit,
                                           seed=opts.calib_seed, show_progress=run.show_progress)
     ev.y = apply_mapping(ev.y, match_classes(ev.classes, run.src.classes, ev.source, run.source))
     tune, ev = split_off(ev, opts.tune_fraction, opts.calib_seed)
+    run.tune_src, run.ev_src = source_size_sets(run, cal, tune, ev)
     if cal is None:
         cal = pooled_sets(run, set(ev.ids) | set(tune.ids))
     overlap = len(set(ev.ids) & set(cal.ids))
@@ -198,13 +216,32 @@ def image_sets(run: ExportRun) -> None:
     run.qat_images = run.qat_images or cal
 
 
+def source_size_sets(run: ExportRun, cal, tune, ev) -> Tuple[Any, Any]:
+    """The tune and evaluation images at the source's input size, for the source's own numbers (``tune`` and
+    ``ev`` themselves when the input size is unchanged): the same images, split the same way."""
+    from edgecv.data.classes import apply_mapping, match_classes
+    from edgecv.export.data import evaluation_images, split_off
+
+    if not run.resized:
+        return tune, ev
+    o = run.opts
+    with run.stages(f"evaluation images at the source's {run.src.data.input_size} px"):
+        full = evaluation_images(run.src.data, o.eval, o.eval_limit, set(cal.ids) if cal is not None else frozenset(),
+                                 run.show_progress, o.calib_seed)
+    full.y = apply_mapping(full.y, match_classes(full.classes, run.src.classes, full.source, run.source))
+    tune_src, ev_src = split_off(full, o.tune_fraction, o.calib_seed)
+    if tune_src.ids != tune.ids or ev_src.ids != ev.ids:  # the files changed between the two reads
+        raise ExportError(f"{full.source}: the evaluation images changed while they were read; run the export again")
+    return tune_src, ev_src
+
+
 def pooled_sets(run: ExportRun, exclude) -> Any:
     """Calibration images from the calibration set's pools; the pooled agreement images (for the tune split) and the
     QAT rung's images kept on ``run``; returns the calibration images."""
     from edgecv.export.data import members_digest, pooled_images
     from edgecv.export.pools import draw_pools
 
-    o, cfg, show = run.opts, run.src.data, run.show_progress
+    o, cfg, show = run.opts, run.data, run.show_progress
     with run.stages("image pools (calibration, agreement, QAT), disjoint from evaluation and tune by content"):
         draw = draw_pools(o.calib_pools, exclude, o.calib_samples, o.calib_seed)
         cal = pooled_images(draw.calibration, cfg, "pooled calibration images", show)
@@ -224,23 +261,33 @@ def baseline(run: ExportRun) -> None:
     run.teacher = run.student = run.src.model.eval()
     run.base_onnx = run.work / "baseline_fp32.onnx"
     with run.stages("baseline fp32 ONNX"):
-        export_onnx(run.teacher, run.base_onnx, run.shape, run.opts.opset)
-        run.base_acc = eval_onnx(run.base_onnx, run.ev.x, run.ev.y)
+        export_onnx(run.teacher, run.base_onnx, run.src_shape, run.opts.opset)
+        run.base_acc = eval_onnx(run.base_onnx, run.ev_src.x, run.ev_src.y)
     run.summary["baseline"] = {"top1": run.base_acc["top1"], "top5": run.base_acc["top5"], "pruned": False}
     run.stage_acc.append({"stage": "fp32 (source)", **run.base_acc})
 
 
 def compress(run: ExportRun) -> None:
-    """Prune channels (Torch-Pruning), then recover accuracy by distillation from the unpruned model."""
+    """At ``--input-size``, prune channels, then recover accuracy by distillation from the source model."""
     from edgecv.models.checkpoint import make_checkpoint, save_checkpoint
 
     opts, info = run.opts, None
+    if run.resized:
+        run.student = copy.deepcopy(run.teacher)
+        try:
+            acc = _torch_eval(run.student, run.ev.x, run.ev.y)
+        except RuntimeError as e:  # a head sized for one resolution (a flatten into a fixed Linear)
+            raise RecipeError(f"--input-size {run.data.input_size}: {run.src.arch} cannot run at that size "
+                              f"({str(e).splitlines()[0]})") from None
+        run.stage_acc.append({"stage": f"at {run.data.input_size} px", **acc})
+        run.summary["input_size"] = {"source": run.src.data.input_size, "export": run.data.input_size,
+                                     "resize": run.data.resize, "top1_before_distill": acc["top1"]}
     if opts.prune > 0:
         from edgecv.compress.prune import prune_channels
 
         with run.stages(f"prune {opts.prune:.0%} of channels"):
             try:
-                run.student, report = prune_channels(copy.deepcopy(run.teacher), run.shape, opts.prune,
+                run.student, report = prune_channels(copy.deepcopy(run.student), run.shape, opts.prune,
                                                      opts.prune_round_to, run.cal.x,
                                                      opts.prune_method, run.show_progress)
             except ValueError as e:
@@ -248,9 +295,17 @@ def compress(run: ExportRun) -> None:
             acc = _torch_eval(run.student, run.ev.x, run.ev.y)
         info = {**report.as_dict(), "top1_after_prune": acc["top1"]}
         run.stage_acc.append({"stage": "pruned", **acc})
-        if opts.distill:
-            info["top1_after_distill"], info["distill_mixed_precision"] = _distill(run)
-        ck = make_checkpoint(run.student, run.src.arch, run.src.arch_args, run.src.classes, run.spec, pruned=True)
+    if opts.distill and run.student is run.teacher:  # --input-size the source's own: distilling would train it
+        raise RecipeError(f"--distill: --input-size {opts.input_size} is the source's own input size, so there is "
+                          "nothing to recover: add --prune R, another --input-size, or --no-distill")
+    if opts.distill:
+        done = dict(zip(("top1_after_distill", "distill_mixed_precision"), _distill(run)))
+        for part in (info, run.summary.get("input_size")):
+            if part is not None:
+                part.update(done)
+    if run.student is not run.teacher:
+        ck = make_checkpoint(run.student, run.src.arch, run.src.arch_args, run.src.classes, run.spec,
+                             pruned=opts.prune > 0)
         save_checkpoint(ck, run.tmp / PRUNED_MODEL)
     run.summary["prune"] = info
 
@@ -262,14 +317,15 @@ def _distill(run: ExportRun) -> Tuple[float, str]:
     if run.recipe is None:
         raise RecipeError("--distill: needs a recipe SOURCE (its training data)")
     o = run.opts
-    with run.stages(f"distill {o.distill_epochs} epoch(s)"):
+    size = f" at {run.data.input_size} px from the source at {run.src.data.input_size}" if run.resized else ""
+    with run.stages(f"distill {o.distill_epochs} epoch(s){size}"):
         _, _, train_loader, val_loader, _ = load_data(run.recipe.data)
         cfg = DistillConfig(o.distill_epochs, o.distill_lr, o.temperature, o.alpha,
                             optimizer=o.distill_optimizer, batchnorm=run.recipe.train.batchnorm,
-                            amp=run.recipe.train.amp)
+                            amp=run.recipe.train.amp, student_size=run.data.input_size if run.resized else None)
         result = distill(run.student, run.teacher, train_loader, val_loader, cfg, show_progress=run.show_progress)
         acc = _torch_eval(run.student, run.ev.x, run.ev.y)
-    run.stage_acc.append({"stage": "pruned + distilled", **acc})
+    run.stage_acc.append({"stage": "pruned + distilled" if o.prune > 0 else "distilled", **acc})
     return acc["top1"], result["mixed_precision"]
 
 
@@ -286,8 +342,8 @@ def export_fp32(run: ExportRun) -> None:
         run.fp32_acc = eval_onnx(run.fp32_path, run.ev.x, run.ev.y) if run.student is not run.teacher else run.base_acc
     run.ref_eval = onnx_logits(run.fp32_path, run.ev.x)
     t, ax = run.tune, run.agree.x if run.agree is not None else None
-    run.tune = TuneSplit(t.x, t.y, eval_onnx(run.base_onnx, t.x, t.y)["top1"], None, run.cal.x[: min(64, len(run.cal))],
-                         ax)
+    base_tune = eval_onnx(run.base_onnx, run.tune_src.x, run.tune_src.y)["top1"]
+    run.tune = TuneSplit(t.x, t.y, base_tune, None, run.cal.x[: min(64, len(run.cal))], ax)
     run.tune.ref_logits = onnx_logits(run.fp32_path, run.tune.inputs())
     run.gate = AccuracyGate(run.tune, Budget(run.opts.max_drop, run.opts.min_agreement), run.work, run.show_progress)
     run.artifacts = [{"file": FP32_MODEL, "target": tn, "precision": "fp32", **run.fp32_acc,
@@ -324,8 +380,12 @@ def bf16(run: ExportRun) -> None:
 def check_fp32_drop(run: ExportRun) -> None:
     drop = (run.base_acc["top1"] - run.fp32_acc["top1"]) * 100
     if drop > run.opts.max_drop:
-        run.failures.append(f"the pruned fp32 model is already {drop:.2f} points below the source (top-1 "
-                            f"{run.fp32_acc['top1']:.4f} vs {run.base_acc['top1']:.4f}); prune less or distill "
+        what = " and ".join(([f"at {run.data.input_size} px"] if run.resized else []) +
+                            (["pruned"] if run.opts.prune > 0 else []))
+        less = " or ".join((["prune less"] if run.opts.prune > 0 else []) +
+                           (["a larger --input-size"] if run.resized else []))
+        run.failures.append(f"the fp32 model {what} is already {drop:.2f} points below the source (top-1 "
+                            f"{run.fp32_acc['top1']:.4f} vs {run.base_acc['top1']:.4f}); {less}, or distill "
                             f"longer (budget --max-drop {run.opts.max_drop})")
 
 
@@ -334,8 +394,10 @@ def robustness_report(run: ExportRun) -> None:
     if o.corruptions == "none":
         return
     with run.stages(f"robustness under corruption ({o.corruptions}, {min(len(run.ev), o.corruption_images)} images)"):
-        run.summary["robustness"] = robustness(run.tmp, run.base_onnx if o.prune > 0 else None, run.artifacts, run.ev,
-                                               run.spec, o, run.show_progress)
+        # the unpruned source joins the report only at the same input size: it cannot read the shipped model's
+        unpruned = run.base_onnx if o.prune > 0 and not run.resized else None
+        run.summary["robustness"] = robustness(run.tmp, unpruned, run.artifacts, run.ev, run.spec, o,
+                                               run.show_progress)
     refuse_if(corruption_failures(run.summary["robustness"], o))
 
 
@@ -349,7 +411,7 @@ def speed_and_defaults(run: ExportRun) -> None:
         models = {"baseline_fp32": (run.base_onnx, None)}
         models.update({_label(a): (run.tmp / a["file"], targets.get(a["target"]), a["precision"])
                        for a in run.artifacts})
-        lat = speed_gate(models, run.ev.x)
+        lat = speed_gate(models, run.ev.x, inputs={"baseline_fp32": run.ev_src.x})
     run.summary["baseline"]["latency_ms"] = lat["baseline_fp32"]["p50_ms"]
     for a in run.artifacts:
         a["latency_ms"], a["latency"] = lat[_label(a)]["p50_ms"], lat[_label(a)]
@@ -366,7 +428,7 @@ def write(run: ExportRun) -> Dict:
     run.summary["stages"] = run.stage_acc
     run.summary["engine"] = _engine_plan(run.opts)
     run.summary["golden"] = write_golden_vectors(run.tmp, run.fp32_path, run.ev, run.spec, run.opts)
-    return write_bundle(run.tmp, run.src, run.src.data, run.recipe, run.opts, run.artifacts, run.summary,
+    return write_bundle(run.tmp, run.src, run.data, run.recipe, run.opts, run.artifacts, run.summary,
                         run.stages.times)
 
 

@@ -35,3 +35,16 @@ def check_fps(value: Any, where: str = "--fps") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
         raise ValueError(f"{where}: expected a frame rate from {lo:g} to {hi:g}, got {value!r}")
     return float(value)
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory the kernel says a new allocation can have without swapping (``MemAvailable``); None where
+    it does not say (not Linux)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
