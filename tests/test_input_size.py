@@ -55,7 +55,9 @@ def test_bundle_at_input_size_ships_that_size(small_bundle, tiny_bundle):
     for a in m["artifacts"]:  # every artefact runs at 20 px, and each was timed (the baseline at 28)
         assert a["latency_ms"] > 0
     assert s["baseline"]["latency_ms"] > 0
-    assert "The model ships at 20 px (resize 20); the source runs at 28 px." in (small_bundle / "report.md").read_text()
+    report = (small_bundle / "report.md").read_text()
+    assert "The model ships at 20 px (resize 20); the source runs at 28 px." in report
+    assert f"| (source fp32 at 28 px) | onnxruntime | fp32 | {s['baseline']['top1']:.4f} |" in report
     golden = np.load(small_bundle / "golden.npz")
     assert golden["pixels"].shape[2:] == (20, 20)
 

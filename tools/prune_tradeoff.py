@@ -117,9 +117,11 @@ def _key(row: Dict) -> str:
 
 
 def report(rows: List[Dict], args) -> str:
-    lines = [f"`python tools/prune_tradeoff.py --checkpoint {args.checkpoint} --recipe {args.recipe}` "
-             f"({len(rows) - 1} pruned models; fit {args.fit} training photographs, judged on {rows[0]['judged']} "
-             "held-out ones)",
+    sizes = f" --sizes {','.join(map(str, args.sizes))}" if args.sizes else ""
+    lines = [f"`python tools/prune_tradeoff.py --checkpoint {args.checkpoint} --recipe {args.recipe} --methods "
+             f"{','.join(args.methods)} --ratios {','.join(f'{r:g}' for r in args.ratios)}{sizes}` "
+             f"({len(rows) - 1} compressed models; fit {args.fit} training photographs, judged on "
+             f"{rows[0]['judged']} held-out ones)",
              "", "| method | ratio | input | MMAC | top-1 (no distillation) | agreement with unpruned | OpenVINO int8 p50 ms | "
              "speed-up vs unpruned int8 |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -79,7 +79,8 @@ def export(source, out_dir, force, overrides, as_json, **flags):
     s = manifest["summary"]
     from edgecv import targets
 
-    rows = [{"artefact": "(unpruned fp32 baseline)", "target": targets.host_reference().name, "precision": "fp32",
+    size = s.get("input_size")
+    rows = [{"artefact": f"(source fp32 at {size['source']} px)" if size else "(unpruned fp32 baseline)", "target": targets.host_reference().name, "precision": "fp32",
              "top1": s["baseline"]["top1"], "latency_ms": s["baseline"]["latency_ms"], "speedup": 1.0, "fallback": 0,
              "agreement": None}]
     for a in manifest["artifacts"]:

@@ -54,7 +54,9 @@ def write_report(tmp: Path, summary: Dict, artifacts: List[Dict]) -> None:
               "| file | target | precision | top-1 | agreement with fp32 | mean KL | worst class drop | latency ms "
               "| fallback layers |", "|---|---|---|---|---|---|---|---|---|"]
     base = summary["baseline"]
-    lines.append(f"| (unpruned fp32 baseline) | {targets.host_reference().name} | fp32 | {base['top1']:.4f} | | | | "
+    source = f"(source fp32 at {summary['input_size']['source']} px)" if summary.get("input_size") else \
+        "(unpruned fp32 baseline)"
+    lines.append(f"| {source} | {targets.host_reference().name} | fp32 | {base['top1']:.4f} | | | | "
                  f"{base['latency_ms']:.3f} | |")
     for a in artifacts:
         lines.append(f"| {a['file']} | {a['target']} | {a['precision']} | {a['top1']:.4f} | "
