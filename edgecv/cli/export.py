@@ -80,7 +80,8 @@ def export(source, out_dir, force, overrides, as_json, **flags):
     from edgecv import targets
 
     size = s.get("input_size")
-    rows = [{"artefact": f"(source fp32 at {size['source']} px)" if size else "(unpruned fp32 baseline)", "target": targets.host_reference().name, "precision": "fp32",
+    source = f"(source fp32 at {size['source']} px)" if size else "(unpruned fp32 baseline)"
+    rows = [{"artefact": source, "target": targets.host_reference().name, "precision": "fp32",
              "top1": s["baseline"]["top1"], "latency_ms": s["baseline"]["latency_ms"], "speedup": 1.0, "fallback": 0,
              "agreement": None}]
     for a in manifest["artifacts"]:
