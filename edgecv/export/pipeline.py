@@ -185,8 +185,7 @@ def load(source: str, flags: Dict, overrides: List[str], show_progress: bool) ->
 def image_sets(run: ExportRun) -> None:
     """Calibration and evaluation images, disjoint by content; the tune split taken off the held-out images (and,
     with pools, pooled images for calibration, the tune split's agreement part and the QAT rung)."""
-    from edgecv.data.classes import apply_mapping, match_classes
-    from edgecv.export.data import calib_and_eval_sets, evaluation_images, split_off
+    from edgecv.export.data import calib_and_eval_sets, evaluation_images
 
     opts = run.opts
     if opts.calib_pools is not None:
@@ -198,8 +197,7 @@ def image_sets(run: ExportRun) -> None:
         with run.stages("calibration and evaluation images"):
             cal, ev = calib_and_eval_sets(run.data, opts.calib, opts.eval, opts.calib_samples, opts.eval_limit,
                                           seed=opts.calib_seed, show_progress=run.show_progress)
-    ev.y = apply_mapping(ev.y, match_classes(ev.classes, run.src.classes, ev.source, run.source))
-    tune, ev = split_off(ev, opts.tune_fraction, opts.calib_seed)
+    tune, ev = tune_and_evaluation(run, ev)
     run.tune_src, run.ev_src = source_size_sets(run, cal, tune, ev)
     if cal is None:
         cal = pooled_sets(run, set(ev.ids) | set(tune.ids))
@@ -216,11 +214,21 @@ def image_sets(run: ExportRun) -> None:
     run.qat_images = run.qat_images or cal
 
 
+def tune_and_evaluation(run: ExportRun, held_out) -> Tuple[Any, Any]:
+    """The held-out images' labels in the model's class order, split into (tune, evaluation): the one split both
+    input sizes use."""
+    from edgecv.data.classes import apply_mapping, match_classes
+    from edgecv.export.data import split_off
+
+    held_out.y = apply_mapping(held_out.y, match_classes(held_out.classes, run.src.classes, held_out.source,
+                                                         run.source))
+    return split_off(held_out, run.opts.tune_fraction, run.opts.calib_seed)
+
+
 def source_size_sets(run: ExportRun, cal, tune, ev) -> Tuple[Any, Any]:
     """The tune and evaluation images at the source's input size, for the source's own numbers (``tune`` and
     ``ev`` themselves when the input size is unchanged): the same images, split the same way."""
-    from edgecv.data.classes import apply_mapping, match_classes
-    from edgecv.export.data import evaluation_images, split_off
+    from edgecv.export.data import evaluation_images
 
     if not run.resized:
         return tune, ev
@@ -228,8 +236,7 @@ def source_size_sets(run: ExportRun, cal, tune, ev) -> Tuple[Any, Any]:
     with run.stages(f"evaluation images at the source's {run.src.data.input_size} px"):
         full = evaluation_images(run.src.data, o.eval, o.eval_limit, set(cal.ids) if cal is not None else frozenset(),
                                  run.show_progress, o.calib_seed)
-    full.y = apply_mapping(full.y, match_classes(full.classes, run.src.classes, full.source, run.source))
-    tune_src, ev_src = split_off(full, o.tune_fraction, o.calib_seed)
+    tune_src, ev_src = tune_and_evaluation(run, full)
     if tune_src.ids != tune.ids or ev_src.ids != ev.ids:  # the files changed between the two reads
         raise ExportError(f"{full.source}: the evaluation images changed while they were read; run the export again")
     return tune_src, ev_src
