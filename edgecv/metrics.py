@@ -61,6 +61,19 @@ def agreement(ref_logits: np.ndarray, logits: np.ndarray) -> float:
     return float((ref_logits.argmax(1) == logits.argmax(1)).mean()) if len(logits) else 0.0
 
 
+def agreement_by_group(ref_logits: np.ndarray, logits: np.ndarray, groups) -> Dict[str, Dict]:
+    """Top-1 agreement within each group of rows (``groups``: one name per row), in first-seen order:
+    ``{name: {"images": n, "agreement": share}}``. Where the images come from several places (labelled held-out
+    images, unlabelled pools), one overall rate hides that int8 may agree on one kind of photograph and not another."""
+    ref_logits, logits = np.asarray(ref_logits), np.asarray(logits)
+    if len(groups) != len(logits):
+        raise ValueError(f"{len(groups)} group names for {len(logits)} rows")
+    same = ref_logits.argmax(1) == logits.argmax(1)
+    names = np.asarray(groups, dtype=object)
+    return {g: {"images": int((names == g).sum()), "agreement": float(same[names == g].mean())}
+            for g in dict.fromkeys(groups)}
+
+
 def error_scale_needed(ref_logits: np.ndarray, logits: np.ndarray, min_agreement: float, steps: int = 20) -> float:
     """How small the error ``logits - ref_logits`` would have to be, as a fraction of what it is, for top-1
     agreement ``min_agreement`` on these rows: the largest ``s`` in [0, 1] (bisected; agreement grows as ``s`` falls,

@@ -16,7 +16,7 @@ from edgecv import targets
 from edgecv.export.gates import AccuracyGate, TuneSplit, onnx_logits, sensitivity
 from edgecv.export.onnx_export import export_onnx
 from edgecv.export.quantize import calibrate, quantize
-from edgecv.metrics import Budget, agreement
+from edgecv.metrics import Budget, agreement, error_scale_needed
 
 
 class DeepNet(nn.Module):
@@ -172,3 +172,37 @@ def test_a_model_with_no_layer_to_keep_in_float_is_refused_not_searched(setup, t
                                                                                       tmp_path / "q.onnx")
     assert not res.passed and res.fallback == [] and [t["layers"] for t in res.search] == [0]
     assert "no layer to keep in float" in res.reason and res.search[0]["agreement"] < 1.0
+
+
+def test_a_refusal_names_the_agreement_of_each_source(setup, tmp_path):
+    """Tune images from two places (here: the first 600 and the last 400 test images, named as two sources): the
+    refusal and every trial give the agreement on each, counted independently from the int8 file's logits."""
+    d, fp32, calib, tune, tgt, _, sweep = setup
+    sources = ["labelled"] * 600 + ["pool b"] * 400
+    split = TuneSplit(tune.x, tune.y, tune.ref_top1, tune.ref_logits, tune.sens_x, sources=sources)
+    res = AccuracyGate(split, Budget(100.0, 1.0), tmp_path, show_progress=False).run(str(fp32), calib, tgt,
+                                                                                      tmp_path / "q.onnx",
+                                                                                      max_fallback=0)
+    assert not res.passed and res.chosen() is res.search[0]
+    same = tune.ref_logits.argmax(1) == onnx_logits(tmp_path / "q.onnx", tune.x, target=tgt).argmax(1)
+    parts = res.search[0]["agreement_by_source"]
+    assert {k: (v["images"], v["agreement"]) for k, v in parts.items()} == {
+        "labelled": (600, pytest.approx(same[:600].mean())), "pool b": (400, pytest.approx(same[600:].mean()))}
+    # each source's own reach: the error share that 100% agreement allows on its images alone
+    for name, rows in (("labelled", slice(0, 600)), ("pool b", slice(600, None))):
+        q = onnx_logits(tmp_path / "q.onnx", tune.x[rows], target=tgt)
+        assert parts[name]["error_scale_needed"] == pytest.approx(error_scale_needed(tune.ref_logits[rows], q, 1.0))
+    assert (f"by source: labelled {same[:600].mean():.1%} of 600 (error to "
+            f"{parts['labelled']['error_scale_needed']:.2f}x), pool b {same[600:].mean():.1%} of 400") in res.reason
+    assert sweep[0] < 0.97  # the int8 file disagrees: the per-source shares are not both trivially 100%
+
+
+def test_agreement_by_group_refuses_a_mismatched_list():
+    from edgecv.metrics import agreement_by_group
+
+    ref = np.eye(3)[[0, 1, 2, 0, 1]]
+    out = np.eye(3)[[0, 1, 2, 1, 2]]  # the last two rows change class
+    assert agreement_by_group(ref, out, ["a", "b", "a", "b", "b"]) == {
+        "a": {"images": 2, "agreement": 1.0}, "b": {"images": 3, "agreement": pytest.approx(1 / 3)}}
+    with pytest.raises(ValueError, match="3 group names for 5 rows"):
+        agreement_by_group(ref, out, ["a", "b", "c"])

@@ -98,6 +98,26 @@ def test_an_export_with_pools_records_what_came_from_where(tiny_ckpt, tmp_path):
     assert s["tune_agreement_images"]["images"] == 120 and s["calibration"]["samples"] == 64
     assert sum(p["used_for"]["agreement"] for p in pools.values()) == 120
     assert s["evaluation"]["disjoint_from_calibration"] and s["evaluation"]["disjoint_from_tune"]
+    _agreement_is_reported_by_source(m, tmp_path / "b", {str(tmp_path / n): pools[str(tmp_path / n)]["used_for"]
+                                                          ["agreement"] for n in ("p1", "p2")})
+
+
+def _agreement_is_reported_by_source(m, bundle, pooled):
+    """Every int8 artefact's tune agreement, split by where the images came from (the labelled held-out images,
+    each pool): the counts are the draw's, and the parts average back to the overall rate the gate judged."""
+    int8 = [a for a in m["artifacts"] if a["precision"] == "int8"]
+    assert int8
+    for a in int8:
+        parts = a["tune_agreement_by_source"]
+        labelled = [k for k in parts if k.endswith("(labelled)")]
+        assert len(labelled) == 1 and {k[: -len(" (pool)")]: v["images"] for k, v in parts.items()
+                                       if k.endswith("(pool)")} == pooled
+        chosen = next(t for t in a["fallback_search"] if t["layers"] == len(a["fallback_layers"]))
+        n = sum(v["images"] for v in parts.values())
+        assert n == parts[labelled[0]]["images"] + 120
+        assert sum(v["images"] * v["agreement"] for v in parts.values()) / n == pytest.approx(chosen["agreement"])
+    report = (bundle / "report.md").read_text()
+    assert "by source" in report and f"{next(iter(pooled))} (pool), {pooled[next(iter(pooled))]} images" in report
 
 
 def test_qat_trains_on_augmented_pooled_images(tiny_ckpt, tmp_path):

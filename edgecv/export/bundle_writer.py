@@ -70,6 +70,7 @@ def write_report(tmp: Path, summary: Dict, artifacts: List[Dict]) -> None:
                       f"distillation from fp32 on {q['images']} unlabelled calibration images (lr {q['lr']}). Agreement "
                       f"of the fake-quantized model with fp32 on the tune images: {q['tune_agreement_fake_quant_before']:.1%}"
                       " before, then " + ", ".join(f"{h['tune_agreement_fake_quant']:.1%}" for h in q["history"]) + "."]
+    lines += _by_source(artifacts)
     for a in artifacts:
         lines += _float_layers(a)
     if summary.get("robustness"):
@@ -110,6 +111,25 @@ def _compression(summary: Dict) -> List[str]:
                   "distillation" + (f", {r['top1_after_distill']:.4f} after (mixed precision: "
                                     f"{r['distill_mixed_precision']})" if "top1_after_distill" in r else "")]
     return lines
+
+
+def _by_source(artifacts: List[Dict]) -> List[str]:
+    """The report's table of each int8 artefact's agreement with fp32 on the tune images, by where they came from."""
+    rows = [a for a in artifacts if a.get("tune_agreement_by_source")]
+    if not rows:
+        return []
+    names = list(dict.fromkeys(k for a in rows for k in a["tune_agreement_by_source"]))
+    lines = ["", "### Agreement with fp32 on the tune images, by source", "",
+             "| file | target | " + " | ".join(f"{n}, {_images(rows, n)} images" for n in names) + " |", "|---|---|" + "---|" * len(names)]
+    for a in rows:
+        cells = [f"{a['tune_agreement_by_source'][n]['agreement']:.2%}" if n in a["tune_agreement_by_source"] else ""
+                 for n in names]
+        lines.append(f"| {a['file']} | {a['target']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _images(rows: List[Dict], name: str) -> int:
+    return next(a["tune_agreement_by_source"][name]["images"] for a in rows if name in a["tune_agreement_by_source"])
 
 
 def _float_layers(a: Dict) -> List[str]:

@@ -27,6 +27,7 @@ class ArraySet:
     ids: List[str] = field(default_factory=list)  # content identities (sample_identity)
     classes: List[str] = field(default_factory=list)  # class names of the labels in ``y``
     excluded_overlap: int = 0  # images left out because the other set holds them
+    origins: List[str] = field(default_factory=list)  # pooled images: the pool folder each came from
 
     def record(self) -> dict:
         """Size and member-list hash, for the manifest."""
@@ -148,7 +149,7 @@ def pooled_images(drawn: List[Tuple[str, str, str]], cfg: DataConfig, desc: str,
         return ImageFileDataset(images, cfg.channels, train_transform(aug))
     ds = ImageFileDataset(images, cfg.channels, eval_transform(cfg))
     x, y = materialise(ds, range(len(ds)), desc, show_progress)
-    return ArraySet(x, y, [p for p, _, _ in drawn], desc, [d for _, d, _ in drawn])
+    return ArraySet(x, y, [p for p, _, _ in drawn], desc, [d for _, d, _ in drawn], origins=[o for _, _, o in drawn])
 
 
 def _qat_augment(cfg: DataConfig) -> DataConfig:

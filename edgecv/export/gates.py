@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edgecv.export.quantize import Calibration, quantizable_nodes, quantize
-from edgecv.metrics import Budget, agreement, error_scale_needed, mean_kl, topk_accuracy
+from edgecv.metrics import Budget, agreement, agreement_by_group, error_scale_needed, mean_kl, topk_accuracy
 from edgecv.runtime.latency import measure_interleaved
 
 log = logging.getLogger("edgecv.export")
@@ -56,6 +56,10 @@ class GateResult:
     passed: bool = True
     reason: str = ""
 
+    def chosen(self) -> Dict:
+        """What the tune split measured for the file on disk (the trial of the count of layers kept in float)."""
+        return next((t for t in self.search if t["layers"] == len(self.fallback)), {})
+
 
 def sensitivity(fp32_path: str, calib: Calibration, target, x: np.ndarray, workdir: Path,
                 show_progress: bool = True) -> List[Dict]:
@@ -81,7 +85,9 @@ def sensitivity(fp32_path: str, calib: Calibration, target, x: np.ndarray, workd
 class TuneSplit:
     """What every int8 decision is judged on, never on the evaluation split: labelled images ``x``/``y`` (top-1
     against the source's ``ref_top1``), optional unlabelled ``ax`` (agreement only), the shipped fp32 model's
-    logits on ``x`` then ``ax`` (``ref_logits``), and ``sens_x``, the images the per-layer sensitivity is ranked on."""
+    logits on ``x`` then ``ax`` (``ref_logits``), and ``sens_x``, the images the per-layer sensitivity is ranked on.
+    ``sources`` names where each image of ``inputs()`` came from (the labelled held-out images, each pool): agreement
+    is then also reported per source."""
 
     x: np.ndarray
     y: np.ndarray
@@ -89,6 +95,7 @@ class TuneSplit:
     ref_logits: np.ndarray
     sens_x: np.ndarray
     ax: Optional[np.ndarray] = None
+    sources: Optional[List[str]] = None
 
     def inputs(self) -> np.ndarray:
         return self.x if self.ax is None or not len(self.ax) else np.concatenate([self.x, self.ax])
@@ -99,6 +106,19 @@ class TuneSplit:
     def judge(self, logits: np.ndarray) -> Tuple[Dict, float]:
         """(top-1/top-5 on the labelled images, top-1 agreement with fp32 on all of them)."""
         return topk_accuracy(logits[: len(self.y)], self.y), agreement(self.ref_logits, logits)
+
+    def by_source(self, logits: np.ndarray, floor: float) -> Optional[Dict[str, Dict]]:
+        """Agreement with fp32 per source of the tune images (and, for a source under ``floor``, the share of its
+        logit error that ``floor`` allows there), or None where they all come from one."""
+        if not self.sources or len(set(self.sources)) < 2:
+            return None
+        parts = agreement_by_group(self.ref_logits, logits, self.sources)
+        names = np.asarray(self.sources, dtype=object)
+        for name, p in parts.items():
+            if p["agreement"] < floor:
+                rows = names == name
+                p["error_scale_needed"] = error_scale_needed(self.ref_logits[rows], logits[rows], floor)
+        return parts
 
 
 class AccuracyGate:
@@ -119,6 +139,9 @@ class AccuracyGate:
         acc, agree = self.tune.judge(logits)
         t = {"layers": layers, "top1": acc["top1"], "top5": acc["top5"], "agreement": agree,
              "within_budget": self.budget.within(self.tune.ref_top1, acc["top1"], agree)}
+        by_source = self.tune.by_source(logits, self.budget.min_agreement)
+        if by_source:
+            t["agreement_by_source"] = by_source
         if agree < self.budget.min_agreement:
             t["error_scale_needed"] = error_scale_needed(self.tune.ref_logits, logits, self.budget.min_agreement)
         return t
@@ -132,6 +155,11 @@ class AccuracyGate:
         if "error_scale_needed" in t:
             why += (f"; {self.budget.min_agreement * 100:g}% agreement on these images needs its logit error cut to "
                     f"{t['error_scale_needed']:.2f}x")
+        if "agreement_by_source" in t:
+            why += "; by source: " + ", ".join(
+                f"{k} {v['agreement']:.1%} of {v['images']}"
+                + (f" (error to {v['error_scale_needed']:.2f}x)" if "error_scale_needed" in v else "")
+                for k, v in t["agreement_by_source"].items())
         return why
 
     def run(self, fp32_path: str, calib: Calibration, target, out_path: Path,

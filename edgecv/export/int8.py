@@ -53,6 +53,7 @@ def int8_artefact(run, target: str, calibs: Dict) -> Dict:
     held = _held_out(run, tgt, name, g)
     art = {"file": name, "target": target, "precision": "int8", **held, "fallback_layers": g.fallback,
            "fallback_search": g.search, "rung": rung,
+           "tune_agreement_by_source": g.chosen().get("agreement_by_source"),
            "qat": run.qat["info"] if rung.startswith("qat") else None,
            "calibration": {"method": method, "samples": len(run.cal), "chosen_from": trials,
                            "bias_correction": bool(used_calib.input_means),

@@ -336,6 +336,12 @@ def _distill(run: ExportRun) -> Tuple[float, str]:
     return acc["top1"], result["mixed_precision"]
 
 
+def tune_sources(run: ExportRun) -> List[str]:
+    """Where each tune image came from, in the tune split's order: the labelled held-out images, then each pool's."""
+    labelled = [f"{run.tune.source} (labelled)"] * len(run.tune.x)
+    return labelled + ([f"{o} (pool)" for o in run.agree.origins] if run.agree is not None else [])
+
+
 def export_fp32(run: ExportRun) -> None:
     """The shipped fp32 ONNX, its parity with PyTorch, and its logits: what every int8 artefact must agree with."""
     from edgecv.export.gates import AccuracyGate, TuneSplit, eval_onnx, onnx_logits
@@ -350,7 +356,7 @@ def export_fp32(run: ExportRun) -> None:
     run.ref_eval = onnx_logits(run.fp32_path, run.ev.x)
     t, ax = run.tune, run.agree.x if run.agree is not None else None
     base_tune = eval_onnx(run.base_onnx, run.tune_src.x, run.tune_src.y)["top1"]
-    run.tune = TuneSplit(t.x, t.y, base_tune, None, run.cal.x[: min(64, len(run.cal))], ax)
+    run.tune = TuneSplit(t.x, t.y, base_tune, None, run.cal.x[: min(64, len(run.cal))], ax, tune_sources(run))
     run.tune.ref_logits = onnx_logits(run.fp32_path, run.tune.inputs())
     run.gate = AccuracyGate(run.tune, Budget(run.opts.max_drop, run.opts.min_agreement), run.work, run.show_progress)
     run.artifacts = [{"file": FP32_MODEL, "target": tn, "precision": "fp32", **run.fp32_acc,
