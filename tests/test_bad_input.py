@@ -290,6 +290,22 @@ def test_non_utf8_file_names_do_not_crash(tiny_bundle, tmp_path):
     assert summary["frames"] == 21 and summary["skipped"] == 1
 
 
+def test_an_export_evaluated_on_a_non_utf8_folder_writes_its_report(tiny_ckpt, tmp_path):
+    """--eval naming a folder whose name is not UTF-8: the bundle is written, and its report names the folder by
+    its escape (the export used to end in 'internal error: UnicodeEncodeError' while writing report.md)."""
+    data = _tree(tmp_path / "data", CLASSES, per_class=6)
+    odd = os.path.join(os.fsencode(tmp_path), b"caf\xe9_eval")
+    os.rename(os.fsencode(data), odd)
+    r = subprocess.run([sys.executable, "-m", "edgecv", "export", str(tiny_ckpt), "-o", str(tmp_path / "b"),
+                        "--calib", str(FASHION), "--calib-samples", "64", "--eval", os.fsdecode(odd),
+                        "--corruptions", "none", "--max-drop", "100", "--min-agreement", "0"],
+                       capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-1500:]
+    report = (tmp_path / "b" / "report.md").read_bytes().decode("utf-8")
+    assert "caf\\udce9_eval" in report
+    assert open_bundle(tmp_path / "b").manifest["summary"]["evaluation"]["source"] == os.fsdecode(odd)
+
+
 def test_calibration_images_never_count_as_held_out(tiny_ckpt, tmp_path):
     """--calib and --eval naming the same images under different spellings (a symlink): the manifest records the
     truth, and no calibration image is scored."""

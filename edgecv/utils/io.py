@@ -57,7 +57,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+    """Write ``text`` as UTF-8, atomically. A file name that is not UTF-8 reaches Python as a str with surrogate
+    escapes; written into a report it becomes its escape (``caf\\udce9``), still valid UTF-8, never a crash."""
+    atomic_write_bytes(path, text.encode("utf-8", errors="backslashreplace"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
