@@ -119,8 +119,8 @@ def _by_source(artifacts: List[Dict]) -> List[str]:
     if not rows:
         return []
     names = list(dict.fromkeys(k for a in rows for k in a["tune_agreement_by_source"]))
-    lines = ["", "### Agreement with fp32 on the tune images, by source", "",
-             "| file | target | " + " | ".join(f"{n}, {_images(rows, n)} images" for n in names) + " |", "|---|---|" + "---|" * len(names)]
+    header = "| file | target | " + " | ".join(f"{n}, {_images(rows, n)} images" for n in names) + " |"
+    lines = ["", "### Agreement with fp32 on the tune images, by source", "", header, "|---|---|" + "---|" * len(names)]
     for a in rows:
         cells = [f"{a['tune_agreement_by_source'][n]['agreement']:.2%}" if n in a["tune_agreement_by_source"] else ""
                  for n in names]
