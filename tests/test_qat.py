@@ -66,6 +66,75 @@ def test_distillation_pulls_the_int8_model_toward_fp32(tiny):
     assert after["agreement"] >= before["agreement"] - 0.02
 
 
+def _weights(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+@pytest.mark.parametrize("scores,kept", [((0.5, 0.9, 0.7), 2), ((0.5, 0.9, 0.9), 3)])
+def test_qat_keeps_the_weights_of_its_best_epoch(tiny, scores, kept):
+    """With ``keep_best`` the student ends with the weights of the epoch that scored highest (a tie goes to the
+    later epoch): the same weights as a run stopped after that epoch."""
+    model, x = tiny
+    it = iter(scores)
+    q = prepare_qat(model, x[:64])
+    res = finetune(q, model, x[:96], epochs=3, lr=1e-3, check=lambda m: {"score": next(it)},
+                   show_progress=False, keep_best="score")
+    short = prepare_qat(model, x[:64])
+    finetune(short, model, x[:96], epochs=kept, lr=1e-3, show_progress=False)
+    other = prepare_qat(model, x[:64])
+    finetune(other, model, x[:96], epochs=5 - kept, lr=1e-3, show_progress=False)
+    assert res.kept_epoch == kept and [h["score"] for h in res.history] == list(scores)
+    got, want, not_want = _weights(q), _weights(short), _weights(other)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert not all(torch.equal(got[k], not_want[k]) for k in want)  # the epochs did move the weights
+
+
+class _RandomViews(torch.utils.data.Dataset):
+    """Images under torchvision's random flips and crops, which draw from torch's global generator."""
+
+    def __init__(self, x):
+        from torchvision.transforms import v2
+
+        self.x = torch.from_numpy(x)
+        self.t = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomResizedCrop(x.shape[-1], scale=(0.5, 1.0))])
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.t(self.x[i]), -1
+
+
+def test_qat_on_random_views_is_repeatable_and_leaves_the_global_generator_alone(tiny):
+    """The same seed gives the same weights although the views are drawn at random, and the caller's global
+    generator is where it was (a second export in the same process must not depend on the first)."""
+    model, x = tiny
+    views = _RandomViews(x[:64])
+    runs = []
+    for caller_seed in (123, 456):  # the caller's global state differs between the two runs
+        torch.manual_seed(caller_seed)
+        q = prepare_qat(model, x[:64])
+        finetune(q, model, views, epochs=2, lr=1e-3, show_progress=False, seed=7)
+        after = torch.rand(1)
+        torch.manual_seed(caller_seed)
+        runs.append((_weights(q), torch.equal(after, torch.rand(1))))
+    (w1, kept1), (w2, kept2) = runs
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert kept1 and kept2
+    q = prepare_qat(model, x[:64])
+    finetune(q, model, views, epochs=2, lr=1e-3, show_progress=False, seed=8)
+    assert not all(torch.equal(w1[k], v) for k, v in _weights(q).items())  # the seed does matter
+
+
+def test_keep_best_needs_a_check(tiny):
+    model, x = tiny
+    with pytest.raises(ValueError, match="keep_best needs a check"):
+        finetune(prepare_qat(model, x[:64]), model, x[:32], epochs=1, show_progress=False, keep_best="score")
+    with pytest.raises(ValueError, match="record has no 'score'"):
+        finetune(prepare_qat(model, x[:64]), model, x[:32], epochs=1, show_progress=False, keep_best="score",
+                 check=lambda m: {"agreement": 1.0})
+
+
 def test_the_ladder_continues_with_qat_when_ptq_misses(tiny_ckpt, tmp_path):
     """A budget PTQ cannot meet on the tiny model (exact agreement, no drop): the export runs the QAT rung for the
     first target that misses, re-gates every missing target on its weights, and says what both rungs reached."""
@@ -78,10 +147,26 @@ def test_the_ladder_continues_with_qat_when_ptq_misses(tiny_ckpt, tmp_path):
     if r.exit_code == 0:  # QAT met the budget: the artefact says so
         m = json.loads(r.output.strip().splitlines()[-1])
         art = next(a for a in m["artifacts"] if a["precision"] == "int8")
-        assert art["rung"].startswith("qat") and art["qat"]["epochs"] == 1
+        assert art["rung"].startswith("qat") and art["qat"]["epochs"] == 1 and art["qat"]["kept_epoch"] == 1
+        assert not art["qat"]["ptq_passed"] or art["qat"]["ptq_float_layers"] > 0  # why QAT ran
     else:
         assert r.exit_code == 2 and "after QAT:" in r.output, r.output[-2000:]
         assert not (tmp_path / "b").exists()
+
+
+def test_the_report_says_why_qat_ran_and_which_epoch_ships():
+    from edgecv.export.bundle_writer import _qat_section
+
+    info = {"epochs": 3, "lr": 1e-4, "images": 2000, "tune_agreement_fake_quant_before": 0.990,
+            "history": [{"tune_agreement_fake_quant": v} for v in (0.9931, 0.9942, 0.9916)], "kept_epoch": 2}
+    art = {"file": "model_int8_trt.onnx", "target": "tensorrt"}
+    text = "\n".join(_qat_section({**art, "qat": {**info, "ptq_passed": True, "ptq_float_layers": 1}}))
+    assert "PTQ met the budget on the tune images only with 1 layer(s) in float" in text
+    assert "99.0% before, then 99.3%, 99.4%, 99.2%. The artefact has epoch 2's weights" in text
+    text = "\n".join(_qat_section({**art, "qat": {**info, "kept_epoch": 3, "ptq_passed": False,
+                                                   "ptq_float_layers": 25}}))
+    assert "PTQ and per-layer fallback missed the budget" in text and "epoch 3's" not in text
+    assert _qat_section({**art, "qat": None}) == []
 
 
 def test_calibration_method_auto_is_chosen_on_the_tune_split(tiny_ckpt, tmp_path):

@@ -90,6 +90,7 @@ class QatResult:
     steps: int
     lr: float
     history: List[Dict]
+    kept_epoch: Optional[int] = None  # with ``keep_best``: the epoch whose weights the student ends with
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -110,6 +111,9 @@ class FinetuneConfig:
     batch: int = 16
     temperature: float = 1.0
     seed: int = 0
+    # a key of ``check``'s record to maximise: the student ends with the weights of the epoch that scored highest
+    # (ties go to the later epoch), not those of the last one (Lite0: an epoch can lower agreement)
+    keep_best: Optional[str] = None
 
 
 def _batches(data, batch: int, gen: torch.Generator):
@@ -126,14 +130,34 @@ def _batches(data, batch: int, gen: torch.Generator):
         yield xb
 
 
+def _epoch(student: nn.Module, teacher: nn.Module, batches, opt, c: FinetuneConfig) -> tuple:
+    """One pass of distillation: (summed KL, images, steps)."""
+    total, n, steps = 0.0, 0, 0
+    for xb in batches:
+        xb = to_device(xb, "cpu")
+        with torch.no_grad():
+            t = F.log_softmax(teacher(xb) / c.temperature, 1)
+        s = F.log_softmax(student(xb) / c.temperature, 1)
+        loss = F.kl_div(s, t, log_target=True, reduction="batchmean") * c.temperature ** 2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total, n, steps = total + float(loss.detach()) * len(xb), n + len(xb), steps + 1
+    return total, n, steps
+
+
 def finetune(student: nn.Module, teacher: nn.Module, x, cfg: Optional[FinetuneConfig] = None,
              check: Optional[Callable[[nn.Module], Dict]] = None, show_progress: bool = True, **fields) -> QatResult:
     """Distil ``teacher`` (fp32) into the fake-quantized ``student`` on the unlabelled images ``x`` (an array of
     inputs, or a Dataset of augmented views); ``check`` (called after each epoch) reports fidelity on images the
-    training never saw. The schedule comes as a :class:`FinetuneConfig`, or as its fields by name."""
+    training never saw. The schedule comes as a :class:`FinetuneConfig`, or as its fields by name. The same seed
+    gives the same weights: a Dataset's random transforms draw from torch's global generator, which is seeded here
+    and restored afterwards."""
     from tqdm import tqdm
 
     c = replace(cfg or FinetuneConfig(), **fields)
+    if c.keep_best and check is None:
+        raise ValueError("keep_best needs a check that scores each epoch")
     teacher = teacher.eval()
     # eval mode while training: BatchNorm statistics stay frozen (a few hundred images must not re-estimate them)
     # and dropout / drop-connect stay off, so the student is pulled toward what the deployed int8 model computes
@@ -142,28 +166,31 @@ def finetune(student: nn.Module, teacher: nn.Module, x, cfg: Optional[FinetuneCo
     # normalised steps of size lr knocked a near-perfect int8 model far off on the first epoch)
     opt = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=c.lr, momentum=0.9)
     gen = torch.Generator().manual_seed(c.seed)
-    history, steps, n = [], 0, len(x)
-    for epoch in range(c.epochs):
-        total = 0.0
-        for xb in tqdm(_batches(x, c.batch, gen), total=(n + c.batch - 1) // c.batch, leave=False,
-                       desc=f"QAT epoch {epoch + 1}/{c.epochs}", disable=not show_progress):
-            xb = to_device(xb, "cpu")
-            with torch.no_grad():
-                t = F.log_softmax(teacher(xb) / c.temperature, 1)
-            s = F.log_softmax(student(xb) / c.temperature, 1)
-            loss = F.kl_div(s, t, log_target=True, reduction="batchmean") * c.temperature ** 2
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(xb)
-            steps += 1
-        rec = {"epoch": epoch + 1, "kl": total / n}
-        if check is not None:
-            rec.update(check(student))
-        log.info("QAT epoch %d: %s", epoch + 1, rec)
-        history.append(rec)
+    history, steps = [], 0
+    best = None  # (score, epoch, weights)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(c.seed)
+        for epoch in range(c.epochs):
+            batches = tqdm(_batches(x, c.batch, gen), total=(len(x) + c.batch - 1) // c.batch, leave=False,
+                           desc=f"QAT epoch {epoch + 1}/{c.epochs}", disable=not show_progress)
+            total, n, k = _epoch(student, teacher, batches, opt, c)
+            steps += k
+            rec = {"epoch": epoch + 1, "kl": total / max(n, 1)}
+            if check is not None:
+                rec.update(check(student))
+            log.info("QAT epoch %d: %s", epoch + 1, rec)
+            history.append(rec)
+            if c.keep_best and c.keep_best not in rec:
+                raise ValueError(f"keep_best: the check's record has no {c.keep_best!r} (it has {', '.join(rec)})")
+            if c.keep_best and (best is None or rec[c.keep_best] >= best[0]):
+                best = (rec[c.keep_best], epoch + 1, copy.deepcopy(student.state_dict()))
     student.eval()
-    return QatResult(c.epochs, steps, c.lr, history)
+    if best is None:
+        return QatResult(c.epochs, steps, c.lr, history)
+    if best[1] != c.epochs:
+        student.load_state_dict(best[2])
+        log.info("QAT: keeping epoch %d's weights (%s %.4f)", best[1], c.keep_best, best[0])
+    return QatResult(c.epochs, steps, c.lr, history, kept_epoch=best[1])
 
 
 def strip_fake_quant(student: nn.Module) -> nn.Module:

@@ -63,13 +63,7 @@ def write_report(tmp: Path, summary: Dict, artifacts: List[Dict]) -> None:
                      f"{a.get('agreement', 1.0):.2%} | {a.get('mean_kl', 0.0):.5f} | "
                      f"{a.get('worst_class_drop', 0.0):.2f} | {a['latency_ms']:.3f} | {len(a['fallback_layers'])} |")
     for a in artifacts:
-        if a.get("qat"):
-            q = a["qat"]
-            lines += ["", f"### {a['file']} ({a['target']}): quantization-aware fine-tuning", "",
-                      f"PTQ and per-layer fallback missed the budget on the tune images; {q['epochs']} epoch(s) of "
-                      f"distillation from fp32 on {q['images']} unlabelled calibration images (lr {q['lr']}). Agreement "
-                      f"of the fake-quantized model with fp32 on the tune images: {q['tune_agreement_fake_quant_before']:.1%}"
-                      " before, then " + ", ".join(f"{h['tune_agreement_fake_quant']:.1%}" for h in q["history"]) + "."]
+        lines += _qat_section(a)
     lines += _by_source(artifacts)
     for a in artifacts:
         lines += _float_layers(a)
@@ -111,6 +105,23 @@ def _compression(summary: Dict) -> List[str]:
                   "distillation" + (f", {r['top1_after_distill']:.4f} after (mixed precision: "
                                     f"{r['distill_mixed_precision']})" if "top1_after_distill" in r else "")]
     return lines
+
+
+def _qat_section(a: Dict) -> List[str]:
+    """The report's paragraph on an artefact's QAT rung: why it ran, on what, and how the fake-quantized model's
+    agreement went epoch by epoch (and which epoch's weights it ships, when not the last)."""
+    q = a.get("qat")
+    if not q:
+        return []
+    why = ("PTQ and per-layer fallback missed the budget on the tune images" if not q.get("ptq_passed") else
+           f"PTQ met the budget on the tune images only with {q['ptq_float_layers']} layer(s) in float")
+    kept = q.get("kept_epoch")
+    return ["", f"### {a['file']} ({a['target']}): quantization-aware fine-tuning", "",
+            f"{why}; {q['epochs']} epoch(s) of distillation from fp32 on {q['images']} unlabelled images "
+            f"(lr {q['lr']}). Agreement of the fake-quantized model with fp32 on the tune images: "
+            f"{q['tune_agreement_fake_quant_before']:.1%} before, then "
+            + ", ".join(f"{h['tune_agreement_fake_quant']:.1%}" for h in q["history"]) + "."
+            + (f" The artefact has epoch {kept}'s weights, the best of them." if kept and kept != q["epochs"] else "")]
 
 
 def _by_source(artifacts: List[Dict]) -> List[str]:

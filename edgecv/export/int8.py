@@ -45,6 +45,7 @@ def int8_artefact(run, target: str, calibs: Dict) -> Dict:
         method = next(iter(calibs))
     with run.stages(f"int8 {target}: quantize and accuracy gate"):
         g = run.gate.run(str(run.fp32_path), calibs[method], tgt, run.tmp / name)
+    ptq = {"ptq_passed": g.passed, "ptq_float_layers": len(g.fallback)}
     g, used_calib, rung = _qat_rung(run, tgt, name, g, method) if (not g.passed or g.fallback) and \
         run.opts.qat_epochs > 0 else (g, calibs[method], "ptq + fallback" if g.fallback else "ptq")
     if not g.passed:
@@ -54,7 +55,7 @@ def int8_artefact(run, target: str, calibs: Dict) -> Dict:
     art = {"file": name, "target": target, "precision": "int8", **held, "fallback_layers": g.fallback,
            "fallback_search": g.search, "rung": rung,
            "tune_agreement_by_source": g.chosen().get("agreement_by_source"),
-           "qat": run.qat["info"] if rung.startswith("qat") else None,
+           "qat": {**run.qat["info"], **ptq} if rung.startswith("qat") else None,
            "calibration": {"method": method, "samples": len(run.cal), "chosen_from": trials,
                            "bias_correction": bool(used_calib.input_means),
                            "weight_rounding": "gptq" if used_calib.rounded else "nearest"}}

@@ -38,7 +38,8 @@ def run_qat(student: torch.nn.Module, cal, tune, ref_tune: np.ndarray, opts: Exp
     q = prepare_qat(student, cal.x[: min(len(cal), 256)])
     before = check(q.eval())["tune_agreement_fake_quant"]
     res = finetune(q, student, images.x if hasattr(images, "x") else images, epochs=opts.qat_epochs, lr=opts.qat_lr,
-                   seed=opts.calib_seed, check=check, show_progress=show_progress)
+                   seed=opts.calib_seed, check=check, show_progress=show_progress,
+                   keep_best="tune_agreement_fake_quant")
     path = work / "qat_fp32.onnx"
     export_onnx(strip_fake_quant(q), path, shape, opts.opset)
     # No bias correction here: QAT trained the weights for their own rounding, and correcting (W_q - W).E[x] again
@@ -47,7 +48,8 @@ def run_qat(student: torch.nn.Module, cal, tune, ref_tune: np.ndarray, opts: Exp
     calib = calibrate(path, cal.x, method, bias_correction=False)
     info = {"epochs": res.epochs, "lr": res.lr, "steps": res.steps, "images": len(images),
             "teacher": "the shipped fp32 model",
-            "bias_correction": False, "tune_agreement_fake_quant_before": before, "history": res.history}
+            "bias_correction": False, "tune_agreement_fake_quant_before": before, "history": res.history,
+            "kept_epoch": res.kept_epoch}
     return {"onnx": path, "calib": calib, "info": info}
 
 # When PTQ (with float layers) and QAT (with fewer) both meet the budget on a CPU target, QAT's artefact must be at
