@@ -12,6 +12,7 @@ from edgecv.runtime.latency import drift, ratio_interval, speed_verdict
 
 sys.path.insert(0, str(ROOT / "tools"))
 import bench_peers  # noqa: E402
+import machine_peaks  # noqa: E402
 
 ZEN4 = "fpu sse4_1 sse4_2 avx avx2 fma f16c avx512f avx512bw avx512_vnni avx512_bf16 avx_vnni"
 SAPPHIRE_RAPIDS = ZEN4 + " amx_tile amx_int8 amx_bf16"
@@ -98,7 +99,7 @@ def test_precisions_and_peaks_follow_the_cpu_flags(flags, precisions, int8, bf16
 def test_each_row_is_measured_against_its_own_precisions_peak():
     peak = {"fp32": {"gmac_per_s": 100.0, "unit": "fp32-avx512"}, "int8": {"gmac_per_s": 1600.0, "unit": "int8-amx"},
             "bf16": {"gmac_per_s": None, "unit": None}}
-    rows = [bench_peers.with_peak({"precision": bench_peers.precision_of(b), "gmac_per_s": 80.0}, peak)
+    rows = [machine_peaks.with_peak({"precision": bench_peers.precision_of(b), "gmac_per_s": 80.0}, peak)
             for b in ("openvino nncf int8", "openvino default (bf16)", "onnxruntime fp32")]
     assert [r["peak_unit"] for r in rows] == ["int8-amx", None, "fp32-avx512"]
     assert rows[0]["peak_share"] == pytest.approx(0.05) and rows[1]["peak_share"] is None

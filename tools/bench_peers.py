@@ -25,19 +25,17 @@ interval): **ahead** / **behind** only when the whole interval lies beyond 5% fa
 lies within 5%, otherwise both candidates are named. The machine's drift is reported twice: the fp32 peak probe
 before and after the run, and the spread of the reference backend's per-round medians.
 
-Peaks: tools/peak.c per precision (fp32 FMA; int8 AVX-512 VNNI and AMX; bf16 AVX-512 BF16 and AMX), every core at
-once; each row is reported against the peak of its own precision, named. Writes peers.md, peers.json, peers.png
-(and compare.md with --compare).
+Peaks (tools/machine_peaks.py): tools/peak.c per precision (fp32 FMA; int8 AVX-512 VNNI and AMX; bf16 AVX-512
+BF16 and AMX), every core at once; each row is reported against the peak of its own precision, named. Writes
+peers.md, peers.json, peers.png (and compare.md with --compare).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,31 +48,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "imagenet-samples"
 sys.path.insert(0, str(ROOT))
 
-from edgecv.runtime.backends.cpu import cpu_flags, peak_probes  # noqa: E402
+from machine_peaks import build_probe, busy_jiffies, cpu_info, peak_lines, peaks, run_probe, with_peak  # noqa: E402
+
 from edgecv.runtime.latency import drift, measure_interleaved, ratio_interval, speed_verdict  # noqa: E402
+from edgecv.utils.io import atomic_write_text  # noqa: E402
 
 EDGECV = "edgecv default"
 REFERENCE = "onnxruntime fp32"
 # The project's trained models: (name, recipe, checkpoint, bundle); rows only where both files exist.
 TRAINED = [("caltech101_lite0", "recipes/transfer_lite0_caltech101.yaml", "runs/caltech/model.pt", "out/caltech"),
            ("fashion_cnn", "recipes/fashion_mnist.yaml", "runs/fashion_mnist/model.pt", "out/fashion")]
-
-
-def cpu_info() -> Dict:
-    info = {"machine": platform.machine(), "cores": os.cpu_count(),
-            "flags": sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "sse4", "vnni", "f16c")))}
-    try:
-        info["model"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                             if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return info
-
-
-def busy_jiffies() -> int:
-    """All CPUs' non-idle time from /proc/stat (clock ticks)."""
-    vals = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return sum(vals) - vals[3] - vals[4]  # minus idle and iowait
 
 
 def versions() -> Dict:
@@ -88,52 +71,8 @@ def versions() -> Dict:
     return out
 
 
-def build_probe(tmp: Path) -> Optional[Path]:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        return None
-    exe = tmp / "peak"
-    r = subprocess.run([cc, "-O2", "-o", str(exe), str(ROOT / "tools" / "peak.c")], capture_output=True, text=True)
-    return exe if r.returncode == 0 else None
-
-
-def run_probe(exe: Path, mode: str, seconds: float) -> Optional[float]:
-    """``mode``'s MAC rate on every core at once, summed (GMAC/s); None when the probe fails."""
-    procs = [subprocess.Popen([str(exe), mode, str(seconds)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              text=True) for _ in range(os.cpu_count() or 1)]
-    try:
-        rates = [float(p.communicate(timeout=60)[0]) for p in procs]
-    except (ValueError, subprocess.SubprocessError):
-        return None
-    return sum(rates) / 1e9 if all(p.returncode == 0 for p in procs) else None
-
-
-def peaks(seconds: float, exe: Optional[Path]) -> Dict[str, Dict]:
-    """Per precision: the fastest unit's peak on this machine (GMAC/s, every core at once) and every unit probed."""
-    out: Dict[str, Dict] = {}
-    for precision, modes in peak_probes(cpu_flags()).items():
-        rates = {m: run_probe(exe, m, seconds) for m in modes} if exe else {}
-        good = {m: r for m, r in rates.items() if r}
-        if not good:
-            out[precision] = {"gmac_per_s": None, "unit": None, "probed": rates,
-                              "how": "no C compiler" if exe is None else f"no {precision} unit measured here"}
-            continue
-        unit = max(good, key=good.get)
-        out[precision] = {"gmac_per_s": good[unit], "unit": unit, "probed": rates,
-                          "how": f"tools/peak.c {unit} on {os.cpu_count()} cores at once"}
-    return out
-
-
 def precision_of(backend: str) -> str:
     return "int8" if "int8" in backend else "bf16" if "bf16" in backend else "fp32"
-
-
-def with_peak(row: Dict, peak: Dict[str, Dict]) -> Dict:
-    """The row's GMAC/s as a share of its own precision's peak, and that peak's name."""
-    p = peak.get(row["precision"]) or {}
-    row["peak_unit"] = p.get("unit")
-    row["peak_share"] = row["gmac_per_s"] / p["gmac_per_s"] if p.get("gmac_per_s") else None
-    return row
 
 
 def ov_peer(model, threads: int, hint: Optional[str]) -> Callable:
@@ -441,15 +380,6 @@ def compare_md(rows: List[Dict], old_meta: Dict, new_meta: Dict) -> str:
     return "\n".join(lines + ["", f"{held} of {len(rows)} verdicts held."]) + "\n"
 
 
-def peak_lines(meta: Dict) -> List[str]:
-    out = []
-    for precision, p in meta["peaks"].items():
-        probed = ", ".join(f"{m} {r:.0f}" if r else f"{m} failed" for m, r in p.get("probed", {}).items())
-        out.append(f"- {precision}: " + (f"{p['gmac_per_s']:.0f} GMAC/s, {p['how']}" if p.get("gmac_per_s") else p["how"])
-                   + (f" (probed: {probed})" if probed else ""))
-    return out
-
-
 def markdown(rows: List[Dict], ver: List[Dict], meta: Dict) -> str:
     cpu = meta["cpu"]
     lines = [f"# bench_peers ({meta['date']})", "",
@@ -510,18 +440,12 @@ def plot(rows: List[Dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_outputs(out: Path, rows: List[Dict], meta: Dict) -> Dict:
     out.mkdir(parents=True, exist_ok=True)
     ver = verdicts(rows)
     result = {"meta": meta, "rows": rows, "verdicts": ver}
-    write_atomic(out / "peers.json", json.dumps(result, indent=2))
-    write_atomic(out / "peers.md", markdown(rows, ver, meta))
+    atomic_write_text(out / "peers.json", json.dumps(result, indent=2))
+    atomic_write_text(out / "peers.md", markdown(rows, ver, meta))
     plot(rows, out / "peers.png")
     return result
 
@@ -546,7 +470,7 @@ def _refuse(msg: str) -> None:
 def write_compare(out: Path, old: Dict, new: Dict) -> str:
     text = compare_md(compare(old, new), old["meta"], new["meta"])
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "compare.md", text)
+    atomic_write_text(out / "compare.md", text)
     return text
 
 

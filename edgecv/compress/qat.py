@@ -146,6 +146,15 @@ def _epoch(student: nn.Module, teacher: nn.Module, batches, opt, c: FinetuneConf
     return total, n, steps
 
 
+def _better(best: Optional[tuple], rec: Dict, key: str, epoch: int, student: nn.Module) -> tuple:
+    """``(score, epoch, weights)`` of the best epoch so far, this one included (a tie goes to this, later, one)."""
+    if key not in rec:
+        raise ValueError(f"keep_best: the check's record has no {key!r} (it has {', '.join(rec)})")
+    if best is None or rec[key] >= best[0]:
+        return rec[key], epoch, copy.deepcopy(student.state_dict())
+    return best
+
+
 def finetune(student: nn.Module, teacher: nn.Module, x, cfg: Optional[FinetuneConfig] = None,
              check: Optional[Callable[[nn.Module], Dict]] = None, show_progress: bool = True, **fields) -> QatResult:
     """Distil ``teacher`` (fp32) into the fake-quantized ``student`` on the unlabelled images ``x`` (an array of
@@ -180,10 +189,8 @@ def finetune(student: nn.Module, teacher: nn.Module, x, cfg: Optional[FinetuneCo
                 rec.update(check(student))
             log.info("QAT epoch %d: %s", epoch + 1, rec)
             history.append(rec)
-            if c.keep_best and c.keep_best not in rec:
-                raise ValueError(f"keep_best: the check's record has no {c.keep_best!r} (it has {', '.join(rec)})")
-            if c.keep_best and (best is None or rec[c.keep_best] >= best[0]):
-                best = (rec[c.keep_best], epoch + 1, copy.deepcopy(student.state_dict()))
+            if c.keep_best:
+                best = _better(best, rec, c.keep_best, epoch + 1, student)
     student.eval()
     if best is None:
         return QatResult(c.epochs, steps, c.lr, history)
