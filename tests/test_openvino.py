@@ -59,6 +59,7 @@ def test_int8_kernels_run_and_shared_buffer_answers_like_a_copy(tiny_bundle):
     kinds = " ".join(prof["ops"].values())
     assert "Convolution" in kinds and "I8" in kinds, kinds
     assert all(len(v) == 5 for v in prof["layers"].values())
+    assert len(prof["run_pairs"]) == 5 and all(s > 0 and r > 0 for s, r in prof["run_pairs"])
 
 
 def test_cli_commands_take_backend_openvino(tiny_bundle, tmp_path):

@@ -153,7 +153,7 @@ def profile(target, backend, iters, batch, threads, top, out_dir, as_json, dla_c
     print_rows([{**r, "ms": r["averageMs"], "%": r["percentage"]} for r in res["layers"][:top]],
                ["name", "op", "torch_module", "ms", "%"], f"per-layer latency ({res['backend']}, {res['artifact']})")
     msg = (f"sum of layers {res['sum_layers_ms']:.3f} ms vs end-to-end {res['end_to_end_ms']:.3f} ms "
-           f"({res['sum_ratio']:.1%})")
+           f"(per run, the layers sum to {res['sum_ratio']:.1%} of it: the median over runs)")
     click.echo(msg if res["sum_within_tolerance"] else msg + " -- NOT within 10%: the gap is framework overhead "
                "outside the layers (input/output copies, scheduling)")
 

@@ -72,7 +72,8 @@ class Backend:
 
     def profile_layers(self, batch: np.ndarray, iters: int) -> Dict:
         """Per-layer times over ``iters`` runs of ``batch``: ``{"layers": {name: [ms per run]}, "ops": {name:
-        op type}, "run_ms": mean end-to-end ms in the same trace or None, "files": {name: text}}``."""
+        op type}, "run_ms": mean end-to-end ms in the same trace or None, "run_pairs": [(the layers' ms summed,
+        end-to-end ms) of each run in the same trace] or None, "files": {name: text}}``."""
         from edgecv.errors import DeviceError
 
         raise DeviceError(f"{self.name}: no per-layer profiler")

@@ -186,6 +186,7 @@ class OpenVinoBackend(OnnxFileBackend):
             layers: Dict[str, List[float]] = {}
             ops: Dict[str, str] = {}
             runs: List[float] = []
+            sums: List[float] = []
             for _ in range(iters):
                 t0 = time.perf_counter()
                 req.infer({0: batch})
@@ -197,10 +198,12 @@ class OpenVinoBackend(OnnxFileBackend):
                     ops.setdefault(p.node_name, f"{p.node_type} ({p.exec_type})")
                 for name, ms in this_run.items():
                     layers.setdefault(name, []).append(ms)
+                sums.append(sum(this_run.values()))
         finally:
             prof.close()
         layers = {k: v for k, v in layers.items() if any(v)}  # parameters, constants, fused-away nodes
-        return {"layers": layers, "ops": ops, "run_ms": float(np.mean(runs)) if runs else None, "files": {}}
+        return {"layers": layers, "ops": ops, "run_ms": float(np.mean(runs)) if runs else None,
+                "run_pairs": list(zip(sums, runs)) or None, "files": {}}
 
     def close(self) -> None:
         self._requests, self._shared, self._last_input = {}, None, None

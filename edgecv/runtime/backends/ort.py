@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -141,16 +141,15 @@ class OrtBackend(OnnxFileBackend):
                 prof.close()
         nodes: Dict[str, List[float]] = {}
         ops: Dict[str, str] = {}
-        runs: List[float] = []
-        for e in events:
-            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-                name = e["name"][: -len("_kernel_time")]
-                nodes.setdefault(name, []).append(e["dur"] / 1000.0)
-                ops[name] = e.get("args", {}).get("op_name", "")
-            elif e.get("cat") == "Session" and e["name"] == "model_run":
-                runs.append(e["dur"] / 1000.0)
+        runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"][-iters:]
+        kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+        for e in kernels:
+            name = e["name"][: -len("_kernel_time")]
+            nodes.setdefault(name, []).append(e["dur"] / 1000.0)
+            ops[name] = e.get("args", {}).get("op_name", "")
         return {"layers": {k: v[-iters:] for k, v in nodes.items()}, "ops": ops,
-                "run_ms": float(np.mean(runs[-iters:])) if runs else None, "files": {}}
+                "run_ms": float(np.mean([r["dur"] for r in runs])) / 1000.0 if runs else None,
+                "run_pairs": _run_pairs(runs, kernels) or None, "files": {}}
 
     def run_unchecked(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(self._names, {self._input.name: batch})[0]
@@ -160,3 +159,16 @@ class OrtBackend(OnnxFileBackend):
 
     def close(self) -> None:
         self.session = self._bound = self._last_input = None
+
+
+def _run_pairs(runs: List[dict], kernels: List[dict]) -> List[Tuple[float, float]]:
+    """(kernel ms summed, model_run ms) of each run: a kernel belongs to the run whose span holds its start."""
+    starts = np.array([k["ts"] for k in kernels], dtype=np.int64)
+    durs = np.array([k["dur"] for k in kernels], dtype=np.float64)
+    order = np.argsort(starts, kind="stable")
+    starts, durs = starts[order], durs[order]
+    pairs = []
+    for r in runs:
+        lo, hi = np.searchsorted(starts, [r["ts"], r["ts"] + r["dur"]], side="left")
+        pairs.append((float(durs[lo:hi].sum()) / 1000.0, r["dur"] / 1000.0))
+    return pairs

@@ -192,7 +192,7 @@ class TrtBackend(Backend):
                 self.infer(batch)
         finally:
             self.context.profiler = None
-        return {"layers": {k: v[-iters:] for k, v in prof.times.items()}, "ops": {}, "run_ms": None,
+        return {"layers": {k: v[-iters:] for k, v in prof.times.items()}, "ops": {}, "run_ms": None, "run_pairs": None,
                 "files": {"engine_layers.json": self.engine_layers()}}
 
     def engine_layers(self) -> str:
