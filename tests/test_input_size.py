@@ -90,7 +90,10 @@ def test_distill_feeds_the_student_its_size_and_the_teacher_the_loaders():
     x, y = torch.rand(16, 3, 32, 32), torch.randint(0, 4, (16,))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), 8)
     before = student[2].weight.clone()
+    torch.manual_seed(7)
+    caller_state = torch.random.get_rng_state()
     distill(student, teacher, loader, loader, DistillConfig(epochs=1, lr=0.1, student_size=24), show_progress=False)
+    assert torch.equal(torch.random.get_rng_state(), caller_state)  # distillation's seeding stays inside it
     assert seen == {"student": {(24, 24)}, "teacher": {(32, 32)}}
     assert not torch.equal(before, student[2].weight)  # the wrapped student itself was trained
 

@@ -80,11 +80,12 @@ def distill(student: nn.Module, teacher: nn.Module, train_loader, val_loader, cf
     step = Step(opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c.lr, total_steps=steps, pct_start=0.1),
                 loss_fn=loss_fn, amp_dtype=amp_dtype("cpu", c.amp))
     history = []
-    for epoch in range(c.epochs):
-        torch.manual_seed(1000 + epoch)
-        history.append(train_one_epoch(student, train_loader, step, epoch, show_progress, desc="distill",
-                                       batchnorm=c.batchnorm))
-    result = evaluate(student, val_loader, show_progress=show_progress, desc="eval student")
+    with torch.random.fork_rng(devices=[]):  # repeatable epochs; the caller's generator is left as it was
+        for epoch in range(c.epochs):
+            torch.manual_seed(1000 + epoch)
+            history.append(train_one_epoch(student, train_loader, step, epoch, show_progress, desc="distill",
+                                           batchnorm=c.batchnorm))
+        result = evaluate(student, val_loader, show_progress=show_progress, desc="eval student")
     result["history"] = history
     result["mixed_precision"] = amp_name(step.amp_dtype)
     return result
