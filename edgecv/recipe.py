@@ -136,6 +136,8 @@ class ExportConfig:
     prune: float = ranged(0.0, ge=0, lt=1)
     prune_round_to: int = ranged(8, ge=1)
     prune_method: str = "auto"  # PRUNE_METHODS
+    # residual blocks removed whole (edgecv.compress.depth), before --prune
+    drop_blocks: int = ranged(0, ge=0, le=64)
     # the shipped model's input size (square), distilled from the source at its own: None = the recipe's data.input_size
     input_size: Optional[int] = ranged(None, ge=8, le=4096)
     distill: bool = False

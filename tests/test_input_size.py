@@ -111,7 +111,7 @@ def test_at_size_resizes_like_the_preprocessing():
 def test_distill_with_input_size_alone_is_accepted():
     r = load_recipe(TINY_RECIPE, ["export.prune=0"])
     assert resolve_options(r, {"distill": True, "input_size": 20}).input_size == 20
-    with pytest.raises(RecipeError, match="needs --prune or --input-size"):
+    with pytest.raises(RecipeError, match="needs --prune, --drop-blocks or --input-size"):
         resolve_options(r, {"distill": True})
 
 

@@ -91,7 +91,7 @@ def test_multicam_common_window_counts_only_while_every_loop_runs(tmp_path):
 
 def test_prune_tradeoff_smoke(tmp_path):
     """tools/prune_tradeoff.py end to end on a MobileNetV2 at 96 px over the shared Caltech-101 photographs (16 fit,
-    16 judged, one ratio per method, one smaller input size): the table's speed-up column is the ratio of its p50
+    16 judged, one ratio per method, 4 blocks removed, one smaller input size): the table's speed-up column is the ratio of its p50
     columns, and the smaller input runs at its own size."""
     import shutil
 
@@ -111,13 +111,14 @@ def test_prune_tradeoff_smoke(tmp_path):
     save_checkpoint(make_checkpoint(mobilenet_v2(num_classes=101).eval(), "mobilenet_v2", {}, classes,
                                     {"input_size": 96}), tmp_path / "m.pt")
     r = subprocess.run([sys.executable, "tools/prune_tradeoff.py", "--checkpoint", tmp_path / "m.pt", "--recipe",
-                        tmp_path / "r.yaml", "--ratios", "0.5", "--sizes", "64", "--fit", "16", "--eval", "16", "--out",
-                        tmp_path / "out"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                        tmp_path / "r.yaml", "--ratios", "0.5", "--drop-blocks", "4", "--sizes", "64", "--fit", "16",
+                        "--eval", "16", "--out", tmp_path / "out"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = json.loads((tmp_path / "out" / "tradeoff.json").read_text())
     assert [(x["method"], x["ratio"], x["size"]) for x in rows] == [
-        ("unpruned", 0, 96), ("reconstruct", 0.5, 96), ("magnitude", 0.5, 96), ("input size", 0, 64)]
-    assert abs(rows[3]["mmac"] / rows[0]["mmac"] - (64 / 96) ** 2) < 0.05  # MACs scale with the pixels
+        ("unpruned", 0, 96), ("reconstruct", 0.5, 96), ("magnitude", 0.5, 96), ("drop blocks", 4, 96),
+        ("input size", 0, 64)]
+    assert abs(rows[4]["mmac"] / rows[0]["mmac"] - (64 / 96) ** 2) < 0.05  # MACs scale with the pixels
     for x in rows:
         assert abs(x["speedup_vs_unpruned_int8"] - rows[0]["int8_p50_ms"] / x["int8_p50_ms"]) < 1e-9
         assert 0 <= x["agreement"] <= 1 and x["mmac"] <= rows[0]["mmac"] and x["judged"] == 16
@@ -141,7 +142,8 @@ def test_prune_tradeoff_judges_a_random_sample_of_classes(tmp_path):
     again = photographs(str(tmp_path / "r.yaml"), 4, 40)
     assert (again[2] == y).all() and (again[1] == x).all()
     for flag, value, says in (("--eval", "-3", "--eval must be 0"), ("--fit", "0", "--fit must be at least 1"),
-                              ("--sizes", "160,4", "--sizes: 4 is below 8")):
+                              ("--sizes", "160,4", "--sizes: 4 is below 8"),
+                              ("--drop-blocks", "0", "--drop-blocks: 0 is below 1")):
         r = subprocess.run([sys.executable, "tools/prune_tradeoff.py", flag, value], cwd=ROOT, capture_output=True,
                            text=True, timeout=120)
         assert r.returncode == 2 and says in r.stderr, r.stderr

@@ -1,9 +1,10 @@
 """What pruning buys and costs before any distillation: top-1, agreement and int8 batch-1 speed per ratio and method,
-and per smaller input size (``export --input-size``).
+per number of residual blocks removed (``export --drop-blocks``), and per smaller input size (``export
+--input-size``).
 
     python tools/prune_tradeoff.py [--checkpoint runs/caltech/model.pt]
         [--recipe recipes/transfer_lite0_caltech101.yaml] [--ratios 0.3,0.5,0.6,0.7] [--methods reconstruct,magnitude]
-        [--sizes 192,176,160] [--fit 256] [--eval 400] [--out out/prune_tradeoff]
+        [--drop-blocks 3,5,7,9] [--sizes 192,176,160] [--fit 256] [--eval 400] [--out out/prune_tradeoff]
 
 Each pruned model is refitted (reconstruct) on ``--fit`` training photographs of the recipe and judged on the first
 ``--eval`` photographs of its held-out split, by top-1 and by agreement with the unpruned model. Every model, the
@@ -68,6 +69,7 @@ def int8_file(model, fit: np.ndarray, work: Path, name: str, shape) -> str:
 
 def measure(args) -> List[Dict]:
     from edgecv import targets
+    from edgecv.compress.depth import drop_blocks
     from edgecv.compress.macs import count_macs
     from edgecv.compress.prune import prune_channels
     from edgecv.export.gates import speed_gate
@@ -92,6 +94,13 @@ def measure(args) -> List[Dict]:
                 files[key] = int8_file(m, fit, Path(tmp), key.replace(" ", "_"), shape)
                 print(f"{key}: {rows[-1]['mmac']:.0f} MMAC, top-1 {rows[-1]['top1']:.3f}, "
                       f"agreement {rows[-1]['agreement']:.3f}", flush=True)
+        for n in args.drop_blocks:
+            m, rep = drop_blocks(copy.deepcopy(base), n, fit, shape, show_progress=True)
+            p = predictions(m, x)
+            rows.append({"method": "drop blocks", "ratio": n, "size": shape[-1], "mmac": rep.macs_after / 1e6,
+                         "top1": float((p == y).mean()), "agreement": float((p == ref).mean()), "judged": len(y)})
+            files[_key(rows[-1])] = int8_file(m, fit, Path(tmp), f"depth{n}", shape)
+            print(f"{_key(rows[-1])} ({', '.join(rep.dropped)}): top-1 {rows[-1]['top1']:.3f}", flush=True)
         for size in args.sizes:
             fit_s, x_s, y_s = photographs(args.recipe, args.fit, args.eval, size)
             p = predictions(base, x_s)
@@ -117,7 +126,8 @@ def _key(row: Dict) -> str:
 
 
 def report(rows: List[Dict], args) -> str:
-    sizes = f" --sizes {','.join(map(str, args.sizes))}" if args.sizes else ""
+    sizes = (f" --drop-blocks {','.join(map(str, args.drop_blocks))}" if args.drop_blocks else "") + \
+        (f" --sizes {','.join(map(str, args.sizes))}" if args.sizes else "")
     lines = [f"`python tools/prune_tradeoff.py --checkpoint {args.checkpoint} --recipe {args.recipe} --methods "
              f"{','.join(args.methods)} --ratios {','.join(f'{r:g}' for r in args.ratios)}{sizes}` "
              f"({len(rows) - 1} compressed models; fit {args.fit} training photographs, judged on "
@@ -160,6 +170,8 @@ def main(argv=None) -> int:
     ap.add_argument("--recipe", default="recipes/transfer_lite0_caltech101.yaml")
     ap.add_argument("--ratios", default="0.3,0.5,0.6,0.7", type=lambda s: [float(v) for v in s.split(",")])
     ap.add_argument("--methods", default="reconstruct,magnitude", type=lambda s: s.split(","))
+    ap.add_argument("--drop-blocks", default="", type=lambda s: [int(v) for v in s.split(",") if v],
+                    help="numbers of residual blocks to remove, unpruned otherwise (export --drop-blocks); default: none")
     ap.add_argument("--sizes", default="", type=lambda s: [int(v) for v in s.split(",") if v],
                     help="smaller input sizes to compare, unpruned (export --input-size); default: none")
     ap.add_argument("--fit", type=int, default=256)
@@ -172,6 +184,7 @@ def main(argv=None) -> int:
           [f"--methods: unknown {m!r} (expected {', '.join(PRUNE_METHODS)})" for m in args.methods
            if m not in PRUNE_METHODS] + \
           [f"--sizes: {v} is below 8" for v in args.sizes if v < 8] + \
+          [f"--drop-blocks: {v} is below 1" for v in args.drop_blocks if v < 1] + \
           (["--fit must be at least 1"] if args.fit < 1 else []) + (["--eval must be 0 (all) or more"] if args.eval < 0 else [])
     if bad:
         print(f"error: {bad[0]}", file=sys.stderr)

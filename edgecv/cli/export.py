@@ -24,11 +24,15 @@ from edgecv.recipe import CALIB_CHOICES, PRUNE_METHODS, WEIGHT_ROUNDINGS
               help="reconstruct: the hidden channels of inverted-residual blocks, each block refitted on calibration "
                    "images; magnitude: every layer group by L2 norm (Torch-Pruning); auto (default): reconstruct "
                    "where the model has such blocks.")
+@click.option("--drop-blocks", type=int, default=None,
+              help="Remove this many residual blocks whole (MobileNetV2, EfficientNet-Lite): those whose removal moves "
+                   "the output on the calibration images least per MAC saved; recover with --distill.")
 @click.option("--input-size", type=int, default=None,
               help="Ship the model at this input size (square; the evaluation resize scales with it), distilled from "
                    "the source at its own size with --distill: fewer pixels, faster on every runtime.")
 @click.option("--distill/--no-distill", default=None,
-              help="Recover accuracy by distillation from the source model (after --prune or --input-size).")
+              help="Recover accuracy by distillation from the source model (after --prune, --drop-blocks or "
+                   "--input-size).")
 @click.option("--calib", default=None, help="Calibration images: a folder, or a calibration set file (calibration/*.yaml); "
               "default: the recipe's training data.")
 @click.option("--calib-samples", type=int, default=None)

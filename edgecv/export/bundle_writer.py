@@ -88,7 +88,7 @@ def write_report(tmp: Path, summary: Dict, artifacts: List[Dict]) -> None:
 
 
 def _compression(summary: Dict) -> List[str]:
-    """The report's sections on pruning and on the input size, where the export changed them."""
+    """The report's sections on pruning, removed blocks and the input size, where the export changed them."""
     lines = []
     if summary.get("prune"):
         p = summary["prune"]
@@ -98,6 +98,13 @@ def _compression(summary: Dict) -> List[str]:
                   f"{p['top1_after_prune']:.4f} right after pruning"
                   + (f", {p['top1_after_distill']:.4f} after distillation (mixed precision: "
                      f"{p.get('distill_mixed_precision', 'off')})" if "top1_after_distill" in p else "")]
+    if summary.get("depth"):
+        d = summary["depth"]
+        lines += ["", "## Blocks removed", "", f"{len(d['dropped_blocks'])} of {d['candidates']} residual blocks "
+                  f"({', '.join(d['dropped_blocks'])}), those whose removal moved the output on the calibration "
+                  f"images least per MAC saved: MACs {d['macs_before'] / 1e6:.2f} M -> {d['macs_after'] / 1e6:.2f} M "
+                  f"({d['mac_reduction']:.2f}x); top-1 {d['top1_after_drop']:.4f} right after"
+                  + (f", {d['top1_after_distill']:.4f} after distillation" if "top1_after_distill" in d else "")]
     if summary.get("input_size"):
         r = summary["input_size"]
         lines += ["", "## Input size", "", f"The model ships at {r['export']} px (resize {r['resize']}); the source "

@@ -27,10 +27,10 @@ def resolve_options(recipe: Optional[Recipe], flags: Dict) -> ExportConfig:
         if flags.get("calib_method") is None:
             cfg.calib_method = cs.method
     check_ranges(cfg, flag_style=True)
-    if cfg.distill and cfg.prune == 0 and cfg.input_size is None:
-        raise RecipeError("--distill: needs --prune or --input-size (distillation recovers accuracy lost to pruning "
-                          "or to fewer pixels; without either there is nothing to recover): add --prune R, or "
-                          "--no-distill")
+    if cfg.distill and cfg.prune == 0 and cfg.drop_blocks == 0 and cfg.input_size is None:
+        raise RecipeError("--distill: needs --prune, --drop-blocks or --input-size (distillation recovers accuracy "
+                          "lost to pruning or to fewer pixels; without any there is nothing to recover): add --prune "
+                          "R, or --no-distill")
     if not cfg.targets:
         raise RecipeError(f"--target: no target given (expected some of: {', '.join(targets.names())})")
     for t in cfg.targets:

@@ -198,39 +198,21 @@ def baseline(run: ExportRun) -> None:
 
 
 def compress(run: ExportRun) -> None:
-    """At ``--input-size``, prune channels, then recover accuracy by distillation from the source model."""
+    """At ``--input-size``, drop residual blocks, prune channels, then recover accuracy by distillation from the
+    source model."""
     from edgecv.models.checkpoint import make_checkpoint, save_checkpoint
 
-    opts, info = run.opts, None
+    opts = run.opts
     if run.resized:
-        run.student = copy.deepcopy(run.teacher)
-        try:
-            acc = _torch_eval(run.student, run.ev.x, run.ev.y)
-        except RuntimeError as e:  # a head sized for one resolution (a flatten into a fixed Linear)
-            raise RecipeError(f"--input-size {run.data.input_size}: {run.src.arch} cannot run at that size "
-                              f"({str(e).splitlines()[0]})") from None
-        run.stage_acc.append({"stage": f"at {run.data.input_size} px", **acc})
-        run.summary["input_size"] = {"source": run.src.data.input_size, "export": run.data.input_size,
-                                     "resize": run.data.resize, "top1_before_distill": acc["top1"]}
-    if opts.prune > 0:
-        from edgecv.compress.prune import prune_channels
-
-        with run.stages(f"prune {opts.prune:.0%} of channels"):
-            try:
-                run.student, report = prune_channels(copy.deepcopy(run.student), run.shape, opts.prune,
-                                                     opts.prune_round_to, run.cal.x,
-                                                     opts.prune_method, run.show_progress)
-            except ValueError as e:
-                raise RecipeError(f"--prune-method: {e}") from None
-            acc = _torch_eval(run.student, run.ev.x, run.ev.y)
-        info = {**report.as_dict(), "top1_after_prune": acc["top1"]}
-        run.stage_acc.append({"stage": "pruned", **acc})
+        _at_input_size(run)
+    depth = _drop_blocks(run) if opts.drop_blocks > 0 else None
+    info = _prune(run) if opts.prune > 0 else None
     if opts.distill and run.student is run.teacher:  # --input-size the source's own: distilling would train it
         raise RecipeError(f"--distill: --input-size {opts.input_size} is the source's own input size, so there is "
-                          "nothing to recover: add --prune R, another --input-size, or --no-distill")
+                          "nothing to recover: add --prune R, --drop-blocks N, another --input-size, or --no-distill")
     if opts.distill:
         done = dict(zip(("top1_after_distill", "distill_mixed_precision"), _distill(run)))
-        for part in (info, run.summary.get("input_size")):
+        for part in (info, depth, run.summary.get("input_size")):
             if part is not None:
                 part.update(done)
     if run.student is not run.teacher:
@@ -238,6 +220,52 @@ def compress(run: ExportRun) -> None:
                              pruned=opts.prune > 0)
         save_checkpoint(ck, run.tmp / PRUNED_MODEL)
     run.summary["prune"] = info
+    if depth is not None:
+        run.summary["depth"] = depth
+
+
+def _at_input_size(run: ExportRun) -> None:
+    run.student = copy.deepcopy(run.teacher)
+    try:
+        acc = _torch_eval(run.student, run.ev.x, run.ev.y)
+    except RuntimeError as e:  # a head sized for one resolution (a flatten into a fixed Linear)
+        raise RecipeError(f"--input-size {run.data.input_size}: {run.src.arch} cannot run at that size "
+                          f"({str(e).splitlines()[0]})") from None
+    run.stage_acc.append({"stage": f"at {run.data.input_size} px", **acc})
+    run.summary["input_size"] = {"source": run.src.data.input_size, "export": run.data.input_size,
+                                 "resize": run.data.resize, "top1_before_distill": acc["top1"]}
+
+
+def _drop_blocks(run: ExportRun) -> Dict:
+    """Remove ``--drop-blocks`` residual blocks whole, judged on the calibration images (edgecv.compress.depth)."""
+    from edgecv.compress.depth import drop_blocks
+
+    n = run.opts.drop_blocks
+    with run.stages(f"drop {n} residual block(s)"):
+        try:
+            run.student, report = drop_blocks(copy.deepcopy(run.student), n, run.cal.x, run.shape, run.show_progress)
+        except ValueError as e:
+            msg = str(e)
+            raise RecipeError(msg if msg.startswith("--drop-blocks") else f"--drop-blocks {n}: {msg}") from None
+        acc = _torch_eval(run.student, run.ev.x, run.ev.y)
+    run.stage_acc.append({"stage": f"{n} block(s) dropped", **acc})
+    return {**report.as_dict(), "top1_after_drop": acc["top1"]}
+
+
+def _prune(run: ExportRun) -> Dict:
+    from edgecv.compress.prune import prune_channels
+
+    opts = run.opts
+    with run.stages(f"prune {opts.prune:.0%} of channels"):
+        try:
+            run.student, report = prune_channels(copy.deepcopy(run.student), run.shape, opts.prune,
+                                                 opts.prune_round_to, run.cal.x,
+                                                 opts.prune_method, run.show_progress)
+        except ValueError as e:
+            raise RecipeError(f"--prune-method: {e}") from None
+        acc = _torch_eval(run.student, run.ev.x, run.ev.y)
+    run.stage_acc.append({"stage": "pruned", **acc})
+    return {**report.as_dict(), "top1_after_prune": acc["top1"]}
 
 
 def _distill(run: ExportRun) -> Tuple[float, str]:
@@ -255,7 +283,8 @@ def _distill(run: ExportRun) -> Tuple[float, str]:
                             amp=run.recipe.train.amp, student_size=run.data.input_size if run.resized else None)
         result = distill(run.student, run.teacher, train_loader, val_loader, cfg, show_progress=run.show_progress)
         acc = _torch_eval(run.student, run.ev.x, run.ev.y)
-    run.stage_acc.append({"stage": "pruned + distilled" if o.prune > 0 else "distilled", **acc})
+    run.stage_acc.append({"stage": "pruned + distilled" if o.prune > 0 or o.drop_blocks > 0 else "distilled",
+                          **acc})
     return acc["top1"], result["mixed_precision"]
 
 
@@ -310,10 +339,11 @@ def bf16(run: ExportRun) -> None:
 def check_fp32_drop(run: ExportRun) -> None:
     drop = (run.base_acc["top1"] - run.fp32_acc["top1"]) * 100
     if drop > run.opts.max_drop:
+        o = run.opts
         what = " and ".join(([f"at {run.data.input_size} px"] if run.resized else []) +
-                            (["pruned"] if run.opts.prune > 0 else []))
-        less = " or ".join((["prune less"] if run.opts.prune > 0 else []) +
-                           (["a larger --input-size"] if run.resized else []))
+                            (["pruned"] if o.prune > 0 or o.drop_blocks > 0 else []))
+        less = " or ".join((["prune less"] if o.prune > 0 else []) + (["drop fewer blocks"] if o.drop_blocks else [])
+                           + (["a larger --input-size"] if run.resized else []))
         run.failures.append(f"the fp32 model {what} is already {drop:.2f} points below the source (top-1 "
                             f"{run.fp32_acc['top1']:.4f} vs {run.base_acc['top1']:.4f}); {less}, or distill "
                             f"longer (budget --max-drop {run.opts.max_drop})")
@@ -325,7 +355,7 @@ def robustness_report(run: ExportRun) -> None:
         return
     with run.stages(f"robustness under corruption ({o.corruptions}, {min(len(run.ev), o.corruption_images)} images)"):
         # the unpruned source joins the report only at the same input size: it cannot read the shipped model's
-        unpruned = run.base_onnx if o.prune > 0 and not run.resized else None
+        unpruned = run.base_onnx if (o.prune > 0 or o.drop_blocks > 0) and not run.resized else None
         run.summary["robustness"] = robustness(run.tmp, unpruned, run.artifacts, run.ev, run.spec, o,
                                                run.show_progress)
     refuse_if(corruption_failures(run.summary["robustness"], o))

@@ -2,7 +2,8 @@
 
 Saved as plain tensors and Python literals so they load with ``torch.load(weights_only=True)``;
 a checkpoint that needs arbitrary unpickling (a pickled module, a code payload) is refused.
-A pruned model (channel counts changed) stores each layer's shape so it can be rebuilt.
+A pruned model (channel counts changed) stores each layer's shape so it can be rebuilt; a depth-pruned one names
+the blocks it skips.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from edgecv.errors import CheckpointError  # noqa: F401 (re-exported)
+from edgecv.models.blocks import skip_blocks, skipped_blocks
 from edgecv.models.registry import create_model
 from edgecv.utils.io import atomic_write_bytes
 
@@ -74,6 +76,9 @@ def make_checkpoint(model: nn.Module, arch: str, arch_args: Dict[str, Any], clas
         "pruned": pruned,
         "layer_shapes": layer_shapes(model) if pruned else {},
     }
+    dropped = skipped_blocks(model)
+    if dropped:  # depth-pruned: rebuilt with these blocks skipped before the weights load
+        ckpt["skipped_blocks"] = dropped
     if extra:
         ckpt.update(extra)
     return ckpt
@@ -121,10 +126,15 @@ def _check_fields(ckpt: Dict, path: Path) -> None:
                               f"(num_classes), got {len(ckpt['classes'])}")
     if ckpt.get("pruned") and not isinstance(ckpt.get("layer_shapes"), dict):
         raise CheckpointError(f"{path}: pruned checkpoint without 'layer_shapes'")
+    skipped = ckpt.get("skipped_blocks", [])
+    if not isinstance(skipped, list) or not all(isinstance(n, str) for n in skipped):
+        raise CheckpointError(f"{path}: checkpoint field 'skipped_blocks': expected a list of module names")
 
 
 def model_from_checkpoint(ckpt: Dict) -> nn.Module:
     model = create_model(ckpt["arch"], num_classes=ckpt["num_classes"], pretrained=False, **ckpt["arch_args"])
+    if ckpt.get("skipped_blocks"):
+        skip_blocks(model, ckpt["skipped_blocks"])
     if ckpt.get("pruned"):
         apply_layer_shapes(model, ckpt["layer_shapes"])
     model.load_state_dict(ckpt["state_dict"])
