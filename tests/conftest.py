@@ -33,6 +33,32 @@ def pytest_configure(config):
     torch.set_num_threads(2)
 
 
+
+def export_mobilenet_caltech(tmp_path: Path, calib_dir: Path, flags: dict) -> Path:
+    """Export a seeded random MobileNetV2 with a 101-class head through the Caltech-101 transfer recipe at 64 px
+    (24 calibration images from ``calib_dir``, 40 judged, no budget, ONNX Runtime only) with the export ``flags``;
+    returns the bundle folder."""
+    import torch
+    import yaml
+    from torchvision.models import mobilenet_v2
+
+    from edgecv.export.pipeline import export_bundle
+    from edgecv.models.checkpoint import make_checkpoint, save_checkpoint
+
+    recipe = yaml.safe_load((ROOT / "recipes" / "transfer_lite0_caltech101.yaml").read_text())
+    recipe["model"] = {"name": "mobilenet_v2", "num_classes": 101}
+    recipe["data"].update(path=str(ROOT / recipe["data"]["path"]), input_size=64, resize=73)
+    recipe["export"] = {"calib": str(calib_dir), "calib_samples": 24, "eval_limit": 40, "max_drop": 100.0,
+                        "min_agreement": 0.0, "targets": ["onnxruntime"], "corruptions": "none"}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    classes = sorted(p.name for p in (ROOT / recipe["data"]["path"]).iterdir() if p.is_dir())
+    torch.manual_seed(0)
+    save_checkpoint(make_checkpoint(mobilenet_v2(num_classes=101).eval(), "mobilenet_v2", {}, classes,
+                                    {"input_size": 64}), tmp_path / "m.pt")
+    out = tmp_path / "bundle"
+    export_bundle(str(tmp_path / "r.yaml"), str(out), flags, [f"checkpoint={tmp_path / 'm.pt'}"], show_progress=False)
+    return out
+
 @pytest.fixture(scope="session")
 def imagenet_dir():
     if not IMAGENET.is_dir():

@@ -103,25 +103,11 @@ def test_export_drops_blocks_before_pruning_and_records_it(tmp_path, imagenet_di
     checkpoint (rebuilt with its blocks skipped) all say which."""
     import json
 
-    import yaml
-    from conftest import ROOT
+    from conftest import export_mobilenet_caltech
 
-    from edgecv.export.pipeline import export_bundle
-    from edgecv.models.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+    from edgecv.models.checkpoint import load_checkpoint
 
-    recipe = yaml.safe_load((ROOT / "recipes" / "transfer_lite0_caltech101.yaml").read_text())
-    recipe["model"] = {"name": "mobilenet_v2", "num_classes": 101}
-    recipe["data"].update(path=str(ROOT / recipe["data"]["path"]), input_size=64, resize=73)
-    recipe["export"] = {"calib": str(imagenet_dir), "calib_samples": 24, "eval_limit": 40, "max_drop": 100.0,
-                        "min_agreement": 0.0, "targets": ["onnxruntime"], "corruptions": "none"}
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    classes = sorted(p.name for p in (ROOT / recipe["data"]["path"]).iterdir() if p.is_dir())
-    torch.manual_seed(0)
-    save_checkpoint(make_checkpoint(mobilenet_v2(num_classes=101).eval(), "mobilenet_v2", {}, classes,
-                                    {"input_size": 64}), tmp_path / "m.pt")
-    out = tmp_path / "bundle"
-    export_bundle(str(tmp_path / "r.yaml"), str(out), {"drop_blocks": 3, "prune": 0.3, "distill": False},
-                  [f"checkpoint={tmp_path / 'm.pt'}"], show_progress=False)
+    out = export_mobilenet_caltech(tmp_path, imagenet_dir, {"drop_blocks": 3, "prune": 0.3, "distill": False})
     s = json.loads((out / "manifest.json").read_text())["summary"]
     d, p = s["depth"], s["prune"]
     assert len(d["dropped_blocks"]) == 3 and d["candidates"] == 10 and d["macs_after"] < d["macs_before"]

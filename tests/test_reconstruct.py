@@ -153,29 +153,10 @@ def test_export_prunes_by_reconstruct_and_records_it(tmp_path, imagenet_dir):
     blocks are refitted on the calibration images, and the manifest and report say how it was pruned."""
     import json
 
-    import yaml
-    from conftest import ROOT
+    from conftest import export_mobilenet_caltech
 
-    from edgecv.export.pipeline import export_bundle
-    from edgecv.models.checkpoint import make_checkpoint, save_checkpoint
-
-    recipe = yaml.safe_load((ROOT / "recipes" / "transfer_lite0_caltech101.yaml").read_text())
-    recipe["model"] = {"name": "mobilenet_v2", "num_classes": 101}
-    recipe["data"].update(path=str(ROOT / recipe["data"]["path"]), input_size=64, resize=73)
-    recipe["export"] = {"calib": str(imagenet_dir), "calib_samples": 24, "eval_limit": 40, "max_drop": 100.0,
-                        "min_agreement": 0.0, "targets": ["onnxruntime"], "corruptions": "none"}
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    classes = sorted(p.name for p in (ROOT / recipe["data"]["path"]).iterdir() if p.is_dir())
-    save_checkpoint(make_checkpoint(_mnv2_101(), "mobilenet_v2", {}, classes, {"input_size": 64}), tmp_path / "m.pt")
-    out = tmp_path / "bundle"
-    export_bundle(str(tmp_path / "r.yaml"), str(out), {"prune": 0.5, "distill": False},
-                  [f"checkpoint={tmp_path / 'm.pt'}"], show_progress=False)
+    out = export_mobilenet_caltech(tmp_path, imagenet_dir, {"prune": 0.5, "distill": False})
     p = json.loads((out / "manifest.json").read_text())["summary"]["prune"]
     assert p["method"] == "reconstruct" and len(p["refit_error"]) == 17
     assert p["channels"]["features.2.conv.0.0"] == [96, 48] and p["macs_after"] < 0.6 * p["macs_before"]
     assert "50% of channels by reconstruct" in (out / "report.md").read_text()
-
-
-def _mnv2_101():
-    torch.manual_seed(0)
-    return mobilenet_v2(num_classes=101).eval()
