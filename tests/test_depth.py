@@ -118,9 +118,10 @@ def test_export_drops_blocks_before_pruning_and_records_it(tmp_path, imagenet_di
     assert f"3 of 10 residual blocks ({', '.join(d['dropped_blocks'])})" in (out / "report.md").read_text()
 
 
-@pytest.mark.parametrize("args, msg", [(["--drop-blocks", "1"], "--drop-blocks 1: FashionCNN has no removable"),
-                                       (["--drop-blocks", "-1"], "--drop-blocks: must be >= 0 and <= 64, got -1"),
-                                       (["--drop-blocks", "1", "--distill"], "--drop-blocks 1: FashionCNN has no")])
+@pytest.mark.parametrize("args, msg", [
+    (["--drop-blocks", "1"], "--drop-blocks 1: FashionCNN has 0 removable residual blocks (MobileNetV2"),
+    (["--drop-blocks", "-1"], "--drop-blocks: must be >= 0 and <= 64, got -1"),
+    (["--drop-blocks", "1", "--distill"], "--drop-blocks 1: FashionCNN has 0 removable")])
 def test_drop_blocks_on_a_model_without_them_is_refused_and_writes_nothing(args, msg, tmp_path, tiny_ckpt):
     from click.testing import CliRunner
     from conftest import TINY_RECIPE
@@ -131,4 +132,5 @@ def test_drop_blocks_on_a_model_without_them_is_refused_and_writes_nothing(args,
     r = CliRunner().invoke(cli, ["export", str(TINY_RECIPE), "-o", str(out), "--corruptions", "none",
                                  "--set", f"checkpoint={tiny_ckpt}", *args])
     assert r.exit_code == 2 and msg in r.output, r.output
+    assert "calibration" not in r.output  # refused before any image set is read
     assert not out.exists()
