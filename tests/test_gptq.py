@@ -124,24 +124,10 @@ def test_export_with_gptq_records_it(tmp_path, imagenet_dir):
     weights, without bias correction, and the manifest says so."""
     import json
 
-    import yaml
-    from conftest import ROOT
+    from conftest import export_mobilenet_caltech
 
-    from edgecv.export.pipeline import export_bundle
-    from edgecv.models.checkpoint import make_checkpoint, save_checkpoint
-    from tests.test_reconstruct import _mnv2_101
-
-    recipe = yaml.safe_load((ROOT / "recipes" / "transfer_lite0_caltech101.yaml").read_text())
-    recipe["model"] = {"name": "mobilenet_v2", "num_classes": 101}
-    recipe["data"].update(path=str(ROOT / recipe["data"]["path"]), input_size=64, resize=73)
-    recipe["export"] = {"calib": str(imagenet_dir), "calib_samples": 24, "eval_limit": 40, "max_drop": 100.0,
-                        "min_agreement": 0.0, "targets": ["onnxruntime"], "corruptions": "none", "qat_epochs": 0}
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    classes = sorted(p.name for p in (ROOT / recipe["data"]["path"]).iterdir() if p.is_dir())
-    save_checkpoint(make_checkpoint(_mnv2_101(), "mobilenet_v2", {}, classes, {"input_size": 64}), tmp_path / "m.pt")
-    out = tmp_path / "bundle"
-    export_bundle(str(tmp_path / "r.yaml"), str(out), {"prune": 0.0, "distill": False, "weight_rounding": "gptq"},
-                  [f"checkpoint={tmp_path / 'm.pt'}"], show_progress=False)
+    out = export_mobilenet_caltech(tmp_path, imagenet_dir, {"prune": 0.0, "distill": False, "qat_epochs": 0,
+                                                           "weight_rounding": "gptq"})
     arts = [a for a in json.loads((out / "manifest.json").read_text())["artifacts"] if a["precision"] == "int8"]
     assert arts and all(a["calibration"]["weight_rounding"] == "gptq" for a in arts)
     assert not any(a["calibration"]["bias_correction"] for a in arts)
