@@ -59,6 +59,26 @@ def test_refit_reproduces_the_network_when_every_channel_stays():
     assert torch.allclose(out, ref, atol=1e-3 * float(ref.abs().max())), float((out - ref).abs().max())
 
 
+@pytest.mark.parametrize("family", ["efficientnet_lite0", "mobilenet_v2"])
+def test_a_pass_fed_from_a_kept_block_input_equals_the_whole_pass(family):
+    """The refit starts each pass at the previous block with its kept input (the layers before it see one image):
+    what it captures must equal a whole forward pass, batch by batch, the skip unit's input included."""
+    from edgecv.compress.reconstruct import _capture
+
+    m = create_model("efficientnet_lite0").eval() if family == "efficientnet_lite0" else _mnv2()
+    x = torch.randn(40, 3, 64, 64, generator=torch.Generator().manual_seed(4))  # two batches: 32 and 8
+    units = find_units(m)
+    prev, u = units[1], units[2]
+    assert u.skip and u.entry is not None
+    taps = {"hidden": (u.project, "in"), "input": (u.expand, "in")}
+    whole, _ = _capture(m, x, taps, stop=u.project)
+    _, feed = _capture(m, x, {"h": (prev.project, "in")}, stop=prev.project, keep=prev.entry)
+    assert [len(b) for b in feed.batches] == [32, 8]
+    fed, _ = _capture(m, x, taps, stop=u.project, feed=feed)
+    for k in taps:
+        assert whole[k].shape == fed[k].shape and torch.allclose(whole[k], fed[k], atol=1e-5), k
+
+
 def test_pruned_model_is_a_smaller_checkpoint_and_onnx(tmp_path):
     from edgecv.export.onnx_export import compare_with_torch, export_onnx
     from edgecv.models.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
