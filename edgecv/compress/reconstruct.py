@@ -137,9 +137,8 @@ def _rows(t: torch.Tensor, batch_index: int) -> torch.Tensor:
 class _Feed:
     """The network's input to ``module`` over all images, one tensor per batch, so a pass can start there: the
     layers before it see one image only (their output is replaced), which makes a block-by-block refit cost about
-    one forward pass in all instead of one per block (1.7x faster on Lite0 at 500 images of 224 px, the same
-    weights). The price is memory: two blocks' whole inputs, about 0.6 GB at most there. ``module`` None: the
-    images themselves."""
+    one forward pass in all instead of one per block, with the same weights. The price is memory: two blocks'
+    whole inputs (about 0.6 GB at most for 512 images of 224 px). ``module`` None: the images themselves."""
 
     module: Optional[nn.Module]
     batches: Optional[List[torch.Tensor]]
