@@ -77,6 +77,8 @@ def test_a_pass_fed_from_a_kept_block_input_equals_the_whole_pass(family):
     fed, _ = _capture(m, x, taps, stop=u.project, feed=feed)
     for k in taps:
         assert whole[k].shape == fed[k].shape and torch.allclose(whole[k], fed[k], atol=1e-5), k
+    with pytest.raises(ValueError, match="must stop inside the network"):
+        _capture(m, x, taps, feed=feed)  # to the head, which may read the batch size off its one-image input
 
 
 def test_pruned_model_is_a_smaller_checkpoint_and_onnx(tmp_path):

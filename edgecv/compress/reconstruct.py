@@ -138,7 +138,9 @@ class _Feed:
     """The network's input to ``module`` over all images, one tensor per batch, so a pass can start there: the
     layers before it see one image only (their output is replaced), which makes a block-by-block refit cost about
     one forward pass in all instead of one per block, with the same weights. The price is memory: two blocks'
-    whole inputs (about 0.6 GB at most for 512 images of 224 px). ``module`` None: the images themselves."""
+    whole inputs (about 0.6 GB at most for 512 images of 224 px). ``module`` None: the images themselves.
+    A fed pass must stop inside the network: a family's head may read the batch size off its input (EfficientNet-
+    Lite's ``view(bs, -1)`` does), and there the input is one image. The refit's passes all stop at a block."""
 
     module: Optional[nn.Module]
     batches: Optional[List[torch.Tensor]]
@@ -166,6 +168,8 @@ def _capture(model: nn.Module, images: torch.Tensor, taps: Dict[str, tuple], sto
         return pre if where == "in" else post
 
     fed = feed is not None and feed.module is not None
+    if fed and stop is None:
+        raise ValueError("a pass fed part-way must stop inside the network (see _Feed)")
     if fed:
         hooks.append(feed.module.register_forward_pre_hook(
             lambda module, args: (feed.batches[state["batch"]],) + tuple(args[1:])))
