@@ -87,14 +87,18 @@ def write_report(tmp: Path, summary: Dict, artifacts: List[Dict]) -> None:
     _plot(tmp / REPORT_PNG, summary, artifacts)
 
 
+def _macs(part: Dict) -> str:
+    return (f"MACs {part['macs_before'] / 1e6:.2f} M -> {part['macs_after'] / 1e6:.2f} M "
+            f"({part['mac_reduction']:.2f}x)")
+
+
 def _compression(summary: Dict) -> List[str]:
     """The report's sections on pruning, removed blocks and the input size, where the export changed them."""
     lines = []
     if summary.get("prune"):
         p = summary["prune"]
-        lines += ["", "## Pruning", "", f"{p['ratio']:.0%} of channels by {p.get('method', 'magnitude')}: MACs "
-                  f"{p['macs_before'] / 1e6:.2f} M -> {p['macs_after'] / 1e6:.2f} M ({p['mac_reduction']:.2f}x), "
-                  f"parameters {p['params_before'] / 1e6:.3f} M -> {p['params_after'] / 1e6:.3f} M; top-1 "
+        lines += ["", "## Pruning", "", f"{p['ratio']:.0%} of channels by {p.get('method', 'magnitude')}: "
+                  f"{_macs(p)}, parameters {p['params_before'] / 1e6:.3f} M -> {p['params_after'] / 1e6:.3f} M; top-1 "
                   f"{p['top1_after_prune']:.4f} right after pruning"
                   + (f", {p['top1_after_distill']:.4f} after distillation (mixed precision: "
                      f"{p.get('distill_mixed_precision', 'off')})" if "top1_after_distill" in p else "")]
@@ -102,8 +106,7 @@ def _compression(summary: Dict) -> List[str]:
         d = summary["depth"]
         lines += ["", "## Blocks removed", "", f"{len(d['dropped_blocks'])} of {d['candidates']} residual blocks "
                   f"({', '.join(d['dropped_blocks'])}), those whose removal moved the output on the calibration "
-                  f"images least per MAC saved: MACs {d['macs_before'] / 1e6:.2f} M -> {d['macs_after'] / 1e6:.2f} M "
-                  f"({d['mac_reduction']:.2f}x); top-1 {d['top1_after_drop']:.4f} right after"
+                  f"images least per MAC saved: {_macs(d)}; top-1 {d['top1_after_drop']:.4f} right after"
                   + (f", {d['top1_after_distill']:.4f} after distillation" if "top1_after_distill" in d else "")]
     if summary.get("input_size"):
         r = summary["input_size"]
