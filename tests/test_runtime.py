@@ -73,6 +73,13 @@ def test_bench_json_shape(tiny_bundle):
     for b in ("1", "8"):
         s = res["batches"][b]
         assert s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"] and s["throughput"] > 0
+    assert res["batches"]["1"]["iters"] == 30
+    r = CliRunner().invoke(main(), ["bench", str(tiny_bundle), "--precision", "fp32", "--iters", "7", "--warmup", "0",
+                                    "--threads", "1", "--json"])  # every flag reaches the options object
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert (res["artifact"], res["precision"], list(res["batches"])) == ("model_fp32.onnx", "fp32", ["1"])
+    assert res["batches"]["1"]["iters"] == 7
 
 
 def test_tampered_bundle_refused_naming_file(bundle_copy):

@@ -111,11 +111,12 @@ def verify(bundle, backend, iters, record, as_json, dla_core):
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--json", "as_json", is_flag=True)
 @dla_option
-def bench(target, backend, batches, warmup, iters, precision, threads, as_json, dla_core):
+def bench(target, backend, as_json, **flags):
     """Latency p50/p90/p99 and throughput of TARGET (a bundle or an .onnx file) per batch size."""
+    from edgecv.runtime.acceptance.bench import BenchOptions
     from edgecv.runtime.acceptance.bench import bench as run_bench
 
-    res = run_bench(target, backend, batches, warmup, iters, precision, threads, dla_core=dla_core)
+    res = run_bench(target, backend, BenchOptions(**options_from(BenchOptions, flags, keep_none=True)))
     if as_json:
         click.echo(json.dumps(res))
         return
@@ -138,19 +139,19 @@ def bench(target, backend, batches, warmup, iters, precision, threads, as_json, 
               help="Folder for profile.json (trtexec shape), profile.csv, profile.png.")
 @click.option("--json", "as_json", is_flag=True)
 @dla_option
-def profile(target, backend, iters, batch, threads, top, out_dir, as_json, dla_core):
+def profile(target, backend, as_json, **flags):
     """Per-layer latency of TARGET, sorted by time, mapped back to PyTorch modules where names allow."""
+    from edgecv.runtime.acceptance.profile import ProfileOptions, trtexec_json
     from edgecv.runtime.acceptance.profile import profile as run_profile
-    from edgecv.runtime.acceptance.profile import trtexec_json
 
-    res = run_profile(target, backend, iters=iters, batch=batch, out_dir=out_dir, threads=threads, top=top,
-                      dla_core=dla_core)
+    opts = ProfileOptions(**options_from(ProfileOptions, flags))
+    res = run_profile(target, backend, opts)
     if as_json:
         click.echo(json.dumps(trtexec_json(res)))
         return
     from edgecv.utils.table import print_rows
 
-    print_rows([{**r, "ms": r["averageMs"], "%": r["percentage"]} for r in res["layers"][:top]],
+    print_rows([{**r, "ms": r["averageMs"], "%": r["percentage"]} for r in res["layers"][:opts.top]],
                ["name", "op", "torch_module", "ms", "%"], f"per-layer latency ({res['backend']}, {res['artifact']})")
     msg = (f"sum of layers {res['sum_layers_ms']:.3f} ms vs end-to-end {res['end_to_end_ms']:.3f} ms "
            f"(per run, the layers sum to {res['sum_ratio']:.1%} of it: the median over runs)")
