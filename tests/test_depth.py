@@ -119,9 +119,9 @@ def test_export_drops_blocks_before_pruning_and_records_it(tmp_path, imagenet_di
 
 
 @pytest.mark.parametrize("args, msg", [
-    (["--drop-blocks", "1"], "--drop-blocks 1: FashionCNN has 0 removable residual blocks (MobileNetV2"),
+    (["--drop-blocks", "1"], "--drop-blocks 1: FashionCNN has no removable residual blocks (MobileNetV2"),
     (["--drop-blocks", "-1"], "--drop-blocks: must be >= 0 and <= 64, got -1"),
-    (["--drop-blocks", "1", "--distill"], "--drop-blocks 1: FashionCNN has 0 removable")])
+    (["--drop-blocks", "1", "--distill"], "--drop-blocks 1: FashionCNN has no removable")])
 def test_drop_blocks_on_a_model_without_them_is_refused_and_writes_nothing(args, msg, tmp_path, tiny_ckpt):
     from click.testing import CliRunner
     from conftest import TINY_RECIPE

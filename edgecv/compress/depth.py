@@ -55,6 +55,19 @@ def removable_blocks(model: nn.Module) -> List[str]:
     return [u.name for u in find_units(model) if u.skip and u.name != "stem"]
 
 
+def blocks_to_drop(model: nn.Module, n: int) -> List[str]:
+    """``model``'s removable blocks, after checking that ``n`` of them can go; ValueError naming the count if not."""
+    names = removable_blocks(model)
+    kind = type(model).__name__
+    if not names:
+        raise ValueError(f"--drop-blocks {n}: {kind} has no removable residual blocks (MobileNetV2 and "
+                         "EfficientNet-Lite have them)")
+    if not 0 < n <= len(names):
+        raise ValueError(f"--drop-blocks {n}: {kind} has {len(names)} removable residual blocks, so 1 to "
+                         f"{len(names)} can go")
+    return names
+
+
 @torch.no_grad()
 def _logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return torch.cat([model(images[i: i + BATCH]).float() for i in range(0, len(images), BATCH)])
@@ -69,12 +82,7 @@ def drop_blocks(model: nn.Module, n: int, images: np.ndarray, input_shape: Tuple
                 show_progress: bool = False) -> Tuple[nn.Module, DepthReport]:
     """Remove ``n`` residual blocks of ``model`` (in place): those whose removal alone moves the output on
     ``images`` (N,C,H,W float32, preprocessed; the first ``IMAGES`` are used) least per MAC saved."""
-    names = removable_blocks(model)
-    if not names:
-        raise ValueError(f"{type(model).__name__} has no removable residual blocks (MobileNetV2 and "
-                         "EfficientNet-Lite have them)")
-    if not 0 < n <= len(names):
-        raise ValueError(f"--drop-blocks {n}: {type(model).__name__} has {len(names)} removable residual blocks")
+    names = blocks_to_drop(model, n)
     if images is None or len(images) == 0:
         raise ValueError("--drop-blocks: needs calibration images to judge the blocks on")
     model = model.eval()

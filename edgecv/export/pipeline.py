@@ -180,12 +180,12 @@ def load(source: str, flags: Dict, overrides: List[str], show_progress: bool) ->
     if recipe is None and not opts.eval:
         raise RecipeError("--eval: required when SOURCE is a checkpoint (a labelled image folder)")
     if opts.drop_blocks:  # before the image sets are read: a count the model cannot give is known now
-        from edgecv.compress.depth import removable_blocks
+        from edgecv.compress.depth import blocks_to_drop
 
-        have = len(removable_blocks(run.src.model))
-        if opts.drop_blocks > have:
-            raise RecipeError(f"--drop-blocks {opts.drop_blocks}: {type(run.src.model).__name__} has {have} removable "
-                              "residual blocks" + ("" if have else " (MobileNetV2 and EfficientNet-Lite have them)"))
+        try:
+            blocks_to_drop(run.src.model, opts.drop_blocks)
+        except ValueError as e:
+            raise RecipeError(str(e)) from None
     image_sets(run)
     return run
 
