@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 from conftest import TINY_RECIPE
 
+from edgecv import targets
 from edgecv.cli import cli
 from edgecv.compress.distill import AtSize, DistillConfig, distill
 from edgecv.data.transforms import at_input_size
@@ -58,6 +59,15 @@ def test_bundle_at_input_size_ships_that_size(small_bundle, tiny_bundle):
     report = (small_bundle / "report.md").read_text()
     assert "The model ships at 20 px (resize 20); the source runs at 28 px." in report
     assert f"| (source fp32 at 28 px) | onnxruntime | fp32 | {s['baseline']['top1']:.4f} |" in report
+    # the speed-up the user asks for: against the unpruned source in int8 on the same runtime, timed at its 28 px
+    ref = s["baseline"]["int8_latency_ms"]
+    cpu = {a["target"] for a in m["artifacts"] if a["precision"] == "int8" and targets.get(a["target"]).host_latency}
+    assert cpu and set(ref) == cpu and all(v > 0 for v in ref.values())
+    for a in m["artifacts"]:
+        if a["target"] in ref:
+            assert a["speedup_vs_unpruned_int8"] == pytest.approx(ref[a["target"]] / a["latency_ms"])
+            assert f"| {a['target']} | {a['file']} | {a['precision']} | {a['latency_ms']:.3f} |" in report
+    assert "## Speed against the unpruned model in int8" in report
     golden = np.load(small_bundle / "golden.npz")
     assert golden["pixels"].shape[2:] == (20, 20)
 

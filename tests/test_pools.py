@@ -98,6 +98,7 @@ def test_an_export_with_pools_records_what_came_from_where(tiny_ckpt, tmp_path):
     assert s["tune_agreement_images"]["images"] == 120 and s["calibration"]["samples"] == 64
     assert sum(p["used_for"]["agreement"] for p in pools.values()) == 120
     assert s["evaluation"]["disjoint_from_calibration"] and s["evaluation"]["disjoint_from_tune"]
+    assert "int8_latency_ms" not in s["baseline"]  # nothing was made smaller: no unpruned int8 to time against
     _agreement_is_reported_by_source(m, tmp_path / "b", {str(tmp_path / n): pools[str(tmp_path / n)]["used_for"]
                                                           ["agreement"] for n in ("p1", "p2")})
 

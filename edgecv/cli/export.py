@@ -93,8 +93,14 @@ def export(source, out_dir, force, overrides, as_json, **flags):
                      "latency_ms": a["latency_ms"], "speedup": s["baseline"]["latency_ms"] / a["latency_ms"],
                      "fallback": len(a["fallback_layers"]), "agreement": a.get("agreement"), "rung": a.get("rung"),
                      "worst_class_drop": a.get("worst_class_drop")})
+    ref = s["baseline"].get("int8_latency_ms") or {}
+    for t, ms in ref.items():  # a smaller model's export: the unpruned source in int8, timed in the same rounds
+        rows.insert(1, {"artefact": "(unpruned int8)", "target": t, "precision": "int8", "latency_ms": ms,
+                        "speedup": s["baseline"]["latency_ms"] / ms, "vs_unpruned_int8": 1.0})
+    for r, a in zip(rows[1 + len(ref):], manifest["artifacts"]):
+        r["vs_unpruned_int8"] = a.get("speedup_vs_unpruned_int8")
     print_rows(rows, ["artefact", "target", "precision", "top1", "agreement", "worst_class_drop", "latency_ms",
-                      "speedup", "fallback", "rung"],
+                      "speedup", "fallback", "rung"] + (["vs_unpruned_int8"] if ref else []),
                f"edgecv export -> {out_dir}")
     for t, d in manifest["default"].items():
         click.echo(f"default for {t}: {d['file']}  ({d['reason']})")

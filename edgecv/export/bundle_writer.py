@@ -81,6 +81,7 @@ def write_report(tmp: Path, summary: Dict, artifacts: List[Dict]) -> None:
                      f"`{c['file']}` ({c['reason']})")
     lines += [f"- {t}: no artefact ({why})" for t, why in (summary.get("targets_skipped") or {}).items()]
     lines += _compression(summary)
+    lines += _speed_vs_unpruned_int8(summary, artifacts)
     eng = summary["engine"]
     lines += ["", "## TensorRT engine", "", "built here" if eng.get("built") else f"not built here ({eng['reason']}); {eng['how']}"]
     atomic_write_text(tmp / REPORT_MD, "\n".join(lines) + "\n")
@@ -114,6 +115,20 @@ def _compression(summary: Dict) -> List[str]:
                   f"runs at {r['source']} px. Top-1 {r['top1_before_distill']:.4f} at {r['export']} px before "
                   "distillation" + (f", {r['top1_after_distill']:.4f} after (mixed precision: "
                                     f"{r['distill_mixed_precision']})" if "top1_after_distill" in r else "")]
+    return lines
+
+
+def _speed_vs_unpruned_int8(summary: Dict, artifacts: List[Dict]) -> List[str]:
+    """The report's comparison of a smaller model's artefacts with the unpruned source in int8, per CPU runtime."""
+    ref = summary["baseline"].get("int8_latency_ms")
+    if not ref:
+        return []
+    lines = ["", "## Speed against the unpruned model in int8", "",
+             "Batch 1 on this CPU, in the same interleaved rounds: each artefact against the unpruned source quantized "
+             "all-int8 for the same runtime (timed only; its accuracy is not judged).", "",
+             "| target | file | precision | latency ms | unpruned int8 ms | speed-up |", "|---|---|---|---|---|---|"]
+    lines += [f"| {a['target']} | {a['file']} | {a['precision']} | {a['latency_ms']:.3f} | {ref[a['target']]:.3f} | "
+              f"{a['speedup_vs_unpruned_int8']:.2f}x |" for a in artifacts if a["target"] in ref]
     return lines
 
 

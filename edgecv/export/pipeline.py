@@ -372,18 +372,49 @@ def speed_and_defaults(run: ExportRun) -> None:
     """Every artefact timed on its target's runtime here; the fastest within budget is each target's default."""
     from edgecv.export.gates import speed_gate
 
+    base_int8 = unpruned_int8(run)
     with run.stages("speed gate (this CPU, batch 1, 2 threads, each artefact on its target's runtime)"):
         # a device-built target's number here is its ONNX under ONNX Runtime on this CPU, reported but never
         # used to choose its default
         models = {"baseline_fp32": (run.base_onnx, None)}
         models.update({_label(a): (run.tmp / a["file"], targets.get(a["target"]), a["precision"])
                        for a in run.artifacts})
-        lat = speed_gate(models, run.ev.x, inputs={"baseline_fp32": run.ev_src.x})
+        models.update({f"unpruned_int8 {t}": (f, targets.get(t), "int8") for t, f in base_int8.items()})
+        at_source_size = ["baseline_fp32"] + [f"unpruned_int8 {t}" for t in base_int8]
+        lat = speed_gate(models, run.ev.x, inputs={k: run.ev_src.x for k in at_source_size})
     run.summary["baseline"]["latency_ms"] = lat["baseline_fp32"]["p50_ms"]
     for a in run.artifacts:
         a["latency_ms"], a["latency"] = lat[_label(a)]["p50_ms"], lat[_label(a)]
+    if base_int8:
+        ref = {t: lat[f"unpruned_int8 {t}"]["p50_ms"] for t in base_int8}
+        run.summary["baseline"]["int8_latency_ms"] = ref
+        for a in run.artifacts:
+            if a["target"] in ref:
+                a["speedup_vs_unpruned_int8"] = ref[a["target"]] / a["latency_ms"]
     run.summary["default"] = choose_defaults(run.artifacts, run.base_acc["top1"], run.opts.max_drop)
     run.summary["cpu_default"] = choose_cpu_default(run.artifacts, run.summary["default"])
+
+
+UNPRUNED_CALIB_IMAGES = 32
+
+
+def unpruned_int8(run: ExportRun) -> Dict[str, Path]:
+    """When the export made the model smaller (pruned, blocks removed, fewer pixels): the unpruned source as plain
+    all-int8 PTQ for each CPU target with an int8 artefact, the baseline its speed-up is measured against. Timed
+    only, never judged: its activation ranges come from a few tune images at the source's size, and the graph, so
+    the speed, does not depend on them."""
+    o = run.opts
+    cpu = sorted({a["target"] for a in run.artifacts if a["precision"] == "int8" and targets.get(a["target"]).host_latency})
+    if not cpu or not (o.prune > 0 or o.drop_blocks > 0 or run.resized):
+        return {}
+    from edgecv.export.quantize import calibrate, quantize
+
+    files = {t: run.work / f"unpruned_int8_{targets.get(t).file_tag}.onnx" for t in cpu}
+    with run.stages(f"the unpruned source in int8 ({', '.join(cpu)}), to time the speed-up against"):
+        calib = calibrate(run.base_onnx, run.tune_src.x[:UNPRUNED_CALIB_IMAGES], "minmax", bias_correction=False)
+        for t, f in files.items():
+            quantize(run.base_onnx, calib, f, t)
+    return files
 
 
 def write(run: ExportRun) -> Dict:
