@@ -119,6 +119,10 @@ CALIB_CHOICES = CALIB_METHODS + ("auto",)
 # how `--prune` removes channels (edgecv.compress.prune); "auto": reconstruct where the model has inverted-residual
 # blocks, else magnitude
 PRUNE_METHODS = ("auto", "reconstruct", "magnitude")
+# pruned channel counts are multiples of this: ONNX Runtime's int8 convolutions take their fast path only at
+# multiples of 16 (a reconstruct-pruned Lite0 at multiples of 8 ran no faster than the unpruned int8;
+# tools/prune_rounding.py, docs/pruning.md)
+PRUNE_ROUND_TO = 16
 # how int8 weights are rounded (edgecv.export.gptq): gptq on the calibration images, or to the nearest step
 WEIGHT_ROUNDINGS = ("gptq", "nearest")
 
@@ -134,7 +138,7 @@ class ExportConfig:
     int8: bool = True
     fp16: bool = False
     prune: float = ranged(0.0, ge=0, lt=1)
-    prune_round_to: int = ranged(8, ge=1)
+    prune_round_to: int = ranged(PRUNE_ROUND_TO, ge=1)
     prune_method: str = "auto"  # PRUNE_METHODS
     # residual blocks removed whole (edgecv.compress.depth), before --prune
     drop_blocks: int = ranged(0, ge=0, le=64)

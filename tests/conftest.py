@@ -4,6 +4,7 @@ import shutil
 import signal
 import tempfile
 from pathlib import Path
+from typing import Tuple
 
 import pytest
 
@@ -34,15 +35,14 @@ def pytest_configure(config):
 
 
 
-def export_mobilenet_caltech(tmp_path: Path, calib_dir: Path, flags: dict) -> Path:
-    """Export a seeded random MobileNetV2 with a 101-class head through the Caltech-101 transfer recipe at 64 px
-    (24 calibration images from ``calib_dir``, 40 judged, no budget, ONNX Runtime only) with the export ``flags``;
-    returns the bundle folder."""
+def mobilenet_caltech_source(tmp_path: Path, calib_dir: Path) -> Tuple[Path, Path]:
+    """(recipe, checkpoint) in ``tmp_path``: a seeded random MobileNetV2 with a 101-class head, and the Caltech-101
+    transfer recipe at 64 px exporting it (24 calibration images from ``calib_dir``, 40 judged, no budget, ONNX
+    Runtime only)."""
     import torch
     import yaml
     from torchvision.models import mobilenet_v2
 
-    from edgecv.export.pipeline import export_bundle
     from edgecv.models.checkpoint import make_checkpoint, save_checkpoint
 
     recipe = yaml.safe_load((ROOT / "recipes" / "transfer_lite0_caltech101.yaml").read_text())
@@ -55,9 +55,18 @@ def export_mobilenet_caltech(tmp_path: Path, calib_dir: Path, flags: dict) -> Pa
     torch.manual_seed(0)
     save_checkpoint(make_checkpoint(mobilenet_v2(num_classes=101).eval(), "mobilenet_v2", {}, classes,
                                     {"input_size": 64}), tmp_path / "m.pt")
+    return tmp_path / "r.yaml", tmp_path / "m.pt"
+
+
+def export_mobilenet_caltech(tmp_path: Path, calib_dir: Path, flags: dict) -> Path:
+    """Export :func:`mobilenet_caltech_source` with the export ``flags``; returns the bundle folder."""
+    from edgecv.export.pipeline import export_bundle
+
+    recipe, ckpt = mobilenet_caltech_source(tmp_path, calib_dir)
     out = tmp_path / "bundle"
-    export_bundle(str(tmp_path / "r.yaml"), str(out), flags, [f"checkpoint={tmp_path / 'm.pt'}"], show_progress=False)
+    export_bundle(str(recipe), str(out), flags, [f"checkpoint={ckpt}"], show_progress=False)
     return out
+
 
 @pytest.fixture(scope="session")
 def imagenet_dir():

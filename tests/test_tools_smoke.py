@@ -185,3 +185,24 @@ def test_train_speed_smoke():
     bad = subprocess.run([sys.executable, "tools/train_speed.py", "--rounds", "0"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 2 and "at least 1" in bad.stderr
+
+
+def test_prune_rounding_smoke(tmp_path, imagenet_dir):
+    """tools/prune_rounding.py on a random MobileNetV2 at 64 px: each ratio x multiple is pruned, judged, and timed
+    twice against the unpruned int8 on both CPU runtimes (the speed-ups are not asserted: numbers for the docs)."""
+    from conftest import mobilenet_caltech_source
+
+    recipe, ckpt = mobilenet_caltech_source(tmp_path, imagenet_dir)
+    r = subprocess.run([sys.executable, "tools/prune_rounding.py", "--checkpoint", str(ckpt), "--recipe", str(recipe),
+                        "--ratios", "0.5", "--round-to", "8,16", "--fit", "16", "--eval", "40", "--out",
+                        str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = {row["key"]: row for row in json.loads((tmp_path / "o" / "rounding.json").read_text())}
+    assert list(rows) == ["unpruned", "0.5 r8", "0.5 r16"]
+    assert rows["unpruned"]["onnxruntime_speedup"] == [1.0, 1.0] == rows["unpruned"]["openvino_speedup"]
+    for key in ("0.5 r8", "0.5 r16"):
+        row = rows[key]
+        assert row["mmac"] < 0.7 * rows["unpruned"]["mmac"] and row["judged"] == 40 and 0 <= row["top1"] <= 1
+        for t in ("onnxruntime", "openvino"):
+            assert all(s > 0 for s in row[f"{t}_speedup"]) and len(row[f"{t}_ms"]) == 2
+    assert "| 0.5 r16 |" in (tmp_path / "o" / "rounding.md").read_text()

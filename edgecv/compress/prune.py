@@ -6,8 +6,8 @@
   traces the graph, so residual adds, depthwise convs and squeeze-excite blocks are pruned consistently.
 
 ``auto`` is ``reconstruct`` where the model has inverted-residual blocks and images are given, else ``magnitude``.
-Channel counts are rounded to multiples of ``round_to`` (8: what int8 tensor cores and NEON kernels like). The
-classifier head keeps its outputs.
+Channel counts are rounded to multiples of ``round_to`` (``PRUNE_ROUND_TO``, 16: where ONNX Runtime's int8
+kernels are fast). The classifier head keeps its outputs.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from torch import nn
 
 from edgecv.compress.macs import count_macs
 from edgecv.models.heads import find_head
-from edgecv.recipe import PRUNE_METHODS
+from edgecv.recipe import PRUNE_METHODS, PRUNE_ROUND_TO
 
 log = logging.getLogger("edgecv.prune")
 
@@ -63,7 +63,7 @@ def resolve_method(model: nn.Module, method: str, have_images: bool) -> str:
     return method
 
 
-def prune_channels(model: nn.Module, input_shape: Tuple[int, ...], ratio: float, round_to: int = 8,
+def prune_channels(model: nn.Module, input_shape: Tuple[int, ...], ratio: float, round_to: int = PRUNE_ROUND_TO,
                    images: Optional[np.ndarray] = None, method: str = "auto", show_progress: bool = False
                    ) -> Tuple[nn.Module, PruneReport]:
     """Remove about ``ratio`` of the prunable channels of ``model`` (in place) with ``method`` (PRUNE_METHODS).

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from edgecv.recipe import PRUNE_ROUND_TO
+
 ROWS_PER_BATCH = 4096  # sampled positions per batch of images and per block: the regression's rows
 BATCH = 32
 IMAGES = 512  # images refitted on at most (65k sampled rows per block); the time grows with them
@@ -256,8 +258,8 @@ def _refit(u: Unit, hidden: torch.Tensor, target: torch.Tensor, keep: torch.Tens
 
 
 @torch.no_grad()
-def prune_hidden(model: nn.Module, images, ratio: float, round_to: int = 8, show_progress: bool = True
-                 ) -> Dict[str, float]:
+def prune_hidden(model: nn.Module, images, ratio: float, round_to: int = PRUNE_ROUND_TO,
+                 show_progress: bool = True) -> Dict[str, float]:
     """Remove ``ratio`` of the hidden channels of every inverted-residual unit of ``model`` (in place), block by
     block, each refitted on ``images`` (N,C,H,W float32, preprocessed) to the unpruned model's outputs. Returns
     each unit's relative reconstruction error."""
