@@ -26,19 +26,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 RUNTIMES = ("onnxruntime", "openvino")
 
 
-def int8_file(model, fit, work: Path, name: str, shape) -> str:
-    from edgecv.export.onnx_export import export_onnx
-    from edgecv.export.quantize import calibrate, quantize
-
-    fp32, out = work / f"{name}.onnx", work / f"{name}_int8.onnx"
-    export_onnx(model, fp32, shape)
-    quantize(fp32, calibrate(fp32, fit, "minmax", bias_correction=False), out, "onnxruntime")
-    return str(out)
-
-
 def models(args, work: Path):
     """(rows without speed, int8 file per row key) for the unpruned model and every ratio x rounding."""
-    from prune_tradeoff import photographs, predictions
+    from prune_tradeoff import int8_file, photographs, predictions
 
     from edgecv.compress.macs import count_macs
     from edgecv.compress.prune import prune_channels
@@ -50,7 +40,7 @@ def models(args, work: Path):
     ref = predictions(base, x)
     rows = [{"key": "unpruned", "ratio": 0.0, "round_to": None, "mmac": count_macs(base, shape)[0] / 1e6,
              "top1": float((ref == y).mean()), "judged": len(y)}]
-    files = {"unpruned": int8_file(base, fit, work, "unpruned", shape)}
+    files = {"unpruned": int8_file(base, fit, work, "unpruned", shape, "minmax", "onnxruntime")}
     for r in args.ratios:
         for k in args.round_to:
             m, rep = prune_channels(copy.deepcopy(base), shape, r, k, images=fit, method="reconstruct")
@@ -58,7 +48,7 @@ def models(args, work: Path):
             p = predictions(m, x)
             rows.append({"key": key, "ratio": r, "round_to": k, "mmac": rep.macs_after / 1e6,
                          "top1": float((p == y).mean()), "judged": len(y)})
-            files[key] = int8_file(m, fit, work, key.replace(" ", "_"), shape)
+            files[key] = int8_file(m, fit, work, key.replace(" ", "_"), shape, "minmax", "onnxruntime")
             print(f"{key}: {rows[-1]['mmac']:.0f} MMAC, top-1 {rows[-1]['top1']:.3f}", flush=True)
     return rows, files, x[:1]
 

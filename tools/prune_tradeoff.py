@@ -56,14 +56,16 @@ def predictions(model, x: np.ndarray) -> np.ndarray:
     return np.concatenate([model(torch.from_numpy(x[i: i + 64])).argmax(1).numpy() for i in range(0, len(x), 64)])
 
 
-def int8_file(model, fit: np.ndarray, work: Path, name: str, shape) -> str:
-    from edgecv import targets
+def int8_file(model, fit: np.ndarray, work: Path, name: str, shape, method: str = "percentile",
+              target: str = "openvino") -> str:
+    """``model`` exported to ONNX in ``work`` and quantized for ``target``, calibrated on ``fit`` with ``method``
+    (without bias correction when ``method`` is minmax, a timing-only file); the int8 file's path."""
     from edgecv.export.onnx_export import export_onnx
     from edgecv.export.quantize import calibrate, quantize
 
     fp32, out = work / f"{name}.onnx", work / f"{name}_int8.onnx"
     export_onnx(model, fp32, shape)
-    quantize(fp32, calibrate(fp32, fit, "percentile"), out, targets.get("openvino"))
+    quantize(fp32, calibrate(fp32, fit, method, bias_correction=method != "minmax"), out, target)
     return str(out)
 
 

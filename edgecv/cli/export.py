@@ -85,20 +85,17 @@ def export(source, out_dir, force, overrides, as_json, **flags):
 
     size = s.get("input_size")
     source = f"(source fp32 at {size['source']} px)" if size else "(unpruned fp32 baseline)"
+    ref = s["baseline"].get("int8_latency_ms") or {}  # a smaller model's export: the unpruned source in int8
     rows = [{"artefact": source, "target": targets.host_reference().name, "precision": "fp32",
              "top1": s["baseline"]["top1"], "latency_ms": s["baseline"]["latency_ms"], "speedup": 1.0, "fallback": 0,
              "agreement": None}]
+    rows += [{"artefact": "(unpruned int8)", "target": t, "precision": "int8", "latency_ms": ms,
+              "speedup": s["baseline"]["latency_ms"] / ms, "vs_unpruned_int8": 1.0} for t, ms in ref.items()]
     for a in manifest["artifacts"]:
         rows.append({"artefact": a["file"], "target": a["target"], "precision": a["precision"], "top1": a["top1"],
                      "latency_ms": a["latency_ms"], "speedup": s["baseline"]["latency_ms"] / a["latency_ms"],
                      "fallback": len(a["fallback_layers"]), "agreement": a.get("agreement"), "rung": a.get("rung"),
-                     "worst_class_drop": a.get("worst_class_drop")})
-    ref = s["baseline"].get("int8_latency_ms") or {}
-    for t, ms in ref.items():  # a smaller model's export: the unpruned source in int8, timed in the same rounds
-        rows.insert(1, {"artefact": "(unpruned int8)", "target": t, "precision": "int8", "latency_ms": ms,
-                        "speedup": s["baseline"]["latency_ms"] / ms, "vs_unpruned_int8": 1.0})
-    for r, a in zip(rows[1 + len(ref):], manifest["artifacts"]):
-        r["vs_unpruned_int8"] = a.get("speedup_vs_unpruned_int8")
+                     "worst_class_drop": a.get("worst_class_drop"), "vs_unpruned_int8": a.get("speedup_vs_unpruned_int8")})
     print_rows(rows, ["artefact", "target", "precision", "top1", "agreement", "worst_class_drop", "latency_ms",
                       "speedup", "fallback", "rung"] + (["vs_unpruned_int8"] if ref else []),
                f"edgecv export -> {out_dir}")

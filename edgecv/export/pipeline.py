@@ -101,6 +101,11 @@ class ExportRun:
         return self.data.input_size != self.src.data.input_size
 
     @property
+    def pruned(self) -> bool:
+        """Channels or whole blocks were removed (``--prune``, ``--drop-blocks``)."""
+        return self.opts.prune > 0 or self.opts.drop_blocks > 0
+
+    @property
     def shape(self) -> Tuple[int, int, int]:
         return self.data.channels, self.data.input_size, self.data.input_size
 
@@ -290,7 +295,7 @@ def _distill(run: ExportRun) -> Tuple[float, str]:
                             amp=run.recipe.train.amp, student_size=run.data.input_size if run.resized else None)
         result = distill(run.student, run.teacher, train_loader, val_loader, cfg, show_progress=run.show_progress)
         acc = _torch_eval(run.student, run.ev.x, run.ev.y)
-    run.stage_acc.append({"stage": "pruned + distilled" if o.prune > 0 or o.drop_blocks > 0 else "distilled",
+    run.stage_acc.append({"stage": "pruned + distilled" if run.pruned else "distilled",
                           **acc})
     return acc["top1"], result["mixed_precision"]
 
@@ -348,7 +353,7 @@ def check_fp32_drop(run: ExportRun) -> None:
     if drop > run.opts.max_drop:
         o = run.opts
         what = " and ".join(([f"at {run.data.input_size} px"] if run.resized else []) +
-                            (["pruned"] if o.prune > 0 or o.drop_blocks > 0 else []))
+                            (["pruned"] if run.pruned else []))
         less = " or ".join((["prune less"] if o.prune > 0 else []) + (["drop fewer blocks"] if o.drop_blocks else [])
                            + (["a larger --input-size"] if run.resized else []))
         run.failures.append(f"the fp32 model {what} is already {drop:.2f} points below the source (top-1 "
@@ -362,7 +367,7 @@ def robustness_report(run: ExportRun) -> None:
         return
     with run.stages(f"robustness under corruption ({o.corruptions}, {min(len(run.ev), o.corruption_images)} images)"):
         # the unpruned source joins the report only at the same input size: it cannot read the shipped model's
-        unpruned = run.base_onnx if (o.prune > 0 or o.drop_blocks > 0) and not run.resized else None
+        unpruned = run.base_onnx if run.pruned and not run.resized else None
         run.summary["robustness"] = robustness(run.tmp, unpruned, run.artifacts, run.ev, run.spec, o,
                                                run.show_progress)
     refuse_if(corruption_failures(run.summary["robustness"], o))
@@ -403,9 +408,8 @@ def unpruned_int8(run: ExportRun) -> Dict[str, Path]:
     all-int8 PTQ for each CPU target with an int8 artefact, the baseline its speed-up is measured against. Timed
     only, never judged: its activation ranges come from a few tune images at the source's size, and the graph, so
     the speed, does not depend on them."""
-    o = run.opts
     cpu = sorted({a["target"] for a in run.artifacts if a["precision"] == "int8" and targets.get(a["target"]).host_latency})
-    if not cpu or not (o.prune > 0 or o.drop_blocks > 0 or run.resized):
+    if not cpu or not (run.pruned or run.resized):
         return {}
     from edgecv.export.quantize import calibrate, quantize
 
