@@ -95,11 +95,20 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     bad = [f"--ratios: {r:g} is not in (0, 1)" for r in args.ratios if not 0 < r < 1] + \
           [f"--round-to: {k} is below 1" for k in args.round_to if k < 1] + \
-          [f"{p}: no such file" for p in (args.checkpoint, args.recipe) if not Path(p).is_file()]
-    if bad:
+          [f"{p}: no such file" for p in (args.checkpoint, args.recipe) if not Path(p).is_file()] + \
+          ([f"--out {args.out}: exists and is not a folder"] if Path(args.out).exists() and not Path(args.out).is_dir()
+           else [])
+    if bad:  # before minutes of work, not after
         print(f"error: {bad[0]}", file=sys.stderr)
         return 2
-    rows = measure(args)
+    from edgecv.utils.signals import INTERRUPTS, exit_code, install
+
+    install()  # SIGTERM as an exception: the temporary folder of ONNX files is removed on the way out
+    try:
+        rows = measure(args)
+    except INTERRUPTS as e:
+        print("interrupted", file=sys.stderr)
+        return exit_code(e)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = report(rows, args)
