@@ -117,6 +117,22 @@ def test_export_into_cwd_or_user_folder_is_refused(tiny_ckpt, tmp_path, monkeypa
     assert sorted(os.listdir(run_dir)) == before and (tmp_path / "thesis.txt").read_text() == "mine"
 
 
+def test_relative_paths_in_a_recipe_name_the_working_directory(tmp_path, monkeypatch):
+    """Recipes name their data and calibration sets relative to the working directory (the project root); run from
+    elsewhere, the error says where they were looked for, and an absolute path gets no such hint."""
+    monkeypatch.chdir(tmp_path)
+    where = f"(relative to the working directory {tmp_path})"
+    one_line_error(invoke("export", ROOT / "recipes" / "fashion_mnist.yaml", "--int8", "-o", "o"), 2,
+                   f"calibration/fashion_mnist_train.yaml: calibration set file not found {where}")
+    one_line_error(invoke("train", ROOT / "recipes" / "transfer_lite0_caltech101.yaml", "-o", "r"), 2,
+                   f"../shared/data/caltech101: image folder not found {where}")
+    one_line_error(invoke("train", ROOT / "recipes" / "fashion_mnist.yaml", "-o", "r", "--set", "data.path=fm"), 2,
+                   f"fm: Fashion-MNIST folder not found {where}")
+    r = invoke("train", ROOT / "recipes" / "fashion_mnist.yaml", "-o", "r", "--set", f"data.path={tmp_path / 'fm'}")
+    one_line_error(r, 2, f"{tmp_path / 'fm'}: Fashion-MNIST folder not found (install")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
+
+
 # -- checkpoints and models --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("drop,needle", [("classes", "'classes' is missing"), ("state_dict", "'state_dict' is missing"),

@@ -45,11 +45,19 @@ def test_pickle_payload_refused(tmp_path):
     ck = make_checkpoint(create_model("tiny_cnn"), "tiny_cnn", {}, ["a"] * 10, {})
     ck["evil"] = Payload()
     torch.save(ck, tmp_path / "evil.pt")
-    with pytest.raises(CheckpointError, match="refused: the checkpoint needs unsafe unpickling"):
+    with pytest.raises(CheckpointError, match=r"refused: the checkpoint holds print, which loading with "
+                                              r"weights_only=True does not allow") as refused:
         load_checkpoint(tmp_path / "evil.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="junk.pt"):
-        load_checkpoint(tmp_path / "junk.pt")
+    good = (tmp_path / "evil.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(good[: len(good) // 2])
+    errors = [refused.value]
+    for name, what in [("junk.pt", "not a PyTorch checkpoint"), ("cut.pt", "a damaged or truncated PyTorch checkpoint")]:
+        with pytest.raises(CheckpointError, match=rf"{name}: {what} \(") as info:
+            load_checkpoint(tmp_path / name)
+        errors.append(info.value)
+    # torch's own text advises loading with weights_only=False; a user must never be told that
+    assert all("weights_only` set to `False" not in str(e) and "\n" not in str(e) for e in errors)
 
 
 def test_lite0_pretrained_weights_load():

@@ -9,6 +9,7 @@ from typing import Tuple
 import numpy as np
 
 from edgecv.errors import DatasetError
+from edgecv.utils.io import relative_hint
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -55,7 +56,7 @@ def load_fashion_mnist(root: str | Path = DEFAULT_PATH, split: str = "train") ->
     """Return ``(images uint8 [N,28,28], labels int64 [N])`` for ``split`` in train|test."""
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"{root}: Fashion-MNIST folder not found "
+        raise DatasetError(f"{root}: Fashion-MNIST folder not found{relative_hint(root)} "
                            "(install with: apt-get install -y dataset-fashion-mnist)")
     img_stem, lbl_stem = _FILES[split]
     images = read_idx(_find(root, img_stem))

@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from edgecv.errors import DatasetError
 from edgecv.utils.images import IMAGE_EXTS
+from edgecv.utils.io import relative_hint
 
 log = logging.getLogger("edgecv.data")
 
@@ -72,7 +73,7 @@ def list_image_folder(root: str | Path, verify: bool = True) -> ImageList:
     """One sub-folder per class (sorted names give the class indices), as torchvision's ImageFolder."""
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"{root}: image folder not found")
+        raise DatasetError(f"{root}: image folder not found{relative_hint(root)}")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DatasetError(f"{root}: no class sub-folders (expected ROOT/<class>/<image>)")
@@ -137,7 +138,7 @@ def list_wnid_folder(root: str | Path, verify: bool = True, classes_tsv: str | P
     """Flat folder of ``<wnid>_<anything>.JPEG`` files; ``classes.tsv`` maps wnids to class indices."""
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"{root}: image folder not found")
+        raise DatasetError(f"{root}: image folder not found{relative_hint(root)}")
     names, wnids = read_classes_tsv(classes_tsv or root / "classes.tsv")
     raw, unknown = [], []
     for p in sorted(root.iterdir()):
@@ -171,4 +172,4 @@ def list_images(root: str | Path, verify: bool = True) -> ImageList:
         if not good:
             raise DatasetError(f"{root}: no readable images ({len(bad)} unreadable)")
         return ImageList(good, [], str(root), bad)
-    raise DatasetError(f"{root}: image folder not found")
+    raise DatasetError(f"{root}: image folder not found{relative_hint(root)}")

@@ -7,8 +7,10 @@ the blocks it skips.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -18,7 +20,7 @@ from torch import nn
 from edgecv.errors import CheckpointError  # noqa: F401 (re-exported)
 from edgecv.models.blocks import skip_blocks, skipped_blocks
 from edgecv.models.registry import create_model
-from edgecv.utils.io import atomic_write_bytes
+from edgecv.utils.io import atomic_write_bytes, relative_hint
 
 FORMAT = "edgecv-checkpoint/1"
 
@@ -95,19 +97,32 @@ def read_checkpoint(path: str | os.PathLike) -> Dict:
     """Load the raw checkpoint dict with ``weights_only=True``; refuse anything else."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
+        raise CheckpointError(f"{path}: checkpoint not found{relative_hint(path)}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e) or "pickle" in str(e).lower():
-            raise CheckpointError(f"{path}: refused: the checkpoint needs unsafe unpickling "
-                                  f"(weights_only=True failed: {msg})") from None
-        raise CheckpointError(f"{path}: not a readable checkpoint ({msg})") from None
+        raise CheckpointError(_load_failure(path, e)) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an edgecv checkpoint (missing format={FORMAT!r})")
     _check_fields(ckpt, path)
     return ckpt
+
+
+def _load_failure(path: Path, e: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in one line: torch's own text advises unsafe loading even
+    for a file that is no pickle at all, so only its reason is kept."""
+    text = str(e)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return (f"{path}: refused: the checkpoint holds {found.group(1)}, which loading with weights_only=True "
+                f"does not allow (arbitrary code could run); save plain tensors and containers")
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.S)
+    reason = found.group(1) if found else (text.splitlines()[0] if text else type(e).__name__)
+    reason = reason.strip().split(". ")[0]
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        if f.read(4) == b"PK\x03\x04":  # torch.save's zip container: the file began as a checkpoint
+            return f"{path}: a damaged or truncated PyTorch checkpoint ({reason})"
+    return f"{path}: not a PyTorch checkpoint ({reason})"
 
 
 _FIELDS = {"arch": str, "arch_args": dict, "num_classes": int, "classes": list, "preprocess": dict, "state_dict": dict}

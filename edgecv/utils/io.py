@@ -22,6 +22,14 @@ from typing import Any, Iterator, Optional
 TMP_TAG = ".edgecv-tmp-"  # every temporary name edgecv makes contains this (stale ones are swept by pid)
 
 
+def relative_hint(path: str | os.PathLike) -> str:
+    """For a path that was not found: where a relative one was looked for (recipes name their data, calibration
+    sets and checkpoints relative to the working directory, so a run from elsewhere misses them)."""
+    if Path(path).is_absolute():
+        return ""
+    return f" (relative to the working directory {os.getcwd()})"
+
+
 def umask() -> int:
     """The process umask (read without changing it for longer than two syscalls)."""
     old = os.umask(0o022)

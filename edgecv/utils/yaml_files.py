@@ -7,6 +7,7 @@ from typing import Any, Dict
 import yaml
 
 from edgecv.errors import RecipeError
+from edgecv.utils.io import relative_hint
 
 
 def yaml_where(e: Exception) -> str:
@@ -25,7 +26,7 @@ def yaml_problem(e: Exception) -> str:
 def read_yaml_mapping(path: Path, what: str) -> Dict[str, Any]:
     """The top-level mapping of a YAML file; errors name the file."""
     if not path.is_file():
-        raise RecipeError(f"{path}: {what} file not found")
+        raise RecipeError(f"{path}: {what} file not found{relative_hint(path)}")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
