@@ -212,3 +212,24 @@ def test_bfloat16_training_step_on_cpu_tracks_fp32(imagenet_dir):
                     for m in (m16, m32))
         cosine = float(F.cosine_similarity(d16, d32, 0))
     assert float(d32.norm()) > 0 and cosine > 0.9, cosine
+
+
+def test_confusion_png_of_a_thousand_classes_stays_small(tmp_path):
+    """A 1,000-class recipe (ImageNet) ends its training with a confusion PNG; a figure grown with the classes
+    asked for 16 GB and the kernel killed the process. Run under an 8 GiB cap, so a regression fails, not the host."""
+    code = f"""
+import resource
+resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+import numpy as np
+from edgecv.train.loop import save_confusion_png
+conf = (np.random.default_rng(0).random((1000, 1000)) < 0.005).astype(int) + 40 * np.eye(1000, dtype=int)
+save_confusion_png(conf, [f"c{{i}}" for i in range(1000)], {str(tmp_path / "c.png")!r}, "held-out")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import cv2
+
+    img = cv2.imread(str(tmp_path / "c.png"))
+    assert img is not None and img.shape[0] <= 1500 and img.shape[1] <= 1600, img.shape
+    blue = img[..., 0].astype(int) - img[..., 2]  # the diagonal (89% of each row) is drawn: blue, not white
+    assert (blue > 60).sum() > 1000

@@ -116,7 +116,11 @@ class EpochLog:
                 w.writerow(record)
 
 
+LABELLED_CLASSES = 30  # a confusion matrix names its classes and counts up to this many
+
+
 def save_confusion_png(conf, classes, path: Path, title: str) -> None:
+    """The row-normalised confusion matrix as a PNG, its size bounded whatever the number of classes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,9 +130,12 @@ def save_confusion_png(conf, classes, path: Path, title: str) -> None:
     conf = np.asarray(conf, dtype=float)
     norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
     n = len(classes)
-    fig, ax = plt.subplots(figsize=(max(5, n * 0.6), max(4, n * 0.55)))
+    # Labelled cells need room; past LABELLED_CLASSES a cell is a pixel or two, and a figure grown with n would
+    # not fit in memory (1,000 classes: 600 x 550 inches, 16 GB of pixels).
+    w, h = (max(5, n * 0.6), max(4, n * 0.55)) if n <= LABELLED_CLASSES else (14, 12.5)
+    fig, ax = plt.subplots(figsize=(w, h))
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    if n <= 30:
+    if n <= LABELLED_CLASSES:
         ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=8)
         ax.set_yticks(range(n), classes, fontsize=8)
         for i in range(n):
