@@ -214,6 +214,30 @@ def test_bfloat16_training_step_on_cpu_tracks_fp32(imagenet_dir):
     assert float(d32.norm()) > 0 and cosine > 0.9, cosine
 
 
+def test_eval_of_a_recipe_without_data_uses_its_own_held_out_split(imagenet_dir, tmp_path):
+    """``edgecv eval RECIPE`` with no --data judges the held-out split the training judged (here by content hash),
+    so it reproduces the training's own top-1 on the same images; a checkpoint or a bundle needs --data."""
+    from click.testing import CliRunner
+
+    from edgecv.cli import cli
+
+    sets = [f"data.path={imagenet_dir}", "data.kind=wnid_folder", "data.split=hash", "data.holdout=0.2",
+            "data.input_size=32", "data.resize=36", "data.channels=3", "data.mean=[0.5,0.5,0.5]",
+            "data.std=[0.25,0.25,0.25]", "model.args={width: 8, in_channels: 3}", "data.train_limit=null",
+            "data.augment={}", "train.epochs=1"]
+    result = train(load_recipe(TINY_RECIPE, sets), tmp_path / "run", show_progress=False)
+    args = ["eval", str(TINY_RECIPE), "--json"] + [a for s in sets + [f"checkpoint={tmp_path / 'run' / 'model.pt'}"]
+                                                     for a in ("--set", s)]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.output)
+    assert got["n"] == result["n"] and 50 < got["n"] < 150  # a fifth of the 500 samples
+    assert got["top1"] == pytest.approx(result["top1"], abs=1e-9)
+    assert got["data"].endswith("(held-out split)")
+    r = CliRunner().invoke(cli, ["eval", str(tmp_path / "run" / "model.pt")])
+    assert r.exit_code == 2 and "a checkpoint carries no data; name the images with --data" in r.output
+
+
 def test_confusion_png_of_a_thousand_classes_stays_small(tmp_path):
     """A 1,000-class recipe (ImageNet) ends its training with a confusion PNG; a figure grown with the classes
     asked for 16 GB and the kernel killed the process. Run under an 8 GiB cap, so a regression fails, not the host."""

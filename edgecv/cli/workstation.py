@@ -39,7 +39,8 @@ def train(recipe, out_dir, overrides, resume):
 
 @click.command("eval")
 @click.argument("target")
-@click.option("--data", required=True, help="Images to evaluate: a Fashion-MNIST folder, a wnid folder, an ImageFolder tree.")
+@click.option("--data", help="Images to evaluate: a Fashion-MNIST folder, a wnid folder, an ImageFolder tree "
+                             "(a recipe without it: its own held-out split).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate the first N images only.")
 @click.option("--backend", default="auto", type=BackendChoice(), show_default=True,
@@ -62,6 +63,7 @@ def train(recipe, out_dir, overrides, resume):
 def eval_cmd(target, data, overrides, corruptions, severities, out_dir, as_json, **flags):
     """Top-1/top-5 of TARGET (a recipe, a checkpoint, or a deploy bundle) on DATA.
 
+    A recipe without --data is judged on its own held-out split, the one its training reports.
     DATA's class names must match the model's labels (order may differ); a mismatch is an error that
     names the missing and extra classes.
     """
@@ -70,6 +72,8 @@ def eval_cmd(target, data, overrides, corruptions, severities, out_dir, as_json,
     from edgecv.evaluate.bundle import EvalOptions
 
     o = EvalOptions(**options_from(EvalOptions, flags), show_progress=not as_json)
+    if data is None and (Path(target).is_dir() or corruptions is not None):
+        raise click.UsageError("--data is required for a bundle (only a recipe knows its own images)")
     if corruptions is not None:
         _eval_corruptions(target, data, corruptions, severities, o, out_dir, as_json)
         return

@@ -5,20 +5,27 @@ from typing import Dict, List, Optional
 
 from torch.utils.data import DataLoader, Subset
 
-from edgecv.data.loaders import dataset_for_path
+from edgecv.data.loaders import build_dataset, dataset_for_path
+from edgecv.errors import SourceError
 from edgecv.train.engine import evaluate
 from edgecv.train.sources import load_source
 
 
-def eval_source(target: str, data: str, overrides: List[str] = (), limit: Optional[int] = None,
+def eval_source(target: str, data: Optional[str], overrides: List[str] = (), limit: Optional[int] = None,
                 batch_size: int = 64, show_progress: bool = True, allow_subset: bool = False) -> Dict:
-    """Top-1/top-5 of a recipe's or checkpoint's model on the images under ``data`` (classes matched by name)."""
+    """Top-1/top-5 of a recipe's or checkpoint's model on the images under ``data`` (classes matched by name);
+    without ``data``, a recipe's own held-out split, the one its training reports."""
     import torch
 
     from edgecv.data.classes import match_classes
 
     src = load_source(target, overrides)
-    ds = dataset_for_path(data, src.data, train=False)
+    if data is None:
+        if src.recipe is None:
+            raise SourceError(f"{target}: a checkpoint carries no data; name the images with --data")
+        ds, data = build_dataset(src.recipe.data, "val", seed=src.recipe.train.seed), f"{target} (held-out split)"
+    else:
+        ds = dataset_for_path(data, src.data, train=False)
     mapping = match_classes(ds.classes, src.classes, data, target, allow_subset)
     if limit:
         ds = Subset(ds, range(min(limit, len(ds))))
