@@ -17,10 +17,10 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from edgecv.compress.macs import count_macs
 from edgecv.models.blocks import skip_blocks
+from edgecv.utils.progress import progress
 
 log = logging.getLogger("edgecv.depth")
 
@@ -90,7 +90,7 @@ def drop_blocks(model: nn.Module, n: int, images: np.ndarray, input_shape: Tuple
     macs0, params0 = count_macs(model, input_shape)
     ref = _logits(model, x)
     kl, scores = {}, {}
-    for name in tqdm(names, desc="score blocks", disable=not show_progress, leave=False):
+    for name in progress(names, desc="score blocks", show=show_progress):
         trial = skip_blocks(copy.deepcopy(model), [name])
         kl[name] = _kl(ref, _logits(trial, x))
         saved = macs0 - count_macs(trial, input_shape)[0]

@@ -162,7 +162,7 @@ def finetune(student: nn.Module, teacher: nn.Module, x, cfg: Optional[FinetuneCo
     training never saw. The schedule comes as a :class:`FinetuneConfig`, or as its fields by name. The same seed
     gives the same weights: a Dataset's random transforms draw from torch's global generator, which is seeded here
     and restored afterwards."""
-    from tqdm import tqdm
+    from edgecv.utils.progress import progress
 
     c = replace(cfg or FinetuneConfig(), **fields)
     if c.keep_best and check is None:
@@ -180,8 +180,8 @@ def finetune(student: nn.Module, teacher: nn.Module, x, cfg: Optional[FinetuneCo
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(c.seed)
         for epoch in range(c.epochs):
-            batches = tqdm(_batches(x, c.batch, gen), total=(len(x) + c.batch - 1) // c.batch, leave=False,
-                           desc=f"QAT epoch {epoch + 1}/{c.epochs}", disable=not show_progress)
+            batches = progress(_batches(x, c.batch, gen), total=(len(x) + c.batch - 1) // c.batch,
+                               desc=f"QAT epoch {epoch + 1}/{c.epochs}", show=show_progress)
             total, n, k = _epoch(student, teacher, batches, opt, c)
             steps += k
             rec = {"epoch": epoch + 1, "kl": total / max(n, 1)}

@@ -21,9 +21,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from edgecv.recipe import PRUNE_ROUND_TO
+from edgecv.utils.progress import progress
 
 ROWS_PER_BATCH = 4096  # sampled positions per batch of images and per block: the regression's rows
 BATCH = 32
@@ -272,7 +272,7 @@ def prune_hidden(model: nn.Module, images, ratio: float, round_to: int = PRUNE_R
     try:
         targets = _teacher_outputs(copy.deepcopy(model).eval(), x)
         errors, feed = {}, _Feed(None, None)
-        for u in tqdm(units, desc="prune + refit blocks", leave=False, disable=not show_progress, dynamic_ncols=True):
+        for u in progress(units, desc="prune + refit blocks", show=show_progress):
             taps = {"hidden": (u.project, "in"), **({"input": (u.expand, "in")} if u.skip else {})}
             # Each pass starts at the previous unit's block (refitted by now) and keeps this unit's block input.
             got, feed = _capture(model, x, taps, stop=u.project, feed=feed, keep=u.entry)

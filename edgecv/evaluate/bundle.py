@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
-from tqdm import tqdm
 
 from edgecv.data.classes import match_classes
 from edgecv.errors import DatasetError
 from edgecv.metrics import kl_rows, topk_correct
 from edgecv.runtime.preprocess import load_image
+from edgecv.utils.progress import progress
 
 
 def labelled_frames(data: str, channels: int, limit: Optional[int] = None) -> Tuple[int, List[str], Iterator]:
@@ -100,7 +100,7 @@ def eval_bundle(bundle_dir, data: str, options: Optional[EvalOptions] = None, **
 def _feed(tally: _Tally, frames, n: int, batch: int, show_progress: bool) -> int:
     """Every readable frame into ``tally``, in batches; how many frames were skipped (unreadable)."""
     xs, ys, skipped = [], [], 0
-    for frame, label, _name in tqdm(frames, total=n, desc="eval", disable=not show_progress, leave=False):
+    for frame, label, _name in progress(frames, total=n, desc="eval", show=show_progress):
         if frame is None:
             skipped += 1
             continue

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from edgecv.bundle.golden import to_inputs
 from edgecv.bundle.names import CORRUPTIONS_JSON, CORRUPTIONS_MD, CORRUPTIONS_PNG
 from edgecv.data.corruptions import CORRUPTIONS, corrupt
 from edgecv.metrics import agreement, top1
+from edgecv.utils.progress import progress
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -43,7 +43,7 @@ def corruption_report(runs: Dict[str, Runner], ref: str, pixels: np.ndarray, y: 
     clean_top1 = {k: top1(v, y) for k, v in clean.items()}
     rows: List[Dict] = []
     todo = [(n, s) for n in names for s in severities]
-    for name, sev in tqdm(todo, desc="corruptions", disable=not show_progress, leave=False):
+    for name, sev in progress(todo, desc="corruptions", show=show_progress):
         x = to_inputs(corrupt(pixels, name, sev, seed), spec)
         out = {k: _logits(f, x, batch) for k, f in runs.items()}
         for k, lg in out.items():
@@ -155,7 +155,7 @@ def _labelled_pixels(bundle, data: str, limit, allow_subset: bool, show_progress
     n, classes, frames = labelled_frames(data, pre.channels, limit)
     mapping = match_classes(classes, bundle.labels, data, f"bundle {bundle.root}", allow_subset)
     xs, ys, skipped = [], [], 0
-    for frame, label, _ in tqdm(frames, total=n, desc="load", disable=not show_progress, leave=False):
+    for frame, label, _ in progress(frames, total=n, desc="load", show=show_progress):
         if frame is None:
             skipped += 1
             continue

@@ -9,11 +9,11 @@ from typing import List, Optional, Set, Tuple
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from edgecv.data.loaders import ImageFileDataset, build_dataset, dataset_for_path
 from edgecv.errors import DatasetError
 from edgecv.recipe import DataConfig
+from edgecv.utils.progress import progress
 
 log = logging.getLogger("edgecv.export")
 
@@ -67,7 +67,7 @@ def materialise(ds, indices, desc: str, show_progress: bool) -> Tuple[np.ndarray
     they would not fit in memory (an ``--input-size`` or ``data.input_size`` with a zero too many)."""
     indices = list(indices)
     xs, ys = [], []
-    for i in tqdm(indices, desc=desc, leave=False, disable=not show_progress, dynamic_ncols=True):
+    for i in progress(indices, desc=desc, show=show_progress):
         x, y = ds[i]
         xs.append(x.numpy() if torch.is_tensor(x) else x)
         ys.append(y)

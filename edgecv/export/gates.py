@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-from tqdm import tqdm
 
 from edgecv.export.quantize import Calibration, quantizable_nodes, quantize
 from edgecv.metrics import Budget, agreement, agreement_by_group, error_scale_needed, mean_kl, topk_accuracy
 from edgecv.runtime.latency import measure_interleaved
+from edgecv.utils.progress import progress
 
 log = logging.getLogger("edgecv.export")
 
@@ -73,7 +73,7 @@ def sensitivity(fp32_path: str, calib: Calibration, target, x: np.ndarray, workd
     kl_all = mean_kl(ref, onnx_logits(base, x, target=target))
     nodes = quantizable_nodes(fp32_path)
     out = []
-    for node in tqdm(nodes, desc=f"sensitivity ({target.name})", leave=False, disable=not show_progress):
+    for node in progress(nodes, desc=f"sensitivity ({target.name})", show=show_progress):
         p = workdir / "sens_one.onnx"
         quantize(fp32_path, calib, p, target, exclude=[node])
         kl = mean_kl(ref, onnx_logits(p, x, target=target))

@@ -9,9 +9,9 @@ from typing import Any, Callable, Dict, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from edgecv.metrics import topk_correct
+from edgecv.utils.progress import progress
 
 
 def accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1, 5)):
@@ -115,7 +115,7 @@ def train_one_epoch(model: nn.Module, loader, step: Step, epoch: int, show_progr
                 m.eval()
     seen = correct = 0
     loss_sum, t0 = 0.0, time.time()
-    bar = tqdm(loader, desc=f"{desc} epoch {epoch}", leave=False, disable=not show_progress, dynamic_ncols=True)
+    bar = progress(loader, desc=f"{desc} epoch {epoch}", show=show_progress)
     for images, target in bar:
         images, target = to_device(images, step.device), target.to(step.device, non_blocking=True)
         output, loss = step.loss(model, images, target)
@@ -127,7 +127,7 @@ def train_one_epoch(model: nn.Module, loader, step: Step, epoch: int, show_progr
         correct += (output.argmax(1) == target).sum().item()
         seen += b
         lr = step.optimizer.param_groups[0]["lr"]
-        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.4f}")
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.4f}", refresh=False)
     return {"train_loss": loss_sum / max(seen, 1), "train_top1": correct / max(seen, 1),
             "lr": step.optimizer.param_groups[0]["lr"], "epoch_time_s": time.time() - t0}
 
@@ -144,7 +144,7 @@ def evaluate(model: nn.Module, loader, device="cpu", show_progress: bool = True,
     n = c1 = c5 = 0
     loss_sum = 0.0
     conf = torch.zeros(num_classes, num_classes, dtype=torch.long) if num_classes else None
-    for images, target in tqdm(loader, desc=desc, leave=False, disable=not show_progress, dynamic_ncols=True):
+    for images, target in progress(loader, desc=desc, show=show_progress):
         if target_map is not None:
             target = target_map[target]
         images, target = to_device(images, device), target.to(device)

@@ -275,9 +275,8 @@ def _epoch(r: _Run, epoch: int, net, epoch_log) -> Dict:
 @torch.no_grad()
 def _features(model: nn.Module, dataset, batch: int, desc: str, show_progress: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     """(features before the head, labels) of every image of ``dataset``, the model in eval mode."""
-    from tqdm import tqdm
-
     from edgecv.models.heads import find_head
+    from edgecv.utils.progress import progress
 
     name, head = find_head(model)
     parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
@@ -287,7 +286,7 @@ def _features(model: nn.Module, dataset, batch: int, desc: str, show_progress: b
     feats, labels = [], []
     try:
         loader = torch.utils.data.DataLoader(dataset, batch, shuffle=False)
-        for x, y in tqdm(loader, desc=desc, leave=False, disable=not show_progress, dynamic_ncols=True):
+        for x, y in progress(loader, desc=desc, show=show_progress):
             feats.append(model(to_device(x, device)).flatten(1))
             labels.append(torch.as_tensor(y).to(device))
     finally:
