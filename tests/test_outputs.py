@@ -5,6 +5,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -135,6 +136,14 @@ def test_lock_of_a_killed_process_is_released(tmp_path):
     p.wait()
     with OutputLock(target):  # the kernel released the dead holder's lock
         pass
+
+
+def test_an_output_where_nothing_can_be_written_is_one_named_error():
+    """/proc takes no new files (root included, so this holds in CI): the error names the output and the folder,
+    not the lock file's errno."""
+    with pytest.raises(OutputError, match=r"^/proc/edgecv-out: cannot write in /proc \(No such file or directory\)$"):
+        with staged_output(Path("/proc/edgecv-out"), BUNDLE):
+            pass
 
 
 def test_replace_dir_never_leaves_the_target_missing(tmp_path):

@@ -147,7 +147,10 @@ class OutputLock:
 
     def _acquire(self) -> "OutputLock":
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:  # a read-only or pseudo file system, a folder of someone else's
+                raise OutputError(f"{self.what}: cannot write in {self.target.parent} ({e.strerror})") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
