@@ -405,6 +405,21 @@ def test_explain_never_overwrites_its_own_heatmaps(tiny_ckpt, tmp_path):
     assert len(pngs) == 3 and len(set(pngs)) == 3 and len(os.listdir(tmp_path / "x")) == 3
 
 
+def test_loose_output_folders_in_the_way_or_unwritable_are_named(tiny_ckpt, tiny_bundle, tmp_path):
+    """explain, profile and the robustness report write loose files into -o: a file there, or a place nothing can
+    be written to (/proc), is one line naming it, and the file is left as it was."""
+    d = _tree(tmp_path / "d", CLASSES[:1], per_class=1)
+    (tmp_path / "notes").write_text("mine")
+    for out, needle in [(tmp_path / "notes", "notes: exists and is not a directory"),
+                        ("/proc/edgecv-x", "/proc/edgecv-x: cannot create the output folder (No such file")]:
+        one_line_error(invoke("explain", tiny_ckpt, d, "-o", out), 2, needle)
+        one_line_error(invoke("profile", tiny_bundle, "--iters", "2", "-o", out), 2, needle)
+        one_line_error(invoke("eval", tiny_bundle, "--data", FASHION, "--corruptions", "noise", "--severities", "1",
+                              "--limit", "4", "-o", out), 2, needle)
+    assert (tmp_path / "notes").read_text() == "mine"
+    one_line_error(invoke("explain", tiny_bundle, d, "-o", tmp_path / "x"), 2, "a folder, not a checkpoint file")
+
+
 def test_fifos_and_devices_named_like_images_never_block(tiny_bundle, tmp_path):
     d = _tree(tmp_path / "d", ["Bag"], per_class=3)
     os.mkfifo(d / "Bag" / "pipe.jpg")

@@ -118,7 +118,7 @@ def _eval_corruptions(target, data, corruptions, severities, o, out_dir, as_json
 @click.command()
 @click.argument("target")
 @click.argument("images", nargs=-1, required=True)
-@click.option("-o", "--out", "out_dir", default="explain", show_default=True)
+@click.option("-o", "--out", "out_dir", default="explain", show_default=True, callback=new_dir_or_missing)
 @click.option("--method", default="gradcam", show_default=True,
               type=click.Choice(["gradcam", "gradcam++", "xgradcam", "eigencam", "layercam", "hirescam"]))
 @click.option("--topk", type=click.IntRange(min=1), default=3, show_default=True)

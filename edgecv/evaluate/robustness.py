@@ -18,6 +18,7 @@ from edgecv.bundle.golden import to_inputs
 from edgecv.bundle.names import CORRUPTIONS_JSON, CORRUPTIONS_MD, CORRUPTIONS_PNG
 from edgecv.data.corruptions import CORRUPTIONS, corrupt
 from edgecv.metrics import agreement, top1
+from edgecv.utils.outputs import output_folder
 from edgecv.utils.progress import progress
 
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -206,8 +207,7 @@ def eval_corruptions(bundle_dir, data: str, names: Sequence[str], severities: Se
     if out_dir:
         from edgecv.utils.io import atomic_write_json, atomic_write_text
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = output_folder(out_dir)
         atomic_write_json(out / CORRUPTIONS_JSON, rep)
         atomic_write_text(out / CORRUPTIONS_MD, "\n".join(["# Robustness under corruption", ""] + markdown(rep)) + "\n")
         if plot(rep, out / CORRUPTIONS_PNG):

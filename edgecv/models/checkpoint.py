@@ -96,6 +96,8 @@ def save_checkpoint(ckpt: Dict, path: str | os.PathLike) -> None:
 def read_checkpoint(path: str | os.PathLike) -> Dict:
     """Load the raw checkpoint dict with ``weights_only=True``; refuse anything else."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found{relative_hint(path)}")
     try:

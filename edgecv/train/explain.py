@@ -14,6 +14,7 @@ from edgecv.data.transforms import eval_transform
 from edgecv.errors import DatasetError
 from edgecv.train.sources import load_source
 from edgecv.utils.images import write_png
+from edgecv.utils.outputs import output_folder
 
 DELETE_FRACTION = 0.20
 RANDOM_DRAWS = 10
@@ -199,8 +200,7 @@ def explain_images(target: str, images: List[str], out_dir: str, options: Option
         p.requires_grad_(True)
     layer = o.layer or default_target_layer(model, cfg.input_size, cfg.channels)
     grid = feature_grid(model, layer, cfg.input_size, cfg.channels) if o.random_unit == "cam" else None
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out_dir)
     paths = _expand(images)[:o.limit] if o.limit else _expand(images)
     rows, used = [], set()
     with _methods()[o.method](model=model, target_layers=[layer]) as cam:

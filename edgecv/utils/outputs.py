@@ -185,6 +185,19 @@ class OutputLock:
         self.release()
 
 
+def output_folder(path: str | os.PathLike) -> Path:
+    """A folder for loose outputs (heatmaps, a profile, a robustness report), made if missing; a file in the way
+    or a place nothing can be written to is an :class:`OutputError` naming it."""
+    path = Path(os.fsdecode(path))
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path}: exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot create the output folder ({e.strerror})") from None
+    return path
+
+
 def check_output(path: str | os.PathLike, kind: OutputKind, force: bool = False) -> Path:
     """Everything :func:`staged_output` will check, without writing anything: call it before long work."""
     path = Path(os.path.abspath(os.fsdecode(path)))

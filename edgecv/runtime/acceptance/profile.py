@@ -17,6 +17,7 @@ import numpy as np
 from edgecv.runtime.latency import measure_interleaved
 from edgecv.utils.images import write_png
 from edgecv.utils.io import atomic_path, atomic_write_json
+from edgecv.utils.outputs import output_folder
 
 TOLERANCE = 0.10
 
@@ -123,7 +124,7 @@ def trtexec_json(res: Dict) -> List[Dict]:
 
 
 def write_outputs(res: Dict, out: Path, top: int = 20) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out)
     atomic_write_json(out / "profile.json", trtexec_json(res))
     with atomic_path(out / "profile.csv") as t:
         with open(t, "w", newline="") as f:
