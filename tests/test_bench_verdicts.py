@@ -13,6 +13,7 @@ from edgecv.runtime.latency import drift, ratio_interval, speed_verdict
 sys.path.insert(0, str(ROOT / "tools"))
 import bench_peers  # noqa: E402
 import machine_peaks  # noqa: E402
+import peers_report  # noqa: E402
 
 ZEN4 = "fpu sse4_1 sse4_2 avx avx2 fma f16c avx512f avx512bw avx512_vnni avx512_bf16 avx_vnni"
 SAPPHIRE_RAPIDS = ZEN4 + " amx_tile amx_int8 amx_bf16"
@@ -61,10 +62,10 @@ def test_compare_says_which_verdicts_held():
 
     old = run({"lite0": "ahead", "resnet18": "parity", "gone": "ahead"})
     new = run({"lite0": "ahead", "resnet18": "parity or ahead", "added": "parity"})
-    rows = {r["model"]: r for r in bench_peers.compare(old, new)}
+    rows = {r["model"]: r for r in peers_report.compare(old, new)}
     assert rows["lite0"]["held"] and not rows["resnet18"]["held"]
     assert not rows["gone"]["held"] and rows["gone"]["new"] is None and not rows["added"]["held"]
-    text = bench_peers.compare_md(list(rows.values()), old["meta"], new["meta"])
+    text = peers_report.compare_md(list(rows.values()), old["meta"], new["meta"])
     assert "1 of 4 verdicts held" in text and "| resnet18 | parity |" in text
 
 
@@ -75,7 +76,7 @@ def test_an_old_json_without_intervals_is_refused_by_name(tmp_path, capsys):
                        ("{not json", "old.json: not a readable peers.json")]:
         p.write_text(text)
         with pytest.raises(SystemExit) as e:
-            bench_peers.read_run(str(p))
+            peers_report.read_run(str(p))
         assert e.value.code == 2 and said in capsys.readouterr().err  # a user error, named
 
 
