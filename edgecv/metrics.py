@@ -40,6 +40,13 @@ class Budget:
     def to_dict(self) -> Dict[str, float]:
         return {"min_agreement": self.min_agreement, "max_drop": self.max_drop}
 
+    def images_to_show_agreement(self) -> int:
+        """How many images an agreement check needs before passing it means anything: with none of n images
+        changing class, the 95% upper bound on the rate of change is about 3/n (the rule of three), so the
+        floor is shown only from n >= 3 / (1 - min_agreement) on (300 for 99%)."""
+        gap = 1.0 - self.min_agreement
+        return 1 if gap <= 0 or gap >= 1 else math.ceil(3.0 / gap - 1e-9)
+
     def problems(self, ref_top1: float, top1: float, agreement_: float) -> List[str]:
         """Why a model of ``top1`` against fp32's ``ref_top1``, agreeing on ``agreement_``, is outside the budget
         (empty: within it)."""

@@ -245,3 +245,24 @@ def test_calibration_set_files_resolve(monkeypatch):
     assert (fashion.calib, fashion.calib_samples, fashion.calib_method) == (None, 512, "minmax")
     with pytest.raises(RecipeError, match="method: expected one of"):
         resolve_options(None, {"calib": str(ROOT / "tests" / "recipes" / "bad_calib_method.yaml")})
+
+
+def test_an_evaluation_split_too_small_for_the_floor_is_said_and_recorded(tmp_path, tiny_ckpt, caplog):
+    """Passing a 90% agreement floor on 28 images shows little: with none changing class, the 95% bound on the
+    share that could is still 3/28 = 10.7%. The export says so, and the manifest and report record it; 30 show it."""
+    import logging
+
+    from edgecv.export.pipeline import export_bundle
+    from edgecv.metrics import Budget
+
+    assert [Budget(1.0, f).images_to_show_agreement() for f in (0.99, 0.995, 0.9, 0.0)] == [300, 600, 30, 1]
+    out = tmp_path / "b"
+    with caplog.at_level(logging.WARNING, logger="edgecv.export"):
+        export_bundle(str(TINY_RECIPE), str(out), {"prune": 0.0, "distill": False, "corruptions": "none",
+                                                   "min_agreement": 0.9, "max_drop": 100.0},
+                      [f"checkpoint={tiny_ckpt}", "export.eval_limit=40"], show_progress=False)
+    ev = open_bundle(out).manifest["summary"]["evaluation"]
+    assert ev["images"] == 28 and ev["images_to_show_agreement"] == 30
+    assert "28 evaluation image(s) cannot show 90.0% agreement with fp32" in caplog.text
+    assert "10.7% (3/n)" in caplog.text
+    assert "Too few evaluation images to show the agreement floor:** with none of 28" in (out / "report.md").read_text()

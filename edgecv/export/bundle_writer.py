@@ -47,6 +47,12 @@ def write_report(tmp: Path, summary: Dict, artifacts: List[Dict]) -> None:
               f"{summary['evaluation']['images']} images from `{summary['evaluation']['source']}`, disjoint from "
               f"the {summary['calibration'].get('images', '?')} calibration images and from the "
               f"{tune.get('images', 0)} tune images that chose the per-layer fallback (by content hash).", ""]
+    needed = summary["evaluation"].get("images_to_show_agreement", 0)
+    if summary["evaluation"]["images"] < needed:
+        n = summary["evaluation"]["images"]
+        lines += [f"**Too few evaluation images to show the agreement floor:** with none of {n} changing class, the "
+                  f"95% bound on the share that could is still {min(100.0, 300.0 / max(n, 1)):.1f}% (3/n); "
+                  f"it takes {needed}.", ""]
     lines += ["## Accuracy by stage", "", "| stage | top-1 | top-5 |", "|---|---|---|"]
     lines += [f"| {s['stage']} | {s['top1']:.4f} | {s['top5']:.4f} |" for s in summary["stages"]]
     lines += ["", "## Artefacts (latency on the export host's CPU, batch 1, 2 threads, median: each CPU target's "

@@ -6,9 +6,12 @@ Each stage takes the export's ``ExportRun`` (edgecv.export.pipeline) and fills i
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, List, Tuple
 
 from edgecv.errors import ExportError
+
+log = logging.getLogger("edgecv.export")
 
 
 def image_sets(run) -> None:
@@ -37,10 +40,25 @@ def image_sets(run) -> None:
                                  "disjoint_from_tune": not set(ev.ids) & set(tune.ids),
                                  "left_out_as_calibration_images": ev.excluded_overlap}
     run.summary["tune"] = {**tune.record(), "used_for": "per-layer fallback (top-1 drop and agreement budget)"}
+    _warn_if_too_few(run, len(ev))
     if overlap:
         raise ExportError(f"{overlap} evaluation images are also calibration images")  # never reported as held out
     run.cal, run.ev, run.tune = cal, ev, tune  # tune: an ArraySet until export_fp32
     run.qat_images = run.qat_images or cal
+
+
+def _warn_if_too_few(run, n: int) -> None:
+    """Record, and say, when the evaluation split is too small for its agreement verdict to mean anything."""
+    from edgecv.metrics import Budget
+
+    budget = Budget(run.opts.max_drop, run.opts.min_agreement)
+    needed = budget.images_to_show_agreement()
+    run.summary["evaluation"]["images_to_show_agreement"] = needed
+    if n < needed:
+        log.warning("%d evaluation image(s) cannot show %.1f%% agreement with fp32: with none changing class, "
+                    "the 95%% bound on the share that could is still %.1f%% (3/n); it takes %d (raise "
+                    "export.eval_limit, or hold out more images)", n, 100 * budget.min_agreement,
+                    min(100.0, 300.0 / max(n, 1)), needed)
 
 
 def tune_and_evaluation(run, held_out) -> Tuple[Any, Any]:
