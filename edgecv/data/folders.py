@@ -62,11 +62,15 @@ def _screen(samples: List[Tuple[str, int]], root: str, verify: bool) -> Tuple[Li
             good.append((path, label))
         else:
             bad.append((path, reason))
-    if bad:
+    if bad and (root, len(bad)) not in _WARNED:
+        _WARNED.add((root, len(bad)))  # the train and held-out splits list one folder twice: say it once
         shown = "; ".join(f"{Path(p).name} ({r})" for p, r in bad[:5])
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         log.warning("%s: skipped %d unreadable file(s): %s%s", root, len(bad), shown, more)
     return good, bad
+
+
+_WARNED: set = set()
 
 
 def list_image_folder(root: str | Path, verify: bool = True) -> ImageList:
