@@ -378,6 +378,29 @@ def test_sigint_exit_code_is_130(tiny_bundle, tmp_path):
     assert p.returncode == 130 and "Traceback" not in err and '"interrupted": "SIGINT"' in err
 
 
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tiny_ckpt, tmp_path):
+    """A real write limit (RLIMIT_FSIZE, SIGXFSZ ignored: each write past 64 KB fails with EFBIG, as a full disk
+    fails with ENOSPC): the export and the training each end in one line, exit 2, and leave no temporary file."""
+    import resource
+    import signal
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    for args in (["export", str(tiny_ckpt), "--calib", str(FASHION), "--eval", str(FASHION), "--corruptions", "none",
+                  "-o", str(tmp_path / "b")],
+                 ["train", str(TINY_RECIPE), "--set", "train.epochs=1", "-o", str(tmp_path / "r")]):
+        r = subprocess.run([sys.executable, "-m", "edgecv", *args], capture_output=True, text=True, env=ENV,
+                           timeout=300, cwd=ROOT, preexec_fn=small_files)
+        last = r.stderr.strip().splitlines()[-1]
+        assert r.returncode == 2 and last.startswith("error: ") and "File too large" in last, r.stderr[-1500:]
+        assert "edgecv keeps no half-written file" in last and "Traceback" not in r.stderr
+    assert not (tmp_path / "b").exists()  # the export is staged: nothing of it is left
+    left = [p.name for p in tmp_path.rglob("*") if "edgecv-tmp" in p.name or p.name.startswith(".b")]
+    assert left == [], left
+
+
 def test_non_utf8_video_source_and_record_path(tiny_bundle, tmp_path):
     """cv2.VideoCapture and cv2.VideoWriter segfaulted on such names too."""
     vid = os.path.join(os.fsencode(tmp_path), b"clip\xff.mp4")

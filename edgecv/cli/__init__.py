@@ -5,11 +5,15 @@ Heavy imports (torch, tensorrt) happen inside commands so that device-side comma
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
 
 import click
+
+# the machine's state, not a bug: a full disk, a quota, a read-only mount, a file-size limit
+_FULL_OR_READ_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
 class EdgecvGroup(click.Group):
@@ -22,6 +26,13 @@ class EdgecvGroup(click.Group):
             return super().invoke(ctx)
         except USER_ERRORS() as e:
             click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except OSError as e:
+            if e.errno not in _FULL_OR_READ_ONLY:
+                raise
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"error: {where}{e.strerror}: edgecv keeps no half-written file; free space (or lift the "
+                       "limit) and run again, or write elsewhere", err=True)
             sys.exit(2)
         except ModuleNotFoundError as e:
             if e.name != "cv2":
