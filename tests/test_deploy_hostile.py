@@ -157,6 +157,45 @@ def test_a_failed_acceptance_keeps_the_previous_version_to_roll_back_to(tiny_bun
     assert invoke("rollback", "--root", root).exit_code == 0 and open_bundle(root).manifest["release"] == 1
 
 
+def test_a_copy_that_fails_midway_is_removed_and_the_active_slot_kept(tiny_bundle, tmp_path):
+    """A real write limit (RLIMIT_FSIZE, SIGXFSZ ignored) fails the copy into the inactive slot partway, as a full
+    disk would: one line, exit 2, the partial copy removed (on a vehicle it would keep the disk full), the active
+    release unchanged."""
+    import resource
+    import signal
+    import sys
+
+    root = tmp_path / "root"
+    assert invoke("install", release(tiny_bundle, tmp_path / "r1", 1), "--root", root).exit_code == 0
+    biggest = max(f.stat().st_size for f in (tmp_path / "r1").iterdir())
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (biggest // 2, biggest // 2))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    r = subprocess.run([sys.executable, "-m", "edgecv", "install", str(release(tiny_bundle, tmp_path / "r2", 2)),
+                        "--root", str(root)], capture_output=True, text=True, timeout=120, preexec_fn=small_files)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-1500:]
+    assert f"{root}: cannot copy the bundle into slot b (File too large); the copy was removed and the active slot " \
+        "is untouched" in r.stderr
+    assert sorted(os.listdir(root / "slots")) == ["a", "a.json"] and status(root)["active"]["release"] == 1
+
+
+def test_a_root_without_room_for_the_bundle_is_refused_before_copying_simulated(tiny_bundle, tmp_path,
+                                                                                 monkeypatch):
+    """The free space is simulated (a small file system needs a mount): the size check refuses before a byte is
+    copied, naming what the bundle needs and what is free."""
+    import collections
+
+    root = tmp_path / "root"
+    assert invoke("install", release(tiny_bundle, tmp_path / "r1", 1), "--root", root).exit_code == 0
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(2**20, 2**20 - 1000, 1000))
+    r = invoke("install", release(tiny_bundle, tmp_path / "r2", 2), "--root", root)
+    assert r.exit_code == 2 and "slot b needs" in r.output and "MiB free; nothing was copied" in r.output
+    assert sorted(os.listdir(root / "slots")) == ["a", "a.json"] and status(root)["active"]["release"] == 1
+
+
 @pytest.mark.parametrize("damage", ["install.json is a folder", "install.json is garbage", "install.json is empty",
                                     "highest_release is a string", "active link points elsewhere than the state"])
 def test_damaged_state_refuses_installs_and_keeps_the_active_slot(damage, tiny_bundle, tmp_path):

@@ -202,18 +202,34 @@ def _stage_copy(b, root: Path, slot: str) -> Path:
     from edgecv.bundle.names import MANIFEST, SIGNATURE
     from edgecv.bundle.reader import open_bundle
 
+    names = list(b.manifest["files"]) + [MANIFEST] + ([SIGNATURE] if (b.root / SIGNATURE).is_file() else [])
+    sources = [b.root / n if n in (MANIFEST, SIGNATURE) else b.path(n) for n in names]
+    _check_space(root, sum(src.stat().st_size for src in sources), slot)
     tmp = root / "slots" / f".{slot}{TMP_TAG}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(mode=0o755)
-    names = list(b.manifest["files"]) + [MANIFEST] + ([SIGNATURE] if (b.root / SIGNATURE).is_file() else [])
-    for name in names:
-        src = b.root / name if name in (MANIFEST, SIGNATURE) else b.path(name)
-        dst = tmp / name
-        dst.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-        shutil.copyfile(src, dst)
-        os.chmod(dst, 0o644)
-    open_bundle(tmp)  # the copy itself is verified (and its signature, when trusted)
+    try:
+        for name, src in zip(names, sources):
+            dst = tmp / name
+            dst.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            shutil.copyfile(src, dst)
+            os.chmod(dst, 0o644)
+        open_bundle(tmp)  # the copy itself is verified (and its signature, when trusted)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed copy must not leave the vehicle's disk fuller
+        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+            raise InstallError(f"{root}: cannot copy the bundle into slot {slot} ({e.strerror}); the copy was "
+                               "removed and the active slot is untouched") from None
+        raise
     return tmp
+
+
+def _check_space(root: Path, need: int, slot: str) -> None:
+    """Refuse before copying when the install root's file system cannot hold the bundle."""
+    free = shutil.disk_usage(root).free
+    if need > free:
+        raise InstallError(f"{root}: slot {slot} needs {need / 2**20:.1f} MiB for the bundle and the file system has "
+                           f"{free / 2**20:.1f} MiB free; nothing was copied and the active slot is untouched")
 
 
 def _accept(staged: Path, checks: List[Dict]) -> Dict:
