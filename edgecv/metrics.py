@@ -15,6 +15,12 @@ BUDGET_RANGES = {"max_drop": (0.0, 100.0), "min_agreement": (0.0, 1.0)}
 DROP_TOLERANCE = 1e-9  # points: a drop equal to the budget is within it, whatever the float rounding
 
 
+def unseen_change_bound(n: int) -> float:
+    """With none of ``n`` images changing class, the 95% upper bound on the share that could: about 3/n (the rule
+    of three), at most 1."""
+    return min(1.0, 3.0 / max(n, 1))
+
+
 @dataclass(frozen=True)
 class Budget:
     """How far a compressed model may stray from its fp32 reference: ``max_drop`` points of top-1 and at least
@@ -41,9 +47,8 @@ class Budget:
         return {"min_agreement": self.min_agreement, "max_drop": self.max_drop}
 
     def images_to_show_agreement(self) -> int:
-        """How many images an agreement check needs before passing it means anything: with none of n images
-        changing class, the 95% upper bound on the rate of change is about 3/n (the rule of three), so the
-        floor is shown only from n >= 3 / (1 - min_agreement) on (300 for 99%)."""
+        """How many images an agreement check needs before passing it means anything: the floor is shown only
+        once :func:`unseen_change_bound` falls to ``1 - min_agreement`` (300 images for 99%)."""
         gap = 1.0 - self.min_agreement
         return 1 if gap <= 0 or gap >= 1 else math.ceil(3.0 / gap - 1e-9)
 

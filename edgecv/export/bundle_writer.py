@@ -10,6 +10,7 @@ from edgecv import __version__, targets
 from edgecv.bundle.manifest import FORMAT_VERSION, manifest_bytes
 from edgecv.bundle.names import CALIBRATION_CACHE, FP32_MODEL, LABELS, MANIFEST, PREPROCESS, RECIPE, REPORT_MD, REPORT_PNG
 from edgecv.data.transforms import preprocess_spec
+from edgecv.metrics import unseen_change_bound
 from edgecv.recipe import DataConfig, ExportConfig, Recipe
 from edgecv.runtime.tensorrt.compat import TRT_MAX_MAJOR, TRT_MIN
 from edgecv.utils.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
@@ -51,7 +52,7 @@ def write_report(tmp: Path, summary: Dict, artifacts: List[Dict]) -> None:
     if summary["evaluation"]["images"] < needed:
         n = summary["evaluation"]["images"]
         lines += [f"**Too few evaluation images to show the agreement floor:** with none of {n} changing class, the "
-                  f"95% bound on the share that could is still {min(100.0, 300.0 / max(n, 1)):.1f}% (3/n); "
+                  f"95% bound on the share that could is still {unseen_change_bound(n):.1%} (3/n); "
                   f"it takes {needed}.", ""]
     lines += ["## Accuracy by stage", "", "| stage | top-1 | top-5 |", "|---|---|---|"]
     lines += [f"| {s['stage']} | {s['top1']:.4f} | {s['top5']:.4f} |" for s in summary["stages"]]

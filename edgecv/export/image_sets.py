@@ -49,7 +49,7 @@ def image_sets(run) -> None:
 
 def _warn_if_too_few(run, n: int) -> None:
     """Record, and say, when the evaluation split is too small for its agreement verdict to mean anything."""
-    from edgecv.metrics import Budget
+    from edgecv.metrics import Budget, unseen_change_bound
 
     budget = Budget(run.opts.max_drop, run.opts.min_agreement)
     needed = budget.images_to_show_agreement()
@@ -58,7 +58,7 @@ def _warn_if_too_few(run, n: int) -> None:
         log.warning("%d evaluation image(s) cannot show %.1f%% agreement with fp32: with none changing class, "
                     "the 95%% bound on the share that could is still %.1f%% (3/n); it takes %d (raise "
                     "export.eval_limit, or hold out more images)", n, 100 * budget.min_agreement,
-                    min(100.0, 300.0 / max(n, 1)), needed)
+                    100 * unseen_change_bound(n), needed)
 
 
 def tune_and_evaluation(run, held_out) -> Tuple[Any, Any]:
