@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from edgecv.errors import RecipeError
-from edgecv.utils.yaml_files import read_yaml_mapping, yaml_problem
+from edgecv.utils.yaml_files import read_yaml_mapping, safe_load_bounded, yaml_problem
 
 
 def ranged(default: Any = None, *, ge: Optional[float] = None, gt: Optional[float] = None,
@@ -256,7 +256,7 @@ def _build(cls, data: Dict[str, Any], where: str):
 
 def _parse_scalar(text: str, item: str) -> Any:
     try:
-        return yaml.safe_load(text) if text != "" else ""
+        return safe_load_bounded(text, f"--set {item!r}") if text != "" else ""
     except yaml.YAMLError as e:
         raise RecipeError(f"--set {item!r}: the value is not valid YAML ({yaml_problem(e)}); quote strings, e.g. "
                           "key='a: b'") from None

@@ -65,6 +65,13 @@ def one_line_error(r, code=2, *needles):
     (None, ["export.weight_rounding=stochastic"], "export.weight_rounding"),
     (None, ["train"], "expected key=value"),
     (None, ["train..lr=1"], "empty key part"),
+    # aliases: a line that stands for 9**7 values (a regression costs seconds, not the host), or a recipe in itself
+    (b"name: x\nmodel: {name: tiny_cnn, args: {junk: [&a [1,1,1,1,1,1,1,1,1]" + b"".join(
+        b", &%c [*%c,*%c,*%c,*%c,*%c,*%c,*%c,*%c,*%c]" % ((c,) + (c - 1,) * 9) for c in b"bcdefg") + b"]}}\n",
+     [], "the YAML's aliases (&/*) expand it past 100,000 values"),
+    (b"name: x\nmodel: &m {name: tiny_cnn, args: {me: *m}}\n", [], "the YAML refers to itself through an alias"),
+    (None, ["model.args.junk=[&a [1,1,1,1,1,1,1,1,1,1], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a], &c [*b,*b,*b,*b,*b,*b,*b,"
+            "*b,*b,*b], &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c], &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]]"], "expand it past 100,000"),
 ])
 def test_bad_recipes_and_overrides(content, overrides, needle, tmp_path):
     path = tmp_path / "r.yaml"

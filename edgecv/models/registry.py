@@ -4,6 +4,7 @@ The registry imports no model family: the package (edgecv/models/__init__.py) im
 whose decorators register them, so ``from edgecv.models import create_model`` knows every built-in model."""
 from __future__ import annotations
 
+import reprlib
 from typing import Callable, Dict, List
 
 from edgecv.errors import ModelError
@@ -52,4 +53,4 @@ def create_model(name: str, num_classes: int | None = None, pretrained: bool = F
     try:
         return _REGISTRY[name](pretrained=pretrained, **kw)
     except TypeError as e:
-        raise ModelError(f"model {name!r}: bad arguments {kw}: {e}") from None
+        raise ModelError(f"model {name!r}: bad arguments {reprlib.repr(kw)}: {e}") from None  # short, whatever kw holds

@@ -9,6 +9,40 @@ import yaml
 from edgecv.errors import RecipeError
 from edgecv.utils.io import relative_hint
 
+# A recipe, a calibration set or a camera list holds hundreds of values; aliases (&a ... *a) can make a few lines
+# stand for billions (the "billion laughs"), which edgecv's copies and dumps would then build in memory.
+MAX_YAML_VALUES = 100_000
+
+
+def safe_load_bounded(text: str, where: str) -> Any:
+    """``yaml.safe_load`` of ``text``, refusing (naming ``where``) a document that refers to itself or whose
+    aliases expand it past MAX_YAML_VALUES values; YAML errors propagate for the caller to word."""
+    raw = yaml.safe_load(text)
+    _expanded_size(raw, {}, set(), where)
+    return raw
+
+
+def _expanded_size(node: Any, done: Dict[int, int], open_: set, where: str) -> int:
+    """How many values ``node`` stands for once every alias is copied out (shared parts counted once per use)."""
+    if not isinstance(node, (dict, list)):
+        return 1
+    key = id(node)
+    if key in done:
+        return done[key]
+    if key in open_:
+        raise RecipeError(f"{where}: the YAML refers to itself through an alias (&/*)")
+    open_.add(key)
+    children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+    total = 1
+    for child in children:
+        total += _expanded_size(child, done, open_, where)
+        if total > MAX_YAML_VALUES:
+            raise RecipeError(f"{where}: the YAML's aliases (&/*) expand it past {MAX_YAML_VALUES:,} values; "
+                              "write the values out")
+    open_.discard(key)
+    done[key] = total
+    return total
+
 
 def yaml_where(e: Exception) -> str:
     """``:line:column`` of a YAML error (1-based), or nothing."""
@@ -36,7 +70,7 @@ def read_yaml_mapping(path: Path, what: str) -> Dict[str, Any]:
     if not text.strip():
         raise RecipeError(f"{path}: the {what} is empty (expected a YAML mapping, e.g. 'model: {{name: ...}}')")
     try:
-        raw = yaml.safe_load(text)
+        raw = safe_load_bounded(text, str(path))
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}{yaml_where(e)}: not valid YAML ({yaml_problem(e)})") from None
     if raw is None:
