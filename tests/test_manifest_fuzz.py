@@ -143,3 +143,18 @@ def test_symlinked_labels_are_refused_naming_the_link(tiny_bundle, tmp_path):
     (bundle / "manifest.json").write_bytes(manifest_bytes(m))
     r = CliRunner().invoke(cli(), ["eval", str(bundle), "--data", str(FASHION), "--limit", "5"])
     assert r.exit_code == 2 and "labels.txt: is a symbolic link" in r.output and "root:" not in r.output
+
+
+def test_a_manifest_nested_too_deeply_is_refused_by_name(tiny_bundle, tmp_path):
+    """'[[[[...' 100,000 deep raised RecursionError in json (an internal error from check, bench, run, install)."""
+    from edgecv.bundle.manifest import listed_files
+    from edgecv.bundle.reader import open_bundle
+    from edgecv.errors import BundleError
+
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle, b)
+    deep = ('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}").encode()
+    (b / "manifest.json").write_bytes(deep)
+    with pytest.raises(BundleError, match=r"manifest.json: nested too deeply to be an edgecv file"):
+        open_bundle(b)
+    assert listed_files(deep) is None  # the output rules treat it as a damaged bundle

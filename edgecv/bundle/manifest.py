@@ -30,7 +30,10 @@ def strict_json(raw: bytes | str, where: str):
         raise BundleError(f"{where}: {name} is not a number a bundle may hold")
 
     text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-    return json.loads(text, parse_constant=refuse)
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except RecursionError:  # "[[[[...": no edgecv file nests more than a few levels
+        raise BundleError(f"{where}: nested too deeply to be an edgecv file") from None
 
 
 def check_member_name(name: Any, where: str) -> str:
@@ -61,7 +64,7 @@ def listed_files(raw: bytes) -> Optional[frozenset]:
     """The files an intact manifest (its self-checksum holds) lists, or None when it is damaged."""
     try:
         m = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(m, dict) or not isinstance(m.get("files"), dict) or manifest_digest(raw) != m.get(
             "manifest_sha256"):

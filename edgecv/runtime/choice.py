@@ -25,7 +25,7 @@ def recorded_choice(bundle) -> Optional[Dict]:
     p = choice_path(bundle)
     try:
         rec = json.loads(p.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(rec, dict) or rec.get("manifest_sha256") != bundle.manifest["manifest_sha256"]:
         return None

@@ -89,8 +89,8 @@ def lookup(cache_dir: Path, key: EngineKey) -> Tuple[Optional[Path], str]:
         return None, "no cached engine"
     try:
         stored = EngineKey(**json.loads(meta.read_text())["key"])
-    except (ValueError, KeyError, TypeError) as e:
-        return None, f"cache metadata {meta} unreadable ({e})"
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        return None, f"cache metadata {meta} unreadable ({type(e).__name__})"
     if stored != key:
         diff = ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in key.differences(stored).items())
         return None, f"cached engine was built for another key ({diff}): rebuilding"
