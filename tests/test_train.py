@@ -257,3 +257,20 @@ save_confusion_png(conf, [f"c{{i}}" for i in range(1000)], {str(tmp_path / "c.pn
     assert img is not None and img.shape[0] <= 1500 and img.shape[1] <= 1600, img.shape
     blue = img[..., 0].astype(int) - img[..., 2]  # the diagonal (89% of each row) is drawn: blue, not white
     assert (blue > 60).sum() > 1000
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_resume_drops_a_log_record_cut_short_by_a_kill(fmt, tmp_path, caplog):
+    """Epoch records are appended; a kill during the append leaves half a line, which --resume must survive
+    (it was an internal JSONDecodeError): the damaged record is dropped and counted, the others kept."""
+    from edgecv.train.loop import EpochLog
+
+    log = EpochLog(tmp_path, fmt)
+    for e in range(3):
+        log.write({"epoch": e, "val_top1": 0.5 + e / 10})
+    with log.path.open("a") as f:
+        f.write('{"epoch": 3, "val_to' if fmt == "jsonl" else "three,0.8")  # cut short / not an epoch number
+    log.reset_after(1)
+    rows = log._records()
+    assert [r["epoch"] for r in rows] == [0, 1] and float(rows[1]["val_top1"]) == pytest.approx(0.6)
+    assert "dropped 1 damaged record(s)" in caplog.text

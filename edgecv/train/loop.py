@@ -85,23 +85,34 @@ class EpochLog:
         self.fmt = fmt
 
     def reset_after(self, epoch: int) -> None:
-        """On resume, drop records of epochs that will be re-run."""
+        """On resume, drop records of epochs that will be re-run, and any record a kill left half-written."""
         if not self.path.exists():
             return
+        keep = [r for r in self._records() if r["epoch"] <= epoch]
         if self.fmt == "jsonl":
-            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-            keep = [r for r in rows if r["epoch"] <= epoch]
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
         else:
-            with self.path.open(newline="") as f:
-                rows = list(csv.DictReader(f))
-            keep = [r for r in rows if int(r["epoch"]) <= epoch]
             with atomic_path(self.path) as tmp:
                 with open(tmp, "w", newline="") as f:
                     if keep:
                         w = csv.DictWriter(f, fieldnames=list(keep[0]))
                         w.writeheader()
                         w.writerows(keep)
+
+    def _records(self) -> List[Dict]:
+        """The log's records with an integer epoch; a damaged one (a line cut by a kill) is counted and dropped."""
+        with self.path.open(newline="", errors="replace") as f:
+            raw = list(csv.DictReader(f)) if self.fmt != "jsonl" else [line for line in f if line.strip()]
+        rows, bad = [], 0
+        for r in raw:
+            try:
+                r = json.loads(r) if self.fmt == "jsonl" else dict(r)
+                rows.append({**r, "epoch": int(r["epoch"])})
+            except (ValueError, TypeError, KeyError, RecursionError):
+                bad += 1
+        if bad:
+            log.warning("%s: dropped %d damaged record(s) (a line cut short by a kill?)", self.path, bad)
+        return rows
 
     def write(self, record: Dict) -> None:
         if self.fmt == "jsonl":
