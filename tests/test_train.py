@@ -274,3 +274,22 @@ def test_resume_drops_a_log_record_cut_short_by_a_kill(fmt, tmp_path, caplog):
     rows = log._records()
     assert [r["epoch"] for r in rows] == [0, 1] and float(rows[1]["val_top1"]) == pytest.approx(0.6)
     assert "dropped 1 damaged record(s)" in caplog.text
+
+
+def test_resume_with_another_model_or_optimizer_is_refused_by_name(tmp_path):
+    """--resume under a recipe edited since the run began (a wider model, another optimizer) was an internal
+    RuntimeError or KeyError; it names the checkpoint, what does not fit and the recipe the run started with."""
+    from click.testing import CliRunner
+
+    from edgecv.cli import cli
+
+    base = ["train", str(TINY_RECIPE), "-o", str(tmp_path / "run"), "--set", "train.epochs=2",
+            "--set", "data.train_limit=256"]
+    r = CliRunner().invoke(cli, base + ["--set", "train.epochs=1"])
+    assert r.exit_code == 0, r.output
+    (tmp_path / "run" / "model.pt").unlink()
+    for change, needle in [("model.args.width=16", "size mismatch for"), ("train.optimizer=adamw", "'step'")]:
+        r = CliRunner().invoke(cli, base + ["--resume", "--set", change])
+        assert r.exit_code == 2, r.output
+        assert "last.pt: was saved by a different model or schedule than this recipe describes" in r.output
+        assert needle in r.output and "recipe.yaml" in r.output

@@ -16,7 +16,7 @@ from torch import nn
 
 from edgecv.data.loaders import load_data
 from edgecv.data.transforms import preprocess_spec
-from edgecv.errors import RecipeError
+from edgecv.errors import CheckpointError, RecipeError
 from edgecv.models.checkpoint import make_checkpoint, read_checkpoint, save_checkpoint
 from edgecv.models.heads import set_backbone_trainable
 from edgecv.models.registry import create_model
@@ -228,11 +228,18 @@ def _resume(r: _Run) -> None:
     if not last.exists():
         raise FileNotFoundError(f"{last}: nothing to resume (no checkpoint in {r.out})")
     state = read_checkpoint(last)
-    r.model.load_state_dict(state["state_dict"])
-    r.step.optimizer.load_state_dict(state["optimizer"])
-    r.step.scheduler.load_state_dict(state["scheduler"])
-    if r.step.scaler is not None and state.get("scaler"):
-        r.step.scaler.load_state_dict(state["scaler"])
+    try:
+        r.model.load_state_dict(state["state_dict"])
+        r.step.optimizer.load_state_dict(state["optimizer"])
+        r.step.scheduler.load_state_dict(state["scheduler"])
+        if r.step.scaler is not None and state.get("scaler"):
+            r.step.scaler.load_state_dict(state["scaler"])
+    except (RuntimeError, KeyError, ValueError) as e:  # another architecture, width, optimizer or schedule
+        lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line.strip().endswith(":")]
+        first = lines[0] if lines else type(e).__name__  # torch's first line is a heading ending in ':'
+        raise CheckpointError(f"{last}: was saved by a different model or schedule than this recipe describes "
+                              f"({first[:300]}); --resume needs the recipe the run started with "
+                              f"({r.out / 'recipe.yaml'})") from None
     r.start_epoch, r.history = state["epoch"] + 1, list(state.get("history", []))
     if r.rank0:
         log.info("resuming %s at epoch %d", last, r.start_epoch)
