@@ -408,6 +408,36 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tiny_ckpt, tmp_path)
     assert left == [], left
 
 
+@pytest.mark.parametrize("limit,needle", [(300, "nothing playable could be written (the writer failed); no file "
+                                                    "was kept"),
+                                           (40_000, "incomplete, its index counts")])
+def test_a_recording_the_disk_cannot_hold_is_an_error_not_a_claim(limit, needle, tiny_bundle, tmp_path):
+    """OpenCV's writer reports no write error: under a real write limit (RLIMIT_FSIZE, SIGXFSZ ignored, as on a
+    full disk) the summary claimed 100 recorded frames for a file of 5, or of none. Now: exit 2 and the truth."""
+    import resource
+    import signal
+
+    video = tmp_path / "in.avi"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        w.write(rng.integers(0, 255, (240, 320, 3), np.uint8))  # noise: every frame compresses badly
+    w.release()
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    out = tmp_path / "rec.avi"
+    r = subprocess.run([sys.executable, "-m", "edgecv", "run", str(tiny_bundle), "--source", str(video), "--record",
+                        str(out), "--json"], capture_output=True, text=True, errors="replace", env=ENV,
+                       timeout=120, preexec_fn=small_files)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-1500:]
+    summary = json.loads(next(x for x in r.stderr.splitlines() if x.startswith('{"summary"')))["summary"]
+    assert summary["recorded_frames"] == 60 and needle in summary["record_error"] and needle in r.stderr
+    assert out.exists() == (limit > 300) and not [p for p in tmp_path.iterdir() if "edgecv-tmp" in p.name]
+
+
 def test_non_utf8_video_source_and_record_path(tiny_bundle, tmp_path):
     """cv2.VideoCapture and cv2.VideoWriter segfaulted on such names too."""
     vid = os.path.join(os.fsencode(tmp_path), b"clip\xff.mp4")

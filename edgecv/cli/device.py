@@ -236,12 +236,16 @@ def run(target, sources, cameras, **flags):
     click.echo(json.dumps({"summary": summary}) if as_json else line, err=as_json)
     if summary.get("recorded"):
         click.echo(f"recorded {summary['recorded']}", err=as_json)
+    if summary.get("record_error"):
+        click.echo(f"error: {summary['record_error']}", err=True)
     if summary["error"]:
         click.echo(f"error: {summary['error']}", err=True)
         sys.exit(3)
     if summary["interrupted"]:
         click.echo("terminated" if summary["interrupted"] == "SIGTERM" else "interrupted", err=True)
         sys.exit(143 if summary["interrupted"] == "SIGTERM" else 130)
+    if summary.get("record_error"):
+        sys.exit(2)
 
 
 def _print_multi(summary, as_json: bool) -> None:

@@ -157,4 +157,5 @@ def _summary(stats: LoopStats, src: FrameSource, clf: Classifier, sinks: Sinks, 
             "artifact": info["file"], **ended, "stale": stats.stale, "unknown": stats.unknown,
             "age_ms": percentiles(stats.ages) if stats.ages else None, "precision": info.get("precision"),
             "chosen_by": info.get("chosen_by"), "fallback": info.get("fallback"),
-            "recorded_frames": sinks.recorder.frames if sinks.recorder else 0, "latency_ms": stats.latency()}
+            "recorded_frames": sinks.recorder.frames if sinks.recorder else 0,
+            "record_error": sinks.recorder.error if sinks.recorder else None, "latency_ms": stats.latency()}

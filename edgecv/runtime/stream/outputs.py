@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -60,6 +61,7 @@ class Recorder:
         self.writer = None
         self.size = None
         self.frames = 0
+        self.error: Optional[str] = None  # set by close() when the file does not hold what was written
 
     def write(self, vis: np.ndarray) -> None:
         if self.writer is None:
@@ -86,8 +88,28 @@ class Recorder:
             return None
         self.writer.release()
         self.writer = None
+        # OpenCV's writer reports no write error: a full disk left a file of 5 frames (or none) and a summary
+        # that claimed 100. The container's own frame count says what the file holds.
+        held = _frames_in(self.tmp)
+        why = "the disk is full" if shutil.disk_usage(self.path.parent).free < (1 << 20) else "the writer failed"
+        if held < 0:
+            self._abort()
+            self.error = f"--record {self.path}: nothing playable could be written ({why}); no file was kept"
+            return None
         self._target.__exit__(None, None, None)
+        if held != self.frames:
+            self.error = (f"--record {self.path}: incomplete, its index counts {held} of the {self.frames} frames "
+                          f"written ({why})")
         return str(self.path)
+
+
+def _frames_in(path: str) -> int:
+    """The frame count a video file's container declares, or -1 when the file cannot be opened."""
+    cap = cv2.VideoCapture(path)
+    try:
+        return int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else -1
+    finally:
+        cap.release()
 
 
 class _NoFrames(Exception):
