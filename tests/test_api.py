@@ -44,3 +44,16 @@ def test_import_edgecv_is_light():
     assert callable(edgecv.export_bundle) and callable(edgecv.train_recipe) and callable(edgecv.verify)
     with pytest.raises(AttributeError):
         edgecv.nope  # noqa: B018
+
+
+def test_export_options_with_a_typo_are_refused_by_name(tiny_ckpt, tmp_path):
+    """The Python API takes the export's options as a dict: a misspelt key was set as a stray attribute and the
+    export ran without it (an unpruned bundle for {'prnue': 0.5})."""
+    from conftest import TINY_RECIPE
+
+    from edgecv.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=r"export option 'prnue' does not exist \(did you mean 'prune'\?\)"):
+        edgecv.export_bundle(str(TINY_RECIPE), str(tmp_path / "b"), {"prnue": 0.5}, [f"checkpoint={tiny_ckpt}"],
+                             show_progress=False)
+    assert not (tmp_path / "b").exists()

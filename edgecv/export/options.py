@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
 from typing import Dict, Optional
 
 from edgecv import targets
@@ -14,6 +16,12 @@ def resolve_options(recipe: Optional[Recipe], flags: Dict) -> ExportConfig:
     from edgecv.export.calibration_set import is_definition, load_calibration_set
 
     cfg = copy.deepcopy(recipe.export) if recipe else ExportConfig()
+    known = {f.name for f in dataclasses.fields(ExportConfig)}
+    for k in flags:
+        if k not in known:  # a typo in the Python API's dict was set as a stray attribute and ignored
+            near = difflib.get_close_matches(str(k), known, n=1)
+            raise RecipeError(f"export option {k!r} does not exist" + (f" (did you mean {near[0]!r}?)" if near else
+                                                                           " (see ExportConfig in edgecv/recipe.py)"))
     for k, v in flags.items():
         if v is not None:
             setattr(cfg, k, v)
