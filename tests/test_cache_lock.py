@@ -43,18 +43,21 @@ def test_a_waiter_still_sees_sigterm(tmp_path, monkeypatch):
     assert p.returncode == -signal.SIGTERM
 
 
-def test_an_unusable_cache_is_reported_by_openvino_not_a_traceback(tmp_path, monkeypatch):
-    """The cache root under a regular file: no lock to take, and OpenVINO's own error names the folder."""
+def test_an_unusable_cache_is_named_and_openvino_runs_without_it(tmp_path, monkeypatch, caplog):
+    """The cache root under a regular file: no lock to take; OpenVINO, whose cache only saves compile time, says
+    which folder it cannot use and runs without it (it used to fail to compile)."""
+    import logging
+
     import numpy as np
-    import pytest
     from torch import nn
 
-    from edgecv.errors import DeviceError
     from edgecv.export.onnx_export import export_onnx
     from edgecv.runtime.backends.openvino import OpenVinoBackend
 
     export_onnx(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()).eval(), tmp_path / "m.onnx", (3, 8, 8))
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("EDGECV_CACHE", str(tmp_path / "file" / "cache"))
-    with pytest.raises(DeviceError, match="file/cache/openvino"):
-        OpenVinoBackend(str(tmp_path / "m.onnx")).infer(np.zeros((1, 3, 8, 8), np.float32))
+    with caplog.at_level(logging.WARNING, logger="edgecv.runtime"):
+        out = OpenVinoBackend(str(tmp_path / "m.onnx")).infer(np.zeros((1, 3, 8, 8), np.float32))
+    assert np.asarray(out).shape[0] == 1
+    assert "file/cache/openvino: cannot use this cache folder" in caplog.text and "EDGECV_CACHE" in caplog.text

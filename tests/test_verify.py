@@ -156,3 +156,26 @@ def test_eval_against_fp32_reports_fidelity(tiny_bundle):
     assert res["mean_kl"] == pytest.approx(want["mean_kl"], rel=1e-3)
     assert res["worst_class_drop"] == pytest.approx(want["worst_class_drop"])
     assert 0.8 < res["agreement_with_fp32"] <= 1.0 and res["mean_kl"] > 0
+
+
+def test_a_cache_that_cannot_be_written_is_named_and_openvino_runs_without_it(tiny_bundle, tmp_path, monkeypatch,
+                                                                              caplog):
+    """EDGECV_CACHE pointing at a file (or a read-only home): verify was a bare errno after measuring everything,
+    and every OpenVINO run failed to compile. verify is refused at once, naming the folder and the variable;
+    OpenVINO, whose cache only saves compile time, runs without it."""
+    import logging
+    import time
+
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("EDGECV_CACHE", str(tmp_path / "file"))
+    t0 = time.monotonic()
+    r = CliRunner().invoke(cli(), ["verify", str(tiny_bundle)])
+    assert r.exit_code == 2 and time.monotonic() - t0 < 5
+    assert f"{tmp_path / 'file' / 'verified'}: cannot use this cache folder (Not a directory); set EDGECV_CACHE to " \
+        "a writable folder" in r.output
+    x, _, ref = load_golden(open_bundle(tiny_bundle))
+    with caplog.at_level(logging.WARNING, logger="edgecv.runtime"):
+        be = OpenVinoBackend(str(tiny_bundle / "model_fp32.onnx"))
+        out = be.infer(x[:4])
+    assert "OpenVINO compiles without its model cache" in caplog.text
+    assert np.allclose(out[0] if isinstance(out, (list, tuple)) else out, ref[:4], atol=1e-3)

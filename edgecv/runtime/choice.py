@@ -8,12 +8,18 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from edgecv import targets
-from edgecv.utils.cache import cache_dir
+from edgecv.utils.cache import cache_dir, writable_cache_dir
 from edgecv.utils.io import atomic_write_json
 
 
 def choice_dir() -> Path:
     return cache_dir("verified")
+
+
+def choice_dir_writable(create: bool = True) -> Path:
+    """The choice folder (made unless ``create`` is False); an OutputError naming it (and EDGECV_CACHE) when it
+    cannot be written."""
+    return writable_cache_dir("verified", create)
 
 
 def choice_path(bundle) -> Path:
@@ -38,6 +44,7 @@ def recorded_choice(bundle) -> Optional[Dict]:
 
 def record_choice(bundle, report: Dict) -> Path:
     """Write verify's report (its ``chosen`` entry is the choice) for this bundle on this device."""
+    choice_dir_writable()  # a read-only or misplaced cache is named, not a bare errno
     p = choice_path(bundle)
     atomic_write_json(p, report)
     return p

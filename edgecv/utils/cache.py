@@ -6,10 +6,13 @@ Beneath it: ``verified/`` (what ``edgecv verify`` chose, per bundle), ``openvino
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from pathlib import Path
 from typing import Iterator
+
+from edgecv.errors import OutputError
 
 
 def cache_root() -> Path:
@@ -21,6 +24,25 @@ def cache_dir(name: str) -> Path:
     if name == "engines" and os.environ.get("EDGECV_ENGINE_CACHE"):
         return Path(os.environ["EDGECV_ENGINE_CACHE"])
     return cache_root() / name
+
+
+def writable_cache_dir(name: str, create: bool = True) -> Path:
+    """Cache folder ``name``, made if missing (``create=False``: only checked, nothing made); an OutputError naming
+    it and the variable that moves it when it cannot be made or written (a read-only home on a vehicle,
+    ``EDGECV_CACHE`` pointing at a file)."""
+    d = cache_dir(name)
+    try:
+        if create:
+            d.mkdir(parents=True, exist_ok=True)
+        existing = next(a for a in (d, *d.parents) if a.exists())
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable")
+    except OSError as e:
+        var = "EDGECV_ENGINE_CACHE" if name == "engines" and os.environ.get("EDGECV_ENGINE_CACHE") else "EDGECV_CACHE"
+        raise OutputError(f"{d}: cannot use this cache folder ({e.strerror}); set {var} to a writable folder") from None
+    return d
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import numpy as np
 from edgecv import targets
 from edgecv.errors import USER_ERRORS, DeviceError
 from edgecv.metrics import Budget, agreement, mean_kl, top1
-from edgecv.runtime.choice import record_choice
+from edgecv.runtime.choice import choice_dir_writable, record_choice
 from edgecv.runtime.latency import measure_interleaved
 
 log = logging.getLogger("edgecv.verify")
@@ -83,6 +83,8 @@ def verify(bundle_dir, backend: str = "auto", iters: int = 50, record: bool = Tr
     from edgecv.bundle.reader import open_bundle
 
     bundle = open_bundle(bundle_dir)
+    if record:
+        choice_dir_writable(create=False)  # refused before the measuring, not after it
     x, y, ref = load_golden(bundle)
     budget = Budget.from_dict(bundle.manifest["golden"]["budget"])  # range-checked when the bundle was opened
     golden, opts = (x, y, ref, top1(ref, y)), {"iters": iters, "dla_core": dla_core}

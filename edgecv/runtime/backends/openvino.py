@@ -17,14 +17,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import logging
 import os
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from edgecv.errors import DeviceError, ModelFileError
+from edgecv.errors import DeviceError, ModelFileError, OutputError
 from edgecv.runtime.backends.base import OnnxFileBackend, TensorSpec, usable_cores
-from edgecv.utils.cache import cache_dir, cache_lock
+from edgecv.utils.cache import cache_lock, writable_cache_dir
 
 INSTALL_HINT = "pip install 'edgecv[openvino]'"
 
@@ -37,11 +38,9 @@ def openvino_version() -> Optional[str]:
     return ov.__version__.split("-")[0]
 
 
+log = logging.getLogger("edgecv.runtime")
 CACHE_NAME = "openvino"  # compiled models, under the cache root (edgecv.utils.cache)
 
-
-def _cache_dir() -> str:
-    return str(cache_dir(CACHE_NAME))
 
 
 class OpenVinoBackend(OnnxFileBackend):
@@ -81,7 +80,10 @@ class OpenVinoBackend(OnnxFileBackend):
                 # frames/s in all pinned, 469 unpinned. A process that does not own every core lets the OS place it.
                 self._config["ENABLE_CPU_PINNING"] = False
         if cache:
-            self._config["CACHE_DIR"] = _cache_dir()
+            try:
+                self._config["CACHE_DIR"] = str(writable_cache_dir(CACHE_NAME))
+            except OutputError as e:  # the cache only saves compile time: run without it
+                log.warning("OpenVINO compiles without its model cache: %s", e)
         self.runs_on_cpu = self.device == "CPU"
 
         def spec(port) -> Tuple[int, ...]:

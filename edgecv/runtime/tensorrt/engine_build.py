@@ -26,7 +26,7 @@ from edgecv.runtime.tensorrt.compat import (
     import_tensorrt,
     trt_available,
 )
-from edgecv.utils.cache import cache_dir
+from edgecv.utils.cache import cache_dir, writable_cache_dir
 from edgecv.utils.io import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger("edgecv.build")
@@ -102,6 +102,8 @@ def lookup(cache_dir: Path, key: EngineKey) -> Tuple[Optional[Path], str]:
 
 def store(cache_dir: Path, key: EngineKey, plan: bytes, build_info: Dict) -> Path:
     """Write engine then metadata atomically (metadata last: a crash in between leaves a miss, not a bad hit)."""
+    if cache_dir == default_cache_dir():
+        writable_cache_dir("engines")  # named with the variable that moves it when it cannot be used
     cache_dir.mkdir(parents=True, exist_ok=True)
     engine_file = cache_dir / f"{key.slot()}.engine"
     atomic_write_bytes(engine_file, plan)
