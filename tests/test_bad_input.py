@@ -224,6 +224,18 @@ def _tree(root, names, per_class=8, source_for=None):
     return root
 
 
+def test_training_on_one_class_is_refused(tmp_path):
+    """One class folder trained a 'classifier' that reported top-1 1.0000: every answer is that class."""
+    d = _tree(tmp_path / "d", ["Bag"], per_class=12)
+    recipe = tmp_path / "one.yaml"
+    recipe.write_text(f"name: one\nmodel: {{name: tiny_cnn, args: {{width: 8}}}}\n"
+                      f"data: {{kind: image_folder, path: '{d}', input_size: 28, channels: 1, mean: [0.5], std: [0.25],"
+                      f" holdout: 0.25}}\ntrain: {{epochs: 1}}\n")
+    one_line_error(invoke("train", recipe, "-o", tmp_path / "run"), 2,
+                   "1 class(es) ['Bag']; a classifier needs at least 2")
+    assert not (tmp_path / "run").exists()
+
+
 def test_eval_classes_must_match_the_labels(tiny_bundle, tiny_ckpt, tmp_path):
     other = _tree(tmp_path / "other", ["cat", "dog", "bird"])
     more = _tree(tmp_path / "more", CLASSES + ["Extra"])

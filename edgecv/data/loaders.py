@@ -152,6 +152,9 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0, train_aug: Optiona
 def load_data(cfg: DataConfig, distributed: bool = False, seed: int = 0):
     """Return ``(train_set, val_set, train_loader, val_loader, train_sampler)``."""
     train_set = build_dataset(cfg, "train", seed)
+    if len(train_set.classes) < 2:  # every answer would be that class: top-1 1.0 that means nothing
+        raise DatasetError(f"{cfg.path}: {len(train_set.classes)} class(es) {list(train_set.classes)}; a classifier "
+                           "needs at least 2 (one sub-folder per class)")
     val_set = build_dataset(cfg, "val", seed)
     if distributed:
         from torch.utils.data.distributed import DistributedSampler
