@@ -176,7 +176,7 @@ class ExportConfig:
     qat_lr: float = ranged(1e-4, gt=0, le=1)  # SGD; 1e-3 diverged on Lite0 after one epoch
     corruptions: str = "all"
     corruption_severities: str = "1-5"
-    corruption_images: int = ranged(100, ge=1)  # evaluation images corrupted (the first N of the split)
+    corruption_images: int = ranged(100, ge=1)  # evaluation images corrupted (N spread over the split)
     max_corruption_drop: Optional[float] = ranged(None, ge=0)  # budget: worst corruption's extra drop, points
 
 

@@ -236,6 +236,22 @@ def test_training_on_one_class_is_refused(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_limited_evaluation_spreads_over_the_classes(tiny_bundle, tiny_ckpt, tmp_path):
+    """A folder lists its images class by class: --limit 10 judged the first 10 images, all of one class (and the
+    export's robustness report the first 100 of its class-ordered evaluation split). They are spread evenly now."""
+    from edgecv.evaluate.bundle import labelled_frames
+    from edgecv.utils.sampling import evenly_spaced
+
+    assert evenly_spaced(812, 100)[:3] == [0, 8, 16] and evenly_spaced(812, 100)[-1] == 811
+    assert evenly_spaced(5, 10) == [0, 1, 2, 3, 4] and evenly_spaced(7, 1) == [0] and len(set(evenly_spaced(9, 8))) == 8
+    d = _tree(tmp_path / "d", CLASSES, per_class=8)
+    n, _, frames = labelled_frames(str(d), 1, limit=10)
+    assert n == 10 and sorted(label for _, label, _ in frames) == list(range(10))
+    for target in (tiny_bundle, tiny_ckpt):
+        r = invoke("eval", target, "--data", d, "--limit", "10", "--json")
+        assert r.exit_code == 0 and json.loads(r.output)["n"] == 10, r.output
+
+
 def test_eval_classes_must_match_the_labels(tiny_bundle, tiny_ckpt, tmp_path):
     other = _tree(tmp_path / "other", ["cat", "dog", "bird"])
     more = _tree(tmp_path / "more", CLASSES + ["Extra"])

@@ -42,7 +42,8 @@ def train(recipe, out_dir, overrides, resume):
 @click.option("--data", help="Images to evaluate: a Fashion-MNIST folder, a wnid folder, an ImageFolder tree "
                              "(a recipe without it: its own held-out split).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate the first N images only.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Evaluate N images, spread evenly over DATA (a folder lists its images class by class).")
 @click.option("--backend", default="auto", type=BackendChoice(), show_default=True,
               help="For bundles: auto (the fastest target that runs here) or a target.")
 @click.option("--dla", "dla_core", type=click.IntRange(min=-1), default=-1,

@@ -13,10 +13,12 @@ from edgecv.errors import DatasetError
 from edgecv.metrics import kl_rows, topk_correct
 from edgecv.runtime.preprocess import load_image
 from edgecv.utils.progress import progress
+from edgecv.utils.sampling import evenly_spaced
 
 
 def labelled_frames(data: str, channels: int, limit: Optional[int] = None) -> Tuple[int, List[str], Iterator]:
-    """(count, class names, iterator of (frame or None, label, name)) for a Fashion-MNIST or an image folder."""
+    """(count, class names, iterator of (frame or None, label, name)) for a Fashion-MNIST or an image folder; with
+    ``limit``, that many images spread evenly over it (a folder lists its images class by class)."""
     from edgecv.data.fashion_mnist import CLASSES, is_fashion_mnist_dir
 
     p = Path(data)
@@ -24,18 +26,18 @@ def labelled_frames(data: str, channels: int, limit: Optional[int] = None) -> Tu
         from edgecv.data.fashion_mnist import load_fashion_mnist
 
         x, y = load_fashion_mnist(p, "test")
-        n = min(limit or len(y), len(y))
-        return n, list(CLASSES), ((x[i], int(y[i]), f"t10k[{i}]") for i in range(n))
+        idx = evenly_spaced(len(y), limit or len(y))
+        return len(idx), list(CLASSES), ((x[i], int(y[i]), f"t10k[{i}]") for i in idx)
     from edgecv.data.folders import list_images
 
     images = list_images(p, verify=False)
-    samples = images.samples[:limit] if limit else images.samples
+    samples = [images.samples[i] for i in evenly_spaced(len(images.samples), limit or len(images.samples))]
     return len(samples), images.classes, ((load_image(s, channels), lbl, s) for s, lbl in samples)
 
 
 @dataclass
 class EvalOptions:
-    """How ``edgecv eval BUNDLE`` runs: the backend and precision (as ``edgecv run``'s), the first ``limit`` images,
+    """How ``edgecv eval BUNDLE`` runs: the backend and precision (as ``edgecv run``'s), ``limit`` images spread over the data,
     the batch, and ``against_fp32``: also run the bundle's fp32 artefact (same target) on the same inputs and report
     the fidelity of the default one (top-1 agreement, mean KL divergence, worst per-class top-1 drop)."""
 

@@ -145,7 +145,7 @@ def plot(report: Dict, path: Path) -> Optional[Path]:
 
 
 def _labelled_pixels(bundle, data: str, limit, allow_subset: bool, show_progress: bool):
-    """``(uint8 crops [N, C, H, W], labels in the bundle's order, skipped)`` for the first ``limit`` images."""
+    """``(uint8 crops [N, C, H, W], labels in the bundle's order, skipped)`` for ``limit`` images spread over ``data``."""
     from edgecv.bundle.golden import to_pixels
     from edgecv.data.classes import apply_mapping, match_classes
     from edgecv.errors import DatasetError
@@ -170,7 +170,7 @@ def _labelled_pixels(bundle, data: str, limit, allow_subset: bool, show_progress
 def eval_corruptions(bundle_dir, data: str, names: Sequence[str], severities: Sequence[int],
                      options=None, out_dir: Optional[str] = None, seed: int = 0, **fields) -> Dict:
     """``edgecv eval BUNDLE --corruptions``: the bundle's fp32 model (the reference) and every int8 artefact a
-    target can run here, on the first ``limit`` images of ``data`` (default 100), under each corruption and
+    target can run here, on ``limit`` images spread over ``data`` (default 100), under each corruption and
     severity. ``options``: an :class:`edgecv.evaluate.bundle.EvalOptions` (backend, limit, allow_subset,
     show_progress), or its fields by name."""
     import dataclasses

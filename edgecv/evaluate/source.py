@@ -9,6 +9,7 @@ from edgecv.data.loaders import build_dataset, dataset_for_path
 from edgecv.errors import SourceError
 from edgecv.train.engine import evaluate
 from edgecv.train.sources import load_source
+from edgecv.utils.sampling import evenly_spaced
 
 
 def eval_source(target: str, data: Optional[str], overrides: List[str] = (), limit: Optional[int] = None,
@@ -28,7 +29,7 @@ def eval_source(target: str, data: Optional[str], overrides: List[str] = (), lim
         ds = dataset_for_path(data, src.data, train=False)
     mapping = match_classes(ds.classes, src.classes, data, target, allow_subset)
     if limit:
-        ds = Subset(ds, range(min(limit, len(ds))))
+        ds = Subset(ds, evenly_spaced(len(ds), limit))  # a folder lists its images class by class
     loader = DataLoader(ds, batch_size=batch_size)
     res = evaluate(src.model, loader, show_progress=show_progress,
                    target_map=None if mapping is None else torch.from_numpy(mapping))

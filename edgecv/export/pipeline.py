@@ -455,8 +455,9 @@ def robustness(tmp: Path, unpruned: Optional[Path], artifacts: List[Dict], ev, s
     from edgecv.data.corruptions import parse_names, severities
     from edgecv.evaluate.robustness import corruption_report, plot
     from edgecv.export.gates import host_backend
+    from edgecv.utils.sampling import evenly_spaced
 
-    n = min(len(ev), opts.corruption_images)
+    pick = evenly_spaced(len(ev), opts.corruption_images)  # the split lists its images class by class
     backends = {"fp32": host_backend(tmp / FP32_MODEL)}
     if unpruned is not None:
         backends["unpruned fp32"] = host_backend(unpruned)
@@ -466,8 +467,8 @@ def robustness(tmp: Path, unpruned: Optional[Path], artifacts: List[Dict], ev, s
             label = f"{t.name} {a['precision']}" + ("" if t.host_latency else " (on ONNX Runtime)")
             backends[label] = host_backend(tmp / a["file"], t, precision=a["precision"])
     try:
-        rep = corruption_report({k: be.infer for k, be in backends.items()}, "fp32", to_pixels(ev.x[:n], spec),
-                                ev.y[:n], spec, parse_names(opts.corruptions), severities(opts.corruption_severities),
+        rep = corruption_report({k: be.infer for k, be in backends.items()}, "fp32", to_pixels(ev.x[pick], spec),
+                                ev.y[pick], spec, parse_names(opts.corruptions), severities(opts.corruption_severities),
                                 seed=opts.calib_seed, show_progress=show_progress)
     finally:
         for be in backends.values():
