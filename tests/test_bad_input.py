@@ -237,8 +237,8 @@ def test_training_on_one_class_is_refused(tmp_path):
 
 
 def test_a_limited_evaluation_spreads_over_the_classes(tiny_bundle, tiny_ckpt, tmp_path):
-    """A folder lists its images class by class: --limit 10 judged the first 10 images, all of one class (and the
-    export's robustness report the first 100 of its class-ordered evaluation split). They are spread evenly now."""
+    """A folder lists its images class by class: --limit 10 judged the first 10 images, all of one class (as did
+    export.eval_limit, and the robustness report its first 100 evaluation images). They are spread evenly now."""
     from edgecv.evaluate.bundle import labelled_frames
     from edgecv.utils.sampling import evenly_spaced
 
@@ -250,6 +250,12 @@ def test_a_limited_evaluation_spreads_over_the_classes(tiny_bundle, tiny_ckpt, t
     for target in (tiny_bundle, tiny_ckpt):
         r = invoke("eval", target, "--data", d, "--limit", "10", "--json")
         assert r.exit_code == 0 and json.loads(r.output)["n"] == 10, r.output
+    from edgecv.export.data import evaluation_images
+    from edgecv.recipe import DataConfig
+
+    ev = evaluation_images(DataConfig(kind="image_folder", input_size=28, channels=1, mean=[0.5], std=[0.25]),
+                           str(d), 10, show_progress=False)  # export.eval_limit
+    assert sorted(ev.y.tolist()) == list(range(10)) and list(ev.paths) == sorted(ev.paths)
 
 
 def test_eval_classes_must_match_the_labels(tiny_bundle, tiny_ckpt, tmp_path):

@@ -14,6 +14,7 @@ from edgecv.data.loaders import ImageFileDataset, build_dataset, dataset_for_pat
 from edgecv.errors import DatasetError
 from edgecv.recipe import DataConfig
 from edgecv.utils.progress import progress
+from edgecv.utils.sampling import evenly_spaced
 
 log = logging.getLogger("edgecv.export")
 
@@ -94,7 +95,10 @@ def evaluation_images(cfg: DataConfig, eval_path: Optional[str], limit: Optional
     ev_ds = dataset_for_path(eval_path, cfg) if eval_path else build_dataset(cfg, "val", seed)
     ev_files = _files(ev_ds)
     ev_idx, ev_ids, overlap = [], [], 0
-    for i in range(len(ev_ds)):
+    n = len(ev_ds)
+    # a folder lists its images class by class: a limit takes them spread over it, then any others in its place
+    spread = evenly_spaced(n, limit or n)
+    for i in spread + sorted(set(range(n)) - set(spread)):
         if limit and len(ev_idx) >= limit:
             break
         ident = sample_identity(ev_ds, i)
@@ -103,6 +107,8 @@ def evaluation_images(cfg: DataConfig, eval_path: Optional[str], limit: Optional
             continue
         ev_idx.append(i)
         ev_ids.append(ident)
+    order = np.argsort(ev_idx, kind="stable")  # in the data's own order, as before
+    ev_idx, ev_ids = [ev_idx[k] for k in order], [ev_ids[k] for k in order]
     if not ev_idx:
         raise DatasetError(f"{eval_path or cfg.path}: every evaluation image is also a calibration image; "
                            "lower --calib-samples or pass a separate --eval folder")
