@@ -256,6 +256,11 @@ def test_a_limited_evaluation_spreads_over_the_classes(tiny_bundle, tiny_ckpt, t
     ev = evaluation_images(DataConfig(kind="image_folder", input_size=28, channels=1, mean=[0.5], std=[0.25]),
                            str(d), 10, show_progress=False)  # export.eval_limit
     assert sorted(ev.y.tolist()) == list(range(10)) and list(ev.paths) == sorted(ev.paths)
+    from edgecv.data.loaders import build_dataset
+
+    train = build_dataset(DataConfig(kind="image_folder", path=str(d), input_size=28, channels=1, mean=[0.5],
+                                     std=[0.25], holdout=0.0, train_limit=10), "train")  # data.train_limit
+    assert sorted(label for _, label in train.list.samples) == list(range(10))
 
 
 def test_eval_classes_must_match_the_labels(tiny_bundle, tiny_ckpt, tmp_path):

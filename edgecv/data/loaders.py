@@ -16,6 +16,7 @@ from edgecv.data.folders import ImageList, list_image_folder, list_images, list_
 from edgecv.data.transforms import eval_transform, train_transform
 from edgecv.errors import DatasetError
 from edgecv.recipe import DataConfig
+from edgecv.utils.sampling import evenly_spaced
 from edgecv.utils.signals import child_unblock
 
 log = logging.getLogger("edgecv.data")
@@ -144,8 +145,8 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0, train_aug: Optiona
         images = images.subset(train_idx if split == "train" else val_idx)
         if len(images) == 0:
             raise DatasetError(f"{root}: the {split} split is empty (holdout={cfg.holdout})")
-    if split == "train" and cfg.train_limit:
-        images = images.subset(range(min(cfg.train_limit, len(images))))
+    if split == "train" and cfg.train_limit:  # spread over the classes: a folder lists them one by one
+        images = images.subset(evenly_spaced(len(images), cfg.train_limit))
     return ImageFileDataset(images, cfg.channels, tf)
 
 
