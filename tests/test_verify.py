@@ -182,3 +182,22 @@ def test_a_cache_that_cannot_be_written_is_named_and_openvino_runs_without_it(ti
         out = be.infer(x[:4])
     assert "OpenVINO compiles without its model cache" in caplog.text
     assert np.allclose(out[0] if isinstance(out, (list, tuple)) else out, ref[:4], atol=1e-3)
+
+
+def test_golden_vectors_spread_over_a_class_ordered_split(tiny_bundle, tmp_path):
+    """An image folder's evaluation split lists its images class by class; the first 64 (Caltech-101: about 8 of
+    101 classes) were the device's acceptance test. They are spread over the split now."""
+    from edgecv.data.fashion_mnist import load_fashion_mnist
+    from edgecv.export.data import ArraySet
+    from edgecv.export.pipeline import write_golden_vectors
+    from edgecv.recipe import ExportConfig
+
+    x, y = load_fashion_mnist(FASHION, "test")
+    order = np.argsort(y, kind="stable")[:: 10]  # 1,000 images, class by class
+    pre = open_bundle(tiny_bundle).preprocess
+    spec = {"input_size": pre.input_size, "channels": pre.channels, "mean": list(pre.mean), "std": list(pre.std)}
+    xs = np.stack([(x[i][None].astype(np.float32) / 255 - spec["mean"][0]) / spec["std"][0] for i in order])
+    ev = ArraySet(xs, y[order], [], "class-ordered")
+    out = write_golden_vectors(tmp_path, tiny_bundle / "model_fp32.onnx", ev, spec, ExportConfig(golden=20))
+    _, gy = np.load(tmp_path / out["file"])["pixels"], np.load(tmp_path / out["file"])["labels"]
+    assert out["n"] == 20 and sorted(set(gy.tolist())) == list(range(10))

@@ -435,15 +435,17 @@ def write(run: ExportRun) -> Dict:
 
 
 def write_golden_vectors(tmp: Path, fp32_path: Path, ev, spec: Dict, opts: ExportConfig) -> Dict:
-    """The first ``opts.golden`` evaluation images, their labels and the fp32 ONNX's logits (edgecv verify)."""
+    """``opts.golden`` evaluation images spread over the split (it lists them class by class), their labels and the
+    fp32 ONNX's logits (edgecv verify)."""
     from edgecv.bundle.golden import to_inputs, to_pixels, write_golden
     from edgecv.export.gates import onnx_logits
+    from edgecv.utils.sampling import evenly_spaced
 
-    n = min(opts.golden, len(ev))
-    pixels = to_pixels(ev.x[:n], spec)
+    pick = evenly_spaced(len(ev), opts.golden)
+    pixels = to_pixels(ev.x[pick], spec)
     logits = onnx_logits(fp32_path, to_inputs(pixels, spec))
-    write_golden(tmp / GOLDEN, pixels, ev.y[:n], logits)
-    return {"file": GOLDEN, "n": n, "reference": fp32_path.name,
+    write_golden(tmp / GOLDEN, pixels, ev.y[pick], logits)
+    return {"file": GOLDEN, "n": len(pick), "reference": fp32_path.name,
             "budget": Budget(opts.max_drop, opts.min_agreement).to_dict()}
 
 
