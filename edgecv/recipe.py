@@ -255,6 +255,8 @@ def _build(cls, data: Dict[str, Any], where: str):
 
 
 def _parse_scalar(text: str, item: str) -> Any:
+    if any("\udc80" <= ch <= "\udcff" for ch in text):
+        return text  # a path with bytes that are not UTF-8 (Python's surrogate escapes): YAML cannot hold it, keep it
     try:
         return safe_load_bounded(text, f"--set {item!r}") if text != "" else ""
     except yaml.YAMLError as e:

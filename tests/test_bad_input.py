@@ -337,6 +337,19 @@ def _non_utf8_folder(tmp_path, imagenet_dir=None):
     return d
 
 
+def test_a_non_utf8_checkpoint_path_passes_through_set(tiny_ckpt, tmp_path):
+    """--set checkpoint=<a folder whose name is not UTF-8>/model.pt was 'not valid YAML' (YAML cannot hold the
+    bytes), with advice to quote it that could not help; such a value is now taken as the path it is."""
+    run = os.fsencode(tmp_path) + b"/caf\xe9"
+    os.makedirs(run)
+    shutil.copy(tiny_ckpt, os.fsdecode(run + b"/model.pt"))
+    r = subprocess.run([sys.executable.encode(), b"-m", b"edgecv", b"eval", os.fsencode(TINY_RECIPE), b"--set",
+                        b"checkpoint=" + run + b"/model.pt", b"--limit", b"50", b"--json"],
+                       capture_output=True, env=ENV, timeout=120)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert json.loads(r.stdout)["n"] == 50
+
+
 def test_non_utf8_file_names_do_not_crash(tiny_bundle, tmp_path):
     """cv2.imread segfaulted (exit 139) on a file name that is not UTF-8."""
     d = _non_utf8_folder(tmp_path)
