@@ -70,6 +70,8 @@ def one_line_error(r, code=2, *needles):
         b", &%c [*%c,*%c,*%c,*%c,*%c,*%c,*%c,*%c,*%c]" % ((c,) + (c - 1,) * 9) for c in b"bcdefg") + b"]}}\n",
      [], "the YAML's aliases (&/*) expand it past 100,000 values"),
     (b"name: x\nmodel: &m {name: tiny_cnn, args: {me: *m}}\n", [], "the YAML refers to itself through an alias"),
+    (b"name: x\nmodel: {name: tiny_cnn, args: {junk: " + b"[" * 3000 + b"]" * 3000 + b"}}\n", [],
+     "the YAML is nested too deeply"),
     (None, ["model.args.junk=[&a [1,1,1,1,1,1,1,1,1,1], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a], &c [*b,*b,*b,*b,*b,*b,*b,"
             "*b,*b,*b], &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c], &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]]"], "expand it past 100,000"),
 ])

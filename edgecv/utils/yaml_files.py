@@ -15,10 +15,14 @@ MAX_YAML_VALUES = 100_000
 
 
 def safe_load_bounded(text: str, where: str) -> Any:
-    """``yaml.safe_load`` of ``text``, refusing (naming ``where``) a document that refers to itself or whose
-    aliases expand it past MAX_YAML_VALUES values; YAML errors propagate for the caller to word."""
-    raw = yaml.safe_load(text)
-    _expanded_size(raw, {}, set(), where)
+    """``yaml.safe_load`` of ``text``, refusing (naming ``where``) a document nested too deeply, one that refers to
+    itself, or one whose aliases expand it past MAX_YAML_VALUES values; YAML errors propagate for the caller to
+    word."""
+    try:
+        raw = yaml.safe_load(text)
+        _expanded_size(raw, {}, set(), where)
+    except RecursionError:  # "[[[[...": PyYAML's parser and the size count both recurse
+        raise RecipeError(f"{where}: the YAML is nested too deeply to be an edgecv file") from None
     return raw
 
 
