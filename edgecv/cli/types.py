@@ -25,10 +25,11 @@ class BackendChoice(click.ParamType):
 
 def new_dir_or_missing(ctx, param, value):
     """An output folder option: a folder, or nothing yet (a file there is refused before any work)."""
-    import os
+    from edgecv.utils.outputs import not_a_folder
 
-    if value is not None and os.path.exists(value) and not os.path.isdir(value):
-        raise click.BadParameter(f"{value}: exists and is not a directory", ctx, param)
+    problem = not_a_folder(value) if value is not None else None
+    if problem:
+        raise click.BadParameter(problem, ctx, param)
     return value
 
 

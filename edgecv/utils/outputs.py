@@ -185,12 +185,19 @@ class OutputLock:
         self.release()
 
 
+def not_a_folder(path: str | os.PathLike) -> Optional[str]:
+    """Why ``path`` cannot be an output folder because something else is there, or None."""
+    p = os.fsdecode(path)
+    return f"{p}: exists and is not a directory" if os.path.exists(p) and not os.path.isdir(p) else None
+
+
 def output_folder(path: str | os.PathLike) -> Path:
     """A folder for loose outputs (heatmaps, a profile, a robustness report), made if missing; a file in the way
     or a place nothing can be written to is an :class:`OutputError` naming it."""
     path = Path(os.fsdecode(path))
-    if path.exists() and not path.is_dir():
-        raise OutputError(f"{path}: exists and is not a directory")
+    problem = not_a_folder(path)
+    if problem:
+        raise OutputError(problem)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
