@@ -189,7 +189,7 @@ def test_golden_vectors_spread_over_a_class_ordered_split(tiny_bundle, tmp_path)
     101 classes) were the device's acceptance test. They are spread over the split now."""
     from edgecv.data.fashion_mnist import load_fashion_mnist
     from edgecv.export.data import ArraySet
-    from edgecv.export.pipeline import write_golden_vectors
+    from edgecv.export.evidence import write_golden_vectors
     from edgecv.recipe import ExportConfig
 
     x, y = load_fashion_mnist(FASHION, "test")
