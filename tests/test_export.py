@@ -38,8 +38,10 @@ def test_bundle_contents_and_manifest(tiny_bundle):
     from edgecv.train.engine import cpu_has_bf16
 
     # distilled in the recipe's train.amp precision (on by default: bfloat16 where this CPU has it natively)
+    # on the GPU where there is one (tests/test_gpu_distill.py), here on the CPU
     assert s["prune"]["distill_mixed_precision"] == ("bfloat16" if cpu_has_bf16() else "off")
-    assert f"after distillation (mixed precision: {s['prune']['distill_mixed_precision']})" in \
+    assert s["prune"]["distill_device"] == "cpu"
+    assert f"after distillation (on cpu, mixed precision: {s['prune']['distill_mixed_precision']})" in \
         (tiny_bundle / "report.md").read_text()
     assert s["onnx_parity"]["max_abs_diff"] < 1e-3
     assert b.labels[0] == "T-shirt/top" and b.preprocess["input_size"] == 28

@@ -148,6 +148,7 @@ def test_the_ladder_continues_with_qat_when_ptq_misses(tiny_ckpt, tmp_path):
         m = json.loads(r.output.strip().splitlines()[-1])
         art = next(a for a in m["artifacts"] if a["precision"] == "int8")
         assert art["rung"].startswith("qat") and art["qat"]["epochs"] == 1 and art["qat"]["kept_epoch"] == 1
+        assert art["qat"]["device"] == "cpu"  # the GPU where PyTorch sees one (tests/test_gpu_distill.py)
         assert not art["qat"]["ptq_passed"] or art["qat"]["ptq_float_layers"] > 0  # why QAT ran
     else:
         assert r.exit_code == 2 and "after QAT:" in r.output, r.output[-2000:]
@@ -237,7 +238,8 @@ def test_qat_weights_are_quantized_without_bias_correction(tiny, tmp_path):
         ref = model(torch.from_numpy(tune.x)).numpy()
     opts = ExportConfig(qat_epochs=1, qat_lr=1e-3)
     qat = run_qat(model, cal, tune, ref, opts, tmp_path, (1, 28, 28), show_progress=False)
-    assert qat["calib"].input_means is None and qat["info"]["steps"] == 8
+    assert qat["calib"].input_means is None and qat["info"]["steps"] == 8 and qat["info"]["device"] == "cpu"
+    assert next(model.parameters()).device.type == "cpu"  # the teacher is the shipped model: it stays where it was
 
     def conv_biases(path):
         g = onnx.load(str(path)).graph

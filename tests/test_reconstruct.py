@@ -164,6 +164,8 @@ def test_distill_adamw_with_frozen_batchnorm_pulls_the_pruned_lite0_to_its_teach
         distill(student, teacher, loader, loader, DistillConfig(epochs=3, lr=3e-4 if optimizer == "adamw" else 0.01,
                 alpha=1.0, optimizer=optimizer, batchnorm=bn, amp=optimizer == "adamw"), show_progress=False)
         same = all(torch.equal(a, b) for a, b in zip(before, stats(student)))
+        # the teacher (the export's source model) is frozen while it teaches, and handed back as it came
+        assert all(p.requires_grad for p in teacher.parameters())
         if optimizer == "adamw":
             assert same and kl(student) < 0.8 * kl0, (kl0, kl(student))
         else:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgecv.train.engine import to_device
+from edgecv.train.engine import device_of, forked_rng, to_device
 
 log = logging.getLogger("edgecv.qat")
 
@@ -104,13 +104,15 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 @dataclass
 class FinetuneConfig:
     """Quantization-aware distillation's schedule: epochs of SGD at ``lr`` in batches of ``batch``, the distillation
-    temperature, and the seed of the shuffles and augmentations."""
+    temperature, the seed of the shuffles and augmentations, and the ``device`` both networks train on
+    (edgecv.train.engine.training_device: the GPU when there is one)."""
 
     epochs: int = 2
     lr: float = 1e-4
     batch: int = 16
     temperature: float = 1.0
     seed: int = 0
+    device: str = "cpu"
     # a key of ``check``'s record to maximise: the student ends with the weights of the epoch that scored highest
     # (ties go to the later epoch), not those of the last one (Lite0: an epoch can lower agreement)
     keep_best: Optional[str] = None
@@ -134,7 +136,7 @@ def _epoch(student: nn.Module, teacher: nn.Module, batches, opt, c: FinetuneConf
     """One pass of distillation: (summed KL, images, steps)."""
     total, n, steps = 0.0, 0, 0
     for xb in batches:
-        xb = to_device(xb, "cpu")
+        xb = to_device(xb, c.device)
         with torch.no_grad():
             t = F.log_softmax(teacher(xb) / c.temperature, 1)
         s = F.log_softmax(student(xb) / c.temperature, 1)
@@ -161,12 +163,22 @@ def finetune(student: nn.Module, teacher: nn.Module, x, cfg: Optional[FinetuneCo
     inputs, or a Dataset of augmented views); ``check`` (called after each epoch) reports fidelity on images the
     training never saw. The schedule comes as a :class:`FinetuneConfig`, or as its fields by name. The same seed
     gives the same weights: a Dataset's random transforms draw from torch's global generator, which is seeded here
-    and restored afterwards."""
-    from edgecv.utils.progress import progress
-
+    and restored afterwards. Both networks train on the config's ``device`` (``check`` gets the student there) and
+    are back where they were when this returns, or raises."""
     c = replace(cfg or FinetuneConfig(), **fields)
     if c.keep_best and check is None:
         raise ValueError("keep_best needs a check that scores each epoch")
+    homes = [(m, device_of(m)) for m in (student, teacher)]
+    try:
+        return _finetune_on(student.to(c.device), teacher.to(c.device), x, c, check, show_progress)
+    finally:
+        for m, home in homes:
+            m.to(home)
+
+
+def _finetune_on(student: nn.Module, teacher: nn.Module, x, c: FinetuneConfig, check, show_progress: bool) -> QatResult:
+    from edgecv.utils.progress import progress
+
     teacher = teacher.eval()
     # eval mode while training: BatchNorm statistics stay frozen (a few hundred images must not re-estimate them)
     # and dropout / drop-connect stay off, so the student is pulled toward what the deployed int8 model computes
@@ -177,7 +189,7 @@ def finetune(student: nn.Module, teacher: nn.Module, x, cfg: Optional[FinetuneCo
     gen = torch.Generator().manual_seed(c.seed)
     history, steps = [], 0
     best = None  # (score, epoch, weights)
-    with torch.random.fork_rng(devices=[]):
+    with forked_rng(c.device):
         torch.manual_seed(c.seed)
         for epoch in range(c.epochs):
             batches = progress(_batches(x, c.batch, gen), total=(len(x) + c.batch - 1) // c.batch,

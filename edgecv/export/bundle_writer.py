@@ -107,22 +107,27 @@ def _compression(summary: Dict) -> List[str]:
         p = summary["prune"]
         lines += ["", "## Pruning", "", f"{p['ratio']:.0%} of channels by {p.get('method', 'magnitude')}: "
                   f"{_macs(p)}, parameters {p['params_before'] / 1e6:.3f} M -> {p['params_after'] / 1e6:.3f} M; top-1 "
-                  f"{p['top1_after_prune']:.4f} right after pruning"
-                  + (f", {p['top1_after_distill']:.4f} after distillation (mixed precision: "
-                     f"{p.get('distill_mixed_precision', 'off')})" if "top1_after_distill" in p else "")]
+                  f"{p['top1_after_prune']:.4f} right after pruning" + _after_distill(p, "after distillation")]
     if summary.get("depth"):
         d = summary["depth"]
         lines += ["", "## Blocks removed", "", f"{len(d['dropped_blocks'])} of {d['candidates']} residual blocks "
                   f"({', '.join(d['dropped_blocks'])}), those whose removal moved the output on the calibration "
                   f"images least per MAC saved: {_macs(d)}; top-1 {d['top1_after_drop']:.4f} right after"
-                  + (f", {d['top1_after_distill']:.4f} after distillation" if "top1_after_distill" in d else "")]
+                  + _after_distill(d, "after distillation")]
     if summary.get("input_size"):
         r = summary["input_size"]
         lines += ["", "## Input size", "", f"The model ships at {r['export']} px (resize {r['resize']}); the source "
                   f"runs at {r['source']} px. Top-1 {r['top1_before_distill']:.4f} at {r['export']} px before "
-                  "distillation" + (f", {r['top1_after_distill']:.4f} after (mixed precision: "
-                                    f"{r['distill_mixed_precision']})" if "top1_after_distill" in r else "")]
+                  "distillation" + _after_distill(r, "after")]
     return lines
+
+
+def _after_distill(part: Dict, words: str) -> str:
+    """", 0.9512 after distillation (on cpu, mixed precision: bfloat16)", or nothing where there was none."""
+    if "top1_after_distill" not in part:
+        return ""
+    return (f", {part['top1_after_distill']:.4f} {words} (on {part.get('distill_device', 'cpu')}, mixed precision: "
+            f"{part.get('distill_mixed_precision', 'off')})")
 
 
 def _speed_vs_unpruned_int8(summary: Dict, artifacts: List[Dict]) -> List[str]:
@@ -150,7 +155,7 @@ def _qat_section(a: Dict) -> List[str]:
     kept = q.get("kept_epoch")
     return ["", f"### {a['file']} ({a['target']}): quantization-aware fine-tuning", "",
             f"{why}; {q['epochs']} epoch(s) of distillation from fp32 on {q['images']} unlabelled images "
-            f"(lr {q['lr']}). Agreement of the fake-quantized model with fp32 on the tune images: "
+            f"(lr {q['lr']}, on {q.get('device', 'cpu')}). Agreement of the fake-quantized model with fp32 on the tune images: "
             f"{q['tune_agreement_fake_quant_before']:.1%} before, then "
             + ", ".join(f"{h['tune_agreement_fake_quant']:.1%}" for h in q["history"]) + "."
             + (f" The artefact has epoch {kept}'s weights, the best of them." if kept and kept != q["epochs"] else "")]

@@ -224,7 +224,7 @@ def compress(run: ExportRun) -> None:
         raise RecipeError(f"--distill: --input-size {opts.input_size} is the source's own input size, so there is "
                           "nothing to recover: add --prune R, --drop-blocks N, another --input-size, or --no-distill")
     if opts.distill:
-        done = dict(zip(("top1_after_distill", "distill_mixed_precision"), _distill(run)))
+        done = dict(zip(("top1_after_distill", "distill_mixed_precision", "distill_device"), _distill(run)))
         for part in (info, depth, run.summary.get("input_size")):
             if part is not None:
                 part.update(done)
@@ -281,24 +281,27 @@ def _prune(run: ExportRun) -> Dict:
     return {**report.as_dict(), "top1_after_prune": acc["top1"]}
 
 
-def _distill(run: ExportRun) -> Tuple[float, str]:
+def _distill(run: ExportRun) -> Tuple[float, str, str]:
     from edgecv.compress.distill import DistillConfig, distill
     from edgecv.data.loaders import load_data
+    from edgecv.train.engine import training_device
 
     if run.recipe is None:
         raise RecipeError("--distill: needs a recipe SOURCE (its training data)")
     o = run.opts
     size = f" at {run.data.input_size} px from the source at {run.src.data.input_size}" if run.resized else ""
-    with run.stages(f"distill {o.distill_epochs} epoch(s){size}"):
+    device = training_device()
+    with run.stages(f"distill {o.distill_epochs} epoch(s){size} on {device.type}"):
         _, _, train_loader, val_loader, _ = load_data(run.recipe.data)
         cfg = DistillConfig(o.distill_epochs, o.distill_lr, o.temperature, o.alpha,
                             optimizer=o.distill_optimizer, batchnorm=run.recipe.train.batchnorm,
-                            amp=run.recipe.train.amp, student_size=run.data.input_size if run.resized else None)
+                            amp=run.recipe.train.amp, student_size=run.data.input_size if run.resized else None,
+                            device=str(device))
         result = distill(run.student, run.teacher, train_loader, val_loader, cfg, show_progress=run.show_progress)
         acc = _torch_eval(run.student, run.ev.x, run.ev.y)
     run.stage_acc.append({"stage": "pruned + distilled" if run.pruned else "distilled",
                           **acc})
-    return acc["top1"], result["mixed_precision"]
+    return acc["top1"], result["mixed_precision"], result["device"]
 
 
 def export_fp32(run: ExportRun) -> None:

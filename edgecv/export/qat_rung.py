@@ -25,21 +25,25 @@ def run_qat(student: torch.nn.Module, cal, tune, ref_tune: np.ndarray, opts: Exp
     from edgecv.compress.qat import finetune, prepare_qat, strip_fake_quant
     from edgecv.export.onnx_export import export_onnx
     from edgecv.export.quantize import calibrate
+    from edgecv.train.engine import device_name, device_of, training_device
 
     images = options.get("images") or cal
     method, show_progress = options.get("method", "minmax"), options.get("show_progress", True)
     tune_x = tune.inputs() if hasattr(tune, "inputs") else tune.x
 
     def check(m):
+        dev = device_of(m)
         with torch.no_grad():
-            logits = torch.cat([m(torch.from_numpy(tune_x[i: i + 64])) for i in range(0, len(tune_x), 64)]).numpy()
+            logits = torch.cat([m(torch.from_numpy(tune_x[i: i + 64]).to(dev)).float().cpu()
+                                for i in range(0, len(tune_x), 64)]).numpy()
         return {"tune_agreement_fake_quant": agreement(ref_tune, logits)}
 
     q = prepare_qat(student, cal.x[: min(len(cal), 256)])
     before = check(q.eval())["tune_agreement_fake_quant"]
+    device = training_device()
     res = finetune(q, student, images.x if hasattr(images, "x") else images, epochs=opts.qat_epochs, lr=opts.qat_lr,
                    seed=opts.calib_seed, check=check, show_progress=show_progress,
-                   keep_best="tune_agreement_fake_quant")
+                   keep_best="tune_agreement_fake_quant", device=str(device))
     path = work / "qat_fp32.onnx"
     export_onnx(strip_fake_quant(q), path, shape, opts.opset)
     # No bias correction here: QAT trained the weights for their own rounding, and correcting (W_q - W).E[x] again
@@ -47,7 +51,7 @@ def run_qat(student: torch.nn.Module, cal, tune, ref_tune: np.ndarray, opts: Exp
     # 0.0086 with)
     calib = calibrate(path, cal.x, method, bias_correction=False)
     info = {"epochs": res.epochs, "lr": res.lr, "steps": res.steps, "images": len(images),
-            "teacher": "the shipped fp32 model",
+            "teacher": "the shipped fp32 model", "device": device_name(device),
             "bias_correction": False, "tune_agreement_fake_quant_before": before, "history": res.history,
             "kept_epoch": res.kept_epoch}
     return {"onnx": path, "calib": calib, "info": info}

@@ -38,6 +38,36 @@ def amp_dtype(device: Any, enabled: bool) -> Optional[torch.dtype]:
     return torch.bfloat16 if kind == "cpu" and cpu_has_bf16() else None
 
 
+def training_device(local_rank: int = 0) -> torch.device:
+    """Where training runs, the export's distillation and QAT included: this process's CUDA GPU when PyTorch sees
+    one, else the CPU (``CUDA_VISIBLE_DEVICES=`` keeps a run on the CPU)."""
+    return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+
+
+def device_name(device: Any) -> str:
+    """How metrics and manifests name a training device: "cpu", or "cuda:0 (NVIDIA H100 80GB HBM3)"."""
+    d = torch.device(device)
+    return f"{d} ({torch.cuda.get_device_name(d)})" if d.type == "cuda" else str(d)
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """The device ``model``'s parameters are on (the CPU for a model without any)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def forked_rng(device: Any):
+    """``torch.random.fork_rng`` over the CPU's generator and, on a GPU, that GPU's: what a seeded pass draws
+    leaves the caller's generators as they were."""
+    d = torch.device(device)
+    return torch.random.fork_rng(devices=[d.index or 0] if d.type == "cuda" else [])
+
+
+def grad_scaler(dtype: Optional[torch.dtype]):
+    """AMP's gradient scaler: float16 needs one (its small gradients underflow), bfloat16 and fp32 do not."""
+    return torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+
+
 def amp_name(dtype: Optional[torch.dtype]) -> str:
     """How a run's metrics and manifest name its mixed precision: "bfloat16", "float16" or "off"."""
     return str(dtype).removeprefix("torch.") if dtype is not None else "off"

@@ -204,13 +204,13 @@ class _Run:
 
 
 def _setup(recipe: Recipe, out: Path, show_progress: bool, dist_info: Dict) -> _Run:
-    from edgecv.train.engine import Step, amp_dtype
+    from edgecv.train.engine import Step, amp_dtype, grad_scaler, training_device
 
     cfg = recipe.train
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     r = _Run(recipe, out, dist_info, show_progress)
-    r.device = torch.device(f"cuda:{dist_info['local_rank']}" if torch.cuda.is_available() else "cpu")
+    r.device = training_device(dist_info["local_rank"])
     torch.manual_seed(cfg.seed)
     train_set, _, train_loader, val_loader, sampler = load_data(recipe.data, distributed=dist_info["distributed"],
                                                                 seed=cfg.seed)
@@ -219,7 +219,7 @@ def _setup(recipe: Recipe, out: Path, show_progress: bool, dist_info: Dict) -> _
     optimizer = build_optimizer(r.model, cfg)
     half = amp_dtype(r.device, cfg.amp)
     r.step = Step(optimizer, build_scheduler(optimizer, cfg, len(train_loader)), r.device, cfg.label_smoothing,
-                  torch.amp.GradScaler("cuda") if half == torch.float16 else None, amp_dtype=half)
+                  grad_scaler(half), amp_dtype=half)
     return r
 
 
