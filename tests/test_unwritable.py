@@ -1,6 +1,7 @@
 """When the machine cannot write: a full disk or a file-size limit (a real RLIMIT_FSIZE, SIGXFSZ ignored, as the
-kernel fails each write past it), an output where a file is in the way, a folder nothing can be created in. Each ends
-in one line and a non-zero exit, and leaves no temporary or half-written file."""
+kernel fails each write past it), an output where a file is in the way, a folder nothing can be created in; or cannot
+hold the work: a GPU out of memory. Each ends in one line and a non-zero exit, and leaves no temporary or half-written
+file."""
 import json
 import os
 import subprocess
@@ -91,3 +92,21 @@ def test_loose_output_folders_in_the_way_or_unwritable_are_named(tiny_ckpt, tiny
                               "--limit", "4", "-o", out), 2, needle)
     assert (tmp_path / "notes").read_text() == "mine"
     refused(invoke("explain", tiny_bundle, d, "-o", tmp_path / "x"), 2, "a folder, not a checkpoint file")
+
+
+def test_a_gpu_out_of_memory_is_one_line_with_advice_fake_gpu(tmp_path, monkeypatch):
+    """There is no GPU here, so training raises the error PyTorch raises when one runs out of memory (its own
+    class and message); the command ends in one line that says what to change, exit 2, not an internal error."""
+    import torch
+
+    import edgecv.train.loop
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+                                     "79.19 GiB of which 1.2 GiB is free. Of the allocated memory 75 GiB is allocated")
+
+    monkeypatch.setattr(edgecv.train.loop, "train", out_of_memory)
+    r = invoke("train", ROOT / "recipes" / "fashion_mnist.yaml", "-o", tmp_path / "run")
+    assert r.exit_code == 2, r.output
+    assert r.output.strip() == ("error: CUDA out of memory. Tried to allocate 2.00 GiB: lower the batch size (--set "
+                                "data.batch_size=N), or keep the run on the CPU (CUDA_VISIBLE_DEVICES=)")

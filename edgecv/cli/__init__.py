@@ -34,6 +34,13 @@ class EdgecvGroup(click.Group):
             click.echo(f"error: {where}{e.strerror}: edgecv keeps no half-written file; free space (or lift the "
                        "limit) and run again, or write elsewhere", err=True)
             sys.exit(2)
+        except RuntimeError as e:
+            if type(e).__name__ != "OutOfMemoryError":  # torch's (CUDA's); torch itself is not imported here
+                raise
+            what = ". ".join(str(e).split(". ")[:2]).rstrip(".")
+            click.echo(f"error: {what}: lower the batch size (--set data.batch_size=N), or keep the run on the CPU "
+                       "(CUDA_VISIBLE_DEVICES=)", err=True)
+            sys.exit(2)
         except ModuleNotFoundError as e:
             if e.name != "cv2":
                 raise
