@@ -461,6 +461,10 @@ def test_explain_never_overwrites_its_own_heatmaps(tiny_ckpt, tmp_path):
     shutil.copy(a, d / CLASSES[1] / a.name)  # the same file name in two class folders
     r = invoke("explain", tiny_ckpt, d, tmp_path / "missing.png", "-o", tmp_path / "x")
     one_line_error(r, 2, "missing.png: no such image file or folder")
+    os.mkfifo(tmp_path / "pipe.png")  # opened, it would block until a writer came
+    for special in (tmp_path / "pipe.png", "/dev/zero"):
+        one_line_error(invoke("explain", tiny_ckpt, special, "-o", tmp_path / "x"), 2,
+                       f"{special}: not an image file or folder (a device, pipe, socket or broken link)")
     r = invoke("explain", tiny_ckpt, d, "-o", tmp_path / "x", "--json")
     pngs = [row["png"] for row in json.loads(r.output)["images"]]
     assert len(pngs) == 3 and len(set(pngs)) == 3 and len(os.listdir(tmp_path / "x")) == 3

@@ -132,3 +132,6 @@ def test_cli_source_errors_exit_3_with_one_line(tiny_bundle, tmp_path):
     r = subprocess.run([sys.executable, "-m", "edgecv", "run", str(tiny_bundle), "--source", str(tmp_path / "nope")],
                        capture_output=True, text=True, env=ENV, timeout=60)
     assert r.returncode == 2 and "no such file, folder or device" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "edgecv", "run", str(tiny_bundle), "--source", "/dev/zero"],
+                       capture_output=True, text=True, env=ENV, timeout=60)
+    assert r.returncode == 2 and "error: /dev/zero: not a video file, image folder or camera" in r.stderr

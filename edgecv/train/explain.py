@@ -1,6 +1,7 @@
 """``edgecv explain``: Grad-CAM family heatmaps (pytorch-grad-cam) with a deletion faithfulness check."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -14,6 +15,7 @@ from edgecv.data.transforms import eval_transform
 from edgecv.errors import DatasetError
 from edgecv.train.sources import load_source
 from edgecv.utils.images import write_png
+from edgecv.utils.io import relative_hint
 from edgecv.utils.outputs import output_folder
 
 DELETE_FRACTION = 0.20
@@ -59,8 +61,10 @@ def _expand(images: List[str]) -> List[str]:
             out += [s[0] for s in list_images(p).samples]
         elif Path(p).is_file():
             out.append(p)
+        elif os.path.lexists(p):  # a device, a FIFO, a socket, a dangling link: nothing to decode, or no end
+            raise DatasetError(f"{p}: not an image file or folder (a device, pipe, socket or broken link)")
         else:
-            raise DatasetError(f"{p}: no such image file or folder")
+            raise DatasetError(f"{p}: no such image file or folder{relative_hint(p)}")
     return out
 
 

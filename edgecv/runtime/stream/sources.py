@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 import threading
 import time
@@ -135,7 +136,8 @@ def classify(src: str) -> Tuple[str, object]:
         return "folder", p
     if p.is_file():
         return "file", p
-    raise SourceFailed(f"{s}: no such file, folder or device (sources: /dev/videoN, N, csi://N, rtsp://..., "
+    what = "not a video file, image folder or camera" if os.path.lexists(s) else "no such file, folder or device"
+    raise SourceFailed(f"{s}: {what} (sources: /dev/videoN, N, csi://N, rtsp://..., "
                        "a video file, an image folder, or a GStreamer pipeline with '!')")
 
 
