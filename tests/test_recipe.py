@@ -57,3 +57,19 @@ def test_resolved_recipe_round_trips(tmp_path):
     again = load_recipe(tmp_path / "recipe.yaml")
     assert recipe_to_dict(again) == recipe_to_dict(r)
     assert yaml.safe_load((tmp_path / "recipe.yaml").read_text())["train"]["epochs"] == 2
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("data.input_size=1", "model 'fashion_cnn' {'width': 32} cannot run at data.input_size 1 with 1 channel(s): "),
+    ("model.args.width=0", "model 'fashion_cnn' {'width': 0} cannot run at data.input_size 28"),
+    ("model.num_classes=3", "model.num_classes: 3 is fewer than the 10 classes of the training data"),
+])
+def test_a_network_that_cannot_train_on_the_data_is_refused_by_field_before_training(tmp_path, override, needle):
+    """Each was an internal error from inside the first training step (a pooled 0x0 map, a layer of width 0, a
+    label past the head's last class)."""
+    from conftest import invoke
+
+    recipe = ROOT / "recipes" / "fashion_mnist.yaml"
+    r = invoke("train", recipe, "-o", tmp_path / "run", "--set", "data.train_limit=64", "--set", override)
+    assert r.exit_code == 2 and r.output.strip().splitlines()[-1].startswith(f"error: {recipe}: {needle}"), r.output
+    assert "train epoch" not in r.output and not (tmp_path / "run" / "model.pt").exists()

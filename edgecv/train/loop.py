@@ -45,8 +45,21 @@ def init_distributed() -> Dict:
 
 
 def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
-    m = recipe.model
-    return create_model(m.name, num_classes=m.num_classes or num_classes, pretrained=m.pretrained, **m.args)
+    """The recipe's network for ``num_classes`` classes; refused by field, before any training, when its head is
+    smaller than the data's classes or it cannot run at ``data.input_size``."""
+    m, where = recipe.model, recipe.source or recipe.name
+    if m.num_classes and m.num_classes < num_classes:
+        raise RecipeError(f"{where}: model.num_classes: {m.num_classes} is fewer than the {num_classes} classes of "
+                          "the training data")
+    model = create_model(m.name, num_classes=m.num_classes or num_classes, pretrained=m.pretrained, **m.args)
+    d = recipe.data
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, d.channels, d.input_size, d.input_size))
+    except RuntimeError as e:  # a 1-px input pooled to nothing, a layer of width 0, a flatten sized for another size
+        raise RecipeError(f"{where}: model {m.name!r} {dict(m.args) or ''} cannot run at data.input_size "
+                          f"{d.input_size} with {d.channels} channel(s): {str(e).splitlines()[0]}") from None
+    return model
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
