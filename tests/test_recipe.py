@@ -73,3 +73,20 @@ def test_a_network_that_cannot_train_on_the_data_is_refused_by_field_before_trai
     r = invoke("train", recipe, "-o", tmp_path / "run", "--set", "data.train_limit=64", "--set", override)
     assert r.exit_code == 2 and r.output.strip().splitlines()[-1].startswith(f"error: {recipe}: {needle}"), r.output
     assert "train epoch" not in r.output and not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_a_recipe_judges_only_a_checkpoint_of_its_own_network_at_a_size_it_runs_at(tiny_ckpt, tmp_path):
+    """eval and export take the network from the checkpoint and the data from the recipe: a checkpoint of another
+    network was exported silently, and an input size the network cannot run at was an internal error."""
+    from conftest import TINY_RECIPE, invoke
+
+    fashion = ROOT / "recipes" / "fashion_mnist.yaml"  # fashion_cnn; tiny_ckpt holds a tiny_cnn
+    for cmd in (["eval", fashion, "--limit", "10"], ["export", fashion, "-o", tmp_path / "b"]):
+        r = invoke(*cmd, "--set", f"checkpoint={tiny_ckpt}")
+        assert r.exit_code == 2 and r.output.strip().splitlines()[-1] == (
+            f"error: {tiny_ckpt}: holds a tiny_cnn model, but {fashion} names model 'fashion_cnn': set checkpoint= "
+            "to this recipe's run, or use the recipe the checkpoint was trained with"), r.output
+        r = invoke(*cmd[:1], TINY_RECIPE, *cmd[2:], "--set", f"checkpoint={tiny_ckpt}", "--set", "data.input_size=2")
+        assert r.exit_code == 2 and f"error: {TINY_RECIPE}: data.input_size 2 with 1 channel(s): the tiny_cnn in " \
+            f"{tiny_ckpt} cannot run at that size (" in r.output, r.output
+    assert not (tmp_path / "b").exists()

@@ -238,12 +238,13 @@ def compress(run: ExportRun) -> None:
 
 
 def _at_input_size(run: ExportRun) -> None:
+    from edgecv.train.engine import cannot_run_at
+
     run.student = copy.deepcopy(run.teacher)
-    try:
-        acc = _torch_eval(run.student, run.ev.x, run.ev.y)
-    except RuntimeError as e:  # a head sized for one resolution (a flatten into a fixed Linear)
-        raise RecipeError(f"--input-size {run.data.input_size}: {run.src.arch} cannot run at that size "
-                          f"({str(e).splitlines()[0]})") from None
+    why = cannot_run_at(run.student, run.data.channels, run.data.input_size)
+    if why:  # a head sized for one resolution (a flatten into a fixed Linear)
+        raise RecipeError(f"--input-size {run.data.input_size}: {run.src.arch} cannot run at that size ({why})")
+    acc = _torch_eval(run.student, run.ev.x, run.ev.y)
     run.stage_acc.append({"stage": f"at {run.data.input_size} px", **acc})
     run.summary["input_size"] = {"source": run.src.data.input_size, "export": run.data.input_size,
                                  "resize": run.data.resize, "top1_before_distill": acc["top1"]}

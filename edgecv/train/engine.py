@@ -38,6 +38,17 @@ def amp_dtype(device: Any, enabled: bool) -> Optional[torch.dtype]:
     return torch.bfloat16 if kind == "cpu" and cpu_has_bf16() else None
 
 
+def cannot_run_at(model: nn.Module, channels: int, size: int) -> Optional[str]:
+    """Why ``model`` cannot take a ``channels`` x ``size`` x ``size`` image (PyTorch's first line: a map pooled to
+    nothing, a layer of width 0, a flatten sized for another resolution), or None when one forward pass runs."""
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, channels, size, size))
+    except RuntimeError as e:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    return None
+
+
 def training_device(local_rank: int = 0) -> torch.device:
     """Where training runs, the export's distillation and QAT included: this process's CUDA GPU when PyTorch sees
     one, else the CPU (``CUDA_VISIBLE_DEVICES=`` keeps a run on the CPU)."""

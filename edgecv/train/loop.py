@@ -21,7 +21,7 @@ from edgecv.models.checkpoint import make_checkpoint, read_checkpoint, save_chec
 from edgecv.models.heads import set_backbone_trainable
 from edgecv.models.registry import create_model
 from edgecv.recipe import Recipe, TrainConfig, save_recipe
-from edgecv.train.engine import amp_name, evaluate, to_device, train_one_epoch
+from edgecv.train.engine import amp_name, cannot_run_at, evaluate, to_device, train_one_epoch
 from edgecv.utils.io import atomic_path, atomic_write_json, atomic_write_text
 from edgecv.utils.outputs import run_output
 
@@ -53,12 +53,10 @@ def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
                           "the training data")
     model = create_model(m.name, num_classes=m.num_classes or num_classes, pretrained=m.pretrained, **m.args)
     d = recipe.data
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, d.channels, d.input_size, d.input_size))
-    except RuntimeError as e:  # a 1-px input pooled to nothing, a layer of width 0, a flatten sized for another size
+    why = cannot_run_at(model, d.channels, d.input_size)
+    if why:
         raise RecipeError(f"{where}: model {m.name!r} {dict(m.args) or ''} cannot run at data.input_size "
-                          f"{d.input_size} with {d.channels} channel(s): {str(e).splitlines()[0]}") from None
+                          f"{d.input_size} with {d.channels} channel(s): {why}")
     return model
 
 

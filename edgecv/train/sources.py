@@ -63,6 +63,7 @@ def load_source(path: str, overrides: List[str] = (), allow_train: bool = False,
             train(recipe, Path(ckpt_path).parent, show_progress=show_progress)
         if ckpt_path and Path(ckpt_path).exists():
             model, ckpt = load_checkpoint(ckpt_path)
+            _check_recipe_fits(recipe, path, model, ckpt["arch"], ckpt_path)
             return ModelSource(model, ckpt["arch"], ckpt["arch_args"], ckpt["classes"], recipe.data, recipe,
                                ckpt_path, ckpt.get("pruned", False))
         if not recipe.model.pretrained:
@@ -80,6 +81,21 @@ def load_source(path: str, overrides: List[str] = (), allow_train: bool = False,
     return ModelSource(model, ckpt["arch"], ckpt["arch_args"], ckpt["classes"],
                        data_config_from_spec(ckpt["preprocess"], where=str(path)), None, str(path),
                        ckpt.get("pruned", False))
+
+
+def _check_recipe_fits(recipe: Recipe, path: str, model, arch: str, ckpt_path: str) -> None:
+    """A recipe judges and exports its checkpoint with its own ``data:``: the checkpoint must hold the recipe's
+    network, and that network must run at the recipe's input size."""
+    from edgecv.train.engine import cannot_run_at
+
+    if recipe.model.name != arch:
+        raise SourceError(f"{ckpt_path}: holds a {arch} model, but {path} names model {recipe.model.name!r}: set "
+                          "checkpoint= to this recipe's run, or use the recipe the checkpoint was trained with")
+    d = recipe.data
+    why = cannot_run_at(model, d.channels, d.input_size)
+    if why:
+        raise SourceError(f"{path}: data.input_size {d.input_size} with {d.channels} channel(s): the {arch} in "
+                          f"{ckpt_path} cannot run at that size ({why})")
 
 
 def _recipe_classes(recipe: Recipe) -> List[str]:
