@@ -36,6 +36,23 @@ def test_checkpoint_round_trip_and_pruned(tmp_path):
     assert torch.allclose(m2(x), p(x), atol=1e-6)
 
 
+
+def test_hand_edited_checkpoint_is_one_line_that_counts_what_does_not_fit(tmp_path):
+    """torch's own error is a line per tensor (30 for a changed width); the refusal counts them and names the first."""
+    ck = make_checkpoint(create_model("tiny_cnn", width=8), "tiny_cnn", {"width": 8}, ["a"] * 10, {})
+    cases = [({**ck, "arch_args": {"width": 16}}, r"bad\.pt: weights do not fit architecture 'tiny_cnn' \{'width': 16\}: "
+              r"\d+ tensor\(s\) of another shape \(first: features\.0\.0\.weight: copying a param with shape "
+              r"torch\.Size\(\[8, 1, 3, 3\]\)"),
+             ({**ck, "state_dict": {("x." + k if k.startswith("classifier") else k): v
+                                    for k, v in ck["state_dict"].items()}},
+              r"2 missing tensor\(s\) \(first: classifier\.\w+\); 2 unexpected tensor\(s\) \(first: x\.classifier")]
+    for bad, msg in cases:
+        save_checkpoint(bad, tmp_path / "bad.pt")
+        with pytest.raises(CheckpointError, match=msg) as info:
+            load_checkpoint(tmp_path / "bad.pt")
+        assert "\n" not in str(info.value)
+
+
 class Payload:
     def __reduce__(self):
         return (print, ("pwned",))

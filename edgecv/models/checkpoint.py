@@ -164,4 +164,22 @@ def load_checkpoint(path: str | os.PathLike) -> Tuple[nn.Module, Dict]:
     try:
         return model_from_checkpoint(ckpt), ckpt
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: weights do not fit architecture {ckpt.get('arch')!r}: {e}") from None
+        raise CheckpointError(f"{path}: weights do not fit architecture {ckpt.get('arch')!r} "
+                              f"{ckpt.get('arch_args') or ''}: {_weights_misfit(e)}") from None
+
+
+def _weights_misfit(e: Exception) -> str:
+    """PyTorch's load_state_dict error (one line per tensor: 30 for a hand-edited width) as one line of counts."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(e).__name__
+    parts = []
+    for kind in ("Missing", "Unexpected"):
+        for line in lines:
+            if line.startswith(f"{kind} key(s)"):
+                names = line.split(":", 1)[1].split('"')[1::2]
+                parts.append(f"{len(names)} {kind.lower()} tensor(s) (first: {names[0]})")
+    shapes = [line[len("size mismatch for "):] for line in lines if line.startswith("size mismatch for ")]
+    if shapes:
+        parts.append(f"{len(shapes)} tensor(s) of another shape (first: {shapes[0]})")
+    return "; ".join(parts) or lines[1]
