@@ -37,6 +37,26 @@ def test_checkpoint_round_trip_and_pruned(tmp_path):
 
 
 
+@pytest.mark.parametrize("round_to", [16, 8])
+def test_magnitude_pruning_removes_more_as_the_ratio_grows(round_to):
+    """Torch-Pruning leaves whole any layer whose kept count rounds down to nothing: --prune 0.9 of the 32-wide
+    Fashion CNN at multiples of 16 removed no channel (and said ratio 0.9), 0.8 fewer than 0.5. Each layer now keeps
+    at least one multiple, and a larger ratio never leaves more MACs."""
+    from edgecv.compress.prune import prune_channels
+
+    macs = []
+    for ratio in (0.3, 0.5, 0.8, 0.9, 0.99):
+        m, rep = prune_channels(create_model("fashion_cnn", num_classes=10, width=32).eval(), (1, 28, 28), ratio,
+                                round_to, method="magnitude")
+        macs.append(rep.macs_after)
+        assert all(a % round_to == 0 and round_to <= a < b for b, a in rep.channels.values()), rep.channels
+        assert m(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert macs == sorted(macs, reverse=True) and macs[-1] < macs[1] < macs[0] < rep.macs_before, macs
+    with pytest.raises(ValueError, match=r"--prune 0\.5: no layer can be pruned at multiples of 32 channels \(each "
+                                         r"keeps at least 32; the widest has 32\)"):
+        prune_channels(create_model("tiny_cnn", num_classes=10, width=8), (1, 28, 28), 0.5, 32, method="magnitude")
+
+
 def test_hand_edited_checkpoint_is_one_line_that_counts_what_does_not_fit(tmp_path):
     """torch's own error is a line per tensor (30 for a changed width); the refusal counts them and names the first."""
     ck = make_checkpoint(create_model("tiny_cnn", width=8), "tiny_cnn", {"width": 8}, ["a"] * 10, {})

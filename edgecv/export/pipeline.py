@@ -276,7 +276,7 @@ def _prune(run: ExportRun) -> Dict:
                                                  opts.prune_round_to, run.cal.x,
                                                  opts.prune_method, run.show_progress)
         except ValueError as e:
-            raise RecipeError(f"--prune-method: {e}") from None
+            raise RecipeError(str(e) if str(e).startswith("--") else f"--prune-method: {e}") from None
         acc = _torch_eval(run.student, run.ev.x, run.ev.y)
     run.stage_acc.append({"stage": "pruned", **acc})
     return {**report.as_dict(), "top1_after_prune": acc["top1"]}
