@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import yaml
 from conftest import ROOT
@@ -90,3 +92,17 @@ def test_a_recipe_judges_only_a_checkpoint_of_its_own_network_at_a_size_it_runs_
         assert r.exit_code == 2 and f"error: {TINY_RECIPE}: data.input_size 2 with 1 channel(s): the tiny_cnn in " \
             f"{tiny_ckpt} cannot run at that size (" in r.output, r.output
     assert not (tmp_path / "b").exists()
+
+
+def test_a_checkpoint_named_on_the_command_line_must_exist(tmp_path):
+    """A recipe's own checkpoint is trained first when missing (the README's main job); one named with --set that
+    does not exist is a typo: refused, where it used to start training into the typo's folder."""
+    from conftest import TINY_RECIPE, invoke
+
+    typo = tmp_path / "rnus" / "model.pt"
+    for cmd in (["export", TINY_RECIPE, "-o", tmp_path / "b"], ["eval", TINY_RECIPE]):
+        r = invoke(*cmd, "--set", f"checkpoint={typo}")
+        assert r.exit_code == 2 and r.output.strip().splitlines()[-1] == (
+            f"error: --set checkpoint={typo}: no such file; leave it out to use {TINY_RECIPE}'s own checkpoint "
+            "(none set)"), r.output
+    assert sorted(os.listdir(tmp_path)) == []

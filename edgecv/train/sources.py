@@ -10,6 +10,7 @@ from torch import nn
 
 from edgecv.errors import SourceError  # noqa: F401 (re-exported)
 from edgecv.recipe import DataConfig, Recipe, load_recipe
+from edgecv.utils.io import relative_hint
 
 
 @dataclass
@@ -56,6 +57,11 @@ def load_source(path: str, overrides: List[str] = (), allow_train: bool = False,
     if is_recipe(path):
         recipe = load_recipe(path, overrides)
         ckpt_path = recipe.checkpoint
+        if ckpt_path and not Path(ckpt_path).exists() and any(str(o).startswith("checkpoint=") for o in overrides):
+            # the recipe's own checkpoint is trained when missing; one named on the command line is a typo, and
+            # training into its folder would start a long run somewhere unexpected
+            raise SourceError(f"--set checkpoint={ckpt_path}: no such file{relative_hint(ckpt_path)}; leave it out "
+                              f"to use {path}'s own checkpoint ({load_recipe(path).checkpoint or 'none set'})")
         if ckpt_path and not Path(ckpt_path).exists() and allow_train:
             from edgecv.train.loop import train
 
