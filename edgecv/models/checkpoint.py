@@ -164,8 +164,9 @@ def load_checkpoint(path: str | os.PathLike) -> Tuple[nn.Module, Dict]:
     try:
         return model_from_checkpoint(ckpt), ckpt
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: weights do not fit architecture {ckpt.get('arch')!r} "
-                              f"{ckpt.get('arch_args') or ''}: {_weights_misfit(e)}") from None
+        args = f" {ckpt['arch_args']}" if ckpt.get("arch_args") else ""
+        raise CheckpointError(f"{path}: weights do not fit architecture {ckpt.get('arch')!r}{args}: "
+                              f"{_weights_misfit(e)}") from None
 
 
 def _weights_misfit(e: Exception) -> str:
@@ -177,7 +178,7 @@ def _weights_misfit(e: Exception) -> str:
     for kind in ("Missing", "Unexpected"):
         for line in lines:
             if line.startswith(f"{kind} key(s)"):
-                names = line.split(":", 1)[1].split('"')[1::2]
+                names = line.split(":", 1)[1].split('"')[1::2] or ["?"]
                 parts.append(f"{len(names)} {kind.lower()} tensor(s) (first: {names[0]})")
     shapes = [line[len("size mismatch for "):] for line in lines if line.startswith("size mismatch for ")]
     if shapes:

@@ -55,8 +55,9 @@ def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
     d = recipe.data
     why = cannot_run_at(model, d.channels, d.input_size)
     if why:
-        raise RecipeError(f"{where}: model {m.name!r} {dict(m.args) or ''} cannot run at data.input_size "
-                          f"{d.input_size} with {d.channels} channel(s): {why}")
+        args = f" {dict(m.args)}" if m.args else ""
+        raise RecipeError(f"{where}: model {m.name!r}{args} cannot run at data.input_size {d.input_size} with "
+                          f"{d.channels} channel(s): {why}")
     return model
 
 
