@@ -71,3 +71,29 @@ def test_holdout_split_is_disjoint(imagenet_dir):
     tr, va = build_dataset(cfg, "train"), build_dataset(cfg, "val")
     assert len(tr) == 400 and len(va) == 100
     assert not {p for p, _ in tr.samples} & {p for p, _ in va.samples}
+
+
+def test_a_photo_stored_sideways_is_trained_upright_as_the_device_sees_it(tmp_path):
+    """A phone stores a portrait photo landscape with EXIF Orientation 6. The device's runtime (OpenCV) turns it
+    upright; training, the export's evaluation and explain (PIL) read it sideways until they turned it too."""
+    from PIL import Image
+
+    from edgecv.data.loaders import ImageFileDataset
+    from edgecv.runtime.preprocess import load_image
+
+    stored = np.zeros((40, 80, 3), np.uint8)
+    stored[:, :40] = 255  # 40 high, 80 wide, its left half white
+    im = Image.fromarray(stored)
+    exif = im.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    (tmp_path / "a").mkdir()
+    im.save(tmp_path / "a" / "portrait.jpg", exif=exif.tobytes(), quality=95)
+    Image.fromarray(stored).save(tmp_path / "a" / "plain.jpg", quality=95)
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / "plain.jpg", tmp_path / "b")
+    ds = ImageFileDataset(list_images(tmp_path), 3)  # what training and the export's evaluation read
+    i = [p for p, _ in ds.samples].index(str(tmp_path / "a" / "portrait.jpg"))
+    trained = ds.load(i).permute(1, 2, 0).numpy().astype(int)
+    on_device = load_image(str(tmp_path / "a" / "portrait.jpg"), 3)[..., ::-1].astype(int)  # OpenCV's BGR
+    assert trained.shape == on_device.shape == (80, 40, 3)
+    assert np.abs(trained - on_device).mean() < 2 and trained[:40].mean() > 200 and trained[40:].mean() < 50

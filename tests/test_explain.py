@@ -26,8 +26,9 @@ def test_deletion_check_tells_the_cam_from_its_inverse(imagenet_dir):
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    from edgecv.data.loaders import load_upright
     from edgecv.data.transforms import eval_transform
-    from edgecv.train.explain import _load, default_target_layer, deletion_check, feature_grid
+    from edgecv.train.explain import default_target_layer, deletion_check, feature_grid
     from edgecv.train.sources import load_source
 
     src = load_source(str(ROOT / "recipes" / "efficientnet_lite0_imagenet.yaml"))
@@ -39,7 +40,7 @@ def test_deletion_check_tells_the_cam_from_its_inverse(imagenet_dir):
     real, inverse = [], []
     with GradCAM(model=model, target_layers=[layer]) as cam:
         for i, p in enumerate(sorted(imagenet_dir.glob("*.JPEG"))[:6]):
-            x = tf(_load(str(p), 3))
+            x = tf(load_upright(str(p), 3))
             with torch.no_grad():
                 cls = int(model(x[None]).argmax())
             heat = cam(input_tensor=x[None], targets=[ClassifierOutputTarget(cls)])[0]

@@ -43,6 +43,23 @@ class ArrayDataset(Dataset):
         return (self.transform(img) if self.transform else img), int(self.labels[i])
 
 
+def load_upright(path: str, channels: int) -> torch.Tensor:
+    """A photograph as a uint8 CHW tensor, turned upright by its EXIF orientation as OpenCV turns it on the device
+    (a phone's portrait photo is stored sideways with Orientation 6: PIL alone trained on it sideways while the
+    bundle's runtime classified it upright). ValueError when it is over the frame budget."""
+    from PIL import Image, ImageOps
+
+    from edgecv.utils.limits import frame_size_problem
+
+    with Image.open(path) as im:
+        problem = frame_size_problem(im.height, im.width)
+        if problem:  # counted and replaced like a file that does not decode
+            raise ValueError(f"{path}: {problem}")
+        arr = np.asarray(ImageOps.exif_transpose(im).convert("RGB" if channels == 3 else "L"))
+    t = torch.from_numpy(arr.copy())
+    return t[None] if t.ndim == 2 else t.permute(2, 0, 1)
+
+
 class ImageFileDataset(Dataset):
     """Images decoded with PIL. A file that fails to decode is counted and replaced by the next one."""
 
@@ -58,18 +75,7 @@ class ImageFileDataset(Dataset):
         return len(self.samples)
 
     def load(self, i: int) -> torch.Tensor:
-        from PIL import Image
-
-        from edgecv.utils.limits import frame_size_problem
-
-        with Image.open(self.samples[i][0]) as im:
-            problem = frame_size_problem(im.height, im.width)
-            if problem:  # counted and replaced like a file that does not decode
-                raise ValueError(f"{self.samples[i][0]}: {problem}")
-            im = im.convert("RGB" if self.channels == 3 else "L")
-            arr = np.asarray(im)
-        t = torch.from_numpy(arr.copy())
-        return t[None] if t.ndim == 2 else t.permute(2, 0, 1)
+        return load_upright(self.samples[i][0], self.channels)
 
     def __getitem__(self, i):
         for k in range(len(self.samples)):

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from edgecv.data.folders import list_images
+from edgecv.data.loaders import load_upright
 from edgecv.data.transforms import eval_transform
 from edgecv.errors import DatasetError
 from edgecv.train.sources import load_source
@@ -78,15 +79,6 @@ def _unique_png(out: Path, stem: str, method: str, used: set) -> Path:
         name = f"{base}_{k}"
     used.add(name)
     return out / f"{name}.png"
-
-
-def _load(path: str, channels: int) -> torch.Tensor:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB" if channels == 3 else "L"))
-    t = torch.from_numpy(arr.copy())
-    return t[None] if t.ndim == 2 else t.permute(2, 0, 1)
 
 
 def random_cam(grid: Tuple[int, int], size: Tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -210,7 +202,7 @@ def explain_images(target: str, images: List[str], out_dir: str, options: Option
     with _methods()[o.method](model=model, target_layers=[layer]) as cam:
         for path in paths:
             try:
-                x = eval_transform(cfg)(_load(path, cfg.channels))
+                x = eval_transform(cfg)(load_upright(path, cfg.channels))
             except Exception as e:
                 rows.append({"image": path, "error": f"{type(e).__name__}: {e}"})
                 continue
