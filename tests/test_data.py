@@ -97,3 +97,21 @@ def test_a_photo_stored_sideways_is_trained_upright_as_the_device_sees_it(tmp_pa
     on_device = load_image(str(tmp_path / "a" / "portrait.jpg"), 3)[..., ::-1].astype(int)  # OpenCV's BGR
     assert trained.shape == on_device.shape == (80, 40, 3)
     assert np.abs(trained - on_device).mean() < 2 and trained[:40].mean() > 200 and trained[40:].mean() < 50
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_16_bit_grey_image_is_trained_as_the_device_reads_it(tmp_path, channels):
+    """A thermal or depth camera's 16-bit grey PNG: PIL's conversion to 8 bits saturated it (nearly all white) where
+    OpenCV on the device keeps the top byte."""
+    import cv2
+
+    from edgecv.data.loaders import load_upright
+    from edgecv.runtime.preprocess import load_image
+
+    grey = (np.random.default_rng(0).random((30, 50)) * 65535).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "thermal.png"), grey)
+    trained = load_upright(str(tmp_path / "thermal.png"), channels).numpy().astype(int)
+    on_device = load_image(str(tmp_path / "thermal.png"), channels).astype(int)
+    on_device = on_device[None] if channels == 1 else on_device[..., ::-1].transpose(2, 0, 1)
+    assert trained.shape == on_device.shape and np.array_equal(trained, on_device)
+    assert abs(trained.mean() - 127.5) < 5  # the top byte of uniform 16-bit values

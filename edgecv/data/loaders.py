@@ -46,7 +46,8 @@ class ArrayDataset(Dataset):
 def load_upright(path: str, channels: int) -> torch.Tensor:
     """A photograph as a uint8 CHW tensor, turned upright by its EXIF orientation as OpenCV turns it on the device
     (a phone's portrait photo is stored sideways with Orientation 6: PIL alone trained on it sideways while the
-    bundle's runtime classified it upright). ValueError when it is over the frame budget."""
+    bundle's runtime classified it upright), and 16-bit grey reduced to its top byte as OpenCV reduces it. ValueError
+    when it is over the frame budget."""
     from PIL import Image, ImageOps
 
     from edgecv.utils.limits import frame_size_problem
@@ -55,7 +56,10 @@ def load_upright(path: str, channels: int) -> torch.Tensor:
         problem = frame_size_problem(im.height, im.width)
         if problem:  # counted and replaced like a file that does not decode
             raise ValueError(f"{path}: {problem}")
-        arr = np.asarray(ImageOps.exif_transpose(im).convert("RGB" if channels == 3 else "L"))
+        im = ImageOps.exif_transpose(im)
+        if im.mode.startswith("I;16"):  # 16-bit grey (thermal, depth): PIL's "L" saturates it, OpenCV keeps the top byte
+            im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8), "L")
+        arr = np.asarray(im.convert("RGB" if channels == 3 else "L"))
     t = torch.from_numpy(arr.copy())
     return t[None] if t.ndim == 2 else t.permute(2, 0, 1)
 
