@@ -115,3 +115,29 @@ def test_a_16_bit_grey_image_is_trained_as_the_device_reads_it(tmp_path, channel
     on_device = on_device[None] if channels == 1 else on_device[..., ::-1].transpose(2, 0, 1)
     assert trained.shape == on_device.shape and np.array_equal(trained, on_device)
     assert abs(trained.mean() - 127.5) < 5  # the top byte of uniform 16-bit values
+
+
+def test_a_validation_folder_is_matched_to_the_training_classes_by_name(tmp_path):
+    """A val_path lists its own classes: without 'a', its 'b' and 'c' were indices 0 and 1, so training scored them
+    against the labels 'a' and 'b'. A class training never saw is an error that names it."""
+    import cv2
+
+    from edgecv.data.loaders import load_data
+
+    def tree(root, classes):
+        for c in classes:
+            (root / c).mkdir(parents=True)
+            for i in range(2):
+                cv2.imwrite(str(root / c / f"{i}.png"), np.full((8, 8, 3), 40 * i + 100, np.uint8))
+        return root
+
+    train, val = tree(tmp_path / "train", "abc"), tree(tmp_path / "val", "bc")
+    cfg = DataConfig(kind="image_folder", path=str(train), val_path=str(val), input_size=8, resize=8,
+                     mean=[0.5] * 3, std=[0.5] * 3, batch_size=2)
+    train_set, val_set, *_ = load_data(cfg)
+    assert list(val_set.classes) == ["a", "b", "c"]
+    assert sorted({(f.split("/")[-2], y) for f, y in val_set.samples}) == [("b", 1), ("c", 2)]
+    tree(tmp_path / "val", "z")
+    with pytest.raises(DatasetError, match=r"validation images\): classes do not match the training data's 3 labels "
+                                           r"\(3 in the data\): 1 data class\(es\) not among the labels: 'z'"):
+        load_data(cfg)

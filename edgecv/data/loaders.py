@@ -166,7 +166,7 @@ def load_data(cfg: DataConfig, distributed: bool = False, seed: int = 0):
     if len(train_set.classes) < 2:  # every answer would be that class: top-1 1.0 that means nothing
         raise DatasetError(f"{cfg.path}: {len(train_set.classes)} class(es) {list(train_set.classes)}; a classifier "
                            "needs at least 2 (one sub-folder per class)")
-    val_set = build_dataset(cfg, "val", seed)
+    val_set = _matched(build_dataset(cfg, "val", seed), train_set, cfg)
     if distributed:
         from torch.utils.data.distributed import DistributedSampler
 
@@ -182,6 +182,22 @@ def load_data(cfg: DataConfig, distributed: bool = False, seed: int = 0):
     val_loader = DataLoader(val_set, cfg.eval_batch_size, sampler=val_sampler, num_workers=cfg.workers,
                             worker_init_fn=_unblock_signals)
     return train_set, val_set, train_loader, val_loader, sampler
+
+
+def _matched(val_set: Dataset, train_set: Dataset, cfg: DataConfig) -> Dataset:
+    """The validation images labelled with the training classes' indices, matched by name (a ``val_path`` or a
+    ``val/`` folder lists its own classes: one missing class shifted every index after it, and top-1 was scored
+    against the wrong labels). It may lack classes; a class training never saw is an error."""
+    from edgecv.data.classes import match_classes
+
+    where = f"{cfg.val_path or cfg.path} (validation images)"
+    mapping = match_classes(val_set.classes, train_set.classes, where, "the training data", allow_subset=True)
+    if mapping is None:
+        return val_set
+    images = val_set.list
+    relabelled = ImageList([(f, int(mapping[y])) for f, y in images.samples], list(train_set.classes), images.root,
+                           list(images.skipped))
+    return ImageFileDataset(relabelled, val_set.channels, val_set.transform)
 
 
 def _unblock_signals(worker_id: int) -> None:
