@@ -1,3 +1,4 @@
+import json
 import os
 
 import pytest
@@ -106,3 +107,19 @@ def test_a_checkpoint_named_on_the_command_line_must_exist(tmp_path):
             f"error: --set checkpoint={typo}: no such file; leave it out to use {TINY_RECIPE}'s own checkpoint "
             "(none set)"), r.output
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_a_recipe_whose_normalisation_changed_since_training_is_refused(tiny_ckpt, tmp_path):
+    """The checkpoint carries the normalisation it was trained with; a recipe edited since fed the model other pixels
+    in eval and export without a word. Another input size is still allowed (measuring one is a use)."""
+    from conftest import TINY_RECIPE, invoke
+
+    for cmd in (["eval", TINY_RECIPE, "--limit", "10"], ["export", TINY_RECIPE, "-o", tmp_path / "b"]):
+        r = invoke(*cmd, "--set", f"checkpoint={tiny_ckpt}", "--set", "data.mean=[0.5]", "--set", "data.std=[0.25]")
+        assert r.exit_code == 2 and r.output.strip().splitlines()[-1] == (
+            f"error: {TINY_RECIPE}: data.mean, data.std differ from what {tiny_ckpt} was trained with (mean [0.286] "
+            "there, [0.5] here; std [0.353] there, [0.25] here): the model would see other pixels than it learnt on; "
+            "use the values it was trained with, or retrain"), r.output
+    r = invoke("eval", TINY_RECIPE, "--limit", "10", "--set", f"checkpoint={tiny_ckpt}", "--set", "data.input_size=32",
+               "--json")
+    assert r.exit_code == 0 and json.loads(r.output.strip().splitlines()[-1])["n"] == 10

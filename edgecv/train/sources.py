@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import numpy as np
 from torch import nn
 
 from edgecv.errors import SourceError  # noqa: F401 (re-exported)
@@ -69,7 +70,7 @@ def load_source(path: str, overrides: List[str] = (), allow_train: bool = False,
             train(recipe, Path(ckpt_path).parent, show_progress=show_progress)
         if ckpt_path and Path(ckpt_path).exists():
             model, ckpt = load_checkpoint(ckpt_path)
-            _check_recipe_fits(recipe, path, model, ckpt["arch"], ckpt_path)
+            _check_recipe_fits(recipe, path, model, ckpt, ckpt_path)
             return ModelSource(model, ckpt["arch"], ckpt["arch_args"], ckpt["classes"], recipe.data, recipe,
                                ckpt_path, ckpt.get("pruned", False))
         if not recipe.model.pretrained:
@@ -89,19 +90,33 @@ def load_source(path: str, overrides: List[str] = (), allow_train: bool = False,
                        ckpt.get("pruned", False))
 
 
-def _check_recipe_fits(recipe: Recipe, path: str, model, arch: str, ckpt_path: str) -> None:
+def _check_recipe_fits(recipe: Recipe, path: str, model, ckpt: Dict, ckpt_path: str) -> None:
     """A recipe judges and exports its checkpoint with its own ``data:``: the checkpoint must hold the recipe's
-    network, and that network must run at the recipe's input size."""
+    network, normalised as it was trained (another input size is allowed: measuring one is a use), and that network
+    must run at the recipe's input size."""
+    from edgecv.data.transforms import preprocess_spec
     from edgecv.train.engine import cannot_run_at
 
+    arch, trained, now = ckpt["arch"], ckpt.get("preprocess") or {}, preprocess_spec(recipe.data)
     if recipe.model.name != arch:
         raise SourceError(f"{ckpt_path}: holds a {arch} model, but {path} names model {recipe.model.name!r}: set "
                           "checkpoint= to this recipe's run, or use the recipe the checkpoint was trained with")
+    changed = [k for k in ("channels", "mean", "std") if k in trained and not _same(trained[k], now[k])]
+    if changed:
+        verb = "differs" if len(changed) == 1 else "differ"
+        raise SourceError(f"{path}: data.{', data.'.join(changed)} {verb} from what {ckpt_path} was trained with ("
+                          + "; ".join(f"{k} {trained[k]} there, {now[k]} here" for k in changed) + "): the model "
+                          "would see other pixels than it learnt on; use the values it was trained with, or retrain")
     d = recipe.data
     why = cannot_run_at(model, d.channels, d.input_size)
     if why:
         raise SourceError(f"{path}: data.input_size {d.input_size} with {d.channels} channel(s): the {arch} in "
                           f"{ckpt_path} cannot run at that size ({why})")
+
+
+def _same(a, b) -> bool:
+    a, b = np.atleast_1d(np.asarray(a, dtype=float)), np.atleast_1d(np.asarray(b, dtype=float))
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=0, atol=1e-6))
 
 
 def _recipe_classes(recipe: Recipe) -> List[str]:
