@@ -1,3 +1,4 @@
+import re
 import shutil
 
 import numpy as np
@@ -141,3 +142,21 @@ def test_a_validation_folder_is_matched_to_the_training_classes_by_name(tmp_path
     with pytest.raises(DatasetError, match=r"validation images\): classes do not match the training data's 3 labels "
                                            r"\(3 in the data\): 1 data class\(es\) not among the labels: 'z'"):
         load_data(cfg)
+
+
+@pytest.mark.parametrize("name", [b"caf\xe9", b"a\nb", b"tab\there"])
+def test_a_class_folder_name_labels_txt_cannot_hold_is_refused_before_training(tmp_path, name):
+    """A class name goes into labels.txt (a line each), the manifest and the reports: a folder name that was not
+    UTF-8 trained for the whole run, then crashed drawing the confusion chart; one with a newline split a label."""
+    import os
+
+    import cv2
+
+    png = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()  # OpenCV cannot open such a path
+    for c in (b"ok", name):
+        folder = os.path.join(os.fsencode(tmp_path), c)
+        os.mkdir(folder)
+        with open(os.path.join(folder, b"0.png"), "wb") as f:
+            f.write(png)
+    with pytest.raises(DatasetError, match=rf"class folder {re.escape(repr(name))} is not a printable UTF-8 name"):
+        list_images(tmp_path)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from edgecv.errors import DatasetError
 from edgecv.utils.images import IMAGE_EXTS
-from edgecv.utils.io import relative_hint
+from edgecv.utils.io import relative_hint, utf8_safe
 
 log = logging.getLogger("edgecv.data")
 
@@ -81,6 +82,12 @@ def list_image_folder(root: str | Path, verify: bool = True) -> ImageList:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DatasetError(f"{root}: no class sub-folders (expected ROOT/<class>/<image>)")
+    for c in classes:
+        # a class name travels into labels.txt (a line each), the manifest and the reports, all UTF-8: caught
+        # after a whole training run, a folder name that was not UTF-8 crashed the confusion chart
+        if not utf8_safe(c) or any(ord(ch) < 32 or ord(ch) == 127 for ch in c):
+            raise DatasetError(f"{root}: class folder {os.fsencode(c)!r} is not a printable UTF-8 name (a class name "
+                               "goes into labels.txt, one per line, and the manifest): rename it")
     raw = [(str(p), i) for i, c in enumerate(classes) for p in sorted((root / c).rglob("*"))
            if p.is_file() and not p.name.startswith(".")]
     good, bad = _screen(raw, str(root), verify)
