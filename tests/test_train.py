@@ -293,3 +293,19 @@ def test_resume_with_another_model_or_optimizer_is_refused_by_name(tmp_path):
         assert r.exit_code == 2, r.output
         assert "last.pt: was saved by a different model or schedule than this recipe describes" in r.output
         assert needle in r.output and "recipe.yaml" in r.output
+
+
+def test_a_chart_that_cannot_be_drawn_does_not_fail_a_trained_run(tmp_path, monkeypatch, caplog):
+    """The confusion chart is drawn after model.pt and metrics.json are written; matplotlib failing on it (a class
+    name its fonts could not lay out ended a finished run in an internal error) is a warning."""
+    import edgecv.train.loop as loop
+
+    def cannot_draw(*args, **kwargs):
+        raise TypeError("set_text(): incompatible function arguments")
+
+    monkeypatch.setattr(loop, "save_confusion_png", cannot_draw)
+    m = train(load_recipe(TINY_RECIPE, ["train.epochs=1", "data.train_limit=256"]), tmp_path / "run",
+              show_progress=False)
+    assert 0 <= m["top1"] <= 1 and (tmp_path / "run" / "model.pt").is_file()
+    assert (tmp_path / "run" / "metrics.json").is_file() and not (tmp_path / "run" / "confusion.png").exists()
+    assert "confusion.png: not drawn (TypeError: set_text(): incompatible function arguments)" in caplog.text

@@ -383,8 +383,12 @@ def _finish(r: _Run, result: Dict) -> Dict:
     if r.rank0:
         save_checkpoint(r.checkpoint(), r.out / "model.pt")
         atomic_write_json(r.out / "metrics.json", metrics)
-        save_confusion_png(result["confusion"], r.classes, r.out / "confusion.png",
-                           f"{r.recipe.name}: top-1 {result['top1']:.4f}")
+        try:
+            save_confusion_png(result["confusion"], r.classes, r.out / "confusion.png",
+                               f"{r.recipe.name}: top-1 {result['top1']:.4f}")
+        except (ValueError, TypeError, RuntimeError) as e:  # a picture must not fail a trained, saved run
+            log.warning("%s: not drawn (%s: %s); model.pt and metrics.json are written", r.out / "confusion.png",
+                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
     if r.dist_info["distributed"]:
         import torch.distributed as dist
 
