@@ -160,3 +160,23 @@ def test_a_class_folder_name_labels_txt_cannot_hold_is_refused_before_training(t
             f.write(png)
     with pytest.raises(DatasetError, match=rf"class folder {re.escape(repr(name))} is not a printable UTF-8 name"):
         list_images(tmp_path)
+
+
+def test_training_without_held_out_images_is_refused(tmp_path):
+    """An image folder with data.holdout 0 and no validation folder validated on its own training images and printed
+    that top-1 as the run's result (13 photographs: 1.0000)."""
+    import cv2
+
+    from edgecv.data.loaders import load_data
+
+    for c in "ab":
+        (tmp_path / "d" / c).mkdir(parents=True)
+        for i in range(4):
+            cv2.imwrite(str(tmp_path / "d" / c / f"{i}.png"), np.full((8, 8, 3), 30 * i, np.uint8))
+    cfg = DataConfig(kind="image_folder", path=str(tmp_path / "d"), input_size=8, resize=8, mean=[0.5] * 3,
+                     std=[0.5] * 3, batch_size=2)
+    with pytest.raises(DatasetError, match=r"no held-out images \(data.holdout is 0, no data.val_path, no val/ folder"):
+        load_data(cfg)
+    cfg.holdout = 0.5
+    train_set, val_set, *_ = load_data(cfg)
+    assert not {f for f, _ in train_set.samples} & {f for f, _ in val_set.samples}

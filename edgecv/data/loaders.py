@@ -160,8 +160,19 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0, train_aug: Optiona
     return ImageFileDataset(images, cfg.channels, tf)
 
 
+def validates_on_training_images(cfg: DataConfig) -> bool:
+    """Whether the "val" split of ``cfg`` is its training images (an image folder with nothing held out)."""
+    if cfg.kind == "fashion_mnist" or cfg.val_path or cfg.holdout > 0:
+        return False
+    return not (cfg.kind == "image_folder" and (Path(cfg.path) / "val").is_dir())
+
+
 def load_data(cfg: DataConfig, distributed: bool = False, seed: int = 0):
     """Return ``(train_set, val_set, train_loader, val_loader, train_sampler)``."""
+    if validates_on_training_images(cfg):
+        raise DatasetError(f"{cfg.path}: no held-out images (data.holdout is 0, no data.val_path, no val/ folder), so "
+                           "every top-1 would be measured on the training images: set data.holdout (e.g. 0.2) or "
+                           "data.val_path")
     train_set = build_dataset(cfg, "train", seed)
     if len(train_set.classes) < 2:  # every answer would be that class: top-1 1.0 that means nothing
         raise DatasetError(f"{cfg.path}: {len(train_set.classes)} class(es) {list(train_set.classes)}; a classifier "
