@@ -74,7 +74,8 @@ class DataConfig:
     std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     # Fraction of the training data held out for evaluation when no val_path/test split exists, chosen by
     # ``split``: "hash" puts an image in the held-out part by its content's sha256 (the same image is on the same side
-    # whatever its name, folder order or machine); "index" by a seeded shuffle of the file list.
+    # whatever its name, folder order or machine); "index" by a fixed shuffle of the file list (the same whatever
+    # train.seed or export.calib_seed, so training, eval and the export hold out the same images).
     holdout: float = ranged(0.0, ge=0, lt=1)
     split: str = "index"
     batch_size: int = ranged(128, ge=1)

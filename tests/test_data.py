@@ -180,3 +180,23 @@ def test_training_without_held_out_images_is_refused(tmp_path):
     cfg.holdout = 0.5
     train_set, val_set, *_ = load_data(cfg)
     assert not {f for f, _ in train_set.samples} & {f for f, _ in val_set.samples}
+
+
+def test_the_held_out_split_does_not_move_with_the_seeds(tmp_path):
+    """Training held out images with train.seed and the export with export.calib_seed: a recipe trained with seed 3
+    was judged by its export on images it had trained on. The split is now the data's own."""
+    import cv2
+
+    from edgecv.data.loaders import load_data
+    from edgecv.export.data import evaluation_images
+
+    for c in "ab":
+        (tmp_path / "d" / c).mkdir(parents=True)
+        for i in range(10):
+            cv2.imwrite(str(tmp_path / "d" / c / f"{i}.png"), np.full((8, 8, 3), 20 * i + (c == "b"), np.uint8))
+    cfg = DataConfig(kind="image_folder", path=str(tmp_path / "d"), input_size=8, resize=8, mean=[0.5] * 3,
+                     std=[0.5] * 3, batch_size=2, holdout=0.3, split="index")
+    trained_on = {f for f, _ in load_data(cfg, seed=3)[0].samples}
+    held = [{f for f, _ in load_data(cfg, seed=s)[1].samples} for s in (0, 3, 7)]
+    judged = set(evaluation_images(cfg, None, None, show_progress=False).paths)
+    assert held[0] == held[1] == held[2] == judged and len(judged) == 6 and not judged & trained_on

@@ -105,9 +105,14 @@ def dataset_for_path(path: str, cfg: DataConfig, train: bool = False) -> Dataset
     return ImageFileDataset(list_images(p), cfg.channels, tf)
 
 
-def _split_indices(n: int, holdout: float, seed: int) -> Tuple[List[int], List[int]]:
+# The "index" split's shuffle. The held-out split is a property of the data: it moved with train.seed, and the
+# export drew it with export.calib_seed, so a recipe trained with another seed was judged on its own training images.
+SPLIT_SEED = 0
+
+
+def _split_indices(n: int, holdout: float) -> Tuple[List[int], List[int]]:
     idx = list(range(n))
-    random.Random(seed).shuffle(idx)
+    random.Random(SPLIT_SEED).shuffle(idx)
     k = int(round(n * holdout))
     return sorted(idx[k:]), sorted(idx[:k])
 
@@ -134,7 +139,7 @@ def _hash_split(images: ImageList, holdout: float) -> Tuple[List[int], List[int]
     return [i for i, h in enumerate(held) if not h], [i for i, h in enumerate(held) if h]
 
 
-def build_dataset(cfg: DataConfig, split: str, seed: int = 0, train_aug: Optional[bool] = None) -> Dataset:
+def build_dataset(cfg: DataConfig, split: str, train_aug: Optional[bool] = None) -> Dataset:
     """``split`` is train | val. ``train_aug`` defaults to True for train."""
     aug = (split == "train") if train_aug is None else train_aug
     tf = train_transform(cfg) if aug else eval_transform(cfg)
@@ -151,7 +156,7 @@ def build_dataset(cfg: DataConfig, split: str, seed: int = 0, train_aug: Optiona
     images = list_wnid_folder(root) if cfg.kind == "wnid_folder" else list_image_folder(root)
     if cfg.holdout > 0:
         train_idx, val_idx = (_hash_split(images, cfg.holdout) if cfg.split == "hash"
-                              else _split_indices(len(images), cfg.holdout, seed))
+                              else _split_indices(len(images), cfg.holdout))
         images = images.subset(train_idx if split == "train" else val_idx)
         if len(images) == 0:
             raise DatasetError(f"{root}: the {split} split is empty (holdout={cfg.holdout})")
@@ -173,11 +178,11 @@ def load_data(cfg: DataConfig, distributed: bool = False, seed: int = 0):
         raise DatasetError(f"{cfg.path}: no held-out images (data.holdout is 0, no data.val_path, no val/ folder), so "
                            "every top-1 would be measured on the training images: set data.holdout (e.g. 0.2) or "
                            "data.val_path")
-    train_set = build_dataset(cfg, "train", seed)
+    train_set = build_dataset(cfg, "train")
     if len(train_set.classes) < 2:  # every answer would be that class: top-1 1.0 that means nothing
         raise DatasetError(f"{cfg.path}: {len(train_set.classes)} class(es) {list(train_set.classes)}; a classifier "
                            "needs at least 2 (one sub-folder per class)")
-    val_set = _matched(build_dataset(cfg, "val", seed), train_set, cfg)
+    val_set = _matched(build_dataset(cfg, "val"), train_set, cfg)
     if distributed:
         from torch.utils.data.distributed import DistributedSampler
 

@@ -24,7 +24,7 @@ def eval_source(target: str, data: Optional[str], overrides: List[str] = (), lim
     if data is None:
         if src.recipe is None:
             raise SourceError(f"{target}: a checkpoint carries no data; name the images with --data")
-        ds, data = build_dataset(src.recipe.data, "val", seed=src.recipe.train.seed), f"{target} (held-out split)"
+        ds, data = build_dataset(src.recipe.data, "val"), f"{target} (held-out split)"
     else:
         ds = dataset_for_path(data, src.data, train=False)
     mapping = match_classes(ds.classes, src.classes, data, target, allow_subset)

@@ -89,10 +89,10 @@ def _check_fits(desc: str, n: int, first: np.ndarray) -> None:
 
 
 def evaluation_images(cfg: DataConfig, eval_path: Optional[str], limit: Optional[int], exclude: Set[str] = frozenset(),
-                      show_progress: bool = True, seed: int = 0) -> ArraySet:
+                      show_progress: bool = True) -> ArraySet:
     """The labelled held-out images (``eval_path`` or the recipe's held-out split), leaving out any image whose
     content is in ``exclude`` (calibration images)."""
-    ev_ds = dataset_for_path(eval_path, cfg) if eval_path else build_dataset(cfg, "val", seed)
+    ev_ds = dataset_for_path(eval_path, cfg) if eval_path else build_dataset(cfg, "val")
     ev_files = _files(ev_ds)
     ev_idx, ev_ids, overlap = [], [], 0
     n = len(ev_ds)
@@ -127,7 +127,7 @@ def calib_and_eval_sets(cfg: DataConfig, calib: Optional[str], eval_path: Option
                         show_progress: bool = True) -> Tuple[ArraySet, ArraySet]:
     """Pick ``calib_samples`` calibration images (``calib`` folder or the recipe's training split) and the
     evaluation set (``eval_path`` or the recipe's held-out split), with no image in both."""
-    cal_ds = dataset_for_path(calib, cfg) if calib else build_dataset(cfg, "train", seed, train_aug=False)
+    cal_ds = dataset_for_path(calib, cfg) if calib else build_dataset(cfg, "train", train_aug=False)
     if len(cal_ds) == 0:
         raise DatasetError(f"{calib or cfg.path}: no calibration images")
     order = list(range(len(cal_ds)))
@@ -137,7 +137,7 @@ def calib_and_eval_sets(cfg: DataConfig, calib: Optional[str], eval_path: Option
     # Disjointness is enforced by content, not by path strings (a relative and an absolute spelling of one
     # folder, a symlink or a copied file are the same image).
     cal_ids = [sample_identity(cal_ds, i) for i in cal_idx]
-    ev = evaluation_images(cfg, eval_path, eval_limit, set(cal_ids), show_progress, seed)
+    ev = evaluation_images(cfg, eval_path, eval_limit, set(cal_ids), show_progress)
     cx, cy = materialise(cal_ds, cal_idx, "calibration images", show_progress)
     return ArraySet(cx, cy, [cal_files[i] for i in cal_idx] if cal_files else [], str(calib or cfg.path), cal_ids), ev
 

@@ -22,8 +22,7 @@ def image_sets(run) -> None:
     opts = run.opts
     if opts.calib_pools is not None:
         with run.stages("evaluation images"):
-            ev = evaluation_images(run.data, opts.eval, opts.eval_limit, show_progress=run.show_progress,
-                                   seed=opts.calib_seed)
+            ev = evaluation_images(run.data, opts.eval, opts.eval_limit, show_progress=run.show_progress)
         cal = None
     else:
         with run.stages("calibration and evaluation images"):
@@ -82,7 +81,7 @@ def source_size_sets(run, cal, tune, ev) -> Tuple[Any, Any]:
     o = run.opts
     with run.stages(f"evaluation images at the source's {run.src.data.input_size} px"):
         full = evaluation_images(run.src.data, o.eval, o.eval_limit, set(cal.ids) if cal is not None else frozenset(),
-                                 run.show_progress, o.calib_seed)
+                                 run.show_progress)
     tune_src, ev_src = tune_and_evaluation(run, full)
     if tune_src.ids != tune.ids or ev_src.ids != ev.ids:  # the files changed between the two reads
         raise ExportError(f"{full.source}: the evaluation images changed while they were read; run the export again")

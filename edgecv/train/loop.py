@@ -332,7 +332,7 @@ def _fit_head(r: _Run) -> Dict:
 
     cfg, t0 = r.recipe.train, time.time()
     batch, show = r.recipe.data.eval_batch_size, r.show_progress and r.rank0
-    fx, fy = _features(r.model, build_dataset(r.recipe.data, "train", cfg.seed, train_aug=False), batch,
+    fx, fy = _features(r.model, build_dataset(r.recipe.data, "train", train_aug=False), batch,
                        "head: train features", show)
     vx, vy = _features(r.model, r.loaders[1].dataset, batch, "head: val features", show)
     head = find_head(r.model)[1]
