@@ -65,11 +65,13 @@ def test_resolved_recipe_round_trips(tmp_path):
 @pytest.mark.parametrize("override, needle", [
     ("data.input_size=1", "model 'fashion_cnn' {'width': 32} cannot run at data.input_size 1 with 1 channel(s): "),
     ("model.args.width=0", "model 'fashion_cnn' {'width': 0} cannot run at data.input_size 28"),
-    ("model.num_classes=3", "model.num_classes: 3 is fewer than the 10 classes of the training data"),
+    ("model.num_classes=3", "model.num_classes: 3, but the training data has 10 classes: leave it out"),
+    # more outputs than class names: training wrote a model.pt that no command could load
+    ("model.num_classes=12", "model.num_classes: 12, but the training data has 10 classes: leave it out"),
 ])
 def test_a_network_that_cannot_train_on_the_data_is_refused_by_field_before_training(tmp_path, override, needle):
     """Each was an internal error from inside the first training step (a pooled 0x0 map, a layer of width 0, a
-    label past the head's last class)."""
+    label past the head's last class), or, for a head wider than the classes, a model.pt no command could load."""
     from conftest import invoke
 
     recipe = ROOT / "recipes" / "fashion_mnist.yaml"

@@ -45,12 +45,12 @@ def init_distributed() -> Dict:
 
 
 def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
-    """The recipe's network for ``num_classes`` classes; refused by field, before any training, when its head is
-    smaller than the data's classes or it cannot run at ``data.input_size``."""
+    """The recipe's network for ``num_classes`` classes; refused by field, before any training, when
+    ``model.num_classes`` is another count than the data's classes or it cannot run at ``data.input_size``."""
     m, where = recipe.model, recipe.source or recipe.name
-    if m.num_classes and m.num_classes < num_classes:
-        raise RecipeError(f"{where}: model.num_classes: {m.num_classes} is fewer than the {num_classes} classes of "
-                          "the training data")
+    if m.num_classes and m.num_classes != num_classes:  # more outputs than names: model.pt could not be loaded
+        raise RecipeError(f"{where}: model.num_classes: {m.num_classes}, but the training data has {num_classes} "
+                          "classes: leave it out (the head follows the data) or point data.path at the right folder")
     model = create_model(m.name, num_classes=m.num_classes or num_classes, pretrained=m.pretrained, **m.args)
     d = recipe.data
     why = cannot_run_at(model, d.channels, d.input_size)
