@@ -125,3 +125,33 @@ def test_a_recipe_whose_normalisation_changed_since_training_is_refused(tiny_ckp
     r = invoke("eval", TINY_RECIPE, "--limit", "10", "--set", f"checkpoint={tiny_ckpt}", "--set", "data.input_size=32",
                "--json")
     assert r.exit_code == 0 and json.loads(r.output.strip().splitlines()[-1])["n"] == 10
+
+
+def test_eval_of_a_recipe_scores_its_held_out_images_as_training_did(tmp_path):
+    """A val_path without one of the classes: training scored it (classes matched by name), and `eval RECIPE` refused
+    it unless told --allow-missing-classes; it now reproduces training's own top-1 on the same images."""
+    import cv2
+    import numpy as np
+    from conftest import invoke
+
+    def tree(root, classes, n):
+        for k, c in enumerate(classes):
+            (root / c).mkdir(parents=True)
+            for i in range(n):
+                cv2.imwrite(str(root / c / f"{i}.png"), np.full((28, 28), 60 * k + 3 * i, np.uint8))
+        return root
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "folders", "model": {"name": "tiny_cnn", "args": {"width": 8}},
+        "data": {"kind": "image_folder", "path": str(tree(tmp_path / "train", "abc", 6)),
+                 "val_path": str(tree(tmp_path / "val", "bc", 3)), "input_size": 28, "channels": 1,
+                 "mean": [0.5], "std": [0.5], "batch_size": 4},
+        "train": {"epochs": 1, "lr": 0.05}}))
+    r = invoke("train", recipe, "-o", tmp_path / "run")
+    assert r.exit_code == 0, r.output
+    trained = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    r = invoke("eval", recipe, "--set", f"checkpoint={tmp_path / 'run' / 'model.pt'}", "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output.strip().splitlines()[-1])
+    assert res["n"] == trained["n"] == 6 and res["top1"] == pytest.approx(trained["top1"])

@@ -25,6 +25,7 @@ def eval_source(target: str, data: Optional[str], overrides: List[str] = (), lim
         if src.recipe is None:
             raise SourceError(f"{target}: a checkpoint carries no data; name the images with --data")
         ds, data = build_dataset(src.recipe.data, "val"), f"{target} (held-out split)"
+        allow_subset = True  # as training scored it (edgecv.data.loaders.load_data): a class may have no images there
     else:
         ds = dataset_for_path(data, src.data, train=False)
     mapping = match_classes(ds.classes, src.classes, data, target, allow_subset)
