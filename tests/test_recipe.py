@@ -134,11 +134,14 @@ def test_eval_of_a_recipe_scores_its_held_out_images_as_training_did(tmp_path):
     import numpy as np
     from conftest import invoke
 
-    def tree(root, classes, n):
-        for k, c in enumerate(classes):
+    rng = np.random.default_rng(0)
+
+    def tree(root, classes, n):  # every image distinct: the export keeps its image sets apart by content
+        for c in classes:
             (root / c).mkdir(parents=True)
             for i in range(n):
-                cv2.imwrite(str(root / c / f"{i}.png"), np.full((28, 28), 60 * k + 3 * i, np.uint8))
+                cv2.imwrite(str(root / c / f"{i}.png"), rng.integers(0, 64, (28, 28), dtype=np.uint8) +
+                            60 * "abcx".index(c))
         return root
 
     recipe = tmp_path / "r.yaml"
@@ -155,3 +158,11 @@ def test_eval_of_a_recipe_scores_its_held_out_images_as_training_did(tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads(r.output.strip().splitlines()[-1])
     assert res["n"] == trained["n"] == 6 and res["top1"] == pytest.approx(trained["top1"])
+    # the export judges the same held-out images (it refused them too)
+    r = invoke("export", recipe, "--set", f"checkpoint={tmp_path / 'run' / 'model.pt'}", "-o", tmp_path / "b",
+               "--calib", tree(tmp_path / "cal", "x", 8), "--max-drop", "100", "--min-agreement", "0",
+               "--corruptions", "none", "--qat-epochs", "0", "--target", "onnxruntime", "--prune", "0", "--no-distill")
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "b" / "manifest.json").read_text())["summary"]
+    assert s["evaluation"]["images"] + s["tune"]["images"] == 6  # split between tuning and evaluation
+    assert s["evaluation"]["source"] == s["tune"]["source"] == str(tmp_path / "val")  # not data.path

@@ -118,7 +118,7 @@ def evaluation_images(cfg: DataConfig, eval_path: Optional[str], limit: Optional
     if (ey < 0).all():
         raise DatasetError(f"{eval_path or cfg.path}: evaluation images have no labels "
                            "(use an ImageFolder tree or a folder with classes.tsv)")
-    return ArraySet(ex, ey, [ev_files[i] for i in ev_idx] if ev_files else [], str(eval_path or cfg.path), ev_ids,
+    return ArraySet(ex, ey, [ev_files[i] for i in ev_idx] if ev_files else [], str(eval_path or cfg.val_path or cfg.path), ev_ids,
                     list(getattr(ev_ds, "classes", []) or []), overlap)
 
 

@@ -66,8 +66,9 @@ def tune_and_evaluation(run, held_out) -> Tuple[Any, Any]:
     from edgecv.data.classes import apply_mapping, match_classes
     from edgecv.export.data import split_off
 
+    # the recipe's own held-out split may lack a class, as training scored it (edgecv.data.loaders.load_data)
     held_out.y = apply_mapping(held_out.y, match_classes(held_out.classes, run.src.classes, held_out.source,
-                                                         run.source))
+                                                         run.source, allow_subset=run.opts.eval is None))
     return split_off(held_out, run.opts.tune_fraction, run.opts.calib_seed)
 
 
