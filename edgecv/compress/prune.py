@@ -98,7 +98,7 @@ def _magnitude(model: nn.Module, input_shape: Tuple[int, ...], ratio: float, rou
     example = torch.from_numpy(np.ascontiguousarray(images[:2])) if images is not None and len(images) else \
         torch.randn(1, *input_shape)
     _, head = find_head(model)
-    ratios = layer_ratios(model, ratio, round_to, head)
+    ratios = _layer_ratios(model, ratio, round_to, head)
     if not any(ratios.values()):
         widest = max(_width(m) for m in ratios) if ratios else 0
         raise ValueError(f"--prune {ratio}: no layer can be pruned at multiples of {round_to} channels (each keeps "
@@ -115,7 +115,7 @@ def _width(m: nn.Module) -> int:
     return m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
 
 
-def layer_ratios(model: nn.Module, ratio: float, round_to: int, head: nn.Module) -> Dict[nn.Module, float]:
+def _layer_ratios(model: nn.Module, ratio: float, round_to: int, head: nn.Module) -> Dict[nn.Module, float]:
     """Per Conv2d/Linear (the head aside): the share of its output channels Torch-Pruning removes so that it keeps
     ``(1 - ratio)`` of them rounded down to a multiple of ``round_to``, and never fewer than ``round_to`` (0 where it
     has no more). Torch-Pruning itself rounds a count that falls under ``round_to`` down to nothing and then leaves

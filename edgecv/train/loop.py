@@ -21,7 +21,7 @@ from edgecv.models.checkpoint import make_checkpoint, read_checkpoint, save_chec
 from edgecv.models.heads import set_backbone_trainable
 from edgecv.models.registry import create_model
 from edgecv.recipe import Recipe, TrainConfig, save_recipe
-from edgecv.train.engine import amp_name, cannot_run_at, evaluate, to_device, train_one_epoch
+from edgecv.train.engine import amp_name, cannot_run_at, device_of, evaluate, to_device, train_one_epoch
 from edgecv.utils.io import atomic_path, atomic_write_json, atomic_write_text
 from edgecv.utils.outputs import run_output
 
@@ -312,7 +312,7 @@ def _features(model: nn.Module, dataset, batch: int, desc: str, show_progress: b
     parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
     setattr(parent, name.rsplit(".", 1)[-1], nn.Identity())
     model.eval()
-    device = next(model.parameters()).device
+    device = device_of(model)
     feats, labels = [], []
     try:
         loader = torch.utils.data.DataLoader(dataset, batch, shuffle=False)
