@@ -29,6 +29,16 @@ def ranged(default: Any = None, *, ge: Optional[float] = None, gt: Optional[floa
     return field(default=default, metadata={"range": bounds, **kw})
 
 
+# numpy's generators take no negative seed, torch's none past 64 bits, and a run derives per-epoch seeds from its
+# seed (seed * 1000 + epoch): one range, 32 bits as numpy's legacy seeds, that every seed is checked against
+SEED_MAX = 2**32 - 1
+
+
+def seed_field() -> Any:
+    """A dataclass field for a random seed (0 to SEED_MAX), checked on load."""
+    return ranged(0, ge=0, le=SEED_MAX)
+
+
 _RANGE_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 
 
@@ -100,7 +110,7 @@ class TrainConfig:
     # mixed precision: float16 on a GPU, bfloat16 on a CPU that computes it natively (AVX512-BF16, AMX: a Lite0 step
     # 2.5x faster than fp32 NCHW, tools/train_speed.py), else off; also distillation's (export --distill)
     amp: bool = True
-    seed: int = 0
+    seed: int = seed_field()
     # Transfer learning, first: the new head alone, on features of the frozen pretrained backbone computed once over
     # the training images (no augmentation) -- seconds where a frozen epoch through the whole network takes minutes
     head_epochs: int = ranged(0, ge=0)
@@ -154,7 +164,7 @@ class ExportConfig:
     calib: Optional[str] = None
     calib_samples: int = ranged(256, ge=1)
     calib_method: str = "minmax"  # minmax | entropy | percentile
-    calib_seed: int = 0
+    calib_seed: int = seed_field()
     bias_correction: bool = True  # int8 layers' biases corrected for weight rounding (edgecv.export.bias_correction)
     weight_rounding: str = "nearest"  # WEIGHT_ROUNDINGS; gptq needs no bias correction (it removes that shift too)
     calib_set: Optional[str] = field(default=None, metadata={"internal": True})  # the calibration/*.yaml used

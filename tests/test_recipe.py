@@ -3,7 +3,7 @@ import os
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, TINY_RECIPE
 
 from edgecv.errors import RecipeError
 from edgecv.recipe import load_recipe, recipe_to_dict, save_recipe
@@ -166,3 +166,29 @@ def test_eval_of_a_recipe_scores_its_held_out_images_as_training_did(tmp_path):
     s = json.loads((tmp_path / "b" / "manifest.json").read_text())["summary"]
     assert s["evaluation"]["images"] + s["tune"]["images"] == 6  # split between tuning and evaluation
     assert s["evaluation"]["source"] == s["tune"]["source"] == str(tmp_path / "val")  # not data.path
+
+
+def test_every_seed_is_checked_against_one_range_and_its_ends_run(tmp_path):
+    """A negative seed crashed the export inside numpy, one past 64 bits crashed training inside torch; both are
+    refused by field now, and the largest seed allowed trains and exports (each seeded step: split, calibration
+    draw, distillation, QAT)."""
+    from edgecv.export.calibration_set import load_calibration_set
+    from edgecv.export.pipeline import export_bundle
+    from edgecv.recipe import SEED_MAX
+    from edgecv.train.loop import train
+
+    for override in ("train.seed=-1", f"train.seed={SEED_MAX + 1}", "export.calib_seed=-3"):
+        with pytest.raises(RecipeError, match=rf"{override.split('=')[0]}: must be >= 0 and <= {SEED_MAX}"):
+            load_recipe(TINY_RECIPE, [override])
+    cset = write(tmp_path, "samples: 64\nseed: -5\n")
+    with pytest.raises(RecipeError, match=rf"{cset}: seed: must be >= 0"):
+        load_calibration_set(cset)
+    m = train(load_recipe(TINY_RECIPE, ["train.epochs=1", f"train.seed={SEED_MAX}"]), tmp_path / "run",
+              show_progress=False)
+    assert m["top1"] > 0.3
+    bundle = export_bundle(str(TINY_RECIPE), str(tmp_path / "b"),
+                           {"prune": 0.3, "distill": True, "qat_epochs": 1, "corruptions": "none"},
+                           [f"checkpoint={tmp_path / 'run' / 'model.pt'}", f"export.calib_seed={SEED_MAX}",
+                            "export.distill_epochs=1", "export.eval_limit=300"], show_progress=False)
+    prune = bundle["summary"]["prune"]
+    assert prune["top1_after_distill"] > 0.3 and prune["macs_after"] < prune["macs_before"]

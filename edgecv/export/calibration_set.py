@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from edgecv.errors import RecipeError
-from edgecv.recipe import CALIB_METHODS, _build
+from edgecv.recipe import CALIB_METHODS, _build, seed_field
 from edgecv.utils.yaml_files import read_yaml_mapping
 
 
@@ -50,7 +50,7 @@ class CalibrationSet:
     images: Optional[str] = None
     samples: int = 256
     method: str = "minmax"
-    seed: int = 0
+    seed: int = seed_field()
     pools: List[Pool] = field(default_factory=list)
     agreement: int = 0  # pooled images added to the tune split (agreement with fp32 only)
     qat: int = 0  # pooled images the QAT rung trains on (0: the calibration images)
