@@ -66,11 +66,15 @@ class InputSpecError(ValueError):
     """An input does not match the model's input spec."""
 
 
+class DivergedError(RuntimeError):
+    """Training's loss stopped being a finite number: the learning rate (named) is too high for the model or data."""
+
+
 class UsageError(ValueError):
     """A value given to a command cannot be used as it is (it names the option or field)."""
 
 
 def USER_ERRORS():
     return (RecipeError, DatasetError, CheckpointError, ModelError, SourceError, ExportError, BundleError,
-            DeviceError, InputSpecError, UsageError, ModelFileError, OutputError, FileNotFoundError, PermissionError, IsADirectoryError,
-            NotADirectoryError)
+            DeviceError, InputSpecError, UsageError, DivergedError, ModelFileError, OutputError, FileNotFoundError,
+            PermissionError, IsADirectoryError, NotADirectoryError)

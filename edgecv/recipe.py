@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -48,9 +49,10 @@ def _check_range(value: Any, bounds: Dict[str, float], where: str) -> None:
         if v is None:
             continue
         ok = all({"ge": v >= b, "gt": v > b, "le": v <= b, "lt": v < b}[k] for k, b in bounds.items())
-        if not ok or v != v:  # v != v: NaN
+        infinite = isinstance(v, float) and not math.isfinite(v)  # no setting has a use for inf or NaN
+        if not ok or infinite:
             want = " and ".join(f"{_RANGE_TEXT[k]} {b}" for k, b in bounds.items())
-            raise RecipeError(f"{where}: must be {want}, got {value!r}")
+            raise RecipeError(f"{where}: must be {'finite and ' if infinite else ''}{want}, got {value!r}")
 
 
 @dataclass

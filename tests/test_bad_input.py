@@ -57,6 +57,9 @@ def one_line_error(r, code=2, *needles):
     (None, ["train.lr=-1"], "train.lr: must be > 0"),
     (None, ["data.input_size=0"], "data.input_size: must be >= 1"),
     (None, ["train.epochs=-3"], "train.epochs: must be >= 1"),
+    (None, ["train.lr=.inf"], "train.lr: must be finite and > 0, got inf"),
+    (None, ["export.temperature=.nan"], "export.temperature: must be finite and > 0, got nan"),
+    (None, ["train.weight_decay=-1e-4"], "train.weight_decay: must be >= 0, got -0.0001"),  # read as a number
     (None, ["data.holdout=1.5"], "data.holdout"),
     (None, ["data.std=[0]"], "data.std: every value must be > 0"),
     (None, ["data.resize=8"], "data.resize: 8 is smaller than data.input_size"),

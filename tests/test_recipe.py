@@ -192,3 +192,37 @@ def test_every_seed_is_checked_against_one_range_and_its_ends_run(tmp_path):
                             "export.distill_epochs=1", "export.eval_limit=300"], show_progress=False)
     prune = bundle["summary"]["prune"]
     assert prune["top1_after_distill"] > 0.3 and prune["macs_after"] < prune["macs_before"]
+
+
+def test_numbers_in_exponent_form_are_numbers_as_in_every_other_ml_config(tmp_path):
+    """YAML 1.1 (PyYAML) reads ``1e-3`` as a string, so ``lr: 1e-3`` was refused as "expected float"; edgecv's
+    files and ``--set`` read it as YAML 1.2 does. Quoted, it stays a string; yaml itself is left as it was."""
+    p = write(tmp_path, "train:\n  lr: 1e-3\n  weight_decay: 5E-5\n  head_lr: .5e-2\nexport:\n  qat_lr: 2.5e-4\n")
+    r = load_recipe(p, ["export.distill_lr=3e-2", "train.gamma=1e1"])
+    assert (r.train.lr, r.train.weight_decay, r.train.head_lr, r.export.qat_lr) == (1e-3, 5e-5, 5e-3, 2.5e-4)
+    assert (r.export.distill_lr, r.train.gamma) == (0.03, 10.0)
+    with pytest.raises(RecipeError, match=r"train\.lr: expected float, got '1e-3'"):
+        load_recipe(write(tmp_path, "train:\n  lr: '1e-3'\n"))
+    assert yaml.safe_load("a: 1e-3") == {"a": "1e-3"}
+
+
+@pytest.mark.parametrize("stage, overrides, field", [
+    ("train", ["train.lr=1e6"], "train.lr"),
+    ("distill", ["export.distill_lr=1e6", "export.distill_optimizer=sgd"], "export.distill_lr"),
+])
+def test_a_run_that_diverges_names_the_rate_to_lower_and_writes_no_bundle(tiny_ckpt, tmp_path, stage, overrides,
+                                                                          field):
+    """A loss that became NaN was an internal error ("FloatingPointError") that named train.lr even when
+    distillation's rate was the one too high."""
+    from conftest import invoke
+
+    sets = [a for o in overrides for a in ("--set", o)]
+    if stage == "train":
+        r = invoke("train", TINY_RECIPE, "--set", "train.epochs=1", *sets, "-o", tmp_path / "run")
+    else:
+        r = invoke("export", TINY_RECIPE, "--int8", "--prune", "0.3", "--distill", "--corruptions", "none", *sets,
+                   "--set", f"checkpoint={tiny_ckpt}", "--set", "export.eval_limit=300", "-o", tmp_path / "b")
+        assert not (tmp_path / "b").exists()
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().splitlines()[-1].startswith(f"error: {stage}: the loss is nan at epoch 0 (it diverged); "
+                                                        f"lower {field}")

@@ -103,7 +103,7 @@ def _distill_on(student: nn.Module, teacher: nn.Module, train_loader, val_loader
         for epoch in range(c.epochs):
             torch.manual_seed(1000 + epoch)
             history.append(train_one_epoch(student, train_loader, step, epoch, show_progress, desc="distill",
-                                           batchnorm=c.batchnorm))
+                                           batchnorm=c.batchnorm, lr_field="export.distill_lr"))
         result = evaluate(student, val_loader, device=c.device, show_progress=show_progress, desc="eval student")
     result["history"] = history
     result["mixed_precision"] = amp_name(step.amp_dtype)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgecv.errors import DivergedError
 from edgecv.train.engine import device_of, forked_rng, to_device
 
 log = logging.getLogger("edgecv.qat")
@@ -141,6 +142,9 @@ def _epoch(student: nn.Module, teacher: nn.Module, batches, opt, c: FinetuneConf
             t = F.log_softmax(teacher(xb) / c.temperature, 1)
         s = F.log_softmax(student(xb) / c.temperature, 1)
         loss = F.kl_div(s, t, log_target=True, reduction="batchmean") * c.temperature ** 2
+        if not torch.isfinite(loss):
+            raise DivergedError(f"QAT: the loss is {loss.item()} (it diverged); lower export.qat_lr "
+                                f"(now {opt.param_groups[0]['lr']:g})")
         opt.zero_grad()
         loss.backward()
         opt.step()

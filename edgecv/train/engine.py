@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgecv.errors import DivergedError
 from edgecv.metrics import topk_correct
 from edgecv.utils.progress import progress
 
@@ -145,9 +146,10 @@ def freeze_frozen_batchnorm(model: nn.Module) -> None:
 
 
 def train_one_epoch(model: nn.Module, loader, step: Step, epoch: int, show_progress: bool = True,
-                    desc: str = "train", batchnorm: str = "train") -> Dict[str, float]:
+                    desc: str = "train", batchnorm: str = "train", lr_field: str = "train.lr") -> Dict[str, float]:
     """One pass over ``loader``, each batch one :class:`Step`. ``batchnorm="frozen"``: every BatchNorm layer uses
-    and keeps its running statistics (TrainConfig.batchnorm)."""
+    and keeps its running statistics (TrainConfig.batchnorm). A loss that is not finite stops it, naming
+    ``lr_field``, the setting to lower."""
     model.train()
     freeze_frozen_batchnorm(model)
     if batchnorm == "frozen":
@@ -161,7 +163,7 @@ def train_one_epoch(model: nn.Module, loader, step: Step, epoch: int, show_progr
         images, target = to_device(images, step.device), target.to(step.device, non_blocking=True)
         output, loss = step.loss(model, images, target)
         if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}; lower train.lr")
+            raise DivergedError(f"{desc}: the loss is {loss.item()} at epoch {epoch} (it diverged); lower {lr_field}")
         step.update(loss)
         b = images.shape[0]
         loss_sum += loss.item() * b

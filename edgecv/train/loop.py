@@ -16,7 +16,7 @@ from torch import nn
 
 from edgecv.data.loaders import load_data
 from edgecv.data.transforms import preprocess_spec
-from edgecv.errors import CheckpointError, RecipeError
+from edgecv.errors import CheckpointError, DivergedError, RecipeError
 from edgecv.models.checkpoint import make_checkpoint, read_checkpoint, save_checkpoint
 from edgecv.models.heads import set_backbone_trainable
 from edgecv.models.registry import create_model
@@ -341,6 +341,9 @@ def _fit_head(r: _Run) -> Dict:
     for _ in range(cfg.head_epochs):
         for idx in torch.randperm(len(fy), generator=gen).split(256):
             loss = nn.functional.cross_entropy(head(fx[idx]), fy[idx], label_smoothing=cfg.label_smoothing)
+            if not torch.isfinite(loss):
+                raise DivergedError(f"head: the loss is {loss.item()} (it diverged); lower train.head_lr "
+                                    f"(now {cfg.head_lr:g})")
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -1,6 +1,7 @@
 """YAML files read strictly: errors name the file, the line and the column, in one line."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Dict
 
@@ -14,12 +15,23 @@ from edgecv.utils.io import relative_hint
 MAX_YAML_VALUES = 100_000
 
 
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-3`` as a float as YAML 1.2 does: YAML 1.1 wants a dot (``1.0e-3``) and
+    reads ``lr: 1e-3``, as every other ML config writes it, as the string '1e-3'."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+                              list("-+0123456789."))
+
+
 def safe_load_bounded(text: str, where: str) -> Any:
     """``yaml.safe_load`` of ``text``, refusing (naming ``where``) a document nested too deeply, one that refers to
     itself, or one whose aliases expand it past MAX_YAML_VALUES values; YAML errors propagate for the caller to
     word."""
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_Loader)
         _expanded_size(raw, {}, set(), where)
     except RecursionError:  # "[[[[...": PyYAML's parser and the size count both recurse
         raise RecipeError(f"{where}: the YAML is nested too deeply to be an edgecv file") from None
