@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from edgecv.errors import RecipeError
+from edgecv.utils.limits import MAX_THREADS
 from edgecv.utils.yaml_files import read_yaml_mapping, safe_load_bounded, yaml_problem
 
 
@@ -92,7 +93,7 @@ class DataConfig:
     split: str = "index"
     batch_size: int = ranged(128, ge=1)
     eval_batch_size: int = ranged(256, ge=1)
-    workers: int = ranged(0, ge=0)
+    workers: int = ranged(0, ge=0, le=MAX_THREADS)
     train_limit: Optional[int] = ranged(None, ge=1)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -122,7 +123,7 @@ class TrainConfig:
     # not trained with
     batchnorm: str = "train"  # train | frozen
     log_format: str = "jsonl"  # jsonl | csv
-    threads: Optional[int] = ranged(None, ge=1)
+    threads: Optional[int] = ranged(None, ge=1, le=MAX_THREADS)
 
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")

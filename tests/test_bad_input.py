@@ -57,6 +57,8 @@ def one_line_error(r, code=2, *needles):
     (None, ["train.lr=-1"], "train.lr: must be > 0"),
     (None, ["data.input_size=0"], "data.input_size: must be >= 1"),
     (None, ["train.epochs=-3"], "train.epochs: must be >= 1"),
+    (None, ["train.threads=100000"], "train.threads: must be >= 1 and <= 256"),
+    (None, ["data.workers=10000"], "data.workers: must be >= 0 and <= 256"),
     (None, ["train.lr=.inf"], "train.lr: must be finite and > 0, got inf"),
     (None, ["export.temperature=.nan"], "export.temperature: must be finite and > 0, got nan"),
     (None, ["train.weight_decay=-1e-4"], "train.weight_decay: must be >= 0, got -0.0001"),  # read as a number
@@ -98,6 +100,11 @@ def test_bad_recipes_and_overrides(content, overrides, needle, tmp_path):
     (["profile", "{b}", "-o", "{file}"], "exists and is not a directory"), (["run", "{b}", "--source", "x", "--topk", "0"], "--topk"),
     (["run", "{b}", "--source", "x", "--open-timeout", "0"], "--open-timeout"),
     (["run", "{b}", "--source", "x", "--max-failures", "-1"], "--max-failures"),
+    # 100,000 ONNX Runtime threads took 16 GB and ignored SIGTERM: every thread count has one ceiling
+    (["bench", "{b}", "--threads", "100000"], "--threads': 100000 is not in the range 1<=x<=256"),
+    (["profile", "{b}", "--threads", "257"], "--threads"), (["run", "{b}", "--source", "x", "--threads", "257"], "--threads"),
+    (["run", "{b}", "--source", "x", "--decode-threads", "999"], "--decode-threads"),
+    (["run", "{b}", "--source", "x", "--infer-workers", "999"], "--infer-workers"),
     (["eval", "{b}", "--data", "x", "--limit", "0"], "--limit"),
     (["export", "{ckpt}", "-o", "{tmp}/o", "--prune", "1.5"], "--prune"),
     (["export", "{ckpt}", "-o", "{tmp}/o", "--max-drop", "-1"], "--max-drop"),
@@ -491,3 +498,17 @@ def test_manifest_that_is_not_an_object_is_refused(content, bundle_copy):
     for cmd in (["check", bundle_copy], ["eval", bundle_copy, "--data", FASHION], ["bench", bundle_copy]):
         r = invoke(*cmd)
         assert r.exit_code in (1, 2) and "manifest.json" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_a_runtime_opened_from_python_refuses_a_thread_count_past_the_ceiling(tiny_bundle):
+    """The CLI's ranges and the runtimes read one ceiling (edgecv.utils.limits.MAX_THREADS)."""
+    from edgecv.runtime.backends.openvino import OpenVinoBackend
+    from edgecv.runtime.backends.ort import OrtBackend
+
+    fp32 = str(open_bundle(tiny_bundle).path("model_fp32.onnx"))
+    for cls in (OrtBackend, OpenVinoBackend):
+        with pytest.raises(ValueError, match="threads: expected a thread count from 1 to 256, got 100000"):
+            cls(fp32, threads=100000)
+        be = cls(fp32, threads=256)  # the ceiling itself opens and answers
+        assert be.infer(np.zeros((1, 1, 28, 28), np.float32)).shape == (1, 10)
+        be.close()

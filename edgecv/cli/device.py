@@ -9,7 +9,7 @@ import click
 
 from edgecv.bundle.manifest import PRECISIONS
 from edgecv.cli.types import BackendChoice, new_dir_or_missing, options_from
-from edgecv.utils.limits import FPS_RANGE
+from edgecv.utils.limits import FPS_RANGE, MAX_THREADS
 
 
 class BatchList(click.ParamType):
@@ -108,7 +108,7 @@ def verify(bundle, backend, iters, record, as_json, dla_core):
 @click.option("--iters", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Artefact precision; default: the manifest's choice.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--json", "as_json", is_flag=True)
 @dla_option
 def bench(target, backend, as_json, **flags):
@@ -133,7 +133,7 @@ def bench(target, backend, as_json, **flags):
 @click.option("--backend", default="auto", show_default=True, type=BackendChoice())
 @click.option("--iters", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--batch", type=click.IntRange(1, 4096), default=1, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None)
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Rows in the table and the chart.")
 @click.option("-o", "--out", "out_dir", default=None, callback=new_dir_or_missing,
               help="Folder for profile.json (trtexec shape), profile.csv, profile.png.")
@@ -182,7 +182,7 @@ def profile(target, backend, as_json, **flags):
               help="Never classify a frame older than MS milliseconds; it is counted as stale.")
 @click.option("--min-score", type=click.FloatRange(0, 1), default=None,
               help="Report frames whose top score is below S as 'unknown' instead of forcing a class.")
-@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None)
 @click.option("--max-failures", type=click.IntRange(min=0), default=None,
               help="Reconnect attempts before giving up [default: live sources retry forever, with backoff capped "
                    "at 10 s; files and folders fail at once when they cannot be read].")
@@ -194,14 +194,14 @@ def profile(target, backend, as_json, **flags):
               help="How frames are shrunk to the model's resize size. area: INTER_AREA on the whole frame; fast: "
                    "fitted blur + warp of the crop window only, ~4x cheaper on VGA; auto: fast from a 1.45x shrink "
                    "up, area below, whichever is closer to training (99.2% top-1 agreement on the ImageNet samples).")
-@click.option("--decode-threads", type=click.IntRange(min=1), default=None,
+@click.option("--decode-threads", type=click.IntRange(1, MAX_THREADS), default=None,
               help="FFmpeg decoder threads for files and RTSP [default: 1 when the model runs on the CPU].")
 @click.option("--camera-resize/--no-camera-resize", default=True, show_default=True,
               help="csi://: scale frames to the model's resize size in the Jetson's VIC, not on the CPU.")
 @click.option("--gpu-preprocess", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Resize and normalise on the GPU (one CUDA kernel, the training transform exactly) straight into "
                    "the TensorRT engine's input; auto: where the engine runs on a GPU and cuda-python is installed.")
-@click.option("--infer-workers", type=click.IntRange(min=1), default=None,
+@click.option("--infer-workers", type=click.IntRange(1, MAX_THREADS), default=None,
               help="Several cameras on a CPU backend: engine instances, each running a batched round of frames, "
                    "side by side [default: one single-threaded worker per core (--threads caps the cores), at most "
                    "one per camera].")

@@ -1,4 +1,5 @@
-"""Limits every input passes, in one place: the frame budget (images and camera frames) and frame rates.
+"""Limits every input passes, in one place: the frame budget (images and camera frames), frame rates and thread
+counts.
 
 No heavy imports here: the CLI's option ranges read these too.
 """
@@ -35,6 +36,20 @@ def check_fps(value: Any, where: str = "--fps") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
         raise ValueError(f"{where}: expected a frame rate from {lo:g} to {hi:g}, got {value!r}")
     return float(value)
+
+
+# Threads (or worker processes) any runtime, decoder, data loader or trainer is given. More than the cores only
+# oversubscribes them, and 100,000 ONNX Runtime threads took 16 GB and ignored SIGTERM; 256 covers any host
+# edgecv runs on, a Jetson's 12 cores or a workstation's 128, with room.
+MAX_THREADS = 256
+
+
+def check_threads(value: Optional[int], where: str = "--threads") -> Optional[int]:
+    """``value`` (None: the runtime's default) when it is a thread count from 1 to MAX_THREADS; ValueError naming
+    ``where`` otherwise."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_THREADS):
+        raise ValueError(f"{where}: expected a thread count from 1 to {MAX_THREADS}, got {value!r}")
+    return value
 
 
 def available_memory() -> Optional[int]:

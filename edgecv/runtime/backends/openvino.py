@@ -26,6 +26,7 @@ import numpy as np
 from edgecv.errors import DeviceError, ModelFileError, OutputError
 from edgecv.runtime.backends.base import OnnxFileBackend, TensorSpec, usable_cores
 from edgecv.utils.cache import cache_lock, writable_cache_dir
+from edgecv.utils.limits import check_threads
 
 INSTALL_HINT = "pip install 'edgecv[openvino]'"
 
@@ -72,7 +73,7 @@ class OpenVinoBackend(OnnxFileBackend):
             if precision not in ("f32", "bf16"):
                 raise ValueError(f"precision must be f32 or bf16, not {precision!r}")
             self._config["INFERENCE_PRECISION_HINT"] = precision
-        if threads and self.device == "CPU":
+        if check_threads(threads, "threads") and self.device == "CPU":
             self._config["INFERENCE_NUM_THREADS"] = int(threads)
             if int(threads) < usable_cores():
                 # OpenVINO pins its threads from core 0 up in every process: two one-thread processes (one per

@@ -9,6 +9,7 @@ import numpy as np
 from edgecv.errors import ModelFileError
 from edgecv.runtime.backends.base import OnnxFileBackend, TensorSpec
 from edgecv.utils.io import utf8_safe
+from edgecv.utils.limits import check_threads
 
 # ONNX Runtime quantizes the weight of a float Conv/Gemm that sits between DequantizeLinear and QuantizeLinear
 # (activations in between included), per tensor, at session creation: its "WeightBiasQuantization" transformer
@@ -23,7 +24,7 @@ def session_options(threads: Optional[int] = None, profile_prefix: Optional[str]
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    if threads:
+    if check_threads(threads, "threads"):
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
