@@ -125,14 +125,14 @@ def test_a_validation_folder_is_matched_to_the_training_classes_by_name(tmp_path
 
     from edgecv.data.loaders import load_data
 
-    def tree(root, classes):
+    def tree(root, classes, shade=0):
         for c in classes:
             (root / c).mkdir(parents=True)
             for i in range(2):
-                cv2.imwrite(str(root / c / f"{i}.png"), np.full((8, 8, 3), 40 * i + 100, np.uint8))
+                cv2.imwrite(str(root / c / f"{i}.png"), np.full((8, 8, 3), 40 * i + 100 + shade, np.uint8))
         return root
 
-    train, val = tree(tmp_path / "train", "abc"), tree(tmp_path / "val", "bc")
+    train, val = tree(tmp_path / "train", "abc"), tree(tmp_path / "val", "bc", shade=1)  # not copies of train's
     cfg = DataConfig(kind="image_folder", path=str(train), val_path=str(val), input_size=8, resize=8,
                      mean=[0.5] * 3, std=[0.5] * 3, batch_size=2)
     train_set, val_set, *_ = load_data(cfg)
@@ -200,3 +200,52 @@ def test_the_held_out_split_does_not_move_with_the_seeds(tmp_path):
     held = [{f for f, _ in load_data(cfg, seed=s)[1].samples} for s in (0, 3, 7)]
     judged = set(evaluation_images(cfg, None, None, show_progress=False).paths)
     assert held[0] == held[1] == held[2] == judged and len(judged) == 6 and not judged & trained_on
+
+
+def test_held_out_copies_of_training_images_are_left_out_of_every_score(tmp_path):
+    """Scraped folders hold the same photograph under other names. An index split or a separate validation folder
+    scored the model on those copies of its training images; they are now left out (the training metrics and the
+    export's manifest count them), and a held-out set made only of copies is refused."""
+    import shutil
+
+    import cv2
+
+    from edgecv.data.loaders import content_hash, load_data
+    from edgecv.export.data import evaluation_images
+
+    rng = np.random.default_rng(0)
+    for c in "ab":
+        (tmp_path / "d" / c).mkdir(parents=True)
+        for i in range(10):
+            cv2.imwrite(str(tmp_path / "d" / c / f"{i}.png"), rng.integers(0, 255, (8, 8, 3), np.uint8))
+        for i in range(3):  # the same photographs again, renamed
+            shutil.copy(tmp_path / "d" / c / f"{i}.png", tmp_path / "d" / c / f"copy{i}.png")
+    cfg = DataConfig(kind="image_folder", path=str(tmp_path / "d"), input_size=8, resize=8, mean=[0.5] * 3,
+                     std=[0.5] * 3, batch_size=2, holdout=0.4, split="index")
+    train_set, val_set, *_ = load_data(cfg)
+    trained = {content_hash(f) for f, _ in train_set.samples}
+    assert val_set.list.training_copies > 0 and not {content_hash(f) for f, _ in val_set.samples} & trained
+    assert len(val_set) + val_set.list.training_copies == round(26 * 0.4)  # the index split's 10, less the copies
+    ev = evaluation_images(cfg, None, None, show_progress=False)
+    assert ev.training_copies == val_set.list.training_copies and len(ev) == len(val_set)
+
+    # a validation folder of renamed copies of training images only
+    shutil.copytree(tmp_path / "d", tmp_path / "v")
+    cfg = DataConfig(kind="image_folder", path=str(tmp_path / "d"), val_path=str(tmp_path / "v"), input_size=8,
+                     resize=8, mean=[0.5] * 3, std=[0.5] * 3, batch_size=2)
+    with pytest.raises(DatasetError, match=r"every held-out image is a copy of a training image"):
+        load_data(cfg)
+
+
+def test_a_photograph_held_out_twice_never_sits_in_both_tune_and_evaluation():
+    """Two names, the same bytes, both held out: the tune split could take one and the evaluation split the other,
+    and the manifest then said disjoint_from_tune: false while the evaluation judged what the tune images chose."""
+    from edgecv.export.data import ArraySet, split_off
+
+    ids = [f"id{i % 40}" for i in range(100)]  # 40 photographs, most held out two or three times
+    s = ArraySet(np.zeros((100, 1, 2, 2), np.float32), np.arange(100) % 3, [], "held-out", ids)
+    tune, ev = split_off(s, 0.3, seed=0)
+    assert len(tune) == 30 and len(ev) > 0 and not set(tune.ids) & set(ev.ids)
+    assert set(tune.ids) | set(ev.ids) == set(ids)  # a photograph only in the evaluation split stays there
+    with pytest.raises(DatasetError, match="every held-out image left after the tune split is a copy"):
+        split_off(ArraySet(np.zeros((4, 1, 2, 2), np.float32), np.zeros(4), [], "held-out", ["same"] * 4), 0.3)

@@ -27,6 +27,7 @@ class ImageList:
     classes: List[str]
     root: str
     skipped: List[Tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    training_copies: int = 0  # held-out images left out as byte-for-byte copies of training images
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -117,15 +118,22 @@ def _split_indices(n: int, holdout: float) -> Tuple[List[int], List[int]]:
     return sorted(idx[k:]), sorted(idx[:k])
 
 
+_HASHES: Dict[Tuple[str, int, int], str] = {}  # (path, size, mtime): a training run and an export hash a file once
+
+
 def content_hash(path: str) -> str:
     """sha256 of a file's bytes: an image's identity whatever its name or folder (splits, disjointness)."""
     import hashlib
 
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
 
 
 def hash_holdout(digest: str, holdout: float) -> bool:
@@ -139,8 +147,48 @@ def _hash_split(images: ImageList, holdout: float) -> Tuple[List[int], List[int]
     return [i for i, h in enumerate(held) if not h], [i for i, h in enumerate(held) if h]
 
 
+def _split_images(cfg: DataConfig, split: str, verify: bool = True) -> ImageList:
+    """The image files of ``split`` (train | val) of an image-file recipe: ``data.val_path``, ROOT/train and ROOT/val,
+    or ``data.holdout`` of ROOT split off by index or content hash."""
+    if cfg.val_path and split == "val":
+        return list_images(cfg.val_path)
+    root = Path(cfg.path)
+    if cfg.kind == "image_folder" and (root / split).is_dir():
+        return list_image_folder(root / split, verify)
+    images = list_wnid_folder(root, verify) if cfg.kind == "wnid_folder" else list_image_folder(root, verify)
+    if cfg.holdout > 0:
+        train_idx, val_idx = (_hash_split(images, cfg.holdout) if cfg.split == "hash"
+                              else _split_indices(len(images), cfg.holdout))
+        images = images.subset(train_idx if split == "train" else val_idx)
+        if len(images) == 0:
+            raise DatasetError(f"{root}: the {split} split is empty (holdout={cfg.holdout})")
+    return images
+
+
+def _without_training_copies(held_out: ImageList, cfg: DataConfig) -> ImageList:
+    """``held_out`` less every image whose bytes are also a training image's: scraped folders hold copies under
+    other names, and an index split or a separate validation folder would score the model on images it trained on
+    (a split by content hash never does)."""
+    if cfg.holdout > 0 and cfg.split == "hash" and not cfg.val_path:
+        return held_out
+    if validates_on_training_images(cfg):
+        raise _nothing_held_out(cfg)
+    seen = {content_hash(p) for p, _ in _split_images(cfg, "train", verify=False).samples}
+    keep = [i for i, (p, _) in enumerate(held_out.samples) if content_hash(p) not in seen]
+    if len(keep) == len(held_out):
+        return held_out
+    if not keep:
+        raise DatasetError(f"{cfg.val_path or cfg.path}: every held-out image is a copy of a training image")
+    log.warning("%d held-out image(s) are byte-for-byte copies of training images: left out of validation",
+                len(held_out) - len(keep))
+    out = held_out.subset(keep)
+    out.training_copies = len(held_out) - len(keep)
+    return out
+
+
 def build_dataset(cfg: DataConfig, split: str, train_aug: Optional[bool] = None) -> Dataset:
-    """``split`` is train | val. ``train_aug`` defaults to True for train."""
+    """``split`` is train | val. ``train_aug`` defaults to True for train. The val split of image files never holds
+    a copy of a training image (``_without_training_copies``)."""
     aug = (split == "train") if train_aug is None else train_aug
     tf = train_transform(cfg) if aug else eval_transform(cfg)
     if cfg.kind == "fashion_mnist":
@@ -148,21 +196,18 @@ def build_dataset(cfg: DataConfig, split: str, train_aug: Optional[bool] = None)
         if split == "train" and cfg.train_limit:
             x, y = x[: cfg.train_limit], y[: cfg.train_limit]
         return ArrayDataset(x, y, FASHION_CLASSES, tf)
-    if cfg.val_path and split == "val":
-        return ImageFileDataset(list_images(cfg.val_path), cfg.channels, tf)
-    root = Path(cfg.path)
-    if cfg.kind == "image_folder" and (root / split).is_dir():
-        return ImageFileDataset(list_image_folder(root / split), cfg.channels, tf)
-    images = list_wnid_folder(root) if cfg.kind == "wnid_folder" else list_image_folder(root)
-    if cfg.holdout > 0:
-        train_idx, val_idx = (_hash_split(images, cfg.holdout) if cfg.split == "hash"
-                              else _split_indices(len(images), cfg.holdout))
-        images = images.subset(train_idx if split == "train" else val_idx)
-        if len(images) == 0:
-            raise DatasetError(f"{root}: the {split} split is empty (holdout={cfg.holdout})")
+    images = _split_images(cfg, split)
+    if split == "val":
+        images = _without_training_copies(images, cfg)
     if split == "train" and cfg.train_limit:  # spread over the classes: a folder lists them one by one
         images = images.subset(evenly_spaced(len(images), cfg.train_limit))
     return ImageFileDataset(images, cfg.channels, tf)
+
+
+def _nothing_held_out(cfg: DataConfig) -> DatasetError:
+    return DatasetError(f"{cfg.path}: no held-out images (data.holdout is 0, no data.val_path, no val/ folder), so "
+                        "every top-1 would be measured on the training images: set data.holdout (e.g. 0.2) or "
+                        "data.val_path")
 
 
 def validates_on_training_images(cfg: DataConfig) -> bool:
@@ -175,9 +220,7 @@ def validates_on_training_images(cfg: DataConfig) -> bool:
 def load_data(cfg: DataConfig, distributed: bool = False, seed: int = 0):
     """Return ``(train_set, val_set, train_loader, val_loader, train_sampler)``."""
     if validates_on_training_images(cfg):
-        raise DatasetError(f"{cfg.path}: no held-out images (data.holdout is 0, no data.val_path, no val/ folder), so "
-                           "every top-1 would be measured on the training images: set data.holdout (e.g. 0.2) or "
-                           "data.val_path")
+        raise _nothing_held_out(cfg)
     train_set = build_dataset(cfg, "train")
     if len(train_set.classes) < 2:  # every answer would be that class: top-1 1.0 that means nothing
         raise DatasetError(f"{cfg.path}: {len(train_set.classes)} class(es) {list(train_set.classes)}; a classifier "

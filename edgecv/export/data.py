@@ -29,6 +29,7 @@ class ArraySet:
     classes: List[str] = field(default_factory=list)  # class names of the labels in ``y``
     excluded_overlap: int = 0  # images left out because the other set holds them
     origins: List[str] = field(default_factory=list)  # pooled images: the pool folder each came from
+    training_copies: int = 0  # held-out images left out as copies of training images (data.loaders)
 
     def record(self) -> dict:
         """Size and member-list hash, for the manifest."""
@@ -119,7 +120,8 @@ def evaluation_images(cfg: DataConfig, eval_path: Optional[str], limit: Optional
         raise DatasetError(f"{eval_path or cfg.path}: evaluation images have no labels "
                            "(use an ImageFolder tree or a folder with classes.tsv)")
     return ArraySet(ex, ey, [ev_files[i] for i in ev_idx] if ev_files else [], str(eval_path or cfg.val_path or cfg.path), ev_ids,
-                    list(getattr(ev_ds, "classes", []) or []), overlap)
+                    list(getattr(ev_ds, "classes", []) or []), overlap,
+                    training_copies=getattr(getattr(ev_ds, "list", None), "training_copies", 0))
 
 
 def calib_and_eval_sets(cfg: DataConfig, calib: Optional[str], eval_path: Optional[str], calib_samples: int,
@@ -178,6 +180,16 @@ def split_off(s: ArraySet, fraction: float, seed: int = 0) -> Tuple[ArraySet, Ar
     k = min(n - 1, max(1, int(round(n * fraction))))
     order = np.random.default_rng(seed).permutation(n)
     part, rest = np.sort(order[:k]), np.sort(order[k:])
+    if s.ids:  # a photograph held out twice (two names, the same bytes) must not judge what its copy chose
+        chosen = {s.ids[i] for i in part}
+        copies = [i for i in rest if s.ids[i] in chosen]
+        if copies:
+            rest = np.array([i for i in rest if s.ids[i] not in chosen], dtype=int)
+            if not len(rest):
+                raise DatasetError(f"{s.source}: every held-out image left after the tune split is a copy of a tune "
+                                   "image")
+            log.warning("%d held-out image(s) are copies of tune images: left out of the evaluation split",
+                        len(copies))
 
     def take(idx):
         return ArraySet(s.x[idx], s.y[idx], [s.paths[i] for i in idx] if s.paths else [], s.source,

@@ -28,6 +28,7 @@ def image_sets(run) -> None:
         with run.stages("calibration and evaluation images"):
             cal, ev = calib_and_eval_sets(run.data, opts.calib, opts.eval, opts.calib_samples, opts.eval_limit,
                                           seed=opts.calib_seed, show_progress=run.show_progress)
+    copies = ev.training_copies
     tune, ev = tune_and_evaluation(run, ev)
     run.tune_src, run.ev_src = source_size_sets(run, cal, tune, ev)
     if cal is None:
@@ -37,7 +38,9 @@ def image_sets(run) -> None:
                                   "definition": opts.calib_set, **cal.record()}
     run.summary["evaluation"] = {**ev.record(), "disjoint_from_calibration": overlap == 0,
                                  "disjoint_from_tune": not set(ev.ids) & set(tune.ids),
-                                 "left_out_as_calibration_images": ev.excluded_overlap}
+                                 "left_out_as_calibration_images": ev.excluded_overlap,
+                                 # held out by the recipe, but byte-for-byte copies of its training images
+                                 "left_out_as_copies_of_training_images": copies}
     run.summary["tune"] = {**tune.record(), "used_for": "per-layer fallback (top-1 drop and agreement budget)"}
     _warn_if_too_few(run, len(ev))
     if overlap:

@@ -382,7 +382,9 @@ def _train(recipe: Recipe, out: Path, resume: bool, show_progress: bool, dist_in
 def _finish(r: _Run, result: Dict) -> Dict:
     metrics = {"top1": result["top1"], "top5": result["top5"], "n": result["n"], "loss": result["loss"],
                "epochs": r.recipe.train.epochs, "world_size": r.dist_info["world_size"], "history": r.history,
-               "mixed_precision": amp_name(r.step.amp_dtype)}
+               "mixed_precision": amp_name(r.step.amp_dtype),
+               "val_copies_of_training_left_out": getattr(getattr(r.loaders[1].dataset, "list", None),
+                                                          "training_copies", 0)}
     if r.rank0:
         save_checkpoint(r.checkpoint(), r.out / "model.pt")
         atomic_write_json(r.out / "metrics.json", metrics)
