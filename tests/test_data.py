@@ -229,8 +229,14 @@ def test_held_out_copies_of_training_images_are_left_out_of_every_score(tmp_path
     ev = evaluation_images(cfg, None, None, show_progress=False)
     assert ev.training_copies == val_set.list.training_copies and len(ev) == len(val_set)
 
-    # a validation folder of renamed copies of training images only
+    # a folder named by the export's --eval is screened against the recipe's training images too
     shutil.copytree(tmp_path / "d", tmp_path / "v")
+    ev = evaluation_images(cfg, str(tmp_path / "v"), None, show_progress=False)
+    files = sorted((tmp_path / "v").rglob("*.png"))
+    assert not set(ev.ids) & trained and len(ev) + ev.training_copies == len(files)
+    assert ev.training_copies == sum(content_hash(str(f)) in trained for f in files) > 0
+
+    # a validation folder of renamed copies of training images only
     cfg = DataConfig(kind="image_folder", path=str(tmp_path / "d"), val_path=str(tmp_path / "v"), input_size=8,
                      resize=8, mean=[0.5] * 3, std=[0.5] * 3, batch_size=2)
     with pytest.raises(DatasetError, match=r"every held-out image is a copy of a training image"):

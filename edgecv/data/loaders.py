@@ -5,7 +5,7 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import numpy as np
 import torch
@@ -147,15 +147,15 @@ def _hash_split(images: ImageList, holdout: float) -> Tuple[List[int], List[int]
     return [i for i, h in enumerate(held) if not h], [i for i, h in enumerate(held) if h]
 
 
-def _split_images(cfg: DataConfig, split: str, verify: bool = True) -> ImageList:
+def _split_images(cfg: DataConfig, split: str) -> ImageList:
     """The image files of ``split`` (train | val) of an image-file recipe: ``data.val_path``, ROOT/train and ROOT/val,
     or ``data.holdout`` of ROOT split off by index or content hash."""
     if cfg.val_path and split == "val":
         return list_images(cfg.val_path)
     root = Path(cfg.path)
     if cfg.kind == "image_folder" and (root / split).is_dir():
-        return list_image_folder(root / split, verify)
-    images = list_wnid_folder(root, verify) if cfg.kind == "wnid_folder" else list_image_folder(root, verify)
+        return list_image_folder(root / split)
+    images = list_wnid_folder(root) if cfg.kind == "wnid_folder" else list_image_folder(root)
     if cfg.holdout > 0:
         train_idx, val_idx = (_hash_split(images, cfg.holdout) if cfg.split == "hash"
                               else _split_indices(len(images), cfg.holdout))
@@ -163,6 +163,17 @@ def _split_images(cfg: DataConfig, split: str, verify: bool = True) -> ImageList
         if len(images) == 0:
             raise DatasetError(f"{root}: the {split} split is empty (holdout={cfg.holdout})")
     return images
+
+
+def training_identities(cfg: DataConfig) -> Set[str]:
+    """Content hashes (``content_hash``) of the training images of an image-file recipe; empty for Fashion-MNIST's
+    arrays, or when the recipe's folder is not on this machine."""
+    if cfg.kind == "fashion_mnist" or not Path(cfg.path).is_dir():
+        return set()
+    try:  # listed as training lists them (unreadable files screened out): the index split depends on the list
+        return {content_hash(p) for p, _ in _split_images(cfg, "train").samples}
+    except DatasetError:  # no training images to be found there: none to leave out
+        return set()
 
 
 def _without_training_copies(held_out: ImageList, cfg: DataConfig) -> ImageList:
@@ -173,7 +184,7 @@ def _without_training_copies(held_out: ImageList, cfg: DataConfig) -> ImageList:
         return held_out
     if validates_on_training_images(cfg):
         raise _nothing_held_out(cfg)
-    seen = {content_hash(p) for p, _ in _split_images(cfg, "train", verify=False).samples}
+    seen = training_identities(cfg)
     keep = [i for i, (p, _) in enumerate(held_out.samples) if content_hash(p) not in seen]
     if len(keep) == len(held_out):
         return held_out

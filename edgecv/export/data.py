@@ -10,7 +10,7 @@ from typing import List, Optional, Set, Tuple
 import numpy as np
 import torch
 
-from edgecv.data.loaders import ImageFileDataset, build_dataset, dataset_for_path
+from edgecv.data.loaders import ImageFileDataset, build_dataset, content_hash, dataset_for_path, training_identities
 from edgecv.errors import DatasetError
 from edgecv.recipe import DataConfig
 from edgecv.utils.progress import progress
@@ -50,8 +50,7 @@ def sample_identity(ds, i: int) -> str:
 
     if isinstance(ds, ImageFileDataset):
         try:
-            with open(ds.samples[i][0], "rb") as f:
-                return hashlib.sha256(f.read()).hexdigest()
+            return content_hash(ds.samples[i][0])
         except OSError:
             return "unreadable:" + os.path.realpath(ds.samples[i][0])
     return hashlib.sha256(ds.images[i].numpy().tobytes()).hexdigest()
@@ -92,10 +91,12 @@ def _check_fits(desc: str, n: int, first: np.ndarray) -> None:
 def evaluation_images(cfg: DataConfig, eval_path: Optional[str], limit: Optional[int], exclude: Set[str] = frozenset(),
                       show_progress: bool = True) -> ArraySet:
     """The labelled held-out images (``eval_path`` or the recipe's held-out split), leaving out any image whose
-    content is in ``exclude`` (calibration images)."""
+    content is in ``exclude`` (calibration images) or is one of the recipe's training images."""
     ev_ds = dataset_for_path(eval_path, cfg) if eval_path else build_dataset(cfg, "val")
+    # the held-out split has none already (data.loaders); a folder named by --eval may hold the training images
+    trained = training_identities(cfg) if eval_path else set()
     ev_files = _files(ev_ds)
-    ev_idx, ev_ids, overlap = [], [], 0
+    ev_idx, ev_ids, overlap, copies = [], [], 0, getattr(getattr(ev_ds, "list", None), "training_copies", 0)
     n = len(ev_ds)
     # a folder lists its images class by class: a limit takes them spread over it, then any others in its place
     spread = evenly_spaced(n, limit or n)
@@ -106,13 +107,19 @@ def evaluation_images(cfg: DataConfig, eval_path: Optional[str], limit: Optional
         if ident in exclude:
             overlap += 1
             continue
+        if ident in trained:
+            copies += 1
+            continue
         ev_idx.append(i)
         ev_ids.append(ident)
     order = np.argsort(ev_idx, kind="stable")  # in the data's own order, as before
     ev_idx, ev_ids = [ev_idx[k] for k in order], [ev_ids[k] for k in order]
     if not ev_idx:
-        raise DatasetError(f"{eval_path or cfg.path}: every evaluation image is also a calibration image; "
-                           "lower --calib-samples or pass a separate --eval folder")
+        raise DatasetError(f"{eval_path or cfg.path}: every evaluation image is also a calibration or a training "
+                           "image; lower --calib-samples or pass a separate --eval folder")
+    if copies > getattr(getattr(ev_ds, "list", None), "training_copies", 0):
+        log.warning("%d evaluation image(s) are copies of the recipe's training images: left out of the "
+                    "evaluation", copies)
     if overlap:
         log.warning("%d evaluation image(s) are also calibration images: left out of the evaluation", overlap)
     ex, ey = materialise(ev_ds, ev_idx, "evaluation images", show_progress)
@@ -121,7 +128,7 @@ def evaluation_images(cfg: DataConfig, eval_path: Optional[str], limit: Optional
                            "(use an ImageFolder tree or a folder with classes.tsv)")
     return ArraySet(ex, ey, [ev_files[i] for i in ev_idx] if ev_files else [], str(eval_path or cfg.val_path or cfg.path), ev_ids,
                     list(getattr(ev_ds, "classes", []) or []), overlap,
-                    training_copies=getattr(getattr(ev_ds, "list", None), "training_copies", 0))
+                    training_copies=copies)
 
 
 def calib_and_eval_sets(cfg: DataConfig, calib: Optional[str], eval_path: Optional[str], calib_samples: int,
