@@ -30,6 +30,29 @@ class BatchList(click.ParamType):
         return sizes
 
 
+class Dims(click.ParamType):
+    """An input's dimensions after the batch, ``CxHxW`` (as trtexec's ``--shapes``), e.g. ``3x224x224``."""
+
+    name = "CxHxW"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            dims = tuple(int(p) for p in str(value).lower().split("x"))
+        except ValueError:
+            self.fail(f"{value!r}: expected dimensions after the batch joined by x, e.g. 3x224x224", param, ctx)
+        if any(d < 1 for d in dims):
+            self.fail(f"{value!r}: every dimension must be >= 1", param, ctx)
+        return dims
+
+
+def shape_option(f):
+    return click.option("--shape", type=Dims(), default=None,
+                        help="The input's dimensions after the batch where the model leaves them dynamic, e.g. "
+                             "3x224x224 (trtexec's --shapes).")(f)
+
+
 def dla_option(f):
     return click.option("--dla", "dla_core", type=click.IntRange(min=-1), default=-1, show_default=True,
                         help="Run the TensorRT engine built for DLA core N (Jetson Xavier/Orin); -1: the GPU.")(f)
@@ -110,6 +133,7 @@ def verify(bundle, backend, iters, record, as_json, dla_core):
               help="Artefact precision; default: the manifest's choice.")
 @click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--json", "as_json", is_flag=True)
+@shape_option
 @dla_option
 def bench(target, backend, as_json, **flags):
     """Latency p50/p90/p99 and throughput of TARGET (a bundle or an .onnx file) per batch size."""
@@ -138,6 +162,7 @@ def bench(target, backend, as_json, **flags):
 @click.option("-o", "--out", "out_dir", default=None, callback=new_dir_or_missing,
               help="Folder for profile.json (trtexec shape), profile.csv, profile.png.")
 @click.option("--json", "as_json", is_flag=True)
+@shape_option
 @dla_option
 def profile(target, backend, as_json, **flags):
     """Per-layer latency of TARGET, sorted by time, mapped back to PyTorch modules where names allow."""

@@ -12,7 +12,8 @@ from edgecv.runtime.latency import measure_interleaved
 @dataclass
 class BenchOptions:
     """``edgecv bench``'s options: the batch sizes, untimed ``warmup`` and timed ``iters`` runs per batch, the
-    artefact's precision (None: the manifest's choice), ONNX Runtime's threads, the DLA core (-1: the GPU)."""
+    artefact's precision (None: the manifest's choice), ONNX Runtime's threads, the DLA core (-1: the GPU), and the
+    input's dimensions after the batch where the model leaves them dynamic (``shape``)."""
 
     batches: Tuple[int, ...] = (1,)
     warmup: int = 20
@@ -20,6 +21,22 @@ class BenchOptions:
     precision: Optional[str] = None
     threads: Optional[int] = None
     dla_core: int = -1
+    shape: Optional[Tuple[int, ...]] = None
+
+
+def runs_on(be, x: np.ndarray, artifact: str) -> None:
+    """One inference of ``x``; InputSpecError naming ``artifact`` and the shape when the runtime cannot run it (a
+    --shape too small for the network's kernels was ONNX Runtime's or OpenVINO's traceback)."""
+    from edgecv.errors import InputSpecError
+
+    try:
+        be.infer(x)
+    except Exception as e:  # each runtime raises its own class, with a message of several lines
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        # OpenVINO's first lines only say where it was thrown ("Exception from src/...cpp:224:")
+        first = next((t for t in lines if not t.startswith("Exception from")), lines[0] if lines else type(e).__name__)
+        raise InputSpecError(f"{artifact}: cannot run on an input of shape {'x'.join(map(str, x.shape))} "
+                             f"({first[:300]})") from None
 
 
 def bench(target: str, backend: str = "auto", options: Optional[BenchOptions] = None, **fields) -> Dict:
@@ -34,7 +51,8 @@ def bench(target: str, backend: str = "auto", options: Optional[BenchOptions] = 
     out = {"backend": info["backend"], "artifact": info["file"], "precision": info["precision"], "batches": {}}
     try:
         for b in o.batches:
-            x = rng.standard_normal((b,) + tuple(d for d in spec.shape[1:])).astype(np.float32)
+            x = rng.standard_normal(spec.batch_shape(b, o.shape), dtype=np.float32)
+            runs_on(be, x, info["file"])
             stats = measure_interleaved({"m": lambda x=x: be.infer(x)}, warmup=o.warmup, iters=o.iters, rounds=1)["m"]
             stats["throughput"] = b * 1000.0 / stats["mean_ms"]
             out["batches"][str(b)] = stats

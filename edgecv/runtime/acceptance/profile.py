@@ -10,7 +10,7 @@ import csv
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -58,6 +58,7 @@ class ProfileOptions:
     batch: int = 1
     threads: Optional[int] = None
     dla_core: int = -1
+    shape: Optional[Tuple[int, ...]] = None  # the input's dimensions after the batch, where the model leaves them dynamic
     out_dir: Optional[str] = None
     top: int = 20
 
@@ -66,6 +67,7 @@ def profile(target: str, backend: str = "auto", options: Optional[ProfileOptions
     """Per-layer mean and median ms of TARGET's default artefact on ``backend``, with the end-to-end check.
     Options come as a :class:`ProfileOptions`, or as its fields by name."""
     from edgecv.bundle.reader import is_bundle_dir, open_bundle
+    from edgecv.runtime.acceptance.bench import runs_on
     from edgecv.runtime.backends.select import open_backend
 
     o = replace(options or ProfileOptions(), **fields)
@@ -73,8 +75,8 @@ def profile(target: str, backend: str = "auto", options: Optional[ProfileOptions
         target = open_bundle(target)  # opened and checksummed once
     be, info = open_backend(target, backend, threads=o.threads, dla_core=o.dla_core)
     try:
-        shape = (o.batch,) + tuple(d if d > 0 else 1 for d in be.inputs[0].shape[1:])
-        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        x = np.random.default_rng(0).standard_normal(be.inputs[0].batch_shape(o.batch, o.shape), dtype=np.float32)
+        runs_on(be, x, info["file"])
         for _ in range(o.warmup):
             be.infer(x)
         prof = be.profile_layers(x, o.iters)

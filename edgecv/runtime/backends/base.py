@@ -28,6 +28,38 @@ class TensorSpec:
         dims = ",".join("N" if d == -1 else str(d) for d in self.shape)
         return f"{self.name}: {np.dtype(self.dtype).name}[{dims}]"
 
+    def batch_shape(self, batch: int, dims: Optional[Tuple[int, ...]] = None) -> Tuple[int, ...]:
+        """The shape of ``batch`` inputs for timing: the model's own dimensions after the batch, with ``dims``
+        (``--shape``, as trtexec's ``--shapes``) filling dynamic ones. InputSpecError when one stays dynamic or
+        empty, ``dims`` contradicts a fixed one, or one input is over the frame budget (three channels of
+        MAX_PIXELS) or the batch over the memory available: a model declaring 1x3x40000x40000 asked numpy for
+        36 GB, and a dynamic H x W for a negative size."""
+        from edgecv.utils.limits import MAX_PIXELS, available_memory
+
+        own = tuple(self.shape[1:])
+        if dims is not None:
+            text = "x".join(map(str, dims))
+            if len(dims) != len(own):
+                raise InputSpecError(f"--shape {text}: {len(dims)} dimension(s), but {self.describe()} has "
+                                     f"{len(own)} after the batch")
+            fixed = [i for i, (d, g) in enumerate(zip(own, dims)) if d > 0 and d != g]
+            if fixed:
+                raise InputSpecError(f"--shape {text}: {self.describe()} is fixed at {own[fixed[0]]} in dimension "
+                                     f"{fixed[0] + 1} after the batch")
+            own = tuple(dims)
+        if any(d < 1 for d in own):
+            raise InputSpecError(f"{self.describe()}: dynamic or empty dimensions after the batch; give them with "
+                                 "--shape, e.g. --shape 3x224x224")
+        per_input = int(np.prod(own, dtype=np.int64))
+        if per_input > 3 * MAX_PIXELS:
+            raise InputSpecError(f"{self.describe()}: {per_input:,} values per input, over the frame budget "
+                                 f"({3 * MAX_PIXELS:,}: {MAX_PIXELS / 1e6:.0f} megapixels x 3 channels)")
+        need, free = 2 * batch * per_input * np.dtype(np.float32).itemsize, available_memory()
+        if free is not None and need > free:
+            raise InputSpecError(f"{self.describe()}: a batch of {batch} needs {need / 2**30:.1f} GiB, more than the "
+                                 f"{free / 2**30:.1f} GiB available; lower --batch")
+        return (batch,) + own
+
 
 class Backend:
     """One model loaded for inference. A backend class also says, as class methods, whether it can run here

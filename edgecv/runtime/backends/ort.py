@@ -111,7 +111,8 @@ class OrtBackend(OnnxFileBackend):
         import onnxruntime as ort
 
         out_shape = (batch.shape[0],) + self._outputs[0].shape[1:]
-        if (not batch.flags.c_contiguous or -1 in out_shape
+        # an output of unknown or no rank has no batch dimension to size a buffer by: run it unbound
+        if (not batch.flags.c_contiguous or -1 in out_shape or not self._outputs[0].shape
                 or self.session.get_outputs()[0].type != "tensor(float)"):
             return False
         out = np.empty(out_shape, np.float32)
