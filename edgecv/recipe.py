@@ -358,9 +358,20 @@ def _validate(r: Recipe, source: str) -> None:
     if rrc is not None and (len(rrc) != 2 or rrc[0] > rrc[1]):
         raise RecipeError(f"{source}: data.augment.random_resized_crop: expected [min, max] with min <= max, "
                           f"got {rrc}")
+    _check_against_each_other(r, source)
+
+
+def _check_against_each_other(r: Recipe, source: str) -> None:
+    """Values each within range that cannot go together: the run would train nothing it was asked to."""
     if r.model.freeze_backbone_epochs > r.train.epochs:
         raise RecipeError(f"{source}: model.freeze_backbone_epochs: {r.model.freeze_backbone_epochs} is more than "
                           f"train.epochs {r.train.epochs} (the backbone would never train)")
+    if r.train.warmup_epochs > r.train.epochs:
+        raise RecipeError(f"{source}: train.warmup_epochs: {r.train.warmup_epochs:g} is more than train.epochs "
+                          f"{r.train.epochs} (the rate would never reach train.lr)")
+    if r.data.augment.random_crop_padding >= r.data.input_size:
+        raise RecipeError(f"{source}: data.augment.random_crop_padding: {r.data.augment.random_crop_padding} is not "
+                          f"less than data.input_size {r.data.input_size} (crops could hold no image at all)")
 
 
 def load_recipe(path: str | os.PathLike, overrides: List[str] = ()) -> Recipe:
