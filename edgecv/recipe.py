@@ -369,9 +369,6 @@ def _check_against_each_other(r: Recipe, source: str) -> None:
     if r.train.warmup_epochs > r.train.epochs:
         raise RecipeError(f"{source}: train.warmup_epochs: {r.train.warmup_epochs:g} is more than train.epochs "
                           f"{r.train.epochs} (the rate would never reach train.lr)")
-    if r.data.augment.random_crop_padding >= r.data.input_size:
-        raise RecipeError(f"{source}: data.augment.random_crop_padding: {r.data.augment.random_crop_padding} is not "
-                          f"less than data.input_size {r.data.input_size} (crops could hold no image at all)")
 
 
 def load_recipe(path: str | os.PathLike, overrides: List[str] = ()) -> Recipe:

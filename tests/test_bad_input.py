@@ -59,8 +59,6 @@ def one_line_error(r, code=2, *needles):
     (None, ["train.epochs=-3"], "train.epochs: must be >= 1"),
     (None, ["train.threads=100000"], "train.threads: must be >= 1 and <= 256"),
     (None, ["train.warmup_epochs=100"], "train.warmup_epochs: 100 is more than train.epochs"),
-    (None, ["data.augment.random_crop_padding=28"], "data.augment.random_crop_padding: 28 is not less than "
-                                                     "data.input_size 28"),
     (None, ["data.workers=10000"], "data.workers: must be >= 0 and <= 256"),
     (None, ["train.lr=.inf"], "train.lr: must be finite and > 0, got inf"),
     (None, ["export.temperature=.nan"], "export.temperature: must be finite and > 0, got nan"),
