@@ -3,7 +3,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import FASHION
+from conftest import FASHION, ROOT
 
 from edgecv.data.fashion_mnist import load_fashion_mnist
 from edgecv.data.folders import list_image_folder, list_images, list_wnid_folder, read_classes_tsv
@@ -255,3 +255,16 @@ def test_a_photograph_held_out_twice_never_sits_in_both_tune_and_evaluation():
     assert set(tune.ids) | set(ev.ids) == set(ids)  # a photograph only in the evaluation split stays there
     with pytest.raises(DatasetError, match="every held-out image left after the tune split is a copy"):
         split_off(ArraySet(np.zeros((4, 1, 2, 2), np.float32), np.zeros(4), [], "held-out", ["same"] * 4), 0.3)
+
+
+def test_a_recipe_that_holds_nothing_out_is_still_judged_on_its_whole_folder(imagenet_dir):
+    """The ImageNet recipe (a pretrained network, never trained here) names one folder and holds nothing out: it has
+    no training split, so nothing is left out of its held-out images as training copies; training on it stays
+    refused."""
+    from edgecv.data.loaders import build_dataset, load_data, training_identities
+    from edgecv.recipe import load_recipe
+
+    cfg = load_recipe(ROOT / "recipes" / "efficientnet_lite0_imagenet.yaml", [f"data.path={imagenet_dir}"]).data
+    assert len(build_dataset(cfg, "val")) == 500 and training_identities(cfg) == set()
+    with pytest.raises(DatasetError, match="no held-out images"):
+        load_data(cfg)

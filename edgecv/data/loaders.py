@@ -167,8 +167,10 @@ def _split_images(cfg: DataConfig, split: str) -> ImageList:
 
 def training_identities(cfg: DataConfig) -> Set[str]:
     """Content hashes (``content_hash``) of the training images of an image-file recipe; empty for Fashion-MNIST's
-    arrays, or when the recipe's folder is not on this machine."""
-    if cfg.kind == "fashion_mnist" or not Path(cfg.path).is_dir():
+    arrays, a recipe without a training split, or when the recipe's folder is not on this machine."""
+    if cfg.kind == "fashion_mnist" or not Path(cfg.path).is_dir() or validates_on_training_images(cfg):
+        # no training split: a recipe that holds nothing out is never trained (load_data refuses it), only judged
+        # (a pretrained network on its folder, as the ImageNet recipe is)
         return set()
     try:  # listed as training lists them (unreadable files screened out): the index split depends on the list
         return {content_hash(p) for p, _ in _split_images(cfg, "train").samples}
@@ -182,8 +184,6 @@ def _without_training_copies(held_out: ImageList, cfg: DataConfig) -> ImageList:
     (a split by content hash never does)."""
     if cfg.holdout > 0 and cfg.split == "hash" and not cfg.val_path:
         return held_out
-    if validates_on_training_images(cfg):
-        raise _nothing_held_out(cfg)
     seen = training_identities(cfg)
     keep = [i for i, (p, _) in enumerate(held_out.samples) if content_hash(p) not in seen]
     if len(keep) == len(held_out):
@@ -215,12 +215,6 @@ def build_dataset(cfg: DataConfig, split: str, train_aug: Optional[bool] = None)
     return ImageFileDataset(images, cfg.channels, tf)
 
 
-def _nothing_held_out(cfg: DataConfig) -> DatasetError:
-    return DatasetError(f"{cfg.path}: no held-out images (data.holdout is 0, no data.val_path, no val/ folder), so "
-                        "every top-1 would be measured on the training images: set data.holdout (e.g. 0.2) or "
-                        "data.val_path")
-
-
 def validates_on_training_images(cfg: DataConfig) -> bool:
     """Whether the "val" split of ``cfg`` is its training images (an image folder with nothing held out)."""
     if cfg.kind == "fashion_mnist" or cfg.val_path or cfg.holdout > 0:
@@ -231,7 +225,9 @@ def validates_on_training_images(cfg: DataConfig) -> bool:
 def load_data(cfg: DataConfig, distributed: bool = False, seed: int = 0):
     """Return ``(train_set, val_set, train_loader, val_loader, train_sampler)``."""
     if validates_on_training_images(cfg):
-        raise _nothing_held_out(cfg)
+        raise DatasetError(f"{cfg.path}: no held-out images (data.holdout is 0, no data.val_path, no val/ folder), so "
+                           "every top-1 would be measured on the training images: set data.holdout (e.g. 0.2) or "
+                           "data.val_path")
     train_set = build_dataset(cfg, "train")
     if len(train_set.classes) < 2:  # every answer would be that class: top-1 1.0 that means nothing
         raise DatasetError(f"{cfg.path}: {len(train_set.classes)} class(es) {list(train_set.classes)}; a classifier "
