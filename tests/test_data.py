@@ -236,6 +236,14 @@ def test_held_out_copies_of_training_images_are_left_out_of_every_score(tmp_path
     assert not set(ev.ids) & trained and len(ev) + ev.training_copies == len(files)
     assert ev.training_copies == sum(content_hash(str(f)) in trained for f in files) > 0
 
+    # train/ and val/ folders: data.holdout and data.split do not apply, so the copies are screened out all the same
+    shutil.copytree(tmp_path / "d", tmp_path / "tv" / "train")
+    shutil.copytree(tmp_path / "d", tmp_path / "tv" / "val")
+    (tmp_path / "tv" / "val" / "a" / "new.png").write_bytes(cv2.imencode(".png", np.full((8, 8, 3), 7, np.uint8))[1])
+    tv = DataConfig(kind="image_folder", path=str(tmp_path / "tv"), input_size=8, resize=8, mean=[0.5] * 3,
+                    std=[0.5] * 3, batch_size=2, holdout=0.3, split="hash")
+    assert [f for f, _ in load_data(tv)[1].samples] == [str(tmp_path / "tv" / "val" / "a" / "new.png")]
+
     # a validation folder of renamed copies of training images only
     cfg = DataConfig(kind="image_folder", path=str(tmp_path / "d"), val_path=str(tmp_path / "v"), input_size=8,
                      resize=8, mean=[0.5] * 3, std=[0.5] * 3, batch_size=2)

@@ -178,11 +178,17 @@ def training_identities(cfg: DataConfig) -> Set[str]:
         return set()
 
 
+def _split_by_hash(cfg: DataConfig) -> bool:
+    """Whether the held-out images are ``data.holdout`` of the folder split by content hash (no separate folder)."""
+    separate = cfg.val_path or (cfg.kind == "image_folder" and (Path(cfg.path) / "val").is_dir())
+    return cfg.holdout > 0 and cfg.split == "hash" and not separate
+
+
 def _without_training_copies(held_out: ImageList, cfg: DataConfig) -> ImageList:
     """``held_out`` less every image whose bytes are also a training image's: scraped folders hold copies under
     other names, and an index split or a separate validation folder would score the model on images it trained on
     (a split by content hash never does)."""
-    if cfg.holdout > 0 and cfg.split == "hash" and not cfg.val_path:
+    if _split_by_hash(cfg):
         return held_out
     seen = training_identities(cfg)
     keep = [i for i, (p, _) in enumerate(held_out.samples) if content_hash(p) not in seen]
