@@ -561,3 +561,27 @@ def test_bench_runs_a_model_whose_output_has_no_batch_dimension(tmp_path):
     f = _onnx_file(tmp_path / "scalar.onnx", ["N", 3, 8, 8])
     r = invoke("bench", f, "--batch", "1,2", "--iters", "3", "--json")
     assert r.exit_code == 0 and set(json.loads(r.output)["batches"]) == {"1", "2"}, r.output
+
+
+def test_a_path_the_file_system_cannot_hold_or_follow_is_one_line(tiny_ckpt, tmp_path):
+    """A name over 255 bytes (ENAMETOOLONG) was an internal error from train, export, bench and explain; an output
+    under a symbolic link that loops or dangles was an internal FileExistsError from train and export."""
+    long = tmp_path / ("a" * 300)
+    cases = [
+        (["train", TINY_RECIPE, "-o", long], "File name too long (the file system cannot hold or follow this path)"),
+        (["export", TINY_RECIPE, "--set", f"checkpoint={tiny_ckpt}", "-o", long], "File name too long"),
+        (["bench", long], "File name too long"),
+        (["explain", tiny_ckpt, f"{long}.png", "-o", tmp_path / "ex"], "File name too long"),
+    ]
+    os.symlink(tmp_path / "loop2", tmp_path / "loop1")
+    os.symlink(tmp_path / "loop1", tmp_path / "loop2")
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
+    for link in ("loop1", "dangling"):
+        for cmd in (["train", TINY_RECIPE], ["export", TINY_RECIPE, "--set", f"checkpoint={tiny_ckpt}"]):
+            cases.append(([*cmd, "-o", tmp_path / link / "x"],
+                          f"({tmp_path / link} is a symbolic link that leads nowhere: dangling, or a loop)"))
+    for args, needle in cases:
+        r = invoke(*args)
+        one_line_error(r, 2, needle)
+        assert len(r.output.strip().splitlines()[-1]) < 400  # the 300-byte name is shortened in the message
+    assert not {p.name for p in tmp_path.iterdir()} - {"dangling", "loop1", "loop2", "ex"}  # nothing else made

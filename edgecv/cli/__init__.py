@@ -14,6 +14,20 @@ import click
 
 # the machine's state, not a bug: a full disk, a quota, a read-only mount, a file-size limit
 _FULL_OR_READ_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+# a path the file system cannot hold or follow: the user's to change
+_BAD_PATH = {errno.ENAMETOOLONG, errno.ELOOP}
+
+
+def _os_error_line(e: OSError):
+    """The one line for an OSError that is the machine's state or the path's, else None (a bug: raised)."""
+    name = str(e.filename) if e.filename else ""
+    where = f"{name[:80]}...{name[-40:]}: " if len(name) > 160 else f"{name}: " if name else ""
+    if e.errno in _FULL_OR_READ_ONLY:
+        return (f"{where}{e.strerror}: edgecv keeps no half-written file; free space (or lift the limit) and run "
+                "again, or write elsewhere")
+    if e.errno in _BAD_PATH:
+        return f"{where}{e.strerror} (the file system cannot hold or follow this path): choose another"
+    return None
 
 
 class EdgecvGroup(click.Group):
@@ -28,11 +42,10 @@ class EdgecvGroup(click.Group):
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
         except OSError as e:
-            if e.errno not in _FULL_OR_READ_ONLY:
+            line = _os_error_line(e)
+            if line is None:
                 raise
-            where = f"{e.filename}: " if e.filename else ""
-            click.echo(f"error: {where}{e.strerror}: edgecv keeps no half-written file; free space (or lift the "
-                       "limit) and run again, or write elsewhere", err=True)
+            click.echo(f"error: {line}", err=True)
             sys.exit(2)
         except RuntimeError as e:
             if type(e).__name__ != "OutOfMemoryError":  # torch's (CUDA's); torch itself is not imported here

@@ -188,6 +188,8 @@ class OutputLock:
 def not_a_folder(path: str | os.PathLike) -> Optional[str]:
     """Why ``path`` cannot be an output folder because something else is there, or None."""
     p = os.fsdecode(path)
+    if os.path.islink(p) and not os.path.exists(p):
+        return f"{p}: is a symbolic link that leads nowhere (dangling, or a loop)"
     return f"{p}: exists and is not a directory" if os.path.exists(p) and not os.path.isdir(p) else None
 
 
@@ -217,6 +219,9 @@ def _prepare_parent(path: Path, create: bool = True) -> None:
     anc = path.parent
     missing = []
     while not anc.exists() and anc != anc.parent:
+        if anc.is_symlink():  # exists() follows links: a dangling one or a loop made mkdir fail "File exists"
+            raise OutputError(f"{path}: cannot be created ({anc} is a symbolic link that leads nowhere: dangling, "
+                              "or a loop)")
         missing.append(anc)
         anc = anc.parent
     if not anc.is_dir():
