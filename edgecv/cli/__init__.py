@@ -26,7 +26,7 @@ def _os_error_line(e: OSError):
         return (f"{where}{e.strerror}: edgecv keeps no half-written file; free space (or lift the limit) and run "
                 "again, or write elsewhere")
     if e.errno in _BAD_PATH:
-        return f"{where}{e.strerror} (the file system cannot hold or follow this path): choose another"
+        return f"{where}{e.strerror} (the file system cannot hold or follow this path)"
     return None
 
 
