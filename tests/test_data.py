@@ -65,6 +65,10 @@ def test_empty_and_all_corrupt_folders_fail(tmp_path):
     (bad / "x.jpg").write_bytes(b"garbage")
     with pytest.raises(DatasetError, match="no readable images"):
         list_images(bad)
+    # a file where a folder belongs said "image folder not found" of a file that is there
+    for lister in (list_images, list_image_folder, list_wnid_folder):
+        with pytest.raises(DatasetError, match=r"x.jpg: not a folder \(an image folder holds one sub-folder"):
+            lister(bad / "x.jpg")
 
 
 def test_holdout_split_is_disjoint(imagenet_dir):

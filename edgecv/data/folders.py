@@ -36,6 +36,13 @@ class ImageList:
         return ImageList([self.samples[i] for i in indices], self.classes, self.root, list(self.skipped))
 
 
+def _not_a_folder(root: Path) -> str:
+    """Why ``root`` cannot be listed as an image folder: missing, or something else (a file, a device)."""
+    if root.exists():
+        return f"{root}: not a folder (an image folder holds one sub-folder of images per class)"
+    return f"{root}: image folder not found{relative_hint(root)}"
+
+
 def _is_image(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in IMAGE_EXTS
 
@@ -79,7 +86,7 @@ def list_image_folder(root: str | Path, verify: bool = True) -> ImageList:
     """One sub-folder per class (sorted names give the class indices), as torchvision's ImageFolder."""
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"{root}: image folder not found{relative_hint(root)}")
+        raise DatasetError(_not_a_folder(root))
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DatasetError(f"{root}: no class sub-folders (expected ROOT/<class>/<image>)")
@@ -150,7 +157,7 @@ def list_wnid_folder(root: str | Path, verify: bool = True, classes_tsv: str | P
     """Flat folder of ``<wnid>_<anything>.JPEG`` files; ``classes.tsv`` maps wnids to class indices."""
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"{root}: image folder not found{relative_hint(root)}")
+        raise DatasetError(_not_a_folder(root))
     names, wnids = read_classes_tsv(classes_tsv or root / "classes.tsv")
     raw, unknown = [], []
     for p in sorted(root.iterdir()):
@@ -184,4 +191,4 @@ def list_images(root: str | Path, verify: bool = True) -> ImageList:
         if not good:
             raise DatasetError(f"{root}: no readable images ({len(bad)} unreadable)")
         return ImageList(good, [], str(root), bad)
-    raise DatasetError(f"{root}: image folder not found{relative_hint(root)}")
+    raise DatasetError(_not_a_folder(root))
