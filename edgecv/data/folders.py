@@ -10,11 +10,11 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from edgecv.errors import DatasetError
 from edgecv.utils.images import IMAGE_EXTS
-from edgecv.utils.io import relative_hint, utf8_safe
+from edgecv.utils.io import relative_hint, utf8_safe, while_unchanged
 
 log = logging.getLogger("edgecv.data")
 
@@ -63,10 +63,21 @@ def check_image(path: str) -> Optional[str]:
         return f"{type(e).__name__}: {e}"
 
 
+_CHECKED: Dict[Tuple[str, int, int], Optional[str]] = {}
+
+
+def _checked(path: str) -> Optional[str]:
+    """``check_image`` once per file version: the splits and the training-copy screen list one folder again."""
+    try:
+        return while_unchanged(_CHECKED, path, check_image)
+    except OSError as e:  # gone or unreadable since the listing
+        return f"{type(e).__name__}: {e.strerror}"
+
+
 def _screen(samples: List[Tuple[str, int]], root: str, verify: bool) -> Tuple[List, List]:
     good, bad = [], []
     for path, label in samples:
-        reason = check_image(path) if verify else None
+        reason = _checked(path) if verify else None
         if reason is None:
             good.append((path, label))
         else:

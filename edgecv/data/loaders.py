@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
 from pathlib import Path
 from typing import Dict, List, Optional, Set, Tuple
@@ -17,6 +16,7 @@ from edgecv.data.folders import ImageList, list_image_folder, list_images, list_
 from edgecv.data.transforms import eval_transform, train_transform
 from edgecv.errors import DatasetError
 from edgecv.recipe import DataConfig
+from edgecv.utils.io import sha256_file, while_unchanged
 from edgecv.utils.sampling import evenly_spaced
 from edgecv.utils.signals import child_unblock
 
@@ -118,22 +118,12 @@ def _split_indices(n: int, holdout: float) -> Tuple[List[int], List[int]]:
     return sorted(idx[k:]), sorted(idx[:k])
 
 
-_HASHES: Dict[Tuple[str, int, int], str] = {}  # (path, size, mtime): a training run and an export hash a file once
+_HASHES: Dict[Tuple[str, int, int], str] = {}
 
 
 def content_hash(path: str) -> str:
     """sha256 of a file's bytes: an image's identity whatever its name or folder (splits, disjointness)."""
-    import hashlib
-
-    st = os.stat(path)
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _HASHES[key] = h.hexdigest()
-    return _HASHES[key]
+    return while_unchanged(_HASHES, path, sha256_file)
 
 
 def hash_holdout(digest: str, holdout: float) -> bool:
@@ -201,6 +191,11 @@ def _without_training_copies(held_out: ImageList, cfg: DataConfig) -> ImageList:
     out = held_out.subset(keep)
     out.training_copies = len(held_out) - len(keep)
     return out
+
+
+def training_copies(ds) -> int:
+    """How many byte-for-byte copies of training images ``_without_training_copies`` left out of dataset ``ds``."""
+    return getattr(getattr(ds, "list", None), "training_copies", 0)
 
 
 def build_dataset(cfg: DataConfig, split: str, train_aug: Optional[bool] = None) -> Dataset:

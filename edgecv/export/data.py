@@ -10,7 +10,7 @@ from typing import List, Optional, Set, Tuple
 import numpy as np
 import torch
 
-from edgecv.data.loaders import ImageFileDataset, build_dataset, content_hash, dataset_for_path, training_identities
+from edgecv.data.loaders import ImageFileDataset, build_dataset, content_hash, dataset_for_path, training_copies, training_identities
 from edgecv.errors import DatasetError
 from edgecv.recipe import DataConfig
 from edgecv.utils.progress import progress
@@ -96,7 +96,7 @@ def evaluation_images(cfg: DataConfig, eval_path: Optional[str], limit: Optional
     # the held-out split has none already (data.loaders); a folder named by --eval may hold the training images
     trained = training_identities(cfg) if eval_path else set()
     ev_files = _files(ev_ds)
-    ev_idx, ev_ids, overlap, copies = [], [], 0, getattr(getattr(ev_ds, "list", None), "training_copies", 0)
+    ev_idx, ev_ids, overlap, copies = [], [], 0, training_copies(ev_ds)
     n = len(ev_ds)
     # a folder lists its images class by class: a limit takes them spread over it, then any others in its place
     spread = evenly_spaced(n, limit or n)
@@ -117,7 +117,7 @@ def evaluation_images(cfg: DataConfig, eval_path: Optional[str], limit: Optional
     if not ev_idx:
         raise DatasetError(f"{eval_path or cfg.path}: every evaluation image is also a calibration or a training "
                            "image; lower --calib-samples or pass a separate --eval folder")
-    if copies > getattr(getattr(ev_ds, "list", None), "training_copies", 0):
+    if copies > training_copies(ev_ds):
         log.warning("%d evaluation image(s) are copies of the recipe's training images: left out of the "
                     "evaluation", copies)
     if overlap:

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from edgecv.data.loaders import load_data
+from edgecv.data.loaders import load_data, training_copies
 from edgecv.data.transforms import preprocess_spec
 from edgecv.errors import CheckpointError, DivergedError, RecipeError
 from edgecv.models.checkpoint import make_checkpoint, read_checkpoint, save_checkpoint
@@ -383,8 +383,7 @@ def _finish(r: _Run, result: Dict) -> Dict:
     metrics = {"top1": result["top1"], "top5": result["top5"], "n": result["n"], "loss": result["loss"],
                "epochs": r.recipe.train.epochs, "world_size": r.dist_info["world_size"], "history": r.history,
                "mixed_precision": amp_name(r.step.amp_dtype),
-               "val_copies_of_training_left_out": getattr(getattr(r.loaders[1].dataset, "list", None),
-                                                          "training_copies", 0)}
+               "val_copies_of_training_left_out": training_copies(r.loaders[1].dataset)}
     if r.rank0:
         save_checkpoint(r.checkpoint(), r.out / "model.pt")
         atomic_write_json(r.out / "metrics.json", metrics)

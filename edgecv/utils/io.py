@@ -17,7 +17,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 TMP_TAG = ".edgecv-tmp-"  # every temporary name edgecv makes contains this (stale ones are swept by pid)
 
@@ -143,6 +143,16 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def while_unchanged(cache: dict, path: str | os.PathLike, compute: Callable[[str], Any]) -> Any:
+    """``compute(path)``, remembered in ``cache`` while the file keeps its size and modification time: training
+    and an export list and hash one folder several times (each split, the training copies)."""
+    st = os.stat(path)
+    key = (os.fspath(path), st.st_size, st.st_mtime_ns)
+    if key not in cache:
+        cache[key] = compute(os.fspath(path))
+    return cache[key]
 
 
 def pid_alive(pid: int) -> bool:
