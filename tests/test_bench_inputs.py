@@ -50,6 +50,7 @@ def test_bench_and_profile_take_a_shape_for_dynamic_inputs_and_refuse_one_they_c
         ([_onnx_file(tmp_path / "zero.onnx", [1, 3, 0, 224])], "float32[1,3,0,224]: dynamic or empty dimensions"),
         ([_onnx_file(tmp_path / "huge.onnx", [1, 3, 40000, 40000])],
          "4,800,000,000 values per input, over the frame budget"),
+        ([dyn, "--shape", "3x99999999999x99999999"], "values per input, over the frame budget"),  # past int64
         ([dyn, "--shape", "3x32"], "--shape 3x32: 2 dimension(s), but input: float32[N,3,N,N] has 3 after the batch"),
         ([dyn, "--shape", "4x32x32"], "--shape 4x32x32: input: float32[N,3,N,N] is fixed at 3 in dimension 1"),
         ([dyn, "--shape", "3x3x3"], "dyn.onnx: cannot run on an input of shape 1x3x3x3 ("),

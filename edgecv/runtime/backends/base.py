@@ -1,6 +1,7 @@
 """The one small interface every inference backend implements: load, specs, infer a batch, close."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
@@ -50,7 +51,7 @@ class TensorSpec:
         if any(d < 1 for d in own):
             raise InputSpecError(f"{self.describe()}: dynamic or empty dimensions after the batch; give them with "
                                  "--shape, e.g. --shape 3x224x224")
-        per_input = int(np.prod(own, dtype=np.int64))
+        per_input = math.prod(own)  # Python's ints: numpy's int64 product wrapped negative for 3x1e11x1e8
         if per_input > 3 * MAX_PIXELS:
             raise InputSpecError(f"{self.describe()}: {per_input:,} values per input, over the frame budget "
                                  f"({3 * MAX_PIXELS:,}: {MAX_PIXELS / 1e6:.0f} megapixels x 3 channels)")
