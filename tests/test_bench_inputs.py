@@ -1,6 +1,7 @@
 """bench and profile on any ONNX file, as trtexec is used: dynamic input dimensions filled by --shape, inputs
 that cannot be timed refused in one line, outputs without a batch dimension; and the runtimes' thread ceiling."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -70,3 +71,15 @@ def test_bench_runs_a_model_whose_output_has_no_batch_dimension(tmp_path):
     f = _onnx_file(tmp_path / "scalar.onnx", ["N", 3, 8, 8])
     r = invoke("bench", f, "--batch", "1,2", "--iters", "3", "--json")
     assert r.exit_code == 0 and set(json.loads(r.output)["batches"]) == {"1", "2"}, r.output
+
+
+def test_a_fifo_or_device_named_like_a_model_is_refused_not_waited_on(tmp_path):
+    """ONNX Runtime opened a FIFO named x.onnx in C++ and waited for a writer; SIGTERM could not stop it."""
+    fifo = tmp_path / "model.onnx"
+    os.mkfifo(fifo)
+    for cmd in ("bench", "profile"):
+        one_line_error(invoke(cmd, fifo), 2, f"{fifo}: not an .onnx file (a device, pipe or socket)")
+    os.mkfifo(tmp_path / "model.pt")
+    one_line_error(invoke("eval", tmp_path / "model.pt", "--data", tmp_path), 2,
+                   "not a checkpoint file (a device, pipe or socket)")
+

@@ -201,15 +201,25 @@ def test_push_installs_over_a_real_ssh_server(sshd, tiny_bundle, tmp_path):
 
 def test_bad_keys_roots_and_urls_are_one_line(tiny_bundle, tmp_path, keys):
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
     rsa_key = tmp_path / "rsa.pem"
     rsa_key.write_bytes(rsa.generate_private_key(65537, 2048).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     b = tmp_path / "b"
     shutil.copytree(tiny_bundle, b)
-    for args, needle in [(["sign", b, "--key", rsa_key], "needs an ECDSA key"),
+    huge_key = tmp_path / "huge.pem"
+    with open(huge_key, "wb") as f:
+        f.truncate(30 << 30)  # sparse; model-signing would read it whole
+    ed_key = tmp_path / "ed25519.pem"
+    ed_key.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    for args, needle in [(["sign", b, "--key", rsa_key], "an RSA private key; model-signing needs an ECDSA key"),
+                         (["sign", b, "--key", ed_key], "an Ed25519 private key; model-signing needs an ECDSA"),
                          (["sign", b, "--key", tmp_path / "missing.pem"], "private key not found"),
+                         (["sign", b, "--key", "/dev/zero"], "not a private key file (a device, pipe or socket)"),
+                         (["sign", b, "--key", huge_key], "not a private key file (32,212,254,720 bytes, over"),
+                         (["sign", b, "--key", tmp_path], "not a private key file (a folder)"),
                          (["install", b, "--root", keys / "dev.pem"], "exists and is not a directory"),
                          (["install", tmp_path / "nope", "--root", tmp_path / "r"], "not a bundle directory"),
                          (["status", "--root", tmp_path / "r"], "not an edgecv install root"),

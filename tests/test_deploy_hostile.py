@@ -44,6 +44,11 @@ def _trust_source(kind, tmp_path, keys):
         shutil.copy(keys / "dev.pem", d / "dev.pem")
     elif kind == "a key that is a folder":
         (d / "fleet.pub").mkdir()
+    elif kind == "a key that is a device":
+        (d / "fleet.pub").symlink_to("/dev/zero")
+    elif kind == "a 30 GB key":  # sparse; read whole, it took all memory
+        with open(d / "fleet.pub", "wb") as f:
+            f.truncate(30 << 30)
     elif kind == "a broken link as the source":
         os.rmdir(d)
         d.symlink_to(tmp_path / "nowhere")
@@ -51,7 +56,8 @@ def _trust_source(kind, tmp_path, keys):
 
 
 TRUST_CASES = ["empty folder", "keys with another suffix", "only broken links", "a .pem that is no public key",
-               "a private key as the key", "a key that is a folder", "a broken link as the source"]
+               "a private key as the key", "a key that is a folder", "a key that is a device", "a 30 GB key",
+               "a broken link as the source"]
 
 
 @pytest.mark.parametrize("how", ["EDGECV_TRUST", "--trust", "trusted-keys folder"])

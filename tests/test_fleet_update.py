@@ -184,6 +184,24 @@ def test_first_update_needs_a_pinned_root(fleet, tmp_path):
     bad.write_text("{}")
     r = update(fleet["srv"].url, tmp_path / "new-vehicle", "--trusted-root", bad)
     assert r.exit_code == 2 and "trusted root does not verify" in r.output
+    # read whole, /dev/zero took all 24 GB of memory and the kernel killed the update
+    huge = tmp_path / "huge-root.json"
+    with open(huge, "wb") as f:
+        f.truncate(30 << 30)  # sparse: 30 GB that take no disk
+    for pinned, why in (("/dev/zero", "a device, pipe or socket"), (huge, "over the 16 MB")):
+        r = update(fleet["srv"].url, tmp_path / "new-vehicle", "--trusted-root", pinned)
+        assert r.exit_code == 2 and f"--trusted-root {pinned}: not a root.json" in r.output and why in r.output
+
+
+@pytest.mark.parametrize("url", ["updates.example/fleet", "file:///srv/fleet", "ftp://h/x", "http://",
+                                 "http://127.0.0.1:99999", "https://h:abc/x"])
+def test_a_repo_url_that_names_no_http_repository_is_refused_as_a_typo_not_retried_as_offline(url, tmp_path):
+    """A timer retries exit 3 (offline) forever; a URL no server can answer is the user's error (2), refused
+    before the install root or a timer unit is written."""
+    for extra in ([], ["--timer", tmp_path / "units"]):
+        r = update(url, tmp_path / "vehicle", "--trusted-root", tmp_path / "root.json", *extra)
+        assert r.exit_code == 2 and f"--repo-url {url!r}" in r.output, r.output
+    assert not (tmp_path / "vehicle").exists() and not (tmp_path / "units").exists()
 
 
 def test_timer_units_are_valid_for_systemd(tmp_path):

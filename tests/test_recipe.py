@@ -26,6 +26,21 @@ def test_shipped_recipes_load():
     assert (seed.train.optimizer, seed.train.lr, seed.train.momentum, seed.train.weight_decay) == ("sgd", 0.01, 0.9, 5e-4)
 
 
+def test_a_recipe_path_that_is_no_small_file_is_refused_before_it_is_read(tmp_path):
+    """A 30 GB file ran the loader out of memory ("internal error: MemoryError"); a FIFO would block on open."""
+    huge, fifo, folder = tmp_path / "huge.yaml", tmp_path / "fifo.yaml", tmp_path / "folder.yaml"
+    with open(huge, "wb") as f:
+        f.truncate(30 << 30)  # sparse: no disk used
+    os.mkfifo(fifo)
+    folder.mkdir()
+    for path, why in ((huge, "32,212,254,720 bytes, over the 16 MB"), (fifo, "a device, pipe or socket"),
+                      ("/dev/zero", "a device, pipe or socket"), (folder, "a folder")):
+        with pytest.raises(RecipeError, match=f"^{path}: not a recipe file \\({why}"):
+            load_recipe(path)
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        load_recipe(tmp_path / "missing.yaml")
+
+
 def test_unknown_key_names_file_and_key(tmp_path):
     p = write(tmp_path, "train:\n  epoch: 3\n")
     with pytest.raises(RecipeError) as e:

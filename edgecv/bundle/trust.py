@@ -14,6 +14,7 @@ from typing import List
 
 from edgecv.bundle.names import SIGNATURE
 from edgecv.errors import SignatureError
+from edgecv.utils.io import NotASmallFile, read_small
 
 
 def trusted_keys_dir() -> Path:
@@ -72,11 +73,13 @@ def _keys_from(p: Path, origin: str) -> List[Path]:
 def _usable_key(q: Path, origin: str) -> Path:
     """``q`` when it is a readable PEM public key, else a SignatureError naming it."""
     try:
-        data = q.read_bytes() if q.is_file() else None
+        data = read_small(q) if q.exists() else None
+    except NotASmallFile as e:
+        raise SignatureError(f"{q}: not a public key file ({e}; {origin}); trust fails closed") from None
     except OSError as e:
         raise SignatureError(f"{q}: cannot read this trusted key ({e.strerror}; {origin})") from None
     if data is None:
-        why = "a broken link" if q.is_symlink() and not q.exists() else "not a regular file"
+        why = "a broken link" if q.is_symlink() else "not found"
         raise SignatureError(f"{q}: {why} ({origin}); trust fails closed")
     try:
         from cryptography.hazmat.primitives.serialization import load_pem_public_key

@@ -206,10 +206,11 @@ def update(repo_url, root, channel, trusted_root, timeout_s, timer_dir, every_mi
     3 the repository could not be reached (nothing changed).
     """
     from edgecv.deploy.install import default_root
-    from edgecv.deploy.update import UpdateOffline, UpdateOptions
+    from edgecv.deploy.update import UpdateOffline, UpdateOptions, check_repo_url
     from edgecv.deploy.update import update as do_update
 
     root = os.path.abspath(root or default_root())
+    check_repo_url(repo_url)
     if timer_dir:
         _write_timer(timer_dir, root, repo_url, channel, every_min)
         return

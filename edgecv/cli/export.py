@@ -114,7 +114,10 @@ def export(source, out_dir, force, overrides, as_json, **flags):
 @click.command()
 @click.argument("bundle")
 def check(bundle):
-    """Verify BUNDLE's checksums and its TensorRT-target ONNX against TensorRT's Q/DQ rules."""
+    """Verify BUNDLE's checksums and its TensorRT-target ONNX against TensorRT's Q/DQ rules.
+
+    Exit status: 0 it passes; 1 it fails or is no bundle (each reason printed).
+    """
     from edgecv.export.check import check_bundle
 
     res = check_bundle(bundle)

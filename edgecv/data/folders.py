@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from edgecv.errors import DatasetError
 from edgecv.utils.images import IMAGE_EXTS
-from edgecv.utils.io import relative_hint, utf8_safe, while_unchanged
+from edgecv.utils.io import NotASmallFile, read_small, relative_hint, utf8_safe, while_unchanged
 
 log = logging.getLogger("edgecv.data")
 
@@ -122,13 +122,16 @@ def read_classes_tsv(path: str | Path) -> Tuple[List[str], dict]:
     once (a repeated wnid would silently relabel its images). Every error names the file and line.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DatasetError(f"{path}: classes.tsv not found (columns: index, wnid, name)")
     try:
-        text = path.read_bytes().decode("utf-8")
+        raw = read_small(path)
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        line = raw[: e.start].count(b"\n") + 1
         raise DatasetError(f"{path}:{line}: not UTF-8 text ({e.reason}); save the file as UTF-8") from None
+    except NotASmallFile as e:
+        raise DatasetError(f"{path}: not a classes.tsv ({e})") from None
     except OSError as e:
         raise DatasetError(f"{path}: cannot read ({e.strerror})") from None
     rows = list(csv.reader(text.splitlines(), delimiter="\t"))

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from edgecv.errors import UsageError
-from edgecv.utils.io import atomic_write_bytes
+from edgecv.utils.io import atomic_write_bytes, read_small
 
 TOP_ROLES = ("root", "targets", "snapshot", "timestamp")
 CHANNELS = ("stable", "canary")
@@ -85,7 +85,7 @@ def load_signer(paths: RepoPaths, role: str):
 
     p = paths.keys / f"{role}.pem"
     try:
-        priv = load_pem_private_key(p.read_bytes(), password=None)
+        priv = load_pem_private_key(read_small(p), password=None)
     except FileNotFoundError:
         raise RepoError(f"{p}: the {role} key is not here (the root key is needed only for `edgecv repo init` and "
                         "`edgecv repo rotate`; bring it back from where it is kept offline)") from None

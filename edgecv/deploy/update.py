@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional
 
 from edgecv.errors import DeviceError, UpdateError
+from edgecv.utils.io import NotASmallFile, read_small
 
 TUF_DIR = "tuf"
 
@@ -37,6 +38,25 @@ class UpdateOptions:
     channel: str = "stable"
     trusted_root: Optional[str] = None  # root.json to pin on the first update (delivered out of band)
     timeout_s: float = 30.0
+
+    def __post_init__(self):
+        check_repo_url(self.repo_url)
+
+
+def check_repo_url(url: str) -> str:
+    """``url`` when it can name a TUF repository (http or https, a host, a valid port), else UpdateError: a typo
+    must be refused as one, not retried by a timer as a repository that is offline."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port outside 0-65535 or not a number
+    except ValueError as e:
+        raise UpdateError(f"--repo-url {url!r}: not a URL ({e})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UpdateError(f"--repo-url {url!r}: not an http:// or https:// URL with a host (e.g. "
+                          "https://updates.example/fleet: the folder that holds metadata/ and targets/)")
+    return url
 
 
 def _refusal(e: BaseException) -> Exception:
@@ -89,7 +109,9 @@ def _updater(root: Path, o: UpdateOptions):
             raise UpdateError(f"{root}: no trusted root yet: the first update needs --trusted-root ROOT.json (the "
                               "repository's 1.root.json, delivered to the vehicle out of band)")
         try:
-            bootstrap = Path(o.trusted_root).read_bytes()
+            bootstrap = read_small(o.trusted_root)
+        except NotASmallFile as e:
+            raise UpdateError(f"--trusted-root {o.trusted_root}: not a root.json ({e})") from None
         except OSError as e:
             raise UpdateError(f"--trusted-root {o.trusted_root}: cannot be read ({e.strerror})") from None
     for d in (md, dl):

@@ -98,8 +98,10 @@ def read_checkpoint(path: str | os.PathLike) -> Dict:
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path}: a folder, not a checkpoint file")
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found{relative_hint(path)}")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a checkpoint file (a device, pipe or socket)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

@@ -15,11 +15,13 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 TMP_TAG = ".edgecv-tmp-"  # every temporary name edgecv makes contains this (stale ones are swept by pid)
+SMALL_FILE_BYTES = 16 << 20  # recipes, calibration sets, keys, pinned roots, class lists: kilobytes of text
 
 
 def relative_hint(path: str | os.PathLike) -> str:
@@ -143,6 +145,29 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+class NotASmallFile(ValueError):
+    """A file that ``read_small`` will not read; the message is the reason, without the path."""
+
+
+def read_small(path: str | os.PathLike, limit: int = SMALL_FILE_BYTES) -> bytes:
+    """The bytes of a small regular file (a recipe, a key, a pinned root, a class list).
+
+    A device, a pipe or a file larger than ``limit`` is refused before it is read, as ``NotASmallFile``:
+    ``/dev/zero`` or a 30 GB file given where a recipe belongs would otherwise fill memory, and a FIFO would
+    block. A missing or unreadable file raises ``OSError`` as ``open`` does.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: opening a FIFO must not wait for a writer
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise NotASmallFile("a folder" if stat.S_ISDIR(st.st_mode) else "a device, pipe or socket")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)  # a file that grows after fstat is caught here
+    if len(data) > limit or st.st_size > limit:
+        raise NotASmallFile(f"{max(st.st_size, len(data)):,} bytes, over the {limit >> 20} MB such a file may hold")
+    return data
 
 
 def while_unchanged(cache: dict, path: str | os.PathLike, compute: Callable[[str], Any]) -> Any:

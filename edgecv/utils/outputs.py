@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, FrozenSet, Iterator, List, Optional, Tuple
 
 from edgecv.errors import OutputError
-from edgecv.utils.io import TMP_TAG, dir_mode, replace_dir, sweep_stale
+from edgecv.utils.io import TMP_TAG, NotASmallFile, dir_mode, read_small, replace_dir, sweep_stale
 
 RUN_NAMES = re.compile(r"^(recipe\.yaml|last\.pt|model\.pt|log\.jsonl|log\.csv|metrics\.json|confusion\.png)$")
 
@@ -59,8 +59,8 @@ def _is_ours(name: str) -> bool:
 def _listed_files(kind: OutputKind, manifest_path: Path) -> Optional[FrozenSet[str]]:
     """The files an intact index lists, or None when the index is damaged."""
     try:
-        raw = manifest_path.read_bytes()
-    except OSError:
+        raw = read_small(manifest_path)
+    except (OSError, NotASmallFile):
         return None
     return kind.listed(raw) if kind.listed else None
 

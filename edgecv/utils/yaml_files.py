@@ -8,7 +8,7 @@ from typing import Any, Dict
 import yaml
 
 from edgecv.errors import RecipeError
-from edgecv.utils.io import relative_hint
+from edgecv.utils.io import NotASmallFile, read_small, relative_hint
 
 # A recipe, a calibration set or a camera list holds hundreds of values; aliases (&a ... *a) can make a few lines
 # stand for billions (the "billion laughs"), which edgecv's copies and dumps would then build in memory.
@@ -75,12 +75,14 @@ def yaml_problem(e: Exception) -> str:
 
 def read_yaml_mapping(path: Path, what: str) -> Dict[str, Any]:
     """The top-level mapping of a YAML file; errors name the file."""
-    if not path.is_file():
+    if not path.exists():
         raise RecipeError(f"{path}: {what} file not found{relative_hint(path)}")
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = read_small(path).decode("utf-8")
     except UnicodeDecodeError:
         raise RecipeError(f"{path}: not a {what} (not UTF-8 text; expected YAML)") from None
+    except NotASmallFile as e:
+        raise RecipeError(f"{path}: not a {what} file ({e})") from None
     except OSError as e:
         raise RecipeError(f"{path}: cannot read ({e.strerror})") from None
     if not text.strip():

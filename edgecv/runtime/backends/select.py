@@ -56,6 +56,8 @@ def open_backend(target, backend: str = "auto", precision: Optional[str] = None,
             raise DeviceError(f"{target}: no such bundle directory or .onnx file")
         if p.suffix != ".onnx":
             raise DeviceError(f"{target}: not a bundle directory or an .onnx file")
+        if not p.is_file():  # a FIFO would block the runtime's open() where no signal reaches it
+            raise DeviceError(f"{target}: not an .onnx file (a device, pipe or socket)")
         return cls.for_file(str(p), threads=threads, **kw)
     bundle = target  # opened above
     if backend != "auto":
