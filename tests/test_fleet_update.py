@@ -97,6 +97,24 @@ def test_publishing_needs_a_signed_newer_release_and_works_without_the_root_key(
     assert r.exit_code == 2 and "root key is not here" in r.output
 
 
+def test_private_keys_are_never_readable_by_others_even_in_a_folder_that_is(tmp_path, monkeypatch):
+    """The keys were renamed into place at 0644 and narrowed to 0600 only afterwards."""
+    keys_dir = tmp_path / "fleet.keys"
+    keys_dir.mkdir(mode=0o755)
+    keys_dir.chmod(0o755)
+    modes, replace = {}, os.replace
+
+    def watched(src, dst):
+        modes[os.path.basename(dst)] = os.stat(src).st_mode & 0o777
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", watched)
+    assert invoke("repo", "init", tmp_path / "fleet").exit_code == 0
+    pems = {n: m for n, m in modes.items() if n.endswith(".pem")}
+    assert len(pems) == 6 and set(pems.values()) == {0o600}, pems
+    assert {p.stat().st_mode & 0o777 for p in keys_dir.iterdir()} == {0o600}
+
+
 # -- the attacks -----------------------------------------------------------------------------------------------------
 
 def refused(fleet, needle, *args, url=None):

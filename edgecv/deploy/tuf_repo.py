@@ -73,8 +73,7 @@ def _new_key(paths: RepoPaths, role: str):
     signer = CryptoSigner.generate_ed25519()
     paths.keys.mkdir(parents=True, exist_ok=True, mode=0o700)
     p = paths.keys / f"{role}.pem"
-    atomic_write_bytes(p, signer.private_bytes)
-    os.chmod(p, 0o600)
+    atomic_write_bytes(p, signer.private_bytes, mode=0o600)  # mkstemp's 0600 from the first byte to the rename
     return signer
 
 

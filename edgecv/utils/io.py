@@ -57,9 +57,10 @@ def utf8_safe(path: str | os.PathLike) -> bool:
         return False
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    with atomic_path(path) as tmp:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: Optional[int] = None) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename; ``mode`` (default
+    ``file_mode()``) is set before the rename, so a private key is never readable by others, even for a moment."""
+    with atomic_path(path, mode) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -77,7 +78,7 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+def atomic_path(path: str | os.PathLike, mode: Optional[int] = None) -> Iterator[str]:
     """Yield a temporary path beside ``path``; rename it into place if the block succeeds.
 
     The temporary name keeps ``path``'s suffix (OpenCV and matplotlib pick the format from it) and carries
@@ -93,7 +94,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
-        os.chmod(tmp, file_mode())
+        os.chmod(tmp, file_mode() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
