@@ -115,6 +115,37 @@ def test_private_keys_are_never_readable_by_others_even_in_a_folder_that_is(tmp_
     assert {p.stat().st_mode & 0o777 for p in keys_dir.iterdir()} == {0o600}
 
 
+def test_writers_of_one_repository_wait_for_each_other(fleet, monkeypatch):
+    """publish, rotate and timestamp each read the latest metadata version and write the next: a timer's
+    `repo timestamp` during a publish wrote the same timestamp version again, pointing back at the old snapshot."""
+    repo = fleet["repo"]
+    version = json.loads((repo / "metadata" / "timestamp.json").read_text())["signed"]["version"]
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from edgecv.deploy.tuf_repo import RepoPaths, repo_lock; "
+        "cm = repo_lock(RepoPaths.of(sys.argv[1])); cm.__enter__(); print('locked', flush=True); time.sleep(2)"),
+        str(repo)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        t0 = time.monotonic()
+        r = invoke("repo", "timestamp", repo)
+        assert r.exit_code == 0 and f"timestamp version {version + 1}" in r.output, r.output
+        assert time.monotonic() - t0 > 1.0 and holder.wait(5) == 0  # it waited for the holder to end
+    finally:
+        holder.kill()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from edgecv.deploy.tuf_repo import RepoPaths, repo_lock; "
+        "cm = repo_lock(RepoPaths.of(sys.argv[1])); cm.__enter__(); print('locked', flush=True); time.sleep(30)"),
+        str(repo)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        monkeypatch.setattr(tuf_repo, "LOCK_WAIT_S", 0.5)
+        for args in (["repo", "timestamp", repo], ["repo", "rotate", repo, "canary"]):
+            r = invoke(*args)
+            assert r.exit_code == 2 and f"another edgecv process (pid {holder.pid})" in r.output, r.output
+    finally:
+        holder.kill()
+
+
 # -- the attacks -----------------------------------------------------------------------------------------------------
 
 def refused(fleet, needle, *args, url=None):

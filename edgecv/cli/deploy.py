@@ -170,9 +170,9 @@ def repo_init(repo_dir, keys):
 @click.option("--days", type=click.FloatRange(min=0.001, max=30), default=None, help="Validity [default: 1 day].")
 def repo_timestamp(repo_dir, keys, days):
     """Re-sign the timestamp: run it at least daily, or vehicles refuse the repository as frozen."""
-    from edgecv.deploy.tuf_repo import RepoPaths, refresh_timestamp
+    from edgecv.deploy.tuf_repo import timestamp
 
-    click.echo(f"timestamp version {refresh_timestamp(RepoPaths.of(repo_dir, keys), days)}")
+    click.echo(f"timestamp version {timestamp(repo_dir, keys, days)}")
 
 
 @repo.command("rotate")

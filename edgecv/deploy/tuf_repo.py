@@ -16,16 +16,22 @@ per role (root, targets, snapshot, timestamp, and each channel). Only ``repo ini
 root key, so it can be kept offline: move ``root.pem`` away after ``init`` (docs/deploy.md).
 
 Every file is written atomically, and ``timestamp.json`` last, so a client always sees one consistent repository
-state; one publisher at a time holds the repository's lock.
+state. Every writer (publish, rotate, timestamp) holds the repository's lock, waiting for another to finish: each
+reads the latest version of a metadata file and writes the next, so a timer's ``repo timestamp`` during a publish
+would write the same timestamp version again, pointing back at the older snapshot (the release hidden, and every
+vehicle that saw the newer snapshot refusing the repository as a rollback).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 from edgecv.errors import UsageError
 from edgecv.utils.io import atomic_write_bytes, read_small
@@ -35,6 +41,7 @@ CHANNELS = ("stable", "canary")
 # How long each role's metadata stays valid: the timestamp must be re-signed within a day (edgecv repo timestamp,
 # from a timer) or every vehicle refuses the repository as frozen.
 EXPIRY_DAYS = {"root": 365, "targets": 90, "snapshot": 7, "timestamp": 1, "channel": 90}
+LOCK_WAIT_S = 600.0  # a publish packs and hashes a bundle: seconds to minutes
 
 
 class RepoError(UsageError):
@@ -140,9 +147,43 @@ def _snapshot_and_timestamp(paths: RepoPaths, changed: Dict[str, int], days: Dic
     refresh_timestamp(paths, days.get("timestamp"), snapshot_version=snap.signed.version)
 
 
+@contextlib.contextmanager
+def repo_lock(paths: RepoPaths, wait_s: Optional[float] = None) -> Iterator[None]:
+    """The repository's writer lock, waited for up to ``wait_s`` (a timer's ``repo timestamp`` must not fail because
+    a publish is running); then the holder is named."""
+    from edgecv.errors import OutputError
+    from edgecv.utils.outputs import OutputLock
+
+    lock = OutputLock(paths.repo / "publish", f"{paths.repo} (TUF repository)")
+    deadline = time.monotonic() + (LOCK_WAIT_S if wait_s is None else wait_s)
+    log = logging.getLogger(__name__).info
+    while True:
+        try:
+            lock.acquire()
+            break
+        except OutputError as e:
+            if time.monotonic() >= deadline:
+                raise
+            if log is not None:
+                log(f"waiting: {e}")
+                log = None  # once
+            time.sleep(0.2)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def timestamp(repo, keys=None, days: Optional[float] = None) -> int:
+    """``edgecv repo timestamp``, under the repository's lock; returns the timestamp's version."""
+    paths = RepoPaths.of(repo, keys)
+    with repo_lock(paths):
+        return refresh_timestamp(paths, days)
+
+
 def refresh_timestamp(paths: RepoPaths, days: Optional[float] = None, snapshot_version: Optional[int] = None) -> int:
-    """``edgecv repo timestamp``: re-sign the timestamp (a new version, a new expiry); run it from a timer at least
-    daily, or every vehicle refuses the repository as frozen. Returns the timestamp's version."""
+    """Re-sign the timestamp (a new version, a new expiry), the repository's lock held by the caller; run it from a
+    timer at least daily (``timestamp``), or every vehicle refuses the repository as frozen."""
     from tuf.api.metadata import MetaFile
 
     ts = _latest(paths, "timestamp")
@@ -217,7 +258,6 @@ def publish(bundle_dir, repo, channel: str = "stable", keys=None, expiry: Option
     from edgecv.bundle.archive import pack
     from edgecv.bundle.names import SIGNATURE
     from edgecv.bundle.reader import open_bundle
-    from edgecv.utils.outputs import OutputLock
 
     paths = RepoPaths.of(repo, keys)
     b = open_bundle(bundle_dir)
@@ -225,7 +265,7 @@ def publish(bundle_dir, repo, channel: str = "stable", keys=None, expiry: Option
         raise RepoError(f"{b.root}: not signed; sign it first (edgecv sign {b.root} --key KEY): a vehicle trusts "
                         "the bundle's own signature, TUF only its delivery")
     info = target_info(b)
-    with OutputLock(paths.repo / "publish", f"{paths.repo} (TUF repository)"):
+    with repo_lock(paths):
         md = _channel_md(paths, channel)
         index = read_index(paths, channel, md)
         newest = max((r["release"] for r in index["releases"]), default=-1)
@@ -257,7 +297,11 @@ def rotate_key(repo, role: str, keys=None) -> Dict:
     root version (signed by the root key; a new root key signs too, as the client's root walk requires); a channel
     in a new targets version. The old private key is kept as ``ROLE.pem.revoked-TIME``, no longer trusted."""
     paths = RepoPaths.of(repo, keys)
-    stamp = _now().strftime("%Y%m%dT%H%M%S")
+    with repo_lock(paths):
+        return _rotate(paths, role, _now().strftime("%Y%m%dT%H%M%S"))
+
+
+def _rotate(paths: RepoPaths, role: str, stamp: str) -> Dict:
     if role in TOP_ROLES:
         return _rotate_top(paths, role, stamp)
     top = _latest(paths, "targets")
