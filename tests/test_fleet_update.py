@@ -115,6 +115,22 @@ def test_private_keys_are_never_readable_by_others_even_in_a_folder_that_is(tmp_
     assert {p.stat().st_mode & 0o777 for p in keys_dir.iterdir()} == {0o600}
 
 
+def test_another_repositorys_keys_are_refused_before_anything_is_written(fleet, tiny_bundle, keys, tmp_path):
+    """publish --keys of another repository said "published" and wrote metadata every vehicle refuses."""
+    other = tmp_path / "other"
+    assert invoke("repo", "init", other).exit_code == 0
+    before = sorted(p.relative_to(fleet["repo"]) for p in fleet["repo"].rglob("*"))
+    b = signed(tiny_bundle, tmp_path / "r2", 2, keys)
+    for args in (["publish", b, "--repo", fleet["repo"], "--keys", tmp_path / "other.keys"],
+                 ["repo", "rotate", fleet["repo"], "canary", "--keys", tmp_path / "other.keys"]):
+        r = invoke(*args)
+        assert r.exit_code == 2 and "key that" in r.output and "trusts" in r.output, r.output
+    assert sorted(p.relative_to(fleet["repo"]) for p in fleet["repo"].rglob("*")) == before
+    assert not list((tmp_path / "other.keys").glob("*.revoked-*"))
+    publish(fleet, tiny_bundle, keys, 2)  # its own keys still publish, and a vehicle takes the release
+    assert update(fleet["srv"].url, fleet["device"]).exit_code == 0 and active_release(fleet["device"]) == 2
+
+
 def test_writers_of_one_repository_wait_for_each_other(fleet, monkeypatch):
     """publish, rotate and timestamp each read the latest metadata version and write the next: a timer's
     `repo timestamp` during a publish wrote the same timestamp version again, pointing back at the old snapshot."""
@@ -214,8 +230,15 @@ def test_a_rotated_out_key_is_refused(fleet, tiny_bundle, keys):
     assert r.exit_code == 0, r.output
     assert update(fleet["srv"].url, fleet["device"]).exit_code == 0  # the device learns the new root
     (revoked,) = keys_dir.glob("timestamp.pem.revoked-*")
-    shutil.copy(revoked, keys_dir / "timestamp.pem")  # an attacker holding the old key signs a timestamp
-    tuf_repo.refresh_timestamp(tuf_repo.RepoPaths.of(fleet["repo"]))
+    # an attacker holding the old key signs a timestamp (edgecv itself refuses to sign with a key not trusted)
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    from securesystemslib.signer import CryptoSigner, SSlibKey
+
+    priv = load_pem_private_key(revoked.read_bytes(), None)
+    paths = tuf_repo.RepoPaths.of(fleet["repo"])
+    ts = tuf_repo._latest(paths, "timestamp")
+    ts.signed.version += 1
+    tuf_repo._write(paths, "timestamp", ts, [CryptoSigner(priv, SSlibKey.from_crypto(priv.public_key()))])
     refused(fleet, "not signed by the keys this device trusts")
 
 

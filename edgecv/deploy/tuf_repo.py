@@ -85,7 +85,9 @@ def _new_key(paths: RepoPaths, role: str):
 
 
 def load_signer(paths: RepoPaths, role: str):
-    """The signer of ``role`` from the keys folder; RepoError naming the file when it is missing or unreadable."""
+    """The signer of ``role`` from the keys folder; RepoError naming the file when it is missing, unreadable, or
+    not a key the repository trusts for ``role``: metadata signed by it would be refused by every vehicle, after
+    ``publish`` had said "published"."""
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
     from securesystemslib.signer import CryptoSigner, SSlibKey
 
@@ -93,11 +95,37 @@ def load_signer(paths: RepoPaths, role: str):
     try:
         priv = load_pem_private_key(read_small(p), password=None)
     except FileNotFoundError:
+        revoked = sorted(paths.keys.glob(f"{role}.pem.revoked-*"))
         raise RepoError(f"{p}: the {role} key is not here (the root key is needed only for `edgecv repo init` and "
-                        "`edgecv repo rotate`; bring it back from where it is kept offline)") from None
+                        "`edgecv repo rotate`; bring it back from where it is kept offline" +
+                        (f"; {revoked[-1].name} is there: a `repo rotate` interrupted before it wrote the new key "
+                         "leaves the old one under that name" if revoked else "") + ")") from None
     except (OSError, ValueError, TypeError) as e:
         raise RepoError(f"{p}: cannot read the {role} key ({e})") from None
-    return CryptoSigner(priv, SSlibKey.from_crypto(priv.public_key()))
+    key = SSlibKey.from_crypto(priv.public_key())
+    trusted = _trusted_keyids(paths, role)
+    if key.keyid not in trusted:
+        raise RepoError(f"{p}: not a {role} key that {paths.repo} trusts (key {key.keyid[:12]}, trusted: "
+                        f"{', '.join(k[:12] for k in sorted(trusted)) or 'none'}): --keys names another "
+                        "repository's keys, or a `repo rotate` was interrupted; nothing was written")
+    return CryptoSigner(priv, key)
+
+
+def _check_keys(paths: RepoPaths, roles) -> None:
+    """Every key a writer will sign with, loaded and checked before it changes anything (a wrong or missing key
+    found halfway would leave a target without metadata, or a key renamed without its rotation)."""
+    for r in roles:
+        load_signer(paths, r)
+
+
+def _trusted_keyids(paths: RepoPaths, role: str) -> set:
+    """The key ids the repository's newest metadata trusts to sign ``role`` (root's for the top-level roles, the
+    targets delegation's for a channel)."""
+    if role in TOP_ROLES:
+        return set(_latest(paths, "root").signed.roles[role].keyids)
+    top = _latest(paths, "targets")
+    roles = top.signed.delegations.roles if top.signed.delegations else {}
+    return set(roles[role].keyids) if role in roles else set()
 
 
 # -- metadata files ------------------------------------------------------------------------------------------------
@@ -267,6 +295,7 @@ def publish(bundle_dir, repo, channel: str = "stable", keys=None, expiry: Option
     info = target_info(b)
     with repo_lock(paths):
         md = _channel_md(paths, channel)
+        _check_keys(paths, (channel, "snapshot", "timestamp"))
         index = read_index(paths, channel, md)
         newest = max((r["release"] for r in index["releases"]), default=-1)
         if info["release"] <= newest:
@@ -308,6 +337,7 @@ def _rotate(paths: RepoPaths, role: str, stamp: str) -> Dict:
     delegated = top.signed.delegations.roles if top.signed.delegations else {}
     if role not in delegated:
         raise RepoError(f"{role!r}: not a role of {paths.repo} ({', '.join((*TOP_ROLES, *delegated))})")
+    _check_keys(paths, ("targets", "snapshot", "timestamp"))
     old = load_signer(paths, role)
     os.replace(paths.keys / f"{role}.pem", paths.keys / f"{role}.pem.revoked-{stamp}")
     new = _new_key(paths, role)
@@ -324,6 +354,7 @@ def _rotate(paths: RepoPaths, role: str, stamp: str) -> Dict:
 
 def _rotate_top(paths: RepoPaths, role: str, stamp: str) -> Dict:
     root_md = _latest(paths, "root")
+    _check_keys(paths, ("snapshot", "timestamp"))
     signer_old_root = load_signer(paths, "root")
     old = load_signer(paths, role)
     os.replace(paths.keys / f"{role}.pem", paths.keys / f"{role}.pem.revoked-{stamp}")
