@@ -115,6 +115,28 @@ def test_private_keys_are_never_readable_by_others_even_in_a_folder_that_is(tmp_
     assert {p.stat().st_mode & 0o777 for p in keys_dir.iterdir()} == {0o600}
 
 
+def test_what_an_update_killed_midway_left_is_swept_by_the_next(fleet, tiny_bundle, keys):
+    """A power cut during an update left its unpacked staging folder and its download for ever: repeated, they
+    filled the vehicle's disk."""
+    from edgecv.utils.io import TMP_TAG
+
+    device = fleet["device"]
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = device / f".update{TMP_TAG}{dead.pid}-0123456789ab"
+    live = device / f".update{TMP_TAG}1-0123456789ab"  # pid 1 runs: not ours to remove
+    for d in (stale, live):
+        d.mkdir()
+        (d / "model_fp32.onnx").write_bytes(b"x" * 1000)
+    download = device / "tuf" / "downloads" / "stable%2Fmodel-r2.tar"
+    download.write_bytes(b"partial")
+    publish(fleet, tiny_bundle, keys, 2)
+    r = update(fleet["srv"].url, device)
+    assert r.exit_code == 0 and "installed: release 2" in r.output, r.output
+    assert not stale.exists() and not download.exists() and live.exists()
+    assert not [p for p in device.iterdir() if p.name.startswith(".update") and p != live]
+
+
 def test_another_repositorys_keys_are_refused_before_anything_is_written(fleet, tiny_bundle, keys, tmp_path):
     """publish --keys of another repository said "published" and wrote metadata every vehicle refuses."""
     other = tmp_path / "other"

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional
 
 from edgecv.errors import DeviceError, UpdateError
-from edgecv.utils.io import NotASmallFile, read_small
+from edgecv.utils.io import TMP_TAG, NotASmallFile, read_small, sweep_stale
 
 TUF_DIR = "tuf"
 
@@ -160,6 +160,7 @@ def update(root, options: UpdateOptions, log=print) -> Dict:
     root = Path(os.path.abspath(root or default_root()))
     prepare_root(root)
     with OutputLock(root / "update", f"{root} (update)"):
+        _sweep_leftovers(root)
         up = _updater(root, options)
         _tuf(up.refresh)
         floor = current_state(root).highest_release if (root / "install.json").exists() else -1
@@ -171,6 +172,17 @@ def update(root, options: UpdateOptions, log=print) -> Dict:
                 f"{newest if newest is not None else 'none'}")
             return {"status": "up to date", "installed_release": floor, "channel": options.channel}
         return _install_release(up, root, pick, log, options.repo_url)
+
+
+def _sweep_leftovers(root: Path) -> None:
+    """What an update cut off by a power loss or SIGKILL left (its unpacked staging folder, its downloaded
+    archive): a vehicle that loses power during updates must not fill its disk with them. Only one update runs
+    at a time (the caller holds the lock), so every download left is stale."""
+    sweep_stale(root, "update")
+    downloads = root / TUF_DIR / "downloads"
+    for p in downloads.iterdir() if downloads.is_dir() else ():
+        if p.is_file() or p.is_symlink():
+            p.unlink(missing_ok=True)
 
 
 def _index(up, channel: str) -> Dict:
@@ -200,7 +212,7 @@ def _install_release(up, root: Path, pick: Dict, log, url: str) -> Dict:
         raise UpdateError(f"{pick['target']}: its signed target does not match the channel's index (mix-and-match)")
     log(f"[edgecv update] downloading release {pick['release']} ({info.length} bytes) ...")
     archive = Path(_tuf(up.download_target, info))
-    staging = root / f".incoming-{uuid.uuid4().hex[:12]}"
+    staging = root / f".update{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:12]}"  # swept by pid when left
     try:
         unpack(archive, staging, max_bytes=4 * info.length + (1 << 20))
         if open_bundle(staging).manifest["manifest_sha256"] != pick["bundle_id"]:
