@@ -307,6 +307,10 @@ def test_timer_units_are_valid_for_systemd(tmp_path):
     v = subprocess.run(["systemd-analyze", "verify", str(svc), str(timer)], capture_output=True, text=True,
                        env={**os.environ, "SYSTEMD_LOG_LEVEL": "err"})
     assert v.returncode == 0, v.stderr
+    (tmp_path / "a-file").write_text("")
+    for where, why in ((tmp_path / "a-file", "is not a folder"), (tmp_path / "no" / "such", "does not exist")):
+        r = invoke("update", "--repo-url", "https://updates.example/x", "--timer", where)
+        assert r.exit_code == 2 and f"--timer {where}/edgecv-update.service: {where} {why}" in r.output, r.output
 
 
 def test_fleet_simulation_small(tmp_path, tiny_bundle, keys):

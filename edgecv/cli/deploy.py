@@ -228,6 +228,6 @@ def _write_timer(timer_dir, root, repo_url, channel, every_min) -> None:
     from edgecv.deploy.systemd import update_units, write_unit
 
     for name, text in update_units(root, repo_url, channel, every_min).items():
-        write_unit(os.path.join(timer_dir, name), text)
+        write_unit(os.path.join(timer_dir, name), text, flag="--timer")
     click.echo(f"wrote edgecv-update.service and .timer into {timer_dir}; then: systemctl daemon-reload && "
                "systemctl enable --now edgecv-update.timer")

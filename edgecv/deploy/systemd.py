@@ -94,15 +94,18 @@ def unit_text(root: str, source: str, user: str = "edgecv", group: Optional[str]
                        user=unit_name(user, "--user"), group=unit_name(group or user, "--group"))
 
 
-def write_unit(path: str | os.PathLike, text: str) -> None:
-    """Write the unit atomically into an existing folder (a typo must not create /etc/systemd/sytem/)."""
+def write_unit(path: str | os.PathLike, text: str, flag: str = "-o") -> None:
+    """Write the unit atomically into an existing folder (a typo must not create /etc/systemd/sytem/); errors
+    name the file as ``flag`` gave it."""
     from edgecv.utils.io import atomic_write_text
 
     p = os.path.abspath(os.fsdecode(path))
+    folder = os.path.dirname(p)
     if os.path.isdir(p):
-        raise UnitError(f"-o {path}: is a directory; give the unit's file name (e.g. {p}/edgecv.service)")
-    if not os.path.isdir(os.path.dirname(p)):
-        raise UnitError(f"-o {path}: folder {os.path.dirname(p)} does not exist")
+        raise UnitError(f"{flag} {path}: is a directory; give the unit's file name (e.g. {p}/edgecv.service)")
+    if not os.path.isdir(folder):
+        why = "is not a folder" if os.path.lexists(folder) else "does not exist"
+        raise UnitError(f"{flag} {path}: {folder} {why}")
     atomic_write_text(p, text)
 
 
