@@ -114,7 +114,8 @@ def test_signal_during_hanging_open_ends_within_a_second(sig, code, tiny_bundle,
 def test_bad_record_path_is_refused_before_the_run(tiny_bundle, tmp_path):
     vid = make_video(tmp_path / "v.mp4")
     for rec, msg in [(tmp_path / "missing" / "x.mp4", "does not exist"), (tmp_path / "x.xyz", "unsupported extension"),
-                     (tmp_path, "unsupported extension|is a directory")]:
+                     (tmp_path, "unsupported extension|is a directory"),
+                     ("/proc/x.mp4", r"--record /proc/x.mp4: cannot write in /proc \(")]:
         t0 = time.monotonic()
         with pytest.raises(OutputError, match=msg):
             run(str(tiny_bundle), str(vid), "onnxruntime", record=str(rec), emit=lambda _: None)

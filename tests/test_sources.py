@@ -61,6 +61,23 @@ def test_folder_source_skips_corrupt_and_records(tiny_bundle, imagenet_dir, tmp_
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
 
 
+def test_a_folders_skipped_images_are_named_and_counted_in_the_summary_line(tiny_bundle, imagenet_dir, tmp_path,
+                                                                           caplog):
+    """The one-camera summary line had no skipped count: a folder of corrupt images ran 'frames 0' in silence."""
+    import shutil
+
+    from conftest import invoke
+
+    shutil.copy(sorted(imagenet_dir.glob("*.JPEG"))[0], tmp_path / "a.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8nope")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with caplog.at_level("WARNING", logger="edgecv.sources"):
+        r = invoke("run", tiny_bundle, "--source", tmp_path, "--backend", "onnxruntime")
+    assert r.exit_code == 0 and "frames 1 " in r.output and "skipped 2 " in r.output, r.output
+    warned = [m for m in caplog.messages if "image skipped" in m]
+    assert len(warned) == 1 and "broken.jpg: image skipped (not an image OpenCV can decode)" in warned[0]
+
+
 def test_v4l2_index_fails_cleanly(tiny_bundle):
     # A device that does not exist cannot start working by retrying: the first error names the cause.
     t0 = time.monotonic()

@@ -256,7 +256,7 @@ def run(target, sources, cameras, **flags):
     out = {k: v for k, v in summary.items() if k != "latency_ms"}
     lat = summary["latency_ms"].get("pre_infer_post", {})
     line = (f"frames {out['frames']}  fps {out['fps']:.1f}  dropped {out['dropped']}  stale {out['stale']}  "
-            f"reconnects {out['reconnects']}  "
+            f"skipped {out['skipped']}  reconnects {out['reconnects']}  "
             f"latency p50 {lat.get('p50_ms', 0):.3f} ms p90 {lat.get('p90_ms', 0):.3f} ms p99 {lat.get('p99_ms', 0):.3f} ms")
     click.echo(json.dumps({"summary": summary}) if as_json else line, err=as_json)
     if summary.get("recorded"):

@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 import cv2
 import numpy as np
 
-from edgecv.utils.io import atomic_path
+from edgecv.utils.io import NotASmallFile, atomic_path, read_small
 from edgecv.utils.limits import frame_size_problem
 
 MAX_FILE_BYTES = 512 << 20
@@ -86,24 +86,12 @@ def read_image_why(path: str | os.PathLike | bytes, flag: int = cv2.IMREAD_COLOR
     Only regular files are read (a FIFO named ``x.jpg`` would block forever, ``/dev/zero`` never ends), and
     only up to 512 MB.
     """
-    import stat
-
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        data = read_small(path, MAX_FILE_BYTES)
+    except NotASmallFile as e:
+        return None, str(e)
     except OSError as e:
         return None, f"cannot be read ({e.strerror})"
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None, "not a regular file"
-        if st.st_size > MAX_FILE_BYTES:
-            return None, f"{st.st_size} bytes, over {MAX_FILE_BYTES >> 20} MB"
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read()
-    except OSError as e:
-        return None, f"cannot be read ({e.strerror})"
-    finally:
-        os.close(fd)
     size = encoded_size(data) if data else None
     problem = frame_size_problem(*size) if size is not None else None
     if problem:

@@ -51,7 +51,10 @@ class Recorder:
         self.path, self.fps = p, fps
         self.fourcc = cv2.VideoWriter_fourcc(*RECORD_SUFFIXES[suffix])
         self._target = atomic_path(p)
-        self.tmp = self._target.__enter__()
+        try:
+            self.tmp = self._target.__enter__()
+        except OSError as e:  # /proc, /sys: the folder is there and says writable, but takes no new file
+            raise OutputError(f"--record {path}: cannot write in {p.parent} ({e.strerror})") from None
         probe = cv2.VideoWriter(self.tmp, self.fourcc, fps, (64, 48))
         ok = probe.isOpened()
         probe.release()

@@ -369,7 +369,7 @@ class FrameSource:
         self._cap = self._reader = None
 
     def _folder_frames(self) -> Iterator[np.ndarray]:
-        from edgecv.utils.images import IMAGE_EXTS, read_image
+        from edgecv.utils.images import IMAGE_EXTS
 
         files = sorted(p for p in Path(self.arg).rglob("*") if p.suffix.lower() in IMAGE_EXTS)
         if not files:
@@ -388,22 +388,31 @@ class FrameSource:
                     return
                 self.dropped += max(0, i - last - 1)
                 last = i
-                img = read_image(files[i % len(files)], cv2.IMREAD_COLOR)
+                img = self._read_or_skip(files[i % len(files)])
                 if img is None:
-                    self.skipped += 1
                     continue
                 self.frame_time = t0 + i * period
                 yield img
         while True:
             for f in files:
-                img = read_image(f, cv2.IMREAD_COLOR)
+                img = self._read_or_skip(f)
                 if img is None:
-                    self.skipped += 1
                     continue
                 self.frame_time = time.monotonic()
                 yield img
             if not self.loop:
                 return
+
+    def _read_or_skip(self, path: Path) -> Optional[np.ndarray]:
+        """A folder's image, or None counted as skipped; the first one skipped is named with why."""
+        from edgecv.utils.images import read_image_why
+
+        img, why = read_image_why(path, cv2.IMREAD_COLOR)
+        if img is None:
+            if not self.skipped:
+                log.warning("%s: image skipped (%s); later ones are counted in the summary", path, why)
+            self.skipped += 1
+        return img
 
     def frames(self) -> Iterator[Optional[np.ndarray]]:
         """Every frame (files, folders) or the newest one (live sources), reconnecting with capped backoff; a frame
