@@ -48,6 +48,33 @@ def test_top_k_matches_full_sort():
         assert top_k(p, k).tolist() == np.argsort(-p, kind="stable")[:k].tolist()
 
 
+def test_smoothing_is_the_mean_of_the_last_n_frames_at_one_vectors_cost():
+    """A running sum: the mean over the whole window cost 10 ms a frame at 10,000 frames of 1,000 classes
+    (measured 2026-12-06, 2-core EPYC), and --smooth had no ceiling on the window held in memory."""
+    from collections import deque
+
+    from edgecv.runtime.classifier import Smoother
+    from edgecv.runtime.stream.options import RunOptions
+    from edgecv.utils.limits import MAX_SMOOTH
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7):
+        s, window = Smoother(n), deque(maxlen=n)
+        for _ in range(50 * n):  # many windows: no drift from the running sum
+            p = rng.dirichlet(np.ones(10)).astype(np.float32)
+            window.append(p)
+            got = s(p)
+            assert got.dtype == np.float32 and np.allclose(got, np.mean(window, axis=0), atol=1e-6)
+    assert s(np.full(3, 1 / 3, np.float32)).tolist() == pytest.approx([1 / 3] * 3)  # another width starts afresh
+    s = Smoother(MAX_SMOOTH)
+    p = rng.dirichlet(np.ones(1000)).astype(np.float32)
+    for _ in range(MAX_SMOOTH):
+        s(p)
+    assert np.allclose(s(p), p, atol=1e-6) and s.total.shape == (1000,)  # a running sum, not the window's mean
+    with pytest.raises(ValueError, match=f"smooth from 1 to {MAX_SMOOTH}"):
+        RunOptions(smooth=MAX_SMOOTH + 1).check()
+
+
 def test_folder_source_skips_corrupt_and_records(tiny_bundle, imagenet_dir, tmp_path):
     import shutil
 

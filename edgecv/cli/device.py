@@ -9,7 +9,7 @@ import click
 
 from edgecv.bundle.manifest import PRECISIONS
 from edgecv.cli.types import BackendChoice, new_dir_or_missing, options_from
-from edgecv.utils.limits import FPS_RANGE, MAX_THREADS
+from edgecv.utils.limits import FPS_RANGE, MAX_SMOOTH, MAX_THREADS
 
 
 class BatchList(click.ParamType):
@@ -195,7 +195,7 @@ def profile(target, backend, as_json, **flags):
 @click.option("--display", is_flag=True, help="Show annotated frames when a display exists.")
 @click.option("--record", default=None, help="Write the annotated video (mp4).")
 @click.option("--topk", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--smooth", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--smooth", type=click.IntRange(1, MAX_SMOOTH), default=1, show_default=True,
               help="Average probabilities over the last N frames.")
 @click.option("--max-frames", type=click.IntRange(min=0), default=None)
 @click.option("--loop", is_flag=True, help="Loop file and folder sources.")

@@ -37,14 +37,30 @@ class Prediction:
 
 
 class Smoother:
-    """Mean of the last N probability vectors: steadier labels on live video."""
+    """Mean of the last N probability vectors: steadier labels on live video.
+
+    A running sum, so a frame costs one vector's work whatever N is (a mean over the whole window cost 10 ms a
+    frame at N = 10,000 with 1,000 classes); it is summed afresh once per window, so rounding cannot build up.
+    """
 
     def __init__(self, n: int):
         self.buf: deque = deque(maxlen=max(1, n))
+        self.total: Optional[np.ndarray] = None
+        self.since_exact = 0
 
     def __call__(self, p: np.ndarray) -> np.ndarray:
+        p = np.asarray(p)
+        if self.total is None or self.total.shape != p.shape:  # the first frame, or another model's width
+            self.buf.clear()
+            self.total, self.since_exact = np.zeros(p.shape, np.float64), 0
+        if len(self.buf) == self.buf.maxlen:
+            self.total -= self.buf[0]
         self.buf.append(p)
-        return p if len(self.buf) == 1 else np.mean(self.buf, axis=0)
+        self.total += p
+        self.since_exact += 1
+        if self.since_exact >= self.buf.maxlen:
+            self.total, self.since_exact = np.sum(self.buf, axis=0, dtype=np.float64), 0
+        return p if len(self.buf) == 1 else (self.total / len(self.buf)).astype(p.dtype, copy=False)
 
 
 def select_gpu_preprocess(be, pre, mode: str) -> Optional[Callable]:

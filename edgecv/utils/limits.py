@@ -26,6 +26,10 @@ def frame_size_problem(height: int, width: int) -> Optional[str]:
     return None
 
 
+# --smooth: frames averaged. 10,000 is over five minutes at 30 fps, longer than any label stays true on a moving
+# vehicle; the window is held in memory (40 MB at 1,000 classes).
+MAX_SMOOTH = 10_000
+
 FPS_RANGE = (0.1, 1000.0)  # frames per second a camera or a --realtime replay may be paced at
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from edgecv.runtime.stream.sources import OPEN_TIMEOUT_S, READ_TIMEOUT_S, SourceOptions
-from edgecv.utils.limits import check_fps
+from edgecv.utils.limits import MAX_SMOOTH, check_fps
 
 
 @dataclass
@@ -55,9 +55,10 @@ class RunOptions:
         """ValueError naming the first option out of range (the CLI's flags are range-checked already)."""
         if self.decode_threads is not None and self.decode_threads < 1:
             raise ValueError(f"decode_threads must be >= 1, got {self.decode_threads}")
-        if self.topk < 1 or self.smooth < 1 or (self.max_failures is not None and self.max_failures < 0) or \
+        if self.topk < 1 or not 1 <= self.smooth <= MAX_SMOOTH or \
+                (self.max_failures is not None and self.max_failures < 0) or \
                 (self.max_frames is not None and self.max_frames < 0):
-            raise ValueError("topk and smooth must be >= 1, max_failures and max_frames >= 0")
+            raise ValueError(f"topk must be >= 1, smooth from 1 to {MAX_SMOOTH}, max_failures and max_frames >= 0")
         if self.fps is not None:
             check_fps(self.fps)
         return self
