@@ -111,6 +111,27 @@ def test_signal_during_hanging_open_ends_within_a_second(sig, code, tiny_bundle,
     assert p.returncode == code and "frames 0" in out and "Traceback" not in out
 
 
+@pytest.mark.parametrize("flag,value", [("--min-score", "nan"), ("--max-age", "nan"), ("--fps", "nan"),
+                                        ("--open-timeout", "inf"), ("--read-timeout", "1e30")])
+def test_numbers_that_are_not_finite_are_refused_by_flag(flag, value, tiny_bundle, tmp_path):
+    """nan passed click's ranges (--min-score nan reported no frame as unknown), and an infinite timeout overflows
+    the clocks it is given to; the API's options are checked the same way."""
+    from conftest import invoke
+
+    from edgecv.runtime.stream.options import RunOptions
+
+    r = invoke("run", tiny_bundle, "--source", tmp_path, flag, value)
+    assert r.exit_code == 2 and f"Invalid value for '{flag}'" in r.output, r.output
+    field = {"--min-score": "min_score", "--max-age": "max_age_ms", "--fps": "fps", "--open-timeout": "open_timeout_s",
+             "--read-timeout": "read_timeout_s"}[flag]
+    with pytest.raises(ValueError):
+        RunOptions(**{field: float(value)}).check()
+    for args in (["update", "--repo-url", "https://h/x", "--timeout", value],
+                 ["repo", "timestamp", tmp_path, "--days", "nan"]):
+        r = invoke(*args)
+        assert r.exit_code == 2 and "Invalid value for" in r.output, r.output
+
+
 def test_bad_record_path_is_refused_before_the_run(tiny_bundle, tmp_path):
     vid = make_video(tmp_path / "v.mp4")
     for rec, msg in [(tmp_path / "missing" / "x.mp4", "does not exist"), (tmp_path / "x.xyz", "unsupported extension"),

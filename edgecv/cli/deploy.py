@@ -7,6 +7,9 @@ import sys
 
 import click
 
+from edgecv.cli.types import FiniteRange
+from edgecv.utils.limits import MAX_TIMEOUT_S
+
 
 def _trust(ctx, param, value):
     if value:
@@ -167,7 +170,7 @@ def repo_init(repo_dir, keys):
 @repo.command("timestamp")
 @click.argument("repo_dir")
 @click.option("--keys", default=None)
-@click.option("--days", type=click.FloatRange(min=0.001, max=30), default=None, help="Validity [default: 1 day].")
+@click.option("--days", type=FiniteRange(min=0.001, max=30), default=None, help="Validity [default: 1 day].")
 def repo_timestamp(repo_dir, keys, days):
     """Re-sign the timestamp: run it at least daily, or vehicles refuse the repository as frozen."""
     from edgecv.deploy.tuf_repo import timestamp
@@ -192,7 +195,7 @@ def repo_rotate(repo_dir, role, keys):
 @click.option("--root", default=None, help="Install root [default: as for install].")
 @click.option("--channel", default="stable", show_default=True)
 @click.option("--trusted-root", default=None, help="The repository's root.json to pin on the first update.")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=30.0, show_default=True)
+@click.option("--timeout", "timeout_s", type=FiniteRange(1, MAX_TIMEOUT_S), default=30.0, show_default=True)
 @trust_option
 @click.option("--timer", "timer_dir", default=None, metavar="DIR",
               help="Instead: write edgecv-update.service and .timer into DIR (e.g. /etc/systemd/system).")

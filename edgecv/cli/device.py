@@ -8,8 +8,8 @@ from dataclasses import replace
 import click
 
 from edgecv.bundle.manifest import PRECISIONS
-from edgecv.cli.types import BackendChoice, new_dir_or_missing, options_from
-from edgecv.utils.limits import FPS_RANGE, MAX_SMOOTH, MAX_THREADS
+from edgecv.cli.types import BackendChoice, FiniteRange, new_dir_or_missing, options_from
+from edgecv.utils.limits import FPS_RANGE, MAX_SMOOTH, MAX_THREADS, MAX_TIMEOUT_S
 
 
 class BatchList(click.ParamType):
@@ -201,19 +201,19 @@ def profile(target, backend, as_json, **flags):
 @click.option("--loop", is_flag=True, help="Loop file and folder sources.")
 @click.option("--realtime", is_flag=True,
               help="Replay files and folders like a live camera: at their frame rate (or --fps), newest frame only.")
-@click.option("--fps", type=click.FloatRange(*FPS_RANGE), default=None,
+@click.option("--fps", type=FiniteRange(*FPS_RANGE), default=None,
               help="--realtime pace for folders and files without a frame rate [default: the file's, else 30].")
-@click.option("--max-age", "max_age_ms", type=click.FloatRange(min=0), default=None,
+@click.option("--max-age", "max_age_ms", type=FiniteRange(min=0), default=None,
               help="Never classify a frame older than MS milliseconds; it is counted as stale.")
-@click.option("--min-score", type=click.FloatRange(0, 1), default=None,
+@click.option("--min-score", type=FiniteRange(0, 1), default=None,
               help="Report frames whose top score is below S as 'unknown' instead of forcing a class.")
 @click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None)
 @click.option("--max-failures", type=click.IntRange(min=0), default=None,
               help="Reconnect attempts before giving up [default: live sources retry forever, with backoff capped "
                    "at 10 s; files and folders fail at once when they cannot be read].")
-@click.option("--open-timeout", "open_timeout_s", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+@click.option("--open-timeout", "open_timeout_s", type=FiniteRange(0.1, MAX_TIMEOUT_S), default=10.0, show_default=True,
               help="Seconds to wait for a live source to open (per try).")
-@click.option("--read-timeout", "read_timeout_s", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+@click.option("--read-timeout", "read_timeout_s", type=FiniteRange(0.1, MAX_TIMEOUT_S), default=5.0, show_default=True,
               help="Seconds without a frame before a live source counts as lost.")
 @click.option("--resize", type=click.Choice(["auto", "area", "fast"]), default="auto", show_default=True,
               help="How frames are shrunk to the model's resize size. area: INTER_AREA on the whole frame; fast: "

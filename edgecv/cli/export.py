@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from edgecv.cli.types import CommaList, options_from
+from edgecv.cli.types import CommaList, FiniteRange, options_from
 from edgecv.recipe import CALIB_CHOICES, PRUNE_METHODS, WEIGHT_ROUNDINGS
 
 
@@ -55,7 +55,7 @@ from edgecv.recipe import CALIB_CHOICES, PRUNE_METHODS, WEIGHT_ROUNDINGS
               help="Comma list of device CPU architectures (e.g. aarch64); default: any.")
 @click.option("--golden", type=click.IntRange(1, 4096), default=None,
               help="Golden vectors shipped for `edgecv verify` on the device (default 64).")
-@click.option("--min-agreement", type=click.FloatRange(0, 1), default=None,
+@click.option("--min-agreement", type=FiniteRange(0, 1), default=None,
               help="Fidelity budget recorded for verify: top-1 agreement with fp32 (default 0.99).")
 @click.option("--qat-epochs", type=click.IntRange(0, 100), default=None,
               help="Quantization-aware distillation epochs when PTQ and fallback miss the budget (default 3; 0: off).")
@@ -63,7 +63,7 @@ from edgecv.recipe import CALIB_CHOICES, PRUNE_METHODS, WEIGHT_ROUNDINGS
               help="Robustness report: all (default), none, families (noise,blur,weather,digital) or corruption names.")
 @click.option("--corruption-images", type=click.IntRange(1), default=None,
               help="Evaluation images the robustness report corrupts (default 100).")
-@click.option("--max-corruption-drop", type=click.FloatRange(0), default=None,
+@click.option("--max-corruption-drop", type=FiniteRange(0), default=None,
               help="Budget: the worst corruption's extra top-1 drop of an int8 artefact beyond its clean drop, points "
                    "(default: reported, not gated).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Recipe override.")

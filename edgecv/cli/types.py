@@ -23,6 +23,19 @@ class BackendChoice(click.ParamType):
         return value
 
 
+class FiniteRange(click.FloatRange):
+    """click's FloatRange that also refuses nan and inf: nan passes every comparison a range makes (``--min-score
+    nan`` reported no frame as unknown), and an infinite timeout overflows the clocks it is given to."""
+
+    def convert(self, value, param, ctx):
+        import math
+
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
+
 def new_dir_or_missing(ctx, param, value):
     """An output folder option: a folder, or nothing yet (a file there is refused before any work)."""
     from edgecv.utils.outputs import not_a_folder

@@ -24,6 +24,7 @@ from typing import Callable, Dict, Optional
 
 from edgecv.errors import DeviceError, UpdateError
 from edgecv.utils.io import TMP_TAG, NotASmallFile, read_small, sweep_stale
+from edgecv.utils.limits import MAX_TIMEOUT_S
 
 TUF_DIR = "tuf"
 
@@ -41,6 +42,8 @@ class UpdateOptions:
 
     def __post_init__(self):
         check_repo_url(self.repo_url)
+        if not 1 <= self.timeout_s <= MAX_TIMEOUT_S:  # also nan; an infinite timeout overflows the socket's
+            raise UpdateError(f"--timeout: expected 1 to {MAX_TIMEOUT_S:.0f} seconds, got {self.timeout_s}")
 
 
 def check_repo_url(url: str) -> str:

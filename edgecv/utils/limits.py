@@ -30,6 +30,10 @@ def frame_size_problem(height: int, width: int) -> Optional[str]:
 # vehicle; the window is held in memory (40 MB at 1,000 classes).
 MAX_SMOOTH = 10_000
 
+# Timeouts a network or a camera is given, in seconds: an hour is already more than any wait that still helps,
+# and an infinite one overflows the clocks it is given to.
+MAX_TIMEOUT_S = 3600.0
+
 FPS_RANGE = (0.1, 1000.0)  # frames per second a camera or a --realtime replay may be paced at
 
 

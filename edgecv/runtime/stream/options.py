@@ -2,11 +2,12 @@
 the CLI maps its flags to in one place (edgecv.cli.device) and every loop reads."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
 from edgecv.runtime.stream.sources import OPEN_TIMEOUT_S, READ_TIMEOUT_S, SourceOptions
-from edgecv.utils.limits import MAX_SMOOTH, check_fps
+from edgecv.utils.limits import MAX_SMOOTH, MAX_TIMEOUT_S, check_fps
 
 
 @dataclass
@@ -61,6 +62,12 @@ class RunOptions:
             raise ValueError(f"topk must be >= 1, smooth from 1 to {MAX_SMOOTH}, max_failures and max_frames >= 0")
         if self.fps is not None:
             check_fps(self.fps)
+        for name in ("max_age_ms", "min_score", "open_timeout_s", "read_timeout_s"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v >= 0):  # nan passes every comparison of a range
+                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        if not (self.open_timeout_s <= MAX_TIMEOUT_S and self.read_timeout_s <= MAX_TIMEOUT_S):
+            raise ValueError(f"open_timeout_s and read_timeout_s must be at most {MAX_TIMEOUT_S:.0f} s")
         return self
 
     def source_options(self, **overrides) -> SourceOptions:
