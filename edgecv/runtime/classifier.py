@@ -49,7 +49,7 @@ class Smoother:
         self.since_exact = 0
 
     def __call__(self, p: np.ndarray) -> np.ndarray:
-        p = np.asarray(p)
+        p = np.array(p)  # a copy: the window must not change if the caller reuses its buffer
         if self.total is None or self.total.shape != p.shape:  # the first frame, or another model's width
             self.buf.clear()
             self.total, self.since_exact = np.zeros(p.shape, np.float64), 0
