@@ -133,6 +133,7 @@ def test_a_camera_that_cannot_open_does_not_stop_the_others(tiny_bundle, tmp_pat
     ("{id: [1, 2], source: SRC}", ".id"),
     ("{id: '', source: SRC}", ".id"),
     ("{id: true, source: SRC}", ".id"),
+    ("{id: 1e3, source: SRC}", "read it as a number: quote it"),
     ("{id: a, source: [SRC]}", "source"),
 ])
 def test_camera_list_values_are_typed_and_range_checked(entry, needle, tiny_bundle, tmp_path, photos):

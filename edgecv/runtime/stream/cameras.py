@@ -38,7 +38,8 @@ CAMERA_KEYS = ("id", "source", "loop", "realtime", "fps")
 def _text(v: Any, where: str) -> str:
     if isinstance(v, bool) or not isinstance(v, (str, int)) or not str(v).strip() \
             or any(ord(c) < 32 or ord(c) == 127 for c in str(v)):
-        raise RecipeError(f"{where}: expected a non-empty string without control characters, got {v!r}")
+        hint = " (YAML read it as a number: quote it, e.g. '1e3')" if isinstance(v, float) else ""
+        raise RecipeError(f"{where}: expected a non-empty string without control characters, got {v!r}{hint}")
     return str(v)
 
 
