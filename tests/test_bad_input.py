@@ -476,6 +476,10 @@ def test_explain_never_overwrites_its_own_heatmaps(tiny_ckpt, tmp_path):
     for special in (tmp_path / "pipe.png", "/dev/zero"):
         one_line_error(invoke("explain", tiny_ckpt, special, "-o", tmp_path / "x"), 2,
                        f"{special}: not an image file or folder (a device, pipe, socket or broken link)")
+    (tmp_path / "garbage.png").write_bytes(b"not a png")
+    one_line_error(invoke("explain", tiny_ckpt, tmp_path / "garbage.png", "-o", tmp_path / "x"), 2,
+                   "no image could be explained")
+    assert not (tmp_path / "x").exists()  # refused without leaving an empty -o folder behind
     r = invoke("explain", tiny_ckpt, d, "-o", tmp_path / "x", "--json")
     pngs = [row["png"] for row in json.loads(r.output)["images"]]
     assert len(pngs) == 3 and len(set(pngs)) == 3 and len(os.listdir(tmp_path / "x")) == 3

@@ -1,6 +1,7 @@
 """``edgecv explain``: Grad-CAM family heatmaps (pytorch-grad-cam) with a deletion faithfulness check."""
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -196,8 +197,9 @@ def explain_images(target: str, images: List[str], out_dir: str, options: Option
         p.requires_grad_(True)
     layer = o.layer or default_target_layer(model, cfg.input_size, cfg.channels)
     grid = feature_grid(model, layer, cfg.input_size, cfg.channels) if o.random_unit == "cam" else None
+    paths = _expand(images)[:o.limit] if o.limit else _expand(images)  # a bad path is refused before -o is made
+    made = not os.path.lexists(out_dir)
     out = output_folder(out_dir)
-    paths = _expand(images)[:o.limit] if o.limit else _expand(images)
     rows, used = [], set()
     with _methods()[o.method](model=model, target_layers=[layer]) as cam:
         for path in paths:
@@ -212,7 +214,13 @@ def explain_images(target: str, images: List[str], out_dir: str, options: Option
             if o.check:
                 row.update(deletion_check(model, x, heat, cls, seed=len(rows), grid=grid))
             rows.append(row)
-    return _explained(rows, o, layer, grid)
+    try:
+        return _explained(rows, o, layer, grid)
+    except DatasetError:
+        if made:  # no image could be read: leave no empty folder behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
 
 
 def _explain_one(model, cam, x, src, o: ExplainOptions, png: Path, target_cls):
