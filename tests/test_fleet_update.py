@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, free_port, invoke, release
+from conftest import ROOT, free_port, invoke, release, unanswerable_golden
 
 sys.path.insert(0, str(ROOT / "tools"))
 from static_server import StaticServer  # noqa: E402
@@ -81,7 +81,36 @@ def test_publish_serve_update_then_idle_polls_download_no_bundle(fleet, tiny_bun
     s = json.loads(invoke("status", "--root", device, "--json").output)
     assert (s["active"]["release"], s["previous"]["release"]) == (2, 1)
     assert not list((device / "tuf" / "downloads").rglob("*.tar"))  # no bundle left behind (the index stays)
-    assert not [p for p in device.iterdir() if p.name.startswith(".incoming")]
+    assert not [p for p in device.iterdir() if p.name.startswith((".incoming", ".update"))]
+
+
+def test_a_release_this_device_refused_is_not_downloaded_again_every_tick(fleet, tiny_bundle, keys, monkeypatch):
+    """Each timer tick downloaded and tested the same refused bundle again, for ever."""
+    from edgecv.deploy import update as upd
+
+    srv, device = fleet["srv"], fleet["device"]
+    b = release(tiny_bundle, fleet["tmp"] / "r2-fails-acceptance", 2)
+    unanswerable_golden(b)  # golden vectors no device can answer: the acceptance test refuses it
+    assert invoke("sign", b, "--key", keys / "dev.pem").exit_code == 0
+    assert invoke("publish", b, "--repo", fleet["repo"]).exit_code == 0
+
+    def tars():
+        return sum(q["path"].endswith(".tar") for q in srv.requests)
+
+    srv.requests.clear()
+
+    r = update(srv.url, device)
+    assert r.exit_code == 2 and "acceptance" in r.output and tars() == 1, r.output
+    r = update(srv.url, device, "--json")
+    assert r.exit_code == 0 and "release 2 was refused on this device" in r.output, r.output
+    assert json.loads(r.output.strip().splitlines()[-1])["refused_here"] == [2] and tars() == 1
+    assert update(srv.url, device, "--retry-refused").exit_code == 2 and tars() == 2
+    monkeypatch.setattr(upd, "REFUSED_RETRY_S", 0.0)  # a day later: tried again (a fixed trust setting is seen)
+    assert update(srv.url, device).exit_code == 2 and tars() == 3
+    monkeypatch.undo()
+    publish(fleet, tiny_bundle, keys, 3)  # a newer release is not held back by the refused one
+    r = update(srv.url, device)
+    assert r.exit_code == 0 and "installed: release 3" in r.output and active_release(device) == 3, r.output
 
 
 def test_publishing_needs_a_signed_newer_release_and_works_without_the_root_key(fleet, tiny_bundle, keys):

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from edgecv.cli.types import FiniteRange
+from edgecv.cli.types import FiniteRange, options_from
 from edgecv.utils.limits import MAX_TIMEOUT_S
 
 
@@ -201,8 +201,11 @@ def repo_rotate(repo_dir, role, keys):
               help="Instead: write edgecv-update.service and .timer into DIR (e.g. /etc/systemd/system).")
 @click.option("--every", "every_min", type=click.IntRange(1, 10080), default=60, show_default=True,
               help="With --timer: minutes between updates.")
+@click.option("--retry-refused", is_flag=True,
+              help="Try a release this device refused in the last day again now (else it is not downloaded again "
+                   "for a day).")
 @click.option("--json", "as_json", is_flag=True)
-def update(repo_url, root, channel, trusted_root, timeout_s, timer_dir, every_min, as_json):
+def update(root, timer_dir, every_min, as_json, **opts):
     """Pull the newest compatible release of CHANNEL from a TUF repository and install it (safe from a timer).
 
     Exit status: 0 installed or up to date, 2 refused (named: an attack, an incompatible or failed install),
@@ -213,12 +216,12 @@ def update(repo_url, root, channel, trusted_root, timeout_s, timer_dir, every_mi
     from edgecv.deploy.update import update as do_update
 
     root = os.path.abspath(root or default_root())
-    check_repo_url(repo_url)
+    check_repo_url(opts["repo_url"])
     if timer_dir:
-        _write_timer(timer_dir, root, repo_url, channel, every_min)
+        _write_timer(timer_dir, root, opts["repo_url"], opts["channel"], every_min)
         return
     try:
-        rep = do_update(root, UpdateOptions(repo_url, channel, trusted_root, timeout_s),
+        rep = do_update(root, UpdateOptions(**options_from(UpdateOptions, opts)),
                         log=lambda s: click.echo(s, err=True))
     except UpdateOffline as e:
         click.echo(f"error: {e}; nothing changed", err=True)

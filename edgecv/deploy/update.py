@@ -17,16 +17,22 @@ import json
 import os
 import re
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
-from edgecv.errors import DeviceError, UpdateError
+from edgecv.errors import BundleError, DeviceError, InstallStateError, UpdateError
 from edgecv.utils.io import TMP_TAG, NotASmallFile, read_small, sweep_stale
 from edgecv.utils.limits import MAX_TIMEOUT_S
 
 TUF_DIR = "tuf"
+# A release this device refused (its signature, compatibility or acceptance test) is not downloaded again for a
+# day: a timer would otherwise fetch and test the same bundle every tick. A day, not for ever, so that a fixed
+# trust configuration is picked up; --retry-refused tries at once.
+REFUSED_FILE = "refused.json"
+REFUSED_RETRY_S = 24 * 3600.0
 
 
 class UpdateOffline(DeviceError):
@@ -39,6 +45,7 @@ class UpdateOptions:
     channel: str = "stable"
     trusted_root: Optional[str] = None  # root.json to pin on the first update (delivered out of band)
     timeout_s: float = 30.0
+    retry_refused: bool = False  # try a release this device refused in the last day again now
 
     def __post_init__(self):
         check_repo_url(self.repo_url)
@@ -167,14 +174,44 @@ def update(root, options: UpdateOptions, log=print) -> Dict:
         up = _updater(root, options)
         _tuf(up.refresh)
         floor = current_state(root).highest_release if (root / "install.json").exists() else -1
-        index = _index(up, options.channel)
-        pick = _newest(index.get("releases", []), floor)
+        releases = _index(up, options.channel).get("releases", [])
+        skipped = {} if options.retry_refused else _refused_recently(root)
+        pick = _newest([r for r in releases if r.get("bundle_id") not in skipped], floor)
+        passed_over = sorted((r for r in skipped.values() if r["release"] > floor
+                              and (pick is None or r["release"] > pick["release"])), key=lambda r: r["release"])
+        for r in passed_over:
+            log(f"[edgecv update] release {r['release']} was refused on this device "
+                f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(r['at']))} ({r['reason']}); not downloaded "
+                "again before a day has passed or a newer release is published (--retry-refused: now)")
         if pick is None:
-            newest = max((r.get("release", -1) for r in index.get("releases", [])), default=None)
+            newest = max((r.get("release", -1) for r in releases), default=None)
             log(f"[edgecv update] up to date: installed release {floor}, newest compatible in {options.channel}: "
                 f"{newest if newest is not None else 'none'}")
-            return {"status": "up to date", "installed_release": floor, "channel": options.channel}
+            return {"status": "up to date", "installed_release": floor, "channel": options.channel,
+                    "refused_here": [r["release"] for r in passed_over]}
         return _install_release(up, root, pick, log, options.repo_url)
+
+
+def _refused_recently(root: Path) -> Dict[str, Dict]:
+    """The releases this device refused within ``REFUSED_RETRY_S``, by bundle id (a damaged record is none)."""
+    try:
+        d = json.loads(read_small(root / TUF_DIR / REFUSED_FILE))
+    except (OSError, NotASmallFile, ValueError, RecursionError):
+        return {}
+    now = time.time()
+    return {b: r for b, r in (d.items() if isinstance(d, dict) else ())
+            if isinstance(r, dict) and type(r.get("release")) is int and isinstance(r.get("at"), (int, float))
+            and 0 <= now - r["at"] < REFUSED_RETRY_S and isinstance(r.get("reason"), str)}
+
+
+def _remember_refusal(root: Path, pick: Dict, reason: str) -> None:
+    """Record that this device refused ``pick`` (the newest 20 refusals are kept)."""
+    from edgecv.utils.io import atomic_write_json
+
+    d = _refused_recently(root)
+    d[pick["bundle_id"]] = {"release": pick["release"], "target": pick["target"], "reason": reason[:300],
+                            "at": time.time()}
+    atomic_write_json(root / TUF_DIR / REFUSED_FILE, dict(sorted(d.items(), key=lambda kv: kv[1]["at"])[-20:]))
 
 
 def _sweep_leftovers(root: Path) -> None:
@@ -221,6 +258,10 @@ def _install_release(up, root: Path, pick: Dict, log, url: str) -> Dict:
         if open_bundle(staging).manifest["manifest_sha256"] != pick["bundle_id"]:
             raise UpdateError(f"{pick['target']}: the bundle inside is not the one the repository signed for")
         rep = install(staging, root, log=log, source=f"{url.rstrip('/')}/targets/{pick['target']}")
+    except BundleError as e:  # the bundle refused here: its signature, compatibility, acceptance
+        if not isinstance(e, InstallStateError):  # a damaged install state is the device's, not the release's
+            _remember_refusal(root, pick, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         archive.unlink(missing_ok=True)
