@@ -57,6 +57,10 @@ class InstallStateError(InstallError):
     """An install root's state is damaged or inconsistent: installs and rollbacks are refused until it is fixed."""
 
 
+class NoRoomError(InstallError):
+    """The install root's file system cannot hold the bundle: the device's state, not the bundle's."""
+
+
 class UpdateError(BundleError):
     """An update from a TUF repository is refused: its metadata or a download does not verify (the message names
     the attack it stops), or the repository has nothing this device may install."""

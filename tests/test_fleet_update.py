@@ -2,6 +2,7 @@
 server on 127.0.0.1 (tools/static_server.py, started by a fixture), pulled and installed by ``edgecv update``. Each
 attack TUF exists for is staged against a device that runs release 1, ends in a refusal that names it, and leaves
 the active slot as it was."""
+import collections
 import json
 import os
 import shutil
@@ -109,6 +110,11 @@ def test_a_release_this_device_refused_is_not_downloaded_again_every_tick(fleet,
     assert update(srv.url, device).exit_code == 2 and tars() == 3
     monkeypatch.undo()
     publish(fleet, tiny_bundle, keys, 3)  # a newer release is not held back by the refused one
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(2**20, 2**20 - 1000, 1000))
+    r = update(srv.url, device)  # a full disk is the device's state: release 3 is not held back for a day
+    assert r.exit_code == 2 and "MiB free; nothing was copied" in r.output, r.output
+    monkeypatch.undo()
     r = update(srv.url, device)
     assert r.exit_code == 0 and "installed: release 3" in r.output and active_release(device) == 3, r.output
 

@@ -35,7 +35,7 @@ from edgecv.bundle.slots import (
     with_pending,
     write_state,
 )
-from edgecv.errors import InstallError
+from edgecv.errors import InstallError, NoRoomError
 from edgecv.utils.io import TMP_TAG, atomic_write_json, sweep_stale
 from edgecv.utils.versions import version_tuple
 
@@ -228,7 +228,7 @@ def _check_space(root: Path, need: int, slot: str) -> None:
     """Refuse before copying when the install root's file system cannot hold the bundle."""
     free = shutil.disk_usage(root).free
     if need > free:
-        raise InstallError(f"{root}: slot {slot} needs {need / 2**20:.1f} MiB for the bundle and the file system has "
+        raise NoRoomError(f"{root}: slot {slot} needs {need / 2**20:.1f} MiB for the bundle and the file system has "
                            f"{free / 2**20:.1f} MiB free; nothing was copied and the active slot is untouched")
 
 

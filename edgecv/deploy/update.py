@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
-from edgecv.errors import BundleError, DeviceError, InstallStateError, UpdateError
+from edgecv.errors import BundleError, DeviceError, InstallStateError, NoRoomError, UpdateError
 from edgecv.utils.io import TMP_TAG, NotASmallFile, read_small, sweep_stale
 from edgecv.utils.limits import MAX_TIMEOUT_S
 
@@ -259,7 +259,7 @@ def _install_release(up, root: Path, pick: Dict, log, url: str) -> Dict:
             raise UpdateError(f"{pick['target']}: the bundle inside is not the one the repository signed for")
         rep = install(staging, root, log=log, source=f"{url.rstrip('/')}/targets/{pick['target']}")
     except BundleError as e:  # the bundle refused here: its signature, compatibility, acceptance
-        if not isinstance(e, InstallStateError):  # a damaged install state is the device's, not the release's
+        if not isinstance(e, (InstallStateError, NoRoomError)):  # the device's state, not the release's
             _remember_refusal(root, pick, str(e).splitlines()[0] if str(e) else type(e).__name__)
         raise
     finally:
