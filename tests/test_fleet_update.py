@@ -188,29 +188,31 @@ def test_another_repositorys_keys_are_refused_before_anything_is_written(fleet, 
     assert update(fleet["srv"].url, fleet["device"]).exit_code == 0 and active_release(fleet["device"]) == 2
 
 
+def _holding_the_lock(repo, seconds):
+    """Another process that holds the repository's writer lock for ``seconds``, started and holding."""
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from edgecv.deploy.tuf_repo import RepoPaths, repo_lock; "
+        "cm = repo_lock(RepoPaths.of(sys.argv[1])); cm.__enter__(); print('locked', flush=True); "
+        "time.sleep(float(sys.argv[2]))"), str(repo), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
 def test_writers_of_one_repository_wait_for_each_other(fleet, monkeypatch):
     """publish, rotate and timestamp each read the latest metadata version and write the next: a timer's
     `repo timestamp` during a publish wrote the same timestamp version again, pointing back at the old snapshot."""
     repo = fleet["repo"]
     version = json.loads((repo / "metadata" / "timestamp.json").read_text())["signed"]["version"]
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from edgecv.deploy.tuf_repo import RepoPaths, repo_lock; "
-        "cm = repo_lock(RepoPaths.of(sys.argv[1])); cm.__enter__(); print('locked', flush=True); time.sleep(2)"),
-        str(repo)], stdout=subprocess.PIPE, text=True)
+    holder = _holding_the_lock(repo, 2)
     try:
-        assert holder.stdout.readline().strip() == "locked"
         t0 = time.monotonic()
         r = invoke("repo", "timestamp", repo)
         assert r.exit_code == 0 and f"timestamp version {version + 1}" in r.output, r.output
         assert time.monotonic() - t0 > 1.0 and holder.wait(5) == 0  # it waited for the holder to end
     finally:
         holder.kill()
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from edgecv.deploy.tuf_repo import RepoPaths, repo_lock; "
-        "cm = repo_lock(RepoPaths.of(sys.argv[1])); cm.__enter__(); print('locked', flush=True); time.sleep(30)"),
-        str(repo)], stdout=subprocess.PIPE, text=True)
+    holder = _holding_the_lock(repo, 30)
     try:
-        assert holder.stdout.readline().strip() == "locked"
         monkeypatch.setattr(tuf_repo, "LOCK_WAIT_S", 0.5)
         for args in (["repo", "timestamp", repo], ["repo", "rotate", repo, "canary"]):
             r = invoke(*args)
