@@ -100,6 +100,19 @@ def test_trust_folder_with_one_good_key_still_checks_signatures(tiny_bundle, tmp
 
 # -- 2. install touches nothing before its checks -----------------------------------------------------------------
 
+def test_an_install_root_inside_the_bundle_is_refused(tiny_bundle, tmp_path, keys):
+    """It made the slots inside the bundle's folder, and the signed bundle then failed its own signature."""
+    b = release(tiny_bundle, tmp_path / "r1", 1)
+    assert invoke("sign", b, "--key", keys / "dev.pem").exit_code == 0
+    (tmp_path / "link").symlink_to(b)
+    for root in (b / "vehicle", tmp_path / "link" / "vehicle", b):
+        r = invoke("install", b, "--root", root)
+        assert r.exit_code == 2 and "the install root is inside the bundle" in r.output, r.output
+    assert not (b / "vehicle").exists()
+    r = invoke("install", b, "--root", tmp_path / "root", "--trust", keys / "dev.pub")
+    assert r.exit_code == 0, r.output
+
+
 @pytest.mark.parametrize("mode", [0o1777, 0o700])
 def test_install_never_changes_a_folder_that_is_not_an_install_root(mode, tiny_bundle, tmp_path):
     x = tmp_path / "x"

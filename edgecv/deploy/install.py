@@ -145,6 +145,10 @@ def install(bundle: str | os.PathLike, root: Optional[str | os.PathLike] = None,
     if not isinstance(b.manifest.get("golden"), dict):
         raise InstallError(f"{b.root}: has no golden vectors, so it cannot be accepted on the device; export it "
                            "again with this edgecv")
+    inside = Path(os.path.realpath(root))
+    if inside == Path(os.path.realpath(b.root)) or Path(os.path.realpath(b.root)) in inside.parents:
+        raise InstallError(f"{root}: the install root is inside the bundle {b.root}; files added there would "
+                           "break the bundle's signature: choose a folder outside it")
     prepare_root(root)
     t0 = time.time()
     report: Dict = {"bundle": source or os.fsdecode(bundle), "root": str(root), "checks": [], "started": t0,
