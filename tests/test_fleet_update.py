@@ -172,6 +172,16 @@ def test_what_an_update_killed_midway_left_is_swept_by_the_next(fleet, tiny_bund
     assert not [p for p in device.iterdir() if p.name.startswith(".update") and p != live]
 
 
+def test_init_never_replaces_keys_and_says_what_a_cut_short_init_leaves(fleet, tmp_path):
+    keys_dir = fleet["repo"].with_name("repo.keys")
+    before = {p.name: p.read_bytes() for p in keys_dir.iterdir()}
+    r = invoke("repo", "init", fleet["repo"])
+    assert r.exit_code == 2 and "refusing to replace them" in r.output and "cut short" not in r.output
+    r = invoke("repo", "init", tmp_path / "typo", "--keys", keys_dir)  # a live repository's keys, a new folder
+    assert r.exit_code == 2 and "if an earlier `repo init` was cut short" in r.output, r.output
+    assert {p.name: p.read_bytes() for p in keys_dir.iterdir()} == before and not (tmp_path / "typo").exists()
+
+
 def test_another_repositorys_keys_are_refused_before_anything_is_written(fleet, tiny_bundle, keys, tmp_path):
     """publish --keys of another repository said "published" and wrote metadata every vehicle refuses."""
     other = tmp_path / "other"

@@ -227,7 +227,11 @@ def init_repo(paths: RepoPaths, channels=CHANNELS) -> None:
     from tuf.api.metadata import DelegatedRole, Delegations, Key, Metadata, MetaFile, Role, Root, Snapshot, Targets, Timestamp
 
     if paths.metadata.exists() or (paths.keys.exists() and any(paths.keys.iterdir())):
-        raise RepoError(f"{paths.repo}: already holds a repository or keys ({paths.keys}); refusing to replace them")
+        cut_short = "" if paths.metadata.exists() else (
+            f" (no metadata yet: if an earlier `repo init` was cut short, remove {paths.keys} and run it again; if "
+            "those keys sign another repository, give this one its own --keys)")
+        raise RepoError(f"{paths.repo}: already holds a repository or keys ({paths.keys}); refusing to replace "
+                        f"them{cut_short}")
     signers = {r: _new_key(paths, r) for r in (*TOP_ROLES, *channels)}
     root = Root(consistent_snapshot=True)
     for r in TOP_ROLES:
