@@ -8,7 +8,7 @@ import numpy as np
 
 from edgecv.errors import ModelFileError
 from edgecv.runtime.backends.base import OnnxFileBackend, TensorSpec
-from edgecv.utils.io import utf8_safe
+from edgecv.utils.io import read_small, utf8_safe
 from edgecv.utils.limits import check_threads
 
 # ONNX Runtime quantizes the weight of a float Conv/Gemm that sits between DequantizeLinear and QuantizeLinear
@@ -63,8 +63,9 @@ class OrtBackend(OnnxFileBackend):
 
         self.path = str(model_path)
         try:
-            # ONNX Runtime's path argument must be UTF-8: a model under a non-UTF-8 folder is passed as bytes
-            model = self.path if utf8_safe(self.path) else open(self.path, "rb").read()
+            # ONNX Runtime's path argument must be UTF-8: a model under a non-UTF-8 folder is passed as bytes (a
+            # protobuf holds at most 2 GiB, so nothing larger is read)
+            model = self.path if utf8_safe(self.path) else read_small(self.path, 2 << 30)
             self.session = ort.InferenceSession(model, sess_options=session_options(threads, profile_prefix),
                                                 providers=providers or default_providers(),
                                                 disabled_optimizers=DISABLED_OPTIMIZERS)
