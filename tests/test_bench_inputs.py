@@ -83,3 +83,11 @@ def test_a_fifo_or_device_named_like_a_model_is_refused_not_waited_on(tmp_path):
     one_line_error(invoke("eval", tmp_path / "model.pt", "--data", tmp_path), 2,
                    "not a checkpoint file (a device, pipe or socket)")
 
+
+def test_an_onnx_file_given_where_a_recipe_or_checkpoint_belongs_says_to_give_its_bundle(tiny_bundle, tmp_path):
+    """It read as "not a PyTorch checkpoint (Unsupported operand 8)"."""
+    onnx_file = open_bundle(tiny_bundle).path("model_fp32.onnx")
+    for cmd in (["eval", onnx_file, "--data", tmp_path], ["export", onnx_file, "-o", tmp_path / "o"],
+                ["explain", onnx_file, tmp_path, "-o", tmp_path / "x"]):
+        one_line_error(invoke(*cmd), 2, "an ONNX file carries no labels or preprocessing of its own: give the bundle")
+

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -81,6 +82,9 @@ def load_source(path: str, overrides: List[str] = (), allow_train: bool = False,
         classes = _recipe_classes(recipe)
         model = build_model(recipe, len(classes)).eval()
         return ModelSource(model, recipe.model.name, dict(recipe.model.args), classes, recipe.data, recipe, None)
+    if str(path).lower().endswith(".onnx") and os.path.isfile(path):
+        raise SourceError(f"{path}: an ONNX file carries no labels or preprocessing of its own: give the bundle "
+                          "folder that holds it (eval, bench, run), or a recipe .yaml or an edgecv checkpoint")
     try:
         model, ckpt = load_checkpoint(path)
     except CheckpointError as e:
