@@ -14,6 +14,7 @@ The TUF state lives in the install root (``ROOT/tuf``: the trusted metadata, and
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -160,8 +161,6 @@ def _newest(releases, floor: int) -> Optional[Dict]:
 def update(root, options: UpdateOptions, log=print) -> Dict:
     """Bring ``root`` (an install root) to the newest compatible release of ``options.channel``; the report says
     ``up to date`` (nothing downloaded) or carries the install report."""
-    import logging
-
     from edgecv.bundle.slots import current_state
     from edgecv.deploy.install import default_root, prepare_root
     from edgecv.utils.outputs import OutputLock
@@ -205,13 +204,17 @@ def _refused_recently(root: Path) -> Dict[str, Dict]:
 
 
 def _remember_refusal(root: Path, pick: Dict, reason: str) -> None:
-    """Record that this device refused ``pick`` (the newest 20 refusals are kept)."""
+    """Record that this device refused ``pick`` (the newest 20 refusals are kept); best effort: a full disk must
+    not replace the refusal's own message."""
     from edgecv.utils.io import atomic_write_json
 
     d = _refused_recently(root)
     d[pick["bundle_id"]] = {"release": pick["release"], "target": pick["target"], "reason": reason[:300],
                             "at": time.time()}
-    atomic_write_json(root / TUF_DIR / REFUSED_FILE, dict(sorted(d.items(), key=lambda kv: kv[1]["at"])[-20:]))
+    try:
+        atomic_write_json(root / TUF_DIR / REFUSED_FILE, dict(sorted(d.items(), key=lambda kv: kv[1]["at"])[-20:]))
+    except OSError as e:
+        logging.getLogger("edgecv.update").warning("could not record the refusal (%s)", e.strerror)
 
 
 def _sweep_leftovers(root: Path) -> None:
