@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -27,7 +28,7 @@ from edgecv.runtime.tensorrt.compat import (
     trt_available,
 )
 from edgecv.utils.cache import cache_dir, writable_cache_dir
-from edgecv.utils.io import atomic_write_bytes, atomic_write_json
+from edgecv.utils.io import atomic_write_bytes, atomic_write_json, read_small
 
 log = logging.getLogger("edgecv.build")
 
@@ -202,7 +203,7 @@ def build_plan(onnx_path: Path, precision: str, settings: BuildSettings, calib_c
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
     cache = None
     if timing_cache is not None:
-        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
+        cache = config.create_timing_cache(read_small(timing_cache, 1 << 30) if timing_cache.exists() else b"")
         config.set_timing_cache(cache, False)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
@@ -255,12 +256,25 @@ def build_request(bundle, precision: str = "int8", fp16: Optional[bool] = None, 
     return file, prec, bool(fp16 or want_fp16), max_batch
 
 
+def check_timing_cache(path: str | os.PathLike) -> None:
+    """``--timing-cache``: a regular file, or a new one in an existing folder. The build reads it, then replaces it
+    with its own: ``/dev/zero`` would be read for ever and, as root, replaced by a file."""
+    p = Path(path)
+    if p.exists() and not p.is_file():
+        what = "a folder" if p.is_dir() else "a device, pipe or socket"
+        raise DeviceError(f"--timing-cache {path}: {what}, not a timing cache file")
+    if not p.parent.is_dir():
+        raise DeviceError(f"--timing-cache {path}: folder {p.parent} does not exist")
+
+
 def engine_for_bundle(bundle, precision: str = "int8", settings: Optional[BuildSettings] = None,
                       **fields) -> Tuple[Path, EngineKey]:
     """The cached engine for this bundle and device, building it when the key does not match."""
     s = _settings(settings, fields)
     file, prec, fp16, max_batch = build_request(bundle, precision, s.fp16, s.dla_core, s.max_batch)
     s = replace(s, fp16=fp16, max_batch=max_batch)
+    if s.timing_cache is not None:
+        check_timing_cache(s.timing_cache)
     ok, why = trt_available()
     if not ok:
         raise DeviceError(f"cannot build a TensorRT engine: {why}")
