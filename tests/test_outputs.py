@@ -210,3 +210,29 @@ def test_run_output_removes_a_dir_it_created_when_nothing_was_written(tmp_path):
         out.mkdir(parents=True)
         (out / "model.pt").write_text("w")
     assert (tmp_path / "runs" / "y" / "model.pt").exists()
+
+
+def test_a_device_or_fifo_given_as_an_output_is_refused_never_replaced(tmp_path, tiny_bundle):
+    """`run --record x.mp4` onto a FIFO or a device node named x.mp4 renamed the recording over it: as root, a
+    device node replaced by a file. Every atomic write is guarded, so --timing-cache, units and reports are too."""
+    import cv2
+    import numpy as np
+    from conftest import invoke
+
+    (tmp_path / "frames").mkdir()
+    cv2.imwrite(str(tmp_path / "frames" / "a.png"), np.zeros((32, 32, 3), np.uint8))
+    fifo = tmp_path / "cam.mp4"
+    os.mkfifo(fifo)
+    targets = [fifo]
+    if os.geteuid() == 0:  # a character device like /dev/null (1, 3), made where it harms nothing
+        os.mknod(tmp_path / "null.mp4", 0o644 | stat.S_IFCHR, os.makedev(1, 3))
+        targets.append(tmp_path / "null.mp4")
+    for t in targets:
+        kind = stat.S_IFMT(os.lstat(t).st_mode)
+        with pytest.raises(OutputError, match="a device, pipe or socket; refusing to replace it with a file"):
+            atomic_write_text(t, "x")
+        r = invoke("run", tiny_bundle, "--source", tmp_path / "frames", "--record", t)
+        assert r.exit_code == 2 and "refusing to replace it with a file" in r.output, r.output
+        assert stat.S_IFMT(os.lstat(t).st_mode) == kind
+    assert not [n for n in os.listdir(tmp_path) if TMP_TAG in n]
+

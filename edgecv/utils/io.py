@@ -79,12 +79,23 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, mode: Optional[int] = None) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; rename it into place if the block succeeds.
+    """Yield a temporary path beside ``path``; rename it into place if the block succeeds. A device, FIFO or socket
+    at ``path`` is refused (OutputError), never replaced.
 
     The temporary name keeps ``path``'s suffix (OpenCV and matplotlib pick the format from it) and carries
     the writer's pid, so a copy left by a killed process is recognised and swept later.
     """
     path = Path(path)
+    try:
+        st = os.lstat(path)
+    except OSError:
+        st = None
+    if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        # a device, FIFO or socket given as an output would be replaced by a file (as root: a device node); a
+        # folder fails the rename by itself
+        from edgecv.errors import OutputError
+
+        raise OutputError(f"{path}: a device, pipe or socket; refusing to replace it with a file")
     path.parent.mkdir(parents=True, exist_ok=True)
     # The temporary's own name stays valid UTF-8 even when the target's is not: OpenCV's writers take a str
     # path and crash on one that is not UTF-8.
