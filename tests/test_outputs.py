@@ -236,3 +236,14 @@ def test_a_device_or_fifo_given_as_an_output_is_refused_never_replaced(tmp_path,
         assert stat.S_IFMT(os.lstat(t).st_mode) == kind
     assert not [n for n in os.listdir(tmp_path) if TMP_TAG in n]
 
+
+def test_a_fifo_named_like_a_run_or_bundle_file_is_not_taken_for_edgecvs_own(tmp_path):
+    """A FIFO named log.jsonl in a run folder passed as the run's own file: training then blocked opening it, in
+    an open() that SIGTERM could not interrupt."""
+    for kind, name in ((RUN, "log.jsonl"), (RUN, "metrics.json"), (BUNDLE, "report.md")):
+        d = tmp_path / f"{kind.what}-{name}"
+        d.mkdir()
+        os.mkfifo(d / name)
+        with pytest.raises(OutputError, match=rf"it holds {name} \(a device, pipe or socket\)"):
+            inspect_output(d, kind)
+

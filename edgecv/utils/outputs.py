@@ -51,6 +51,11 @@ def _entries(path: Path) -> List[str]:
     return out
 
 
+def _special(p: Path) -> bool:
+    """A device, FIFO or socket (not a file, folder or link)."""
+    return not (p.is_symlink() or p.is_dir() or p.is_file())
+
+
 def _is_ours(name: str) -> bool:
     """A temporary of edgecv's (a leftover of a killed writer, swept by pid)."""
     return TMP_TAG in name
@@ -83,7 +88,9 @@ def inspect_output(path: Path, kind: OutputKind, force: bool = False) -> str:
         raise OutputError(f"{path}: cannot list the output directory ({e.strerror})") from None
     if not entries:
         return "empty"
-    links = [e for e in entries if os.path.islink(path / e)]
+    # links, and devices, FIFOs and sockets named like edgecv's files (a FIFO named log.jsonl blocked training in
+    # an open() that SIGTERM could not interrupt): never edgecv's output
+    links = [e for e in entries if os.path.islink(path / e) or _special(path / e)]
     if kind.manifest:
         top = [e for e in entries if os.sep not in e]
         listed = _listed_files(kind, path / kind.manifest) if kind.manifest in top else None
@@ -104,7 +111,8 @@ def inspect_output(path: Path, kind: OutputKind, force: bool = False) -> str:
         if not foreign and not links:
             return "ours"
     foreign = sorted(set(foreign) | set(links))
-    shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+    shown = ", ".join(f"{e} (a device, pipe or socket)" if _special(path / e) else e for e in foreign[:5])
+    shown += f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
     raise OutputError(f"{path}: is not empty and not an edgecv {kind.what} (it holds {shown}); "
                       "edgecv never replaces other files: choose a new or empty directory")
 
