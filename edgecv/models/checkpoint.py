@@ -20,7 +20,7 @@ from torch import nn
 from edgecv.errors import CheckpointError  # noqa: F401 (re-exported)
 from edgecv.models.blocks import skip_blocks, skipped_blocks
 from edgecv.models.registry import create_model
-from edgecv.utils.io import atomic_write_bytes, relative_hint
+from edgecv.utils.io import SPECIAL, atomic_write_bytes, relative_hint
 
 FORMAT = "edgecv-checkpoint/1"
 
@@ -101,7 +101,7 @@ def read_checkpoint(path: str | os.PathLike) -> Dict:
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found{relative_hint(path)}")
     if not path.is_file():
-        raise CheckpointError(f"{path}: not a checkpoint file (a device, pipe or socket)")
+        raise CheckpointError(f"{path}: not a checkpoint file ({SPECIAL})")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 TMP_TAG = ".edgecv-tmp-"  # every temporary name edgecv makes contains this (stale ones are swept by pid)
+SPECIAL = "a device, pipe or socket"  # how every message names a file that is none of file, folder or link
 SMALL_FILE_BYTES = 16 << 20  # recipes, calibration sets, keys, pinned roots, class lists: kilobytes of text
 
 
@@ -86,16 +87,10 @@ def atomic_path(path: str | os.PathLike, mode: Optional[int] = None) -> Iterator
     the writer's pid, so a copy left by a killed process is recognised and swept later.
     """
     path = Path(path)
-    try:
-        st = os.lstat(path)
-    except OSError:
-        st = None
-    if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-        # a device, FIFO or socket given as an output would be replaced by a file (as root: a device node); a
-        # folder fails the rename by itself
+    if is_special(path):  # it would be replaced by a file (as root: a device node); a folder fails the rename itself
         from edgecv.errors import OutputError
 
-        raise OutputError(f"{path}: a device, pipe or socket; refusing to replace it with a file")
+        raise OutputError(f"{path}: {SPECIAL}; refusing to replace it with a file")
     path.parent.mkdir(parents=True, exist_ok=True)
     # The temporary's own name stays valid UTF-8 even when the target's is not: OpenCV's writers take a str
     # path and crash on one that is not UTF-8.
@@ -159,6 +154,15 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def is_special(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a device, FIFO or socket: there, and none of a regular file, a folder or a link."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode))
+
+
 class NotASmallFile(ValueError):
     """A file that ``read_small`` will not read; the message is the reason, without the path."""
 
@@ -174,7 +178,7 @@ def read_small(path: str | os.PathLike, limit: int = SMALL_FILE_BYTES) -> bytes:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise NotASmallFile("a folder" if stat.S_ISDIR(st.st_mode) else "a device, pipe or socket")
+        raise NotASmallFile("a folder" if stat.S_ISDIR(st.st_mode) else SPECIAL)
     with os.fdopen(fd, "rb") as f:
         data = f.read(limit + 1)  # a file that grows after fstat is caught here
     if len(data) > limit or st.st_size > limit:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, FrozenSet, Iterator, List, Optional, Tuple
 
 from edgecv.errors import OutputError
-from edgecv.utils.io import TMP_TAG, NotASmallFile, dir_mode, read_small, replace_dir, sweep_stale
+from edgecv.utils.io import SPECIAL, TMP_TAG, NotASmallFile, dir_mode, is_special, read_small, replace_dir, sweep_stale
 
 RUN_NAMES = re.compile(r"^(recipe\.yaml|last\.pt|model\.pt|log\.jsonl|log\.csv|metrics\.json|confusion\.png)$")
 
@@ -49,11 +49,6 @@ def _entries(path: Path) -> List[str]:
         for n in dirs + files:
             out.append(n if rel == "." else os.path.join(rel, n))
     return out
-
-
-def _special(p: Path) -> bool:
-    """A device, FIFO or socket (not a file, folder or link)."""
-    return not (p.is_symlink() or p.is_dir() or p.is_file())
 
 
 def _is_ours(name: str) -> bool:
@@ -90,7 +85,7 @@ def inspect_output(path: Path, kind: OutputKind, force: bool = False) -> str:
         return "empty"
     # links, and devices, FIFOs and sockets named like edgecv's files (a FIFO named log.jsonl blocked training in
     # an open() that SIGTERM could not interrupt): never edgecv's output
-    links = [e for e in entries if os.path.islink(path / e) or _special(path / e)]
+    links = [e for e in entries if os.path.islink(path / e) or is_special(path / e)]
     if kind.manifest:
         top = [e for e in entries if os.sep not in e]
         listed = _listed_files(kind, path / kind.manifest) if kind.manifest in top else None
@@ -111,7 +106,7 @@ def inspect_output(path: Path, kind: OutputKind, force: bool = False) -> str:
         if not foreign and not links:
             return "ours"
     foreign = sorted(set(foreign) | set(links))
-    shown = ", ".join(f"{e} (a device, pipe or socket)" if _special(path / e) else e for e in foreign[:5])
+    shown = ", ".join(f"{e} ({SPECIAL})" if is_special(path / e) else e for e in foreign[:5])
     shown += f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
     raise OutputError(f"{path}: is not empty and not an edgecv {kind.what} (it holds {shown}); "
                       "edgecv never replaces other files: choose a new or empty directory")

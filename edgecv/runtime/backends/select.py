@@ -8,6 +8,7 @@ from typing import List, Optional, Tuple
 from edgecv import targets
 from edgecv.errors import DeviceError, ModelFileError
 from edgecv.runtime.backends.base import Backend
+from edgecv.utils.io import SPECIAL
 
 log = logging.getLogger("edgecv.runtime")
 
@@ -57,7 +58,7 @@ def open_backend(target, backend: str = "auto", precision: Optional[str] = None,
         if p.suffix != ".onnx":
             raise DeviceError(f"{target}: not a bundle directory or an .onnx file")
         if not p.is_file():  # a FIFO would block the runtime's open() where no signal reaches it
-            raise DeviceError(f"{target}: not an .onnx file (a device, pipe or socket)")
+            raise DeviceError(f"{target}: not an .onnx file ({SPECIAL})")
         return cls.for_file(str(p), threads=threads, **kw)
     bundle = target  # opened above
     if backend != "auto":

@@ -28,7 +28,7 @@ from edgecv.runtime.tensorrt.compat import (
     trt_available,
 )
 from edgecv.utils.cache import cache_dir, writable_cache_dir
-from edgecv.utils.io import atomic_write_bytes, atomic_write_json, read_small
+from edgecv.utils.io import SPECIAL, atomic_write_bytes, atomic_write_json, read_small
 
 log = logging.getLogger("edgecv.build")
 
@@ -261,7 +261,7 @@ def check_timing_cache(path: str | os.PathLike) -> None:
     with its own: ``/dev/zero`` would be read for ever and, as root, replaced by a file."""
     p = Path(path)
     if p.exists() and not p.is_file():
-        what = "a folder" if p.is_dir() else "a device, pipe or socket"
+        what = "a folder" if p.is_dir() else SPECIAL
         raise DeviceError(f"--timing-cache {path}: {what}, not a timing cache file")
     if not p.parent.is_dir():
         raise DeviceError(f"--timing-cache {path}: folder {p.parent} does not exist")
