@@ -1,3 +1,6 @@
+import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -49,3 +52,24 @@ def test_deletion_check_tells_the_cam_from_its_inverse(imagenet_dir):
     assert sum(r["deletion_ok"] for r in real) >= 5
     assert sum(r["deletion_ok"] for r in inverse) <= 1
     assert all(r["drop_top"] > q["drop_top"] for r, q in zip(real, inverse))
+
+
+def test_explain_never_overwrites_its_own_heatmaps(tiny_ckpt, tmp_path):
+    from test_bad_input import CLASSES, _tree, invoke, one_line_error
+
+    d = _tree(tmp_path / "d", CLASSES[:2], per_class=1)
+    a, b = sorted(d.rglob("*.png"))
+    shutil.copy(a, d / CLASSES[1] / a.name)  # the same file name in two class folders
+    r = invoke("explain", tiny_ckpt, d, tmp_path / "missing.png", "-o", tmp_path / "x")
+    one_line_error(r, 2, "missing.png: no such image file or folder")
+    os.mkfifo(tmp_path / "pipe.png")  # opened, it would block until a writer came
+    for special in (tmp_path / "pipe.png", "/dev/zero"):
+        one_line_error(invoke("explain", tiny_ckpt, special, "-o", tmp_path / "x"), 2,
+                       f"{special}: not an image file or folder (a device, pipe, socket or broken link)")
+    (tmp_path / "garbage.png").write_bytes(b"not a png")
+    one_line_error(invoke("explain", tiny_ckpt, tmp_path / "garbage.png", "-o", tmp_path / "x"), 2,
+                   "no image could be explained")
+    assert not (tmp_path / "x").exists()  # refused without leaving an empty -o folder behind
+    r = invoke("explain", tiny_ckpt, d, "-o", tmp_path / "x", "--json")
+    pngs = [row["png"] for row in json.loads(r.output)["images"]]
+    assert len(pngs) == 3 and len(set(pngs)) == 3 and len(os.listdir(tmp_path / "x")) == 3

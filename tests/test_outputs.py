@@ -247,3 +247,10 @@ def test_a_fifo_named_like_a_run_or_bundle_file_is_not_taken_for_edgecvs_own(tmp
         with pytest.raises(OutputError, match=rf"it holds {name} \(a device, pipe or socket\)"):
             inspect_output(d, kind)
 
+
+def test_bundle_files_are_readable_by_a_service_account(tiny_bundle):
+    um = os.umask(0)
+    os.umask(um)
+    for p in [tiny_bundle, *tiny_bundle.rglob("*")]:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        assert mode == ((0o777 if p.is_dir() else 0o666) & ~um), (p, oct(mode))

@@ -43,3 +43,19 @@ def test_sigterm_is_blocked_in_threads_and_raised_in_the_main_thread():
 def test_ctrl_c_is_raised_as_keyboard_interrupt_in_the_main_thread():
     word, exc, _, thread, seconds = run("SIGINT")[2].split()
     assert (word, exc, thread) == ("raised", "KeyboardInterrupt", "MainThread") and float(seconds) < 1.0
+
+
+def test_sigint_exit_code_is_130(tiny_bundle, tmp_path):
+    import signal
+    import time
+
+    from test_bad_input import CLASSES, ENV, _tree
+
+    d = _tree(tmp_path / "d", CLASSES, per_class=2)
+    p = subprocess.Popen([sys.executable, "-m", "edgecv", "run", str(tiny_bundle), "--source", str(d), "--loop",
+                          "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    assert p.stdout.readline().startswith('{"frame"')
+    time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 130 and "Traceback" not in err and '"interrupted": "SIGINT"' in err
