@@ -75,6 +75,55 @@ def imagenet_dir():
     return IMAGENET
 
 
+class Lite0Photos:
+    """Pretrained Lite0 as ONNX (``fp32``), 100 ImageNet samples to calibrate on (``cal``), 100 others to judge
+    (``held``) and the fp32 logits on those (``ref``). ``nearest_kl(target)``: the mean KL to fp32 of that target's
+    int8 from nearest rounding without bias correction, the baseline both weight-rounding tests beat (computed once
+    per target for the session)."""
+
+    def __init__(self, folder: Path, imagenet_dir: Path):
+        import numpy as np
+
+        from edgecv.export.gates import onnx_logits
+        from edgecv.export.onnx_export import export_onnx
+        from edgecv.models import create_model
+        from edgecv.runtime.preprocess import Preprocessor, load_image
+
+        self.folder, self.fp32 = folder, folder / "lite0.onnx"
+        export_onnx(create_model("efficientnet_lite0", pretrained=True).eval(), self.fp32, (3, 224, 224))
+        pre = Preprocessor({"input_size": 224, "resize": 256, "crop": 224, "channels": 3, "mean": [127 / 255] * 3,
+                            "std": [128 / 255] * 3})
+        x = np.stack([pre(load_image(str(f), 3)) for f in sorted(imagenet_dir.rglob("*.JPEG"))[:200]])
+        self.cal, self.held = x[:100], x[100:]
+        self.ref = onnx_logits(self.fp32, self.held)
+        self._nearest, self._kl = None, {}
+
+    def kl(self, calibration, target: str, name: str) -> float:
+        """Mean KL to fp32 on ``held`` of ``target``'s int8 quantized with ``calibration``."""
+        from edgecv import targets
+        from edgecv.export.gates import onnx_logits
+        from edgecv.export.quantize import quantize
+        from edgecv.metrics import mean_kl
+
+        out = self.folder / f"{target}_{name}.onnx"
+        quantize(self.fp32, calibration, out, target)
+        return mean_kl(self.ref, onnx_logits(out, self.held, target=targets.get(target)))
+
+    def nearest_kl(self, target: str) -> float:
+        from edgecv.export.quantize import calibrate
+
+        if self._nearest is None:
+            self._nearest = calibrate(self.fp32, self.cal, "minmax", bias_correction=False)
+        if target not in self._kl:
+            self._kl[target] = self.kl(self._nearest, target, "nearest")
+        return self._kl[target]
+
+
+@pytest.fixture(scope="session")
+def lite0_photos(tmp_path_factory, imagenet_dir) -> Lite0Photos:
+    return Lite0Photos(tmp_path_factory.mktemp("lite0"), imagenet_dir)
+
+
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory):
     """A tiny CNN trained for 2 epochs on 2,000 Fashion-MNIST images (seconds)."""

@@ -99,35 +99,10 @@ def test_means_and_fallback_layers(net_onnx):
     assert not np.array_equal(ci[node[stem.name].input[2]], fp[stem.input[2]])  # quantized: corrected
 
 
-def lite0_and_photos(imagenet_dir, tmp_path):
-    """Pretrained Lite0 as ONNX, and 200 ImageNet samples preprocessed its way: (path, 100 to calibrate on,
-    100 others to judge)."""
-    from edgecv.models import create_model
-    from edgecv.runtime.preprocess import Preprocessor, load_image
-
-    fp32 = tmp_path / "lite0.onnx"
-    export_onnx(create_model("efficientnet_lite0", pretrained=True).eval(), fp32, (3, 224, 224))
-    pre = Preprocessor({"input_size": 224, "resize": 256, "crop": 224, "channels": 3, "mean": [127 / 255] * 3,
-                        "std": [128 / 255] * 3})
-    x = np.stack([pre(load_image(str(f), 3)) for f in sorted(imagenet_dir.rglob("*.JPEG"))[:200]])
-    return fp32, x[:100], x[100:]
-
-
-def test_lite0_both_int8_artefacts_closer_to_fp32_on_unseen_images(imagenet_dir, tmp_path):
-    """Real weights, real images: 100 calibrate, 100 others judge (agreement and KL to fp32)."""
-    from edgecv import targets
-    from edgecv.export.gates import onnx_logits
-    from edgecv.metrics import mean_kl
-
-    fp32, cal, held = lite0_and_photos(imagenet_dir, tmp_path)
-    ref = onnx_logits(fp32, held)
-    c = calibrate(fp32, cal, "minmax")
-    plain = calibrate(fp32, cal, "minmax", bias_correction=False)
+def test_lite0_both_int8_artefacts_closer_to_fp32_on_unseen_images(lite0_photos):
+    """Real weights, real images: 100 calibrate, 100 others judge (KL to fp32)."""
+    c = calibrate(lite0_photos.fp32, lite0_photos.cal, "minmax")
     for target in ("tensorrt", "onnxruntime"):
-        kl = {}
-        for tag, cc in (("plain", plain), ("corrected", c)):
-            out = tmp_path / f"{target}_{tag}.onnx"
-            quantize(fp32, cc, out, target)
-            kl[tag] = mean_kl(ref, onnx_logits(out, held, target=targets.get(target)))
+        kl = {"plain": lite0_photos.nearest_kl(target), "corrected": lite0_photos.kl(c, target, "corrected")}
         print(target, kl)
         assert kl["corrected"] < 0.6 * kl["plain"], (target, kl)

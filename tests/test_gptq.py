@@ -11,7 +11,7 @@ from edgecv.export.bias_correction import correctable_nodes
 from edgecv.export.gptq import _patches, gptq_round, input_hessians
 from edgecv.export.onnx_export import export_onnx
 from edgecv.export.quantize import calibrate, quantize
-from tests.test_bias_correction import Net, dequantized_weights, lite0_and_photos
+from tests.test_bias_correction import Net, dequantized_weights
 
 
 def _conv_model(c, o, k, group, pads, strides):
@@ -102,20 +102,11 @@ def test_unknown_rounding_is_refused(net_onnx):
         calibrate(p, x, "minmax", rounding="stochastic")
 
 
-def test_lite0_int8_closer_to_fp32_on_unseen_images(imagenet_dir, tmp_path):
+def test_lite0_int8_closer_to_fp32_on_unseen_images(lite0_photos):
     """Real weights, real images: 100 calibrate, 100 others judge (KL to fp32), ONNX Runtime U8S8, GPTQ against
     nearest rounding (both without bias correction, so only the rounding differs)."""
-    from edgecv import targets
-    from edgecv.export.gates import onnx_logits
-    from edgecv.metrics import mean_kl
-
-    fp32, cal, held = lite0_and_photos(imagenet_dir, tmp_path)
-    ref = onnx_logits(fp32, held)
-    kl = {}
-    for tag, c in (("nearest", calibrate(fp32, cal, "minmax", bias_correction=False)),
-                   ("gptq", calibrate(fp32, cal, "minmax", rounding="gptq"))):
-        quantize(fp32, c, tmp_path / f"{tag}.onnx", "onnxruntime")
-        kl[tag] = mean_kl(ref, onnx_logits(tmp_path / f"{tag}.onnx", held, target=targets.get("onnxruntime")))
+    gptq = calibrate(lite0_photos.fp32, lite0_photos.cal, "minmax", rounding="gptq")
+    kl = {"nearest": lite0_photos.nearest_kl("onnxruntime"), "gptq": lite0_photos.kl(gptq, "onnxruntime", "gptq")}
     print(kl)
     assert kl["gptq"] < 0.7 * kl["nearest"], kl
 

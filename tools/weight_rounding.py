@@ -1,7 +1,8 @@
 """How int8 weight rounding changes agreement with fp32: nearest, nearest with bias correction, and GPTQ, for each
 CPU-run target form, on pretrained EfficientNet-Lite0 and three kinds of photographs calibration never saw.
 
-    python tools/weight_rounding.py [--images 500] [--calib 256] [--out out/weight_rounding]
+    python tools/weight_rounding.py [--images 500] [--calib 256] [--targets tensorrt,onnxruntime,openvino]
+                                    [--size 224] [--out out/weight_rounding]
 
 Calibration takes images from the imagenette and Caltech-101 folders after the ones judged (disjoint by
 position in one seeded shuffle per folder); ImageNet samples are only judged. Besides agreement, each cell says how
@@ -45,10 +46,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=500, help="judged per folder")
     ap.add_argument("--calib", type=int, default=256, help="calibration images (half imagenette, half Caltech)")
+    ap.add_argument("--targets", default=",".join(TARGETS), help="comma-separated, of " + ", ".join(TARGETS))
+    ap.add_argument("--size", type=int, default=224, help="input pixels (Lite0 is trained at 224)")
     ap.add_argument("--out", default="out/weight_rounding")
     a = ap.parse_args(argv)
-    if a.images < 1 or a.calib < 2:
-        print("weight_rounding: --images must be >= 1 and --calib >= 2", file=sys.stderr)
+    targets_ = [t.strip() for t in a.targets.split(",") if t.strip()]
+    if a.images < 1 or a.calib < 2 or a.size < 32:
+        print("weight_rounding: --images must be >= 1, --calib >= 2 and --size >= 32", file=sys.stderr)
+        return 2
+    if not targets_ or set(targets_) - set(TARGETS):
+        print(f"weight_rounding: --targets {a.targets!r}: give some of {', '.join(TARGETS)}", file=sys.stderr)
         return 2
     from edgecv import targets
     from edgecv.export.gates import onnx_logits
@@ -60,20 +67,21 @@ def main(argv=None) -> int:
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    pre = Preprocessor({"input_size": 224, "resize": 256, "crop": 224, "channels": 3, "mean": [127 / 255] * 3,
+    pre = Preprocessor({"input_size": a.size, "resize": round(a.size * 256 / 224), "crop": a.size, "channels": 3,
+                        "mean": [127 / 255] * 3,
                         "std": [128 / 255] * 3})
     judged = {k: _load(_files(k)[: a.images], pre) for k in SETS}
     half = a.calib // 2
     cal = _load(_files("imagenette")[a.images: a.images + half] + _files("caltech101")[a.images: a.images + half], pre)
     fp32 = out / "lite0_fp32.onnx"
-    export_onnx(create_model("efficientnet_lite0", pretrained=True).eval(), fp32, (3, 224, 224))
+    export_onnx(create_model("efficientnet_lite0", pretrained=True).eval(), fp32, (3, a.size, a.size))
     ref = {k: onnx_logits(fp32, x) for k, x in judged.items()}
     rows = []
     for rounding, kw in ROUNDINGS.items():
         t0 = time.perf_counter()
         c = calibrate(fp32, cal, "percentile", **kw)
         secs = time.perf_counter() - t0
-        for t in TARGETS:
+        for t in targets_:
             tgt = targets.get(t)
             quantize(fp32, c, out / "q.onnx", tgt)
             row = {"rounding": rounding, "target": t, "calibrate_s": round(secs, 1)}
@@ -83,14 +91,14 @@ def main(argv=None) -> int:
             rows.append(row)
             print(row, flush=True)
     (out / "q.onnx").unlink(missing_ok=True)
-    (out / "rounding.json").write_text(json.dumps({"images": a.images, "calib": len(cal), "rows": rows}, indent=1))
+    (out / "rounding.json").write_text(json.dumps({"images": a.images, "calib": len(cal), "size": a.size, "rows": rows}, indent=1))
     head = "| rounding | target | " + " | ".join(SETS) + " | calibration s |"
     lines = [head, "|" + "---|" * (len(SETS) + 3)]
     lines += [f"| {r['rounding']} | {r['target']} | " + " | ".join(f"{r[k]:.1%} ({r[k + ' scale']:.2f}x)" for k in SETS)
               + f" | {r['calibrate_s']} |" for r in rows]
-    (out / "rounding.md").write_text(f"Agreement with fp32, {a.images} images per folder, {len(cal)} calibration "
-                                     "images (in brackets: the share of the logit error that 99% agreement allows)"
-                                     "\n\n" + "\n".join(lines) + "\n")
+    (out / "rounding.md").write_text(f"Agreement with fp32, {a.images} images per folder at {a.size} px, "
+                                     f"{len(cal)} calibration images (in brackets: the share of the logit error "
+                                     "that 99% agreement allows)\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
