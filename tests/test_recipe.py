@@ -83,6 +83,13 @@ def test_resolved_recipe_round_trips(tmp_path):
     ("model.num_classes=3", "model.num_classes: 3, but the training data has 10 classes: leave it out"),
     # more outputs than class names: training wrote a model.pt that no command could load
     ("model.num_classes=12", "model.num_classes: 12, but the training data has 10 classes: leave it out"),
+    # what the network's constructor refuses: these were internal errors (a negative width, an allocation of
+    # petabytes), and a model without pretrained weights ignored model.pretrained and trained from scratch
+    ("model.args.width=-3", "model 'fashion_cnn': bad arguments {'num_classes': 10, 'width': -3}: Trying to create "
+                            "tensor with negative dimension"),
+    ("model.args.width=10000000", "model 'fashion_cnn': bad arguments {'num_classes': 10, 'width': 10000000}: too "
+                                  "large to build here (it asked for "),
+    ("model.pretrained=true", "fashion_cnn has no pretrained weights"),
 ])
 def test_a_network_that_cannot_train_on_the_data_is_refused_by_field_before_training(tmp_path, override, needle):
     """Each was an internal error from inside the first training step (a pooled 0x0 map, a layer of width 0, a

@@ -4,10 +4,11 @@ The registry imports no model family: the package (edgecv/models/__init__.py) im
 whose decorators register them, so ``from edgecv.models import create_model`` knows every built-in model."""
 from __future__ import annotations
 
+import re
 import reprlib
 from typing import Callable, Dict, List
 
-from edgecv.errors import ModelError
+from edgecv.errors import USER_ERRORS, ModelError
 
 _REGISTRY: Dict[str, Callable] = {}
 _CFG: Dict[str, Dict] = {}
@@ -39,6 +40,16 @@ def model_cfg(name: str) -> Dict:
     return {k: list(v) if isinstance(v, list) else v for k, v in _CFG[name].items()}
 
 
+def _why(e: BaseException) -> str:
+    """A constructor's complaint in one short line: an allocation that failed says how much it asked for."""
+    text = str(e) or type(e).__name__
+    asked = re.search(r"allocate (\d+) bytes", text)
+    if isinstance(e, MemoryError) or asked:
+        return "too large to build here" + (f" (it asked for {int(asked.group(1)) / 1e9:,.0f} GB)" if asked else "")
+    line = text.splitlines()[0]
+    return line if len(line) <= 200 else line[:200] + "..."
+
+
 def list_models() -> List[str]:
     return sorted(_REGISTRY)
 
@@ -52,5 +63,7 @@ def create_model(name: str, num_classes: int | None = None, pretrained: bool = F
         kw["num_classes"] = num_classes
     try:
         return _REGISTRY[name](pretrained=pretrained, **kw)
-    except TypeError as e:
-        raise ModelError(f"model {name!r}: bad arguments {reprlib.repr(kw)}: {e}") from None  # short, whatever kw holds
+    except USER_ERRORS():  # already says what to do (a missing weights package, no pretrained weights)
+        raise
+    except (TypeError, ValueError, RuntimeError, MemoryError) as e:  # what a constructor says of its arguments
+        raise ModelError(f"model {name!r}: bad arguments {reprlib.repr(kw)}: {_why(e)}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgecv.errors import ModelError
 from edgecv.models.registry import register_model
 
 
@@ -33,13 +34,15 @@ class FashionCNN(nn.Module):
 @register_model
 def fashion_cnn(num_classes: int = 10, pretrained: bool = False, in_channels: int = 1, width: int = 32):
     if pretrained:
-        raise ValueError("fashion_cnn has no pretrained weights; train it with recipes/fashion_mnist.yaml")
+        raise ModelError("fashion_cnn has no pretrained weights; train it with recipes/fashion_mnist.yaml")
     return FashionCNN(num_classes, in_channels, width)
 
 
 @register_model
 def tiny_cnn(num_classes: int = 10, pretrained: bool = False, in_channels: int = 1, width: int = 8):
     """A few thousand parameters: lets every pipeline path run in seconds on a CPU (tests)."""
+    if pretrained:
+        raise ModelError("tiny_cnn has no pretrained weights")
     return FashionCNN(num_classes, in_channels, width)
 
 
@@ -74,5 +77,5 @@ class SeedConvNet(nn.Module):
 def seed_convnet(num_classes: int = 1000, pretrained: bool = False, in_channels: int = 3,
                  input_size: int = 224, hidden: int = 4096, dropout: float = 0.5):
     if pretrained:
-        raise ValueError("seed_convnet has no pretrained weights")
+        raise ModelError("seed_convnet has no pretrained weights")
     return SeedConvNet(num_classes, in_channels, input_size, hidden, dropout)

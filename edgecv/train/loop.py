@@ -16,7 +16,7 @@ from torch import nn
 
 from edgecv.data.loaders import load_data, training_copies
 from edgecv.data.transforms import preprocess_spec
-from edgecv.errors import CheckpointError, DivergedError, RecipeError
+from edgecv.errors import CheckpointError, DivergedError, ModelError, RecipeError
 from edgecv.models.checkpoint import make_checkpoint, read_checkpoint, save_checkpoint
 from edgecv.models.heads import set_backbone_trainable
 from edgecv.models.registry import create_model
@@ -51,7 +51,10 @@ def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
     if m.num_classes and m.num_classes != num_classes:  # more outputs than names: model.pt could not be loaded
         raise RecipeError(f"{where}: model.num_classes: {m.num_classes}, but the training data has {num_classes} "
                           "classes: leave it out (the head follows the data) or point data.path at the right folder")
-    model = create_model(m.name, num_classes=m.num_classes or num_classes, pretrained=m.pretrained, **m.args)
+    try:
+        model = create_model(m.name, num_classes=m.num_classes or num_classes, pretrained=m.pretrained, **m.args)
+    except ModelError as e:  # the registry knows the model, the recipe knows which file and field asked for it
+        raise RecipeError(f"{where}: {e}") from None
     d = recipe.data
     why = cannot_run_at(model, d.channels, d.input_size)
     if why:
