@@ -11,7 +11,7 @@ import dataclasses
 import math
 import os
 import typing
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -260,6 +260,9 @@ def _build(cls, data: Dict[str, Any], where: str):
     for k in data:
         if not isinstance(k, str) or k not in names:
             raise RecipeError(f"{where}{sep}{k}: unknown key (expected one of: {', '.join(sorted(names))})")
+    for name, f in fields.items():  # a field without a default (a pool's images) must be given
+        if name in names and name not in data and f.default is MISSING and f.default_factory is MISSING:
+            raise RecipeError(f"{where}{sep}{name}: required")
     values = {}
     for k, v in data.items():
         values[k] = _coerce(v, hints[k], f"{where}{sep}{k}")

@@ -66,7 +66,8 @@ def test_calibration_set_files_with_pools_are_checked(tmp_path, pools):
                          (f"pools: [{{images: {tmp / 'nope'}}}]\n", "is not a folder"),
                          (f"pools: [{{images: {tmp / 'a'}, take: 0}}]\n", "take"),
                          ("agreement: 10\n", "draw on pools"),
-                         (f"pools: [{{images: {tmp / 'a'}, size: 3}}]\n", "unknown key")]:
+                         (f"pools: [{{images: {tmp / 'a'}, size: 3}}]\n", "unknown key"),
+                         ("pools: [{take: 5}]\n", r"pools\[0\]\.images: required")]:  # was an internal TypeError
         f.write_text(text)
         with pytest.raises(RecipeError, match=needle):
             load_calibration_set(f)
@@ -101,6 +102,30 @@ def test_an_export_with_pools_records_what_came_from_where(tiny_ckpt, tmp_path):
     assert "int8_latency_ms" not in s["baseline"]  # nothing was made smaller: no unpruned int8 to time against
     _agreement_is_reported_by_source(m, tmp_path / "b", {str(tmp_path / n): pools[str(tmp_path / n)]["used_for"]
                                                           ["agreement"] for n in ("p1", "p2")})
+
+
+def test_a_checkpoint_exports_with_pools_alone(tiny_ckpt, tmp_path):
+    """A checkpoint has no recipe training split to calibrate on, so a calibration set of pools alone must do (it
+    was refused: "--calib: required when SOURCE is a checkpoint"); a set that names no images says so."""
+    from edgecv.data.fashion_mnist import load_fashion_mnist
+    from edgecv.export.pipeline import export_bundle
+
+    x, _ = load_fashion_mnist(FASHION, "train")
+    (tmp_path / "pool").mkdir()
+    for i, img in enumerate(x[:200]):
+        cv2.imwrite(str(tmp_path / "pool" / f"{i}.png"), img.squeeze())
+    (tmp_path / "pools.yaml").write_text(f"pools: [{{images: {tmp_path / 'pool'}}}]\nsamples: 32\nagreement: 50\n")
+    flags = {"eval": FASHION, "eval_limit": 300,  # a pathlib.Path, as the Python API may be given
+             "prune": 0.0, "distill": False, "qat_epochs": 0,
+             "corruptions": "none", "max_drop": 100.0, "min_agreement": 0.0}
+    m = export_bundle(str(tiny_ckpt), str(tmp_path / "b"), {**flags, "calib": str(tmp_path / "pools.yaml")}, [],
+                      show_progress=False)
+    assert m["summary"]["pools"]["calibration"] == 32 and m["summary"]["tune_agreement_images"]["images"] == 50
+    (tmp_path / "none.yaml").write_text("samples: 10\n")
+    with pytest.raises(RecipeError, match="none.yaml: names no images .* a checkpoint has no recipe training split"):
+        export_bundle(str(tiny_ckpt), str(tmp_path / "b2"), {**flags, "calib": str(tmp_path / "none.yaml")}, [],
+                      show_progress=False)
+    assert not (tmp_path / "b2").exists()
 
 
 def _agreement_is_reported_by_source(m, bundle, pooled):

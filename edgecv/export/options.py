@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import os
 from typing import Dict, Optional
 
 from edgecv import targets
@@ -23,8 +24,8 @@ def resolve_options(recipe: Optional[Recipe], flags: Dict) -> ExportConfig:
             raise RecipeError(f"export option {k!r} does not exist" + (f" (did you mean {near[0]!r}?)" if near else
                                                                            " (see ExportConfig in edgecv/recipe.py)"))
     for k, v in flags.items():
-        if v is not None:
-            setattr(cfg, k, v)
+        if v is not None:  # a pathlib.Path from the Python API: the manifest records it as the string it is
+            setattr(cfg, k, os.fspath(v) if isinstance(v, os.PathLike) else v)
     if is_definition(cfg.calib):
         # A calibration set file overrides the recipe's calib_* fields; explicit flags still win.
         cs = load_calibration_set(cfg.calib)
