@@ -146,6 +146,25 @@ def test_an_output_where_nothing_can_be_written_is_one_named_error():
             pass
 
 
+def test_a_single_file_where_nothing_can_be_written_is_one_named_error(tmp_path):
+    """Every single-file write (a unit, a report, a timing cache) goes through atomic_path: /proc, or a file where a
+    folder belongs, is one error naming the file and the folder, not the errno of its temporary's name (the CLI
+    printed "[Errno 2] No such file or directory: '/proc/.x.service.edgecv-tmp-7460-vd86ikyw.service'")."""
+    from conftest import invoke
+
+    from edgecv.utils.io import atomic_write_text
+
+    with pytest.raises(OutputError, match=r"^/proc/x.txt: cannot write in /proc \(No such file or directory\)$"):
+        atomic_write_text("/proc/x.txt", "x")
+    (tmp_path / "f").write_text("mine")
+    with pytest.raises(OutputError, match=r"f/sub/x.txt: cannot write in .*f/sub \(a file is where a folder belongs\)$"):
+        atomic_write_text(tmp_path / "f" / "sub" / "x.txt", "x")
+    assert (tmp_path / "f").read_text() == "mine"
+    r = invoke("service-unit", "--source", "0", "-o", "/proc/x.service")
+    assert r.exit_code == 2 and r.output.strip() == "error: /proc/x.service: cannot write in /proc (No such file or "\
+                                                    "directory)", r.output
+
+
 def test_replace_dir_never_leaves_the_target_missing(tmp_path):
     """Two renames leave a gap (a stress test of the old code saw the target missing 37 times in 900
     replacements); the exchange has none."""

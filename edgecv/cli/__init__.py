@@ -12,8 +12,8 @@ import sys
 
 import click
 
-# the machine's state, not a bug: a full disk, a quota, a read-only mount, a file-size limit
-_FULL_OR_READ_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+from edgecv.utils.io import FULL_OR_READ_ONLY
+
 # a path the file system cannot hold or follow: the user's to change
 _BAD_PATH = {errno.ENAMETOOLONG, errno.ELOOP}
 
@@ -22,7 +22,7 @@ def _os_error_line(e: OSError):
     """The one line for an OSError that is the machine's state or the path's, else None (a bug: raised)."""
     name = str(e.filename) if e.filename else ""
     where = f"{name[:80]}...{name[-40:]}: " if len(name) > 160 else f"{name}: " if name else ""
-    if e.errno in _FULL_OR_READ_ONLY:
+    if e.errno in FULL_OR_READ_ONLY:  # the machine's state, not a bug
         return (f"{where}{e.strerror}: edgecv keeps no half-written file; free space (or lift the limit) and run "
                 "again, or write elsewhere")
     if e.errno in _BAD_PATH:

@@ -25,6 +25,9 @@ SPECIAL = "a device, pipe or socket"  # how every message names a file that is n
 SMALL_FILE_BYTES = 16 << 20  # recipes, calibration sets, keys, pinned roots, class lists: kilobytes of text
 
 
+# The machine's state, not the path's: a full disk, a quota, a read-only mount, a file-size limit.
+FULL_OR_READ_ONLY = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
 def relative_hint(path: str | os.PathLike) -> str:
     """For a path that was not found: where a relative one was looked for (recipes name their data, calibration
     sets and checkpoints relative to the working directory, so a run from elsewhere misses them)."""
@@ -91,12 +94,20 @@ def atomic_path(path: str | os.PathLike, mode: Optional[int] = None) -> Iterator
         from edgecv.errors import OutputError
 
         raise OutputError(f"{path}: {SPECIAL}; refusing to replace it with a file")
-    path.parent.mkdir(parents=True, exist_ok=True)
     # The temporary's own name stays valid UTF-8 even when the target's is not: OpenCV's writers take a str
     # path and crash on one that is not UTF-8.
     stem = path.name if utf8_safe(path.name) else "edgecv-out"
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}{TMP_TAG}{os.getpid()}-", suffix=path.suffix if utf8_safe(
-        path.suffix) else ".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{stem}{TMP_TAG}{os.getpid()}-", suffix=path.suffix if utf8_safe(
+            path.suffix) else ".tmp", dir=path.parent)
+    except OSError as e:  # someone else's folder, a file where a folder belongs, /proc (says writable, is not)
+        if e.errno in FULL_OR_READ_ONLY:  # the machine's state, which the CLI words as such
+            raise
+        from edgecv.errors import OutputError
+
+        why = "a file is where a folder belongs" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
+        raise OutputError(f"{path}: cannot write in {path.parent} ({why or e})") from None
     os.close(fd)
     try:
         yield tmp

@@ -53,8 +53,8 @@ class Recorder:
         self._target = atomic_path(p)
         try:
             self.tmp = self._target.__enter__()
-        except OSError as e:  # /proc, /sys: the folder is there and says writable, but takes no new file
-            raise OutputError(f"--record {path}: cannot write in {p.parent} ({e.strerror})") from None
+        except OutputError as e:  # /proc, /sys: the folder is there and says writable, but takes no new file
+            raise OutputError(f"--record {e}") from None
         probe = cv2.VideoWriter(self.tmp, self.fourcc, fps, (64, 48))
         ok = probe.isOpened()
         probe.release()
