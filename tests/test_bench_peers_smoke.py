@@ -3,9 +3,11 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 
+@pytest.mark.slow  # a benchmark tool, not the product: python3 -m pytest -m slow (docs/benchmarks.md)
 def test_bench_peers_smoke(tmp_path):
     r = subprocess.run([sys.executable, "tools/bench_peers.py", "--smoke", "--out", str(tmp_path),
                         ], cwd=ROOT, capture_output=True, text=True,

@@ -21,13 +21,13 @@ def make_video(path, n, fps=30, size=(64, 48)):
     return path
 
 
-def test_realtime_replay_of_a_10_s_clip_takes_10_s(tiny_bundle, tmp_path):
-    vid = make_video(tmp_path / "clip.mp4", 300, fps=30)
+def test_realtime_replay_of_a_3_s_clip_takes_3_s(tiny_bundle, tmp_path):
+    vid = make_video(tmp_path / "clip.mp4", 90, fps=30)
     t0 = time.monotonic()
     s = run(str(tiny_bundle), str(vid), "onnxruntime", realtime=True, emit=lambda _: None)
     took = time.monotonic() - t0
-    assert 9.5 <= took <= 10.5, took  # was 0.06 s: the file was read as fast as it decoded
-    assert s["frames"] + s["dropped"] == 300 and s["frames"] >= 250  # latest-frame semantics, a fast model
+    assert 2.85 <= took <= 3.5, took  # was 0.06 s for 10 s of video: the file was read as fast as it decoded
+    assert s["frames"] + s["dropped"] == 90 and s["frames"] >= 75  # latest-frame semantics, a fast model
 
 
 def test_realtime_folder_is_paced_at_fps(tiny_bundle, tmp_path, imagenet_dir):

@@ -46,7 +46,9 @@ def snapshot(d):
 
 @pytest.fixture
 def export_args(tiny_ckpt):
-    return ["export", TINY_RECIPE, "--set", f"checkpoint={tiny_ckpt}", "--set", "data.train_limit=1000"]
+    # no robustness report: it runs before the speed gate, and no test here stops it
+    return ["export", TINY_RECIPE, "--set", f"checkpoint={tiny_ckpt}", "--set", "data.train_limit=1000",
+            "--corruptions", "none"]
 
 
 @pytest.mark.parametrize("stage,sig", [("distill", signal.SIGTERM), ("int8 calibration", signal.SIGTERM),

@@ -89,6 +89,7 @@ def test_multicam_common_window_counts_only_while_every_loop_runs(tmp_path):
     assert common_window_fps([files[0], tmp_path / "empty"]) is None
 
 
+@pytest.mark.slow  # a benchmark tool, not the product: python3 -m pytest -m slow (docs/benchmarks.md)
 def test_prune_tradeoff_smoke(tmp_path):
     """tools/prune_tradeoff.py end to end on a MobileNetV2 at 96 px over the shared Caltech-101 photographs (16 fit,
     16 judged, one ratio per method, 4 blocks removed, one smaller input size): the table's speed-up column is the ratio of its p50
@@ -149,6 +150,7 @@ def test_prune_tradeoff_judges_a_random_sample_of_classes(tmp_path, capsys):
         assert says in err, err
 
 
+@pytest.mark.slow  # a benchmark tool, not the product: python3 -m pytest -m slow (docs/benchmarks.md)
 def test_weight_rounding_smoke(tmp_path):
     """tools/weight_rounding.py end to end on pretrained Lite0 at 96 px (8 judged per folder, 8 calibration images,
     two of the three target forms): every rounding for each, agreement a fraction; a bad count or target is one
@@ -192,6 +194,7 @@ def test_train_speed_smoke():
     assert bad.returncode == 2 and "at least 1" in bad.stderr
 
 
+@pytest.mark.slow  # a benchmark tool, not the product: python3 -m pytest -m slow (docs/benchmarks.md)
 def test_prune_rounding_smoke(tmp_path, imagenet_dir):
     """tools/prune_rounding.py on a random MobileNetV2 at 64 px: each ratio x multiple is pruned, judged, and timed
     twice against the unpruned int8 on both CPU runtimes (the speed-ups are not asserted: numbers for the docs)."""
