@@ -229,8 +229,9 @@ def _tree(root, names, per_class=8, source_for=None):
     return root
 
 
-def test_training_on_one_class_is_refused(tmp_path):
-    """One class folder trained a 'classifier' that reported top-1 1.0000: every answer is that class."""
+def test_training_on_one_class_or_a_class_without_images_is_refused(tmp_path):
+    """One class folder trained a 'classifier' that reported top-1 1.0000: every answer is that class. A class
+    folder whose only file cannot be read trained a model with an output no image ever taught."""
     d = _tree(tmp_path / "d", ["Bag"], per_class=12)
     recipe = tmp_path / "one.yaml"
     recipe.write_text(f"name: one\nmodel: {{name: tiny_cnn, args: {{width: 8}}}}\n"
@@ -238,6 +239,13 @@ def test_training_on_one_class_is_refused(tmp_path):
                       f" holdout: 0.25}}\ntrain: {{epochs: 1}}\n")
     one_line_error(invoke("train", recipe, "-o", tmp_path / "run"), 2,
                    "1 class(es) ['Bag']; a classifier needs at least 2")
+    assert not (tmp_path / "run").exists()
+    _tree(tmp_path / "d", ["Coat", "Dress"], per_class=12, source_for=lambda i: i + 3)
+    (tmp_path / "d" / "Coat" / "only.png").write_bytes(b"")  # now Coat holds one image...
+    for f in (tmp_path / "d" / "Coat").glob("[0-9]*.png"):
+        f.unlink()  # ...and it cannot be read
+    one_line_error(invoke("train", recipe, "-o", tmp_path / "run"), 2,
+                   "class folder(s) 'Coat' hold no readable training image")
     assert not (tmp_path / "run").exists()
 
 

@@ -233,6 +233,7 @@ def load_data(cfg: DataConfig, distributed: bool = False, seed: int = 0):
     if len(train_set.classes) < 2:  # every answer would be that class: top-1 1.0 that means nothing
         raise DatasetError(f"{cfg.path}: {len(train_set.classes)} class(es) {list(train_set.classes)}; a classifier "
                            "needs at least 2 (one sub-folder per class)")
+    _refuse_untrained_classes(train_set, cfg)
     val_set = _matched(build_dataset(cfg, "val"), train_set, cfg)
     if distributed:
         from torch.utils.data.distributed import DistributedSampler
@@ -249,6 +250,21 @@ def load_data(cfg: DataConfig, distributed: bool = False, seed: int = 0):
     val_loader = DataLoader(val_set, cfg.eval_batch_size, sampler=val_sampler, num_workers=cfg.workers,
                             worker_init_fn=_unblock_signals)
     return train_set, val_set, train_loader, val_loader, sampler
+
+
+def _refuse_untrained_classes(train_set: Dataset, cfg: DataConfig) -> None:
+    """A class folder with no readable training image would be an output never trained, a label the model names
+    but cannot answer (torchvision's ImageFolder refuses it too)."""
+    images = getattr(train_set, "list", None)
+    if images is None or cfg.kind != "image_folder":  # arrays hold every class; classes.tsv may name more than a folder has
+        return
+    seen = {y for _, y in images.samples}
+    missing = [c for i, c in enumerate(images.classes) if i not in seen]
+    if missing:
+        shown = ", ".join(repr(c) for c in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        held = f"; data.holdout {cfg.holdout} may have held out all of a small class" if cfg.holdout else ""
+        raise DatasetError(f"{images.root}: class folder(s) {shown} hold no readable training image (unreadable files "
+                           f"are skipped{held}): add images, or remove the folder")
 
 
 def _matched(val_set: Dataset, train_set: Dataset, cfg: DataConfig) -> Dataset:
