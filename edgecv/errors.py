@@ -16,6 +16,11 @@ class OutputError(ValueError):
     """An output path cannot be written without losing data (or without racing another writer)."""
 
 
+class UnwritableError(OutputError, OSError):
+    """A file cannot be written where it was asked for (a folder not ours, /proc, a file where a folder belongs).
+    Still an OSError: a best-effort write (a report, a record) that catches OSError keeps catching it."""
+
+
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, unsafe, or not an edgecv checkpoint."""
 

@@ -50,11 +50,11 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=224, help="input pixels (Lite0 is trained at 224)")
     ap.add_argument("--out", default="out/weight_rounding")
     a = ap.parse_args(argv)
-    targets_ = [t.strip() for t in a.targets.split(",") if t.strip()]
+    chosen = [t.strip() for t in a.targets.split(",") if t.strip()]
     if a.images < 1 or a.calib < 2 or a.size < 32:
         print("weight_rounding: --images must be >= 1, --calib >= 2 and --size >= 32", file=sys.stderr)
         return 2
-    if not targets_ or set(targets_) - set(TARGETS):
+    if not chosen or set(chosen) - set(TARGETS):
         print(f"weight_rounding: --targets {a.targets!r}: give some of {', '.join(TARGETS)}", file=sys.stderr)
         return 2
     from edgecv import targets
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         c = calibrate(fp32, cal, "percentile", **kw)
         secs = time.perf_counter() - t0
-        for t in targets_:
+        for t in chosen:
             tgt = targets.get(t)
             quantize(fp32, c, out / "q.onnx", tgt)
             row = {"rounding": rounding, "target": t, "calibrate_s": round(secs, 1)}

@@ -22,7 +22,8 @@ import numpy as np
 from edgecv.errors import DatasetError
 
 
-def _show(names: Sequence[str], n: int = 6) -> str:
+def show_names(names: Sequence[str], n: int = 6) -> str:
+    """The first ``n`` class names quoted, and how many more: how every message lists classes."""
     names = list(names)
     return ", ".join(repr(x) for x in names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
@@ -44,15 +45,15 @@ def match_classes(data_classes: Sequence[str], model_labels: Sequence[str], data
     if extra or (missing and not allow_subset):
         parts = []
         if extra:
-            parts.append(f"{len(extra)} data class(es) not among the labels: {_show(extra)}")
+            parts.append(f"{len(extra)} data class(es) not among the labels: {show_names(extra)}")
         if missing:
-            parts.append(f"{len(missing)} of the labels missing from the data: {_show(missing)}")
+            parts.append(f"{len(missing)} of the labels missing from the data: {show_names(missing)}")
         raise DatasetError(f"{data_where}: classes do not match {model_where}'s {len(model_labels)} labels "
                            f"({len(data_classes)} in the data): " + "; ".join(parts))
     cd, cm = Counter(data_keys), Counter(model_keys)
     dup = sorted(c for c in have if cd[c] > 1 or cm[c] > 1)
     if dup:
-        raise DatasetError(f"{data_where}: class names occur more than once ({_show(dup)}), so the data cannot be "
+        raise DatasetError(f"{data_where}: class names occur more than once ({show_names(dup)}), so the data cannot be "
                            f"matched to {model_where}'s labels by name")
     index = {k: i for i, k in enumerate(model_keys)}
     return np.array([index[k] for k in data_keys], dtype=np.int64)

@@ -261,10 +261,11 @@ def _refuse_untrained_classes(train_set: Dataset, cfg: DataConfig) -> None:
     seen = {y for _, y in images.samples}
     missing = [c for i, c in enumerate(images.classes) if i not in seen]
     if missing:
-        shown = ", ".join(repr(c) for c in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        from edgecv.data.classes import show_names
+
         held = f"; data.holdout {cfg.holdout} may have held out all of a small class" if cfg.holdout else ""
-        raise DatasetError(f"{images.root}: class folder(s) {shown} hold no readable training image (unreadable files "
-                           f"are skipped{held}): add images, or remove the folder")
+        raise DatasetError(f"{images.root}: class folder(s) {show_names(missing)} hold no readable training image "
+                           f"(unreadable files are skipped{held}): add images, or remove the folder")
 
 
 def _matched(val_set: Dataset, train_set: Dataset, cfg: DataConfig) -> Dataset:

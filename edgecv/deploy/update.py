@@ -214,7 +214,7 @@ def _remember_refusal(root: Path, pick: Dict, reason: str) -> None:
     try:
         atomic_write_json(root / TUF_DIR / REFUSED_FILE, dict(sorted(d.items(), key=lambda kv: kv[1]["at"])[-20:]))
     except OSError as e:
-        logging.getLogger("edgecv.update").warning("could not record the refusal (%s)", e.strerror)
+        logging.getLogger("edgecv.update").warning("could not record the refusal (%s)", e.strerror or e)
 
 
 def _sweep_leftovers(root: Path) -> None:

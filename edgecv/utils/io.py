@@ -23,10 +23,9 @@ from typing import Any, Callable, Iterator, Optional
 TMP_TAG = ".edgecv-tmp-"  # every temporary name edgecv makes contains this (stale ones are swept by pid)
 SPECIAL = "a device, pipe or socket"  # how every message names a file that is none of file, folder or link
 SMALL_FILE_BYTES = 16 << 20  # recipes, calibration sets, keys, pinned roots, class lists: kilobytes of text
-
-
 # The machine's state, not the path's: a full disk, a quota, a read-only mount, a file-size limit.
 FULL_OR_READ_ONLY = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
 
 def relative_hint(path: str | os.PathLike) -> str:
     """For a path that was not found: where a relative one was looked for (recipes name their data, calibration
@@ -91,9 +90,9 @@ def atomic_path(path: str | os.PathLike, mode: Optional[int] = None) -> Iterator
     """
     path = Path(path)
     if is_special(path):  # it would be replaced by a file (as root: a device node); a folder fails the rename itself
-        from edgecv.errors import OutputError
+        from edgecv.errors import UnwritableError
 
-        raise OutputError(f"{path}: {SPECIAL}; refusing to replace it with a file")
+        raise UnwritableError(f"{path}: {SPECIAL}; refusing to replace it with a file")
     # The temporary's own name stays valid UTF-8 even when the target's is not: OpenCV's writers take a str
     # path and crash on one that is not UTF-8.
     stem = path.name if utf8_safe(path.name) else "edgecv-out"
@@ -104,10 +103,10 @@ def atomic_path(path: str | os.PathLike, mode: Optional[int] = None) -> Iterator
     except OSError as e:  # someone else's folder, a file where a folder belongs, /proc (says writable, is not)
         if e.errno in FULL_OR_READ_ONLY:  # the machine's state, which the CLI words as such
             raise
-        from edgecv.errors import OutputError
+        from edgecv.errors import UnwritableError
 
         why = "a file is where a folder belongs" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
-        raise OutputError(f"{path}: cannot write in {path.parent} ({why or e})") from None
+        raise UnwritableError(f"{path}: cannot write in {path.parent} ({why or e})") from None
     os.close(fd)
     try:
         yield tmp
