@@ -144,14 +144,14 @@ def test_eval_against_fp32_reports_fidelity(tiny_bundle):
     from edgecv.runtime.preprocess import Preprocessor
 
     r = CliRunner().invoke(cli(), ["eval", str(tiny_bundle), "--data", str(FASHION), "--limit", "300", "--backend",
-                                   "onnxruntime", "--precision", "int8", "--against-fp32", "--json"])
+                                   "onnxruntime", "--precision", "int8", "--against-fp32", "--include-seen", "--json"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
     x, y = load_fashion_mnist(FASHION, "test")
     pre = Preprocessor(open_bundle(tiny_bundle).preprocess)
     from edgecv.utils.sampling import evenly_spaced
 
-    pick = evenly_spaced(len(y), 300)  # the images --limit 300 judges
+    pick = evenly_spaced(len(y), 300)  # the images --limit 300 judges (the tune images among them too: --include-seen)
     batch = np.stack([pre(x[i]) for i in pick])
     want = fidelity(OrtBackend(str(tiny_bundle / "model_fp32.onnx")).infer(batch),
                     OrtBackend(str(tiny_bundle / "model_int8_ort.onnx")).infer(batch), y[pick])

@@ -105,8 +105,9 @@ class _Checker:
             raise self.fail("files: the manifest cannot list itself")
         self.listed(self.m.get("labels"), "labels")
         self.listed(self.m.get("preprocess"), "preprocess")
-        if self.m.get("calibration_cache") is not None:
-            self.listed(self.m["calibration_cache"], "calibration_cache")
+        for key in ("calibration_cache", "seen_images"):  # optional files
+            if self.m.get(key) is not None:
+                self.listed(self.m[key], key)
 
     def artifacts(self) -> None:
         arts = self.need("artifacts", list)

@@ -21,6 +21,7 @@ REPORT_PNG = "report.png"
 CORRUPTIONS_PNG = "corruptions.png"
 CORRUPTIONS_MD = "corruptions.md"
 CORRUPTIONS_JSON = "corruptions.json"
+SEEN_IMAGES = "seen_images.txt"  # the images that chose something in the bundle (edgecv.bundle.seen)
 
 
 def int8_model(file_tag: str) -> str:
@@ -29,7 +30,7 @@ def int8_model(file_tag: str) -> str:
 
 
 _FIXED = (MANIFEST, SIGNATURE, LABELS, PREPROCESS, RECIPE, GOLDEN, CALIBRATION_CACHE, PRUNED_MODEL, FP32_MODEL,
-          REPORT_MD, REPORT_PNG, CORRUPTIONS_PNG)
+          REPORT_MD, REPORT_PNG, CORRUPTIONS_PNG, SEEN_IMAGES)
 # Every name an export may write into a bundle folder (an intact bundle also lists each in its manifest).
 BUNDLE_NAMES = re.compile("^(" + "|".join(re.escape(n) for n in _FIXED)
                           + "|" + re.escape(int8_model("@")).replace("@", r"[\w.-]+") + ")$")

@@ -54,6 +54,9 @@ def train(recipe, out_dir, overrides, resume):
               help="For bundles: also run the fp32 artefact and report agreement, mean KL and worst class drop.")
 @click.option("--allow-missing-classes", "allow_subset", is_flag=True,
               help="Accept DATA that has only some of the model's classes (matched by name).")
+@click.option("--include-seen", is_flag=True,
+              help="For bundles: also judge the images of DATA the bundle was trained, calibrated or tuned on "
+                   "(its seen_images.txt); they are left out otherwise, and counted.")
 @click.option("--corruptions", default=None, metavar="LIST",
               help="For bundles: robustness report instead: fp32 and every int8 artefact that runs here under "
                    "ImageNet-C corruptions (all, noise, blur, weather, digital, or names); --limit defaults to 100.")

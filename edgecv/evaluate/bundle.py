@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -15,24 +16,61 @@ from edgecv.runtime.preprocess import load_image
 from edgecv.utils.progress import progress
 from edgecv.utils.sampling import evenly_spaced
 
+log = logging.getLogger("edgecv.eval")
 
-def labelled_frames(data: str, channels: int, limit: Optional[int] = None) -> Tuple[int, List[str], Iterator]:
-    """(count, class names, iterator of (frame or None, label, name)) for a Fashion-MNIST or an image folder; with
-    ``limit``, that many images spread evenly over it (a folder lists its images class by class)."""
-    from edgecv.data.fashion_mnist import CLASSES, is_fashion_mnist_dir
 
-    p = Path(data)
-    if is_fashion_mnist_dir(p):
-        from edgecv.data.fashion_mnist import load_fashion_mnist
+class LabelledImages:
+    """A Fashion-MNIST test split or an image folder as labelled frames: ``n`` (at most that many), ``classes``, and,
+    iterated, ``(frame or None when unreadable, label, name)``. With ``limit``, that many images spread evenly over
+    it (a folder lists its images class by class). Images whose identity is in ``seen`` (keys of the bundle's
+    ``seen_images.txt``, edgecv.bundle.seen) are left out and counted in ``left_out``; under a limit, the next
+    images not spread over take their place, as the export's evaluation split does."""
 
-        x, y = load_fashion_mnist(p, "test")
-        idx = evenly_spaced(len(y), limit or len(y))
-        return len(idx), list(CLASSES), ((x[i], int(y[i]), f"t10k[{i}]") for i in idx)
-    from edgecv.data.folders import list_images
+    def __init__(self, data: str, channels: int, limit: Optional[int] = None,
+                 seen: Optional[FrozenSet[str]] = None):
+        from edgecv.data.fashion_mnist import CLASSES, is_fashion_mnist_dir
 
-    images = list_images(p, verify=False)
-    samples = [images.samples[i] for i in evenly_spaced(len(images.samples), limit or len(images.samples))]
-    return len(samples), images.classes, ((load_image(s, channels), lbl, s) for s, lbl in samples)
+        p, self.channels, self.seen, self.left_out = Path(data), channels, seen or frozenset(), 0
+        if is_fashion_mnist_dir(p):
+            from edgecv.data.fashion_mnist import load_fashion_mnist
+
+            self.x, y = load_fashion_mnist(p, "test")
+            self.samples, self.classes = [(f"t10k[{i}]", int(label)) for i, label in enumerate(y)], list(CLASSES)
+        else:
+            from edgecv.data.folders import list_images
+
+            images = list_images(p, verify=False)
+            self.x, self.samples, self.classes = None, images.samples, images.classes
+        total = len(self.samples)
+        self.limit = min(limit or total, total)
+        spread = evenly_spaced(total, self.limit)
+        # the rest stand in for seen images only under a limit; without one, every image is spread over
+        self.order = spread + (sorted(set(range(total)) - set(spread)) if self.seen else [])
+        self.n = self.limit
+
+    def _seen(self, i: int) -> bool:
+        from edgecv.bundle.seen import seen_key
+        from edgecv.utils.io import sha256_array, sha256_file
+
+        if not self.seen:
+            return False
+        try:
+            ident = sha256_array(self.x[i]) if self.x is not None else sha256_file(self.samples[i][0])
+        except OSError:
+            return False  # unreadable: counted as skipped when it is loaded
+        return seen_key(ident) in self.seen
+
+    def __iter__(self) -> Iterator[Tuple[Optional[np.ndarray], int, str]]:
+        taken = 0
+        for i in self.order:
+            if taken == self.limit:
+                return
+            if self._seen(i):
+                self.left_out += 1
+                continue
+            taken += 1
+            name, label = self.samples[i]
+            yield (self.x[i] if self.x is not None else load_image(name, self.channels)), label, name
 
 
 @dataclass
@@ -49,6 +87,7 @@ class EvalOptions:
     allow_subset: bool = False  # data may hold only some of the bundle's classes (matched by name)
     dla_core: int = -1
     against_fp32: bool = False
+    include_seen: bool = False  # also judge images the bundle was made with (edgecv.bundle.seen), left out otherwise
 
 
 class _Tally:
@@ -79,24 +118,49 @@ def eval_bundle(bundle_dir, data: str, options: Optional[EvalOptions] = None, **
     clf = Classifier(bundle_dir, o.backend, o.precision, dla_core=o.dla_core)
     ref = None
     try:
-        n, classes, frames = labelled_frames(data, clf.pre.channels, o.limit)
-        mapping = match_classes(classes, clf.labels, data, f"bundle {bundle_dir}", o.allow_subset)
+        images = unseen_images(clf.bundle, data, clf.pre.channels, o)
+        mapping = match_classes(images.classes, clf.labels, data, f"bundle {bundle_dir}", o.allow_subset)
         if o.against_fp32:
             ref = Classifier(clf.bundle, clf.info["backend"], "fp32", dla_core=o.dla_core)
         batch = min(o.batch, clf.backend.max_batch or o.batch, (ref and ref.backend.max_batch) or o.batch)
         tally = _Tally(clf, ref, mapping)
-        skipped = _feed(tally, frames, n, batch, o.show_progress)
+        skipped = _feed(tally, images, images.n, batch, o.show_progress)
     finally:
         clf.close()
         if ref is not None:
             ref.close()
-    if tally.seen == 0:
-        raise DatasetError(f"{data}: no readable images ({skipped} skipped)")
+    check_unseen_left(images, data, tally.seen, skipped)
     info, seen = clf.info, tally.seen
     extra = finish_fidelity(tally.fid, seen) if ref is not None else {}
     return {**extra, "top1": tally.c1 / seen, "top5": tally.c5 / seen, "n": seen, "skipped": skipped,
+            "left_out_seen": images.left_out if images.seen else None,
             "backend": info["backend"], "artifact": info["file"], "precision": info["precision"],
             "chosen_by": info.get("chosen_by"), "fallback": info.get("fallback")}
+
+
+def unseen_images(bundle, data: str, channels: int, o: EvalOptions) -> LabelledImages:
+    """``data`` as :class:`LabelledImages`, less the images ``bundle`` was made with (unless ``o.include_seen``)."""
+    from edgecv.bundle.seen import read_seen
+
+    seen = None if o.include_seen else read_seen(bundle)
+    if seen is None and not o.include_seen:
+        log.info("%s records no seen images (exported before edgecv kept them): DATA is not screened for the "
+                 "images it was trained, calibrated or tuned on", bundle.root)
+    return LabelledImages(data, channels, o.limit, seen)
+
+
+def check_unseen_left(images: LabelledImages, data: str, judged: int, skipped: int) -> None:
+    """Say how many images of ``data`` were left out as seen; refuse when nothing else is left to judge."""
+    if images.left_out:
+        log.warning("%d image(s) of %s were left out: the bundle was trained, calibrated or tuned on them "
+                    "(its seen_images.txt); a number measured on them would flatter it (--include-seen keeps them)",
+                    images.left_out, data)
+    if judged == 0 and images.left_out:
+        raise DatasetError(f"{data}: every readable image is one the bundle was trained, calibrated or tuned on "
+                           f"({images.left_out} left out, {skipped} unreadable); evaluate on images that chose "
+                           "nothing, or pass --include-seen")
+    if judged == 0:
+        raise DatasetError(f"{data}: no readable images ({skipped} skipped)")
 
 
 def _feed(tally: _Tally, frames, n: int, batch: int, show_progress: bool) -> int:

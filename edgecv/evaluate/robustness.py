@@ -144,27 +144,27 @@ def plot(report: Dict, path: Path) -> Optional[Path]:
     return path
 
 
-def _labelled_pixels(bundle, data: str, limit, allow_subset: bool, show_progress: bool):
-    """``(uint8 crops [N, C, H, W], labels in the bundle's order, skipped)`` for ``limit`` images spread over ``data``."""
+def _labelled_pixels(bundle, data: str, o):
+    """``(uint8 crops [N, C, H, W], labels in the bundle's order, skipped, left out as seen)`` for ``o.limit`` images
+    spread over ``data``, less the images the bundle was made with (edgecv.evaluate.bundle.unseen_images)."""
     from edgecv.bundle.golden import to_pixels
     from edgecv.data.classes import apply_mapping, match_classes
-    from edgecv.errors import DatasetError
-    from edgecv.evaluate.bundle import labelled_frames
+    from edgecv.evaluate.bundle import check_unseen_left, unseen_images
     from edgecv.runtime.preprocess import Preprocessor
 
     pre = Preprocessor(bundle.preprocess)
-    n, classes, frames = labelled_frames(data, pre.channels, limit)
-    mapping = match_classes(classes, bundle.labels, data, f"bundle {bundle.root}", allow_subset)
+    images = unseen_images(bundle, data, pre.channels, o)
+    mapping = match_classes(images.classes, bundle.labels, data, f"bundle {bundle.root}", o.allow_subset)
     xs, ys, skipped = [], [], 0
-    for frame, label, _ in progress(frames, total=n, desc="load", show=show_progress):
+    for frame, label, _ in progress(images, total=images.n, desc="load", show=o.show_progress):
         if frame is None:
             skipped += 1
             continue
         xs.append(pre(frame))
         ys.append(label)
-    if not xs:
-        raise DatasetError(f"{data}: no readable images ({skipped} skipped)")
-    return to_pixels(np.stack(xs), bundle.preprocess), apply_mapping(np.asarray(ys), mapping), skipped
+    check_unseen_left(images, data, len(xs), skipped)
+    left_out = images.left_out if images.seen else None
+    return to_pixels(np.stack(xs), bundle.preprocess), apply_mapping(np.asarray(ys), mapping), skipped, left_out
 
 
 def eval_corruptions(bundle_dir, data: str, names: Sequence[str], severities: Sequence[int],
@@ -182,9 +182,9 @@ def eval_corruptions(bundle_dir, data: str, names: Sequence[str], severities: Se
     from edgecv.runtime.backends.select import open_backend
 
     o = dataclasses.replace(options or EvalOptions(limit=100), **fields)
-    backend, limit, allow_subset, show_progress = o.backend, o.limit, o.allow_subset, o.show_progress
+    backend, show_progress = o.backend, o.show_progress
     bundle = open_bundle(bundle_dir)
-    pixels, y, skipped = _labelled_pixels(bundle, data, limit, allow_subset, show_progress)
+    pixels, y, skipped, left_out = _labelled_pixels(bundle, data, o)
     chosen = targets.auto_order() if backend == "auto" else [targets.get(backend)]
     opened: Dict[str, object] = {}
     try:
@@ -203,7 +203,7 @@ def eval_corruptions(bundle_dir, data: str, names: Sequence[str], severities: Se
     finally:
         for be in opened.values():
             be.close()
-    rep["skipped"] = skipped
+    rep["skipped"], rep["left_out_seen"] = skipped, left_out
     if out_dir:
         from edgecv.utils.io import atomic_write_json, atomic_write_text
 

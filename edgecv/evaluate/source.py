@@ -6,7 +6,7 @@ from typing import Dict, List, Optional
 from torch.utils.data import DataLoader, Subset
 
 from edgecv.data.loaders import build_dataset, dataset_for_path
-from edgecv.errors import SourceError
+from edgecv.errors import DatasetError, SourceError
 from edgecv.train.engine import evaluate
 from edgecv.train.sources import load_source
 from edgecv.utils.sampling import evenly_spaced
@@ -28,6 +28,7 @@ def eval_source(target: str, data: Optional[str], overrides: List[str] = (), lim
         allow_subset = True  # as training scored it (edgecv.data.loaders.load_data): a class may have no images there
     else:
         ds = dataset_for_path(data, src.data, train=False)
+    left_out = _leave_out_training_images(ds, src.recipe) if data is not None and src.recipe else None
     mapping = match_classes(ds.classes, src.classes, data, target, allow_subset)
     if limit:
         ds = Subset(ds, evenly_spaced(len(ds), limit))  # a folder lists its images class by class
@@ -37,4 +38,41 @@ def eval_source(target: str, data: Optional[str], overrides: List[str] = (), lim
     base = ds.dataset if isinstance(ds, Subset) else ds
     skipped = len(getattr(getattr(base, "list", None), "skipped", []) or []) + len(getattr(base, "failed", []))
     return {"top1": res["top1"], "top5": res["top5"], "n": res["n"], "skipped": skipped,
-            "target": target, "data": data, "backend": "pytorch"}
+            "left_out_training": left_out, "target": target, "data": data, "backend": "pytorch"}
+
+
+def _leave_out_training_images(ds, recipe) -> int:
+    """Leave out of ``ds`` (an image folder) the recipe's training images, by content, as ``edgecv eval BUNDLE``
+    leaves out a bundle's seen images: how many. A checkpoint alone does not know its training images."""
+    import logging
+
+    from edgecv.data.loaders import ImageFileDataset, training_identities
+
+    if not isinstance(ds, ImageFileDataset):  # Fashion-MNIST's test split: never its training arrays
+        return 0
+    trained = training_identities(recipe.data)
+    if not trained:
+        return 0
+    kept = [i for i, (path, _) in enumerate(ds.samples) if _identity(path) not in trained]
+    n = len(ds.samples) - len(kept)
+    if n and not kept:
+        raise DatasetError(f"{ds.list.root}: every image is one of {recipe.source or 'the recipe'}'s training images "
+                           f"({n}); evaluate on images it did not train on, or give the recipe alone (its held-out "
+                           "split)")
+    if n:
+        logging.getLogger("edgecv.eval").warning(
+            "%d image(s) of %s were left out: they are the recipe's training images, and a number measured on them "
+            "would flatter it", n, ds.list.root)
+        ds.list = ds.list.subset(kept)
+        ds.samples = ds.list.samples
+    return n
+
+
+def _identity(path: str) -> str:
+    from edgecv.data.loaders import content_hash
+
+    try:
+        return content_hash(path)
+    except OSError:
+        return ""  # unreadable: counted as skipped when it is loaded
+

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional
 
 from edgecv import __version__, targets
 from edgecv.bundle.manifest import FORMAT_VERSION, manifest_bytes
-from edgecv.bundle.names import CALIBRATION_CACHE, FP32_MODEL, LABELS, MANIFEST, PREPROCESS, RECIPE, REPORT_MD, REPORT_PNG
+from edgecv.bundle.names import CALIBRATION_CACHE, FP32_MODEL, LABELS, MANIFEST, PREPROCESS, RECIPE, REPORT_MD, REPORT_PNG, SEEN_IMAGES
 from edgecv.data.transforms import preprocess_spec
 from edgecv.metrics import unseen_change_bound
 from edgecv.recipe import DataConfig, ExportConfig, Recipe
@@ -239,6 +239,7 @@ def write_bundle(tmp: Path, src, data_cfg: DataConfig, recipe: Optional[Recipe],
         "labels": LABELS,
         "preprocess": PREPROCESS,
         "calibration_cache": CALIBRATION_CACHE if (tmp / CALIBRATION_CACHE).exists() else None,
+        "seen_images": SEEN_IMAGES if (tmp / SEEN_IMAGES).exists() else None,
         "versions": _versions(),
         "artifacts": [{k: v for k, v in a.items() if k != "latency"} for a in artifacts],
         "default": summary["default"],

@@ -46,14 +46,14 @@ def _files(ds) -> Optional[List[str]]:
 def sample_identity(ds, i: int) -> str:
     """sha256 of sample ``i``'s stored bytes: the same image under another path, spelling, symlink or
     split (a copied file, a duplicate array image) has the same identity."""
-    import hashlib
+    from edgecv.utils.io import sha256_array
 
     if isinstance(ds, ImageFileDataset):
         try:
             return content_hash(ds.samples[i][0])
         except OSError:
             return "unreadable:" + os.path.realpath(ds.samples[i][0])
-    return hashlib.sha256(ds.images[i].numpy().tobytes()).hexdigest()
+    return sha256_array(ds.images[i].numpy())
 
 
 def members_digest(ids: List[str]) -> str:

@@ -46,6 +46,8 @@ def image_sets(run) -> None:
     if overlap:
         raise ExportError(f"{overlap} evaluation images are also calibration images")  # never reported as held out
     run.cal, run.ev, run.tune = cal, ev, tune  # tune: an ArraySet until export_fp32
+    run.seen.update(calibration=list(cal.ids), tune=list(tune.ids) + (run.agree.ids if run.agree is not None else []))
+    run.seen.setdefault("qat", list(cal.ids))  # the calibration images, unless the pools gave QAT its own
     run.qat_images = run.qat_images or cal
 
 
@@ -104,6 +106,7 @@ def pooled_sets(run, exclude) -> Any:
         cal = pooled_images(draw.calibration, cfg, "pooled calibration images", show)
         run.agree = pooled_images(draw.agreement, cfg, "pooled agreement images", show) if draw.agreement else None
         run.qat_images = pooled_images(draw.qat, cfg, "pooled QAT images", train=True)
+        run.seen["qat"] = [d for _, d, _ in draw.qat]
     run.summary["pools"] = draw.record
     run.summary["tune_agreement_images"] = {"images": len(draw.agreement), "from": "pools (no labels: agreement only)",
                                             "members_sha256": members_digest([d for _, d, _ in draw.agreement])}
@@ -114,3 +117,21 @@ def tune_sources(run) -> List[str]:
     """Where each tune image came from, in the tune split's order: the labelled held-out images, then each pool's."""
     labelled = [f"{run.tune.source} (labelled)"] * len(run.tune.x)
     return labelled + ([f"{o} (pool)" for o in run.agree.origins] if run.agree is not None else [])
+
+
+def write_seen_images(run) -> dict:
+    """Write the bundle's record of the images that chose something in it (edgecv.bundle.seen): the recipe's training
+    split (training, distillation), the calibration and tune images and, when the QAT rung ran, its images.
+    Returns the manifest's summary of it."""
+    from edgecv.bundle.names import SEEN_IMAGES
+    from edgecv.bundle.seen import seen_key, seen_text
+    from edgecv.data.loaders import training_identities
+    from edgecv.utils.io import atomic_write_text
+
+    uses = {k: v for k, v in run.seen.items() if k != "qat" or run.qat}
+    if run.recipe is not None:  # empty for Fashion-MNIST's arrays: eval reads their test split only
+        uses["training"] = sorted(training_identities(run.recipe.data))
+    text = seen_text(i for ids in uses.values() for i in ids)
+    atomic_write_text(run.tmp / SEEN_IMAGES, text)
+    return {"file": SEEN_IMAGES, "images": text.count("\n"),
+            "by_use": {use: len({seen_key(i) for i in ids}) for use, ids in uses.items() if ids}}

@@ -23,7 +23,7 @@ from edgecv.bundle.names import FP32_MODEL, PRUNED_MODEL
 from edgecv.errors import RecipeError
 from edgecv.export.decide import choose_cpu_default, choose_defaults, corruption_failures, refuse_if
 from edgecv.export.evidence import robustness, write_golden_vectors
-from edgecv.export.image_sets import image_sets, tune_sources
+from edgecv.export.image_sets import image_sets, tune_sources, write_seen_images
 from edgecv.export.options import resolve_options
 from edgecv.metrics import Budget
 from edgecv.recipe import CALIB_METHODS, ExportConfig
@@ -86,6 +86,7 @@ class ExportRun:
     gate: Any = None
     calibs: Dict = field(default_factory=dict)
     qat: Dict = field(default_factory=dict)
+    seen: Dict[str, List[str]] = field(default_factory=dict)  # identities of the images that chose, by use
     artifacts: List[Dict] = field(default_factory=list)
     failures: List[str] = field(default_factory=list)
     stage_acc: List[Dict] = field(default_factory=list)
@@ -438,6 +439,7 @@ def write(run: ExportRun) -> Dict:
     run.summary["stages"] = run.stage_acc
     run.summary["engine"] = _engine_plan(run.opts)
     run.summary["golden"] = write_golden_vectors(run.tmp, run.fp32_path, run.ev, run.spec, run.opts)
+    run.summary["seen_images"] = write_seen_images(run)
     return write_bundle(run.tmp, run.src, run.data, run.recipe, run.opts, run.artifacts, run.summary,
                         run.stages.times)
 

@@ -164,6 +164,14 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def sha256_array(a) -> str:
+    """sha256 of an in-memory image's pixels (a numpy array, C order): the identity of an array image, as
+    ``sha256_file`` is of an image file."""
+    import numpy as np
+
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
 def is_special(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a device, FIFO or socket: there, and none of a regular file, a folder or a link."""
     try:
