@@ -200,6 +200,35 @@ def test_a_copy_that_fails_midway_is_removed_and_the_active_slot_kept(tiny_bundl
     assert sorted(os.listdir(root / "slots")) == ["a", "a.json"] and status(root)["active"]["release"] == 1
 
 
+def test_an_upload_a_killed_push_left_is_swept_by_the_next_install(tiny_bundle, tmp_path):
+    """`push` copies into ROOT/.incoming-<random> and removes it after the install, but not when the connection
+    drops or the push is killed: each such upload (a whole bundle) stayed on the vehicle's disk for good. The next
+    install removes those unchanged for a day, and keeps one a push may still be copying into."""
+    import time
+
+    from edgecv.bundle.slots import STALE_UPLOAD_S
+
+    root = tmp_path / "root"
+    assert invoke("install", release(tiny_bundle, tmp_path / "r1", 1), "--root", root).exit_code == 0
+    old, fresh = root / ".incoming-0123456789ab", root / ".incoming-ba9876543210"
+    for d in (old, fresh):
+        shutil.copytree(tmp_path / "r1", d)
+    then = time.time() - STALE_UPLOAD_S - 60
+    for f in [old, *old.rglob("*")]:
+        os.utime(f, (then, then), follow_symlinks=False)
+    os.utime(fresh / "manifest.json", (then, then))  # one old file, but the copy is still going on beside it
+    r = invoke("install", release(tiny_bundle, tmp_path / "r2", 2), "--root", root, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.strip().splitlines()[-1])["stale_uploads_removed"] == [old.name]
+    assert not old.exists() and fresh.is_dir() and status(root)["active"]["release"] == 2
+    # the upload being installed is never swept, however old its files
+    for f in [fresh, *fresh.rglob("*")]:
+        os.utime(f, (then, then), follow_symlinks=False)
+    res = invoke("install", fresh, "--root", root, "--allow-downgrade", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output.strip().splitlines()[-1])["stale_uploads_removed"] == [] and fresh.is_dir()
+
+
 def test_a_root_without_room_for_the_bundle_is_refused_before_copying_simulated(tiny_bundle, tmp_path,
                                                                                  monkeypatch):
     """The free space is simulated (a small file system needs a mount): the size check refuses before a byte is

@@ -31,6 +31,10 @@ SLOTS = ("a", "b")
 LOCK = ".install.edgecv-lock"  # OutputLock(root / "install")
 # all an install root holds (and temporaries): ``tuf`` is edgecv update's trusted metadata and downloads
 ROOT_NAMES = ("slots", "active", STATE, "reports", LOCK, "tuf", ".update.edgecv-lock")
+# edgecv push's upload folder in the root (``.incoming-<random>``), removed after the install; one a lost connection
+# or a killed push left behind is swept by the next install once nothing in it has changed for STALE_UPLOAD_S
+UPLOAD_PREFIX = ".incoming-"
+STALE_UPLOAD_S = 24 * 3600
 
 
 def is_install_root(path: Path) -> bool:

@@ -24,7 +24,9 @@ from typing import Dict, List, Optional
 from edgecv.bundle.slots import (
     ROOT_NAMES,
     SLOTS,
+    STALE_UPLOAD_S,
     STATE,
+    UPLOAD_PREFIX,
     InstallState,
     current_state,
     finished,
@@ -115,7 +117,7 @@ def prepare_root(root: Path) -> None:
         except OSError as e:
             raise InstallError(f"{root}: cannot list the install root ({e.strerror})") from None
         foreign = sorted(e for e in entries if e not in ROOT_NAMES and TMP_TAG not in e
-                         and not e.startswith(".incoming-"))  # edgecv push's upload, removed after the install
+                         and not e.startswith(UPLOAD_PREFIX))
         if foreign:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
             raise InstallError(f"{root}: is not empty and not an edgecv install root (it holds {shown}); "
@@ -188,6 +190,7 @@ def _install_locked(b, root: Path, report: Dict, allow_downgrade: bool, log) -> 
     report["slot"] = slot
     (root / "slots").mkdir(exist_ok=True, mode=0o755)
     sweep_stale(root / "slots")  # a killed install's staging
+    report["stale_uploads_removed"] = sweep_stale_uploads(root, keep=Path(b.root))
     _stage(f"copy into slot {slot} (staged)", log)
     staged = _stage_copy(b, root, slot)
     try:
@@ -199,6 +202,35 @@ def _install_locked(b, root: Path, report: Dict, allow_downgrade: bool, log) -> 
         report["previous"] = st.active
     finally:
         shutil.rmtree(staged, ignore_errors=True)
+
+
+def sweep_stale_uploads(root: Path, keep: Path, now: Optional[float] = None) -> List[str]:
+    """Remove the upload folders of pushes that never finished (a lost connection, a killed ``push``): those in
+    which nothing changed for ``STALE_UPLOAD_S``. A push still copying changes its folder; ``keep`` (the bundle being
+    installed) is never removed. Returns the names removed."""
+    now = time.time() if now is None else now
+    removed = []
+    for e in sorted(os.listdir(root)):
+        p = root / e
+        if not e.startswith(UPLOAD_PREFIX) or p.is_symlink() or not p.is_dir() or os.path.realpath(p) == \
+                os.path.realpath(keep):
+            continue
+        if now - _newest_change(p) > STALE_UPLOAD_S:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(e)
+    return removed
+
+
+def _newest_change(folder: Path) -> float:
+    """The latest modification time of ``folder`` or anything in it (not following links)."""
+    newest = os.lstat(folder).st_mtime
+    for base, dirs, files in os.walk(folder):
+        for n in dirs + files:
+            try:
+                newest = max(newest, os.lstat(os.path.join(base, n)).st_mtime)
+            except OSError:
+                continue
+    return newest
 
 
 def _stage_copy(b, root: Path, slot: str) -> Path:

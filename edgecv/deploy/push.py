@@ -13,6 +13,7 @@ import uuid
 from typing import Dict, List, Optional, Sequence
 from urllib.parse import urlsplit
 
+from edgecv.bundle.slots import UPLOAD_PREFIX
 from edgecv.errors import DeviceError
 from edgecv.utils import signals
 
@@ -55,7 +56,7 @@ def push(bundle: str, url: str, identity: Optional[str] = None, ssh_options: Seq
     base = _ssh_base(t, ssh_options, identity)
     ssh = ["ssh", *base] + (["-p", str(t["port"])] if t["port"] else []) + [dest]
     scp = ["scp", "-q", "-r", *base] + (["-P", str(t["port"])] if t["port"] else [])
-    incoming = f"{t['root'].rstrip('/')}/.incoming-{uuid.uuid4().hex[:12]}"
+    incoming = f"{t['root'].rstrip('/')}/{UPLOAD_PREFIX}{uuid.uuid4().hex[:12]}"
 
     def run(cmd, what):
         try:
