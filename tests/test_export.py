@@ -260,7 +260,9 @@ def test_an_evaluation_split_too_small_for_the_floor_is_said_and_recorded(tmp_pa
     assert [Budget(1.0, f).images_to_show_agreement() for f in (0.99, 0.995, 0.9, 0.0)] == [300, 600, 30, 1]
     out = tmp_path / "b"
     with caplog.at_level(logging.WARNING, logger="edgecv.export"):
-        export_bundle(str(TINY_RECIPE), str(out), {"prune": 0.0, "distill": False, "corruptions": "none",
+        # fp32 only: the warning is the images', whatever the model; whether the tiny 1-epoch model's int8 agrees
+        # on 90% of 28 images depends on the CPU it trained on (25 of 28 on a machine without AVX-512)
+        export_bundle(str(TINY_RECIPE), str(out), {"prune": 0.0, "distill": False, "corruptions": "none", "int8": False,
                                                    "min_agreement": 0.9, "max_drop": 100.0},
                       [f"checkpoint={tiny_ckpt}", "export.eval_limit=40"], show_progress=False)
     ev = open_bundle(out).manifest["summary"]["evaluation"]
