@@ -82,6 +82,24 @@ def test_bench_json_shape(tiny_bundle):
     assert res["batches"]["1"]["iters"] == 7
 
 
+def test_bench_shows_progress_outside_the_timed_runs(tiny_bundle):
+    """`bench --warmup 100000000` ran as long as asked with nothing shown. Each batch size has a bar over its warm-up
+    and timed runs, updated after each run, outside the interval that is timed."""
+    import subprocess
+    import sys
+
+    from edgecv.runtime.latency import measure_interleaved
+
+    ticks, calls = [], []
+    res = measure_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=3, iters=20,
+                              rounds=4, tick=lambda: ticks.append(len(calls)))
+    assert len(ticks) == len(calls) == 2 * 3 + 2 * 20 and ticks == list(range(1, len(calls) + 1))
+    assert res["a"]["iters"] == res["b"]["iters"] == 20
+    r = subprocess.run([sys.executable, "-m", "edgecv", "bench", str(tiny_bundle), "--iters", "50", "--warmup", "5"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "bench batch 1:" in r.stderr and "/55" in r.stderr, r.stderr
+
+
 def test_tampered_bundle_refused_naming_file(bundle_copy):
     for name in ["model_int8_ort.onnx", "preprocess.json", "manifest.json"]:
         f = bundle_copy / name

@@ -140,7 +140,8 @@ def bench(target, backend, as_json, **flags):
     from edgecv.runtime.acceptance.bench import BenchOptions
     from edgecv.runtime.acceptance.bench import bench as run_bench
 
-    res = run_bench(target, backend, BenchOptions(**options_from(BenchOptions, flags, keep_none=True)))
+    res = run_bench(target, backend, BenchOptions(**options_from(BenchOptions, flags, keep_none=True),
+                                                  show_progress=not as_json))
     if as_json:
         click.echo(json.dumps(res))
         return

@@ -6,7 +6,7 @@ them rather than biasing whichever ran during the disturbance.
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import numpy as np
 
@@ -19,15 +19,19 @@ def percentiles(samples_ms) -> Dict[str, float]:
 
 
 def measure_interleaved(fns: Dict[str, Callable[[], object]], warmup: int = 10, iters: int = 100,
-                        rounds: int = 10, settle_s: float = 0.0) -> Dict[str, Dict[str, float]]:
+                        rounds: int = 10, settle_s: float = 0.0,
+                        tick: Optional[Callable[[], object]] = None) -> Dict[str, Dict[str, float]]:
     """Time each zero-argument callable ``iters`` times, alternating between them in ``rounds`` blocks.
 
     ``settle_s``: a pause before each block, so the previous candidate's spinning worker threads (ONNX Runtime's
     pools spin after a run) have gone idle and do not slow the next one: without it, whichever candidate follows
-    a spinning pool looks slower."""
+    a spinning pool looks slower. ``tick``: called after every run, warm-up or timed, outside the timed interval
+    (a progress bar's update)."""
+    tick = tick or (lambda: None)
     for fn in fns.values():
         for _ in range(warmup):
             fn()
+            tick()
     samples = {k: [] for k in fns}
     per_round = max(1, iters // rounds)
     for _ in range(rounds):
@@ -40,6 +44,7 @@ def measure_interleaved(fns: Dict[str, Callable[[], object]], warmup: int = 10, 
                 t0 = time.perf_counter()
                 fn()
                 block.append((time.perf_counter() - t0) * 1e3)
+                tick()
             samples[name].append(block)
     return {k: {**percentiles(np.concatenate(v)), "round_p50_ms": [float(np.median(b)) for b in v]}
             for k, v in samples.items()}

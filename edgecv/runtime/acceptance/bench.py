@@ -7,6 +7,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from edgecv.runtime.latency import measure_interleaved
+from edgecv.utils.progress import progress
 
 
 @dataclass
@@ -22,6 +23,7 @@ class BenchOptions:
     threads: Optional[int] = None
     dla_core: int = -1
     shape: Optional[Tuple[int, ...]] = None
+    show_progress: bool = True  # a bar per batch size over its warm-up and timed runs (outside the timed interval)
 
 
 def runs_on(be, x: np.ndarray, artifact: str) -> None:
@@ -53,7 +55,9 @@ def bench(target: str, backend: str = "auto", options: Optional[BenchOptions] = 
         for b in o.batches:
             x = rng.standard_normal(spec.batch_shape(b, o.shape), dtype=np.float32)
             runs_on(be, x, info["file"])
-            stats = measure_interleaved({"m": lambda x=x: be.infer(x)}, warmup=o.warmup, iters=o.iters, rounds=1)["m"]
+            with progress(desc=f"bench batch {b}", total=o.warmup + o.iters, show=o.show_progress) as bar:
+                stats = measure_interleaved({"m": lambda x=x: be.infer(x)}, warmup=o.warmup, iters=o.iters, rounds=1,
+                                            tick=bar.update)["m"]
             stats["throughput"] = b * 1000.0 / stats["mean_ms"]
             out["batches"][str(b)] = stats
     finally:
