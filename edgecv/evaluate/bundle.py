@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, FrozenSet, Iterator, List, Optional, Tuple
@@ -50,18 +51,21 @@ class LabelledImages:
 
     def _seen(self, i: int) -> bool:
         from edgecv.bundle.seen import seen_key
+        from edgecv.utils.images import MAX_FILE_BYTES
         from edgecv.utils.io import sha256_array, sha256_file
 
         if not self.seen:
             return False
-        try:
-            ident = sha256_array(self.x[i]) if self.x is not None else sha256_file(self.samples[i][0])
+        if self.x is not None:
+            return seen_key(sha256_array(self.x[i])) in self.seen
+        path = self.samples[i][0]
+        try:  # a file too large to be an image is refused when it is loaded: never hashed whole first
+            return os.stat(path).st_size <= MAX_FILE_BYTES and seen_key(sha256_file(path)) in self.seen
         except OSError:
             return False  # unreadable: counted as skipped when it is loaded
-        return seen_key(ident) in self.seen
 
     def __iter__(self) -> Iterator[Tuple[Optional[np.ndarray], int, str]]:
-        taken = 0
+        taken, self.left_out = 0, 0
         for i in self.order:
             if taken == self.limit:
                 return
