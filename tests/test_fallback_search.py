@@ -84,8 +84,9 @@ def _gate(setup, min_agreement, frac=1.0):
 def test_search_finds_a_count_whose_one_fewer_missed_in_few_trials(setup, budget):
     d, fp32, calib, tune, tgt, ranked, sweep = setup
     assert sweep[0] < 0.97 and sweep[-1] > sweep[0] + 0.02, f"the net must need float layers: {sweep}"
-    # a floor some middle count meets, or the best agreement short of every layer in float
-    floor = sweep[len(ranked) // 2] if budget == "middle" else max(sweep[:-1])
+    # a floor no count below the middle meets (the sweep need not rise steadily: how much each float layer buys
+    # varies with the CPU the net trained on), or the best agreement short of every layer in float
+    floor = max(sweep[: len(ranked) // 2]) + 5e-4 if budget == "middle" else max(sweep[:-1])
     first = next(k for k, a in enumerate(sweep) if a >= floor)
     assert first >= 2, f"too easy a budget to exercise the search: {sweep}"
     res = _gate(setup, floor).run(str(fp32), calib, tgt, d / "out.onnx")

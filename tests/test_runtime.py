@@ -100,6 +100,59 @@ def test_bench_shows_progress_outside_the_timed_runs(tiny_bundle):
     assert r.returncode == 0 and "bench batch 1:" in r.stderr and "/55" in r.stderr, r.stderr
 
 
+def test_onnxruntime_int8_computes_what_the_qdq_graph_says_on_any_cpu(tiny_bundle):
+    """On an x86 CPU without VNNI, ONNX Runtime's int8 kernels add u8 x s8 products in 16 bits, which saturate: the
+    tiny bundle's int8 logits were off by 0.42 (of 2.7) from the Q/DQ graph computed exactly, and Lite0's disagreed
+    with fp32 on 12% of ImageNet photographs (tools/int8_saturation.py). edgecv's session options widen them. On a
+    CPU with VNNI both paths agree anyway; on this test's Zen 3 EPYC the check failed without the option."""
+    import onnxruntime as ort
+
+    from edgecv.data.fashion_mnist import load_fashion_mnist
+    from edgecv.runtime.backends.ort import DISABLED_OPTIMIZERS, OrtBackend
+    from edgecv.runtime.preprocess import Preprocessor
+
+    x, _ = load_fashion_mnist(FASHION, "test")
+    pre = Preprocessor(open_bundle(tiny_bundle).preprocess)
+    xs = np.stack([pre(img) for img in x[:500]])
+    f = str(tiny_bundle / "model_int8_ort.onnx")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every Q/DQ pair run as written
+    exact_session = ort.InferenceSession(f, so, providers=["CPUExecutionProvider"],
+                                         disabled_optimizers=DISABLED_OPTIMIZERS)
+    exact = exact_session.run(None, {exact_session.get_inputs()[0].name: xs})[0]
+    be = OrtBackend(f)
+    try:
+        got = be.infer(xs)
+    finally:
+        be.close()
+    assert np.abs(got - exact).max() <= 0.01 * np.abs(exact).max()
+    assert (got.argmax(1) == exact.argmax(1)).mean() >= 0.99
+
+
+def test_openvino_int8_on_a_cpu_whose_int8_sums_saturate_is_said_fake_cpu_flags(tiny_bundle, monkeypatch, caplog):
+    """OpenVINO has no such option: on a CPU without VNNI its int8 is warned about when opened (the flags are faked
+    both ways: a test machine has one kind of CPU)."""
+    import logging
+
+    from edgecv.runtime.backends import cpu
+    from edgecv.runtime.backends.select import open_backend
+
+    assert cpu.int8_sums_saturate({"avx2", "fma"}) and cpu.int8_sums_saturate({"avx2", "avx512f"})
+    assert not cpu.int8_sums_saturate({"avx2", "avx512_vnni"}) and not cpu.int8_sums_saturate({"avx2", "avx_vnni"})
+    assert not cpu.int8_sums_saturate({"amx_int8", "avx2"}) and not cpu.int8_sums_saturate(set())  # not x86
+    for flags, warned in (({"avx2", "fma"}, True), ({"avx2", "avx512_vnni"}, False)):
+        monkeypatch.setattr(cpu, "cpu_flags", lambda flags=flags: frozenset(flags))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="edgecv.runtime"):
+            be, info = open_backend(tiny_bundle, "openvino", "int8")
+            be.close()
+        assert info["precision"] == "int8" and ("this CPU has no VNNI" in caplog.text) == warned
+        with caplog.at_level(logging.WARNING, logger="edgecv.runtime"):
+            be, _ = open_backend(tiny_bundle, "onnxruntime", "int8")  # exact on any CPU: never warned
+            be.close()
+        assert caplog.text.count("this CPU has no VNNI") == int(warned)
+
+
 def test_tampered_bundle_refused_naming_file(bundle_copy):
     for name in ["model_int8_ort.onnx", "preprocess.json", "manifest.json"]:
         f = bundle_copy / name

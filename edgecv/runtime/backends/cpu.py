@@ -35,6 +35,14 @@ def matrix_units(flags: Iterable[str]) -> Dict[str, Optional[str]]:
     return {"int8": int8, "bf16": bf16, "fp32": fp32}
 
 
+def int8_sums_saturate(flags: Iterable[str]) -> bool:
+    """Whether this x86 CPU's int8 dot products add pairs of u8 x s8 products in 16 bits, which saturate (AVX2 or
+    AVX-512 without VNNI or AMX: ``vpmaddubsw``). ONNX Runtime widens them when told (edgecv tells it:
+    edgecv.runtime.backends.ort); OpenVINO's int8 kernels do not, so an int8 model quantized with 8-bit weights
+    loses accuracy there (tools/int8_saturation.py)."""
+    return matrix_units(flags)["int8"] == "avx2"
+
+
 def cpu_precisions(flags: Iterable[str]) -> List[str]:
     """The precisions a CPU runtime offers on a CPU with these flags, most compressed first."""
     units = matrix_units(flags)
