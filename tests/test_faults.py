@@ -129,7 +129,7 @@ def test_killed_train_keeps_previous_run_loadable(sig, tiny_ckpt, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_ckpt.parent, run)
     model_before = (run / "model.pt").read_bytes()
-    rc, log, pid = run_until(["train", TINY_RECIPE, "-o", run, "--set", "train.epochs=3"],
+    rc, log, pid = run_until(["train", TINY_RECIPE, "-o", run, "--set", "train.epochs=3", "--force"],
                              r"epoch 0: loss", sig, tmp_path)
     assert rc == (143 if sig == signal.SIGTERM else -9), log[-2000:]
     assert (run / "model.pt").read_bytes() == model_before  # the finished model of the previous run

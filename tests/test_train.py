@@ -276,6 +276,33 @@ def test_resume_drops_a_log_record_cut_short_by_a_kill(fmt, tmp_path, caplog):
     assert "dropped 1 damaged record(s)" in caplog.text
 
 
+def test_a_new_run_over_an_earlier_one_is_refused_unless_forced(tmp_path):
+    """`edgecv train` into a folder holding a finished run replaced its model (hours of work) without a word, and
+    into an interrupted run threw away the epochs --resume would have kept. Both are refused, naming what is there
+    and the command that continues or replaces it; --force replaces it."""
+    from conftest import invoke
+
+    run = tmp_path / "run"
+    base = ["train", TINY_RECIPE, "-o", run, "--set", "train.epochs=1", "--set", "data.train_limit=256"]
+    assert invoke(*base).exit_code == 0
+    first = (run / "model.pt").read_bytes()
+    top1 = json.loads((run / "metrics.json").read_text())["top1"]
+    r = invoke(*base)
+    assert r.exit_code == 2 and f"holds a finished training run (model.pt, top-1 {top1:.4f}); choose another -o" \
+        in r.output and "--force" in r.output, r.output
+    assert (run / "model.pt").read_bytes() == first
+    r = invoke(*base, "--set", "train.lr=0.01", "--force")
+    assert r.exit_code == 0, r.output
+    assert (run / "model.pt").read_bytes() != first and "lr: 0.01" in (run / "recipe.yaml").read_text()
+    (run / "model.pt").unlink()  # as a run killed after its first epoch leaves it
+    r = invoke(*base)
+    assert r.exit_code == 2 and "holds an interrupted training run (last.pt)" in r.output, r.output
+    assert f"{base[1]} -o {run} --resume` continues it" in r.output
+    r = invoke(*base, "--resume", "--force")
+    assert r.exit_code == 2 and "give one" in r.output
+    assert invoke(*base, "--resume").exit_code == 0 and (run / "model.pt").is_file()
+
+
 def test_resume_with_another_model_or_optimizer_is_refused_by_name(tmp_path):
     """--resume under a recipe edited since the run began (a wider model, another optimizer) was an internal
     RuntimeError or KeyError; it names the checkpoint, what does not fit and the recipe the run started with."""

@@ -25,14 +25,18 @@ def _emit(result: dict, as_json: bool, table_title: str) -> None:
 @click.option("-o", "--out", "out_dir", default=None, help="Output folder (default: runs/<recipe name>).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field, e.g. train.epochs=3.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT/last.pt.")
-def train(recipe, out_dir, overrides, resume):
+@click.option("--force", is_flag=True, help="Replace an earlier run in OUT, finished or interrupted (refused "
+                                            "otherwise).")
+def train(recipe, out_dir, overrides, resume, force):
     """Train or fine-tune the model a RECIPE describes (works under torchrun for DDP)."""
     from edgecv.recipe import load_recipe
     from edgecv.train.loop import train as run_train
 
     r = load_recipe(recipe, list(overrides))
     out = out_dir or f"runs/{r.name}"
-    m = run_train(r, out, resume=resume)
+    if resume and force:
+        raise click.UsageError("--resume continues the run in OUT and --force replaces it: give one")
+    m = run_train(r, out, resume=resume, force=force)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"{out}/model.pt  top1 {m['top1']:.4f}  top5 {m['top5']:.4f}  (n={m['n']})")
 

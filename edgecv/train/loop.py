@@ -16,7 +16,7 @@ from torch import nn
 
 from edgecv.data.loaders import load_data, training_copies
 from edgecv.data.transforms import preprocess_spec
-from edgecv.errors import CheckpointError, DivergedError, ModelError, RecipeError
+from edgecv.errors import CheckpointError, DivergedError, ModelError, OutputError, RecipeError
 from edgecv.models.checkpoint import make_checkpoint, read_checkpoint, save_checkpoint
 from edgecv.models.heads import set_backbone_trainable
 from edgecv.models.registry import create_model
@@ -178,11 +178,14 @@ def save_confusion_png(conf, classes, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def train(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, show_progress: bool = True) -> Dict:
+def train(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, show_progress: bool = True,
+          force: bool = False) -> Dict:
     """Train ``recipe``; write checkpoints, logs, metrics.json, confusion.png and recipe.yaml into ``out_dir``.
 
     ``out_dir`` must be new, empty, or an earlier run's directory (edgecv.utils.outputs); one run writes to
     it at a time. Nothing is written before the first epoch ends, so a run that fails early leaves nothing.
+    An earlier run there is continued (``resume``) or replaced only when ``force`` says so
+    (``refuse_to_replace_a_run``).
     """
     if recipe.train.epochs < 1:
         raise RecipeError(f"{recipe.source or 'recipe'}: train.epochs: must be >= 1, got {recipe.train.epochs}")
@@ -190,7 +193,33 @@ def train(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, show
     if dist_info["rank"] != 0:
         return _train(recipe, Path(out_dir), resume, show_progress, dist_info)
     with run_output(out_dir) as out:
+        if not resume and not force:  # under the lock: a run writing there now is named as such instead
+            refuse_to_replace_a_run(out, recipe)
         return _train(recipe, out, resume, show_progress, dist_info)
+
+
+def refuse_to_replace_a_run(out: Path, recipe: Recipe) -> None:
+    """A new run writes into its folder file by file: over a finished run, it replaced a model that may have taken
+    hours (a killed one leaves the old model.pt beside its own recipe.yaml and last.pt); over an interrupted run, it
+    threw the epochs away that --resume would have kept. Either is refused, naming what is there and what to do."""
+    again = f"edgecv train {recipe.source or 'RECIPE'} -o {out}"
+    if (out / "model.pt").is_file():
+        top1 = _recorded_top1(out / "metrics.json")
+        what, keep = f"a finished training run (model.pt{top1})", "choose another -o to keep it"
+    elif (out / "last.pt").is_file():
+        what, keep = "an interrupted training run (last.pt)", f"`{again} --resume` continues it"
+    else:
+        return
+    raise OutputError(f"{out}: holds {what}; {keep}, or pass --force (`{again} --force`) to replace it")
+
+
+def _recorded_top1(path: Path) -> str:
+    from edgecv.utils.io import NotASmallFile, read_small
+
+    try:
+        return f", top-1 {float(json.loads(read_small(path))['top1']):.4f}"
+    except (OSError, NotASmallFile, ValueError, KeyError, TypeError):
+        return ""  # the note is a courtesy: a missing or damaged metrics.json leaves it out
 
 
 @dataclass
