@@ -99,6 +99,8 @@ def test_means_and_fallback_layers(net_onnx):
     assert not np.array_equal(ci[node[stem.name].input[2]], fp[stem.input[2]])  # quantized: corrected
 
 
+@pytest.mark.slow  # Lite0 at 224 px on real photographs, a quality check (its code paths run in CI on smaller
+# models): python3 -m pytest -m slow (docs/benchmarks.md); CI must fit 15 minutes on the slowest 2-core machine
 def test_lite0_both_int8_artefacts_closer_to_fp32_on_unseen_images(lite0_photos):
     """Real weights, real images: 100 calibrate, 100 others judge (KL to fp32)."""
     c = calibrate(lite0_photos.fp32, lite0_photos.cal, "minmax")

@@ -369,6 +369,7 @@ def test_timer_units_are_valid_for_systemd(tmp_path):
         assert r.exit_code == 2 and f"--timer {where}/edgecv-update.service: {where} {why}" in r.output, r.output
 
 
+@pytest.mark.slow  # a benchmark tool, not the product: python3 -m pytest -m slow (docs/benchmarks.md)
 def test_fleet_simulation_small(tmp_path, tiny_bundle, keys):
     """tools/fleet_sim.py at N=3: idle cost, convergence after a publish, and a server killed mid-rollout."""
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "fleet_sim.py"), "--devices", "3", "--bundle",

@@ -102,6 +102,8 @@ def test_unknown_rounding_is_refused(net_onnx):
         calibrate(p, x, "minmax", rounding="stochastic")
 
 
+@pytest.mark.slow  # Lite0 at 224 px on real photographs, a quality check (its code paths run in CI on smaller
+# models): python3 -m pytest -m slow (docs/benchmarks.md); CI must fit 15 minutes on the slowest 2-core machine
 def test_lite0_int8_closer_to_fp32_on_unseen_images(lite0_photos):
     """Real weights, real images: 100 calibrate, 100 others judge (KL to fp32), ONNX Runtime U8S8, GPTQ against
     nearest rounding (both without bias correction, so only the rounding differs)."""

@@ -102,6 +102,8 @@ def test_pruned_model_is_a_smaller_checkpoint_and_onnx(tmp_path):
     assert compare_with_torch(loaded, str(tmp_path / "pruned.onnx"), batch)["max_abs_diff"] < 1e-4
 
 
+@pytest.mark.slow  # Lite0 at 224 px on real photographs, a quality check (its code paths run in CI on smaller
+# models): python3 -m pytest -m slow (docs/benchmarks.md); CI must fit 15 minutes on the slowest 2-core machine
 def test_lite0_reconstruct_keeps_answers_magnitude_loses(imagenet_dir):
     """Pretrained Lite0, 30% pruned: refitted on 96 photographs, judged on 100 others by top-1 agreement with the
     unpruned network. Magnitude pruning (Torch-Pruning, all layer groups) at the same ratio is the baseline."""
@@ -127,6 +129,8 @@ def test_lite0_reconstruct_keeps_answers_magnitude_loses(imagenet_dir):
     assert agree["reconstruct"] >= 0.7 and agree["magnitude"] <= 0.3, agree
 
 
+@pytest.mark.slow  # Lite0 at 224 px on real photographs, a quality check (its code paths run in CI on smaller
+# models): python3 -m pytest -m slow (docs/benchmarks.md); CI must fit 15 minutes on the slowest 2-core machine
 def test_distill_adamw_with_frozen_batchnorm_pulls_the_pruned_lite0_to_its_teacher(imagenet_dir):
     """The export's recovery step after reconstruct (the Caltech recipe's settings): AdamW, BatchNorm statistics
     frozen, mixed precision on. 12 steps on 128 photographs at 128 px must cut the KL to the teacher there and

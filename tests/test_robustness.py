@@ -112,7 +112,7 @@ def test_every_export_writes_the_corruption_report(tiny_bundle):
     b = open_bundle(tiny_bundle)
     rob = b.manifest["summary"]["robustness"]
     assert rob["images"] == 30  # the tiny recipe's export.corruption_images
-    assert rob["severities"] == [1, 2, 3, 4, 5] and len(rob["corruptions"]) == len(CORRUPTIONS)
+    assert rob["severities"] == [3] and len(rob["corruptions"]) == len(CORRUPTIONS)  # the tiny recipe's
     models = set(rob["summary"])
     bf16 = {"openvino bf16"} if OpenVinoBackend.has_bf16() else set()  # written only where this CPU has bf16 units
     assert {"fp32", "unpruned fp32", "onnxruntime int8", "openvino int8", "tensorrt int8 (on ONNX Runtime)"} | bf16 == models

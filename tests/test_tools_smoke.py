@@ -31,6 +31,7 @@ def test_soak_smoke(tiny_bundle):
     assert out["growth_mb"] == out["rss_after_mb"] - out["rss_before_mb"]
 
 
+@pytest.mark.slow  # a benchmark tool, not the product: python3 -m pytest -m slow (docs/benchmarks.md)
 def test_multicam_bench_smoke(tiny_bundle, tmp_path):
     """Every stage of tools/multicam_bench.py runs on the tiny bundle (one small clip, one camera at most in real
     time); the derived columns are the stated functions of the measured ones."""
@@ -174,6 +175,7 @@ def test_weight_rounding_smoke(tmp_path):
         assert bad.returncode == 2 and flag in bad.stderr, bad.stderr
 
 
+@pytest.mark.slow  # a benchmark tool, not the product: python3 -m pytest -m slow (docs/benchmarks.md)
 def test_train_speed_smoke():
     """tools/train_speed.py at 32 px, batch 2: one row per mode this CPU runs (bfloat16 only where it is native),
     each speed-up the ratio of the baseline's time to its own."""
