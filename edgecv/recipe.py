@@ -95,6 +95,9 @@ class DataConfig:
     eval_batch_size: int = ranged(256, ge=1)
     workers: int = ranged(0, ge=0, le=MAX_THREADS)
     train_limit: Optional[int] = ranged(None, ge=1)
+    # the held-out images each epoch (and `eval RECIPE`, and the export's held-out pool) judge on: N spread evenly
+    # over them; None: all (a quick run on a large held-out split)
+    val_limit: Optional[int] = ranged(None, ge=1)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

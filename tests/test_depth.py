@@ -44,6 +44,8 @@ def test_a_skipped_block_passes_its_input_through_in_both_families():
         skip_blocks(create_model("efficientnet_lite0"), ["_blocks.99"])
 
 
+@pytest.mark.slow  # pretrained Lite0 on real photographs, a quality check (the export's drop-blocks path runs in
+# CI): python3 -m pytest -m slow (docs/benchmarks.md)
 def test_the_blocks_chosen_cost_least_per_mac_and_move_the_output_less_than_the_rest(photos):
     """Pretrained Lite0 at 128 px, 3 blocks dropped, chosen on 96 photographs, judged on 96 others against the
     unpruned network: the chosen three move its output (KL) less, and keep more top-1 answers, than the three that

@@ -11,7 +11,7 @@ import sys
 
 import cv2
 import pytest
-from conftest import ROOT, TINY_RECIPE
+from conftest import TINY_RECIPE, invoke
 
 from edgecv.bundle.reader import open_bundle
 from edgecv.utils.io import TMP_TAG, sweep_stale
@@ -140,18 +140,17 @@ def test_killed_train_keeps_previous_run_loadable(sig, tiny_ckpt, tmp_path):
     assert leftovers(run) == [] and leftovers(tmp_path) == []
 
 
-def test_failed_train_leaves_nothing(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "edgecv", "train", TINY_RECIPE, "-o", tmp_path / "runs" / "x",
-                        "--set", "data.path=/nonexistent"], capture_output=True, text=True, cwd=tmp_path, env=ENV)
-    assert r.returncode == 2 and "/nonexistent" in r.stderr and "Traceback" not in r.stderr
+def test_failed_train_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # in this process: it fails before any work, so a new process bought nothing
+    r = invoke("train", TINY_RECIPE, "-o", tmp_path / "runs" / "x", "--set", "data.path=/nonexistent")
+    assert r.exit_code == 2 and "/nonexistent" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "runs" / "x").exists() and leftovers(tmp_path) == []
 
 
 def test_untrained_model_is_never_written(tmp_path):
     for epochs in ("0", "-2"):
-        r = subprocess.run([sys.executable, "-m", "edgecv", "train", TINY_RECIPE, "-o", tmp_path / "r",
-                            "--set", f"train.epochs={epochs}"], capture_output=True, text=True, cwd=ROOT, env=ENV)
-        assert r.returncode == 2 and "train.epochs: must be >= 1" in r.stderr
+        r = invoke("train", TINY_RECIPE, "-o", tmp_path / "r", "--set", f"train.epochs={epochs}")
+        assert r.exit_code == 2 and "train.epochs: must be >= 1" in r.output
     assert not (tmp_path / "r").exists()
 
 

@@ -206,7 +206,7 @@ def test_an_input_size_too_large_for_memory_is_refused_before_reading_the_images
     out = tmp_path / "b"
     r = CliRunner().invoke(cli, ["export", str(TINY_RECIPE), "-o", str(out), "--input-size", str(size),
                                  "--no-distill", "--prune", "0", "--set", f"checkpoint={tiny_ckpt}",
-                                 "--set", "export.eval_limit=10000"])
+                                 "--set", "export.eval_limit=10000", "--set", "data.val_limit=null"])
     assert r.exit_code == 2, r.output
     assert f"evaluation images: 10000 images of 1 x {size} x {size} float32 need" in r.output
     assert "lower --input-size" in r.output and not out.exists()

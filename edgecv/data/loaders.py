@@ -207,10 +207,17 @@ def build_dataset(cfg: DataConfig, split: str, train_aug: Optional[bool] = None)
         x, y = load_fashion_mnist(cfg.path, "train" if split == "train" else "test")
         if split == "train" and cfg.train_limit:
             x, y = x[: cfg.train_limit], y[: cfg.train_limit]
+        if split == "val" and cfg.val_limit:
+            keep = evenly_spaced(len(y), cfg.val_limit)
+            x, y = x[keep], y[keep]
         return ArrayDataset(x, y, FASHION_CLASSES, tf)
     images = _split_images(cfg, split)
     if split == "val":
         images = _without_training_copies(images, cfg)
+        if cfg.val_limit:  # spread over the classes: a folder lists them one by one
+            copies = images.training_copies
+            images = images.subset(evenly_spaced(len(images), cfg.val_limit))
+            images.training_copies = copies
     if split == "train" and cfg.train_limit:  # spread over the classes: a folder lists them one by one
         images = images.subset(evenly_spaced(len(images), cfg.train_limit))
     return ImageFileDataset(images, cfg.channels, tf)
