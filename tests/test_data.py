@@ -3,7 +3,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import FASHION, ROOT
+from conftest import FASHION, ROOT, TINY_RECIPE
 
 from edgecv.data.fashion_mnist import load_fashion_mnist
 from edgecv.data.folders import list_image_folder, list_images, list_wnid_folder, read_classes_tsv
@@ -280,3 +280,16 @@ def test_a_recipe_that_holds_nothing_out_is_still_judged_on_its_whole_folder(ima
     assert len(build_dataset(cfg, "val")) == 500 and training_identities(cfg) == set()
     with pytest.raises(DatasetError, match="no held-out images"):
         load_data(cfg)
+
+
+def test_val_limit_judges_n_held_out_images_spread_over_the_classes():
+    """data.val_limit: each epoch, `eval RECIPE` and the export's held-out pool judge N held-out images, spread over
+    them (a folder lists its images class by class)."""
+    from edgecv.recipe import load_recipe
+
+    cfg = load_recipe(TINY_RECIPE, ["data.val_limit=100"]).data
+    ds = build_dataset(cfg, "val")
+    assert len(ds) == 100 and np.bincount(ds.labels.numpy(), minlength=10).min() >= 5
+    assert len(build_dataset(load_recipe(TINY_RECIPE, ["data.val_limit=null"]).data, "val")) == 10000
+    assert len(build_dataset(load_recipe(TINY_RECIPE, ["data.val_limit=20000"]).data, "val")) == 10000  # all there are
+
