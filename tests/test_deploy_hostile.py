@@ -200,7 +200,7 @@ def test_a_copy_that_fails_midway_is_removed_and_the_active_slot_kept(tiny_bundl
     assert sorted(os.listdir(root / "slots")) == ["a", "a.json"] and status(root)["active"]["release"] == 1
 
 
-def test_an_upload_a_killed_push_left_is_swept_by_the_next_install(tiny_bundle, tmp_path):
+def test_an_upload_a_killed_push_left_is_swept_by_the_next_install(tiny_bundle, tmp_path, monkeypatch):
     """`push` copies into ROOT/.incoming-<random> and removes it after the install, but not when the connection
     drops or the push is killed: each such upload (a whole bundle) stayed on the vehicle's disk for good. The next
     install removes those unchanged for a day, and keeps one a push may still be copying into."""
@@ -227,6 +227,16 @@ def test_an_upload_a_killed_push_left_is_swept_by_the_next_install(tiny_bundle, 
     res = invoke("install", fresh, "--root", root, "--allow-downgrade", "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.output.strip().splitlines()[-1])["stale_uploads_removed"] == [] and fresh.is_dir()
+    from edgecv.deploy import install as inst
+
+    real = inst._newest_change
+
+    def vanished(folder):  # the upload removed between the listing and the look (its push cleaning up)
+        shutil.rmtree(folder)
+        return real(folder)
+
+    monkeypatch.setattr(inst, "_newest_change", vanished)
+    assert inst.sweep_stale_uploads(root, keep=tmp_path / "elsewhere") == [] and not fresh.exists()
 
 
 def test_a_root_without_room_for_the_bundle_is_refused_before_copying_simulated(tiny_bundle, tmp_path,

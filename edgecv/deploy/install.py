@@ -215,7 +215,11 @@ def sweep_stale_uploads(root: Path, keep: Path, now: Optional[float] = None) -> 
         if not e.startswith(UPLOAD_PREFIX) or p.is_symlink() or not p.is_dir() or os.path.realpath(p) == \
                 os.path.realpath(keep):
             continue
-        if now - _newest_change(p) > STALE_UPLOAD_S:
+        try:
+            stale = now - _newest_change(p) > STALE_UPLOAD_S
+        except OSError:  # removed meanwhile (its push cleaning up after a refused install): nothing to sweep
+            continue
+        if stale:
             shutil.rmtree(p, ignore_errors=True)
             removed.append(e)
     return removed
