@@ -10,10 +10,12 @@ from typing import Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from edgecv.bundle.seen import read_seen, seen_key
 from edgecv.data.classes import match_classes
 from edgecv.errors import DatasetError
 from edgecv.metrics import kl_rows, topk_correct
 from edgecv.runtime.preprocess import load_image
+from edgecv.utils.io import sha256_array, sha256_file
 from edgecv.utils.progress import progress
 from edgecv.utils.sampling import evenly_spaced
 
@@ -30,8 +32,10 @@ class LabelledImages:
     def __init__(self, data: str, channels: int, limit: Optional[int] = None,
                  seen: Optional[FrozenSet[str]] = None):
         from edgecv.data.fashion_mnist import CLASSES, is_fashion_mnist_dir
+        from edgecv.utils.images import MAX_FILE_BYTES
 
         p, self.channels, self.seen, self.left_out = Path(data), channels, seen or frozenset(), 0
+        self.max_bytes = MAX_FILE_BYTES  # per image, the most a file may hold (it is refused when loaded)
         if is_fashion_mnist_dir(p):
             from edgecv.data.fashion_mnist import load_fashion_mnist
 
@@ -50,17 +54,13 @@ class LabelledImages:
         self.n = self.limit
 
     def _seen(self, i: int) -> bool:
-        from edgecv.bundle.seen import seen_key
-        from edgecv.utils.images import MAX_FILE_BYTES
-        from edgecv.utils.io import sha256_array, sha256_file
-
         if not self.seen:
             return False
         if self.x is not None:
             return seen_key(sha256_array(self.x[i])) in self.seen
         path = self.samples[i][0]
         try:  # a file too large to be an image is refused when it is loaded: never hashed whole first
-            return os.stat(path).st_size <= MAX_FILE_BYTES and seen_key(sha256_file(path)) in self.seen
+            return os.stat(path).st_size <= self.max_bytes and seen_key(sha256_file(path)) in self.seen
         except OSError:
             return False  # unreadable: counted as skipped when it is loaded
 
@@ -144,8 +144,6 @@ def eval_bundle(bundle_dir, data: str, options: Optional[EvalOptions] = None, **
 
 def unseen_images(bundle, data: str, channels: int, o: EvalOptions) -> LabelledImages:
     """``data`` as :class:`LabelledImages`, less the images ``bundle`` was made with (unless ``o.include_seen``)."""
-    from edgecv.bundle.seen import read_seen
-
     seen = None if o.include_seen else read_seen(bundle)
     if seen is None and not o.include_seen:
         log.info("%s records no seen images (exported before edgecv kept them): DATA is not screened for the "
