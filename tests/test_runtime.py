@@ -153,6 +153,48 @@ def test_openvino_int8_on_a_cpu_whose_int8_sums_saturate_is_said_fake_cpu_flags(
         assert caplog.text.count("this CPU has no VNNI") == int(warned)
 
 
+def test_seven_bit_weights_cannot_saturate_and_openvino_then_computes_the_graph(tiny_bundle, tmp_path, monkeypatch):
+    """tools/int8_saturation.py's 7-bit variants: the stem only (NNCF's default overflow fix) or every weighted layer
+    gets weights in [-64, 64], the rest keep the 8-bit grid; with no pair of u8 x s7 products past 16 bits, OpenVINO
+    answers what the Q/DQ graph computed exactly does, on a CPU with or without VNNI."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    from int8_saturation import seven_bit
+
+    from edgecv.bundle import names
+    from edgecv.data.fashion_mnist import load_fashion_mnist
+    from edgecv.export.quantize import calibrate
+    from edgecv.runtime.backends.openvino import OpenVinoBackend
+    from edgecv.runtime.backends.ort import DISABLED_OPTIMIZERS
+    from edgecv.runtime.preprocess import Preprocessor
+
+    x, _ = load_fashion_mnist(FASHION, "test")
+    pre = Preprocessor(open_bundle(tiny_bundle).preprocess)
+    xs = np.stack([pre(img) for img in x[:300]])
+    fp32 = tiny_bundle / names.FP32_MODEL
+    calib = calibrate(fp32, xs[:100], "minmax", bias_correction=False)
+    weighted = [n.input[1] for n in onnx.load(str(fp32)).graph.node if n.op_type in ("Conv", "Gemm")]
+    for first_only in (True, False):
+        out = seven_bit(fp32, calib, tmp_path / f"w7_{first_only}.onnx", first_only)
+        inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer}
+        spans = [int(np.abs(inits[w + "_quantized"]).max()) for w in weighted]
+        assert spans == [64] * (1 if first_only else len(weighted)) + [127] * (len(weighted) - 1 if first_only else 0)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every Q/DQ pair run as written
+    s = ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS)
+    exact = s.run(None, {s.get_inputs()[0].name: xs[100:]})[0]
+    be = OpenVinoBackend(str(out))  # the last file written: every layer 7-bit
+    try:
+        got = be.infer(xs[100:])
+    finally:
+        be.close()
+    # 7e-8 of the largest logit on a Zen 3 EPYC, where the tiny bundle's 8-bit file was off by 7e-3 in OpenVINO
+    assert np.abs(got - exact).max() <= 1e-4 * np.abs(exact).max()
+
+
 def test_tampered_bundle_refused_naming_file(bundle_copy):
     for name in ["model_int8_ort.onnx", "preprocess.json", "manifest.json"]:
         f = bundle_copy / name
