@@ -45,7 +45,8 @@ def test_four_sources_one_batched_call_each_round(tiny_bundle, tmp_path, imagene
     v1, v2 = make_video(tmp_path / "a.mp4", 40), make_video(tmp_path / "b.mp4", 25)
     folder = tmp_path / "photos"
     folder.mkdir()
-    for f in sorted(imagenet_dir.glob("*.JPEG"))[:6]:
+    photos = sorted(imagenet_dir.glob("*.JPEG"))[:6]
+    for f in photos:
         shutil.copy(f, folder / f.name)
     cams = [Camera("front", str(v1)), Camera("rear", str(v2)), Camera("left", str(folder)),
             Camera("right", str(v1))]
@@ -58,6 +59,16 @@ def test_four_sources_one_batched_call_each_round(tiny_bundle, tmp_path, imagene
     assert {r["camera"] for r in rec} == {"front", "rear", "left", "right"}
     assert all(r["age_ms"] >= 0 and 1 <= r["batch"] <= 4 for r in rec)
     assert [r["frame"] for r in rec if r["camera"] == "rear"] == list(range(25))
+    assert [r.get("file") for r in rec if r["camera"] == "left"] == [str(folder / f.name) for f in photos]
+    assert not any("file" in r for r in rec if r["camera"] != "left")  # a video's frames have no file
+    lines.clear()  # paced like cameras: capture threads, the newest frame each (the names travel with them)
+    s = run_multi(str(tiny_bundle), [Camera("left", str(folder)), Camera("right", str(folder))],
+                  RunOptions(as_json=True, realtime=True, fps=20), emit=lines.append)
+    rec = [json.loads(x) for x in lines]
+    assert s["capture"] == "one thread per camera" and rec
+    for cam in ("left", "right"):
+        got = [r["file"] for r in rec if r["camera"] == cam]
+        assert got == sorted(set(got)) and set(got) <= {str(folder / f.name) for f in photos}
 
 
 def test_a_failed_camera_never_stops_the_others(tiny_bundle, tmp_path):

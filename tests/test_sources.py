@@ -33,7 +33,7 @@ def test_file_source_every_frame_json(tiny_bundle, tmp_path):
     rec = [json.loads(line) for line in lines]
     assert [r["frame"] for r in rec] == list(range(12))
     for r in rec:
-        assert {"frame", "label", "index", "score", "latency_ms", "topk"} <= set(r)
+        assert {"frame", "label", "index", "score", "latency_ms", "topk"} <= set(r) and "file" not in r  # a video
         assert set(r["latency_ms"]) == {"capture_wait", "preprocess", "infer", "postprocess"}
         assert len(r["topk"]) == 3 and r["topk"][0]["index"] == r["index"]
         scores = [t["score"] for t in r["topk"]]
@@ -103,6 +103,35 @@ def test_a_folders_skipped_images_are_named_and_counted_in_the_summary_line(tiny
     assert r.exit_code == 0 and "frames 1 " in r.output and "skipped 2 " in r.output, r.output
     warned = [m for m in caplog.messages if "image skipped" in m]
     assert len(warned) == 1 and "broken.jpg: image skipped (not an image OpenCV can decode)" in warned[0]
+
+
+def test_a_folders_json_lines_name_the_image_each_answer_is_for(tiny_bundle, imagenet_dir, tmp_path, caplog):
+    """Skipped images shift the frame numbers, so frame N is not the Nth file: each line names its image (a name
+    that is not UTF-8 too, recoverable with os.fsencode), and its answer is that image's alone. -v names every
+    skipped image, not only the first."""
+    import shutil
+
+    from edgecv.runtime.classifier import Classifier
+
+    photos = sorted(imagenet_dir.glob("*.JPEG"))[:3]
+    names = ["a.jpg", os.fsdecode(b"b\xffname.jpg"), "d.jpg"]
+    for src, name in zip(photos, names):
+        shutil.copy(src, tmp_path / name)
+    (tmp_path / "c_broken.jpg").write_bytes(b"\xff\xd8nope")
+    (tmp_path / "c_empty.png").write_bytes(b"")
+    lines = []
+    with caplog.at_level("DEBUG", logger="edgecv.sources"):
+        s = run(str(tiny_bundle), str(tmp_path), "onnxruntime", as_json=True, emit=lines.append)
+    rec = [json.loads(line) for line in lines]
+    assert s["frames"] == 3 and s["skipped"] == 2
+    assert [r["frame"] for r in rec] == [0, 1, 2]
+    assert [r["file"] for r in rec] == [str(tmp_path / n) for n in names]
+    assert all(os.path.isfile(os.fsencode(r["file"])) for r in rec)
+    with Classifier(str(tiny_bundle), "onnxruntime") as clf:
+        alone = [clf.classify_frame(cv2.imread(str(f))) for f in photos]
+    assert [r["index"] for r in rec] == [p.index for p in alone]
+    assert [r["score"] for r in rec] == pytest.approx([p.score for p in alone], rel=1e-5)
+    assert sum("image skipped" in m for m in caplog.messages) == 2
 
 
 def test_v4l2_index_fails_cleanly(tiny_bundle):

@@ -122,7 +122,7 @@ class CameraThread(threading.Thread):
         self.blocking = not src.live  # an unpaced file or folder hands over every frame
         self.hold_s = hold_s
         self.urgent = False  # a newer frame is waiting behind the one not yet taken: close the round now
-        self.latest = None  # (frame, capture time)
+        self.latest = None  # (input tensor, capture time, image file name or None)
         self.dropped = 0
         self.error: Optional[str] = None
         self.done = False
@@ -187,7 +187,7 @@ class CameraThread(threading.Thread):
                         break
                     if self.latest is not None:
                         self.dropped += 1  # replaced before the model took it
-                    self.latest = (tensor, self.src.frame_time)
+                    self.latest = (tensor, self.src.frame_time, self.src.frame_name)
                     self.wake.notify_all()
         except Exception as e:  # noqa: BLE001 - whatever ends this camera ends this camera only
             self.error = _why(e)

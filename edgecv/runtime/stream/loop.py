@@ -103,7 +103,7 @@ def classify_stream(src: FrameSource, clf: Classifier, sinks: Sinks, o: RunOptio
             stats.unknown += reject_unsure(pred, o.min_score)
             times = stats.add(wait_ms, pred.latency_ms, age_ms)
             notifier.ready(f"classifying {src.src}")
-            if not sinks.write(stats.n - 1, frame, pred, src.frame_time, age_ms, stats.fps(), times):
+            if not sinks.write(stats.n - 1, frame, pred, src.frame_time, age_ms, stats.fps(), times, src.frame_name):
                 break
     except INTERRUPTS as e:
         return _ended(stats), "SIGTERM" if isinstance(e, Terminated) else "SIGINT", None

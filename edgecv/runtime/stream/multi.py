@@ -33,6 +33,7 @@ from edgecv.runtime.latency import percentiles
 from edgecv.runtime.stream.cameras import Camera, CameraThread
 from edgecv.runtime.stream.loop import reject_unsure
 from edgecv.runtime.stream.options import RunOptions
+from edgecv.runtime.stream.outputs import file_field
 from edgecv.runtime.stream.sources import FrameSource
 from edgecv.utils.signals import INTERRUPTS, Terminated
 
@@ -160,17 +161,17 @@ class _Rounds:
         return [((self.turn + i) % n, self.threads[(self.turn + i) % n]) for i in range(n)]
 
     def _issue(self, taken):
-        """A round's ticket and its fresh rows ``(camera, item, capture time, age ms)`` from ``(camera, item,
-        capture time)``, where the item is the camera's tensor (``_take``) or its row in the batch (``_read_round``):
+        """A round's ticket and its fresh rows ``(camera, item, capture time, age ms, file name)`` from ``(camera,
+        item, capture time, file name)``, where the item is the camera's tensor (``_take``) or its row in the batch (``_read_round``):
         frames over the age budget are counted stale, the others reserved against the budget."""
         now, limit = time.monotonic(), self.o.max_age_ms
         fresh = []
-        for t, tensor, stamp in taken:
+        for t, tensor, stamp, name in taken:
             age = (now - stamp) * 1e3
             if limit is not None and age > limit:
                 self.stats[t.cam.id]["stale"] += 1
             else:
-                fresh.append((t, tensor, stamp, age))
+                fresh.append((t, tensor, stamp, age, name))
         self.reserved += len(fresh)
         ticket = self.next_ticket
         self.next_ticket += 1
@@ -194,13 +195,13 @@ class _Rounds:
                     # under the lock, right after decoding: preprocessing four decoded VGA frames after
                     # releasing it measured 3% slower (401 vs 414 frames/s), the frames gone cold in cache
                     if frame is not None and t.preprocess_into(frame, x[len(got)]):
-                        got.append((t, len(got), t.src.frame_time))  # its row in x
+                        got.append((t, len(got), t.src.frame_time, t.src.frame_name))  # its row in x
                 if got:
                     ticket, fresh = self._issue(got)
-                    for j, (_t, i, _stamp, _age) in enumerate(fresh):
+                    for j, (_t, i, _stamp, _age, _name) in enumerate(fresh):
                         if i != j:
                             x[j] = x[i]  # a stale frame's row is dropped: the batch stays contiguous
-                    return ticket, [(t, None, stamp, age) for t, _i, stamp, age in fresh]
+                    return ticket, [(t, None, stamp, age, name) for t, _i, stamp, age, name in fresh]
                 if all(t.done for t in self.threads):
                     return None
             self.ping()  # every source is waiting to reconnect: the loop itself is alive
@@ -216,7 +217,7 @@ class _Rounds:
             ticket, rows = got
             logits, ms = None, 0.0
             if rows:
-                for i, (_cam, tensor, _stamp, _age) in enumerate(rows):
+                for i, (_cam, tensor, _stamp, _age, _name) in enumerate(rows):
                     if tensor is None:
                         continue  # read into its batch row already
                     if gpu_pre is not None:
@@ -246,14 +247,14 @@ class _Rounds:
         o = self.o
         self.batches.append(len(rows))
         self.lat.append(ms)
-        for i, (t, _tensor, stamp, age) in enumerate(rows):
+        for i, (t, _tensor, stamp, age, name) in enumerate(rows):
             st = self.stats[t.cam.id]
             pred = self.clf.predictions(logits[i], o.topk, self.smoothers[t.cam.id])[0]
             st["unknown"] += reject_unsure(pred, o.min_score)
             st["ages"].append(age)
             if o.as_json:
-                self.emit(json.dumps({"camera": t.cam.id, "frame": st["frames"], "label": pred.label,
-                                      "index": pred.index, "score": pred.score,
+                self.emit(json.dumps({"camera": t.cam.id, "frame": st["frames"], **file_field(name),
+                                      "label": pred.label, "index": pred.index, "score": pred.score,
                                       "capture_time": round(stamp + self.wall_offset, 6),
                                       "age_ms": round(age, 3), "batch": len(rows), "latency_ms": round(ms, 4)}))
             st["frames"] += 1

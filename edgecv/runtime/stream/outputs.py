@@ -119,6 +119,12 @@ class _NoFrames(Exception):
     """Ends a recording's temporary file without renaming it into place."""
 
 
+def file_field(name: Optional[str]) -> dict:
+    """``{"file": name}`` for a JSON frame line, or nothing (a camera's or a video's frame). A name that is not
+    UTF-8 keeps its bytes as surrogate escapes (``\\udcff``), which ``os.fsencode`` turns back into the bytes."""
+    return {} if name is None else {"file": name}
+
+
 class Sinks:
     """The outputs of one camera loop: a JSON line per frame (``as_json``), the annotated window (``display``,
     where a display exists) and the recording. ``write`` returns False when the user closed the window."""
@@ -130,9 +136,11 @@ class Sinks:
         self.wall_offset = time.time() - time.monotonic()  # monotonic capture times -> epoch seconds in the lines
 
     def write(self, n: int, frame: np.ndarray, pred, capture_time: float, age_ms: float, fps: float,
-              latency_ms) -> bool:
+              latency_ms, name: Optional[str] = None) -> bool:
+        """Output frame ``n``; ``name``: the image file it came from (folder sources), added to its JSON line."""
         if self.as_json:
-            self.emit(json.dumps({"frame": n, "label": pred.label, "index": pred.index, "score": pred.score,
+            self.emit(json.dumps({"frame": n, **file_field(name), "label": pred.label, "index": pred.index,
+                                  "score": pred.score,
                                   "topk": [{"index": i, "label": lb, "score": p} for i, lb, p in pred.topk],
                                   "capture_time": round(capture_time + self.wall_offset, 6),
                                   "age_ms": round(age_ms, 3),

@@ -317,6 +317,9 @@ class FrameSource:
         self.frames_read = 0
         self.last_error: Optional[str] = None
         self.frame_time = 0.0  # monotonic capture time of the frame last yielded
+        # the image file the frame last yielded came from (folders; None for cameras and videos): skipped images
+        # shift the frame numbers, so only the name ties an answer to its image
+        self.frame_name: Optional[str] = None
         self.heartbeat = heartbeat or (lambda: None)
         self.max_backoff_s = 10.0
         self.start_gate = start_gate
@@ -391,14 +394,14 @@ class FrameSource:
                 img = self._read_or_skip(files[i % len(files)])
                 if img is None:
                     continue
-                self.frame_time = t0 + i * period
+                self.frame_time, self.frame_name = t0 + i * period, str(files[i % len(files)])
                 yield img
         while True:
             for f in files:
                 img = self._read_or_skip(f)
                 if img is None:
                     continue
-                self.frame_time = time.monotonic()
+                self.frame_time, self.frame_name = time.monotonic(), str(f)
                 yield img
             if not self.loop:
                 return
@@ -410,7 +413,10 @@ class FrameSource:
         img, why = read_image_why(path, cv2.IMREAD_COLOR)
         if img is None:
             if not self.skipped:
-                log.warning("%s: image skipped (%s); later ones are counted in the summary", path, why)
+                log.warning("%s: image skipped (%s); later ones are counted in the summary (-v names them)",
+                            path, why)
+            else:
+                log.debug("%s: image skipped (%s)", path, why)
             self.skipped += 1
         return img
 
