@@ -73,3 +73,43 @@ def test_explain_never_overwrites_its_own_heatmaps(tiny_ckpt, tmp_path):
     r = invoke("explain", tiny_ckpt, d, "-o", tmp_path / "x", "--json")
     pngs = [row["png"] for row in json.loads(r.output)["images"]]
     assert len(pngs) == 3 and len(set(pngs)) == 3 and len(os.listdir(tmp_path / "x")) == 3
+
+
+def test_a_folder_is_every_image_below_it_and_a_one_colour_image_is_undecided(tiny_ckpt, tmp_path):
+    """A folder with loose photographs beside one sub-folder was read as a labelled tree of one class: the loose
+    ones were left out in silence. A link back to the folder is not followed. On a one-colour image neither
+    deletion moves the score, so the check cannot judge it: undecided, and out of the pass rate (it had counted
+    as a pass or a fail by rounding noise)."""
+    import cv2
+    import numpy as np
+    from test_bad_input import CLASSES, _tree, invoke
+
+    d = _tree(tmp_path / "d", CLASSES[1:2], per_class=2)
+    shutil.copy(sorted(d.rglob("*.png"))[0], d / "loose.png")
+    cv2.imwrite(str(d / "flat.png"), np.full((28, 28), 128, np.uint8))
+    os.symlink(".", d / "again")
+    r = invoke("explain", tiny_ckpt, d, "-o", tmp_path / "x", "--check", "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    got = sorted(os.path.relpath(i["image"], d) for i in res["images"])
+    assert got == sorted(["flat.png", "loose.png"] + [os.path.relpath(p, d) for p in (d / CLASSES[1]).glob("*.png")])
+    flat = next(i for i in res["images"] if i["image"].endswith("flat.png"))
+    assert flat["deletion_ok"] is None and flat["undecided"]
+    judged = [i["deletion_ok"] for i in res["images"] if i["deletion_ok"] is not None]
+    assert res["deletion_judged"] == len(judged) == 3 and res["deletion_undecided"] == 1
+    assert res["deletion_pass_rate"] == pytest.approx(sum(judged) / 3)
+    r = invoke("explain", tiny_ckpt, d, "-o", tmp_path / "y", "--check")
+    assert r.exit_code == 0 and "of 3 images (1 undecided" in r.output, r.output
+
+
+def test_a_labelled_tree_says_which_loose_images_it_leaves_out(tmp_path, caplog):
+    from test_bad_input import CLASSES, _tree
+
+    from edgecv.data.folders import list_images
+
+    d = _tree(tmp_path / "d", CLASSES[1:3], per_class=2)
+    shutil.copy(sorted(d.rglob("*.png"))[0], d / "loose.png")
+    with caplog.at_level("WARNING", logger="edgecv.data"):
+        images = list_images(d)
+    assert len(images.samples) == 4 and images.classes == sorted(CLASSES[1:3])
+    assert "1 image(s) outside the class folders left out (loose.png)" in caplog.text

@@ -140,7 +140,7 @@ def explain(target, images, out_dir, method, topk, check, random_unit, as_json):
     --check deletes (blurs away) the 20% of pixels the CAM ranks highest and compares the class score
     with the mean of 10 random deletions of the same size; it holds when the CAM's deletion hurts more.
     """
-    from edgecv.train.explain import explain_images
+    from edgecv.train.explain import deletion_summary, explain_images
 
     res = explain_images(target, list(images), out_dir, method=method, topk=topk, check=check,
                          random_unit=random_unit)
@@ -152,7 +152,7 @@ def explain(target, images, out_dir, method, topk, check, random_unit, as_json):
         cols = ["image", "label", "score"] + (["drop_top", "drop_random", "deletion_ok"] if check else []) + ["png"]
         print_rows(res["images"], cols, f"explain ({method})")
         if check:
-            click.echo(f"deletion check holds on {res['deletion_pass_rate']:.1%} of {len(res['images'])} images")
+            click.echo(deletion_summary(res))
         for r in res["skipped"]:
             click.echo(f"skipped {r['image']}: {r['error']}", err=True)
 

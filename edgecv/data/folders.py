@@ -109,6 +109,10 @@ def list_image_folder(root: str | Path, verify: bool = True) -> ImageList:
                                "goes into labels.txt, one per line, and the manifest): rename it")
     raw = [(str(p), i) for i, c in enumerate(classes) for p in sorted((root / c).rglob("*"))
            if p.is_file() and not p.name.startswith(".")]
+    loose = [p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file()]
+    if loose:  # no class folder, so no label: left out as torchvision's ImageFolder does, but said
+        log.warning("%s: %d image(s) outside the class folders left out (%s%s): an image's label is its folder",
+                    root, len(loose), ", ".join(sorted(loose)[:3]), ", ..." if len(loose) > 3 else "")
     good, bad = _screen(raw, str(root), verify)
     if not good:
         raise DatasetError(f"{root}: no readable images ({len(bad)} unreadable)")

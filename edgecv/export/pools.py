@@ -12,9 +12,9 @@ an agreement image: those judge what QAT did).
 from __future__ import annotations
 
 import logging
+import os
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Dict, List, Optional, Set, Tuple
 
 from edgecv.errors import DatasetError
@@ -34,9 +34,9 @@ class PoolDraw:
 
 def pool_files(folder: str) -> List[str]:
     """Every image file under ``folder`` (recursively, sorted: the draw does not depend on listing order)."""
-    from edgecv.utils.images import IMAGE_EXTS
+    from edgecv.utils.images import image_files
 
-    files = sorted(str(p) for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    files = [f for f in image_files(folder) if os.path.isfile(f)]
     if not files:
         raise DatasetError(f"{folder}: no images in this pool")
     return files

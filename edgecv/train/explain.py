@@ -11,17 +11,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecv.data.folders import list_images
 from edgecv.data.loaders import load_upright
 from edgecv.data.transforms import eval_transform
 from edgecv.errors import DatasetError
 from edgecv.train.sources import load_source
-from edgecv.utils.images import write_png
+from edgecv.utils.images import IMAGE_EXTS, image_files, write_png
 from edgecv.utils.io import relative_hint
 from edgecv.utils.outputs import output_folder
 
 DELETE_FRACTION = 0.20
 RANDOM_DRAWS = 10
+# Below this change of the class score from either deletion, the check has nothing to compare: on an image
+# without detail (one colour) both deletions leave it as it was, and which is lower is rounding noise.
+UNDECIDED_DROP = 1e-4
 
 
 def _methods():
@@ -57,10 +59,16 @@ def default_target_layer(model: nn.Module, input_size: int, channels: int) -> nn
 
 
 def _expand(images: List[str]) -> List[str]:
+    """The image files IMAGES name: files as given, folders by every image below them (in sub-folders too, as a
+    camera replay reads them: a folder is photographs here, not a labelled tree whose loose files are left out)."""
     out = []
     for p in images:
         if Path(p).is_dir():
-            out += [s[0] for s in list_images(p).samples]
+            found = image_files(p)
+            if not found:
+                raise DatasetError(f"{p}: no image files in this folder or below it "
+                                   f"({', '.join(sorted(IMAGE_EXTS))})")
+            out += found
         elif Path(p).is_file():
             out.append(p)
         elif os.path.lexists(p):  # a device, a FIFO, a socket, a dangling link: nothing to decode, or no end
@@ -136,9 +144,28 @@ def deletion_check(model: nn.Module, x: torch.Tensor, cam: np.ndarray, cls: int,
     with torch.no_grad():
         p = torch.softmax(model(batch), 1)[:, cls]
     rnd = p[2:].mean()
-    return {"score": p[0].item(), "score_top_deleted": p[1].item(), "score_random_deleted": rnd.item(),
-            "drop_top": (p[0] - p[1]).item(), "drop_random": (p[0] - rnd).item(),
-            "deletion_ok": bool(p[1] < rnd)}
+    row = {"score": p[0].item(), "score_top_deleted": p[1].item(), "score_random_deleted": rnd.item(),
+           "drop_top": (p[0] - p[1]).item(), "drop_random": (p[0] - rnd).item()}
+    why = undecided(cam, row["drop_top"], row["drop_random"])
+    return {**row, "deletion_ok": None if why else bool(p[1] < rnd), **({"undecided": why} if why else {})}
+
+
+def undecided(cam: np.ndarray, drop_top: float, drop_random: float) -> Optional[str]:
+    """Why the deletion check cannot judge this CAM (None: it can): a flat CAM ranks no pixel above another (its
+    "top 20%" would be whichever pixels sort last), and deletions that do not move the score compare noise."""
+    if float(np.ptp(cam)) <= 1e-6 * max(1.0, float(np.abs(cam).max())):
+        return "the CAM is flat: it ranks no pixel above another"
+    if max(abs(drop_top), abs(drop_random)) < UNDECIDED_DROP:
+        return f"neither deletion moves the score by {UNDECIDED_DROP:g} (an image without detail)"
+    return None
+
+
+def deletion_summary(res: Dict) -> str:
+    """The deletion check's one line for ``explain_images``' result: the pass rate over the images it could
+    judge, and how many it could not."""
+    judged, left = res["deletion_judged"], res["deletion_undecided"]
+    rate = f"holds on {res['deletion_pass_rate']:.1%} of {judged} images" if judged else "judged no image"
+    return f"deletion check {rate}" + (f" ({left} undecided: a flat CAM, or no detail to delete)" if left else "")
 
 
 def feature_grid(model: nn.Module, layer: nn.Module, input_size: int, channels: int) -> Tuple[int, int]:
@@ -246,8 +273,9 @@ def _explained(rows: List[Dict], o: ExplainOptions, layer, grid) -> Dict:
     failed = [r for r in rows if "error" in r]
     if rows and len(failed) == len(rows):
         raise DatasetError(f"no image could be explained ({len(failed)} unreadable: {failed[0]['error']})")
-    ok = [r for r in rows if "deletion_ok" in r]
+    ok = [r for r in rows if r.get("deletion_ok") is not None]
     return {"method": o.method, "layer": type(layer).__name__, "random_unit": o.random_unit,
             "cam_grid": list(grid) if grid else None, "images": [r for r in rows if "error" not in r],
             "skipped": failed,
-            "deletion_pass_rate": (sum(r["deletion_ok"] for r in ok) / len(ok)) if ok else None}
+            "deletion_pass_rate": (sum(r["deletion_ok"] for r in ok) / len(ok)) if ok else None,
+            "deletion_judged": len(ok), "deletion_undecided": sum(1 for r in rows if "undecided" in r)}

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Optional, Tuple
+from pathlib import Path
+from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -19,6 +20,13 @@ from edgecv.utils.limits import frame_size_problem
 
 MAX_FILE_BYTES = 512 << 20
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}  # what a folder of images holds
+
+
+def image_files(folder: str | os.PathLike) -> List[str]:
+    """Every file with an image extension under ``folder``, in sub-folders too, sorted (what an unlabelled folder
+    of photographs holds: camera replays, calibration pools, explain). A linked sub-folder is not entered (a
+    link to a parent would never end); a broken link is listed, to be counted as unreadable when read."""
+    return sorted(str(p) for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTS and not p.is_dir())
 
 
 def encoded_size(data: bytes) -> Optional[Tuple[int, int]]:

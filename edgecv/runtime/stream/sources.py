@@ -372,9 +372,9 @@ class FrameSource:
         self._cap = self._reader = None
 
     def _folder_frames(self) -> Iterator[np.ndarray]:
-        from edgecv.utils.images import IMAGE_EXTS
+        from edgecv.utils.images import image_files
 
-        files = sorted(p for p in Path(self.arg).rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+        files = image_files(self.arg)
         if not files:
             raise SourceFailed(f"{self.arg}: no images in folder")
         self.opened.set()
