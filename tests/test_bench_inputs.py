@@ -65,6 +65,31 @@ def test_bench_and_profile_take_a_shape_for_dynamic_inputs_and_refuse_one_they_c
         assert list(json.loads(r.output)["batches"]) == ["1"]
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a_model_that_is_not_one_float_image_input_is_refused_when_opened(backend, tmp_path):
+    """A second input was ONNX Runtime's 'Required inputs (['b']) are missing' on the first timed run, an integer
+    input its 'Unexpected input data type': edgecv runs image classifiers, and says so when the file is opened,
+    for bench, profile and every other path through the backend."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def model(path, inputs, op):
+        vi = [helper.make_tensor_value_info(n, t, [1, 4]) for n, t in inputs]
+        out = helper.make_tensor_value_info("y", inputs[0][1], [1, 4])
+        g = helper.make_graph([helper.make_node(op, [n for n, _ in inputs], ["y"])], "g", vi, [out])
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        return path
+
+    two = model(tmp_path / "two.onnx", [("a", TensorProto.FLOAT), ("b", TensorProto.FLOAT)], "Add")
+    ints = model(tmp_path / "ints.onnx", [("ids", TensorProto.INT64)], "Identity")
+    for cmd in ("bench", "profile"):
+        one_line_error(invoke(cmd, two, "--backend", backend), 2, "two.onnx: takes 2 input(s): a (")
+        one_line_error(invoke(cmd, ints, "--backend", backend), 2,
+                       "ints.onnx: takes 1 input(s): ids (")
+    r = invoke("bench", ints, "--backend", backend)
+    assert "edgecv runs image classifiers, with one float32 image input" in r.output
+
+
 def test_bench_runs_a_model_whose_output_has_no_batch_dimension(tmp_path):
     """ONNX Runtime's bound output buffer was sized (batch, ...) from the declared output: a scalar output at batch 2
     failed inside ONNX Runtime."""

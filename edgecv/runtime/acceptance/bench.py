@@ -41,6 +41,14 @@ def runs_on(be, x: np.ndarray, artifact: str) -> None:
                              f"({first[:300]})") from None
 
 
+def random_input(be, batch: int, shape: Optional[Tuple[int, ...]], artifact: str) -> np.ndarray:
+    """A random batch of ``batch`` inputs for ``be`` (``shape``: the dimensions the model leaves dynamic), run once
+    (``runs_on``, which names ``artifact`` when it cannot run)."""
+    x = np.random.default_rng(0).standard_normal(be.inputs[0].batch_shape(batch, shape), dtype=np.float32)
+    runs_on(be, x, artifact)
+    return x
+
+
 def bench(target: str, backend: str = "auto", options: Optional[BenchOptions] = None, **fields) -> Dict:
     """Time ``infer`` on random inputs of the model's shape; one entry per batch size. Options come as a
     :class:`BenchOptions`, or as its fields by name."""
@@ -48,13 +56,10 @@ def bench(target: str, backend: str = "auto", options: Optional[BenchOptions] = 
 
     o = replace(options or BenchOptions(), **fields)
     be, info = open_backend(target, backend, o.precision, o.threads, dla_core=o.dla_core)
-    spec = be.inputs[0]
-    rng = np.random.default_rng(0)
     out = {"backend": info["backend"], "artifact": info["file"], "precision": info["precision"], "batches": {}}
     try:
         for b in o.batches:
-            x = rng.standard_normal(spec.batch_shape(b, o.shape), dtype=np.float32)
-            runs_on(be, x, info["file"])
+            x = random_input(be, b, o.shape, info["file"])
             with progress(desc=f"bench batch {b}", total=o.warmup + o.iters, show=o.show_progress) as bar:
                 stats = measure_interleaved({"m": lambda x=x: be.infer(x)}, warmup=o.warmup, iters=o.iters, rounds=1,
                                             tick=bar.update)["m"]

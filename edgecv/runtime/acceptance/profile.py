@@ -67,7 +67,7 @@ def profile(target: str, backend: str = "auto", options: Optional[ProfileOptions
     """Per-layer mean and median ms of TARGET's default artefact on ``backend``, with the end-to-end check.
     Options come as a :class:`ProfileOptions`, or as its fields by name."""
     from edgecv.bundle.reader import is_bundle_dir, open_bundle
-    from edgecv.runtime.acceptance.bench import runs_on
+    from edgecv.runtime.acceptance.bench import random_input
     from edgecv.runtime.backends.select import open_backend
 
     o = replace(options or ProfileOptions(), **fields)
@@ -75,8 +75,7 @@ def profile(target: str, backend: str = "auto", options: Optional[ProfileOptions
         target = open_bundle(target)  # opened and checksummed once
     be, info = open_backend(target, backend, threads=o.threads, dla_core=o.dla_core)
     try:
-        x = np.random.default_rng(0).standard_normal(be.inputs[0].batch_shape(o.batch, o.shape), dtype=np.float32)
-        runs_on(be, x, info["file"])
+        x = random_input(be, o.batch, o.shape, info["file"])
         for _ in range(o.warmup):
             be.infer(x)
         prof = be.profile_layers(x, o.iters)

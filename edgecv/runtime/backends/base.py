@@ -4,11 +4,11 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edgecv.errors import InputSpecError
+from edgecv.errors import InputSpecError, ModelFileError
 
 
 def usable_cores() -> int:
@@ -17,6 +17,17 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def require_one_image_input(path: str, inputs: Sequence[Tuple[str, str]]) -> None:
+    """ModelFileError naming ``path`` unless the model takes one float32 tensor (``inputs``: each input's name and
+    element type as the runtime names it), the image batch every backend feeds: a second input was ONNX Runtime's
+    'Required inputs are missing' on the first run, an integer one its 'Unexpected input data type'."""
+    if len(inputs) == 1 and inputs[0][1] in ("float32", "tensor(float)", "f32"):
+        return
+    listed = ", ".join(f"{n} ({t})" for n, t in inputs) or "none"
+    raise ModelFileError(f"{path}: takes {len(inputs)} input(s): {listed}; edgecv runs image classifiers, with one "
+                         "float32 image input")
 
 
 @dataclass(frozen=True)

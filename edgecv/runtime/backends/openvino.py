@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from edgecv.errors import DeviceError, ModelFileError, OutputError
-from edgecv.runtime.backends.base import OnnxFileBackend, TensorSpec, usable_cores
+from edgecv.runtime.backends.base import OnnxFileBackend, TensorSpec, require_one_image_input, usable_cores
 from edgecv.utils.cache import cache_lock, writable_cache_dir
 from edgecv.utils.limits import check_threads
 
@@ -66,8 +66,8 @@ class OpenVinoBackend(OnnxFileBackend):
         except Exception as e:  # OpenVINO raises RuntimeError with a long multi-line text for a bad file
             msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise ModelFileError(f"{self.path}: not a model OpenVINO can read ({msg[:300]})") from None
-        if len(self._model.inputs) != 1:
-            raise ModelFileError(f"{self.path}: {len(self._model.inputs)} inputs; edgecv models have one")
+        require_one_image_input(self.path, [(p.get_any_name(), p.get_element_type().get_type_name())
+                                            for p in self._model.inputs])
         self._config = {"PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": bool(perf_count)}
         if self.device == "CPU":
             if precision not in ("f32", "bf16"):

@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from edgecv.errors import ModelFileError
-from edgecv.runtime.backends.base import OnnxFileBackend, TensorSpec
+from edgecv.runtime.backends.base import OnnxFileBackend, TensorSpec, require_one_image_input
 from edgecv.utils.io import read_small, utf8_safe
 from edgecv.utils.limits import check_threads
 
@@ -80,6 +80,7 @@ class OrtBackend(OnnxFileBackend):
         except Exception as e:  # ORT raises its own types (InvalidProtobuf, Fail, ...) for a bad model file
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ModelFileError(f"{self.path}: not a loadable ONNX model ({msg[:300]})") from None
+        require_one_image_input(self.path, [(i.name, i.type) for i in self.session.get_inputs()])
         i = self.session.get_inputs()[0]
         self._input = TensorSpec(i.name, tuple(d if isinstance(d, int) else -1 for d in i.shape), np.float32)
         self._outputs = [TensorSpec(o.name, tuple(d if isinstance(d, int) else -1 for d in o.shape), np.float32)
