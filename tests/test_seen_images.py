@@ -131,9 +131,10 @@ def test_a_bundle_without_the_record_is_judged_unscreened_and_a_bad_record_is_re
     assert res["n"] == 50 and res["left_out_seen"] is None
 
 
-def test_eval_of_a_recipe_on_a_folder_leaves_out_its_training_images(folder_bundle, tmp_path):
+def test_eval_of_a_recipe_on_a_folder_leaves_out_its_training_images(folder_bundle, tmp_path, caplog):
     """`eval RECIPE --data FOLDER` knows the recipe's training split: on its own folder it judges the held-out
-    images only (as the recipe alone does), and a folder of nothing but training images is refused."""
+    images only (as the recipe alone does), and a folder of nothing but training images is refused. So does `eval
+    CHECKPOINT` in its run's folder, from the recipe.yaml training wrote there; a copy elsewhere cannot know."""
     tmp, bundle = folder_bundle
     recipe, ckpt = tmp / "r.yaml", tmp / "run" / "model.pt"
     n_files = len(list((tmp / "d").rglob("*.png")))
@@ -142,8 +143,19 @@ def test_eval_of_a_recipe_on_a_folder_leaves_out_its_training_images(folder_bund
                                   "--json").output.splitlines()[-1])
     assert on_folder["n"] == held_out["n"] and on_folder["left_out_training"] == n_files - held_out["n"]
     assert on_folder["top1"] == pytest.approx(held_out["top1"])  # the same images
-    ckpt_alone = json.loads(invoke("eval", ckpt, "--data", tmp / "d", "--json").output.splitlines()[-1])
-    assert ckpt_alone["n"] == n_files and ckpt_alone["left_out_training"] is None  # it cannot know
+    in_its_run = json.loads(invoke("eval", ckpt, "--data", tmp / "d", "--json").output.splitlines()[-1])
+    assert in_its_run["left_out_training"] == on_folder["left_out_training"]  # the run's recipe.yaml beside it
+    assert in_its_run["n"] == held_out["n"] and in_its_run["top1"] == pytest.approx(held_out["top1"])
+    shutil.copy(ckpt, tmp_path / "model.pt")
+    ckpt_alone = json.loads(invoke("eval", tmp_path / "model.pt", "--data", tmp / "d", "--json").output.splitlines()[-1])
+    assert ckpt_alone["n"] == n_files and ckpt_alone["left_out_training"] is None  # a copy alone cannot know
+    (tmp_path / "run2").mkdir()
+    shutil.copy(ckpt, tmp_path / "run2" / "model.pt")
+    (tmp_path / "run2" / "recipe.yaml").write_text("model: [not, a, recipe\n")  # damaged by hand: said, not used
+    with caplog.at_level("WARNING", logger="edgecv.eval"):
+        r = invoke("eval", tmp_path / "run2" / "model.pt", "--data", tmp / "d", "--json")
+    assert r.exit_code == 0 and json.loads(r.output.splitlines()[-1])["left_out_training"] is None, r.output
+    assert "recipe.yaml: not used to leave out" in caplog.text
     for f in (tmp / "d").rglob("*.png"):  # the training split alone (the recipe holds out 30% by content hash)
         if not hash_holdout(sha256_file(f), 0.3):
             (tmp_path / "t" / f.parent.name).mkdir(parents=True, exist_ok=True)

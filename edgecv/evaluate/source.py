@@ -1,6 +1,7 @@
 """``edgecv eval`` for PyTorch sources (recipe or checkpoint)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Dict, List, Optional
 
 from torch.utils.data import DataLoader, Subset
@@ -8,7 +9,7 @@ from torch.utils.data import DataLoader, Subset
 from edgecv.data.loaders import build_dataset, dataset_for_path
 from edgecv.errors import DatasetError, SourceError
 from edgecv.train.engine import evaluate
-from edgecv.train.sources import load_source
+from edgecv.train.sources import is_recipe, load_source
 from edgecv.utils.sampling import evenly_spaced
 
 
@@ -28,7 +29,8 @@ def eval_source(target: str, data: Optional[str], overrides: List[str] = (), lim
         allow_subset = True  # as training scored it (edgecv.data.loaders.load_data): a class may have no images there
     else:
         ds = dataset_for_path(data, src.data, train=False)
-    left_out = _leave_out_training_images(ds, src.recipe) if data is not None and src.recipe else None
+    trained_with = src.recipe or run_recipe(target, src.arch)
+    left_out = _leave_out_training_images(ds, trained_with) if data is not None and trained_with else None
     mapping = match_classes(ds.classes, src.classes, data, target, allow_subset)
     if limit:
         ds = Subset(ds, evenly_spaced(len(ds), limit))  # a folder lists its images class by class
@@ -39,6 +41,28 @@ def eval_source(target: str, data: Optional[str], overrides: List[str] = (), lim
     skipped = len(getattr(getattr(base, "list", None), "skipped", []) or []) + len(getattr(base, "failed", []))
     return {"top1": res["top1"], "top5": res["top5"], "n": res["n"], "skipped": skipped,
             "left_out_training": left_out, "target": target, "data": data, "backend": "pytorch"}
+
+
+def run_recipe(checkpoint: str, arch: str):
+    """The recipe a checkpoint was trained with, where it still lies in its run's folder (``edgecv train -o``
+    writes RUN_RECIPE beside model.pt and last.pt) and that recipe builds the same network; else None (a copied
+    checkpoint does not know its training images). One that does not load is said and left aside."""
+    import logging
+
+    from edgecv.errors import RecipeError
+    from edgecv.recipe import load_recipe
+    from edgecv.train.loop import RUN_RECIPE
+
+    f = Path(checkpoint).parent / RUN_RECIPE
+    if is_recipe(checkpoint) or not f.is_file():
+        return None
+    try:
+        recipe = load_recipe(f)
+    except RecipeError as e:
+        logging.getLogger("edgecv.eval").warning("%s: not used to leave out %s's training images (%s)", f,
+                                                 checkpoint, e)
+        return None
+    return recipe if recipe.model.name == arch else None
 
 
 def _leave_out_training_images(ds, recipe) -> int:

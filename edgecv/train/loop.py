@@ -142,6 +142,7 @@ class EpochLog:
                 w.writerow(record)
 
 
+RUN_RECIPE = "recipe.yaml"  # the recipe a run trained with, beside its model.pt and last.pt
 LABELLED_CLASSES = 30  # a confusion matrix names its classes and counts up to this many
 
 
@@ -283,7 +284,7 @@ def _resume(r: _Run) -> None:
         first = lines[0] if lines else type(e).__name__  # torch's first line is a heading ending in ':'
         raise CheckpointError(f"{last}: was saved by a different model or schedule than this recipe describes "
                               f"({first[:300]}); --resume needs the recipe the run started with "
-                              f"({r.out / 'recipe.yaml'})") from None
+                              f"({r.out / RUN_RECIPE})") from None
     r.start_epoch, r.history = state["epoch"] + 1, list(state.get("history", []))
     if r.rank0:
         log.info("resuming %s at epoch %d", last, r.start_epoch)
@@ -326,7 +327,7 @@ def _epoch(r: _Run, epoch: int, net, epoch_log) -> Dict:
         extra = {"optimizer": step.optimizer.state_dict(), "scheduler": step.scheduler.state_dict(),
                  "scaler": step.scaler.state_dict() if step.scaler else {}, "epoch": epoch, "history": r.history}
         if epoch == r.start_epoch:
-            save_recipe(r.recipe, r.out / "recipe.yaml")  # with the first checkpoint, never before
+            save_recipe(r.recipe, r.out / RUN_RECIPE)  # with the first checkpoint, never before
         save_checkpoint(r.checkpoint(extra), r.out / "last.pt")
         epoch_log.write(record)
         log.info("epoch %d: loss %.4f train top1 %.4f | val top1 %.4f top5 %.4f (%.0fs)", epoch, stats["train_loss"],
