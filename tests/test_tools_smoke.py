@@ -216,3 +216,23 @@ def test_prune_rounding_smoke(tmp_path, imagenet_dir):
         for t in ("onnxruntime", "openvino"):
             assert all(s > 0 for s in row[f"{t}_speedup"]) and len(row[f"{t}_ms"]) == 2
     assert "| 0.5 r16 |" in (tmp_path / "o" / "rounding.md").read_text()
+
+
+@pytest.mark.slow  # a benchmark tool, not the product: python3 -m pytest -m slow (docs/benchmarks.md)
+def test_int8_saturation_smoke(tmp_path):
+    """tools/int8_saturation.py end to end on pretrained Lite0 (10 photographs each way, 10 timed runs): every way of
+    running each file, in order; the exact runs are references, not timed; fp32 agrees with itself."""
+    r = subprocess.run([sys.executable, "tools/int8_saturation.py", "--images", "10", "--iters", "10", "--out",
+                        tmp_path], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads((tmp_path / "int8_saturation.json").read_text())
+    runs = [row["run"] for row in got["rows"]]
+    ways = ["onnxruntime, edgecv's options", "onnxruntime, exact (no optimisation)", "openvino"]
+    assert runs == ["onnxruntime, its defaults", *ways, *(f"{tag}: {w}" for tag in ("7-bit stem", "7-bit all")
+                                                          for w in ways), "fp32"]
+    for row in got["rows"]:
+        assert 0 <= row["agreement"] <= 1 and row["mean_kl"] >= 0
+        assert (row["p50_ms"] is None) == ("exact" in row["run"])
+    fp32 = got["rows"][-1]
+    assert fp32["agreement"] == 1.0 and fp32["mean_kl"] == pytest.approx(0, abs=1e-9) and fp32["speed_vs_fp32"] == 1.0
+    assert got["images"] == 10 and "| fp32 |" in (tmp_path / "int8_saturation.md").read_text()

@@ -162,8 +162,8 @@ class _Rounds:
 
     def _issue(self, taken):
         """A round's ticket and its fresh rows ``(camera, item, capture time, age ms, file name)`` from ``(camera,
-        item, capture time, file name)``, where the item is the camera's tensor (``_take``) or its row in the batch (``_read_round``):
-        frames over the age budget are counted stale, the others reserved against the budget."""
+        item, capture time, file name)``, where the item is the camera's tensor (``_take``) or its row in the batch
+        (``_read_round``): frames over the age budget are counted stale, the others reserved against the budget."""
         now, limit = time.monotonic(), self.o.max_age_ms
         fresh = []
         for t, tensor, stamp, name in taken:
