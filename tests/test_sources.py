@@ -132,6 +132,10 @@ def test_a_folders_json_lines_name_the_image_each_answer_is_for(tiny_bundle, ima
     assert [r["index"] for r in rec] == [p.index for p in alone]
     assert [r["score"] for r in rec] == pytest.approx([p.score for p in alone], rel=1e-5)
     assert sum("image skipped" in m for m in caplog.messages) == 2
+    lines = []  # without --json, one text line per image (a camera's frames print none)
+    run(str(tiny_bundle), str(tmp_path), "onnxruntime", emit=lines.append)
+    shown = [str(tmp_path / "a.jpg"), str(tmp_path) + "/b\\udcffname.jpg", str(tmp_path / "d.jpg")]
+    assert lines == [f"{f}  {r['label']}  {r['score']:.3f}" for f, r in zip(shown, rec)]
 
 
 def test_v4l2_index_fails_cleanly(tiny_bundle):

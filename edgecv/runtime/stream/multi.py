@@ -33,7 +33,7 @@ from edgecv.runtime.latency import percentiles
 from edgecv.runtime.stream.cameras import Camera, CameraThread
 from edgecv.runtime.stream.loop import reject_unsure
 from edgecv.runtime.stream.options import RunOptions
-from edgecv.runtime.stream.outputs import file_field
+from edgecv.runtime.stream.outputs import file_field, image_line
 from edgecv.runtime.stream.sources import FrameSource
 from edgecv.utils.signals import INTERRUPTS, Terminated
 
@@ -257,6 +257,8 @@ class _Rounds:
                                       "label": pred.label, "index": pred.index, "score": pred.score,
                                       "capture_time": round(stamp + self.wall_offset, 6),
                                       "age_ms": round(age, 3), "batch": len(rows), "latency_ms": round(ms, 4)}))
+            elif name is not None:
+                self.emit(image_line(name, pred, t.cam.id))
             st["frames"] += 1
             self.total += 1
         if o.max_frames is not None:

@@ -125,6 +125,14 @@ def file_field(name: Optional[str]) -> dict:
     return {} if name is None else {"file": name}
 
 
+def image_line(name: str, pred, camera: Optional[str] = None) -> str:
+    """The text line for an image of a folder (jetson-inference's imagenet prints one per frame; a camera's frames
+    would flood the terminal, so only folders get one): its file, label and score. A name that is not UTF-8 shows
+    its bytes as ``\\udcXX`` escapes (printed raw, it would fail on a UTF-8 terminal)."""
+    shown = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return f"{camera + '  ' if camera else ''}{shown}  {pred.label}  {pred.score:.3f}"
+
+
 class Sinks:
     """The outputs of one camera loop: a JSON line per frame (``as_json``), the annotated window (``display``,
     where a display exists) and the recording. ``write`` returns False when the user closed the window."""
@@ -137,7 +145,8 @@ class Sinks:
 
     def write(self, n: int, frame: np.ndarray, pred, capture_time: float, age_ms: float, fps: float,
               latency_ms, name: Optional[str] = None) -> bool:
-        """Output frame ``n``; ``name``: the image file it came from (folder sources), added to its JSON line."""
+        """Output frame ``n``; ``name``: the image file it came from (folder sources), named in its JSON line,
+        or in a text line of its own without ``--json``."""
         if self.as_json:
             self.emit(json.dumps({"frame": n, **file_field(name), "label": pred.label, "index": pred.index,
                                   "score": pred.score,
@@ -145,6 +154,8 @@ class Sinks:
                                   "capture_time": round(capture_time + self.wall_offset, 6),
                                   "age_ms": round(age_ms, 3),
                                   "latency_ms": {k: round(v, 4) for k, v in latency_ms.items()}}))
+        elif name is not None:
+            self.emit(image_line(name, pred))
         if self.show or self.recorder:
             vis = annotate(frame.copy(), f"{pred.label} {pred.score:.2f}", fps)
             if self.recorder:
