@@ -114,7 +114,7 @@ def test_a_folders_json_lines_name_the_image_each_answer_is_for(tiny_bundle, ima
     from edgecv.runtime.classifier import Classifier
 
     photos = sorted(imagenet_dir.glob("*.JPEG"))[:3]
-    names = ["a.jpg", os.fsdecode(b"b\xffname.jpg"), "d.jpg"]
+    names = ["a.jpg", os.fsdecode(b"b\xffname.jpg"), "d\nforged.jpg"]
     for src, name in zip(photos, names):
         shutil.copy(src, tmp_path / name)
     (tmp_path / "c_broken.jpg").write_bytes(b"\xff\xd8nope")
@@ -134,7 +134,7 @@ def test_a_folders_json_lines_name_the_image_each_answer_is_for(tiny_bundle, ima
     assert sum("image skipped" in m for m in caplog.messages) == 2
     lines = []  # without --json, one text line per image (a camera's frames print none)
     run(str(tiny_bundle), str(tmp_path), "onnxruntime", emit=lines.append)
-    shown = [str(tmp_path / "a.jpg"), str(tmp_path) + "/b\\udcffname.jpg", str(tmp_path / "d.jpg")]
+    shown = [str(tmp_path / "a.jpg"), str(tmp_path) + "/b\\udcffname.jpg", str(tmp_path) + "/d\\nforged.jpg"]
     assert lines == [f"{f}  {r['label']}  {r['score']:.3f}" for f, r in zip(shown, rec)]
 
 

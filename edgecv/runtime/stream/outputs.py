@@ -127,9 +127,10 @@ def file_field(name: Optional[str]) -> dict:
 
 def image_line(name: str, pred, camera: Optional[str] = None) -> str:
     """The text line for an image of a folder (jetson-inference's imagenet prints one per frame; a camera's frames
-    would flood the terminal, so only folders get one): its file, label and score. A name that is not UTF-8 shows
-    its bytes as ``\\udcXX`` escapes (printed raw, it would fail on a UTF-8 terminal)."""
-    shown = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    would flood the terminal, so only folders get one): its file, label and score. What a terminal cannot show is
+    escaped: a name that is not UTF-8 (``\\udcXX``; printed raw, it fails on a UTF-8 terminal) and control
+    characters (a newline in a file name would forge a line)."""
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in name)
     return f"{camera + '  ' if camera else ''}{shown}  {pred.label}  {pred.score:.3f}"
 
 
