@@ -62,12 +62,16 @@ def test_pools_are_disjoint_from_evaluation_deduplicated_and_seeded(pools):
 def test_calibration_set_files_with_pools_are_checked(tmp_path, pools):
     tmp, _ = pools
     f = tmp_path / "set.yaml"
+    (tmp_path / "link").symlink_to(tmp / "a")
     for text, needle in [(f"images: {tmp / 'a'}\npools: [{{images: {tmp / 'b'}}}]\n", "not both"),
                          (f"pools: [{{images: {tmp / 'nope'}}}]\n", "is not a folder"),
                          (f"pools: [{{images: {tmp / 'a'}, take: 0}}]\n", "take"),
                          ("agreement: 10\n", "draw on pools"),
                          (f"pools: [{{images: {tmp / 'a'}, size: 3}}]\n", "unknown key"),
-                         ("pools: [{take: 5}]\n", r"pools\[0\]\.images: required")]:  # was an internal TypeError
+                         ("pools: [{take: 5}]\n", r"pools\[0\]\.images: required"),  # was an internal TypeError
+                         # the same folder twice (once through a link): the second found only duplicates
+                         (f"pools: [{{images: {tmp / 'a'}}}, {{images: {tmp / 'b'}}}, {{images: {tmp_path / 'link'}}}]\n",
+                          r"pools\[2\]\.images: .*link is the folder pools\[0\] already names")]:
         f.write_text(text)
         with pytest.raises(RecipeError, match=needle):
             load_calibration_set(f)

@@ -73,9 +73,14 @@ def load_calibration_set(path: str | os.PathLike) -> CalibrationSet:
         raise RecipeError(f"{path}: images: {cs.images} is not a folder")
     if cs.images is not None and cs.pools:
         raise RecipeError(f"{path}: give images (one folder) or pools, not both")
+    first: dict = {}  # real folder -> the pool that named it first
     for i, pool in enumerate(cs.pools):
         if not Path(pool.images).is_dir():
             raise RecipeError(f"{path}: pools[{i}].images: {pool.images} is not a folder")
+        j = first.setdefault(os.path.realpath(pool.images), i)
+        if j != i:  # the second would find only the first's images again, and the record would count them twice
+            raise RecipeError(f"{path}: pools[{i}].images: {pool.images} is the folder pools[{j}] already names; "
+                              "give it one pool with a larger take")
         if pool.take is not None and pool.take < 1:
             raise RecipeError(f"{path}: pools[{i}].take: must be >= 1, got {pool.take}")
     if (cs.agreement or cs.qat) and not cs.pools:
