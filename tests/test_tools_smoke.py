@@ -236,3 +236,22 @@ def test_int8_saturation_smoke(tmp_path):
     fp32 = got["rows"][-1]
     assert fp32["agreement"] == 1.0 and fp32["mean_kl"] == pytest.approx(0, abs=1e-9) and fp32["speed_vs_fp32"] == 1.0
     assert got["images"] == 10 and "| fp32 |" in (tmp_path / "int8_saturation.md").read_text()
+
+
+@pytest.mark.slow  # a benchmark tool, not the product: python3 -m pytest -m slow (docs/benchmarks.md)
+def test_block_reconstruction_smoke(tmp_path):
+    """tools/block_reconstruction.py end to end on pretrained Lite0 at 96 px (8 judged per folder, 8 calibration
+    images, 3 steps a unit): every unit is fitted once, in order, and both rows judge every folder; a bad value is
+    a usage error."""
+    r = subprocess.run([sys.executable, "tools/block_reconstruction.py", "--images", "8", "--calib", "8", "--iters",
+                        "3", "--size", "96", "--out", tmp_path], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads((tmp_path / "reconstruction.json").read_text())
+    assert [t["unit"] for t in got["trace"]] == list(range(18))  # the stem, 16 blocks, the head
+    assert len(got["rows"]) == 2 and got["size"] == 96 and got["calib"] == 8
+    for row in got["rows"]:
+        for k in ("imagenette", "imagenet-samples", "caltech101"):
+            assert 0 <= row[k] <= 1 and 0 <= row[f"{k} scale"] <= 1
+    bad = subprocess.run([sys.executable, "tools/block_reconstruction.py", "--qdrop", "2"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--qdrop" in bad.stderr, bad.stderr
