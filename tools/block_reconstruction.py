@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, List, Tuple
 
 import numpy as np
-from weight_rounding import ROOT, SETS, _files, _load
+from weight_rounding import ROOT, SETS, _files, _load, agreement_cells
 
 sys.path.insert(0, str(ROOT))
 
@@ -135,8 +135,7 @@ def main(argv=None) -> int:
     res = {"images": a.images, "calib": len(cal), "size": a.size, "rows": rows, "trace": trace}
     (out / "reconstruction.json").write_text(json.dumps(res, indent=1))
     lines = ["| model | " + " | ".join(SETS) + " |", "|" + "---|" * (len(SETS) + 1)]
-    lines += [f"| {r['model']} | " + " | ".join(f"{r[k]:.1%} ({r[k + ' scale']:.2f}x)" for k in SETS) + " |"
-              for r in rows]
+    lines += [f"| {r['model']} | {agreement_cells(r)} |" for r in rows]
     (out / "reconstruction.md").write_text(
         f"Agreement with fp32, {a.images} images per folder at {a.size} px, {len(cal)} calibration images, "
         f"reconstruction {rows[-1]['seconds']} s (in brackets: the share of the logit error that 99% agreement "

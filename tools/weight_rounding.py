@@ -36,6 +36,11 @@ def _files(name: str) -> list:
     return files
 
 
+def agreement_cells(row: dict) -> str:
+    """A row's agreement per folder, each with the share of the logit error that 99% allows, as table cells."""
+    return " | ".join(f"{row[k]:.1%} ({row[k + ' scale']:.2f}x)" for k in SETS)
+
+
 def _load(files, pre) -> np.ndarray:
     from edgecv.runtime.preprocess import load_image
 
@@ -94,8 +99,7 @@ def main(argv=None) -> int:
     (out / "rounding.json").write_text(json.dumps({"images": a.images, "calib": len(cal), "size": a.size, "rows": rows}, indent=1))
     head = "| rounding | target | " + " | ".join(SETS) + " | calibration s |"
     lines = [head, "|" + "---|" * (len(SETS) + 3)]
-    lines += [f"| {r['rounding']} | {r['target']} | " + " | ".join(f"{r[k]:.1%} ({r[k + ' scale']:.2f}x)" for k in SETS)
-              + f" | {r['calibrate_s']} |" for r in rows]
+    lines += [f"| {r['rounding']} | {r['target']} | {agreement_cells(r)} | {r['calibrate_s']} |" for r in rows]
     (out / "rounding.md").write_text(f"Agreement with fp32, {a.images} images per folder at {a.size} px, "
                                      f"{len(cal)} calibration images (in brackets: the share of the logit error "
                                      "that 99% agreement allows)\n\n" + "\n".join(lines) + "\n")
