@@ -57,22 +57,19 @@ def _photos(n: int):
 
 def seven_bit(fp32: Path, calib, out: Path, first_only: bool) -> Path:
     """``fp32`` quantized as the ONNX Runtime target is, but with 7-bit weights on the stem (``first_only``) or on
-    every layer: ONNX Runtime's per-tensor ``reduce_range`` override."""
-    import onnx
-    from onnxruntime.quantization import QuantType
-    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
-    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+    every layer: ONNX Runtime's per-tensor ``reduce_range`` override, added to the target's quantizer settings."""
+    import dataclasses
 
-    from edgecv.export.quantize import QUANT_OPS, float_outputs
+    import onnx
+
+    from edgecv import targets
+    from edgecv.export.quantize import quantize
 
     weighted = [n.input[1] for n in onnx.load(str(fp32)).graph.node if n.op_type in ("Conv", "Gemm")]
     overrides = {w: [{"axis": 0, "reduce_range": True}] for w in weighted[: 1 if first_only else None]}
-    q = QDQQuantizer(load_model_with_shape_infer(fp32), True, False, QuantType.QInt8, QuantType.QUInt8,
-                     calib.ranges, None, [], list(QUANT_OPS),
-                     {"WeightSymmetric": True, "TensorQuantOverrides": overrides})
-    q.quantize_model()
-    q.model.topological_sort()
-    onnx.save(float_outputs(q.model.model), str(out))
+    ort_target = targets.get("onnxruntime")
+    quantize(fp32, calib, out, dataclasses.replace(ort_target, quant={**ort_target.quant,
+                                                                      "TensorQuantOverrides": overrides}))
     return out
 
 

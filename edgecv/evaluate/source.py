@@ -1,16 +1,21 @@
 """``edgecv eval`` for PyTorch sources (recipe or checkpoint)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from torch.utils.data import DataLoader, Subset
 
-from edgecv.data.loaders import build_dataset, dataset_for_path
-from edgecv.errors import DatasetError, SourceError
+from edgecv.data.loaders import ImageFileDataset, build_dataset, dataset_for_path, training_identities
+from edgecv.errors import DatasetError, RecipeError, SourceError
+from edgecv.recipe import load_recipe
 from edgecv.train.engine import evaluate
+from edgecv.train.loop import RUN_RECIPE
 from edgecv.train.sources import is_recipe, load_source
 from edgecv.utils.sampling import evenly_spaced
+
+log = logging.getLogger("edgecv.eval")
 
 
 def eval_source(target: str, data: Optional[str], overrides: List[str] = (), limit: Optional[int] = None,
@@ -47,31 +52,20 @@ def run_recipe(checkpoint: str, arch: str):
     """The recipe a checkpoint was trained with, where it still lies in its run's folder (``edgecv train -o``
     writes RUN_RECIPE beside model.pt and last.pt) and that recipe builds the same network; else None (a copied
     checkpoint does not know its training images). One that does not load is said and left aside."""
-    import logging
-
-    from edgecv.errors import RecipeError
-    from edgecv.recipe import load_recipe
-    from edgecv.train.loop import RUN_RECIPE
-
     f = Path(checkpoint).parent / RUN_RECIPE
     if is_recipe(checkpoint) or not f.is_file():
         return None
     try:
         recipe = load_recipe(f)
     except RecipeError as e:
-        logging.getLogger("edgecv.eval").warning("%s: not used to leave out %s's training images (%s)", f,
-                                                 checkpoint, e)
+        log.warning("%s: not used to leave out %s's training images (%s)", f, checkpoint, e)
         return None
     return recipe if recipe.model.name == arch else None
 
 
 def _leave_out_training_images(ds, recipe) -> int:
     """Leave out of ``ds`` (an image folder) the recipe's training images, by content, as ``edgecv eval BUNDLE``
-    leaves out a bundle's seen images: how many. A checkpoint alone does not know its training images."""
-    import logging
-
-    from edgecv.data.loaders import ImageFileDataset, training_identities
-
+    leaves out a bundle's seen images: how many."""
     if not isinstance(ds, ImageFileDataset):  # Fashion-MNIST's test split: never its training arrays
         return 0
     trained = training_identities(recipe.data)
@@ -84,7 +78,7 @@ def _leave_out_training_images(ds, recipe) -> int:
                            f"({n}); evaluate on images it did not train on, or give the recipe alone (its held-out "
                            "split)")
     if n:
-        logging.getLogger("edgecv.eval").warning(
+        log.warning(
             "%d image(s) of %s were left out: they are the recipe's training images, and a number measured on them "
             "would flatter it", n, ds.list.root)
         ds.list = ds.list.subset(kept)

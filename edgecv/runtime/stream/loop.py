@@ -22,7 +22,7 @@ import numpy as np
 from edgecv.runtime.classifier import Classifier, Prediction, Smoother
 from edgecv.runtime.latency import percentiles
 from edgecv.runtime.stream.options import RunOptions
-from edgecv.runtime.stream.outputs import Recorder, Sinks
+from edgecv.runtime.stream.outputs import FrameStamp, Recorder, Sinks
 from edgecv.runtime.stream.sources import CSI_SIZE, FrameSource, SourceFailed
 from edgecv.utils.signals import INTERRUPTS, Terminated
 
@@ -103,7 +103,8 @@ def classify_stream(src: FrameSource, clf: Classifier, sinks: Sinks, o: RunOptio
             stats.unknown += reject_unsure(pred, o.min_score)
             times = stats.add(wait_ms, pred.latency_ms, age_ms)
             notifier.ready(f"classifying {src.src}")
-            if not sinks.write(stats.n - 1, frame, pred, src.frame_time, age_ms, stats.fps(), times, src.frame_name):
+            stamp = FrameStamp(src.frame_time, age_ms, src.frame_name)
+            if not sinks.write(stats.n - 1, frame, pred, stamp, stats.fps(), times):
                 break
     except INTERRUPTS as e:
         return _ended(stats), "SIGTERM" if isinstance(e, Terminated) else "SIGINT", None

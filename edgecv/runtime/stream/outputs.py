@@ -6,7 +6,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import cv2
 import numpy as np
@@ -119,6 +119,14 @@ class _NoFrames(Exception):
     """Ends a recording's temporary file without renaming it into place."""
 
 
+class FrameStamp(NamedTuple):
+    """When a frame was captured (monotonic seconds), how old it was when classified, and the image file it came
+    from (folder sources; None for cameras and videos)."""
+    capture_time: float
+    age_ms: float
+    name: Optional[str] = None
+
+
 def file_field(name: Optional[str]) -> dict:
     """``{"file": name}`` for a JSON frame line, or nothing (a camera's or a video's frame). A name that is not
     UTF-8 keeps its bytes as surrogate escapes (``\\udcff``), which ``os.fsencode`` turns back into the bytes."""
@@ -144,19 +152,18 @@ class Sinks:
         self.as_json, self.show, self.recorder = as_json, display and display_available(), recorder
         self.wall_offset = time.time() - time.monotonic()  # monotonic capture times -> epoch seconds in the lines
 
-    def write(self, n: int, frame: np.ndarray, pred, capture_time: float, age_ms: float, fps: float,
-              latency_ms, name: Optional[str] = None) -> bool:
-        """Output frame ``n``; ``name``: the image file it came from (folder sources), named in its JSON line,
-        or in a text line of its own without ``--json``."""
+    def write(self, n: int, frame: np.ndarray, pred, stamp: FrameStamp, fps: float, latency_ms) -> bool:
+        """Output frame ``n``; an image of a folder (``stamp.name``) is named in its JSON line, or in a text line
+        of its own without ``--json``."""
         if self.as_json:
-            self.emit(json.dumps({"frame": n, **file_field(name), "label": pred.label, "index": pred.index,
+            self.emit(json.dumps({"frame": n, **file_field(stamp.name), "label": pred.label, "index": pred.index,
                                   "score": pred.score,
                                   "topk": [{"index": i, "label": lb, "score": p} for i, lb, p in pred.topk],
-                                  "capture_time": round(capture_time + self.wall_offset, 6),
-                                  "age_ms": round(age_ms, 3),
+                                  "capture_time": round(stamp.capture_time + self.wall_offset, 6),
+                                  "age_ms": round(stamp.age_ms, 3),
                                   "latency_ms": {k: round(v, 4) for k, v in latency_ms.items()}}))
-        elif name is not None:
-            self.emit(image_line(name, pred))
+        elif stamp.name is not None:
+            self.emit(image_line(stamp.name, pred))
         if self.show or self.recorder:
             vis = annotate(frame.copy(), f"{pred.label} {pred.score:.2f}", fps)
             if self.recorder:
