@@ -142,6 +142,9 @@ PRUNE_METHODS = ("auto", "reconstruct", "magnitude")
 PRUNE_ROUND_TO = 16
 # how int8 weights are rounded (edgecv.export.gptq): gptq on the calibration images, or to the nearest step
 WEIGHT_ROUNDINGS = ("gptq", "nearest")
+# how the int8 ladder's QAT rung fits (edgecv.export.qat_rung): block-wise reconstruction, end-to-end distillation,
+# or "auto": blocks where the network cuts into blocks (edgecv.compress.blockwise), else distill
+QAT_METHODS = ("auto", "blocks", "distill")
 
 
 def _target_names() -> List[str]:
@@ -191,6 +194,8 @@ class ExportConfig:
     # the ladder's last rung: quantization-aware distillation when PTQ and fallback miss the budget (0: off)
     qat_epochs: int = ranged(3, ge=0, le=100)
     qat_lr: float = ranged(1e-4, gt=0, le=1)  # SGD; 1e-3 diverged on Lite0 after one epoch
+    qat_method: str = "auto"  # QAT_METHODS
+    qat_block_steps: int = ranged(60, ge=1, le=100000)  # Adam steps of 32 images per block (blocks method)
     corruptions: str = "all"
     corruption_severities: str = "1-5"
     corruption_images: int = ranged(100, ge=1)  # evaluation images corrupted (N spread over the split)
@@ -336,6 +341,7 @@ def _validate(r: Recipe, source: str) -> None:
         "export.calib_method": (r.export.calib_method, set(CALIB_CHOICES)),
         "export.prune_method": (r.export.prune_method, set(PRUNE_METHODS)),
         "export.weight_rounding": (r.export.weight_rounding, set(WEIGHT_ROUNDINGS)),
+        "export.qat_method": (r.export.qat_method, set(QAT_METHODS)),
         "export.distill_optimizer": (r.export.distill_optimizer, {"sgd", "adamw"}),
     }
     for key, (val, allowed) in choices.items():

@@ -163,3 +163,17 @@ def test_eval_of_a_recipe_on_a_folder_leaves_out_its_training_images(folder_bund
     assert len(list((tmp_path / "t").rglob("*.png"))) == on_folder["left_out_training"]
     _one_line_error(invoke("eval", recipe, "--set", f"checkpoint={ckpt}", "--data", tmp_path / "t"),
                     "every image is one of", "training images")
+
+
+@pytest.mark.parametrize("qat, recorded", [({}, False), ({"info": {"method": "blocks"}}, False),
+                                           ({"info": {"method": "distill"}}, True)])
+def test_the_qat_rungs_pooled_images_are_recorded_only_when_it_trained_on_them(tmp_path, qat, recorded):
+    """Block-wise reconstruction fits on the calibration images: the pooled QAT images chose nothing then."""
+    from types import SimpleNamespace
+
+    from edgecv.export.image_sets import write_seen_images
+
+    run = SimpleNamespace(seen={"calibration": ["a" * 64], "qat": ["b" * 64, "c" * 64]}, qat=qat, recipe=None,
+                          tmp=tmp_path)
+    by_use = write_seen_images(run)["by_use"]
+    assert by_use["calibration"] == 1 and by_use.get("qat") == (2 if recorded else None)

@@ -1,18 +1,19 @@
 """Block-wise reconstruction of int8 EfficientNet-Lite0 (BRECQ / QDrop style), against its fp32 on three kinds of
 photographs calibration never saw.
 
-    python tools/block_reconstruction.py [--images 500] [--calib 512] [--iters 400] [--lr 5e-5] [--qdrop 0.5]
+    python tools/block_reconstruction.py [--images 500] [--calib 512] [--iters 60] [--lr 5e-5] [--qdrop 0.5]
                                          [--size 224] [--out out/block_reconstruction]
 
 The model is the QAT rung's fake-quantized Lite0 (``edgecv.compress.qat.prepare_qat``: TensorRT's symmetric int8,
-per-channel weights, per-tensor inputs of every weighted layer, nearest rounding, no bias correction). Unit by unit
-(the stem, each of the 16 blocks, the head with the classifier), its weights and BatchNorm parameters are fitted by
-Adam (cosine-decayed from ``--lr``) to the fp32 unit's output on the calibration images, given as input what the
-already reconstructed quantized units before it give; with ``--qdrop p`` a share p of each batch sees the fp32 input
-instead (QDrop), so each unit is fitted to both. Calibration takes images from the imagenette and Caltech-101
-folders after the ones judged, as tools/weight_rounding.py does; ImageNet samples are only judged. Agreement is
-top-1 with fp32; in brackets, the share of the logit error that 99% agreement allows
-(edgecv.metrics.error_scale_needed). Writes ``reconstruction.md`` and ``reconstruction.json``.
+per-channel weights, per-tensor inputs of every weighted layer, nearest rounding, no bias correction), fitted as the
+export's QAT rung fits it with ``--qat-method blocks`` (``edgecv.compress.blockwise``): unit by unit (the stem, each
+of the 16 blocks, the head with the classifier), its weights and BatchNorm parameters by Adam (cosine-decayed from
+``--lr``) to the fp32 unit's output on the calibration images, given as input what the already reconstructed
+quantized units before it give; with ``--qdrop p`` a share p of each batch sees the fp32 input instead (QDrop).
+Calibration takes images from the imagenette and Caltech-101 folders after the ones judged, as
+tools/weight_rounding.py does; ImageNet samples are only judged. Agreement is top-1 with fp32; in brackets, the
+share of the logit error that 99% agreement allows (edgecv.metrics.error_scale_needed).
+Writes ``reconstruction.md`` and ``reconstruction.json``.
 """
 from __future__ import annotations
 
@@ -21,23 +22,10 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Tuple
 
-import numpy as np
 from weight_rounding import ROOT, SETS, _files, _load, agreement_cells
 
 sys.path.insert(0, str(ROOT))
-
-
-def units(m) -> List[Tuple[Callable, list]]:
-    """EfficientNet-Lite's forward as reconstruction units: ``(function, modules whose parameters it fits)``."""
-    def stem(x):
-        return m._swish(m._bn0(m._conv_stem(x)))
-
-    def head(x):
-        return m._fc(m._avg_pooling(m._swish(m._bn1(m._conv_head(x)))).flatten(1))
-
-    return [(stem, [m._conv_stem, m._bn0])] + [(b, [b]) for b in m._blocks] + [(head, [m._conv_head, m._bn1, m._fc])]
 
 
 def _run(fn, x, batch: int = 64):
@@ -45,40 +33,6 @@ def _run(fn, x, batch: int = 64):
 
     with torch.no_grad():
         return torch.cat([fn(x[i:i + batch]) for i in range(0, len(x), batch)])
-
-
-def reconstruct(fp, q, calib: np.ndarray, iters: int, lr: float, qdrop: float, seed: int = 0) -> List[dict]:
-    """Fit ``q`` (the fake-quantized copy of ``fp``) unit by unit; per unit, the fitting loss at its first and last
-    step (one batch each: a rough trace, not a measurement)."""
-    import torch
-    import torch.nn.functional as F
-
-    gen = torch.Generator().manual_seed(seed)
-    xf = xq = torch.from_numpy(calib)
-    trace, t0 = [], time.perf_counter()
-    for k, ((f_fn, _), (q_fn, mods)) in enumerate(zip(units(fp), units(q))):
-        target = _run(f_fn, xf)
-        params = [p for mod in mods for p in mod.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iters)
-        losses = []
-        for _ in range(iters):
-            idx = torch.randint(0, len(xq), (32,), generator=gen)
-            xin = xq[idx]
-            if qdrop > 0:
-                fp_input = (torch.rand(len(idx), generator=gen) < qdrop).view(-1, *([1] * (xin.dim() - 1)))
-                xin = torch.where(fp_input, xf[idx], xin)
-            loss = F.mse_loss(q_fn(xin), target[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-        xq, xf = _run(q_fn, xq), target
-        trace.append({"unit": k, "first_loss": losses[0], "last_loss": losses[-1],
-                      "elapsed_s": round(time.perf_counter() - t0, 1)})
-        print(trace[-1], flush=True)
-    return trace
 
 
 def _agreements(q, judged, ref) -> dict:
@@ -97,7 +51,7 @@ def _args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=500, help="judged per folder")
     ap.add_argument("--calib", type=int, default=512, help="calibration images (half imagenette, half Caltech)")
-    ap.add_argument("--iters", type=int, default=400, help="Adam steps of 32 images per unit")
+    ap.add_argument("--iters", type=int, default=60, help="Adam steps of 32 images per unit")
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--qdrop", type=float, default=0.5, help="share of each batch given the fp32 input")
     ap.add_argument("--size", type=int, default=224, help="input pixels (Lite0 is trained at 224)")
@@ -112,6 +66,7 @@ def main(argv=None) -> int:
     a = _args(argv)
     import torch
 
+    from edgecv.compress.blockwise import BlockConfig, reconstruct
     from edgecv.compress.qat import prepare_qat
     from edgecv.models import create_model
     from edgecv.runtime.preprocess import Preprocessor
@@ -129,7 +84,7 @@ def main(argv=None) -> int:
     q = prepare_qat(fp, cal)
     rows = [{"model": "int8, nearest rounding", **_agreements(q, judged, ref)}]
     t0 = time.perf_counter()
-    trace = reconstruct(fp, q, cal, a.iters, a.lr, a.qdrop)
+    trace = reconstruct(fp, q, cal, BlockConfig(steps=a.iters, lr=a.lr, qdrop=a.qdrop))
     rows.append({"model": f"reconstructed ({a.iters} steps a unit, lr {a.lr:g}, qdrop {a.qdrop:g})",
                  **_agreements(q, judged, ref), "seconds": round(time.perf_counter() - t0)})
     res = {"images": a.images, "calib": len(cal), "size": a.size, "rows": rows, "trace": trace}

@@ -7,7 +7,7 @@ import sys
 import click
 
 from edgecv.cli.types import CommaList, FiniteRange, options_from
-from edgecv.recipe import CALIB_CHOICES, PRUNE_METHODS, WEIGHT_ROUNDINGS
+from edgecv.recipe import CALIB_CHOICES, PRUNE_METHODS, QAT_METHODS, WEIGHT_ROUNDINGS
 
 
 @click.command()
@@ -58,7 +58,13 @@ from edgecv.recipe import CALIB_CHOICES, PRUNE_METHODS, WEIGHT_ROUNDINGS
 @click.option("--min-agreement", type=FiniteRange(0, 1), default=None,
               help="Fidelity budget recorded for verify: top-1 agreement with fp32 (default 0.99).")
 @click.option("--qat-epochs", type=click.IntRange(0, 100), default=None,
-              help="Quantization-aware distillation epochs when PTQ and fallback miss the budget (default 3; 0: off).")
+              help="The QAT rung, when PTQ and fallback miss the budget: 0 turns it off; else its distillation "
+                   "epochs (default 3).")
+@click.option("--qat-method", type=click.Choice(QAT_METHODS), default=None,
+              help="How the QAT rung fits: blocks (block-wise reconstruction on the calibration images), distill "
+                   "(end to end), auto (default: blocks where the network cuts into blocks).")
+@click.option("--qat-block-steps", type=click.IntRange(1, 100000), default=None,
+              help="Block-wise reconstruction: Adam steps of 32 images per block (default 60).")
 @click.option("--corruptions", default=None,
               help="Robustness report: all (default), none, families (noise,blur,weather,digital) or corruption names.")
 @click.option("--corruption-images", type=click.IntRange(1), default=None,

@@ -145,20 +145,26 @@ def _speed_vs_unpruned_int8(summary: Dict, artifacts: List[Dict]) -> List[str]:
 
 
 def _qat_section(a: Dict) -> List[str]:
-    """The report's paragraph on an artefact's QAT rung: why it ran, on what, and how the fake-quantized model's
-    agreement went epoch by epoch (and which epoch's weights it ships, when not the last)."""
+    """The report's paragraph on an artefact's QAT rung: why it ran, how it fitted on what, and the fake-quantized
+    model's agreement before and after (by distillation: epoch by epoch, and which epoch's weights it ships)."""
     q = a.get("qat")
     if not q:
         return []
     why = ("PTQ and per-layer fallback missed the budget on the tune images" if not q.get("ptq_passed") else
            f"PTQ met the budget on the tune images only with {q['ptq_float_layers']} layer(s) in float")
+    head = ["", f"### {a['file']} ({a['target']}): quantization-aware fine-tuning", ""]
+    before = f"{q['tune_agreement_fake_quant_before']:.1%} before"
+    if q.get("method") == "blocks":
+        return head + [f"{why}; block-wise reconstruction of {q['blocks']} blocks, {q['steps_per_block']} Adam steps "
+                       f"of {q['batch']} images each (lr {q['lr']:g}), on the {q['images']} calibration images "
+                       f"({q['seconds']:.0f} s on {q.get('device', 'cpu')}). Agreement of the fake-quantized model "
+                       f"with fp32 on the tune images: {before}, {q['tune_agreement_fake_quant']:.1%} after."]
     kept = q.get("kept_epoch")
-    return ["", f"### {a['file']} ({a['target']}): quantization-aware fine-tuning", "",
-            f"{why}; {q['epochs']} epoch(s) of distillation from fp32 on {q['images']} unlabelled images "
-            f"(lr {q['lr']}, on {q.get('device', 'cpu')}). Agreement of the fake-quantized model with fp32 on the tune images: "
-            f"{q['tune_agreement_fake_quant_before']:.1%} before, then "
-            + ", ".join(f"{h['tune_agreement_fake_quant']:.1%}" for h in q["history"]) + "."
-            + (f" The artefact has epoch {kept}'s weights, the best of them." if kept and kept != q["epochs"] else "")]
+    return head + [
+        f"{why}; {q['epochs']} epoch(s) of distillation from fp32 on {q['images']} unlabelled images "
+        f"(lr {q['lr']}, on {q.get('device', 'cpu')}). Agreement of the fake-quantized model with fp32 on the tune "
+        f"images: {before}, then " + ", ".join(f"{h['tune_agreement_fake_quant']:.1%}" for h in q["history"]) + "."
+        + (f" The artefact has epoch {kept}'s weights, the best of them." if kept and kept != q["epochs"] else "")]
 
 
 def _by_source(artifacts: List[Dict]) -> List[str]:

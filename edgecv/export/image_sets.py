@@ -121,14 +121,17 @@ def tune_sources(run) -> List[str]:
 
 def write_seen_images(run) -> dict:
     """Write the bundle's record of the images that chose something in it (edgecv.bundle.seen): the recipe's training
-    split (training, distillation), the calibration and tune images and, when the QAT rung ran, its images.
+    split (training, distillation), the calibration and tune images and, when the QAT rung distilled, its images.
     Returns the manifest's summary of it."""
     from edgecv.bundle.names import SEEN_IMAGES
     from edgecv.bundle.seen import seen_key, seen_text
     from edgecv.data.loaders import training_identities
     from edgecv.utils.io import atomic_write_text
 
-    uses = {k: v for k, v in run.seen.items() if k != "qat" or run.qat}
+    # the QAT rung's pooled images chose something only when it trained on them (block-wise reconstruction fits on
+    # the calibration images)
+    distilled = bool(run.qat) and run.qat["info"]["method"] == "distill"
+    uses = {k: v for k, v in run.seen.items() if k != "qat" or distilled}
     if run.recipe is not None:  # empty for Fashion-MNIST's arrays: eval reads their test split only
         uses["training"] = sorted(training_identities(run.recipe.data))
     text = seen_text(i for ids in uses.values() for i in ids)

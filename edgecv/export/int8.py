@@ -68,13 +68,13 @@ def _qat_rung(run, tgt, name: str, g: GateResult, method: str) -> Tuple[GateResu
     cost int8 speed): a QAT artefact that passes with fewer float layers is taken when PTQ missed, and otherwise
     when it is faster (measured here for a CPU target; for TensorRT, fewer float layers keep more int8 fusions).
     Its own fallback search stops short of what PTQ needed. ``(gate result, calibration, rung)``."""
-    from edgecv.export.qat_rung import qat_is_faster, run_qat, take_qat
+    from edgecv.export.qat_rung import describe, fitting_method, qat_is_faster, run_qat, take_qat
 
     ptq_file = run.work / f"ptq_{name}"
     shutil.copyfile(run.tmp / name, ptq_file)
     if not run.qat:  # the QAT rung runs at most once, for the first target that needs it
-        with run.stages(f"QAT rung: {run.opts.qat_epochs} epoch(s) of quantization-aware distillation from fp32 on "
-                        f"{len(run.qat_images)} unlabelled images"):
+        how = fitting_method(run.student, run.cal, run.opts)
+        with run.stages(describe(run.opts, how, len(run.qat_images), len(run.cal))):
             run.qat.update(run_qat(run.student, run.cal, run.tune, run.tune.ref_logits, run.opts, run.work, run.shape,
                                    images=run.qat_images, method=method, show_progress=run.show_progress))
     with run.stages(f"int8 {tgt.name}: quantize the QAT weights and accuracy gate"):

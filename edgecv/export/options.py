@@ -9,7 +9,7 @@ from typing import Dict, Optional
 
 from edgecv import targets
 from edgecv.errors import RecipeError
-from edgecv.recipe import CALIB_CHOICES, PRUNE_METHODS, WEIGHT_ROUNDINGS, ExportConfig, Recipe, check_ranges
+from edgecv.recipe import CALIB_CHOICES, PRUNE_METHODS, QAT_METHODS, WEIGHT_ROUNDINGS, ExportConfig, Recipe, check_ranges
 
 
 def resolve_options(recipe: Optional[Recipe], flags: Dict) -> ExportConfig:
@@ -64,4 +64,6 @@ def resolve_options(recipe: Optional[Recipe], flags: Dict) -> ExportConfig:
     if cfg.weight_rounding not in WEIGHT_ROUNDINGS:
         raise RecipeError(f"--weight-rounding: unknown rounding {cfg.weight_rounding!r} (expected one of "
                           f"{', '.join(WEIGHT_ROUNDINGS)})")
+    if cfg.qat_method not in QAT_METHODS:
+        raise RecipeError(f"--qat-method: unknown method {cfg.qat_method!r} (expected one of {', '.join(QAT_METHODS)})")
     return cfg
