@@ -149,6 +149,7 @@ def reconstruct(fp: nn.Module, q: nn.Module, images: np.ndarray, cfg: Optional[B
     measurement) and the seconds so far; None, with ``q`` untouched, when the network cannot be cut into units.
     Both models are left in eval mode (BatchNorm statistics and dropout as deployed), where they were."""
     from edgecv.train.engine import device_of
+    from edgecv.utils.memory import keep_freed_memory
 
     c = cfg or BlockConfig()
     fp, q = fp.eval(), q.eval()
@@ -160,7 +161,8 @@ def reconstruct(fp: nn.Module, q: nn.Module, images: np.ndarray, cfg: Optional[B
         cut_fp, cut_q = units(fp, _cl(x[:2].to(c.device))), units(q, _cl(x[:2].to(c.device)))
         if cut_fp is None or cut_q is None or len(cut_fp) != len(cut_q):
             return None
-        return _reconstruct_units(cut_fp, cut_q, x, c, show_progress)
+        with keep_freed_memory():
+            return _reconstruct_units(cut_fp, cut_q, x, c, show_progress)
     finally:
         for m, home in homes:
             m.to(home, memory_format=torch.contiguous_format)

@@ -1,0 +1,48 @@
+"""keep_freed_memory: inside it, a large allocation comes from the heap and stays there when freed (glibc gives each
+allocation above 32 MB a fresh mmap, returned to the kernel on free, so a loop making the same large tensors every
+step page-faults on all of them every step); outside it, the defaults hold."""
+import ctypes
+import platform
+
+import numpy as np
+import pytest
+
+from edgecv.utils.memory import keep_freed_memory
+
+pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _info() -> _Mallinfo2:
+    libc = ctypes.CDLL("libc.so.6")
+    if not hasattr(libc, "mallinfo2"):
+        pytest.skip("glibc before 2.33 has no mallinfo2")
+    libc.mallinfo2.restype = _Mallinfo2
+    return libc.mallinfo2()
+
+
+MB64 = 64 * 1024 * 1024
+
+
+def _mapped_by_an_allocation() -> int:
+    """The bytes mmapped outside the heap that a live 64 MB array adds."""
+    before = _info().hblkhd
+    a = np.ones(MB64 // 8)
+    during = _info().hblkhd
+    del a
+    return during - before
+
+
+def test_large_allocations_come_from_the_heap_and_stay_there_only_inside():
+    mapped = _mapped_by_an_allocation()
+    assert mapped >= MB64  # glibc's default: a fresh mmap
+    with keep_freed_memory() as took:
+        mapped_in = _mapped_by_an_allocation()
+        free_kept = _info().fordblks
+    assert took is True and mapped_in == 0 and free_kept >= MB64, (mapped_in, free_kept)
+    mapped_after = _mapped_by_an_allocation()
+    assert mapped_after >= MB64  # the defaults are back
