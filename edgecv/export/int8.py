@@ -76,7 +76,8 @@ def _qat_rung(run, tgt, name: str, g: GateResult, method: str) -> Tuple[GateResu
         how = fitting_method(run.student, run.cal, run.opts)
         with run.stages(describe(run.opts, how, len(run.qat_images), len(run.cal))):
             run.qat.update(run_qat(run.student, run.cal, run.tune, run.tune.ref_logits, run.opts, run.work, run.shape,
-                                   images=run.qat_images, method=method, show_progress=run.show_progress))
+                                   images=run.qat_images, method=method, fitting=how,
+                                   show_progress=run.show_progress))
     with run.stages(f"int8 {tgt.name}: quantize the QAT weights and accuracy gate"):
         g2 = run.gate.run(str(run.qat["onnx"]), run.qat["calib"], tgt, run.tmp / name,
                           max_fallback=len(g.fallback) - 1 if g.passed else None)

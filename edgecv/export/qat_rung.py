@@ -23,7 +23,8 @@ def run_qat(student: torch.nn.Module, cal, tune, ref_tune: np.ndarray, opts: Exp
     and its calibration (on ``cal``), from which each target's int8 artefact is quantized and gated again. ``tune``
     (its inputs, against ``ref_tune``) only reports progress: the agreement of the fake-quantized model.
     ``options``: ``images`` (what distillation trains on; default the calibration images), ``method`` (the
-    calibration method, default minmax), ``show_progress`` (True)."""
+    calibration method, default minmax), ``fitting`` (:func:`fitting_method`'s answer, when the caller has it),
+    ``show_progress`` (True)."""
     from edgecv.compress.qat import prepare_qat, strip_fake_quant
     from edgecv.export.onnx_export import export_onnx
     from edgecv.export.quantize import calibrate
@@ -35,8 +36,9 @@ def run_qat(student: torch.nn.Module, cal, tune, ref_tune: np.ndarray, opts: Exp
     q = prepare_qat(student, cal.x[: min(len(cal), 256)])
     before = check(q.eval())["tune_agreement_fake_quant"]
     device = training_device()
-    info = {"method": fitting_method(student, cal, opts), "teacher": "the shipped fp32 model", "device": device_name(device),
-            "bias_correction": False, "tune_agreement_fake_quant_before": before}
+    info = {"method": options.get("fitting") or fitting_method(student, cal, opts),
+            "teacher": "the shipped fp32 model", "device": device_name(device), "bias_correction": False,
+            "tune_agreement_fake_quant_before": before}
     if info["method"] == "blocks":
         info.update(_blocks(q, student, cal, opts, str(device), show_progress), **check(q.eval()))
     else:
