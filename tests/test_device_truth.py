@@ -211,3 +211,20 @@ def test_fused_tensorrt_layer_names_map_to_their_first_module():
         == "features.0.0"
     assert torch_module_of("PWN(/_blocks.0/_swish/Sigmoid, /_blocks.0/_swish/Mul)") == "_blocks.0._swish"
     assert torch_module_of("Reformatting CopyNode for Input Tensor 0 to /_conv_stem/Conv") == "_conv_stem"
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18", "mobilenet_v2", "mobilenet_v3_small"])
+def test_every_weighted_node_of_an_export_maps_to_its_module(tmp_path, name):
+    """Nested Sequentials inside attributes (MobileNet's ``conv``, ResNet's ``downsample``) repeat their own name in
+    the scope: ``/features/features.1/conv/conv.0/conv.0.0/Conv`` is ``features.1.conv.0.0``."""
+    import onnx
+
+    from edgecv.compress.qat import weighted_layers
+    from edgecv.export.onnx_export import export_onnx
+    from edgecv.models import create_model
+    from edgecv.runtime.acceptance.profile import torch_module_of
+
+    model = create_model(name).eval()
+    export_onnx(model, tmp_path / "m.onnx", (3, 64, 64))
+    nodes = [n.name for n in onnx.load(str(tmp_path / "m.onnx")).graph.node if n.op_type in ("Conv", "Gemm")]
+    assert sorted(torch_module_of(n) for n in nodes) == sorted(weighted_layers(model))

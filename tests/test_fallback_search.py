@@ -207,3 +207,29 @@ def test_agreement_by_group_refuses_a_mismatched_list():
         "a": {"images": 2, "agreement": 1.0}, "b": {"images": 3, "agreement": pytest.approx(1 / 3)}}
     with pytest.raises(ValueError, match="3 group names for 5 rows"):
         agreement_by_group(ref, out, ["a", "b", "c"])
+
+
+def test_a_target_with_the_same_quantizer_settings_reuses_the_ranking(setup, tmp_path, monkeypatch):
+    """The sensitivity ranking is measured once per set of quantizer settings: a second target that writes the same
+    int8 files (ONNX Runtime's and OpenVINO's U8S8; here a renamed copy of ONNX Runtime) is searched on it and
+    says whose it is; a target with other settings (TensorRT's symmetric Q/DQ) is ranked on its own."""
+    import dataclasses
+
+    from edgecv.export import gates
+
+    d, fp32, calib, tune, tgt, ranked, sweep = setup
+    measured = []
+    real = gates.sensitivity
+    monkeypatch.setattr(gates, "sensitivity", lambda *a, **k: measured.append(a[2].name) or real(*a, **k))
+    gate = _gate(setup, sweep[len(ranked) // 2])
+    first = gate.run(str(fp32), calib, tgt, tmp_path / "a.onnx")
+    twin = dataclasses.replace(tgt, name="onnxruntime-twin")
+    second = gate.run(str(fp32), calib, twin, tmp_path / "b.onnx")
+    assert measured == ["onnxruntime"] and first.ranked_on == second.ranked_on == "onnxruntime"
+    assert second.fallback == first.fallback and (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    other = gate.run(str(fp32), calib, targets.get("tensorrt"), tmp_path / "c.onnx")
+    assert measured == ["onnxruntime", "tensorrt"] and other.ranked_on == "tensorrt"
+    # another calibration (the same images, a new object: the gate cannot know it is equal) is ranked anew
+    recal = calibrate(fp32, np.concatenate([tune.sens_x, tune.sens_x[:2] * 30]), "minmax", bias_correction=False)
+    assert gate.run(str(fp32), recal, twin, tmp_path / "d.onnx").ranked_on == "onnxruntime-twin"
+    assert measured == ["onnxruntime", "tensorrt", "onnxruntime-twin"]

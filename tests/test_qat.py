@@ -156,9 +156,14 @@ def test_the_ladder_continues_with_qat_when_ptq_misses(tiny_ckpt, tmp_path, meth
             assert q["steps_per_block"] == 20 and q["blocks"] == len(q["trace"]) == 6 and q["images"] == 128
         assert q["device"] == "cpu"  # the GPU where PyTorch sees one (tests/test_gpu_distill.py)
         assert not q["ptq_passed"] or q["ptq_float_layers"] > 0  # why QAT ran
+        if not q["ptq_passed"]:  # fitted for all int8: gated so, with no fallback search
+            assert art["fallback_layers"] == [] and [t["layers"] for t in art["fallback_search"]] == [0]
     else:
         # QAT missed on the tune split, or met it there and not on the evaluation split (a refusal too)
         assert r.exit_code == 2 and ("after QAT:" in r.output or "tune images only" in r.output), r.output[-2000:]
+        if "after QAT:" in r.output:  # PTQ missed even with layers in float: the fitted weights, all int8
+            assert "after QAT: onnxruntime int8 on the tune split" in r.output
+            assert r.output.split("after QAT:")[1].split(";")[0].count("with no layer in float") == 1
         assert not (tmp_path / "b").exists()
 
 

@@ -190,8 +190,10 @@ def _float_layers(a: Dict) -> List[str]:
     """The report's section on an artefact's layers kept in float, and every count its fallback search tried."""
     if not a["fallback_layers"]:
         return []
+    on = a.get("fallback_ranked_on")
+    ranked = f", ranked on {on}'s runtime (the same int8 files)" if on and on != a["target"] else ""
     lines = ["", f"### Layers kept in float in {a['file']} ({a['target']})", "",
-             "The most sensitive first (KL to fp32 that keeping each alone in float removes):", ""]
+             f"The most sensitive first (KL to fp32 that keeping each alone in float removes{ranked}):", ""]
     lines += [f"- {f['node']} ({f['sensitivity_gain']:.5f})" for f in a["fallback_layers"]]
     lines += ["", "What the fallback search measured on the tune images:", "",
               "| layers in float | top-1 | agreement | latency ms | within budget |", "|---|---|---|---|---|"]

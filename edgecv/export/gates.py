@@ -55,6 +55,7 @@ class GateResult:
     search: List[Dict] = field(default_factory=list)
     passed: bool = True
     reason: str = ""
+    ranked_on: Optional[str] = None  # the target whose runtime ranked the layers (another one with equal settings)
 
     def chosen(self) -> Dict:
         """What the tune split measured for the file on disk (the trial of the count of layers kept in float)."""
@@ -130,6 +131,19 @@ class AccuracyGate:
                  max_fallback_frac: float = 0.5):
         self.tune, self.budget, self.workdir = tune, budget, workdir
         self.show_progress, self.max_fallback_frac = show_progress, max_fallback_frac
+        self._rankings: List[Tuple[str, Calibration, Dict, str, List[Dict]]] = []
+
+    def _ranking(self, fp32_path: str, calib: Calibration, target) -> Tuple[List[Dict], str]:
+        """The layers by sensitivity for ``target``, and the target it was measured on: one whose quantizer settings
+        are ``target``'s writes the same int8 files from the same model and calibration, so its ranking is reused
+        (ONNX Runtime's and OpenVINO's U8S8: 4-5 minutes a target on Lite0); only the runtime that judged differs."""
+        for path, cal, quant, on, ranked in self._rankings:
+            if path == str(fp32_path) and cal is calib and quant == target.quant:
+                log.info("%s: layers ranked by sensitivity on %s (the same int8 files)", target.name, on)
+                return ranked, on
+        ranked = sensitivity(fp32_path, calib, target, self.tune.sens_x, self.workdir, self.show_progress)
+        self._rankings.append((str(fp32_path), calib, dict(target.quant), target.name, ranked))
+        return ranked, target.name
 
     def _judge(self, path: Path, target, layers: int) -> Dict:
         """The int8 file at ``path`` (``layers`` kept in float) on the tune split: top-1/top-5, agreement, whether
@@ -183,7 +197,7 @@ class AccuracyGate:
         fallback may keep (if even they miss, no smaller prefix is tried), then a galloping and bisecting search
         over the count, which takes the agreement as growing with each layer kept in float (a handful of trials
         where one layer at a time took dozens of quantize-and-measure rounds)."""
-        ranked = sensitivity(fp32_path, calib, target, self.tune.sens_x, self.workdir, self.show_progress)
+        ranked, res.ranked_on = self._ranking(fp32_path, calib, target)
         limit = max(1, int(len(ranked) * self.max_fallback_frac))
         limit = min(limit if max_fallback is None else min(limit, max_fallback), len(ranked))
         if limit == 0:

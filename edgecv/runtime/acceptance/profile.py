@@ -28,7 +28,8 @@ _FIRST_NODE = re.compile(r"/[^\s,()+]+")
 def torch_module_of(layer: str) -> Optional[str]:
     """The PyTorch module path of an exported node name, or None.
 
-    ``/features/features.3/features.3.0/Conv`` -> ``features.3.0`` (Sequential scopes repeat the prefix);
+    ``/features/features.3/features.3.0/Conv`` -> ``features.3.0`` (a Sequential's children repeat its name:
+    ``/features/features.1/conv/conv.0/Conv`` -> ``features.1.conv.0``);
     ``/_blocks.0/_depthwise_conv/Conv_token_7`` -> ``_blocks.0._depthwise_conv`` (attribute scopes do not).
     TensorRT's fused layers (``/a/Conv + /a/Relu``, ``PWN(/b/Sigmoid, /b/Mul)``, ``Reformatting CopyNode for
     Input Tensor 0 to /c/Conv``) map to the module of the first ONNX node they name.
@@ -39,13 +40,13 @@ def torch_module_of(layer: str) -> Optional[str]:
     parts = [p for p in m.group().split("/") if p]
     if len(parts) < 2:
         return None
-    path = ""
+    path: List[str] = []
     for comp in parts[:-1]:
-        if path and (comp == path or comp.startswith(path + ".")):
-            path = comp
-        else:
-            path = f"{path}.{comp}" if path else comp
-    return path
+        names = comp.split(".")
+        # the longest tail of the path the component starts with is the scope it repeats
+        k = next((k for k in range(min(len(path), len(names)), 0, -1) if names[:k] == path[-k:]), 0)
+        path = path[:len(path) - k] + names
+    return ".".join(path)
 
 
 @dataclass
