@@ -93,7 +93,7 @@ def test_watchdog_pings_stop_when_inference_hangs(tiny_bundle, tmp_path, monkeyp
         calls[0] += 1
         if hang.is_set():
             release.wait(30)  # a hung engine
-            from edgecv.runtime.stream.sources import SourceFailed
+            from edgecv.runtime.stream.capture import SourceFailed
 
             raise SourceFailed("test over")  # ends the loop once released
         return real(self, batch)

@@ -17,8 +17,9 @@ import pytest
 from conftest import free_port
 
 from edgecv.errors import OutputError
+from edgecv.runtime.stream.capture import SourceFailed
 from edgecv.runtime.stream.loop import run
-from edgecv.runtime.stream.sources import FrameSource, SourceFailed
+from edgecv.runtime.stream.sources import FrameSource
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from test_runtime import make_video
 
+from edgecv.runtime.stream.capture import SourceFailed, classify, gstreamer_available
 from edgecv.runtime.stream.loop import run
-from edgecv.runtime.stream.sources import FrameSource, SourceFailed, classify, gstreamer_available
+from edgecv.runtime.stream.sources import FrameSource
 
 
 def test_classify_sources(tmp_path):
@@ -152,7 +153,7 @@ def test_gstreamer_without_support_is_clear(tiny_bundle):
             emit=lambda _: None)
     assert s["error"] and "giving up" in s["error"]
     with pytest.raises(SourceFailed, match="no GStreamer support"):
-        from edgecv.runtime.stream.sources import open_capture
+        from edgecv.runtime.stream.capture import open_capture
 
         open_capture("gstreamer", "videotestsrc ! appsink")
 
@@ -210,8 +211,8 @@ def test_file_decoder_threads_are_capped(tmp_path):
 def test_csi_camera_scales_to_the_model_resize_in_hardware(tiny_bundle):
     from edgecv.bundle.reader import open_bundle
     from edgecv.runtime.preprocess import Preprocessor
+    from edgecv.runtime.stream.capture import csi_pipeline
     from edgecv.runtime.stream.loop import csi_scale_to
-    from edgecv.runtime.stream.sources import csi_pipeline
 
     lite0 = Preprocessor({"resize": 256, "crop": 224, "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3})
     assert csi_scale_to(lite0) == (455, 256)  # 1280x720 -> shorter side 256, torchvision's rounding

@@ -124,10 +124,9 @@ class TuneSplit:
 
 # A ranking measured on one runtime is reused for another running the same int8 file when their logits differ by at
 # most this share of the int8 model's own error (mean KL to fp32): each layer's share of that error, which the
-# ranking orders, is then the same on both. Where they differ it matters: Lite0 on a Zen 3 EPYC without VNNI, whose
-# OpenVINO int8 sums saturate (75% agreement with fp32 on the export's tune images, ONNX Runtime 96.5%): OpenVINO's
-# U8S8 file with the 25 layers ONNX Runtime ranks first in float agreed on 91.4 / 94.6 / 86.2% of 500 imagenette,
-# ImageNet and Caltech-101 photographs, with OpenVINO's own 25 on 97.2 / 98.2 / 95.4% (11 layers in common)
+# ranking orders, is then the same on both. Where they differ, it is not: Lite0 on a Zen 3 EPYC without VNNI, whose
+# OpenVINO int8 sums saturate (75% agreement with fp32 on the export's tune images, ONNX Runtime 96.5%), the two
+# runtimes' top 25 layers share 11, and which ranking served OpenVINO better swung both ways (docs/int8.md)
 RUNTIME_ALIKE = 0.1
 
 

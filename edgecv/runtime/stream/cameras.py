@@ -16,7 +16,8 @@ from typing import Any, List, Optional, Sequence
 import numpy as np
 
 from edgecv.errors import RecipeError
-from edgecv.runtime.stream.sources import FrameSource, SourceFailed, check_source_syntax
+from edgecv.runtime.stream.capture import SourceFailed, check_source_syntax
+from edgecv.runtime.stream.sources import FrameSource
 from edgecv.utils.limits import check_fps
 from edgecv.utils.yaml_files import read_yaml_mapping
 

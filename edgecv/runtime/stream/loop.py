@@ -21,9 +21,10 @@ import numpy as np
 
 from edgecv.runtime.classifier import Classifier, Prediction, Smoother
 from edgecv.runtime.latency import percentiles
+from edgecv.runtime.stream.capture import CSI_SIZE, SourceFailed
 from edgecv.runtime.stream.options import RunOptions
 from edgecv.runtime.stream.outputs import FrameStamp, Recorder, Sinks
-from edgecv.runtime.stream.sources import CSI_SIZE, FrameSource, SourceFailed
+from edgecv.runtime.stream.sources import FrameSource
 from edgecv.utils.signals import INTERRUPTS, Terminated
 
 STAGES = ("capture_wait", "preprocess", "infer", "postprocess")

@@ -6,7 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from edgecv.runtime.stream.sources import OPEN_TIMEOUT_S, READ_TIMEOUT_S, SourceOptions
+from edgecv.runtime.stream.capture import OPEN_TIMEOUT_S, READ_TIMEOUT_S
+from edgecv.runtime.stream.sources import SourceOptions
 from edgecv.utils.limits import MAX_SMOOTH, MAX_TIMEOUT_S, check_fps
 
 
