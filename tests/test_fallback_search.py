@@ -230,6 +230,11 @@ def test_a_target_with_the_same_quantizer_settings_reuses_the_ranking(setup, tmp
     second = gate.run(str(fp32), calib, twin, tmp_path / "b.onnx")
     assert measured == ["onnxruntime"] and first.ranked_on == second.ranked_on == "onnxruntime"
     assert second.fallback == first.fallback and (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    from edgecv.export.bundle_writer import _float_layers
+
+    art = {"file": "b.onnx", "target": twin.name, "fallback_layers": second.fallback, "fallback_ranked_on": "onnxruntime"}
+    assert "ranked on onnxruntime's runtime (the same int8 files)" in "\n".join(_float_layers(art))
+    assert "ranked on" not in "\n".join(_float_layers({**art, "target": "onnxruntime"}))
     other = gate.run(str(fp32), calib, targets.get("tensorrt"), tmp_path / "c.onnx")
     assert measured == ["onnxruntime", "tensorrt"] and other.ranked_on == "tensorrt"
     # another calibration (the same images, a new object: the gate cannot know it is equal) is ranked anew
