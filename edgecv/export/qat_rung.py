@@ -61,8 +61,7 @@ def fitting_method(student: torch.nn.Module, cal, opts: ExportConfig) -> str:
 
     if opts.qat_method == "distill":
         return "distill"
-    with torch.no_grad():
-        cut = units(student.eval(), torch.from_numpy(np.ascontiguousarray(cal.x[:2])))
+    cut = units(student.eval(), torch.from_numpy(np.ascontiguousarray(cal.x[:2])))  # units runs without grad
     if cut is None and opts.qat_method == "blocks":
         raise RecipeError(f"--qat-method blocks: {type(student).__name__} does not cut into blocks whose chain gives "
                           "its own output (known: EfficientNet-Lite, ResNet, features + classifier networks); use "
