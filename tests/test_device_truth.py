@@ -68,7 +68,7 @@ def test_export_fp16_and_max_batch_reach_the_device_build(tiny_bundle, tmp_path)
 def test_export_records_fp16_and_max_batch(tiny_ckpt, tmp_path):
     r = CliRunner().invoke(cli, ["export", str(tiny_ckpt), "-o", str(tmp_path / "b"), "--calib", str(FASHION),
                                  "--eval", str(FASHION), "--calib-samples", "16", "--max-drop", "100", "--min-agreement", "0",
-                                 "--fp16", "--max-batch", "4", "--target", "tensorrt", "--json"])
+                                 "--fp16", "--max-batch", "4", "--target", "tensorrt", "--json", "--corruptions", "none"])
     assert r.exit_code == 0, r.output[-1500:]
     m = open_bundle(tmp_path / "b").manifest
     assert m["build"] == {"fp16": True, "max_batch": 4}

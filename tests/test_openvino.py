@@ -101,7 +101,7 @@ def test_without_openvino_the_export_says_so(tiny_ckpt, tmp_path, monkeypatch):
 
     monkeypatch.setattr(OpenVinoBackend, "available", classmethod(lambda cls: (False, "OpenVINO is not installed")))
     common = [str(tiny_ckpt), "--calib", str(FASHION), "--eval", str(FASHION), "--calib-samples", "32",
-              "--max-drop", "100", "--min-agreement", "0"]
+              "--max-drop", "100", "--min-agreement", "0", "--corruptions", "none"]
     r = CliRunner().invoke(cli(), ["export", *common, "-o", str(tmp_path / "a"), "--target", "openvino"])
     assert r.exit_code == 2 and "--target openvino: OpenVINO is not installed" in r.output, r.output
     assert not (tmp_path / "a").exists()
