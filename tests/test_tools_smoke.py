@@ -238,6 +238,24 @@ def test_int8_saturation_smoke(tmp_path):
     assert got["images"] == 10 and "| fp32 |" in (tmp_path / "int8_saturation.md").read_text()
 
 
+def test_bench_ranking_smoke(tmp_path):
+    """tools/bench_ranking.py on pretrained Lite0, 2 layers, 8 photographs: both ways per target, their files
+    compared byte for byte (the tool exits non-zero when they differ); a bad count is one usage line."""
+    r = subprocess.run([sys.executable, "tools/bench_ranking.py", "--layers", "2", "--images", "8", "--out", tmp_path],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads((tmp_path / "bench_ranking.json").read_text())
+    assert got["layers"] == 2 and got["of_layers"] == 50 and got["images"] == 8
+    assert set(got["targets"]) == {"tensorrt", "onnxruntime"}
+    for per in got["targets"].values():
+        for way in per.values():
+            assert 0 < way["quantize"] < way["step"]
+    assert (tmp_path / "bench_ranking.md").read_text().count("| tensorrt |") == 2
+    bad = subprocess.run([sys.executable, "tools/bench_ranking.py", "--layers", "0"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "at least 1" in bad.stderr and "Traceback" not in bad.stderr
+
+
 @pytest.mark.slow  # a benchmark tool, not the product: python3 -m pytest -m slow (docs/benchmarks.md)
 def test_block_reconstruction_smoke(tmp_path):
     """tools/block_reconstruction.py end to end on pretrained Lite0 at 96 px (8 judged per folder, 8 calibration

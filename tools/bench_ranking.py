@@ -100,6 +100,8 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=64, help="ranking images, also the calibration (default 64)")
     ap.add_argument("--out", default="out/bench_ranking")
     a = ap.parse_args(argv)
+    if a.layers < 1 or a.images < 1:
+        ap.error("--layers and --images must be at least 1")
     with tempfile.TemporaryDirectory(prefix="edgecv-bench-ranking-") as tmp:
         res = measure(a.layers, a.images, Path(tmp))
     out = Path(a.out)

@@ -208,7 +208,7 @@ def weight_scale_overrides(model: onnx.ModelProto, cache: Dict[tuple, list], exc
         if t.name not in axes:
             continue
         w = numpy_helper.to_array(t)
-        key = (t.name, hashlib.sha1(w.tobytes()).hexdigest(), w.shape, str(w.dtype), axes[t.name], min_real_range)
+        key = (t.name, hashlib.sha256(w.tobytes()).hexdigest(), w.shape, str(w.dtype), axes[t.name], min_real_range)
         if key not in cache:
             params = [compute_data_quant_params(np.ascontiguousarray(w.take(i, axes[t.name])).ravel(),
                                                 onnx.TensorProto.INT8, True, reduce_range=False,
