@@ -30,10 +30,10 @@ WAYS = ("scales computed by ONNX Runtime", "scales reused")
 
 
 def _photos(n: int) -> np.ndarray:
+    from edgecv.models.registry import model_cfg
     from edgecv.runtime.preprocess import Preprocessor, load_image
 
-    pre = Preprocessor({"input_size": 224, "resize": 256, "crop": 224, "channels": 3, "mean": [127 / 255] * 3,
-                        "std": [128 / 255] * 3})
+    pre = Preprocessor({**model_cfg("efficientnet_lite0"), "channels": 3})  # the preprocessing its weights came with
     files = sorted(SHARED.rglob("*.JPEG"))[:n]
     if len(files) < n:
         raise SystemExit(f"{SHARED}: {len(files)} photographs, {n} needed (--images)")
