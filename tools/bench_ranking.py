@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import tempfile
 import time
@@ -29,14 +28,19 @@ sys.path.insert(0, str(ROOT))
 WAYS = ("scales computed by ONNX Runtime", "scales reused")
 
 
-def _photos(n: int) -> np.ndarray:
+def _photo_files(n: int) -> list:
+    """The first ``n`` shared ImageNet photographs, or a usage error when there are fewer."""
+    files = sorted(SHARED.rglob("*.JPEG"))[:n]
+    if len(files) < n:
+        raise SystemExit(f"{SHARED}: {len(files)} photographs, {n} needed (--images)")
+    return files
+
+
+def _photos(files: list) -> np.ndarray:
     from edgecv.models.registry import model_cfg
     from edgecv.runtime.preprocess import Preprocessor, load_image
 
     pre = Preprocessor({**model_cfg("efficientnet_lite0"), "channels": 3})  # the preprocessing its weights came with
-    files = sorted(SHARED.rglob("*.JPEG"))[:n]
-    if len(files) < n:
-        raise SystemExit(f"{SHARED}: {len(files)} photographs, {n} needed (--images)")
     return np.stack([pre(load_image(str(f), 3)) for f in files])
 
 
@@ -51,7 +55,7 @@ def _one_layer(fp32: Path, calib, target, node: str, x: np.ndarray, out: Path) -
     return {"quantize": t1 - t0, "step": time.perf_counter() - t0}
 
 
-def measure(layers: int, images: int, work: Path) -> Dict:
+def measure(layers: int, files: list, work: Path) -> Dict:
     from edgecv import targets
     from edgecv.export.onnx_export import export_onnx
     from edgecv.export.quantize import calibrate, quantizable_nodes
@@ -59,11 +63,11 @@ def measure(layers: int, images: int, work: Path) -> Dict:
 
     fp32 = work / "lite0.onnx"
     export_onnx(create_model("efficientnet_lite0", pretrained=True).eval(), fp32, (3, 224, 224))
-    x = _photos(images)
+    x = _photos(files)
     calib = calibrate(fp32, x, "percentile")
     nodes = quantizable_nodes(fp32)
     picked = [nodes[i] for i in np.linspace(0, len(nodes) - 1, min(layers, len(nodes))).astype(int)]
-    res: Dict = {"layers": len(picked), "of_layers": len(nodes), "images": images, "targets": {}}
+    res: Dict = {"layers": len(picked), "of_layers": len(nodes), "images": len(files), "targets": {}}
     for name in ("tensorrt", "onnxruntime"):
         t = targets.get(name)
         own = dataclasses.replace(t, quant=dict(t.quant, TensorQuantOverrides={}))
@@ -102,13 +106,25 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.layers < 1 or a.images < 1:
         ap.error("--layers and --images must be at least 1")
-    with tempfile.TemporaryDirectory(prefix="edgecv-bench-ranking-") as tmp:
-        res = measure(a.layers, a.images, Path(tmp))
+    from edgecv.utils.io import atomic_write_json, atomic_write_text
+    from edgecv.utils.signals import INTERRUPTS, exit_code, install
+
+    files = _photo_files(a.images)
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_ranking.json").write_text(json.dumps(res, indent=1))
+    try:  # before minutes of work, not after
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        ap.error(f"--out {out}: {e.strerror}")
+    install()  # SIGTERM as an exception: the temporary folder of ONNX files is removed on the way out
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgecv-bench-ranking-") as tmp:
+            res = measure(a.layers, files, Path(tmp))
+    except INTERRUPTS as e:
+        print("interrupted", file=sys.stderr)
+        return exit_code(e)
+    atomic_write_json(out / "bench_ranking.json", res)
     md = markdown(res)
-    (out / "bench_ranking.md").write_text(md)
+    atomic_write_text(out / "bench_ranking.md", md)
     print(md)
     return 0
 
