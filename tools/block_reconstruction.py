@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from weight_rounding import ROOT, SETS, _files, _load, agreement_cells
+from weight_rounding import ROOT, SETS, _files, _load, agreement_cells, lite0_spec
 
 sys.path.insert(0, str(ROOT))
 
@@ -74,8 +74,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    pre = Preprocessor({"input_size": a.size, "resize": round(a.size * 256 / 224), "crop": a.size, "channels": 3,
-                        "mean": [127 / 255] * 3, "std": [128 / 255] * 3})
+    pre = Preprocessor(lite0_spec(a.size))
     judged = {k: _load(_files(k)[: a.images], pre) for k in SETS}
     half = a.calib // 2
     cal = _load(_files("imagenette")[a.images: a.images + half] + _files("caltech101")[a.images: a.images + half], pre)

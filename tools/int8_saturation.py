@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "imagenet-samples"
 sys.path.insert(0, str(ROOT))
 
+from weight_rounding import lite0_spec  # noqa: E402
+
 
 def cpu_int8_flags() -> str:
     """The x86 int8 dot-product instructions this CPU reports (/proc/cpuinfo), or what it lacks."""
@@ -46,8 +48,7 @@ def cpu_int8_flags() -> str:
 def _photos(n: int):
     from edgecv.runtime.preprocess import Preprocessor, load_image
 
-    pre = Preprocessor({"input_size": 224, "resize": 256, "crop": 224, "channels": 3, "mean": [127 / 255] * 3,
-                        "std": [128 / 255] * 3})
+    pre = Preprocessor(lite0_spec())
     files = sorted(SHARED.rglob("*.JPEG"))
     if len(files) < 2 * n:
         raise SystemExit(f"{SHARED}: {len(files)} photographs, {2 * n} needed (--images)")

@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "imagenet-samples"
 sys.path.insert(0, str(ROOT))
 
+from weight_rounding import lite0_spec  # noqa: E402
+
 
 def placement(path: Path) -> Dict[str, int]:
     """Activation QuantizeLinear nodes by the op type that produces their input (weights excluded)."""
@@ -66,7 +68,7 @@ def main(argv=None) -> int:
     from edgecv.runtime.backends.ort import OrtBackend
     from edgecv.train.sources import data_config_from_spec
 
-    spec = {"input_size": 224, "resize": 256, "crop": 224, "channels": 3, "mean": [127 / 255] * 3, "std": [128 / 255] * 3}
+    spec = lite0_spec()
     cal, held = calib_and_eval_sets(data_config_from_spec(spec), str(SHARED), str(SHARED), 250, None, show_progress=False)
     tune, ev = split_off(held, ExportConfig().tune_fraction, 0)
     rows = []

@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "imagenet-samples"
 sys.path.insert(0, str(ROOT))
 
+from weight_rounding import lite0_spec  # noqa: E402
+
 from edgecv.runtime.latency import measure_interleaved  # noqa: E402
 
 
@@ -103,7 +105,7 @@ def main(argv=None) -> int:
     from edgecv.export.data import calib_and_eval_sets
     from edgecv.train.sources import data_config_from_spec
 
-    lite = {"input_size": 224, "resize": 256, "crop": 224, "channels": 3, "mean": [127 / 255] * 3, "std": [128 / 255] * 3}
+    lite = lite0_spec()
     cal, ev = calib_and_eval_sets(data_config_from_spec(lite), str(SHARED), str(SHARED), 64, 100, show_progress=False)
     one = np.ascontiguousarray(ev.x[:1])
     results = []

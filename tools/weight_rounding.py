@@ -29,6 +29,17 @@ ROUNDINGS = {"nearest": {"bias_correction": False}, "nearest + bias correction":
 TARGETS = ("tensorrt", "onnxruntime", "openvino")
 
 
+def lite0_spec(size: int = 224) -> dict:
+    """Lite0's preprocessing as its pretrained weights came with it (the model registry's), at ``size`` pixels
+    with the evaluation resize scaled as ``edgecv export --input-size`` scales it."""
+    from edgecv.data.transforms import at_input_size, preprocess_spec
+    from edgecv.models.registry import model_cfg
+    from edgecv.train.sources import data_config_from_spec
+
+    return preprocess_spec(at_input_size(data_config_from_spec({**model_cfg("efficientnet_lite0"), "channels": 3}),
+                                         size))
+
+
 def _files(name: str) -> list:
     folder, pattern = SETS[name]
     files = sorted((DATA / folder).glob(pattern))
@@ -72,9 +83,7 @@ def main(argv=None) -> int:
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    pre = Preprocessor({"input_size": a.size, "resize": round(a.size * 256 / 224), "crop": a.size, "channels": 3,
-                        "mean": [127 / 255] * 3,
-                        "std": [128 / 255] * 3})
+    pre = Preprocessor(lite0_spec(a.size))
     judged = {k: _load(_files(k)[: a.images], pre) for k in SETS}
     half = a.calib // 2
     cal = _load(_files("imagenette")[a.images: a.images + half] + _files("caltech101")[a.images: a.images + half], pre)
