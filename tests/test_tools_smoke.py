@@ -238,6 +238,7 @@ def test_int8_saturation_smoke(tmp_path):
     assert got["images"] == 10 and "| fp32 |" in (tmp_path / "int8_saturation.md").read_text()
 
 
+@pytest.mark.slow  # a benchmark tool, not the product: python3 -m pytest -m slow (docs/benchmarks.md)
 def test_bench_ranking_smoke(tmp_path):
     """tools/bench_ranking.py on pretrained Lite0, 2 layers, 8 photographs: both ways per target, their files
     compared byte for byte (the tool exits non-zero when they differ); a bad count is one usage line."""
