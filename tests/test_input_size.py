@@ -24,7 +24,7 @@ def small_bundle(tmp_path_factory, tiny_ckpt):
     from edgecv.export.pipeline import export_bundle
 
     out = tmp_path_factory.mktemp("bundles") / "tiny20"
-    export_bundle(str(TINY_RECIPE), str(out), {"distill_epochs": 1, "input_size": 20},
+    export_bundle(str(TINY_RECIPE), str(out), {"distill_epochs": 1, "input_size": 20, "corruptions": "gaussian_noise"},
                   [f"checkpoint={tiny_ckpt}", "data.train_limit=1000"], show_progress=False)
     return out
 
@@ -68,6 +68,9 @@ def test_bundle_at_input_size_ships_that_size(small_bundle, tiny_bundle):
             assert a["speedup_vs_unpruned_int8"] == pytest.approx(ref[a["target"]] / a["latency_ms"])
             assert f"| {a['target']} | {a['file']} | {a['precision']} | {a['latency_ms']:.3f} |" in report
     assert "## Speed against the unpruned model in int8" in report
+    # the robustness report leaves the 28-px source out: it cannot read the shipped model's 20-px images
+    rob = s["robustness"]["summary"]
+    assert "fp32" in rob and "onnxruntime int8" in rob and "unpruned fp32" not in rob
     golden = np.load(small_bundle / "golden.npz")
     assert golden["pixels"].shape[2:] == (20, 20)
 
