@@ -439,7 +439,6 @@ def test_export_output_is_edgecv_progress_not_library_chatter(tiny_ckpt, tmp_pat
     assert "Increased scale" in r.stderr  # the library's detail is there for whoever asks
 
 
-
 def test_non_utf8_video_source_and_record_path(tiny_bundle, tmp_path):
     """cv2.VideoCapture and cv2.VideoWriter segfaulted on such names too."""
     vid = os.path.join(os.fsencode(tmp_path), b"clip\xff.mp4")

@@ -37,10 +37,11 @@ def _photo_files(n: int) -> list:
 
 
 def _photos(files: list) -> np.ndarray:
-    from edgecv.models.registry import model_cfg
+    from weight_rounding import lite0_spec
+
     from edgecv.runtime.preprocess import Preprocessor, load_image
 
-    pre = Preprocessor({**model_cfg("efficientnet_lite0"), "channels": 3})  # the preprocessing its weights came with
+    pre = Preprocessor(lite0_spec())  # the preprocessing its weights came with
     return np.stack([pre(load_image(str(f), 3)) for f in files])
 
 
