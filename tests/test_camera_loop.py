@@ -86,12 +86,13 @@ def test_watchdog_pings_stop_when_inference_hangs(tiny_bundle, tmp_path, monkeyp
     from edgecv.runtime.backends import ort as ort_backend
 
     collect = notify_socket  # WatchdogSec=0.2: pings every 0.1 s
-    hang, release, calls = threading.Event(), threading.Event(), [0]
+    hang, hung_in, release, calls = threading.Event(), threading.Event(), threading.Event(), [0]
     real = ort_backend.OrtBackend.infer
 
     def infer(self, batch):
         calls[0] += 1
         if hang.is_set():
+            hung_in.set()
             release.wait(30)  # a hung engine
             from edgecv.runtime.stream.capture import SourceFailed
 
@@ -113,7 +114,9 @@ def test_watchdog_pings_stop_when_inference_hangs(tiny_bundle, tmp_path, monkeyp
     # past 0.3 s (one failure in a full run, none in 3 reruns)
     assert len(pings) >= 5 and max(np.diff(pings)) < 0.5
     hang.set()
-    time.sleep(0.3)
+    assert hung_in.wait(10)
+    # the frame that was in flight when the hang began may have pinged; its datagram waits in the socket: read it off
+    collect(0.2)
     hung = collect(1.0)
     assert [m for _, m in hung if m == "WATCHDOG=1"] == []  # systemd would restart the service now
     release.set()
