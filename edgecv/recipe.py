@@ -383,6 +383,11 @@ def _check_against_each_other(r: Recipe, source: str) -> None:
                           f"{r.train.epochs} (the rate would never reach train.lr)")
 
 
+def is_recipe(path: str) -> bool:
+    """Whether SOURCE names a recipe (else a checkpoint), by its suffix."""
+    return Path(path).suffix.lower() in (".yaml", ".yml")
+
+
 def load_recipe(path: str | os.PathLike, overrides: List[str] = ()) -> Recipe:
     """Load and validate a YAML recipe. Relative data paths resolve against the working directory."""
     path = Path(path)

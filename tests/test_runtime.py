@@ -58,6 +58,21 @@ def test_device_commands_run_without_torch(tiny_bundle, tmp_path):
     assert r.returncode == 2 and "TensorRT" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_workstation_commands_refuse_a_typo_before_importing_torch(tmp_path):
+    """The recipe and the flags are checked first (torch-free): half a second to say no, not seconds of imports."""
+    recipe, out = "recipes/fashion_mnist.yaml", str(tmp_path / "o")
+    (tmp_path / "file").write_text("x")
+    for args, needle in [(["export", recipe, "--target", "nope", "-o", out], "unknown target 'nope'"),
+                         (["export", recipe, "--prune", "2", "-o", out], "--prune: must be"),
+                         (["export", recipe, "--set", "export.prune=x", "-o", out], "export.prune: expected float"),
+                         (["export", recipe, "-o", str(tmp_path / "file")], "exists and is not a directory"),
+                         (["export", str(tmp_path / "m.pt"), "-o", out], "--calib: required when SOURCE is a checkpoint"),
+                         (["train", recipe, "--set", "train.lr=-1", "-o", out], "train.lr: must be > 0")]:
+        r = run_no_torch(*args)
+        assert r.returncode == 2 and needle in r.stderr and "blocked" not in r.stderr, (args, r.stderr[-800:])
+    assert not (tmp_path / "o").exists()
+
+
 def make_video(path, n, size=64):
     w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, (size, size))
     for i in range(n):

@@ -76,10 +76,16 @@ from edgecv.recipe import CALIB_CHOICES, PRUNE_METHODS, QAT_METHODS, WEIGHT_ROUN
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON at the end.")
 def export(source, out_dir, force, overrides, as_json, **flags):
     """Turn SOURCE (a recipe or a checkpoint) into a verified deploy bundle in OUT."""
-    from edgecv.export.pipeline import export_bundle
+    from edgecv.bundle.manifest import BUNDLE
+    from edgecv.export.options import export_options
     from edgecv.recipe import ExportConfig
+    from edgecv.utils.outputs import check_output
 
     flags = options_from(ExportConfig, flags)  # the flags given, by field name; the recipe's values for the rest
+    check_output(out_dir, BUNDLE, force)  # these two are torch-free: a typo is refused before seconds of imports
+    export_options(source, flags, list(overrides))
+    from edgecv.export.pipeline import export_bundle
+
     manifest = export_bundle(source, out_dir, flags, list(overrides), show_progress=not as_json, force=force)
     if as_json:
         click.echo(json.dumps(manifest))

@@ -30,12 +30,13 @@ def _emit(result: dict, as_json: bool, table_title: str) -> None:
 def train(recipe, out_dir, overrides, resume, force):
     """Train or fine-tune the model a RECIPE describes (works under torchrun for DDP)."""
     from edgecv.recipe import load_recipe
-    from edgecv.train.loop import train as run_train
 
-    r = load_recipe(recipe, list(overrides))
-    out = out_dir or f"runs/{r.name}"
     if resume and force:
         raise click.UsageError("--resume continues the run in OUT and --force replaces it: give one")
+    r = load_recipe(recipe, list(overrides))  # torch-free: a typo is refused before seconds of imports
+    out = out_dir or f"runs/{r.name}"
+    from edgecv.train.loop import train as run_train
+
     m = run_train(r, out, resume=resume, force=force)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"{out}/model.pt  top1 {m['top1']:.4f}  top5 {m['top5']:.4f}  (n={m['n']})")

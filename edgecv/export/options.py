@@ -5,11 +5,39 @@ import copy
 import dataclasses
 import difflib
 import os
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 from edgecv import targets
 from edgecv.errors import RecipeError
-from edgecv.recipe import CALIB_CHOICES, PRUNE_METHODS, QAT_METHODS, WEIGHT_ROUNDINGS, ExportConfig, Recipe, check_ranges
+from edgecv.recipe import (
+    CALIB_CHOICES,
+    PRUNE_METHODS,
+    QAT_METHODS,
+    WEIGHT_ROUNDINGS,
+    ExportConfig,
+    Recipe,
+    check_ranges,
+    is_recipe,
+    load_recipe,
+)
+
+
+def export_options(source: str, flags: Dict, overrides: List[str] = ()) -> Tuple[Optional[Recipe], ExportConfig]:
+    """The recipe (None when SOURCE is a checkpoint) and the export's checked options.
+
+    Torch-free on purpose: the CLI calls it before importing the pipeline, so a typo in a flag or a recipe field
+    is refused in half a second instead of after seconds of torch, torchvision and ONNX Runtime imports.
+    """
+    recipe = load_recipe(source, list(overrides)) if is_recipe(source) else None
+    opts = resolve_options(recipe, flags)
+    if recipe is None and not opts.calib and not opts.calib_pools:
+        if opts.calib_set:  # a calibration set whose images would be the recipe's training split
+            raise RecipeError(f"--calib {opts.calib_set}: names no images (images: a folder, or pools:), and a "
+                              "checkpoint has no recipe training split to take them from")
+        raise RecipeError("--calib: required when SOURCE is a checkpoint (a folder of calibration images)")
+    if recipe is None and not opts.eval:
+        raise RecipeError("--eval: required when SOURCE is a checkpoint (a labelled image folder)")
+    return recipe, opts
 
 
 def resolve_options(recipe: Optional[Recipe], flags: Dict) -> ExportConfig:

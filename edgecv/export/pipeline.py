@@ -24,7 +24,7 @@ from edgecv.errors import RecipeError
 from edgecv.export.decide import choose_cpu_default, choose_defaults, corruption_failures, refuse_if
 from edgecv.export.evidence import robustness, write_golden_vectors
 from edgecv.export.image_sets import image_sets, tune_sources, write_seen_images
-from edgecv.export.options import resolve_options
+from edgecv.export.options import export_options
 from edgecv.metrics import Budget
 from edgecv.recipe import CALIB_METHODS, ExportConfig
 from edgecv.utils.outputs import OutputLock, check_output, scratch_dir, staged_output
@@ -170,25 +170,13 @@ def _stages(run: ExportRun) -> Dict:
 
 def load(source: str, flags: Dict, overrides: List[str], show_progress: bool) -> ExportRun:
     """The recipe and options, the source model, and the image sets (calibration, tune, evaluation)."""
-    from edgecv.train.sources import is_recipe, load_source
+    from edgecv.train.sources import load_source
 
-    recipe = None
-    if is_recipe(source):
-        from edgecv.recipe import load_recipe
-
-        recipe = load_recipe(source, overrides)
-    opts = resolve_options(recipe, flags)
+    recipe, opts = export_options(source, flags, overrides)
     run = ExportRun(source, opts, recipe, None, Stages(quiet=not show_progress), show_progress)
     run.summary = {"source": source, "options": dataclasses.asdict(opts)}
     with run.stages("load source"):
         run.src = load_source(source, overrides, allow_train=True, show_progress=show_progress)
-    if recipe is None and not opts.calib and not opts.calib_pools:
-        if opts.calib_set:  # a calibration set whose images would be the recipe's training split
-            raise RecipeError(f"--calib {opts.calib_set}: names no images (images: a folder, or pools:), and a "
-                              "checkpoint has no recipe training split to take them from")
-        raise RecipeError("--calib: required when SOURCE is a checkpoint (a folder of calibration images)")
-    if recipe is None and not opts.eval:
-        raise RecipeError("--eval: required when SOURCE is a checkpoint (a labelled image folder)")
     if opts.drop_blocks:  # before the image sets are read: a count the model cannot give is known now
         from edgecv.compress.depth import blocks_to_drop
 

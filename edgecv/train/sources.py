@@ -11,7 +11,7 @@ import numpy as np
 from torch import nn
 
 from edgecv.errors import SourceError  # noqa: F401 (re-exported)
-from edgecv.recipe import DataConfig, Recipe, load_recipe
+from edgecv.recipe import DataConfig, Recipe, is_recipe, load_recipe  # noqa: F401 (is_recipe re-exported)
 from edgecv.utils.io import relative_hint
 
 
@@ -39,10 +39,6 @@ def data_config_from_spec(spec: Dict, base: Optional[DataConfig] = None, where: 
     cfg.input_size, cfg.channels = s.input_size, s.channels
     cfg.resize, cfg.mean, cfg.std = spec.get("resize"), list(s.mean), list(s.std)
     return cfg
-
-
-def is_recipe(path: str) -> bool:
-    return Path(path).suffix.lower() in (".yaml", ".yml")
 
 
 def load_source(path: str, overrides: List[str] = (), allow_train: bool = False,
