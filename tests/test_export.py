@@ -230,7 +230,7 @@ def test_calibration_set_files_resolve(monkeypatch):
     """calibration/*.yaml set images, count, method and seed; explicit flags still win."""
     from edgecv.errors import RecipeError
     from edgecv.export.calibration_set import load_calibration_set
-    from edgecv.export.pipeline import resolve_options
+    from edgecv.export.options import resolve_options
     from edgecv.recipe import load_recipe
 
     monkeypatch.chdir(ROOT)  # relative paths resolve against the working directory

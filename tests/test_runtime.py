@@ -66,7 +66,7 @@ def test_workstation_commands_refuse_a_typo_before_importing_torch(tmp_path):
                          (["export", recipe, "--prune", "2", "-o", out], "--prune: must be"),
                          (["export", recipe, "--set", "export.prune=x", "-o", out], "export.prune: expected float"),
                          (["export", recipe, "-o", str(tmp_path / "file")], "exists and is not a directory"),
-                         (["export", str(tmp_path / "m.pt"), "-o", out], "--calib: required when SOURCE is a checkpoint"),
+                         (["export", recipe, "--set", "optim.lr=1", "-o", out], "optim: unknown key"),
                          (["train", recipe, "--set", "train.lr=-1", "-o", out], "train.lr: must be > 0")]:
         r = run_no_torch(*args)
         assert r.returncode == 2 and needle in r.stderr and "blocked" not in r.stderr, (args, r.stderr[-800:])

@@ -99,7 +99,7 @@ def test_frozen_backbone_keeps_its_batchnorm_statistics(tmp_path):
 
 def test_distill_without_prune_is_refused(tiny_ckpt):
     from edgecv.errors import RecipeError
-    from edgecv.export.pipeline import resolve_options
+    from edgecv.export.options import resolve_options
 
     r = load_recipe(TINY_RECIPE)
     with pytest.raises(RecipeError, match="--distill: needs --prune"):

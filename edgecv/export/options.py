@@ -30,13 +30,6 @@ def export_options(source: str, flags: Dict, overrides: List[str] = ()) -> Tuple
     """
     recipe = load_recipe(source, list(overrides)) if is_recipe(source) else None
     opts = resolve_options(recipe, flags)
-    if recipe is None and not opts.calib and not opts.calib_pools:
-        if opts.calib_set:  # a calibration set whose images would be the recipe's training split
-            raise RecipeError(f"--calib {opts.calib_set}: names no images (images: a folder, or pools:), and a "
-                              "checkpoint has no recipe training split to take them from")
-        raise RecipeError("--calib: required when SOURCE is a checkpoint (a folder of calibration images)")
-    if recipe is None and not opts.eval:
-        raise RecipeError("--eval: required when SOURCE is a checkpoint (a labelled image folder)")
     return recipe, opts
 
 

@@ -177,6 +177,13 @@ def load(source: str, flags: Dict, overrides: List[str], show_progress: bool) ->
     run.summary = {"source": source, "options": dataclasses.asdict(opts)}
     with run.stages("load source"):
         run.src = load_source(source, overrides, allow_train=True, show_progress=show_progress)
+    if recipe is None and not opts.calib and not opts.calib_pools:  # after load_source: what SOURCE is comes first
+        if opts.calib_set:  # a calibration set whose images would be the recipe's training split
+            raise RecipeError(f"--calib {opts.calib_set}: names no images (images: a folder, or pools:), and a "
+                              "checkpoint has no recipe training split to take them from")
+        raise RecipeError("--calib: required when SOURCE is a checkpoint (a folder of calibration images)")
+    if recipe is None and not opts.eval:
+        raise RecipeError("--eval: required when SOURCE is a checkpoint (a labelled image folder)")
     if opts.drop_blocks:  # before the image sets are read: a count the model cannot give is known now
         from edgecv.compress.depth import blocks_to_drop
 
