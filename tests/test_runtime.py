@@ -62,15 +62,18 @@ def test_workstation_commands_refuse_a_typo_before_importing_torch(tmp_path):
     """The recipe and the flags are checked first (torch-free): half a second to say no, not seconds of imports."""
     recipe, out = "recipes/fashion_mnist.yaml", str(tmp_path / "o")
     (tmp_path / "file").write_text("x")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.pt").write_bytes(b"a finished run's model")
     for args, needle in [(["export", recipe, "--target", "nope", "-o", out], "unknown target 'nope'"),
                          (["export", recipe, "--prune", "2", "-o", out], "--prune: must be"),
                          (["export", recipe, "--set", "export.prune=x", "-o", out], "export.prune: expected float"),
                          (["export", recipe, "-o", str(tmp_path / "file")], "exists and is not a directory"),
                          (["export", recipe, "--set", "optim.lr=1", "-o", out], "optim: unknown key"),
-                         (["train", recipe, "--set", "train.lr=-1", "-o", out], "train.lr: must be > 0")]:
+                         (["train", recipe, "--set", "train.lr=-1", "-o", out], "train.lr: must be > 0"),
+                         (["train", recipe, "-o", str(tmp_path / "run")], "holds a finished training run")]:
         r = run_no_torch(*args)
         assert r.returncode == 2 and needle in r.stderr and "blocked" not in r.stderr, (args, r.stderr[-800:])
-    assert not (tmp_path / "o").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "run"] and [p.name for p in (tmp_path / "run").iterdir()] == ["model.pt"]
 
 
 def make_video(path, n, size=64):

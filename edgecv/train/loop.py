@@ -16,12 +16,13 @@ from torch import nn
 
 from edgecv.data.loaders import load_data, training_copies
 from edgecv.data.transforms import preprocess_spec
-from edgecv.errors import CheckpointError, DivergedError, ModelError, OutputError, RecipeError
+from edgecv.errors import CheckpointError, DivergedError, ModelError, RecipeError
 from edgecv.models.checkpoint import make_checkpoint, read_checkpoint, save_checkpoint
 from edgecv.models.heads import set_backbone_trainable
 from edgecv.models.registry import create_model
 from edgecv.recipe import Recipe, TrainConfig, save_recipe
 from edgecv.train.engine import amp_name, cannot_run_at, device_of, evaluate, to_device, train_one_epoch
+from edgecv.train.run_dir import refuse_to_replace_a_run
 from edgecv.utils.io import atomic_path, atomic_write_json, atomic_write_text
 from edgecv.utils.outputs import run_output
 
@@ -197,30 +198,6 @@ def train(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False, show
         if not resume and not force:  # under the lock: a run writing there now is named as such instead
             refuse_to_replace_a_run(out, recipe)
         return _train(recipe, out, resume, show_progress, dist_info)
-
-
-def refuse_to_replace_a_run(out: Path, recipe: Recipe) -> None:
-    """A new run writes into its folder file by file: over a finished run, it replaced a model that may have taken
-    hours (a killed one leaves the old model.pt beside its own recipe.yaml and last.pt); over an interrupted run, it
-    threw the epochs away that --resume would have kept. Either is refused, naming what is there and what to do."""
-    again = f"edgecv train {recipe.source or 'RECIPE'} -o {out}"
-    if (out / "model.pt").is_file():
-        top1 = _recorded_top1(out / "metrics.json")
-        what, keep = f"a finished training run (model.pt{top1})", "choose another -o to keep it"
-    elif (out / "last.pt").is_file():
-        what, keep = "an interrupted training run (last.pt)", f"`{again} --resume` continues it"
-    else:
-        return
-    raise OutputError(f"{out}: holds {what}; {keep}, or pass --force (`{again} --force`) to replace it")
-
-
-def _recorded_top1(path: Path) -> str:
-    from edgecv.utils.io import NotASmallFile, read_small
-
-    try:
-        return f", top-1 {float(json.loads(read_small(path))['top1']):.4f}"
-    except (OSError, NotASmallFile, ValueError, KeyError, TypeError):
-        return ""  # the note is a courtesy: a missing or damaged metrics.json leaves it out
 
 
 @dataclass
