@@ -284,9 +284,9 @@ def run_output(path: str | os.PathLike, kind: OutputKind = RUN) -> Iterator[Path
     """
     path = Path(os.path.abspath(os.fsdecode(path)))
     inspect_output(path, kind)
-    _prepare_parent(path)
+    _prepare_parent(path, create=False)
     existed = path.exists()
-    with OutputLock(path):
+    with OutputLock(path):  # makes the missing parent folders, and removes them again if the run leaves them empty
         sweep_stale(path)
         try:
             yield path
