@@ -9,10 +9,10 @@ from torch.utils.data import DataLoader, Subset
 
 from edgecv.data.loaders import ImageFileDataset, build_dataset, dataset_for_path, training_identities
 from edgecv.errors import DatasetError, RecipeError, SourceError
-from edgecv.recipe import load_recipe
+from edgecv.recipe import is_recipe, load_recipe
 from edgecv.train.engine import evaluate
 from edgecv.train.loop import RUN_RECIPE
-from edgecv.train.sources import is_recipe, load_source
+from edgecv.train.sources import load_source
 from edgecv.utils.sampling import evenly_spaced
 
 log = logging.getLogger("edgecv.eval")

@@ -11,7 +11,7 @@ import numpy as np
 from torch import nn
 
 from edgecv.errors import SourceError  # noqa: F401 (re-exported)
-from edgecv.recipe import DataConfig, Recipe, is_recipe, load_recipe  # noqa: F401 (is_recipe re-exported)
+from edgecv.recipe import DataConfig, Recipe, is_recipe, load_recipe
 from edgecv.utils.io import relative_hint
 
 
