@@ -35,14 +35,15 @@ def train(recipe, out_dir, overrides, resume, force):
         raise click.UsageError("--resume continues the run in OUT and --force replaces it: give one")
     r = load_recipe(recipe, list(overrides))  # torch-free, as the output's check: refused before seconds of imports
     out = out_dir or f"runs/{r.name}"
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone owns the output
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone owns the output and the summary
+    if rank0:
         from edgecv.train.run_dir import check_run_output
 
         check_run_output(out, r, resume=resume, force=force)
     from edgecv.train.loop import train as run_train
 
     m = run_train(r, out, resume=resume, force=force)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if rank0:
         click.echo(f"{out}/model.pt  top1 {m['top1']:.4f}  top5 {m['top5']:.4f}  (n={m['n']})")
 
 
