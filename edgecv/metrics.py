@@ -172,10 +172,46 @@ def mean_kl(ref_logits: np.ndarray, logits: np.ndarray) -> float:
     return float(kl_rows(ref_logits, logits).mean())
 
 
+# fp32's top-1 probability from which its class outweighs all the others together: an image int8 moves off a class
+# fp32 gave at least this is a change fp32 itself did not hesitate over.
+SURE = 0.5
+
+
+def changed_confidences(ref_logits: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """fp32's top-1 probability on each row whose top-1 class ``logits`` changed (float64, in row order)."""
+    ref_logits = np.asarray(ref_logits, np.float64)
+    rows = ref_logits.argmax(1) != np.asarray(logits).argmax(1)
+    ref = ref_logits[rows]
+    if not len(ref):
+        return np.zeros(0)
+    e = np.exp(ref - ref.max(1, keepdims=True))
+    return e.max(1) / e.sum(1)
+
+
+def class_changes(confidences: np.ndarray) -> Dict[str, Any]:
+    """What :func:`changed_confidences` found, in numbers: how many rows changed class (``changed``), how many of
+    those fp32 gave at least :data:`SURE` (``changed_fp32_sure``), and fp32's median top-1 probability over them
+    (``changed_fp32_median_prob``; None when none changed). Agreement counts a near-tie that int8 tips the other way
+    like a sure answer it overturns; these tell the two apart."""
+    c = np.asarray(confidences, np.float64)
+    return {"changed": int(len(c)), "changed_fp32_sure": int((c >= SURE).sum()),
+            "changed_fp32_median_prob": float(np.median(c)) if len(c) else None}
+
+
+def describe_changes(changes: Dict[str, Any]) -> str:
+    """One phrase for reports and refusals: "33 changed class, 2 of them where fp32 was >= 50% sure (median fp32
+    top-1 probability 0.16)"."""
+    n = changes["changed"]
+    if not n:
+        return "none changed class"
+    return (f"{n} changed class, {changes['changed_fp32_sure']} of them where fp32 was >= {SURE:.0%} sure (median "
+            f"fp32 top-1 probability {changes['changed_fp32_median_prob']:.2f})")
+
+
 def fidelity(ref_logits: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
     """How closely a compressed model follows its fp32 reference on the same inputs: top-1 agreement, mean
-    KL(fp32 || compressed) of the softmax outputs, and the worst per-class top-1 drop in points (over the
-    classes present in ``labels``)."""
+    KL(fp32 || compressed) of the softmax outputs, the worst per-class top-1 drop in points (over the
+    classes present in ``labels``), and how sure fp32 was of the images whose class changed (:func:`class_changes`)."""
     labels = np.asarray(labels)
     ref_hit, hit = ref_logits.argmax(1) == labels, logits.argmax(1) == labels
     worst, worst_cls = 0.0, None
@@ -186,4 +222,4 @@ def fidelity(ref_logits: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> 
             worst, worst_cls = float(d), int(c)
     return {"agreement": agreement(ref_logits, logits),
             "mean_kl": mean_kl(ref_logits, logits),
-            "worst_class_drop": worst, "worst_class": worst_cls}
+            "worst_class_drop": worst, "worst_class": worst_cls, **class_changes(changed_confidences(ref_logits, logits))}

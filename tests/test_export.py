@@ -34,6 +34,10 @@ def test_bundle_contents_and_manifest(tiny_bundle):
         assert 0 < a["top1"] <= 1 and a["latency_ms"] > 0
     assert m["default"]["onnxruntime"]["file"] in m["files"]
     s = m["summary"]
+    report = (tiny_bundle / "report.md").read_text()
+    for a in int8:  # the evaluation images that changed class, and how many of those fp32 was sure of, in the report
+        assert a["changed"] == round((1 - a["agreement"]) * s["evaluation"]["images"]) >= a["changed_fp32_sure"] >= 0
+        assert f"| {a['agreement']:.2%} | {a['changed']} ({a['changed_fp32_sure']}) |" in report
     assert s["prune"]["macs_after"] < s["prune"]["macs_before"] / 2.5
     from edgecv.train.engine import cpu_has_bf16
 

@@ -116,6 +116,32 @@ def test_unreachable_budget_is_refused_after_one_trial(setup):
     assert f"even with {limit} layers in float" in res.reason and len(res.fallback) == limit
     need = res.search[-1]["error_scale_needed"]
     assert 0 < need < 1 and f"cut to {need:.2f}x" in res.reason
+    changes = res.search[-1]["changes"]  # the images that changed class, counted as agreement counts them
+    assert changes["changed"] == round((1 - res.search[-1]["agreement"]) * len(tune)) > 0
+    assert f"of the {len(tune)} tune images, {changes['changed']} changed class, {changes['changed_fp32_sure']} of them" \
+        in res.reason
+
+
+def test_class_changes_tell_a_tipped_near_tie_from_an_overturned_sure_answer():
+    from edgecv.metrics import SURE, changed_confidences, class_changes, describe_changes, fidelity
+
+    ref = np.array([[4.0, 0, 0], [1.0, 0.9, 0], [0, 0, 3], [0.2, 0.3, 0.25], [0, 6, 0]])
+    q = np.array([[0.0, 4, 0], [0.9, 1.0, 0], [0, 0, 3], [0.3, 0.2, 0.25], [0, 6, 0]])
+    probs = changed_confidences(ref, q)  # rows 0, 1 and 3 changed class, in row order
+    e = np.exp(ref[[0, 1, 3]])
+    assert probs == pytest.approx(e.max(1) / e.sum(1))  # fp32's own top-1 probability: 0.96, 0.43, 0.35
+    c = class_changes(probs)
+    assert c == {"changed": 3, "changed_fp32_sure": 1, "changed_fp32_median_prob": pytest.approx(np.median(probs))}
+    assert (probs >= SURE).sum() == 1 and probs[0] >= SURE > probs[1]
+    assert describe_changes(c) == ("3 changed class, 1 of them where fp32 was >= 50% sure (median fp32 top-1 "
+                                   f"probability {np.median(probs):.2f})")
+    f = fidelity(ref, q, np.array([0, 0, 2, 1, 1]))
+    assert f["changed"] == round((1 - f["agreement"]) * len(ref)) == 3 and f["changed_fp32_sure"] == 1
+    same = fidelity(ref, ref, np.array([0, 0, 2, 1, 1]))
+    assert (same["changed"], same["changed_fp32_sure"], same["changed_fp32_median_prob"]) == (0, 0, None)
+    assert describe_changes(class_changes(changed_confidences(ref, ref))) == "none changed class"
+    # large logits stay finite (the softmax is taken from each row's maximum)
+    assert changed_confidences(np.array([[1000.0, 0]]), np.array([[0.0, 1]])) == pytest.approx([1.0])
 
 
 def test_error_scale_needed_is_the_largest_share_of_the_error_that_keeps_the_floor():

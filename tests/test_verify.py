@@ -163,6 +163,10 @@ def test_eval_against_fp32_reports_fidelity(tiny_bundle):
     assert res["precision"] == "int8" and res["agreement_with_fp32"] == pytest.approx(want["agreement"])
     assert res["mean_kl"] == pytest.approx(want["mean_kl"], rel=1e-3)
     assert res["worst_class_drop"] == pytest.approx(want["worst_class_drop"])
+    # streamed in batches, the images that changed class are the ones the whole-set metric counts
+    assert [res[k] for k in ("changed", "changed_fp32_sure")] == [want["changed"], want["changed_fp32_sure"]]
+    assert res["changed"] == round((1 - res["agreement_with_fp32"]) * 300)
+    assert res["changed_fp32_median_prob"] == pytest.approx(want["changed_fp32_median_prob"])
     assert 0.8 < res["agreement_with_fp32"] <= 1.0 and res["mean_kl"] > 0
 
 

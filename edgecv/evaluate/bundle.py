@@ -13,7 +13,7 @@ import numpy as np
 from edgecv.bundle.seen import read_seen, seen_key
 from edgecv.data.classes import match_classes
 from edgecv.errors import DatasetError
-from edgecv.metrics import kl_rows, topk_correct
+from edgecv.metrics import changed_confidences, class_changes, kl_rows, topk_correct
 from edgecv.runtime.preprocess import load_image
 from edgecv.utils.io import sha256_array, sha256_file
 from edgecv.utils.progress import progress
@@ -100,7 +100,7 @@ class _Tally:
     def __init__(self, clf, ref, mapping):
         self.clf, self.ref, self.mapping = clf, ref, mapping
         self.c1 = self.c5 = self.seen = 0
-        self.fid = {"agree": 0, "kl": 0.0, "hit": None, "ref_hit": None, "count": None}
+        self.fid = {"agree": 0, "kl": 0.0, "hit": None, "ref_hit": None, "count": None, "changed": []}
 
     def add(self, xs: List[np.ndarray], ys: List[int]) -> None:
         y = np.asarray(ys)
@@ -187,6 +187,7 @@ def accumulate_fidelity(acc: Dict, ref_logits: np.ndarray, logits: np.ndarray, y
     k = logits.shape[1]
     acc["kl"] += float(kl_rows(ref_logits, logits).sum())
     acc["agree"] += int((ref_logits.argmax(1) == logits.argmax(1)).sum())
+    acc["changed"].extend(changed_confidences(ref_logits, logits).tolist())  # one float per change: few
     for key, hits in (("count", None), ("ref_hit", ref_logits.argmax(1) == y), ("hit", logits.argmax(1) == y)):
         counts = np.bincount(y, weights=hits, minlength=k) if hits is not None else np.bincount(y, minlength=k)
         acc[key] = counts if acc[key] is None else acc[key] + counts
@@ -198,4 +199,4 @@ def finish_fidelity(acc: Dict, n: int) -> Dict:
     i = int(np.argmax(drops)) if len(drops) else None
     return {"agreement_with_fp32": acc["agree"] / n, "mean_kl": acc["kl"] / n,
             "worst_class_drop": float(drops[i]) if i is not None else 0.0,
-            "worst_class": int(present[i]) if i is not None else None}
+            "worst_class": int(present[i]) if i is not None else None, **class_changes(acc["changed"])}

@@ -10,7 +10,7 @@ from edgecv import __version__, targets
 from edgecv.bundle.manifest import FORMAT_VERSION, manifest_bytes
 from edgecv.bundle.names import CALIBRATION_CACHE, FP32_MODEL, LABELS, MANIFEST, PREPROCESS, RECIPE, REPORT_MD, REPORT_PNG, SEEN_IMAGES
 from edgecv.data.transforms import preprocess_spec
-from edgecv.metrics import unseen_change_bound
+from edgecv.metrics import SURE, unseen_change_bound
 from edgecv.recipe import DataConfig, ExportConfig, Recipe
 from edgecv.runtime.tensorrt.compat import TRT_MAX_MAJOR, TRT_MIN
 from edgecv.utils.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
@@ -41,6 +41,11 @@ def _io_spec(path: Path) -> Dict:
             "outputs": [{"name": o.name, "shape": dims(o), "dtype": "float32"} for o in m.graph.output]}
 
 
+def _changes_cell(a: Dict) -> str:
+    """How many evaluation images changed class, then in brackets how many of them fp32 was sure of (SURE)."""
+    return f"{a['changed']} ({a['changed_fp32_sure']})" if "changed" in a else ""
+
+
 def write_report(tmp: Path, summary: Dict, artifacts: List[Dict]) -> None:
     lines = ["# edgecv export report", "", f"Source: `{summary['source']}`", ""]
     tune = summary.get("tune") or {}
@@ -58,17 +63,19 @@ def write_report(tmp: Path, summary: Dict, artifacts: List[Dict]) -> None:
     lines += [f"| {s['stage']} | {s['top1']:.4f} | {s['top5']:.4f} |" for s in summary["stages"]]
     lines += ["", "## Artefacts (latency on the export host's CPU, batch 1, 2 threads, median: each CPU target's "
               f"artefact on its own runtime; the others' ONNX on {targets.host_reference().name})", "",
-              "| file | target | precision | top-1 | agreement with fp32 | mean KL | worst class drop | latency ms "
-              "| fallback layers |", "|---|---|---|---|---|---|---|---|---|"]
+              "| file | target | precision | top-1 | agreement with fp32 | changed class (fp32 sure) | mean KL | "
+              "worst class drop | latency ms | fallback layers |", "|---|---|---|---|---|---|---|---|---|---|"]
     base = summary["baseline"]
     source = f"(source fp32 at {summary['input_size']['source']} px)" if summary.get("input_size") else \
         "(unpruned fp32 baseline)"
-    lines.append(f"| {source} | {targets.host_reference().name} | fp32 | {base['top1']:.4f} | | | | "
+    lines.append(f"| {source} | {targets.host_reference().name} | fp32 | {base['top1']:.4f} | | | | | "
                  f"{base['latency_ms']:.3f} | |")
     for a in artifacts:
         lines.append(f"| {a['file']} | {a['target']} | {a['precision']} | {a['top1']:.4f} | "
-                     f"{a.get('agreement', 1.0):.2%} | {a.get('mean_kl', 0.0):.5f} | "
+                     f"{a.get('agreement', 1.0):.2%} | {_changes_cell(a)} | {a.get('mean_kl', 0.0):.5f} | "
                      f"{a.get('worst_class_drop', 0.0):.2f} | {a['latency_ms']:.3f} | {len(a['fallback_layers'])} |")
+    lines += ["", f"Changed class: evaluation images whose top-1 class the artefact changed; in brackets, those fp32 "
+              f"gave at least {SURE:.0%} of its probability (a sure answer overturned, not a near-tie tipped)."]
     for a in artifacts:
         lines += _qat_section(a)
     lines += _by_source(artifacts)

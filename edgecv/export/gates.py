@@ -10,7 +10,17 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from edgecv.export.quantize import Calibration, quantizable_nodes, quantize
-from edgecv.metrics import Budget, agreement, agreement_by_group, error_scale_needed, mean_kl, topk_accuracy
+from edgecv.metrics import (
+    Budget,
+    agreement,
+    agreement_by_group,
+    changed_confidences,
+    class_changes,
+    describe_changes,
+    error_scale_needed,
+    mean_kl,
+    topk_accuracy,
+)
 from edgecv.runtime.latency import measure_interleaved
 from edgecv.utils.progress import progress
 
@@ -172,6 +182,7 @@ class AccuracyGate:
             t["agreement_by_source"] = by_source
         if agree < self.budget.min_agreement:
             t["error_scale_needed"] = error_scale_needed(self.tune.ref_logits, logits, self.budget.min_agreement)
+            t["changes"] = class_changes(changed_confidences(self.tune.ref_logits, logits))
         return t
 
     def _missed(self, target, t: Dict, floats: str) -> str:
@@ -183,6 +194,8 @@ class AccuracyGate:
         if "error_scale_needed" in t:
             why += (f"; {self.budget.min_agreement * 100:g}% agreement on these images needs its logit error cut to "
                     f"{t['error_scale_needed']:.2f}x")
+        if "changes" in t:
+            why += f"; of the {len(self.tune)} tune images, {describe_changes(t['changes'])}"
         if "agreement_by_source" in t:
             why += "; by source: " + ", ".join(
                 f"{k} {v['agreement']:.1%} of {v['images']}"
