@@ -160,7 +160,7 @@ def train_one_epoch(model: nn.Module, loader, step: Step, epoch: int, show_progr
     seen = correct = 0
     loss_sum, t0 = 0.0, time.time()
     bar = progress(loader, desc=f"{desc} epoch {epoch}", show=show_progress)
-    with keep_freed_memory():  # else every step page-faults its activations back in (0.71-0.76x the time kept)
+    with keep_freed_memory():  # else every step page-faults its activations back in (docs/benchmarks.md)
         for images, target in bar:
             images, target = to_device(images, step.device), target.to(step.device, non_blocking=True)
             output, loss = step.loss(model, images, target)
