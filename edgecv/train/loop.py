@@ -24,6 +24,7 @@ from edgecv.recipe import Recipe, TrainConfig, save_recipe
 from edgecv.train.engine import amp_name, cannot_run_at, device_of, evaluate, to_device, train_one_epoch
 from edgecv.train.run_dir import refuse_to_replace_a_run
 from edgecv.utils.io import atomic_path, atomic_write_json, atomic_write_text
+from edgecv.utils.memory import keep_freed_memory
 from edgecv.utils.outputs import run_output
 
 log = logging.getLogger("edgecv.train")
@@ -326,9 +327,10 @@ def _features(model: nn.Module, dataset, batch: int, desc: str, show_progress: b
     feats, labels = [], []
     try:
         loader = torch.utils.data.DataLoader(dataset, batch, shuffle=False)
-        for x, y in progress(loader, desc=desc, show=show_progress):
-            feats.append(model(to_device(x, device)).flatten(1))
-            labels.append(torch.as_tensor(y).to(device))
+        with keep_freed_memory():  # as in train.engine's loops: each batch's activations are not faulted back in
+            for x, y in progress(loader, desc=desc, show=show_progress):
+                feats.append(model(to_device(x, device)).flatten(1))
+                labels.append(torch.as_tensor(y).to(device))
     finally:
         setattr(parent, name.rsplit(".", 1)[-1], head)
     return torch.cat(feats), torch.cat(labels)
