@@ -91,7 +91,7 @@ def test_loose_output_folders_in_the_way_or_unwritable_are_named(tiny_ckpt, tiny
         refused(invoke("eval", tiny_bundle, "--data", FASHION, "--corruptions", "noise", "--severities", "1",
                               "--limit", "4", "-o", out), 2, needle)
     assert (tmp_path / "notes").read_text() == "mine"
-    refused(invoke("explain", tiny_bundle, d, "-o", tmp_path / "x"), 2, "a folder, not a checkpoint file")
+    refused(invoke("explain", tiny_bundle, d, "-o", tmp_path / "x"), 2, "a folder, not a recipe or checkpoint file")
 
 
 def test_a_gpu_out_of_memory_is_one_line_with_advice_fake_gpu(tmp_path, monkeypatch):

@@ -46,6 +46,24 @@ def new_dir_or_missing(ctx, param, value):
     return value
 
 
+def model_file(ctx, param, value):
+    """A recipe or checkpoint argument, checked before torch is imported (10 s): a missing path or a folder (a
+    deploy bundle holds ONNX models, not the PyTorch model that gradients run through) is refused at once."""
+    import os
+
+    from edgecv.utils.io import relative_hint
+
+    if not os.path.lexists(value):
+        raise click.BadParameter(f"{value}: no such file (expected a recipe .yaml or a checkpoint .pt)"
+                                 f"{relative_hint(value)}", ctx, param)
+    if os.path.isdir(value):
+        inside = os.path.join(value, "pruned_model.pt")
+        hint = f"; its PyTorch model is {inside}" if os.path.isfile(inside) else \
+            "; give the recipe or the training run's model.pt it was exported from"
+        raise click.BadParameter(f"{value}: a folder, not a recipe or checkpoint file{hint}", ctx, param)
+    return value
+
+
 class CommaList(click.ParamType):
     """A comma list of names, e.g. ``tensorrt,onnxruntime`` (blank items dropped)."""
 

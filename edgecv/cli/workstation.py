@@ -8,7 +8,7 @@ import os
 import click
 
 from edgecv.bundle.manifest import PRECISIONS
-from edgecv.cli.types import BackendChoice, new_dir_or_missing, options_from
+from edgecv.cli.types import BackendChoice, model_file, new_dir_or_missing, options_from
 
 
 def _emit(result: dict, as_json: bool, table_title: str) -> None:
@@ -130,7 +130,7 @@ def _eval_corruptions(target, data, corruptions, severities, o, out_dir, as_json
 
 
 @click.command()
-@click.argument("target")
+@click.argument("target", callback=model_file)
 @click.argument("images", nargs=-1, required=True)
 @click.option("-o", "--out", "out_dir", default="explain", show_default=True, callback=new_dir_or_missing)
 @click.option("--method", default="gradcam", show_default=True,
