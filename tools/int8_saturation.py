@@ -6,8 +6,9 @@ on ImageNet photographs the calibration never saw, per way of running it, timed 
 An x86 CPU without VNNI (AVX2 or AVX-512 alone) multiplies u8 x s8 pairs and adds each two products in 16 bits
 (``vpmaddubsw``), which saturate; VNNI (``vpdpbusd``) and AMX add in 32 bits. Rows:
 - onnxruntime, its defaults: what edgecv ran before it set ``session.x64quantprecision``;
-- onnxruntime, edgecv's session options (``x64quantprecision`` on: products widened where a weight lies outside
-  [-64, 63]);
+- onnxruntime, edgecv's session options: ``x64quantprecision`` on (products widened where a weight lies outside
+  [-64, 63]) where the CPU has no VNNI or AMX, ONNX Runtime's defaults where it has;
+- onnxruntime, products widened: ``x64quantprecision`` on whatever the CPU (on a CPU with VNNI: what it costs);
 - onnxruntime, no graph optimisation: every Q/DQ pair run as written, in float: the exact int8 arithmetic, the
   reference for the two above;
 - openvino: edgecv's OpenVINO target on the same file;
@@ -78,7 +79,7 @@ def _runners(fp32: Path, int8: Path) -> Dict[str, Callable[[np.ndarray], np.ndar
     import onnxruntime as ort
 
     from edgecv.runtime.backends.openvino import OpenVinoBackend
-    from edgecv.runtime.backends.ort import DISABLED_OPTIMIZERS, OrtBackend
+    from edgecv.runtime.backends.ort import DISABLED_OPTIMIZERS, X64_QUANT_PRECISION, OrtBackend, session_options
 
     def plain(level):
         so = ort.SessionOptions()
@@ -87,9 +88,16 @@ def _runners(fp32: Path, int8: Path) -> Dict[str, Callable[[np.ndarray], np.ndar
                                  disabled_optimizers=DISABLED_OPTIMIZERS)
         return lambda x: s.run(None, {s.get_inputs()[0].name: x})[0]
 
+    def widened():
+        so = session_options(2)
+        so.add_session_config_entry(*X64_QUANT_PRECISION)
+        s = ort.InferenceSession(str(int8), so, providers=["CPUExecutionProvider"],
+                                 disabled_optimizers=DISABLED_OPTIMIZERS)
+        return lambda x: s.run(None, {s.get_inputs()[0].name: x})[0]
+
     edge, ov, ref = OrtBackend(str(int8), threads=2), OpenVinoBackend(str(int8), threads=2), OrtBackend(str(fp32), threads=2)
     return {"onnxruntime, its defaults": plain(ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
-            "onnxruntime, edgecv's options": edge.infer,
+            "onnxruntime, edgecv's options": edge.infer, "onnxruntime, products widened": widened(),
             "onnxruntime, exact (no optimisation)": plain(ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
             "openvino": ov.infer, "fp32": ref.infer}
 
@@ -109,7 +117,8 @@ def measure(n: int, iters: int, work: Path) -> Dict:
     runs = _runners(fp32, int8)
     for tag, first_only in (("7-bit stem", True), ("7-bit all", False)):
         more = _runners(fp32, seven_bit(fp32, calib, work / f"lite0_{tag.replace(' ', '_')}.onnx", first_only))
-        runs.update({f"{tag}: {k}": f for k, f in more.items() if k not in ("fp32", "onnxruntime, its defaults")})
+        runs.update({f"{tag}: {k}": f for k, f in more.items()
+                     if k not in ("fp32", "onnxruntime, its defaults", "onnxruntime, products widened")})
     runs["fp32"] = runs.pop("fp32")
     logits = {k: np.concatenate([f(held[i: i + 20]) for i in range(0, len(held), 20)]) for k, f in runs.items()}
     one = held[:1]

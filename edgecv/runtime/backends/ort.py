@@ -23,8 +23,19 @@ DISABLED_OPTIMIZERS = ["WeightBiasQuantization"]
 # Runtime's u8 x s8 int8 kernels add pairs of products in 16 bits, which saturate: EfficientNet-Lite0's int8 then
 # disagreed with fp32 on 12% of ImageNet photographs (mean KL 0.199; 0.0065 computed exactly) on a Zen 3 EPYC
 # (tools/int8_saturation.py). This option makes ONNX Runtime widen those products to 16 bits where a weight lies
-# outside [-64, 63] (microsoft/onnxruntime#12088); on a CPU with VNNI it changes nothing.
+# outside [-64, 63] (microsoft/onnxruntime#12088). On a CPU with VNNI or AMX it changes no answer but costs speed (a
+# Zen 4 EPYC: the Caltech Lite0 int8 ran 1.7x slower with it, bit-identical), so it is set only where sums saturate,
+# or where the CPU's flags cannot be read.
 X64_QUANT_PRECISION = ("session.x64quantprecision", "1")
+
+
+def widen_int8_sums() -> bool:
+    """Whether sessions set :data:`X64_QUANT_PRECISION`: on an x86 CPU without VNNI or AMX, and where
+    /proc/cpuinfo shows no flags (elsewhere than Linux, where it is the safe choice; an Arm CPU ignores it)."""
+    from edgecv.runtime.backends.cpu import cpu_flags, int8_sums_saturate
+
+    flags = cpu_flags()
+    return not flags or int8_sums_saturate(flags)
 
 
 def session_options(threads: Optional[int] = None, profile_prefix: Optional[str] = None):
@@ -35,7 +46,8 @@ def session_options(threads: Optional[int] = None, profile_prefix: Optional[str]
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry(*X64_QUANT_PRECISION)
+    if widen_int8_sums():
+        so.add_session_config_entry(*X64_QUANT_PRECISION)
     if profile_prefix:
         so.enable_profiling = True
         so.profile_file_prefix = profile_prefix
