@@ -24,14 +24,15 @@ DISABLED_OPTIMIZERS = ["WeightBiasQuantization"]
 # disagreed with fp32 on 12% of ImageNet photographs (mean KL 0.199; 0.0065 computed exactly) on a Zen 3 EPYC
 # (tools/int8_saturation.py). This option makes ONNX Runtime widen those products to 16 bits where a weight lies
 # outside [-64, 63] (microsoft/onnxruntime#12088). On a CPU with VNNI or AMX it changes no answer but costs speed (a
-# Zen 4 EPYC: the Caltech Lite0 int8 ran 1.7x slower with it, bit-identical), so it is set only where sums saturate,
-# or where the CPU's flags cannot be read.
+# Zen 4 EPYC: Lite0's int8 ran 2.0x slower with it, bit-identical: it switches to the slower u8 x u8 kernels on
+# any AVX2/AVX-512 CPU, VNNI or not), so it is set only where sums saturate, or where the flags cannot be read.
 X64_QUANT_PRECISION = ("session.x64quantprecision", "1")
 
 
 def widen_int8_sums() -> bool:
     """Whether sessions set :data:`X64_QUANT_PRECISION`: on an x86 CPU without VNNI or AMX, and where
-    /proc/cpuinfo shows no flags (elsewhere than Linux, where it is the safe choice; an Arm CPU ignores it)."""
+    /proc/cpuinfo shows no flags (elsewhere than Linux, where it is the safe choice; on Arm it does nothing:
+    ONNX Runtime's onnxruntime_session_options_config_keys.h says it acts on x86 SSE4.1/AVX2/AVX-512 only)."""
     from edgecv.runtime.backends.cpu import cpu_flags, int8_sums_saturate
 
     flags = cpu_flags()
