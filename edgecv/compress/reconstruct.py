@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from edgecv.recipe import PRUNE_ROUND_TO
+from edgecv.utils.memory import keep_freed_memory
 from edgecv.utils.progress import progress
 
 ROWS_PER_BATCH = 4096  # sampled positions per batch of images and per block: the regression's rows
@@ -270,15 +271,23 @@ def prune_hidden(model: nn.Module, images, ratio: float, round_to: int = PRUNE_R
     was_training = model.training
     model.eval()
     try:
-        targets = _teacher_outputs(copy.deepcopy(model).eval(), x)
-        errors, feed = {}, _Feed(None, None)
-        for u in progress(units, desc="prune + refit blocks", show=show_progress):
-            taps = {"hidden": (u.project, "in"), **({"input": (u.expand, "in")} if u.skip else {})}
-            # Each pass starts at the previous unit's block (refitted by now) and keeps this unit's block input.
-            got, feed = _capture(model, x, taps, stop=u.project, feed=feed, keep=u.entry)
-            target = targets.pop(u.name) - got["input"] if u.skip else targets.pop(u.name)
-            keep = _keep(u, got["hidden"], kept_count(u.hidden, ratio, round_to))
-            errors[u.name] = _refit(u, got["hidden"], target, keep)
+        # every pass makes the same large activations; kept, they are not faulted back in each time (the Caltech
+        # Lite0 at 0.3: 14 s instead of 24-28 s, most of that in the kernel; docs/benchmarks.md)
+        with keep_freed_memory():
+            return _prune_units(model, units, x, ratio, round_to, show_progress)
     finally:
         model.train(was_training)
+
+
+def _prune_units(model: nn.Module, units: List[Unit], x: torch.Tensor, ratio: float, round_to: int,
+                 show_progress: bool) -> Dict[str, float]:
+    targets = _teacher_outputs(copy.deepcopy(model).eval(), x)
+    errors, feed = {}, _Feed(None, None)
+    for u in progress(units, desc="prune + refit blocks", show=show_progress):
+        taps = {"hidden": (u.project, "in"), **({"input": (u.expand, "in")} if u.skip else {})}
+        # Each pass starts at the previous unit's block (refitted by now) and keeps this unit's block input.
+        got, feed = _capture(model, x, taps, stop=u.project, feed=feed, keep=u.entry)
+        target = targets.pop(u.name) - got["input"] if u.skip else targets.pop(u.name)
+        keep = _keep(u, got["hidden"], kept_count(u.hidden, ratio, round_to))
+        errors[u.name] = _refit(u, got["hidden"], target, keep)
     return errors
