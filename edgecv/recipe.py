@@ -383,6 +383,9 @@ def _check_against_each_other(r: Recipe, source: str) -> None:
                           f"{r.train.epochs} (the rate would never reach train.lr)")
 
 
+SOURCE_KINDS = "a recipe .yaml or a checkpoint .pt"  # what a model SOURCE argument names (is_recipe tells which)
+
+
 def is_recipe(path: str) -> bool:
     """Whether SOURCE names a recipe (else a checkpoint), by its suffix."""
     return Path(path).suffix.lower() in (".yaml", ".yml")

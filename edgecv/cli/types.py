@@ -51,11 +51,11 @@ def model_file(ctx, param, value):
     deploy bundle holds ONNX models, not the PyTorch model that gradients run through) is refused at once."""
     import os
 
+    from edgecv.recipe import SOURCE_KINDS
     from edgecv.utils.io import relative_hint
 
     if not os.path.lexists(value):
-        raise click.BadParameter(f"{value}: no such file (expected a recipe .yaml or a checkpoint .pt)"
-                                 f"{relative_hint(value)}", ctx, param)
+        raise click.BadParameter(f"{value}: no such file (expected {SOURCE_KINDS}){relative_hint(value)}", ctx, param)
     if os.path.isdir(value):
         inside = os.path.join(value, "pruned_model.pt")
         hint = f"; its PyTorch model is {inside}" if os.path.isfile(inside) else \

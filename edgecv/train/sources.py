@@ -11,7 +11,7 @@ import numpy as np
 from torch import nn
 
 from edgecv.errors import SourceError  # noqa: F401 (re-exported)
-from edgecv.recipe import DataConfig, Recipe, is_recipe, load_recipe
+from edgecv.recipe import SOURCE_KINDS, DataConfig, Recipe, is_recipe, load_recipe
 from edgecv.utils.io import relative_hint
 
 
@@ -51,7 +51,7 @@ def load_source(path: str, overrides: List[str] = (), allow_train: bool = False,
 
     p = Path(path)
     if not p.exists():
-        raise SourceError(f"{path}: no such file (expected a recipe .yaml or a checkpoint .pt)")
+        raise SourceError(f"{path}: no such file (expected {SOURCE_KINDS})")
     if is_recipe(path):
         recipe = load_recipe(path, overrides)
         ckpt_path = recipe.checkpoint
