@@ -8,6 +8,7 @@ units each runs on (what ``tools/bench_peers.py`` measures the peak of, per prec
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Dict, FrozenSet, Iterable, List, Optional
 
@@ -15,14 +16,21 @@ from typing import Dict, FrozenSet, Iterable, List, Optional
 def cpu_flags(cpuinfo: Optional[str] = None) -> FrozenSet[str]:
     """The flags of the first CPU in ``/proc/cpuinfo`` (or in the text given)."""
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return frozenset()
+        return _this_cpu_flags()
     for line in cpuinfo.splitlines():
         if line.startswith("flags"):
             return frozenset(line.split(":", 1)[1].split())
     return frozenset()
+
+
+@functools.lru_cache(maxsize=1)
+def _this_cpu_flags() -> FrozenSet[str]:
+    # read once per process: every ONNX Runtime session asks (edgecv.runtime.backends.ort), and an export's
+    # sensitivity ranking and fallback search open hundreds
+    try:
+        return cpu_flags(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return frozenset()
 
 
 def matrix_units(flags: Iterable[str]) -> Dict[str, Optional[str]]:
