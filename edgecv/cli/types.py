@@ -64,6 +64,20 @@ def model_file(ctx, param, value):
     return value
 
 
+def eval_target(ctx, param, value):
+    """``edgecv eval``'s TARGET, checked before torch is imported: a recipe, a checkpoint or a deploy bundle
+    folder must exist (the loaders' own message names only the first two)."""
+    import os
+
+    from edgecv.recipe import SOURCE_KINDS
+    from edgecv.utils.io import relative_hint
+
+    if not os.path.lexists(value):
+        raise click.BadParameter(f"{value}: no such file or folder (expected {SOURCE_KINDS}, or a deploy bundle "
+                                 f"folder){relative_hint(value)}", ctx, param)
+    return value
+
+
 class CommaList(click.ParamType):
     """A comma list of names, e.g. ``tensorrt,onnxruntime`` (blank items dropped)."""
 

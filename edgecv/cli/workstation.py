@@ -8,7 +8,7 @@ import os
 import click
 
 from edgecv.bundle.manifest import PRECISIONS
-from edgecv.cli.types import BackendChoice, model_file, new_dir_or_missing, options_from
+from edgecv.cli.types import BackendChoice, eval_target, model_file, new_dir_or_missing, options_from
 
 
 def _emit(result: dict, as_json: bool, table_title: str) -> None:
@@ -48,7 +48,7 @@ def train(recipe, out_dir, overrides, resume, force):
 
 
 @click.command("eval")
-@click.argument("target")
+@click.argument("target", callback=eval_target)
 @click.option("--data", help="Images to evaluate: a Fashion-MNIST folder, a wnid folder, an ImageFolder tree "
                              "(a recipe without it: its own held-out split).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
