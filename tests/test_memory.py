@@ -48,6 +48,17 @@ def test_large_allocations_come_from_the_heap_and_stay_there_only_inside():
     assert mapped_after >= MB64  # the defaults are back
 
 
+def test_a_nested_block_does_not_end_the_outer_one():
+    """An evaluation inside a training loop, both kept: the inner block's end must not restore glibc's defaults
+    while the outer loop still runs."""
+    with keep_freed_memory():
+        with keep_freed_memory():
+            pass
+        mapped_after_inner = _mapped_by_an_allocation()
+    assert mapped_after_inner == 0
+    assert _mapped_by_an_allocation() >= MB64  # the outer block's end restores them
+
+
 def test_training_and_evaluation_loops_run_with_freed_memory_kept():
     """edgecv.train.engine's loops (training, distillation, their evaluations) hold it for the whole loop: the
     Caltech training spent 24% of its CPU time page-faulting its activations back in without it."""

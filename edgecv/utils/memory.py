@@ -19,6 +19,7 @@ log = logging.getLogger("edgecv.memory")
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _DEFAULT_TRIM, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
 _KEEP = (1 << 31) - 1  # mallopt takes a C int: the largest free top of the heap kept, 2 GB
+_depth = 0  # blocks open now: only the outermost restores the defaults, so a nested loop cannot end the outer's
 
 
 def _glibc():
@@ -36,15 +37,19 @@ def keep_freed_memory() -> Iterator[bool]:
     nothing changes). For allocations made by the main thread: another thread allocates from its own arena,
     whose heaps glibc caps at 64 MB, so a block larger than that is still mmapped there (measured: a 64 MB array,
     0 bytes mmapped in the main thread, 64 MB in a thread). Yields whether the setting took. The defaults come
-    back afterwards; what the heap holds then is returned to the kernel as glibc trims it."""
+    back when the outermost block ends (blocks nest); what the heap holds then is returned to the kernel as glibc
+    trims it."""
+    global _depth
     libc = _glibc()
     took = bool(libc) and libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _KEEP) == 1
     if libc and not took:
         log.debug("mallopt refused; freed memory goes back to the kernel as usual")
+    _depth += 1
     try:
         yield took
     finally:
-        if libc:
+        _depth -= 1
+        if libc and _depth == 0:
             libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
             libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM)
             libc.malloc_trim(0)
