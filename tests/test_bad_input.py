@@ -165,19 +165,6 @@ def test_damaged_checkpoint_is_named(drop, needle, tiny_ckpt, tmp_path):
     one_line_error(invoke("export", bad, "-o", tmp_path / "o", "--calib", FASHION, "--eval", FASHION), 2, needle)
 
 
-def test_eval_refuses_a_missing_target_before_torch_is_imported(tmp_path):
-    """eval takes a recipe, a checkpoint or a bundle folder: a typo says so at once, without 5-10 s of torch
-    imports, and names the bundle too (the model loaders' message knows only recipes and checkpoints)."""
-    code = ("import sys, click\nfrom edgecv.cli import cli\n"
-            "try:\n    cli.main(['eval', sys.argv[1], '--data', 'x'], standalone_mode=False)\n"
-            "except click.BadParameter as e:\n    print(e.format_message())\n"
-            "print('torch imported' if 'torch' in sys.modules else 'torch not imported')\n")
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out" / "bundel")], capture_output=True,
-                         text=True, check=True).stdout
-    assert f"{tmp_path / 'out' / 'bundel'}: no such file or folder" in out and "or a deploy bundle folder" in out
-    assert out.rstrip().endswith("torch not imported"), out
-
-
 def test_truncated_bare_onnx_and_wrong_files(tiny_bundle, tmp_path):
     t = tmp_path / "m.onnx"
     t.write_bytes((tiny_bundle / "model_fp32.onnx").read_bytes()[:700])

@@ -148,7 +148,7 @@ def test_onnxruntime_int8_computes_what_the_qdq_graph_says_on_any_cpu(tiny_bundl
 
 
 def test_onnxruntime_widens_int8_sums_only_where_they_saturate_fake_cpu_flags(monkeypatch):
-    """The widening costs speed on a CPU with VNNI or AMX (1.7x on a Zen 4) and changes nothing there, so sessions
+    """The widening costs speed on a CPU with VNNI or AMX (1.7-2.0x on a Zen 4) and changes nothing there, so sessions
     set it only without them, or where the flags are unknown (the flags are faked: a test machine has one CPU)."""
     from edgecv.runtime.backends import cpu
     from edgecv.runtime.backends.ort import X64_QUANT_PRECISION, session_options

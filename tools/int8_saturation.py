@@ -81,19 +81,20 @@ def _runners(fp32: Path, int8: Path) -> Dict[str, Callable[[np.ndarray], np.ndar
     from edgecv.runtime.backends.openvino import OpenVinoBackend
     from edgecv.runtime.backends.ort import DISABLED_OPTIMIZERS, X64_QUANT_PRECISION, OrtBackend, session_options
 
-    def plain(level):
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.graph_optimization_level = 2, level
+    def run_with(so):
         s = ort.InferenceSession(str(int8), so, providers=["CPUExecutionProvider"],
                                  disabled_optimizers=DISABLED_OPTIMIZERS)
         return lambda x: s.run(None, {s.get_inputs()[0].name: x})[0]
 
+    def plain(level):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.graph_optimization_level = 2, level
+        return run_with(so)
+
     def widened():
         so = session_options(2)
         so.add_session_config_entry(*X64_QUANT_PRECISION)
-        s = ort.InferenceSession(str(int8), so, providers=["CPUExecutionProvider"],
-                                 disabled_optimizers=DISABLED_OPTIMIZERS)
-        return lambda x: s.run(None, {s.get_inputs()[0].name: x})[0]
+        return run_with(so)
 
     edge, ov, ref = OrtBackend(str(int8), threads=2), OpenVinoBackend(str(int8), threads=2), OrtBackend(str(fp32), threads=2)
     return {"onnxruntime, its defaults": plain(ort.GraphOptimizationLevel.ORT_ENABLE_ALL),

@@ -52,10 +52,8 @@ def model_file(ctx, param, value):
     import os
 
     from edgecv.recipe import SOURCE_KINDS
-    from edgecv.utils.io import relative_hint
 
-    if not os.path.lexists(value):
-        raise click.BadParameter(f"{value}: no such file (expected {SOURCE_KINDS}){relative_hint(value)}", ctx, param)
+    _refuse_missing(value, "no such file", SOURCE_KINDS, ctx, param)
     if os.path.isdir(value):
         inside = os.path.join(value, "pruned_model.pt")
         hint = f"; its PyTorch model is {inside}" if os.path.isfile(inside) else \
@@ -67,15 +65,20 @@ def model_file(ctx, param, value):
 def eval_target(ctx, param, value):
     """``edgecv eval``'s TARGET, checked before torch is imported: a recipe, a checkpoint or a deploy bundle
     folder must exist (the loaders' own message names only the first two)."""
+    from edgecv.recipe import SOURCE_KINDS
+
+    _refuse_missing(value, "no such file or folder", f"{SOURCE_KINDS}, or a deploy bundle folder", ctx, param)
+    return value
+
+
+def _refuse_missing(value: str, problem: str, expected: str, ctx, param) -> None:
+    """A path argument that names nothing (a dangling symlink still names something: its loader says more)."""
     import os
 
-    from edgecv.recipe import SOURCE_KINDS
     from edgecv.utils.io import relative_hint
 
     if not os.path.lexists(value):
-        raise click.BadParameter(f"{value}: no such file or folder (expected {SOURCE_KINDS}, or a deploy bundle "
-                                 f"folder){relative_hint(value)}", ctx, param)
-    return value
+        raise click.BadParameter(f"{value}: {problem} (expected {expected}){relative_hint(value)}", ctx, param)
 
 
 class CommaList(click.ParamType):
