@@ -163,6 +163,8 @@ def test_eval_against_fp32_reports_fidelity(tiny_bundle):
     assert res["precision"] == "int8" and res["agreement_with_fp32"] == pytest.approx(want["agreement"])
     assert res["mean_kl"] == pytest.approx(want["mean_kl"], rel=1e-3)
     assert res["worst_class_drop"] == pytest.approx(want["worst_class_drop"])
+    labels = open_bundle(tiny_bundle).labels  # named, and only when a class lost top-1 (else any would read as one)
+    assert res["worst_class"] == (labels[want["worst_class"]] if want["worst_class_drop"] > 0 else None)
     # streamed in batches, the images that changed class are the ones the whole-set metric counts
     assert [res[k] for k in ("changed", "changed_fp32_sure")] == [want["changed"], want["changed_fp32_sure"]]
     assert res["changed"] == round((1 - res["agreement_with_fp32"]) * 300)

@@ -29,8 +29,10 @@ def show_names(names: Sequence[str], n: int = 6) -> str:
 
 
 def match_classes(data_classes: Sequence[str], model_labels: Sequence[str], data_where: str,
-                  model_where: str = "the model", allow_subset: bool = False) -> Optional[np.ndarray]:
-    """None when data labels are model indices as they are; else the array mapping data index -> model index."""
+                  model_where: str = "the model", allow_subset: bool = False,
+                  subset_hint: str = "") -> Optional[np.ndarray]:
+    """None when data labels are model indices as they are; else the array mapping data index -> model index.
+    ``subset_hint`` ends the refusal of data that lacks some labels and has no others (how the caller accepts it)."""
     data_classes, model_labels = list(data_classes), list(model_labels)
     if not data_classes:
         raise DatasetError(f"{data_where}: the images have no class labels (use one sub-folder per class, "
@@ -48,8 +50,9 @@ def match_classes(data_classes: Sequence[str], model_labels: Sequence[str], data
             parts.append(f"{len(extra)} data class(es) not among the labels: {show_names(extra)}")
         if missing:
             parts.append(f"{len(missing)} of the labels missing from the data: {show_names(missing)}")
+        hint = f" ({subset_hint})" if subset_hint and not extra else ""
         raise DatasetError(f"{data_where}: classes do not match {model_where}'s {len(model_labels)} labels "
-                           f"({len(data_classes)} in the data): " + "; ".join(parts))
+                           f"({len(data_classes)} in the data): " + "; ".join(parts) + hint)
     cd, cm = Counter(data_keys), Counter(model_keys)
     dup = sorted(c for c in have if cd[c] > 1 or cm[c] > 1)
     if dup:

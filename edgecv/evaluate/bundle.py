@@ -6,7 +6,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, FrozenSet, Iterator, List, Optional, Tuple
+from typing import Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -123,7 +123,7 @@ def eval_bundle(bundle_dir, data: str, options: Optional[EvalOptions] = None, **
     ref = None
     try:
         images = unseen_images(clf.bundle, data, clf.pre.channels, o)
-        mapping = match_classes(images.classes, clf.labels, data, f"bundle {bundle_dir}", o.allow_subset)
+        mapping = match_bundle_classes(images, clf.labels, data, bundle_dir, o)
         if o.against_fp32:
             ref = Classifier(clf.bundle, clf.info["backend"], "fp32", dla_core=o.dla_core)
         batch = min(o.batch, clf.backend.max_batch or o.batch, (ref and ref.backend.max_batch) or o.batch)
@@ -135,11 +135,18 @@ def eval_bundle(bundle_dir, data: str, options: Optional[EvalOptions] = None, **
             ref.close()
     check_unseen_left(images, data, tally.seen, skipped)
     info, seen = clf.info, tally.seen
-    extra = finish_fidelity(tally.fid, seen) if ref is not None else {}
+    extra = finish_fidelity(tally.fid, seen, clf.labels) if ref is not None else {}
     return {**extra, "top1": tally.c1 / seen, "top5": tally.c5 / seen, "n": seen, "skipped": skipped,
             "left_out_seen": images.left_out if images.seen else None,
             "backend": info["backend"], "artifact": info["file"], "precision": info["precision"],
             "chosen_by": info.get("chosen_by"), "fallback": info.get("fallback")}
+
+
+def match_bundle_classes(images: LabelledImages, labels: Sequence[str], data: str, bundle_dir,
+                         o: EvalOptions) -> Optional[np.ndarray]:
+    """Map ``images``' classes to the bundle's ``labels`` by name (edgecv.data.classes.match_classes)."""
+    return match_classes(images.classes, labels, data, f"bundle {bundle_dir}", o.allow_subset,
+                         subset_hint="--allow-missing-classes judges data that holds only some of them")
 
 
 def unseen_images(bundle, data: str, channels: int, o: EvalOptions) -> LabelledImages:
@@ -193,10 +200,13 @@ def accumulate_fidelity(acc: Dict, ref_logits: np.ndarray, logits: np.ndarray, y
         acc[key] = counts if acc[key] is None else acc[key] + counts
 
 
-def finish_fidelity(acc: Dict, n: int) -> Dict:
+def finish_fidelity(acc: Dict, n: int, labels: Sequence[str]) -> Dict:
+    """The fidelity of :func:`accumulate_fidelity`'s counts over ``n`` images. ``worst_class`` is the label name of
+    the class that lost the most top-1, None when none lost any (an arbitrary class would read as a finding)."""
     present = np.flatnonzero(acc["count"])
     drops = (acc["ref_hit"][present] - acc["hit"][present]) / acc["count"][present] * 100
     i = int(np.argmax(drops)) if len(drops) else None
+    lost = i is not None and drops[i] > 0
     return {"agreement_with_fp32": acc["agree"] / n, "mean_kl": acc["kl"] / n,
             "worst_class_drop": float(drops[i]) if i is not None else 0.0,
-            "worst_class": int(present[i]) if i is not None else None, **class_changes(acc["changed"])}
+            "worst_class": labels[int(present[i])] if lost else None, **class_changes(acc["changed"])}

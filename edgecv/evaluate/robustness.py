@@ -148,13 +148,13 @@ def _labelled_pixels(bundle, data: str, o):
     """``(uint8 crops [N, C, H, W], labels in the bundle's order, skipped, left out as seen)`` for ``o.limit`` images
     spread over ``data``, less the images the bundle was made with (edgecv.evaluate.bundle.unseen_images)."""
     from edgecv.bundle.golden import to_pixels
-    from edgecv.data.classes import apply_mapping, match_classes
-    from edgecv.evaluate.bundle import check_unseen_left, unseen_images
+    from edgecv.data.classes import apply_mapping
+    from edgecv.evaluate.bundle import check_unseen_left, match_bundle_classes, unseen_images
     from edgecv.runtime.preprocess import Preprocessor
 
     pre = Preprocessor(bundle.preprocess)
     images = unseen_images(bundle, data, pre.channels, o)
-    mapping = match_classes(images.classes, bundle.labels, data, f"bundle {bundle.root}", o.allow_subset)
+    mapping = match_bundle_classes(images, bundle.labels, data, bundle.root, o)
     xs, ys, skipped = [], [], 0
     for frame, label, _ in progress(images, total=images.n, desc="load", show=o.show_progress):
         if frame is None:
