@@ -88,9 +88,13 @@ def test_a_folder_is_every_image_below_it_and_a_one_colour_image_is_undecided(ti
     shutil.copy(sorted(d.rglob("*.png"))[0], d / "loose.png")
     cv2.imwrite(str(d / "flat.png"), np.full((28, 28), 128, np.uint8))
     os.symlink(".", d / "again")
+    os.mkfifo(d / "pipe.png")  # inside a folder: PIL opened it and waited for a writer for ever
+    (d / "empty.jpg").write_bytes(b"")
     r = invoke("explain", tiny_ckpt, d, "-o", tmp_path / "x", "--check", "--json")
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
+    assert {os.path.basename(i["image"]): i["error"] for i in res["skipped"]} == {
+        "pipe.png": "a device, pipe or socket", "empty.jpg": "empty file"}
     got = sorted(os.path.relpath(i["image"], d) for i in res["images"])
     assert got == sorted(["flat.png", "loose.png"] + [os.path.relpath(p, d) for p in (d / CLASSES[1]).glob("*.png")])
     flat = next(i for i in res["images"] if i["image"].endswith("flat.png"))

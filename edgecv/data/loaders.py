@@ -1,6 +1,7 @@
 """Datasets for each reader, and ``load_data`` (torchvision references style)."""
 from __future__ import annotations
 
+import io
 import logging
 import random
 from pathlib import Path
@@ -16,7 +17,9 @@ from edgecv.data.folders import ImageList, list_image_folder, list_images, list_
 from edgecv.data.transforms import eval_transform, train_transform
 from edgecv.errors import DatasetError
 from edgecv.recipe import DataConfig
-from edgecv.utils.io import sha256_file, while_unchanged
+from edgecv.utils.images import MAX_FILE_BYTES, encoded_size
+from edgecv.utils.io import NotASmallFile, read_small, sha256_file, while_unchanged
+from edgecv.utils.limits import frame_size_problem
 from edgecv.utils.sampling import evenly_spaced
 from edgecv.utils.signals import child_unblock
 
@@ -44,23 +47,47 @@ class ArrayDataset(Dataset):
         return (self.transform(img) if self.transform else img), int(self.labels[i])
 
 
+class UnreadableImage(ValueError):
+    """An image file that cannot be used (not a regular file, empty, over the frame budget, does not decode); the
+    message is the reason, without the path, so every caller names the file once."""
+
+
 def load_upright(path: str, channels: int) -> torch.Tensor:
     """A photograph as a uint8 CHW tensor, turned upright by its EXIF orientation as OpenCV turns it on the device
     (a phone's portrait photo is stored sideways with Orientation 6: PIL alone trained on it sideways while the
-    bundle's runtime classified it upright), and 16-bit grey reduced to its top byte as OpenCV reduces it. ValueError
-    when it is over the frame budget."""
-    from PIL import Image, ImageOps
+    bundle's runtime classified it upright), and 16-bit grey reduced to its top byte as OpenCV reduces it.
 
-    from edgecv.utils.limits import frame_size_problem
+    The file is read as the device reads it (``edgecv.utils.io.read_small``: a regular file of at most
+    ``MAX_FILE_BYTES``; a FIFO named ``x.jpg`` would block PIL forever) and its size checked against the frame
+    budget before it is decoded. ``UnreadableImage`` (the reason, without the path) when it cannot be used;
+    ``OSError`` when it cannot be read."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
-    with Image.open(path) as im:
-        problem = frame_size_problem(im.height, im.width)
-        if problem:  # counted and replaced like a file that does not decode
-            raise ValueError(f"{path}: {problem}")
-        im = ImageOps.exif_transpose(im)
-        if im.mode.startswith("I;16"):  # 16-bit grey (thermal, depth): PIL's "L" saturates it, OpenCV keeps the top byte
-            im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8), "L")
-        arr = np.asarray(im.convert("RGB" if channels == 3 else "L"))
+    try:
+        data = read_small(path, MAX_FILE_BYTES)
+    except NotASmallFile as e:
+        raise UnreadableImage(str(e)) from None
+    size = encoded_size(data) if data else None
+    problem = frame_size_problem(*size) if size else None
+    if not data or problem:  # counted and replaced like a file that does not decode
+        raise UnreadableImage(problem or "empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            problem = frame_size_problem(im.height, im.width)
+            if problem:
+                raise UnreadableImage(problem)
+            im = ImageOps.exif_transpose(im)
+            if im.mode.startswith("I;16"):  # 16-bit grey (thermal, depth): PIL's "L" saturates it, OpenCV keeps the top byte
+                im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8), "L")
+            arr = np.asarray(im.convert("RGB" if channels == 3 else "L"))
+    except UnreadableImage:
+        raise
+    except UnidentifiedImageError:
+        raise UnreadableImage("not an image PIL can decode") from None
+    except Image.DecompressionBombError as e:  # a format without a header size edgecv reads (TIFF)
+        raise UnreadableImage(f"over PIL's pixel limit ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:  # truncated data, a broken header (PIL raises SyntaxError too)
+        raise UnreadableImage(f"cannot decode ({e})") from None
     t = torch.from_numpy(arr.copy())
     return t[None] if t.ndim == 2 else t.permute(2, 0, 1)
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecv.data.loaders import load_upright
+from edgecv.data.loaders import UnreadableImage, load_upright
 from edgecv.data.transforms import eval_transform
 from edgecv.errors import DatasetError
 from edgecv.train.sources import load_source
@@ -232,8 +232,11 @@ def explain_images(target: str, images: List[str], out_dir: str, options: Option
         for path in paths:
             try:
                 x = eval_transform(cfg)(load_upright(path, cfg.channels))
-            except Exception as e:
-                rows.append({"image": path, "error": f"{type(e).__name__}: {e}"})
+            except UnreadableImage as e:
+                rows.append({"image": path, "error": str(e)})
+                continue
+            except OSError as e:
+                rows.append({"image": path, "error": f"cannot be read ({e.strerror or e})"})
                 continue
             row, heat, cls = _explain_one(model, cam, x, src, o, _unique_png(out, Path(path).stem, o.method, used),
                                           ClassifierOutputTarget)
