@@ -1,5 +1,7 @@
+import os
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -293,3 +295,26 @@ def test_val_limit_judges_n_held_out_images_spread_over_the_classes():
     assert len(build_dataset(load_recipe(TINY_RECIPE, ["data.val_limit=null"]).data, "val")) == 10000
     assert len(build_dataset(load_recipe(TINY_RECIPE, ["data.val_limit=20000"]).data, "val")) == 10000  # all there are
 
+
+
+def test_unreadable_images_say_why_in_the_same_words_when_listed_and_when_loaded(tmp_path):
+    """Listing a training folder and loading an image (training, explain) name the same reason, without the path;
+    a FIFO named like an image is refused, not opened (PIL would wait for a writer for ever)."""
+    import cv2
+
+    from edgecv.data.loaders import UnreadableImage, load_upright
+
+    d = tmp_path / "a"
+    d.mkdir()
+    cv2.imwrite(str(d / "good.png"), np.full((8, 8, 3), 7, np.uint8))
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "text.png").write_text("not an image")
+    want = {"empty.jpg": "empty file", "text.png": "not an image PIL can decode"}
+    assert {Path(p).name: why for p, why in list_image_folder(tmp_path).skipped} == want
+    for name, why in want.items():
+        with pytest.raises(UnreadableImage, match=f"^{why}$"):
+            load_upright(str(d / name), 3)
+    os.mkfifo(tmp_path / "pipe.jpg")
+    with pytest.raises(UnreadableImage, match="device, pipe or socket"):
+        load_upright(str(tmp_path / "pipe.jpg"), 3)
+    assert load_upright(str(d / "good.png"), 3).shape == (3, 8, 8)

@@ -54,13 +54,26 @@ def check_image(path: str) -> Optional[str]:
 
     from edgecv.utils.limits import frame_size_problem
 
+    if os.path.getsize(path) == 0:
+        return "empty file"
     try:
         with Image.open(path) as im:
             problem = frame_size_problem(im.height, im.width)  # from the header, before decoding anything
             im.verify()
         return problem
     except Exception as e:  # PIL raises many types for bad files
-        return f"{type(e).__name__}: {e}"
+        return pil_failure(e)
+
+
+def pil_failure(e: Exception) -> str:
+    """Why PIL could not open or decode an image, in the words every skip message uses (without the path)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(e, UnidentifiedImageError):
+        return "not an image PIL can decode"
+    if isinstance(e, Image.DecompressionBombError):  # PIL refuses to open it: its limit is above the frame budget
+        return f"over the frame budget (more than PIL's limit of {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels)"
+    return f"cannot decode ({e})"
 
 
 _CHECKED: Dict[Tuple[str, int, int], Optional[str]] = {}

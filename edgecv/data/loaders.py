@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from edgecv.data.fashion_mnist import CLASSES as FASHION_CLASSES
 from edgecv.data.fashion_mnist import is_fashion_mnist_dir, load_fashion_mnist
-from edgecv.data.folders import ImageList, list_image_folder, list_images, list_wnid_folder
+from edgecv.data.folders import ImageList, list_image_folder, list_images, list_wnid_folder, pil_failure
 from edgecv.data.transforms import eval_transform, train_transform
 from edgecv.errors import DatasetError
 from edgecv.recipe import DataConfig
@@ -61,7 +61,7 @@ def load_upright(path: str, channels: int) -> torch.Tensor:
     ``MAX_FILE_BYTES``; a FIFO named ``x.jpg`` would block PIL forever) and its size checked against the frame
     budget before it is decoded. ``UnreadableImage`` (the reason, without the path) when it cannot be used;
     ``OSError`` when it cannot be read."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     try:
         data = read_small(path, MAX_FILE_BYTES)
@@ -82,12 +82,8 @@ def load_upright(path: str, channels: int) -> torch.Tensor:
             arr = np.asarray(im.convert("RGB" if channels == 3 else "L"))
     except UnreadableImage:
         raise
-    except UnidentifiedImageError:
-        raise UnreadableImage("not an image PIL can decode") from None
-    except Image.DecompressionBombError as e:  # a format without a header size edgecv reads (TIFF)
-        raise UnreadableImage(f"over PIL's pixel limit ({e})") from None
-    except (OSError, SyntaxError, ValueError) as e:  # truncated data, a broken header (PIL raises SyntaxError too)
-        raise UnreadableImage(f"cannot decode ({e})") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # PIL raises SyntaxError too
+        raise UnreadableImage(pil_failure(e)) from None
     t = torch.from_numpy(arr.copy())
     return t[None] if t.ndim == 2 else t.permute(2, 0, 1)
 
