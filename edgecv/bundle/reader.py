@@ -1,5 +1,5 @@
 """``open_bundle``: the one gate every command passes (``check``, ``eval``, ``run``, ``bench``, ``profile``,
-``build``, ``install``). Its rules (the README's "What edgecv guarantees"):
+``build``, ``install``). Its rules (docs/guarantees.md):
 
 - when a key is trusted, the signature is verified before anything in the bundle is parsed (edgecv.bundle.trust);
 - the manifest is a JSON object of the documented shape; a wrong type names its key (edgecv.bundle.manifest);

@@ -1,7 +1,7 @@
 """``edgecv install``, ``rollback``, ``status``: A/B slots on the device, the way in-vehicle updates are done
 (UNECE R156; Uptane's install steps).
 
-The install root's layout and state are edgecv.bundle.slots'. The rules (the README's "What edgecv guarantees"):
+The install root's layout and state are edgecv.bundle.slots'. The rules (docs/guarantees.md):
 
 - The bundle is checked (signature, checksums, golden vectors) before the root is touched. A root is new, empty
   or an install root (nothing but the names above); an existing folder's mode is never changed.
