@@ -1,3 +1,4 @@
+import os
 
 import pytest
 import torch
@@ -78,13 +79,19 @@ class Payload:
         return (print, ("pwned",))
 
 
+class ShellPayload:  # torch words its refusal of a blocked module (os) differently: it read as "damaged"
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
 def test_pickle_payload_refused(tmp_path):
     ck = make_checkpoint(create_model("tiny_cnn"), "tiny_cnn", {}, ["a"] * 10, {})
-    ck["evil"] = Payload()
-    torch.save(ck, tmp_path / "evil.pt")
-    with pytest.raises(CheckpointError, match=r"refused: the checkpoint holds print, which loading with "
-                                              r"weights_only=True does not allow") as refused:
-        load_checkpoint(tmp_path / "evil.pt")
+    for payload, held in ((ShellPayload(), os.system.__module__ + ".system"), (Payload(), "print")):
+        ck["evil"] = payload
+        torch.save(ck, tmp_path / "evil.pt")
+        with pytest.raises(CheckpointError, match=rf"refused: the checkpoint holds {held}, which loading with "
+                                                  r"weights_only=True does not allow") as refused:
+            load_checkpoint(tmp_path / "evil.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     good = (tmp_path / "evil.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(good[: len(good) // 2])

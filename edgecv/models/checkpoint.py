@@ -116,7 +116,9 @@ def _load_failure(path: Path, e: Exception) -> str:
     """Why ``torch.load(weights_only=True)`` failed, in one line: torch's own text advises unsafe loading even
     for a file that is no pickle at all, so only its reason is kept."""
     text = str(e)
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    # torch words it "Unsupported global: GLOBAL x" for a class, "unsupported GLOBAL x whose module y is blocked"
+    # for os, subprocess and the like: both are a refusal, not damage
+    found = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", text, re.I)
     if found:
         return (f"{path}: refused: the checkpoint holds {found.group(1)}, which loading with weights_only=True "
                 f"does not allow (arbitrary code could run); save plain tensors and containers")
