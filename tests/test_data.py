@@ -296,7 +296,6 @@ def test_val_limit_judges_n_held_out_images_spread_over_the_classes():
     assert len(build_dataset(load_recipe(TINY_RECIPE, ["data.val_limit=20000"]).data, "val")) == 10000  # all there are
 
 
-
 def test_unreadable_images_say_why_in_the_same_words_when_listed_and_when_loaded(tmp_path):
     """Listing a training folder and loading an image (training, explain) name the same reason, without the path;
     a FIFO named like an image is refused, not opened (PIL would wait for a writer for ever)."""

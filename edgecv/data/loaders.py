@@ -17,8 +17,8 @@ from edgecv.data.folders import ImageList, list_image_folder, list_images, list_
 from edgecv.data.transforms import eval_transform, train_transform
 from edgecv.errors import DatasetError
 from edgecv.recipe import DataConfig
-from edgecv.utils.images import MAX_FILE_BYTES, encoded_size
-from edgecv.utils.io import NotASmallFile, read_small, sha256_file, while_unchanged
+from edgecv.utils.images import read_encoded_image
+from edgecv.utils.io import sha256_file, while_unchanged
 from edgecv.utils.limits import frame_size_problem
 from edgecv.utils.sampling import evenly_spaced
 from edgecv.utils.signals import child_unblock
@@ -57,33 +57,26 @@ def load_upright(path: str, channels: int) -> torch.Tensor:
     (a phone's portrait photo is stored sideways with Orientation 6: PIL alone trained on it sideways while the
     bundle's runtime classified it upright), and 16-bit grey reduced to its top byte as OpenCV reduces it.
 
-    The file is read as the device reads it (``edgecv.utils.io.read_small``: a regular file of at most
-    ``MAX_FILE_BYTES``; a FIFO named ``x.jpg`` would block PIL forever) and its size checked against the frame
-    budget before it is decoded. ``UnreadableImage`` (the reason, without the path) when it cannot be used;
-    ``OSError`` when it cannot be read."""
+    The file is read as the device reads it (``edgecv.utils.images.read_encoded_image``: a regular file, within
+    the frame budget by its header; a FIFO named ``x.jpg`` would block PIL forever). ``UnreadableImage`` (the
+    reason, without the path) when it cannot be used."""
     from PIL import Image, ImageOps
 
-    try:
-        data = read_small(path, MAX_FILE_BYTES)
-    except NotASmallFile as e:
-        raise UnreadableImage(str(e)) from None
-    size = encoded_size(data) if data else None
-    problem = frame_size_problem(*size) if size else None
-    if not data or problem:  # counted and replaced like a file that does not decode
-        raise UnreadableImage(problem or "empty file")
+    data, why = read_encoded_image(path)
+    if data is None:  # counted and replaced like a file that does not decode
+        raise UnreadableImage(why)
     try:
         with Image.open(io.BytesIO(data)) as im:
-            problem = frame_size_problem(im.height, im.width)
-            if problem:
-                raise UnreadableImage(problem)
-            im = ImageOps.exif_transpose(im)
-            if im.mode.startswith("I;16"):  # 16-bit grey (thermal, depth): PIL's "L" saturates it, OpenCV keeps the top byte
-                im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8), "L")
-            arr = np.asarray(im.convert("RGB" if channels == 3 else "L"))
-    except UnreadableImage:
-        raise
+            why = frame_size_problem(im.height, im.width)  # formats whose header read_encoded_image cannot read
+            if not why:
+                im = ImageOps.exif_transpose(im)
+                if im.mode.startswith("I;16"):  # 16-bit grey (thermal, depth): PIL's "L" saturates it, OpenCV keeps the top byte
+                    im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8), "L")
+                arr = np.asarray(im.convert("RGB" if channels == 3 else "L"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # PIL raises SyntaxError too
         raise UnreadableImage(pil_failure(e)) from None
+    if why:
+        raise UnreadableImage(why)
     t = torch.from_numpy(arr.copy())
     return t[None] if t.ndim == 2 else t.permute(2, 0, 1)
 

@@ -235,9 +235,6 @@ def explain_images(target: str, images: List[str], out_dir: str, options: Option
             except UnreadableImage as e:
                 rows.append({"image": path, "error": str(e)})
                 continue
-            except OSError as e:
-                rows.append({"image": path, "error": f"cannot be read ({e.strerror or e})"})
-                continue
             row, heat, cls = _explain_one(model, cam, x, src, o, _unique_png(out, Path(path).stem, o.method, used),
                                           ClassifierOutputTarget)
             row = {"image": path, **row}

@@ -89,7 +89,23 @@ def read_image(path: str | os.PathLike | bytes, flag: int = cv2.IMREAD_COLOR) ->
 
 def read_image_why(path: str | os.PathLike | bytes, flag: int = cv2.IMREAD_COLOR) -> Tuple[Optional[np.ndarray], str]:
     """``(image, "")``, or ``(None, why)`` when the file cannot be read, is not an image, or is over the frame
-    budget (``frame_size_problem``: checked on the header before decoding where the format has one, else after).
+    budget (``frame_size_problem``: checked on the header before decoding where the format has one, else after)."""
+    data, why = read_encoded_image(path)
+    if data is None:
+        return None, why
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    except cv2.error:
+        img = None
+    if img is None or img.size == 0:
+        return None, "not an image OpenCV can decode"
+    problem = frame_size_problem(*img.shape[:2])
+    return (None, problem) if problem else (img, "")
+
+
+def read_encoded_image(path: str | os.PathLike | bytes) -> Tuple[Optional[bytes], str]:
+    """``(bytes, "")`` of an image file still to be decoded, or ``(None, why)``: it cannot be read, is empty, or its
+    header's size is over the frame budget. What every decoder (OpenCV here, PIL on the workstation) reads first.
 
     Only regular files are read (a FIFO named ``x.jpg`` would block forever, ``/dev/zero`` never ends), and
     only up to 512 MB.
@@ -100,18 +116,11 @@ def read_image_why(path: str | os.PathLike | bytes, flag: int = cv2.IMREAD_COLOR
         return None, str(e)
     except OSError as e:
         return None, f"cannot be read ({e.strerror})"
-    size = encoded_size(data) if data else None
+    if not data:
+        return None, "empty file"
+    size = encoded_size(data)
     problem = frame_size_problem(*size) if size is not None else None
-    if problem:
-        return None, problem
-    try:
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), flag) if data else None
-    except cv2.error:
-        img = None
-    if img is None or img.size == 0:
-        return None, "empty file" if not data else "not an image OpenCV can decode"
-    problem = frame_size_problem(*img.shape[:2])
-    return (None, problem) if problem else (img, "")
+    return (None, problem) if problem else (data, "")
 
 
 def opencv_path(path: str | os.PathLike) -> str:
